@@ -1,0 +1,161 @@
+"""Build graph of the TFLite pipeline: download -> preprocess -> train -> convert -> evaluate -> bench.
+
+Run `doit` for the whole build, `doit list` for the tasks. Environment:
+PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
+doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first),
+PIPELINE_BOARDS (board inventory, default board/boards.toml).
+
+This file only declares tasks. Stage modules import TensorFlow inside their functions, so
+loading this file (every `doit` call, including no-op runs) stays fast.
+"""
+
+import os
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from pipeline import PipelineError
+from pipeline.datasets import DATASETS
+from pipeline.params import ParamsError, load_params, section_dict
+
+PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
+ARTIFACTS = Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts"))
+MIRROR = os.environ.get("PIPELINE_MIRROR") or None
+BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
+
+try:
+    PARAMS = load_params(PARAMS_PATH)
+except ParamsError as exc:
+    raise SystemExit(f"error: bad params: {exc}") from None
+
+STAGES = Path("pipeline")
+DOIT_CONFIG = {
+    "dep_file": str(ARTIFACTS / ".doit.db"),
+    "backend": "json",
+    "verbosity": 2,
+    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate",
+                      *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
+}
+
+
+def raw_dir(dataset):
+    return ARTIFACTS / "data" / dataset / "raw"
+
+
+def dataset_npz(dataset):
+    return ARTIFACTS / "data" / dataset / f"{dataset}.npz"
+
+
+def model_dir(build):
+    return ARTIFACTS / "models" / build
+
+
+def keras_model(build):
+    return model_dir(build) / f"{build}.h5"
+
+
+def tflite_models(build):
+    from pipeline.convert import variant_names, variant_path
+
+    return {v: variant_path(model_dir(build), build, v) for v in variant_names(PARAMS.convert)}
+
+
+def _guarded(fn, *args):
+    """Run a stage; a PipelineError fails the task with its message instead of a traceback."""
+    try:
+        fn(*args)
+    except PipelineError as exc:
+        return TaskFailed(str(exc))
+    return None
+
+
+def task_download():
+    """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
+    from pipeline import download
+
+    for name in PARAMS.datasets:
+        spec = DATASETS[name]
+        yield {
+            "name": name,
+            "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
+                                    download.mirrors_for(spec, MIRROR),
+                                    PARAMS.download.timeout_s, download.terminal_progress()])],
+            "file_dep": [STAGES / "download.py"],
+            "targets": [raw_dir(name) / f.name for f in spec.files],
+            "uptodate": [config_changed(section_dict(spec))],
+            "clean": True,
+        }
+
+
+def task_preprocess():
+    """Validate the IDX files and pack each dataset into one uint8 .npz."""
+    from pipeline import preprocess
+
+    for name in PARAMS.datasets:
+        spec = DATASETS[name]
+        yield {
+            "name": name,
+            "actions": [(_guarded, [lambda s=spec, n=name: preprocess.save_arrays(
+                dataset_npz(n), preprocess.preprocess(s, raw_dir(n)))])],
+            "file_dep": [STAGES / "preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
+            "targets": [dataset_npz(name)],
+            "clean": True,
+        }
+
+
+def task_train():
+    """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
+    from pipeline import train
+
+    for build in PARAMS.builds:
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [train.run, build.model, dataset_npz(build.dataset),
+                                    PARAMS.train, keras_model(build.name),
+                                    model_dir(build.name) / "history.json"])],
+            "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
+            "targets": [keras_model(build.name), model_dir(build.name) / "history.json"],
+            "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
+            "clean": True,
+        }
+
+
+def task_convert():
+    """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
+    from pipeline import convert
+
+    for build in PARAMS.builds:
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [convert.run, keras_model(build.name),
+                                    dataset_npz(build.dataset), PARAMS.convert, build.name,
+                                    model_dir(build.name)])],
+            "file_dep": [STAGES / "convert.py", keras_model(build.name),
+                         dataset_npz(build.dataset)],
+            "targets": list(tflite_models(build.name).values()),
+            "uptodate": [config_changed(section_dict(PARAMS.convert))],
+            "clean": True,
+        }
+
+
+def task_evaluate():
+    """Score Keras and every .tflite variant on the full test set; gate on int8 drift."""
+    from pipeline import evaluate
+
+    for build in PARAMS.builds:
+        report_dir = ARTIFACTS / "reports" / build.name
+        models = tflite_models(build.name)
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [evaluate.run, build.name, build.dataset,
+                                    DATASETS[build.dataset].class_names, keras_model(build.name),
+                                    models, dataset_npz(build.dataset),
+                                    PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
+                                    report_dir])],
+            "file_dep": [STAGES / "evaluate.py", keras_model(build.name),
+                         dataset_npz(build.dataset), *models.values()],
+            "targets": [report_dir / "accuracy.json", report_dir / "accuracy.md"],
+            "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
+            "clean": True,
+        }

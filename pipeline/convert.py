@@ -1,0 +1,130 @@
+"""Convert stage: reload the saved `.h5` and write float32, int8 (and optional) `.tflite` files.
+
+The int8 model is full-integer (TFLITE_BUILTINS_INT8) with int8 or uint8 input/output,
+calibrated on a seeded, class-stratified sample of the training images, and is checked
+after conversion to hold no float tensor at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from pipeline import PipelineError
+from pipeline.files import write_bytes
+from pipeline.params import ConvertParams, load_params
+from pipeline.preprocess import load_arrays
+
+
+class ConvertError(PipelineError):
+    pass
+
+
+def variant_names(params: ConvertParams) -> list[str]:
+    return ["float32", "int8", *params.extra_variants]
+
+
+def variant_path(model_dir: Path, build: str, variant: str) -> Path:
+    return Path(model_dir) / f"{build}_{variant}.tflite"
+
+
+def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` indices drawn without replacement, each class in proportion to its frequency."""
+    rng = np.random.default_rng(seed)
+    classes, freq = np.unique(labels, return_counts=True)
+    count = min(count, len(labels))
+    # Largest-remainder apportionment: shares sum to `count` exactly.
+    exact = freq / freq.sum() * count
+    share = np.floor(exact).astype(int)
+    share[np.argsort(share - exact)[: count - share.sum()]] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=s, replace=False)
+              for c, s in zip(classes, share)]
+    return np.sort(np.concatenate(picked))
+
+
+def _representative_dataset(images: np.ndarray) -> Any:
+    def generate() -> Iterator[list[np.ndarray]]:
+        for image in images:
+            yield [image[np.newaxis, ..., np.newaxis].astype(np.float32)]
+    return generate
+
+
+def convert(model: Any, variant: str, representative: np.ndarray | None = None,
+            int8_io: str = "int8") -> bytes:
+    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant == "float32":
+        pass
+    elif variant == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    elif variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic_range":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return converter.convert()
+
+
+def float_tensors(model_content: bytes) -> list[str]:
+    """Names and types of every floating-point tensor in a .tflite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_content)
+    return [f"{t['name']} ({np.dtype(t['dtype']).name})" for t in interpreter.get_tensor_details()
+            if np.issubdtype(t["dtype"], np.floating)]
+
+
+def check_integer_only(model_content: bytes, source: str) -> None:
+    floats = float_tensors(model_content)
+    if floats:
+        raise ConvertError(f"{source} is not integer-only: {len(floats)} float tensor(s), e.g. "
+                           + ", ".join(floats[:5]))
+
+
+def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
+        model_dir: Path) -> dict[str, int]:
+    """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant."""
+    from pipeline.train import load_model
+
+    model = load_model(model_path)
+    arrays = load_arrays(data_path)
+    representative = arrays["x_train"][representative_indices(
+        arrays["y_train"], params.representative_samples, params.seed)]
+    sizes = {}
+    for variant in variant_names(params):
+        content = convert(model, variant, representative, params.int8_io)
+        path = variant_path(model_dir, build, variant)
+        if variant == "int8":
+            check_integer_only(content, str(path))
+        write_bytes(path, content)
+        sizes[variant] = len(content)
+        print(f"{path}: {len(content):,} bytes")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build")
+    parser.add_argument("model", type=Path, help="the .h5 written by train")
+    parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
+    parser.add_argument("--params", type=Path, default=Path("params.toml"))
+    args = parser.parse_args(argv)
+    run(args.model, args.data, load_params(args.params).convert, args.build, args.model.parent)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Evaluate stage: accuracy drift between Keras and every .tflite variant on the full test set.
+
+Writes `accuracy.json` and `accuracy.md` for a build, prints the table, and fails (after
+writing) when the int8 model loses more than `max_drift_pt` points against Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+from pipeline import PipelineError
+from pipeline.files import write_json, write_text
+
+
+class DriftError(PipelineError):
+    pass
+
+
+def quantize_input(images: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Images (raw uint8 pixels) as the interpreter's input tensor expects them."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return images.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.round(images.astype(np.float32) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Top-1 class of each image (N x H x W uint8) under the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    input_index = interpreter.get_input_details()[0]["index"]
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size, ..., np.newaxis]
+        interpreter.resize_tensor_input(input_index, batch.shape)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(input_index, quantize_input(batch, detail))
+        interpreter.invoke()
+        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        # argmax is invariant under the output's affine dequantization (scale > 0).
+        predictions.append(np.argmax(output, axis=1))
+    return np.concatenate(predictions)
+
+
+def keras_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    from pipeline.train import load_model
+
+    model = load_model(model_path)
+    probs = model.predict(images[..., np.newaxis].astype(np.float32), batch_size=batch_size,
+                          verbose=0)
+    return np.argmax(probs, axis=1)
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    name: str
+    path: str
+    bytes: int
+    accuracy: float
+    agreement: float
+    drift_pt: float
+    per_class_accuracy: dict[str, float]
+
+
+def score(name: str, path: Path, predictions: np.ndarray, reference: np.ndarray,
+          labels: np.ndarray, class_names: Sequence[str]) -> VariantResult:
+    """Compare one variant's predictions with the labels and with the Keras reference."""
+    correct = predictions == labels
+    accuracy = float(correct.mean())
+    reference_accuracy = float((reference == labels).mean())
+    per_class = {class_names[c]: float(correct[labels == c].mean())
+                 for c in range(len(class_names)) if np.any(labels == c)}
+    return VariantResult(
+        name=name, path=str(path), bytes=Path(path).stat().st_size, accuracy=accuracy,
+        agreement=float((predictions == reference).mean()),
+        drift_pt=round(100 * (accuracy - reference_accuracy), 4),
+        per_class_accuracy=per_class)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    variants = report["variants"]
+    rows = [[v["name"], f"{v['bytes']:,}", f"{100 * v['accuracy']:.2f}",
+             f"{100 * v['agreement']:.2f}", f"{v['drift_pt']:+.2f}"] for v in variants]
+    table = tabulate(rows, headers=["variant", "bytes", "accuracy %", "agree w/ Keras %",
+                                    "drift pt"], tablefmt="github", disable_numparse=True)
+    classes = list(variants[0]["per_class_accuracy"])
+    per_class = tabulate(
+        [[c, *(f"{100 * v['per_class_accuracy'][c]:.2f}" for v in variants)] for c in classes],
+        headers=["class", *(v["name"] for v in variants)], tablefmt="github", disable_numparse=True)
+    return (f"# Accuracy drift: {report['build']}\n\n"
+            f"Dataset `{report['dataset']}`, {report['test_samples']:,} test images. "
+            f"Drift is accuracy minus Keras accuracy, in percentage points.\n\n{table}\n\n"
+            f"## Per-class accuracy (%)\n\n{per_class}\n")
+
+
+def check_drift(report: dict[str, Any], max_drift_pt: float) -> None:
+    for v in report["variants"]:
+        if v["name"] == "int8" and -v["drift_pt"] > max_drift_pt:
+            raise DriftError(
+                f"{report['build']}: int8 accuracy {100 * v['accuracy']:.2f} % is "
+                f"{-v['drift_pt']:.2f} points below Keras, more than max_drift_pt = "
+                f"{max_drift_pt}. Report written; try more convert.representative_samples "
+                "or raise evaluate.max_drift_pt if this drop is acceptable.")
+
+
+def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
+        variant_paths: dict[str, Path], data_path: Path, batch_size: int, max_drift_pt: float,
+        report_dir: Path) -> dict[str, Any]:
+    """The doit action: score Keras and every variant, write the reports, apply the drift gate."""
+    from pipeline.preprocess import load_arrays
+
+    arrays = load_arrays(data_path)
+    images, labels = arrays["x_test"], arrays["y_test"]
+    reference = keras_predict(model_path, images, batch_size)
+    results = [score("keras", model_path, reference, reference, labels, class_names)]
+    for name, path in variant_paths.items():
+        predictions = tflite_predict(path, images, batch_size)
+        results.append(score(name, path, predictions, reference, labels, class_names))
+    report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
+              "variants": [vars(r) for r in results]}
+    markdown = render_markdown(report)
+    write_json(Path(report_dir) / "accuracy.json", report)
+    write_text(Path(report_dir) / "accuracy.md", markdown)
+    print(markdown)
+    check_drift(report, max_drift_pt)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from pipeline.datasets import DATASETS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build")
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("model", type=Path, help="the .h5 written by train")
+    parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
+    parser.add_argument("tflite", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    parser.add_argument("--report-dir", type=Path, default=Path("."))
+    parser.add_argument("--max-drift-pt", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    variants = {p.stem.removeprefix(f"{args.build}_"): p for p in args.tflite}
+    try:
+        run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,
+            args.data, args.batch_size, args.max_drift_pt, args.report_dir)
+    except DriftError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Load `params.toml` into frozen dataclasses, rejecting anything odd before work starts.
+
+Every key is required: the file is the single place where a default lives. A missing or
+unknown key, a wrong type or an impossible value raises `ParamsError` naming `section.key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import PipelineError
+from pipeline.datasets import DATASETS
+
+MODELS = ("cnn", "mlp")
+EXTRA_VARIANTS = ("float16", "dynamic_range")
+
+
+class ParamsError(PipelineError):
+    pass
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ParamsError(f"{key}: {why}")
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    timeout_s: float
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "download.timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str
+    validation_fraction: float
+    max_train_samples: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(0 < self.learning_rate < 1, "train.learning_rate", "must be in (0, 1)")
+        _check(self.lr_schedule in ("cosine", "constant"), "train.lr_schedule",
+               f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        _check(0 < self.validation_fraction < 0.5, "train.validation_fraction",
+               "must be in (0, 0.5)")
+        _check(self.max_train_samples >= 0, "train.max_train_samples", "must be >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    representative_samples: int
+    seed: int
+    int8_io: str
+    extra_variants: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(self.representative_samples >= 10, "convert.representative_samples",
+               "must be >= 10 (too few samples give useless quantization ranges)")
+        _check(self.int8_io in ("int8", "uint8"), "convert.int8_io",
+               f"must be 'int8' or 'uint8', got {self.int8_io!r}")
+        for variant in self.extra_variants:
+            _check(variant in EXTRA_VARIANTS, "convert.extra_variants",
+                   f"unknown variant {variant!r}; choose from {list(EXTRA_VARIANTS)}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    max_drift_pt: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check(self.max_drift_pt >= 0, "evaluate.max_drift_pt", "must be >= 0")
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    correctness_samples: int
+    default_boards: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.correctness_samples <= 10_000, "bench.correctness_samples",
+               "must be in 1..10000")
+
+
+@dataclass(frozen=True)
+class Build:
+    name: str
+    dataset: str
+    model: str
+
+    def __post_init__(self) -> None:
+        _check(re.fullmatch(r"[a-z0-9_]+", self.name) is not None, "builds.name",
+               f"{self.name!r} must use only a-z, 0-9 and _ (it names files and tasks)")
+        _check(self.dataset in DATASETS, f"builds[{self.name}].dataset",
+               f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}")
+        _check(self.model in MODELS, f"builds[{self.name}].model",
+               f"unknown model {self.model!r}; choose from {list(MODELS)}")
+
+
+@dataclass(frozen=True)
+class Params:
+    download: DownloadParams
+    train: TrainParams
+    convert: ConvertParams
+    evaluate: EvaluateParams
+    bench: BenchParams
+    builds: tuple[Build, ...]
+
+    def build(self, name: str) -> Build:
+        return next(b for b in self.builds if b.name == name)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Datasets used by at least one build, in declaration order."""
+        return tuple(dict.fromkeys(b.dataset for b in self.builds))
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        _check(isinstance(value, list), key, f"must be a list, got {type(value).__name__}")
+        return tuple(_typed(item, typing.get_args(hint)[0], key) for item in value)
+    # TOML integers are acceptable floats; booleans are never numbers.
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    _check(ok, key, f"must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls: type, name: str, table: Any) -> Any:
+    _check(isinstance(table, dict), name, "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in table:
+        _check(key in hints, f"{name}.{key}", f"unknown key (known: {', '.join(fields)})")
+    for key in fields:
+        _check(key in table, f"{name}.{key}", "missing")
+    return cls(**{key: _typed(table[key], hints[key], f"{name}.{key}") for key in fields})
+
+
+def parse_params(doc: dict[str, Any]) -> Params:
+    sections = {f.name: f.type for f in dataclasses.fields(Params) if f.name != "builds"}
+    hints = typing.get_type_hints(Params)
+    for key in doc:
+        _check(key in hints, key, f"unknown section (known: {', '.join(hints)})")
+    values = {}
+    for name in sections:
+        _check(name in doc, name, "missing section")
+        values[name] = _section(hints[name], name, doc[name])
+    builds = doc.get("builds")
+    _check(isinstance(builds, list) and len(builds) > 0, "builds",
+           "declare at least one [[builds]] entry")
+    values["builds"] = tuple(_section(Build, "builds", b) for b in builds)
+    names = [b.name for b in values["builds"]]
+    _check(len(set(names)) == len(names), "builds.name", f"duplicate build names in {names}")
+    return Params(**values)
+
+
+def load_params(path: Path) -> Params:
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ParamsError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_params(doc)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A plain dict of one params section, for doit's `config_changed` and manifests."""
+    return dataclasses.asdict(section)

@@ -1,0 +1,113 @@
+"""Preprocess stage: parse and validate the IDX files, write one compact `.npz` per dataset.
+
+Pixels stay uint8: the 1/255 scaling is the model's first layer, so the int8 model's input
+quantization maps straight onto camera bytes on the board.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+import sys
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline import PipelineError
+from pipeline.datasets import DATASETS, DatasetSpec
+from pipeline.files import atomic_path
+
+IDX_UBYTE = 0x08
+
+
+class IdxError(PipelineError):
+    pass
+
+
+def parse_idx(raw: bytes, ndim: int, source: str) -> np.ndarray:
+    """Decode an IDX buffer of unsigned bytes with `ndim` dimensions; `source` names it in errors."""
+    if len(raw) < 4:
+        raise IdxError(f"{source}: too short for an IDX header ({len(raw)} bytes)")
+    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+    magic = f"0x{int.from_bytes(raw[:4], 'big'):08x}"
+    expected = f"0x{IDX_UBYTE << 8 | ndim:08x}"
+    if zero != 0 or dtype != IDX_UBYTE or dims != ndim:
+        raise IdxError(f"{source}: wrong magic number {magic}, expected {expected} "
+                       f"(unsigned-byte IDX with {ndim} dimension(s))")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IdxError(f"{source}: header truncated")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected_bytes = int(np.prod(shape))
+    if len(raw) - header != expected_bytes:
+        raise IdxError(f"{source}: header says {shape} = {expected_bytes:,} bytes of data, "
+                       f"file holds {len(raw) - header:,}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx_gz(path: Path, ndim: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IdxError(f"{path}: cannot decompress ({exc})") from None
+    return parse_idx(raw, ndim, str(path))
+
+
+def load_split(images_path: Path, labels_path: Path,
+               num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx_gz(images_path, 3)
+    labels = read_idx_gz(labels_path, 1)
+    if images.shape[0] != labels.shape[0]:
+        raise IdxError(f"{images_path} has {images.shape[0]:,} images but {labels_path} "
+                       f"has {labels.shape[0]:,} labels")
+    if images.shape[0] == 0:
+        raise IdxError(f"{images_path}: holds no images")
+    if labels.max() >= num_classes:
+        bad = int(np.argmax(labels >= num_classes))
+        raise IdxError(f"{labels_path}: label {labels[bad]} at index {bad} is outside "
+                       f"0..{num_classes - 1}")
+    return images, labels
+
+
+def preprocess(spec: DatasetSpec, raw_dir: Path) -> dict[str, np.ndarray]:
+    """Arrays x_train/y_train/x_test/y_test (uint8, images N x H x W) from the cached IDX files."""
+    raw_dir = Path(raw_dir)
+    n = len(spec.class_names)
+    x_train, y_train = load_split(raw_dir / spec.train_images.name,
+                                  raw_dir / spec.train_labels.name, n)
+    x_test, y_test = load_split(raw_dir / spec.test_images.name,
+                                raw_dir / spec.test_labels.name, n)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise IdxError(f"{spec.name}: train images are {x_train.shape[1:]} "
+                       f"but test images are {x_test.shape[1:]}")
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("raw_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        save_arrays(args.out, preprocess(DATASETS[args.dataset], args.raw_dir))
+    except IdxError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

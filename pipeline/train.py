@@ -1,0 +1,139 @@
+"""Train stage: build the Keras model for a build, train it deterministically, save `.h5`.
+
+Models take raw uint8 pixels (as float) of shape (28, 28, 1) and rescale by 1/255 inside,
+so every later variant (float32, int8, on the board) is fed the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.files import atomic_path, write_json
+from pipeline.params import TrainParams, load_params, section_dict
+from pipeline.preprocess import load_arrays
+
+
+def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> Any:
+    """`cnn`: the SpacemiT K1 tutorial CNN (93,322 parameters on 28x28); `mlp`: a small MLP."""
+    import keras
+    from keras import layers
+
+    stack: list[Any] = [keras.Input((*input_shape, 1), name="image"), layers.Rescaling(1 / 255)]
+    if kind == "cnn":
+        stack += [
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ]
+    elif kind == "mlp":
+        stack += [
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(num_classes, activation="softmax"),
+        ]
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return keras.Sequential(stack, name=kind)
+
+
+def split_train_validation(n: int, validation_fraction: float, max_samples: int,
+                           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded index split of the training images; `max_samples` (0 = all) caps the total."""
+    order = np.random.default_rng(seed).permutation(n)
+    if max_samples:
+        order = order[:max_samples]
+    n_val = max(1, int(round(len(order) * validation_fraction)))
+    return order[n_val:], order[:n_val]
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None) -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x[..., np.newaxis], y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
+                verbose: int | str = "auto") -> tuple[Any, dict[str, list[float]]]:
+    """Train a fresh model on `arrays` (uint8 images); return it with its per-epoch history."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.seed)
+    tf.config.experimental.enable_op_determinism()
+    x, y = arrays["x_train"], arrays["y_train"]
+    train_idx, val_idx = split_train_validation(len(x), params.validation_fraction,
+                                                params.max_train_samples, params.seed)
+    num_classes = int(max(y.max(), arrays["y_test"].max())) + 1
+    model = build_model(kind, x.shape[1:], num_classes)
+    steps = params.epochs * -(-len(train_idx) // params.batch_size)
+    rate = (keras.optimizers.schedules.CosineDecay(params.learning_rate, steps)
+            if params.lr_schedule == "cosine" else params.learning_rate)
+    model.compile(optimizer=keras.optimizers.Adam(rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(
+        _dataset(x[train_idx], y[train_idx], params.batch_size, params.seed),
+        validation_data=_dataset(x[val_idx], y[val_idx], params.batch_size, None),
+        epochs=params.epochs,
+        verbose=verbose,
+    )
+    return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def save_model(model: Any, path: Path) -> None:
+    with atomic_path(path, suffix=".h5") as tmp:
+        model.save(tmp)
+
+
+def load_model(path: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
+        history_path: Path) -> dict[str, Any]:
+    """The doit action: train, then write the history (with params and timing) and the `.h5`."""
+    arrays = load_arrays(data_path)
+    # A progress bar on a terminal, one line per epoch in logs and CI.
+    verbose: int | str = "auto" if sys.stdout.isatty() else 2
+    started = time.perf_counter()
+    model, history = train_model(kind, arrays, params, verbose=verbose)
+    seconds = time.perf_counter() - started
+    record = {"model": kind, "parameters": int(model.count_params()), "train_seconds": seconds,
+              "params": section_dict(params), "history": history}
+    write_json(history_path, record)
+    save_model(model, model_path)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=["cnn", "mlp"])
+    parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
+    parser.add_argument("out", type=Path, help="model .h5 (history.json is written beside it)")
+    parser.add_argument("--params", type=Path, default=Path("params.toml"))
+    args = parser.parse_args(argv)
+    record = run(args.model, args.data, load_params(args.params).train, args.out,
+                 args.out.with_name("history.json"))
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}))
+
+
+if __name__ == "__main__":
+    main()
