@@ -12,6 +12,10 @@ loading this file (every `doit` call, including no-op runs) stays fast.
 import os
 from pathlib import Path
 
+# TensorFlow's logger (absl) binds sys.stderr when first imported. Importing it here (13 ms,
+# no TensorFlow) binds the real stream; otherwise it binds doit's capture object, which
+# cannot be closed, and every build ends with a traceback at exit.
+import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
@@ -159,3 +163,34 @@ def task_evaluate():
             "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
             "clean": True,
         }
+
+
+def task_bench():
+    """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
+    from pipeline import bench
+
+    try:
+        boards = bench.load_boards(BOARDS_PATH)
+    except ParamsError as exc:
+        raise SystemExit(f"error: bad board inventory: {exc}") from None
+    models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
+    datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
+    reports = ARTIFACTS / "reports"
+    for board in boards:
+        yield {
+            "name": board.name,
+            "actions": [(_guarded, [bench.run, board, models, datasets,
+                                    PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
+                                    reports, boards])],
+            "file_dep": [STAGES / "bench.py", STAGES / "report.py", bench.RUNNER,
+                         *models.values(), *set(datasets.values())],
+            "targets": [reports / "latency" / f"{board.name}.json"],
+            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)})],
+            "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
+                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))]])],
+        }
+
+
+def _remove(paths):
+    for path in paths:
+        Path(path).unlink(missing_ok=True)

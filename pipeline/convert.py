@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.files import write_bytes
-from pipeline.params import ConvertParams, load_params
+from pipeline.params import EXTRA_VARIANTS, ConvertParams, load_params
 from pipeline.preprocess import load_arrays
 
 
@@ -29,6 +29,14 @@ def variant_names(params: ConvertParams) -> list[str]:
 
 def variant_path(model_dir: Path, build: str, variant: str) -> Path:
     return Path(model_dir) / f"{build}_{variant}.tflite"
+
+
+def variant_of(path: Path) -> tuple[str, str]:
+    """(build, variant) of a `<build>_<variant>.tflite` path."""
+    for variant in ("float32", "int8", *EXTRA_VARIANTS):
+        if Path(path).stem.endswith(f"_{variant}"):
+            return Path(path).stem[: -len(variant) - 1], variant
+    raise ValueError(f"{path}: not named <build>_<variant>.tflite")
 
 
 def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:

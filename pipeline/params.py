@@ -141,15 +141,19 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _section(cls: type, name: str, table: Any) -> Any:
+def parse_section(cls: type, name: str, table: Any) -> Any:
+    """Build dataclass `cls` from a TOML table, naming `name.key` in every error."""
     _check(isinstance(table, dict), name, "must be a table")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in table:
         _check(key in hints, f"{name}.{key}", f"unknown key (known: {', '.join(fields)})")
+    # A field with a default (board inventories have some) may be left out.
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     for key in fields:
-        _check(key in table, f"{name}.{key}", "missing")
-    return cls(**{key: _typed(table[key], hints[key], f"{name}.{key}") for key in fields})
+        _check(key in table or key in optional, f"{name}.{key}", "missing")
+    return cls(**{key: _typed(table[key], hints[key], f"{name}.{key}")
+                  for key in fields if key in table})
 
 
 def parse_params(doc: dict[str, Any]) -> Params:
@@ -160,23 +164,27 @@ def parse_params(doc: dict[str, Any]) -> Params:
     values = {}
     for name in sections:
         _check(name in doc, name, "missing section")
-        values[name] = _section(hints[name], name, doc[name])
+        values[name] = parse_section(hints[name], name, doc[name])
     builds = doc.get("builds")
     _check(isinstance(builds, list) and len(builds) > 0, "builds",
            "declare at least one [[builds]] entry")
-    values["builds"] = tuple(_section(Build, "builds", b) for b in builds)
+    values["builds"] = tuple(parse_section(Build, "builds", b) for b in builds)
     names = [b.name for b in values["builds"]]
     _check(len(set(names)) == len(names), "builds.name", f"duplicate build names in {names}")
     return Params(**values)
 
 
-def load_params(path: Path) -> Params:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise ParamsError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ParamsError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_params(path: Path) -> Params:
+    doc = read_toml(path)
     try:
         return parse_params(doc)
     except ParamsError as exc:

@@ -1,0 +1,337 @@
+"""Bench stage: push the .tflite models to a board over SSH, run board/runner.py there, collect.
+
+Boards come from an inventory (board/boards.toml). A board without `host` is this machine:
+the same runner runs locally, without SSH. Remote boards are reached with the system OpenSSH
+client, so ~/.ssh/config, keys, agents and ProxyJump apply; BatchMode means nothing ever
+waits for a password, and host-key checking is left on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline import PipelineError, report
+from pipeline.files import sha256_file, write_json
+from pipeline.params import ParamsError, parse_section, read_toml
+
+RUNNER = Path(__file__).resolve().parent.parent / "board" / "runner.py"
+NO_RUNTIME = 3  # the runner's exit status when no TFLite runtime is importable
+
+
+class BoardError(PipelineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    host: str = ""                 # ssh alias or address; empty = run here without SSH
+    user: str = ""
+    port: int = 0                  # 0 = ssh's own default / ~/.ssh/config
+    ssh_options: tuple[str, ...] = ()
+    remote_dir: str = "tflite-bench"   # relative to the remote home unless absolute
+    python: str = "python3"
+    threads: tuple[int, ...] = (1,)
+    cpus: tuple[int, ...] = ()
+    warmup: int = 10
+    runs: int = 100
+    connect_timeout_s: int = 10
+    timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        key = f"boards[{self.name}]"
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ParamsError(f"{key}.name: use letters, digits, - and _ only")
+        if not self.threads or min(self.threads) < 1:
+            raise ParamsError(f"{key}.threads: a non-empty list of counts >= 1")
+        if any(c < 0 for c in self.cpus):
+            raise ParamsError(f"{key}.cpus: CPU ids are >= 0")
+        if self.warmup < 0 or self.runs < 1:
+            raise ParamsError(f"{key}: warmup must be >= 0 and runs >= 1")
+        if not 0 <= self.port < 65536:
+            raise ParamsError(f"{key}.port: must be in 0..65535")
+        if self.host.startswith("-"):
+            raise ParamsError(f"{key}.host: must not start with '-'")
+
+    @property
+    def is_local(self) -> bool:
+        return not self.host
+
+    @property
+    def where(self) -> str:
+        """How errors name the board: host and port, never the user."""
+        if self.is_local:
+            return "this machine"
+        return f"host {self.host}" + (f" port {self.port}" if self.port else "")
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_boards(path: Path) -> tuple[Board, ...]:
+    doc = read_toml(path)
+    try:
+        unknown = set(doc) - {"boards"}
+        if unknown:
+            raise ParamsError(f"unknown key(s) {sorted(unknown)}; declare [[boards]] entries")
+        boards = tuple(parse_section(Board, "boards", b) for b in doc.get("boards", []))
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    names = [b.name for b in boards]
+    if len(set(names)) != len(names):
+        raise ParamsError(f"{path}: duplicate board names in {names}")
+    return boards
+
+
+# --- the plan: models, labelled samples and host predictions ------------------------------
+
+
+def load_runner() -> Any:
+    """board/runner.py as a module, so host predictions use the board's very code."""
+    spec = importlib.util.spec_from_file_location("board_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    interpreter.allocate_tensors()
+    return np.asarray(load_runner().predict(interpreter, images))
+
+
+def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.ndarray]],
+               board: Board, stage_dir: Path) -> Path:
+    """Write plan.json and one samples .npz per model into `stage_dir`; return the plan path.
+
+    `models` maps "<build>/<variant>" to a .tflite path; `samples` maps a build to its
+    labelled images. The runner finds everything by file name next to plan.json.
+    """
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for key, path in models.items():
+        build = key.split("/")[0]
+        images, labels = samples[build]
+        # The runner sees only this directory, as the board sees only its remote_dir.
+        shutil.copyfile(path, stage_dir / Path(path).name)
+        samples_file = f"{Path(path).stem}_samples.npz"
+        np.savez(stage_dir / samples_file, x=images, y=labels,
+                 host=host_predictions(path, images))
+        entries.append({"file": Path(path).name, "samples": samples_file, "host_key": "host",
+                        "key": key})
+    plan = {"models": entries, "threads": list(board.threads), "warmup": board.warmup,
+            "runs": board.runs, "cpus": list(board.cpus)}
+    write_json(stage_dir / "plan.json", plan)
+    return stage_dir / "plan.json"
+
+
+def pick_samples(images: np.ndarray, labels: np.ndarray, count: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.sort(np.random.default_rng(seed).choice(len(labels), size=count, replace=False))
+    return images[idx], labels[idx]
+
+
+# --- SSH ----------------------------------------------------------------------------------
+
+
+def ssh_argv(board: Board, remote_command: Sequence[str]) -> list[str]:
+    """The ssh command line; every remote argument is shell-quoted for the remote shell."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={board.connect_timeout_s}"]
+    if board.port:
+        argv += ["-p", str(board.port)]
+    if board.user:
+        argv += ["-l", board.user]
+    return [*argv, *board.ssh_options, "--", board.host, shlex.join(remote_command)]
+
+
+def explain_ssh_failure(board: Board, stderr: str) -> str:
+    last = (stderr.strip().splitlines() or ["ssh failed with no message"])[-1]
+    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION" in stderr:
+        port = f"-p {board.port} " if board.port else ""
+        return (f"board {board.name!r} ({board.where}): host key is unknown or changed, so "
+                f"the connection was refused. Check the board's fingerprint (on the board: "
+                f"ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then trust it with "
+                f"`ssh-keyscan {port}{board.host} >> ~/.ssh/known_hosts` or one interactive "
+                f"`ssh {port}{board.host}`.")
+    if "Permission denied" in stderr:
+        return (f"board {board.name!r} ({board.where}): authentication failed ({last}). "
+                "Install a key (ssh-copy-id) or load it into ssh-agent; BatchMode never asks "
+                "for a password.")
+    return f"board {board.name!r} ({board.where}): unreachable: {last}"
+
+
+def ssh_run(board: Board, remote_command: Sequence[str], stdin: bytes | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    argv = ssh_argv(board, remote_command)
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True,
+                              timeout=timeout or board.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise BoardError(f"board {board.name!r} ({board.where}): no answer within "
+                         f"{timeout or board.timeout_s:.0f} s") from None
+    if proc.returncode == 255:  # ssh's own failure, not the remote command's
+        raise BoardError(explain_ssh_failure(board, proc.stderr.decode(errors="replace")))
+    return proc
+
+
+def remote_sha256(board: Board, names: Sequence[str]) -> dict[str, str]:
+    """SHA-256 of the named files already in the board's remote_dir (missing files omitted)."""
+    script = 'mkdir -p -- "$1" && cd -- "$1" && shift && sha256sum -- "$@" 2>/dev/null; true'
+    proc = ssh_run(board, ["sh", "-c", script, "sh", board.remote_dir, *names], timeout=120)
+    sums = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    return sums
+
+
+def push(board: Board, files: Sequence[Path]) -> list[str]:
+    """Copy each file whose SHA-256 differs on the board; return the names pushed.
+
+    The bytes travel on ssh's stdin to a temporary name that is renamed when complete.
+    """
+    on_board = remote_sha256(board, [f.name for f in files])
+    pushed = []
+    for path in files:
+        if on_board.get(path.name) == sha256_file(path):
+            continue
+        script = 'cd -- "$1" && cat > ".$2.partial" && mv -f -- ".$2.partial" "$2"'
+        proc = ssh_run(board, ["sh", "-c", script, "sh", board.remote_dir, path.name],
+                       stdin=path.read_bytes(), timeout=600)
+        if proc.returncode != 0:
+            raise BoardError(f"board {board.name!r} ({board.where}): copying {path.name} "
+                             f"failed: {proc.stderr.decode(errors='replace').strip()}")
+        pushed.append(path.name)
+    return pushed
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def _runner_output(board: Board, proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    stderr = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode == NO_RUNTIME:
+        raise BoardError(f"board {board.name!r} ({board.where}): {stderr.removeprefix('error: ')}")
+    if proc.returncode != 0:
+        raise BoardError(f"board {board.name!r} ({board.where}): runner failed with exit "
+                         f"{proc.returncode}: {stderr[-2000:]}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise BoardError(f"board {board.name!r}: runner printed no JSON: "
+                         f"{proc.stdout[:300]!r}") from None
+
+
+def run_on_board(board: Board, plan_path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run the plan on `board`; return the runner's document and the files pushed."""
+    stage = plan_path.parent
+    plan = json.loads(plan_path.read_text())
+    files = [RUNNER, plan_path, *(stage / m[k] for m in plan["models"] for k in ("file", "samples"))]
+    if board.is_local:
+        proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
+                              capture_output=True, timeout=board.timeout_s, check=False)
+        return _runner_output(board, proc), []
+    pushed = push(board, files)
+    proc = ssh_run(board, ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh",
+                           board.remote_dir, board.python, RUNNER.name, "--plan", plan_path.name])
+    return _runner_output(board, proc), pushed
+
+
+def bench_board(board: Board, models: dict[str, Path],
+                samples: dict[str, tuple[np.ndarray, np.ndarray]], work_dir: Path) -> dict:
+    """Benchmark every model on one board; the result document for reports/latency/<board>.json."""
+    started = time.time()
+    plan_path = stage_plan(models, samples, board, work_dir / board.name)
+    document, pushed = run_on_board(board, plan_path)
+    plan = json.loads(plan_path.read_text())
+    by_file = {m["file"]: m["key"] for m in plan["models"]}
+    failed = [f"{r['model']} x{r['threads']}: {r['error']}" for r in document["results"]
+              if "error" in r]
+    if failed:
+        raise BoardError(f"board {board.name!r} ({board.where}): {len(failed)} case(s) failed: "
+                         + "; ".join(failed[:3]))
+    macs = {key: report.count_macs(path) for key, path in models.items()}
+    for result in document["results"]:
+        key = by_file[result["model"]]
+        result["build"], result["variant"] = key.split("/")
+        result["sha256"] = sha256_file(models[key])
+        result["bytes"] = models[key].stat().st_size
+        result["macs"] = macs[key]
+    if board.is_local:
+        document["compute_floor"] = report.compute_floor()
+    return {"board": board.name, "status": "ok", "where": board.where,
+            "started": started, "seconds": time.time() - started, "pushed": pushed,
+            **document}
+
+
+def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
+        correctness_samples: int, work_dir: Path, reports_dir: Path,
+        inventory: Sequence[Board]) -> dict:
+    """The doit action: bench one board, record the result (or the failure), rebuild the report.
+
+    `datasets` maps each build to its dataset .npz. A failure replaces the board's previous
+    numbers with the error, so old figures are never shown as fresh.
+    """
+    from pipeline.preprocess import load_arrays
+
+    samples = {}
+    for build, npz in datasets.items():
+        arrays = load_arrays(npz)
+        samples[build] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
+    result_path = Path(reports_dir) / "latency" / f"{board.name}.json"
+    try:
+        document = bench_board(board, models, samples, Path(work_dir))
+    except BoardError as exc:
+        write_json(result_path, {"board": board.name, "status": "failed", "where": board.where,
+                                 "started": time.time(), "error": str(exc)})
+        report.write_latency_report(reports_dir, inventory, models)
+        raise
+    write_json(result_path, document)
+    report.write_latency_report(reports_dir, inventory, models)
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import tempfile
+
+    from pipeline.convert import variant_of
+    from pipeline.preprocess import load_arrays
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("board", help="board name from the inventory")
+    parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
+    parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"))
+    parser.add_argument("--samples", type=int, default=100)
+    args = parser.parse_args(argv)
+    board = next((b for b in load_boards(args.boards) if b.name == args.board), None)
+    if board is None:
+        sys.exit(f"error: no board {args.board!r} in {args.boards}")
+    models = {"/".join(variant_of(p)): p for p in args.models}
+    arrays = load_arrays(args.data)
+    labelled = pick_samples(arrays["x_test"], arrays["y_test"], args.samples)
+    samples = {key.split("/")[0]: labelled for key in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            print(json.dumps(bench_board(board, models, samples, Path(tmp)), indent=1))
+        except BoardError as exc:
+            sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
