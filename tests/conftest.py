@@ -1,0 +1,153 @@
+"""Shared fixtures: real HTTP mirrors on 127.0.0.1, tiny IDX datasets, tiny .tflite models,
+and one smoke build of the whole project run through `doit` in a temporary directory."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+PROJECT_FILES = ("dodo.py", "params.toml", "params", "pipeline", "board")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output readable
+        pass
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """serve(directory) -> base URL of a real HTTP server on 127.0.0.1 for that directory."""
+    servers = []
+
+    def start(directory: Path) -> str:
+        handler = functools.partial(QuietHandler, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """The real MNIST .gz files: ../shared beside the repo, else a one-time download cache."""
+    if SHARED_MNIST.is_dir():
+        return SHARED_MNIST
+    from pipeline.datasets import MNIST
+    from pipeline.download import DownloadError, download_dataset
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tflite-pipeline"
+    try:
+        download_dataset(MNIST, cache / "mnist", list(MNIST.mirrors), 60)
+    except DownloadError as exc:
+        pytest.skip(f"needs the real MNIST: {SHARED_MNIST} is absent and the one-time download "
+                    f"into {cache} failed ({str(exc).splitlines()[0]})")
+    return cache / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_url(serve, mnist_dir) -> str:
+    return serve(mnist_dir)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(idx_bytes(array)))
+    return path
+
+
+def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28x28 uint8 images whose class is learnable: a bright bar at a class-specific row."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (len(labels), 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 250
+    return images
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tmp_path_factory) -> Path:
+    """Small, valid IDX .gz files in the MNIST/Fashion-MNIST layout (600 train, 200 test)."""
+    out = tmp_path_factory.mktemp("tiny_idx")
+    rng = np.random.default_rng(7)
+    y_train, y_test = rng.integers(0, 10, 600), rng.integers(0, 10, 200)
+    write_idx_gz(out / "train-images-idx3-ubyte.gz", synthetic_images(y_train, 1))
+    write_idx_gz(out / "train-labels-idx1-ubyte.gz", y_train)
+    write_idx_gz(out / "t10k-images-idx3-ubyte.gz", synthetic_images(y_test, 2))
+    write_idx_gz(out / "t10k-labels-idx1-ubyte.gz", y_test)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Untrained CNN and MLP converted to float32 and int8 .tflite, named <build>_<variant>."""
+    from pipeline.convert import convert
+    from pipeline.train import build_model
+
+    out = tmp_path_factory.mktemp("tiny_models")
+    representative = synthetic_images(np.arange(50) % 10, 3)
+    paths = {}
+    for kind in ("cnn", "mlp"):
+        model = build_model(kind, (28, 28), 10)
+        for variant in ("float32", "int8"):
+            path = out / f"tiny_{kind}_{variant}.tflite"
+            path.write_bytes(convert(model, variant, representative))
+            paths[f"tiny_{kind}/{variant}"] = path
+    return paths
+
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_doit(project: Path, *args: str, env: dict | None = None,
+             python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    # Only the variables a test sets: a developer's own PIPELINE_* must not leak in.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    full_env.update({"PIPELINE_PARAMS": "params/smoke.toml", **(env or {})})
+    return subprocess.run([sys.executable, *python_flags, "-m", "doit", *args], cwd=project,
+                          env=full_env, capture_output=True, text=True, timeout=1200)
+
+
+def executed_tasks(output: str) -> set[str]:
+    """Tasks doit ran (lines '.  name'), as opposed to skipped ones ('-- name')."""
+    return {line[3:].strip() for line in output.splitlines() if line.startswith(".  ")}
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory, mnist_url) -> Path:
+    """The project copied to a temporary directory and built once with the smoke preset."""
+    project = copy_project(tmp_path_factory.mktemp("smoke") / "project")
+    proc = run_doit(project, env={"PIPELINE_MIRROR": mnist_url})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (project / "first_run.log").write_text(proc.stdout)
+    return project

@@ -1,0 +1,129 @@
+import dataclasses
+import gzip
+import hashlib
+import shutil
+
+import pytest
+
+from pipeline.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
+from pipeline.download import DownloadError, download_dataset, mirrors_for, verify
+
+
+def spec_for(directory, name="tiny") -> DatasetSpec:
+    """A registry entry pinning the archives in `directory` by archive MD5 only."""
+    def remote(file_name):
+        return RemoteFile(file_name, hashlib.md5((directory / file_name).read_bytes()).hexdigest())
+    return DatasetSpec(name, (), remote("train-images-idx3-ubyte.gz"),
+                       remote("train-labels-idx1-ubyte.gz"), remote("t10k-images-idx3-ubyte.gz"),
+                       remote("t10k-labels-idx1-ubyte.gz"), MNIST.class_names)
+
+
+def leftovers(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_registry_pins_the_published_checksums():
+    assert set(DATASETS) == {"mnist", "fashion_mnist"}
+    assert MNIST.train_images.payload_sha256.startswith("ba891046")
+    assert FASHION_MNIST.train_images.archive_md5 == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+    assert FASHION_MNIST.class_names[9] == "Ankle boot"
+    assert mirrors_for(MNIST, "/local")[0] == "/local"
+    assert mirrors_for(MNIST, None) == list(MNIST.mirrors)
+
+
+def test_real_mnist_over_http_is_verified_by_payload_sha256(mnist_url, tmp_path):
+    # The local mirror's .gz framing differs from the canonical archives: only the
+    # decompressed SHA-256 can accept it.
+    seen = []
+    paths = download_dataset(MNIST, tmp_path, [mnist_url], 30,
+                             progress=lambda name, done, total: seen.append((name, done, total)))
+    assert [p.name for p in paths] == [f.name for f in MNIST.files]
+    assert seen[-1][1] == seen[-1][2] == (tmp_path / "t10k-labels-idx1-ubyte.gz").stat().st_size
+    assert leftovers(tmp_path) == sorted(f.name for f in MNIST.files)
+
+
+def test_directory_mirror_and_cache_reuse(tiny_dataset_dir, tmp_path):
+    spec = spec_for(tiny_dataset_dir)
+    download_dataset(spec, tmp_path, [str(tiny_dataset_dir)], 5)
+    # Second call: verified from cache, no mirror needed at all.
+    download_dataset(spec, tmp_path, [], 5)
+    assert len(leftovers(tmp_path)) == 4
+
+
+def test_bad_mirror_is_reported_and_next_one_used(tiny_dataset_dir, tmp_path, serve):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset_dir, bad)
+    (bad / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + b"\0" * 8))
+    log = []
+    cache = tmp_path / "cache"
+    download_dataset(spec_for(tiny_dataset_dir), cache, [serve(bad), serve(tiny_dataset_dir)], 5,
+                     log=log.append)
+    assert any("train-labels-idx1-ubyte.gz from http" in line and "checksum mismatch" in line
+               for line in log)
+    assert len(leftovers(cache)) == 4
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[: len(raw) // 2], "not a complete gzip file"),          # truncated gz
+    (lambda raw: b"not gzip at all" + raw, "not a complete gzip file"),      # corrupt archive
+    (lambda raw: gzip.compress(gzip.decompress(raw)[:-1] + b"\x01"), "checksum mismatch"),
+])
+def test_damaged_archives_fail_and_leave_nothing(tiny_dataset_dir, tmp_path, damage, message):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(tiny_dataset_dir, mirror)
+    target = mirror / "t10k-images-idx3-ubyte.gz"
+    target.write_bytes(damage(target.read_bytes()))
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError) as err:
+        download_dataset(spec_for(tiny_dataset_dir), cache, [str(mirror)], 5)
+    assert message in str(err.value)
+    assert "t10k-images-idx3-ubyte.gz" in str(err.value)
+    # The files verified before it are kept; nothing partial or unverified remains.
+    assert leftovers(cache) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+
+
+def test_payload_sha256_mismatch_is_named(tiny_dataset_dir, tmp_path):
+    path = tiny_dataset_dir / "train-labels-idx1-ubyte.gz"
+    wrong = RemoteFile(path.name, "0" * 32, "f" * 64)
+    with pytest.raises(DownloadError, match="SHA-256 of decompressed content .* expected f{64}"):
+        verify(path, wrong)
+
+
+def test_no_reachable_mirror_names_every_mirror_and_the_fix(tiny_dataset_dir, tmp_path, serve):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    missing_dir = str(tmp_path / "no-such-dir")
+    empty = serve(tmp_path)  # answers 404
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError) as err:
+        download_dataset(spec_for(tiny_dataset_dir), cache, [dead, missing_dir, empty], 2)
+    text = str(err.value)
+    assert dead in text and "cannot connect" in text
+    assert missing_dir in text and "No such file" in text
+    assert empty in text and "HTTP 404" in text
+    assert "PIPELINE_MIRROR=" in text
+    assert leftovers(cache) == []
+
+
+def test_bad_cached_file_is_replaced(tiny_dataset_dir, tmp_path):
+    spec = spec_for(tiny_dataset_dir)
+    download_dataset(spec, tmp_path, [str(tiny_dataset_dir)], 5)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    log = []
+    download_dataset(spec, tmp_path, [str(tiny_dataset_dir)], 5, log=log.append)
+    assert any("is bad" in line for line in log)
+    verify(tmp_path / "train-images-idx3-ubyte.gz", spec.train_images)
+
+
+def test_fashion_registry_refuses_files_that_are_not_fashion_mnist(tiny_dataset_dir, tmp_path):
+    # Fashion-MNIST's image archives are pinned by MD5 only; a look-alike is still refused.
+    with pytest.raises(DownloadError, match="checksum mismatch: archive MD5"):
+        download_dataset(FASHION_MNIST, tmp_path, [str(tiny_dataset_dir)], 5)
+    assert leftovers(tmp_path) == []
+
+
+def test_remote_file_is_plain_data():
+    assert dataclasses.is_dataclass(RemoteFile) and RemoteFile("a", "b").payload_sha256 is None

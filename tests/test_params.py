@@ -1,0 +1,83 @@
+import tomllib
+
+import pytest
+
+from pipeline.params import ParamsError, load_params, parse_params
+from tests.conftest import REPO, copy_project, run_doit
+
+
+def doc(path=REPO / "params.toml"):
+    return tomllib.loads(path.read_text())
+
+
+def test_shipped_params_load():
+    params = load_params(REPO / "params.toml")
+    assert [b.name for b in params.builds] == ["mnist_cnn", "mnist_mlp"]
+    assert params.datasets == ("mnist",)
+    assert params.convert.int8_io == "int8"
+    smoke = load_params(REPO / "params" / "smoke.toml")
+    assert smoke.train.max_train_samples > 0 and smoke.train.epochs == 1
+
+
+def test_params_are_frozen():
+    params = load_params(REPO / "params.toml")
+    with pytest.raises(AttributeError):
+        params.train.epochs = 3
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["train"].update(epochz=3), "train.epochz: unknown key"),
+    (lambda d: d.update(extra={}), "extra: unknown section"),
+    (lambda d: d["train"].update(epochs="2"), "train.epochs: must be int, got str"),
+    (lambda d: d["train"].update(epochs=True), "train.epochs: must be int, got bool"),
+    (lambda d: d["train"].update(epochs=0), "train.epochs: must be >= 1"),
+    (lambda d: d["train"].pop("seed"), "train.seed: missing"),
+    (lambda d: d["convert"].update(int8_io="int16"), "convert.int8_io: must be 'int8' or 'uint8'"),
+    (lambda d: d["convert"].update(extra_variants=["bf16"]), "unknown variant 'bf16'"),
+    (lambda d: d["evaluate"].update(max_drift_pt=-1), "evaluate.max_drift_pt: must be >= 0"),
+    (lambda d: d["builds"][0].update(dataset="cifar"), "unknown dataset 'cifar'"),
+    (lambda d: d["builds"][0].update(model="resnet"), "unknown model 'resnet'"),
+    (lambda d: d["builds"][1].update(name="mnist_cnn"), "duplicate build names"),
+    (lambda d: d.update(builds=[]), "declare at least one [[builds]]"),
+])
+def test_bad_params_are_rejected_naming_the_key(mutate, message):
+    d = doc()
+    mutate(d)
+    with pytest.raises(ParamsError) as err:
+        parse_params(d)
+    assert message in str(err.value)
+
+
+def test_int_is_accepted_for_float():
+    d = doc()
+    d["train"]["learning_rate"] = 0  # still rejected by range, but as a value, not a type
+    with pytest.raises(ParamsError, match="train.learning_rate: must be in"):
+        parse_params(d)
+    d["evaluate"]["max_drift_pt"] = 2
+    d["train"]["learning_rate"] = 0.001
+    assert parse_params(d).evaluate.max_drift_pt == 2.0
+
+
+def test_fashion_mnist_is_a_valid_dataset_for_any_build():
+    d = doc()
+    d["builds"].append({"name": "fashion_cnn", "dataset": "fashion_mnist", "model": "cnn"})
+    assert parse_params(d).datasets == ("mnist", "fashion_mnist")
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[train\nepochs = 1")
+    with pytest.raises(ParamsError, match="not valid TOML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.toml")
+
+
+def test_doit_refuses_bad_params_before_any_work(tmp_path):
+    project = copy_project(tmp_path / "p")
+    text = (project / "params" / "smoke.toml").read_text()
+    (project / "params" / "smoke.toml").write_text(text.replace("[train]", "[train]\nepoch = 3"))
+    proc = run_doit(project)
+    assert proc.returncode != 0
+    assert "train.epoch: unknown key" in proc.stderr
+    assert not (project / "artifacts").exists()

@@ -1,0 +1,77 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import MNIST
+from pipeline.preprocess import (IdxError, load_arrays, parse_idx, preprocess, read_idx_gz,
+                                 save_arrays)
+from tests.conftest import idx_bytes, write_idx_gz
+
+
+def test_parse_round_trip():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(parse_idx(idx_bytes(images), 3, "x"), images)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\0\0", "too short for an IDX header"),
+    (b"\x1f\x8b\x08\x03" + b"\0" * 12, "wrong magic number 0x1f8b0803, expected 0x00000803"),
+    (b"\0\0\x08\x01" + (5).to_bytes(4, "big") + b"\0" * 5, "wrong magic number 0x00000801"),
+    (b"\0\0\x08\x03" + b"\0\0\0\x02", "header truncated"),
+    (idx_bytes(np.zeros((2, 3, 3), np.uint8))[:-1], "file holds 17"),
+])
+def test_bad_idx_is_named(raw, message):
+    with pytest.raises(IdxError) as err:
+        parse_idx(raw, 3, "images.gz")
+    assert "images.gz" in str(err.value) and message in str(err.value)
+
+
+def _dataset(directory, n_train=20, n_test=10, labels=None, n_labels=None):
+    rng = np.random.default_rng(0)
+    write_idx_gz(directory / "train-images-idx3-ubyte.gz",
+                 rng.integers(0, 256, (n_train, 28, 28)))
+    write_idx_gz(directory / "train-labels-idx1-ubyte.gz",
+                 labels if labels is not None else rng.integers(0, 10, n_labels or n_train))
+    write_idx_gz(directory / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28)))
+    write_idx_gz(directory / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, n_test))
+
+
+def test_preprocess_and_npz_round_trip(tmp_path):
+    _dataset(tmp_path)
+    arrays = preprocess(MNIST, tmp_path)
+    assert arrays["x_train"].shape == (20, 28, 28) and arrays["x_train"].dtype == np.uint8
+    save_arrays(tmp_path / "out" / "d.npz", arrays)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["d.npz"]
+    loaded = load_arrays(tmp_path / "out" / "d.npz")
+    assert all(np.array_equal(loaded[k], arrays[k]) for k in arrays)
+
+
+def test_count_mismatch(tmp_path):
+    _dataset(tmp_path, n_labels=19)
+    with pytest.raises(IdxError, match="has 20 images but .*train-labels.* has 19 labels"):
+        preprocess(MNIST, tmp_path)
+
+
+def test_label_out_of_range(tmp_path):
+    labels = np.zeros(20, np.uint8)
+    labels[7] = 12
+    _dataset(tmp_path, labels=labels)
+    with pytest.raises(IdxError, match=r"label 12 at index 7 is outside 0..9"):
+        preprocess(MNIST, tmp_path)
+
+
+def test_corrupt_gzip_is_named(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(1000))[:500])
+    with pytest.raises(IdxError, match=f"{path}: cannot decompress"):
+        read_idx_gz(path, 3)
+
+
+def test_real_mnist_matches_its_published_facts(mnist_dir):
+    arrays = preprocess(MNIST, mnist_dir)
+    assert arrays["x_train"].shape == (60000, 28, 28)
+    assert arrays["x_test"].shape == (10000, 28, 28)
+    assert list(arrays["y_train"][:10]) == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert list(arrays["y_test"][:10]) == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert arrays["x_train"].mean() / 255 == pytest.approx(0.1306604762738429, abs=1e-9)
