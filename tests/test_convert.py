@@ -1,0 +1,75 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.convert import (ConvertError, check_integer_only, convert, float_tensors,
+                              representative_indices, run, variant_of, variant_path)
+from pipeline.evaluate import tflite_predict
+from pipeline.params import load_params
+from pipeline.train import build_model, save_model
+from tests.conftest import REPO, synthetic_images
+
+
+def test_representative_indices_are_stratified_seeded_and_exact():
+    labels = np.repeat(np.arange(10), [100, 200, 50, 50, 100, 100, 100, 100, 100, 100])
+    idx = representative_indices(labels, 100, seed=1)
+    assert len(idx) == len(set(idx)) == 100
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts[1] == 20 and counts[2] == 5 and counts[0] == 10
+    assert np.array_equal(idx, representative_indices(labels, 100, seed=1))
+    assert not np.array_equal(idx, representative_indices(labels, 100, seed=2))
+
+
+def test_int8_model_is_integer_only_and_float_model_is_not(tiny_models):
+    check_integer_only(tiny_models["tiny_cnn/int8"].read_bytes(), "int8")
+    with pytest.raises(ConvertError, match="is not integer-only: .* float tensor"):
+        check_integer_only(tiny_models["tiny_cnn/float32"].read_bytes(), "cnn_float32.tflite")
+
+
+def test_int8_io_types():
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_model("mlp", (28, 28), 10)
+    images = synthetic_images(np.arange(20) % 10, 0)
+    for io_type in ("int8", "uint8"):
+        content = convert(model, "int8", images, io_type)
+        interp = Interpreter(model_content=content)
+        assert interp.get_input_details()[0]["dtype"] == np.dtype(io_type)
+        assert interp.get_output_details()[0]["dtype"] == np.dtype(io_type)
+        assert float_tensors(content) == []
+
+
+def test_tflite_variants_agree_with_keras(tmp_path):
+    model = build_model("cnn", (28, 28), 10)
+    images = synthetic_images(np.arange(100) % 10, 5)
+    keras_top1 = np.argmax(model.predict(images[..., None].astype(np.float32), verbose=0), 1)
+    for variant in ("float32", "float16", "dynamic_range", "int8"):
+        path = tmp_path / f"m_{variant}.tflite"
+        path.write_bytes(convert(model, variant, images))
+        agreement = (tflite_predict(path, images, 50) == keras_top1).mean()
+        # float32 must match exactly; quantized variants of an untrained net, loosely.
+        assert agreement == 1.0 if variant == "float32" else agreement >= 0.7, variant
+
+
+def test_run_converts_from_the_saved_h5(tmp_path, tiny_dataset_dir):
+    from pipeline.datasets import MNIST
+    from pipeline.preprocess import preprocess, save_arrays
+
+    save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
+    save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
+    params = dataclasses.replace(load_params(REPO / "params.toml").convert,
+                                 extra_variants=("float16",), representative_samples=50)
+    sizes = run(tmp_path / "b.h5", tmp_path / "d.npz", params, "b", tmp_path)
+    assert set(sizes) == {"float32", "int8", "float16"}
+    for variant, size in sizes.items():
+        assert variant_path(tmp_path, "b", variant).stat().st_size == size
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_variant_of():
+    assert variant_of("x/mnist_cnn_dynamic_range.tflite") == ("mnist_cnn", "dynamic_range")
+    assert variant_of("mnist_cnn_int8.tflite") == ("mnist_cnn", "int8")
+    with pytest.raises(ValueError):
+        variant_of("model.tflite")

@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate import DriftError, check_drift, quantize_input, run, score
+from pipeline.train import build_model, save_model
+from tests.conftest import synthetic_images
+
+
+def test_score_counts_accuracy_agreement_and_drift(tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"12345")
+    labels = np.array([0, 1, 1, 2])
+    keras = np.array([0, 1, 1, 1])     # 75 %
+    variant = np.array([0, 1, 0, 2])   # 75 %, agrees with Keras on 2 of 4
+    r = score("int8", path, variant, keras, labels, ["a", "b", "c"])
+    assert (r.accuracy, r.agreement, r.drift_pt, r.bytes) == (0.75, 0.5, 0.0, 5)
+    assert r.per_class_accuracy == {"a": 1.0, "b": 0.5, "c": 1.0}
+
+
+def test_quantize_input_maps_pixels_through_scale_and_zero_point():
+    pixels = np.array([0, 128, 255], np.uint8)
+    q = quantize_input(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
+    assert q.tolist() == [-128, 0, 127]
+    assert quantize_input(pixels, {"dtype": np.float32, "quantization": (0, 0)}).tolist() == [
+        0.0, 128.0, 255.0]
+
+
+def test_drift_gate():
+    report = {"build": "b", "variants": [{"name": "keras", "drift_pt": 0.0, "accuracy": 0.99},
+                                         {"name": "int8", "drift_pt": -1.5, "accuracy": 0.975}]}
+    check_drift(report, 2.0)
+    with pytest.raises(DriftError, match="1.50 points below Keras, more than max_drift_pt = 1.0"):
+        check_drift(report, 1.0)
+
+
+def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
+    import keras
+
+    from pipeline.convert import convert
+    from pipeline.datasets import FASHION_MNIST
+    from pipeline.preprocess import save_arrays
+
+    labels = np.arange(600) % 10
+    images = synthetic_images(labels, 4)
+    save_arrays(tmp_path / "d.npz", {"x_test": images[:200], "y_test": labels[:200]})
+    keras.utils.set_random_seed(0)
+    model = build_model("mlp", (28, 28), 10)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images[200:, ..., None].astype(np.float32), labels[200:], epochs=5, verbose=0)
+    save_model(model, tmp_path / "m.h5")
+    (tmp_path / "good_float32.tflite").write_bytes(convert(model, "float32"))
+    # An int8 file of an untrained network stands in for a quantization that went wrong.
+    variants = {"float32": tmp_path / "good_float32.tflite", "int8": tiny_models["tiny_mlp/int8"]}
+    with pytest.raises(DriftError, match="int8 accuracy .* points below Keras"):
+        run("b", "fashion_mnist", FASHION_MNIST.class_names, tmp_path / "m.h5", variants,
+            tmp_path / "d.npz", 50, 1.0, tmp_path / "reports")
+    report = json.loads((tmp_path / "reports" / "accuracy.json").read_text())
+    assert report["test_samples"] == 200 and report["dataset"] == "fashion_mnist"
+    keras_row, float_row, int8_row = report["variants"]
+    assert [keras_row["name"], float_row["name"], int8_row["name"]] == ["keras", "float32", "int8"]
+    assert keras_row["accuracy"] > 0.9
+    assert float_row["agreement"] == 1.0 and float_row["drift_pt"] == 0.0
+    assert int8_row["drift_pt"] < -1.0
+    assert "Ankle boot" in (tmp_path / "reports" / "accuracy.md").read_text()

@@ -1,0 +1,79 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.params import load_params
+from pipeline.preprocess import preprocess
+from pipeline.datasets import MNIST
+from pipeline.train import (build_model, load_model, run, save_model, split_train_validation,
+                            train_model)
+from tests.conftest import REPO
+
+
+def test_cnn_is_the_k1_tutorial_model():
+    model = build_model("cnn", (28, 28), 10)
+    assert model.count_params() == 93_322
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D",
+                     "Flatten", "Dense", "Dense"]
+
+
+def test_mlp_shape():
+    model = build_model("mlp", (28, 28), 10)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Rescaling", "Flatten", "Dense", "Dropout", "Dense"]
+    assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10
+
+
+def test_split_is_seeded_disjoint_and_capped():
+    train, val = split_train_validation(1000, 0.1, 0, seed=3)
+    assert len(train) == 900 and len(val) == 100 and not set(train) & set(val)
+    again, _ = split_train_validation(1000, 0.1, 0, seed=3)
+    assert np.array_equal(train, again)
+    capped, capped_val = split_train_validation(1000, 0.1, 200, seed=3)
+    assert len(capped) + len(capped_val) == 200
+
+
+@pytest.fixture(scope="module")
+def tiny_arrays(tiny_dataset_dir):
+    return preprocess(MNIST, tiny_dataset_dir)
+
+
+def test_same_params_give_the_same_weights(tiny_arrays):
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, batch_size=64)
+    first, history = train_model("mlp", tiny_arrays, params, verbose=0)
+    second, _ = train_model("mlp", tiny_arrays, params, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    other, _ = train_model("mlp", tiny_arrays, dataclasses.replace(params, seed=99), verbose=0)
+    assert not np.array_equal(first.get_weights()[0], other.get_weights()[0])
+
+
+def test_run_writes_h5_and_history_and_reloads(tiny_arrays, tmp_path):
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, epochs=3, batch_size=32)
+    record = run("cnn", tmp_path / "d.npz", params, tmp_path / "m" / "m.h5",
+                 tmp_path / "m" / "history.json")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["history.json", "m.h5"]
+    assert record["parameters"] == 93_322 and len(record["history"]["loss"]) == 3
+    # The synthetic classes are easy: training must actually learn them.
+    assert record["history"]["val_accuracy"][-1] > 0.9
+    reloaded = load_model(tmp_path / "m" / "m.h5")
+    x = tiny_arrays["x_test"][:8, ..., None].astype(np.float32)
+    assert reloaded.predict(x, verbose=0).shape == (8, 10)
+
+
+def test_save_is_atomic(tmp_path):
+    class Exploding:
+        def save(self, path):
+            path.write_bytes(b"half")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_model(Exploding(), tmp_path / "m.h5")
+    assert list(tmp_path.iterdir()) == []
