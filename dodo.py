@@ -3,6 +3,7 @@
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
 doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first),
+PIPELINE_OFFLINE=1 (never try the public mirrors),
 PIPELINE_BOARDS (board inventory, default board/boards.toml).
 
 This file only declares tasks. Stage modules import TensorFlow inside their functions, so
@@ -26,6 +27,7 @@ from pipeline.params import ParamsError, load_params, section_dict
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 ARTIFACTS = Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts"))
 MIRROR = os.environ.get("PIPELINE_MIRROR") or None
+OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
 
 try:
@@ -83,7 +85,7 @@ def task_download():
         yield {
             "name": name,
             "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
-                                    download.mirrors_for(spec, MIRROR),
+                                    download.mirrors_for(spec, MIRROR, OFFLINE),
                                     PARAMS.download.timeout_s, download.terminal_progress()])],
             "file_dep": [STAGES / "download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],

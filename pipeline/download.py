@@ -30,9 +30,10 @@ class DownloadError(PipelineError):
     pass
 
 
-def mirrors_for(spec: DatasetSpec, override: str | None) -> list[str]:
-    """The mirrors to try in order: the user's override (URL or directory) first."""
-    return ([override] if override else []) + list(spec.mirrors)
+def mirrors_for(spec: DatasetSpec, override: str | None, offline: bool = False) -> list[str]:
+    """The mirrors to try in order: the user's override (URL or directory) first, then the
+    public ones unless `offline`."""
+    return ([override] if override else []) + ([] if offline else list(spec.mirrors))
 
 
 def _open_source(mirror: str, name: str, timeout_s: float) -> tuple[BinaryIO, int | None]:
@@ -126,7 +127,7 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
         else:
             raise DownloadError(
                 f"could not download {spec.name}/{remote.name} from any mirror:\n"
-                + "\n".join(failures)
+                + "\n".join(failures or ["  (no mirror to try)"])
                 + "\nPoint the pipeline at a local copy with PIPELINE_MIRROR=<directory or URL> "
                 "holding the original .gz files (e.g. PIPELINE_MIRROR=../shared/datasets/mnist).")
         log(f"{remote.name}: verified from {mirror}")
@@ -158,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("cache_dir", type=Path)
     parser.add_argument("--mirror", default=os.environ.get("PIPELINE_MIRROR"))
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--offline", action="store_true",
+                        default=os.environ.get("PIPELINE_OFFLINE") == "1",
+                        help="try only --mirror, never the public mirrors")
     args = parser.parse_args(argv)
     spec = DATASETS[args.dataset]
     try:
-        download_dataset(spec, args.cache_dir, mirrors_for(spec, args.mirror), args.timeout,
+        download_dataset(spec, args.cache_dir, mirrors_for(spec, args.mirror, args.offline), args.timeout,
                          terminal_progress())
     except DownloadError as exc:
         sys.exit(f"error: {exc}")

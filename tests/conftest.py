@@ -133,7 +133,9 @@ def run_doit(project: Path, *args: str, env: dict | None = None,
              python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     # Only the variables a test sets: a developer's own PIPELINE_* must not leak in.
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    full_env.update({"PIPELINE_PARAMS": "params/smoke.toml", **(env or {})})
+    # PIPELINE_OFFLINE: tests never reach past 127.0.0.1, even when a local mirror fails.
+    full_env.update({"PIPELINE_PARAMS": "params/smoke.toml", "PIPELINE_OFFLINE": "1",
+                     **(env or {})})
     return subprocess.run([sys.executable, *python_flags, "-m", "doit", *args], cwd=project,
                           env=full_env, capture_output=True, text=True, timeout=1200)
 
