@@ -1,4 +1,4 @@
-"""Build graph of the TFLite pipeline: download -> preprocess -> train -> convert -> evaluate -> bench.
+"""The TFLite pipeline's build graph: download, preprocess, train, convert, evaluate, bench.
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
@@ -189,7 +189,8 @@ def task_bench():
             "targets": [reports / "latency" / f"{board.name}.json"],
             "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)})],
             "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
-                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))]])],
+                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))
+                                  ]])],
         }
 
 

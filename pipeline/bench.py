@@ -9,7 +9,6 @@ waits for a password, and host-key checking is left on.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import shlex
@@ -241,7 +240,8 @@ def run_on_board(board: Board, plan_path: Path) -> tuple[dict[str, Any], list[st
     """Run the plan on `board`; return the runner's document and the files pushed."""
     stage = plan_path.parent
     plan = json.loads(plan_path.read_text())
-    files = [RUNNER, plan_path, *(stage / m[k] for m in plan["models"] for k in ("file", "samples"))]
+    files = [RUNNER, plan_path,
+             *(stage / m[key] for m in plan["models"] for key in ("file", "samples"))]
     if board.is_local:
         proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
                               capture_output=True, timeout=board.timeout_s, check=False)

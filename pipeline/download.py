@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     spec = DATASETS[args.dataset]
     try:
-        download_dataset(spec, args.cache_dir, mirrors_for(spec, args.mirror, args.offline), args.timeout,
+        download_dataset(spec, args.cache_dir, mirrors_for(spec, args.mirror, args.offline),
+                         args.timeout,
                          terminal_progress())
     except DownloadError as exc:
         sys.exit(f"error: {exc}")

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import PipelineError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from pipeline.datasets import DATASETS
 
 MODELS = ("cnn", "mlp")

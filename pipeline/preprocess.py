@@ -28,7 +28,7 @@ class IdxError(PipelineError):
 
 
 def parse_idx(raw: bytes, ndim: int, source: str) -> np.ndarray:
-    """Decode an IDX buffer of unsigned bytes with `ndim` dimensions; `source` names it in errors."""
+    """Decode an unsigned-byte IDX buffer with `ndim` dimensions; `source` names it in errors."""
     if len(raw) < 4:
         raise IdxError(f"{source}: too short for an IDX header ({len(raw)} bytes)")
     zero, dtype, dims = struct.unpack(">HBB", raw[:4])

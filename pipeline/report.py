@@ -167,12 +167,14 @@ def render_markdown(rows: Sequence[dict], documents: Sequence[dict]) -> str:
             m = doc["machine"]
             lines.append(f"- **{doc['board']}**: {m['cpu_model']}, {m['cores']} cores, "
                          f"{m['uname']}; {doc['runtime']['name']} {doc['runtime']['version']}; "
-                         f"pinned to {doc.get('cpus') or 'no CPUs'}; "
+                         f"{'pinned to CPUs %s' % doc['cpus'] if doc.get('cpus') else 'not pinned'}; "
                          f"pushed {len(doc.get('pushed', []))} file(s)")
             if doc.get("compute_floor"):
                 f = doc["compute_floor"]
-                lines.append(f"  - compute floor: {f['isa']} peak of {f['macs_per_cycle']['float32']} float32 / "
-                             f"{f['macs_per_cycle']['int8']} int8 MACs/cycle per core at {f['clock_hz'] / 1e9:.2f} GHz "
+                peak = f["macs_per_cycle"]
+                lines.append(f"  - compute floor: {f['isa']} peak of {peak['float32']} float32 / "
+                             f"{peak['int8']} int8 MACs/cycle per core at "
+                             f"{f['clock_hz'] / 1e9:.2f} GHz "
                              f"({f['clock_source']}); floor = MACs / (that x threads)")
         else:
             lines.append(f"- **{doc['board']}**: FAILED - {doc.get('error', 'no result yet')}")
@@ -190,11 +192,13 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
     image = Image.new("RGB", (label_w + bar_w + 90, top + row_h * max(len(bars), 1) + 20),
                       "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 10), "p50 latency per variant and board (µs, fewer is better)", fill="black")
+    # Pillow's default bitmap font has no "µ".
+    draw.text((10, 10), "p50 latency per variant and board (microseconds, lower is better)",
+              fill="black")
     peak = max((r["p50_us"] for r in bars), default=1.0)
     for i, r in enumerate(bars):
         y = top + i * row_h
-        label = f"{r['build']} {r['variant']} @ {r['board']} x{r['threads']}"
+        label = f"{r['build']} {r['variant']} @ {r['board']}, {r['threads']} thread(s)"
         draw.text((10, y + 4), label, fill="black")
         width = max(1, int(bar_w * r["p50_us"] / peak))
         draw.rectangle([label_w, y + 3, label_w + width, y + row_h - 3],

@@ -1,0 +1,113 @@
+"""Build benchmarks, all measured in this one run, printed as a table.
+
+1. no-op `doit` wall time (median of N) on a built project, next to bare doit on an empty
+   dodo.py (the floor any doit project pays);
+2. cold build time of the whole default build (`doit`, params.toml) from a local mirror;
+3. training time and test accuracy of mnist_cnn with the pipeline's params next to the K1
+   tutorial's recipe (same CNN, 5 epochs, batch 32, constant Adam 1e-3) trained here on the
+   same data split through the same code path.
+
+Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7]
+Defaults to ../shared/datasets/mnist beside the repository as the mirror.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import copy_project  # noqa: E402  (one copy of the project-copy helper)
+
+RECIPE_TRAIN = """[train]
+epochs = 5
+batch_size = 32
+learning_rate = 0.001
+lr_schedule = "constant"
+validation_fraction = 0.1
+max_train_samples = 0
+seed = 1234
+"""
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(PIPELINE_MIRROR=args.mirror, PIPELINE_OFFLINE="1")
+    doit = [sys.executable, "-m", "doit"]
+    with tempfile.TemporaryDirectory() as tmp:
+        project = copy_project(Path(tmp) / "project")
+        cold, _ = timed(doit, project, env)
+        noop = [timed(doit, project, env)[0] for _ in range(args.repeats)]
+        bare_dir = Path(tmp) / "bare"
+        bare_dir.mkdir()
+        (bare_dir / "dodo.py").write_text("def task_nothing():\n    return {'actions': []}\n")
+        bare = [timed(doit, bare_dir, env)[0] for _ in range(args.repeats)]
+
+        art = project / "artifacts"
+        ours = json.loads((art / "models" / "mnist_cnn" / "history.json").read_text())
+        ours_acc = next(v["accuracy"] for v in json.loads(
+            (art / "reports" / "mnist_cnn" / "accuracy.json").read_text())["variants"]
+            if v["name"] == "keras")
+
+        params = (project / "params.toml").read_text()
+        start, end = params.index("[train]"), params.index("[convert]")
+        recipe_params = Path(tmp) / "recipe.toml"
+        recipe_params.write_text(params[:start] + RECIPE_TRAIN + "\n" + params[end:])
+        data = art / "data" / "mnist" / "mnist.npz"
+        recipe_h5 = Path(tmp) / "recipe" / "recipe.h5"
+        _, out = timed([sys.executable, "-m", "pipeline.train", "cnn", str(data), str(recipe_h5),
+                        "--params", str(recipe_params)], project, env)
+        recipe = json.loads(out.strip().splitlines()[-1])
+
+        from pipeline.evaluate import keras_predict
+        from pipeline.preprocess import load_arrays
+
+        test = load_arrays(data)
+        recipe_acc = float((keras_predict(recipe_h5, test["x_test"], 500)
+                            == test["y_test"]).mean())
+
+    ratio = ours["train_seconds"] / recipe["train_seconds"]
+    rows = [
+        ("no-op doit, median of %d" % len(noop), f"{statistics.median(noop):.3f} s",
+         f"min {min(noop):.3f} s, max {max(noop):.3f} s"),
+        ("bare doit (empty dodo.py), median", f"{statistics.median(bare):.3f} s",
+         f"no-op / bare = {statistics.median(noop) / statistics.median(bare):.2f}x"),
+        ("cold build, default params, local mirror", f"{cold:.1f} s",
+         "download..bench:local, 2 builds"),
+        ("train mnist_cnn, pipeline params", f"{ours['train_seconds']:.1f} s",
+         f"test accuracy {100 * ours_acc:.2f} %"),
+        ("train mnist_cnn, tutorial recipe", f"{recipe['train_seconds']:.1f} s",
+         f"test accuracy {100 * recipe_acc:.2f} %"),
+        ("pipeline / recipe training time", f"{ratio:.2f}x",
+         "goal: <= 0.5x at >= 99.00 %"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+
+
+if __name__ == "__main__":
+    main()
