@@ -91,6 +91,7 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
         _dataset(x[train_idx], y[train_idx], params.batch_size, params.seed),
         validation_data=_dataset(x[val_idx], y[val_idx], params.batch_size, None),
         epochs=params.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=verbose,
     )
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
