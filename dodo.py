@@ -22,6 +22,7 @@ from doit.tools import config_changed
 
 from pipeline import PipelineError
 from pipeline.datasets import DATASETS
+from pipeline.bench import load_boards
 from pipeline.params import ParamsError, load_params, section_dict
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
@@ -34,6 +35,14 @@ try:
     PARAMS = load_params(PARAMS_PATH)
 except ParamsError as exc:
     raise SystemExit(f"error: bad params: {exc}") from None
+try:
+    BOARDS = load_boards(BOARDS_PATH)
+except ParamsError as exc:
+    raise SystemExit(f"error: bad board inventory: {exc}") from None
+_missing = set(PARAMS.bench.default_boards) - {board.name for board in BOARDS}
+if _missing:
+    raise SystemExit(f"error: bad params: bench.default_boards names {sorted(_missing)}, "
+                     f"which {BOARDS_PATH} does not declare")
 
 STAGES = Path("pipeline")
 DOIT_CONFIG = {
@@ -171,19 +180,15 @@ def task_bench():
     """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline import bench
 
-    try:
-        boards = bench.load_boards(BOARDS_PATH)
-    except ParamsError as exc:
-        raise SystemExit(f"error: bad board inventory: {exc}") from None
     models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
     datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
     reports = ARTIFACTS / "reports"
-    for board in boards:
+    for board in BOARDS:
         yield {
             "name": board.name,
             "actions": [(_guarded, [bench.run, board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
-                                    reports, boards])],
+                                    reports, BOARDS])],
             "file_dep": [STAGES / "bench.py", STAGES / "report.py", bench.RUNNER,
                          *models.values(), *set(datasets.values())],
             "targets": [reports / "latency" / f"{board.name}.json"],

@@ -81,3 +81,13 @@ def test_doit_refuses_bad_params_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "train.epoch: unknown key" in proc.stderr
     assert not (project / "artifacts").exists()
+
+
+def test_doit_refuses_a_default_board_missing_from_the_inventory(tmp_path):
+    project = copy_project(tmp_path / "p")
+    smoke = project / "params" / "smoke.toml"
+    smoke.write_text(smoke.read_text().replace('default_boards = ["local"]',
+                                               'default_boards = ["k9"]'))
+    proc = run_doit(project)
+    assert proc.returncode != 0
+    assert "bench.default_boards names ['k9']" in proc.stderr
