@@ -243,8 +243,12 @@ def run_on_board(board: Board, plan_path: Path) -> tuple[dict[str, Any], list[st
     files = [RUNNER, plan_path,
              *(stage / m[key] for m in plan["models"] for key in ("file", "samples"))]
     if board.is_local:
-        proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
-                              capture_output=True, timeout=board.timeout_s, check=False)
+        try:
+            proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
+                                  capture_output=True, timeout=board.timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"board {board.name!r}: runner did not finish within "
+                             f"{board.timeout_s:.0f} s") from None
         return _runner_output(board, proc), []
     pushed = push(board, files)
     proc = ssh_run(board, ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh",
