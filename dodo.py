@@ -20,7 +20,7 @@ import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline import PipelineError
+from pipeline import RUNNER, PipelineError
 from pipeline.datasets import DATASETS
 from pipeline.bench import load_boards
 from pipeline.params import ParamsError, load_params, section_dict
@@ -168,7 +168,7 @@ def task_evaluate():
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
                                     report_dir])],
-            "file_dep": [STAGES / "evaluate.py", keras_model(build.name),
+            "file_dep": [STAGES / "evaluate.py", RUNNER, keras_model(build.name),
                          dataset_npz(build.dataset), *models.values()],
             "targets": [report_dir / "accuracy.json", report_dir / "accuracy.md"],
             "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
@@ -189,7 +189,7 @@ def task_bench():
             "actions": [(_guarded, [bench.run, board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
                                     reports, BOARDS])],
-            "file_dep": [STAGES / "bench.py", STAGES / "report.py", bench.RUNNER,
+            "file_dep": [STAGES / "bench.py", STAGES / "report.py", RUNNER,
                          *models.values(), *set(datasets.values())],
             "targets": [reports / "latency" / f"{board.name}.json"],
             "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)})],

@@ -4,6 +4,24 @@ Every stage module is importable without TensorFlow; TensorFlow is imported insi
 functions that need it, so `doit` can load the task graph in a fraction of a second.
 """
 
+import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+# The on-board runner is a standalone script (it must not import this package); the host
+# loads it by path wherever it needs the board's exact behaviour.
+RUNNER = Path(__file__).resolve().parent.parent / "board" / "runner.py"
+
+
+@functools.cache
+def load_runner() -> ModuleType:
+    """board/runner.py as a module, so the host quantizes and predicts with the board's code."""
+    spec = importlib.util.spec_from_file_location("board_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 class PipelineError(Exception):
     """An error the user can act on; its message says what went wrong and how to fix it."""

@@ -9,7 +9,6 @@ waits for a password, and host-key checking is left on.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import shutil
@@ -22,11 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import PipelineError, report
+from pipeline import RUNNER, PipelineError, load_runner, report
 from pipeline.files import sha256_file, write_json
 from pipeline.params import ParamsError, parse_section, read_toml
 
-RUNNER = Path(__file__).resolve().parent.parent / "board" / "runner.py"
 NO_RUNTIME = 3  # the runner's exit status when no TFLite runtime is importable
 
 
@@ -96,14 +94,6 @@ def load_boards(path: Path) -> tuple[Board, ...]:
 
 
 # --- the plan: models, labelled samples and host predictions ------------------------------
-
-
-def load_runner() -> Any:
-    """board/runner.py as a module, so host predictions use the board's very code."""
-    spec = importlib.util.spec_from_file_location("board_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
@@ -293,10 +283,11 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     """
     from pipeline.preprocess import load_arrays
 
-    samples = {}
-    for build, npz in datasets.items():
+    picked = {}  # builds sharing a dataset share its samples: load each .npz once
+    for npz in set(datasets.values()):
         arrays = load_arrays(npz)
-        samples[build] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
+        picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
+    samples = {build: picked[npz] for build, npz in datasets.items()}
     result_path = Path(reports_dir) / "latency" / f"{board.name}.json"
     try:
         document = bench_board(board, models, samples, Path(work_dir))

@@ -15,23 +15,12 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from pipeline import PipelineError
+from pipeline import PipelineError, load_runner
 from pipeline.files import write_json, write_text
 
 
 class DriftError(PipelineError):
     pass
-
-
-def quantize_input(images: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    """Images (raw uint8 pixels) as the interpreter's input tensor expects them."""
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.floating):
-        return images.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    q = np.round(images.astype(np.float32) / scale + zero_point)
-    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -46,7 +35,8 @@ def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.
         interpreter.resize_tensor_input(input_index, batch.shape)
         interpreter.allocate_tensors()
         detail = interpreter.get_input_details()[0]
-        interpreter.set_tensor(input_index, quantize_input(batch, detail))
+        # The board's own input quantization, so host and board feed identical tensors.
+        interpreter.set_tensor(input_index, load_runner().quantize(batch, detail))
         interpreter.invoke()
         output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
         # argmax is invariant under the output's affine dequantization (scale > 0).

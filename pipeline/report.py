@@ -165,9 +165,10 @@ def render_markdown(rows: Sequence[dict], documents: Sequence[dict]) -> str:
     for doc in documents:
         if doc.get("status") == "ok":
             m = doc["machine"]
+            pinning = f"pinned to CPUs {doc['cpus']}" if doc.get("cpus") else "not pinned"
             lines.append(f"- **{doc['board']}**: {m['cpu_model']}, {m['cores']} cores, "
                          f"{m['uname']}; {doc['runtime']['name']} {doc['runtime']['version']}; "
-                         f"{'pinned to CPUs %s' % doc['cpus'] if doc.get('cpus') else 'not pinned'}; "
+                         f"{pinning}; "
                          f"pushed {len(doc.get('pushed', []))} file(s)")
             if doc.get("compute_floor"):
                 f = doc["compute_floor"]

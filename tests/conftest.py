@@ -8,6 +8,7 @@ import gzip
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 PROJECT_FILES = ("dodo.py", "params.toml", "params", "pipeline", "board")
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -18,15 +18,9 @@ import pytest
 from pipeline import bench
 from pipeline.bench import Board, BoardError, load_boards
 from pipeline.params import ParamsError
-from tests.conftest import REPO, executed_tasks, run_doit, synthetic_images
+from tests.conftest import REPO, executed_tasks, free_port, run_doit, synthetic_images
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
 from pipeline.download import DownloadError, download_dataset, mirrors_for, verify
+from tests.conftest import free_port
 
 
 def spec_for(directory, name="tiny") -> DatasetSpec:
@@ -90,11 +91,7 @@ def test_payload_sha256_mismatch_is_named(tiny_dataset_dir, tmp_path):
 
 
 def test_no_reachable_mirror_names_every_mirror_and_the_fix(tiny_dataset_dir, tmp_path, serve):
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    dead = f"http://127.0.0.1:{free_port()}/"
     missing_dir = str(tmp_path / "no-such-dir")
     empty = serve(tmp_path)  # answers 404
     cache = tmp_path / "cache"

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluate import DriftError, check_drift, quantize_input, run, score
+from pipeline.evaluate import DriftError, check_drift, run, score
 from pipeline.train import build_model, save_model
 from tests.conftest import synthetic_images
 
@@ -17,14 +17,6 @@ def test_score_counts_accuracy_agreement_and_drift(tmp_path):
     r = score("int8", path, variant, keras, labels, ["a", "b", "c"])
     assert (r.accuracy, r.agreement, r.drift_pt, r.bytes) == (0.75, 0.5, 0.0, 5)
     assert r.per_class_accuracy == {"a": 1.0, "b": 0.5, "c": 1.0}
-
-
-def test_quantize_input_maps_pixels_through_scale_and_zero_point():
-    pixels = np.array([0, 128, 255], np.uint8)
-    q = quantize_input(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
-    assert q.tolist() == [-128, 0, 127]
-    assert quantize_input(pixels, {"dtype": np.float32, "quantization": (0, 0)}).tolist() == [
-        0.0, 128.0, 255.0]
 
 
 def test_drift_gate():

@@ -59,6 +59,15 @@ def test_runner_predictions_match_the_batched_host_path(tiny_models):
         assert runner.predict(interpreter, images) == tflite_predict(path, images, 30).tolist()
 
 
+def test_quantize_maps_pixels_through_scale_and_zero_point():
+    quantize = load_runner().quantize
+    pixels = np.array([0, 128, 255], np.uint8)
+    q = quantize(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
+    assert q.tolist() == [-128, 0, 127]
+    assert quantize(pixels, {"dtype": np.float32, "quantization": (0, 0)}).tolist() == [
+        0.0, 128.0, 255.0]
+
+
 def test_runner_percentiles():
     stats = load_runner().percentile_stats([float(v) for v in range(1, 101)])
     assert stats["p50_us"] == pytest.approx(50.5) and stats["max_us"] == 100.0
