@@ -22,7 +22,7 @@ from doit.tools import config_changed
 
 from pipeline import RUNNER, PipelineError
 from pipeline.datasets import DATASETS
-from pipeline.bench import load_boards
+from pipeline.boards import load_boards
 from pipeline.params import ParamsError, load_params, section_dict
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))

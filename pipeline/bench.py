@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,74 +22,13 @@ import numpy as np
 
 from pipeline import RUNNER, PipelineError, load_runner, report
 from pipeline.files import sha256_file, write_json
-from pipeline.params import ParamsError, parse_section, read_toml
+from pipeline.boards import Board, load_boards  # noqa: F401 (re-exported)
 
 NO_RUNTIME = 3  # the runner's exit status when no TFLite runtime is importable
 
 
 class BoardError(PipelineError):
     pass
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    host: str = ""                 # ssh alias or address; empty = run here without SSH
-    user: str = ""
-    port: int = 0                  # 0 = ssh's own default / ~/.ssh/config
-    ssh_options: tuple[str, ...] = ()
-    remote_dir: str = "tflite-bench"   # relative to the remote home unless absolute
-    python: str = "python3"
-    threads: tuple[int, ...] = (1,)
-    cpus: tuple[int, ...] = ()
-    warmup: int = 10
-    runs: int = 100
-    connect_timeout_s: int = 10
-    timeout_s: float = 1800.0
-
-    def __post_init__(self) -> None:
-        key = f"boards[{self.name}]"
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ParamsError(f"{key}.name: use letters, digits, - and _ only")
-        if not self.threads or min(self.threads) < 1:
-            raise ParamsError(f"{key}.threads: a non-empty list of counts >= 1")
-        if any(c < 0 for c in self.cpus):
-            raise ParamsError(f"{key}.cpus: CPU ids are >= 0")
-        if self.warmup < 0 or self.runs < 1:
-            raise ParamsError(f"{key}: warmup must be >= 0 and runs >= 1")
-        if not 0 <= self.port < 65536:
-            raise ParamsError(f"{key}.port: must be in 0..65535")
-        if self.host.startswith("-"):
-            raise ParamsError(f"{key}.host: must not start with '-'")
-
-    @property
-    def is_local(self) -> bool:
-        return not self.host
-
-    @property
-    def where(self) -> str:
-        """How errors name the board: host and port, never the user."""
-        if self.is_local:
-            return "this machine"
-        return f"host {self.host}" + (f" port {self.port}" if self.port else "")
-
-    def settings(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def load_boards(path: Path) -> tuple[Board, ...]:
-    doc = read_toml(path)
-    try:
-        unknown = set(doc) - {"boards"}
-        if unknown:
-            raise ParamsError(f"unknown key(s) {sorted(unknown)}; declare [[boards]] entries")
-        boards = tuple(parse_section(Board, "boards", b) for b in doc.get("boards", []))
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    names = [b.name for b in boards]
-    if len(set(names)) != len(names):
-        raise ParamsError(f"{path}: duplicate board names in {names}")
-    return boards
 
 
 # --- the plan: models, labelled samples and host predictions ------------------------------

@@ -1,6 +1,6 @@
 """Atomic file writes and hashing shared by every stage.
 
-A stage writes each artifact to a hidden temporary name in the same directory and renames
+A stage writes each artifact to a unique hidden temporary name in the same directory and renames
 it into place, so an interrupted task never leaves a file that looks finished.
 """
 
@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,12 +23,28 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    # A unique name per writer: two tasks writing the same file at once (doit -n) never
+    # share a temporary file, and O_EXCL never follows a symlink planted under that name.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}",
+                                dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp's 0600 would make artifacts private to one user
+    tmp = Path(name)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself survives a power cut
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
