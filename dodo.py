@@ -49,7 +49,7 @@ DOIT_CONFIG = {
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate",
+    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "peak",
                       *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
 }
 
@@ -176,23 +176,51 @@ def task_evaluate():
         }
 
 
+def peak_models():
+    from pipeline.convert import variant_names
+    from pipeline.floor import PEAK_VARIANTS, peak_path
+
+    return {v: peak_path(ARTIFACTS / "peak", v) for v in variant_names(PARAMS.convert)
+            if v in PEAK_VARIANTS}
+
+
+def task_peak():
+    """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
+    from pipeline import floor
+
+    return {
+        "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), ARTIFACTS / "peak"])],
+        "file_dep": [STAGES / "floor.py", STAGES / "convert.py"],
+        "targets": list(peak_models().values()),
+        "uptodate": [config_changed({"variants": list(peak_models())})],
+        "clean": True,
+    }
+
+
 def task_bench():
     """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline import bench
+    from pipeline.boards import measured_within
 
     models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
     datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
     reports = ARTIFACTS / "reports"
     for board in BOARDS:
+        result = reports / "latency" / f"{board.name}.json"
         yield {
             "name": board.name,
             "actions": [(_guarded, [bench.run, board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
-                                    reports, BOARDS])],
-            "file_dep": [STAGES / "bench.py", STAGES / "report.py", RUNNER,
-                         *models.values(), *set(datasets.values())],
-            "targets": [reports / "latency" / f"{board.name}.json"],
-            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)})],
+                                    reports, BOARDS, peak_models(),
+                                    PARAMS.bench.max_age_hours])],
+            "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
+                         STAGES / "boards.py", RUNNER, *models.values(),
+                         *peak_models().values(), *set(datasets.values())],
+            "targets": [result],
+            # Out of date when the board's last figures are older than max_age_hours, so a
+            # board that died since it was last timed is noticed.
+            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
+                         (measured_within, [result, PARAMS.bench.max_age_hours])],
             "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
                                   *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))
                                   ]])],

@@ -53,16 +53,21 @@ def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndar
     return np.sort(np.concatenate(picked))
 
 
-def _representative_dataset(images: np.ndarray) -> Any:
+def _representative_dataset(images: np.ndarray, add_channel_axis: bool) -> Any:
     def generate() -> Iterator[list[np.ndarray]]:
         for image in images:
-            yield [image[np.newaxis, ..., np.newaxis].astype(np.float32)]
+            sample = image[np.newaxis, ..., np.newaxis] if add_channel_axis else image
+            yield [sample.astype(np.float32)]
     return generate
 
 
 def convert(model: Any, variant: str, representative: np.ndarray | None = None,
-            int8_io: str = "int8") -> bytes:
-    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes."""
+            int8_io: str = "int8", add_channel_axis: bool = True) -> bytes:
+    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes.
+
+    `representative` holds calibration inputs: H x W images (given a batch and a channel
+    axis here) or, with `add_channel_axis=False`, whole input tensors as the model takes them.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -72,7 +77,8 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
         if representative is None:
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative_dataset(representative)
+        converter.representative_dataset = _representative_dataset(representative,
+                                                                     add_channel_axis)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
         converter.inference_input_type = io_type

@@ -94,10 +94,12 @@ class EvaluateParams:
 class BenchParams:
     correctness_samples: int
     default_boards: tuple[str, ...]
+    max_age_hours: float
 
     def __post_init__(self) -> None:
         _check(1 <= self.correctness_samples <= 10_000, "bench.correctness_samples",
                "must be in 1..10000")
+        _check(self.max_age_hours > 0, "bench.max_age_hours", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def peak_models(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic GEMM models, in every variant, with which a board measures its peak."""
+    from pipeline.floor import PEAK_VARIANTS, build_peak_models
+
+    return build_peak_models(PEAK_VARIANTS, tmp_path_factory.mktemp("peak"))
+
+
 def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
