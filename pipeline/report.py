@@ -27,7 +27,7 @@ from pipeline.floor import floor_us, peak_rates
 # ANSI/OSC escape sequences first (so their payload goes too), then any other C0/C1 control.
 _ESCAPES = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b.?")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]|~])")
 CONSOLE_HEADERS = ["build", "variant", "board", "thr", "p50 µs", "p90 µs", "int8/f32",
                    "agree %", "state"]
 
