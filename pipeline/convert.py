@@ -23,8 +23,14 @@ class ConvertError(PipelineError):
     pass
 
 
+# Kept float by the debugger's denylist, everything else int8: built when convert.float_layers
+# names at least one tensor (pick them from the per-layer report, layers.csv).
+SELECTIVE = "int8_selective"
+
+
 def variant_names(params: ConvertParams) -> list[str]:
-    return ["float32", "int8", *params.extra_variants]
+    selective = [SELECTIVE] if params.float_layers else []
+    return ["float32", "int8", *selective, *params.extra_variants]
 
 
 def variant_path(model_dir: Path, build: str, variant: str) -> Path:
@@ -33,7 +39,8 @@ def variant_path(model_dir: Path, build: str, variant: str) -> Path:
 
 def variant_of(path: Path) -> tuple[str, str]:
     """(build, variant) of a `<build>_<variant>.tflite` path."""
-    for variant in ("float32", "int8", *EXTRA_VARIANTS):
+    # Longest first: "<build>_int8_selective" must not read as a build named "<build>_int8".
+    for variant in sorted(("float32", "int8", SELECTIVE, *EXTRA_VARIANTS), key=len, reverse=True):
         if Path(path).stem.endswith(f"_{variant}"):
             return Path(path).stem[: -len(variant) - 1], variant
     raise ValueError(f"{path}: not named <build>_<variant>.tflite")
@@ -61,9 +68,9 @@ def _representative_dataset(images: np.ndarray, add_channel_axis: bool) -> Any:
     return generate
 
 
-def convert(model: Any, variant: str, representative: np.ndarray | None = None,
-            int8_io: str = "int8", add_channel_axis: bool = True) -> bytes:
-    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes.
+def converter_for(model: Any, variant: str, representative: np.ndarray | None = None,
+                  int8_io: str = "int8", add_channel_axis: bool = True) -> Any:
+    """A TFLiteConverter set up for one variant; the per-layer debugger reuses the int8 one.
 
     `representative` holds calibration inputs: H x W images (given a batch and a channel
     axis here) or, with `add_channel_axis=False`, whole input tensors as the model takes them.
@@ -73,13 +80,16 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if variant == "float32":
         pass
-    elif variant == "int8":
+    elif variant in ("int8", SELECTIVE):
         if representative is None:
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(representative,
                                                                      add_channel_axis)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if variant == SELECTIVE:  # the layers kept in float need the float kernels
+            ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+        converter.target_spec.supported_ops = ops
         io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
@@ -90,16 +100,50 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    return converter.convert()
+    return converter
 
 
-def float_tensors(model_content: bytes) -> list[str]:
-    """Names and types of every floating-point tensor in a .tflite model."""
+def convert(model: Any, variant: str, representative: np.ndarray | None = None,
+            int8_io: str = "int8", float_layers: Sequence[str] = (),
+            add_channel_axis: bool = True) -> bytes:
+    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes.
+
+    `float_layers` (tensor names from the per-layer report) stay float in `int8_selective`;
+    `representative` and `add_channel_axis` are as in `converter_for`.
+    """
+    converter = converter_for(model, variant, representative, int8_io, add_channel_axis)
+    if variant != SELECTIVE:
+        return converter.convert()
+    import tensorflow as tf
+
+    if not float_layers:
+        raise ValueError("int8_selective needs at least one float layer")
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=_representative_dataset(representative, add_channel_axis),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=list(float_layers), fully_quantize=True))
+    content = debugger.get_nondebug_quantized_model()
+    # The debugger ignores names it does not know; a typo would silently ship full int8.
+    unknown = [name for name in float_layers if name not in float_tensor_dtypes(content)]
+    if unknown:
+        raise ConvertError(f"convert.float_layers: no tensor named {unknown} in this model; copy "
+                           "names from the tensor column of reports/<build>/layers.csv")
+    return content
+
+
+def float_tensor_dtypes(model_content: bytes) -> dict[str, str]:
+    """Name -> dtype of every floating-point tensor in a .tflite model."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=model_content)
-    return [f"{t['name']} ({np.dtype(t['dtype']).name})" for t in interpreter.get_tensor_details()
-            if np.issubdtype(t["dtype"], np.floating)]
+    return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()
+            if np.issubdtype(t["dtype"], np.floating)}
+
+
+def float_tensors(model_content: bytes) -> list[str]:
+    """"name (dtype)" of every floating-point tensor in a .tflite model."""
+    return [f"{name} ({dtype})" for name, dtype in float_tensor_dtypes(model_content).items()]
 
 
 def check_integer_only(model_content: bytes, source: str) -> None:
@@ -120,7 +164,7 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
         arrays["y_train"], params.representative_samples, params.seed)]
     sizes = {}
     for variant in variant_names(params):
-        content = convert(model, variant, representative, params.int8_io)
+        content = convert(model, variant, representative, params.int8_io, params.float_layers)
         path = variant_path(model_dir, build, variant)
         if variant == "int8":
             check_integer_only(content, str(path))

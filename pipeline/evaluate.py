@@ -23,13 +23,17 @@ class DriftError(PipelineError):
     pass
 
 
-def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Top-1 class of each image (N x H x W uint8) under the LiteRT interpreter."""
+def tflite_probabilities(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities (N x classes, float32) of each image (N x H x W uint8) under LiteRT.
+
+    An integer output is dequantized with its own scale and zero point, which keeps the
+    order of the classes (scale > 0), so its argmax is the model's top-1.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(model_path))
     input_index = interpreter.get_input_details()[0]["index"]
-    predictions = []
+    outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size, ..., np.newaxis]
         interpreter.resize_tensor_input(input_index, batch.shape)
@@ -38,19 +42,31 @@ def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.
         # The board's own input quantization, so host and board feed identical tensors.
         interpreter.set_tensor(input_index, load_runner().quantize(batch, detail))
         interpreter.invoke()
-        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-        # argmax is invariant under the output's affine dequantization (scale > 0).
-        predictions.append(np.argmax(output, axis=1))
-    return np.concatenate(predictions)
+        out = interpreter.get_output_details()[0]
+        output = interpreter.get_tensor(out["index"]).astype(np.float32)
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero_point = out["quantization"]
+            output = (output - zero_point) * scale
+        outputs.append(output)
+    return np.concatenate(outputs)
 
 
-def keras_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Top-1 class of each image (N x H x W uint8) under the LiteRT interpreter."""
+    return np.argmax(tflite_probabilities(model_path, images, batch_size), axis=1)
+
+
+def keras_probabilities(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax output (N x classes) of the saved Keras model for N x H x W uint8 images."""
     from pipeline.train import load_model
 
     model = load_model(model_path)
-    probs = model.predict(images[..., np.newaxis].astype(np.float32), batch_size=batch_size,
-                          verbose=0)
-    return np.argmax(probs, axis=1)
+    return model.predict(images[..., np.newaxis].astype(np.float32), batch_size=batch_size,
+                         verbose=0)
+
+
+def keras_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.argmax(keras_probabilities(model_path, images, batch_size), axis=1)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class ConvertParams:
     seed: int
     int8_io: str
     extra_variants: tuple[str, ...]
+    float_layers: tuple[str, ...]
 
     def __post_init__(self) -> None:
         _check(self.representative_samples >= 10, "convert.representative_samples",
@@ -78,6 +79,8 @@ class ConvertParams:
         for variant in self.extra_variants:
             _check(variant in EXTRA_VARIANTS, "convert.extra_variants",
                    f"unknown variant {variant!r}; choose from {list(EXTRA_VARIANTS)}")
+        _check(len(set(self.float_layers)) == len(self.float_layers) and all(self.float_layers),
+               "convert.float_layers", "names must be non-empty and unique")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,23 @@ class EvaluateParams:
     def __post_init__(self) -> None:
         _check(self.max_drift_pt >= 0, "evaluate.max_drift_pt", "must be >= 0")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    max_per_class: int
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_per_class <= 100, "analysis.max_per_class", "must be in 1..100")
+
+
+@dataclass(frozen=True)
+class LayersParams:
+    samples: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.samples <= 10_000, "layers.samples", "must be in 1..10000")
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,8 @@ class Params:
     train: TrainParams
     convert: ConvertParams
     evaluate: EvaluateParams
+    analysis: AnalysisParams
+    layers: LayersParams
     bench: BenchParams
     builds: tuple[Build, ...]
 
