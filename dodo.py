@@ -1,4 +1,5 @@
-"""The TFLite pipeline's build graph: download, preprocess, train, convert, evaluate, bench.
+"""The TFLite pipeline's build graph: download, preprocess, train, convert, evaluate, analysis,
+layers, card, bench.
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
@@ -49,7 +50,8 @@ DOIT_CONFIG = {
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "peak",
+    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "analysis",
+                      "layers", "card", "peak",
                       *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
 }
 
@@ -195,6 +197,75 @@ def task_peak():
         "uptodate": [config_changed({"variants": list(peak_models())})],
         "clean": True,
     }
+
+
+def task_analysis():
+    """Confusion matrices, misclassified-image grids and the int8 damage list per build."""
+    from pipeline import analysis
+
+    for build in PARAMS.builds:
+        report_dir = ARTIFACTS / "reports" / build.name
+        int8 = tflite_models(build.name)["int8"]
+        outputs = [report_dir / name for name in analysis.OUTPUTS]
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [analysis.run, build.name,
+                                    DATASETS[build.dataset].class_names, keras_model(build.name),
+                                    int8, dataset_npz(build.dataset),
+                                    PARAMS.evaluate.batch_size,
+                                    PARAMS.analysis.max_per_class, report_dir])],
+            # evaluate.py: the predictions come from its helpers.
+            "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", RUNNER,
+                         keras_model(build.name), int8, dataset_npz(build.dataset)],
+            "targets": outputs,
+            "uptodate": [config_changed({**section_dict(PARAMS.analysis),
+                                         "batch_size": PARAMS.evaluate.batch_size})],
+            "clean": [(_remove, [outputs])],
+        }
+
+
+def task_layers():
+    """Per-layer int8 quantization error against the float graph (QuantizationDebugger)."""
+    from pipeline import layers
+
+    for build in PARAMS.builds:
+        report_dir = ARTIFACTS / "reports" / build.name
+        outputs = [report_dir / name for name in layers.OUTPUTS]
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [layers.run, build.name, keras_model(build.name),
+                                    dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
+                                    report_dir])],
+            # convert.py: the debugger converts with convert's own int8 settings.
+            "file_dep": [STAGES / "layers.py", STAGES / "convert.py", keras_model(build.name),
+                         dataset_npz(build.dataset)],
+            "targets": outputs,
+            "uptodate": [config_changed({"layers": section_dict(PARAMS.layers),
+                                         "convert": section_dict(PARAMS.convert)})],
+            "clean": [(_remove, [outputs])],
+        }
+
+
+def task_card():
+    """Model card per build: input contract, outputs, each variant's bytes, SHA-256, accuracy."""
+    from pipeline import card
+
+    for build in PARAMS.builds:
+        models = tflite_models(build.name)
+        accuracy = ARTIFACTS / "reports" / build.name / "accuracy.json"
+        history = model_dir(build.name) / "history.json"
+        outputs = [model_dir(build.name) / "model_card.json",
+                   model_dir(build.name) / "model_card.md"]
+        yield {
+            "name": build.name,
+            "actions": [(_guarded, [card.run, build.name, build.dataset,
+                                    DATASETS[build.dataset].class_names, keras_model(build.name),
+                                    models, accuracy, history, model_dir(build.name)])],
+            "file_dep": [STAGES / "card.py", keras_model(build.name), history, accuracy,
+                         *models.values()],
+            "targets": outputs,
+            "clean": [(_remove, [outputs])],
+        }
 
 
 def task_bench():

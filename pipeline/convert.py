@@ -60,7 +60,7 @@ def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndar
     return np.sort(np.concatenate(picked))
 
 
-def _representative_dataset(images: np.ndarray, add_channel_axis: bool) -> Any:
+def representative_dataset(images: np.ndarray, add_channel_axis: bool = True) -> Any:
     def generate() -> Iterator[list[np.ndarray]]:
         for image in images:
             sample = image[np.newaxis, ..., np.newaxis] if add_channel_axis else image
@@ -84,7 +84,7 @@ def converter_for(model: Any, variant: str, representative: np.ndarray | None = 
         if representative is None:
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative_dataset(representative,
+        converter.representative_dataset = representative_dataset(representative,
                                                                      add_channel_axis)
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if variant == SELECTIVE:  # the layers kept in float need the float kernels
@@ -120,7 +120,7 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
         raise ValueError("int8_selective needs at least one float layer")
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
-        debug_dataset=_representative_dataset(representative, add_channel_axis),
+        debug_dataset=representative_dataset(representative, add_channel_axis),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(
             denylisted_nodes=list(float_layers), fully_quantize=True))
     content = debugger.get_nondebug_quantized_model()

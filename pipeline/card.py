@@ -1,0 +1,161 @@
+"""Model card: what a build's models expect, what they return, and how good each variant is.
+
+Writes `models/<build>/model_card.json` and `model_card.md`. The models take raw 0..255
+pixels of a light digit on black (the 1/255 scaling is inside the model); tutorials that
+feed [0, 1] floats get wrong answers without any error, so the card states the input
+contract, and `pipeline.predict` reads it instead of repeating it in code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline import PipelineError
+from pipeline.files import sha256_file, write_json, write_text
+
+# How each dataset frames an image in the input (the card states it; predict does it). MNIST
+# fits the digit's ink in a 20x20 box and moves its centre of mass to the centre of the 28x28;
+# Fashion-MNIST trims the object, fits it to the whole frame and centres the box.
+FRAMING = {
+    "mnist": {"fit_box": 20, "center_of_mass": True,
+              "description": "crop to the ink, fit a 20x20 box keeping the aspect ratio, "
+                             "place so the centre of mass is at the centre of the 28x28"},
+    "fashion_mnist": {"fit_box": 28, "center_of_mass": False,
+                      "description": "crop to the object, fit the 28x28 frame keeping the "
+                                     "aspect ratio, centre the box"},
+}
+
+
+def tensor_contract(detail: dict[str, Any]) -> dict[str, Any]:
+    """dtype, shape and (for integer tensors) the affine quantization of one interpreter tensor."""
+    import numpy as np
+
+    out = {"dtype": np.dtype(detail["dtype"]).name,
+           "shape": [int(d) for d in detail["shape"]]}
+    if np.issubdtype(detail["dtype"], np.integer):
+        scale, zero_point = detail["quantization"]
+        out.update(scale=float(scale), zero_point=int(zero_point),
+                   real_value="(q - zero_point) * scale")
+    return out
+
+
+def tflite_contract(path: Path) -> dict[str, Any]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    return {"input": tensor_contract(interpreter.get_input_details()[0]),
+            "output": tensor_contract(interpreter.get_output_details()[0])}
+
+
+def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
+               variant_paths: dict[str, Path], accuracy: dict[str, Any],
+               history: dict[str, Any]) -> dict[str, Any]:
+    """The card as a dict, from the files on disk and the evaluate/train reports."""
+    scores = {v["name"]: v["accuracy"] for v in accuracy["variants"]}
+    variants = [{"name": "keras", "file": Path(keras_path).name, "format": "keras .h5",
+                 "bytes": Path(keras_path).stat().st_size, "sha256": sha256_file(keras_path),
+                 "accuracy": scores.get("keras"),
+                 "input": {"dtype": "float32"}, "output": {"dtype": "float32"}}]
+    for name, path in variant_paths.items():
+        variants.append({"name": name, "file": Path(path).name, "format": "tflite",
+                         "bytes": Path(path).stat().st_size, "sha256": sha256_file(path),
+                         "accuracy": scores.get(name), **tflite_contract(path)})
+    shape = next(v["input"]["shape"] for v in variants if "shape" in v["input"])
+    framing = FRAMING.get(dataset, FRAMING["mnist"])
+    return {
+        "build": build, "dataset": dataset, "model": history.get("model"),
+        "parameters": history.get("parameters"),
+        "input": {
+            "shape": shape, "layout": "NHWC, one grey channel",
+            "value_range": [0, 255],
+            "values": "raw pixel values as the variant's input dtype; the 1/255 scaling is "
+                      "inside the model, so do NOT divide by 255",
+            "polarity": "light_on_dark",
+            "polarity_description": "white (255) ink on a black (0) background; invert "
+                                    "dark-on-light images",
+            "framing": {"height": shape[1], "width": shape[2], **framing},
+        },
+        "output": {"class_names": list(class_names), "meaning": "softmax probabilities, "
+                   "one per class; integer variants dequantize with their output scale"},
+        "variants": variants,
+        "accuracy_on": f"{accuracy['test_samples']:,} {dataset} test images",
+        "training": {"params": history.get("params"), "train_seconds": history.get("train_seconds"),
+                     "final": {k: v[-1] for k, v in history.get("history", {}).items() if v}},
+    }
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    inp = card["input"]
+    rows = []
+    for v in card["variants"]:
+        quant = [f"scale {t['scale']:.6g}, zero point {t['zero_point']}"
+                 if "scale" in t else "-" for t in (v["input"], v["output"])]
+        acc = "" if v["accuracy"] is None else f"{100 * v['accuracy']:.2f}"
+        rows.append([v["name"], v["file"], f"{v['bytes']:,}", acc, v["input"]["dtype"], quant[0],
+                     v["output"]["dtype"], quant[1], v["sha256"][:16]])
+    table = tabulate(rows, headers=["variant", "file", "bytes", "accuracy %", "input", "input q",
+                                    "output", "output q", "sha256 (first 16)"],
+                     tablefmt="github", disable_numparse=True)
+    params = card["training"]["params"] or {}
+    return "\n".join([
+        f"# Model card: {card['build']}", "",
+        f"A `{card['model']}` ({card['parameters']:,} parameters) trained on `{card['dataset']}`. "
+        "Machine-readable: [model_card.json](model_card.json).", "",
+        "## Input", "",
+        f"- shape {inp['shape']} ({inp['layout']}), values **0..255**: {inp['values']}.",
+        f"- polarity: {inp['polarity_description']}.",
+        f"- framing: {inp['framing']['description']}.",
+        "- `python -m pipeline.predict IMAGE...` does all of this for any picture.", "",
+        "## Output", "",
+        f"{card['output']['meaning']}; classes in order: "
+        + ", ".join(f"`{c}`" for c in card["output"]["class_names"]) + ".", "",
+        f"## Variants (accuracy on {card['accuracy_on']})", "", table, "",
+        "## Training", "",
+        ", ".join(f"{k} = {v}" for k, v in params.items()) + ".", ""])
+
+
+def run(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
+        variant_paths: dict[str, Path], accuracy_path: Path, history_path: Path,
+        out_dir: Path) -> dict[str, Any]:
+    """The doit action: write model_card.json and model_card.md into the build's model folder."""
+    card = build_card(build, dataset, class_names, keras_path, variant_paths,
+                      json.loads(Path(accuracy_path).read_text()),
+                      json.loads(Path(history_path).read_text()))
+    write_json(Path(out_dir) / "model_card.json", card)
+    write_text(Path(out_dir) / "model_card.md", render_markdown(card))
+    return card
+
+
+def load_card(model_dir: Path, build: str) -> dict[str, Any]:
+    """The build's card; a missing one names the doit task that writes it."""
+    path = Path(model_dir) / "model_card.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} is missing: build it with `doit card:{build}`") from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from pipeline.convert import variant_of
+    from pipeline.datasets import DATASETS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build")
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("model", type=Path, help="the .h5 written by train (history.json beside)")
+    parser.add_argument("accuracy", type=Path, help="accuracy.json written by evaluate")
+    parser.add_argument("tflite", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    args = parser.parse_args(argv)
+    variants = {variant_of(p)[1]: p for p in args.tflite}
+    card = run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,
+               args.accuracy, args.model.with_name("history.json"), args.model.parent)
+    print(render_markdown(card))
+
+
+if __name__ == "__main__":
+    main()
