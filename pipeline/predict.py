@@ -1,0 +1,233 @@
+"""Classify your own images with a build's Keras, float32 and int8 models, side by side.
+
+    python -m pipeline.predict IMAGE... [--build NAME] [--json] [--show]
+
+Any size and Pillow mode (RGB, RGBA with transparency, L, palette, 16-bit). Each image is
+brought to the model's input contract, read from the build's model card: light ink on a dark
+background (dark-on-light images are inverted), cropped to the ink, fitted in the card's box
+keeping the aspect ratio and centred (MNIST: by centre of mass in 28x28). `--show` writes that
+input as `<image>.input.png` beside each image (upscaled 10x, pixel for pixel), so you see
+what the model saw. A file that cannot be read gets a one-line error and the others are still
+classified; the exit status is 1 if any image failed, 2 if the models are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline import PipelineError
+
+SHOW_SCALE = 10
+
+
+class ImageError(PipelineError):
+    pass
+
+
+def load_image(path: Path) -> Any:
+    """The decoded Pillow image; any failure becomes an ImageError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, not later
+            return image.copy()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: unreadable image ({exc})") from None
+
+
+def to_gray(image: Any) -> np.ndarray:
+    """Luminance 0..255 (float) of any Pillow image.
+
+    Transparent pixels are composited over a background that contrasts with the opaque ink
+    (white behind dark ink, black behind light ink): a digit drawn on a transparent layer
+    keeps its strokes whatever colour the hidden pixels have.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float64) / 257.0
+    if mode in ("I", "F"):
+        gray = np.asarray(image, dtype=np.float64)
+        # Pillow opens some 16-bit PNGs as 32-bit "I": values beyond a byte are 16-bit ones.
+        if gray.max() > 255:
+            gray *= 255.0 / max(65535.0, gray.max())
+        return gray
+    if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
+        lum = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float64)
+        if alpha.min() < 1.0:
+            ink = (lum * alpha).sum() / max(alpha.sum(), 1e-9)
+            background = 255.0 if ink < 128 else 0.0
+            return lum * alpha + background * (1.0 - alpha)
+        return lum
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def normalize(gray: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int = 20,
+              center_of_mass: bool = True) -> np.ndarray:
+    """A `size` uint8 image of light ink on black, framed as the training images were.
+
+    Polarity: the border's median is the background; a light background is inverted. The
+    contrast is stretched so the background is 0 and the brightest ink 255.
+    """
+    from PIL import Image
+
+    gray = np.asarray(gray, dtype=np.float64)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 127:
+        gray = 255.0 - gray
+        border = 255.0 - border
+    ink = np.clip(gray - np.median(border), 0, None)
+    if ink.max() < 8:  # no stroke stands out of the background
+        raise ImageError("no digit found: the image is blank")
+    ink *= 255.0 / ink.max()
+    rows, cols = np.nonzero(ink > 0.1 * 255)  # faint noise does not stretch the box
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    h, w = ink.shape
+    scale = fit_box / max(h, w)
+    fitted = Image.fromarray(ink.astype(np.float32), mode="F").resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    patch = np.clip(np.asarray(fitted), 0, 255)
+    out = np.zeros(size, dtype=np.float64)
+    ph, pw = patch.shape
+    if center_of_mass:
+        ys, xs = np.indices(patch.shape)
+        mass = patch.sum()
+        cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass
+    else:
+        cy, cx = (ph - 1) / 2, (pw - 1) / 2
+    # Centre of the canvas in pixel-index coordinates; keep the whole patch on the canvas.
+    top = int(np.clip(round((size[0] - 1) / 2 - cy), 0, size[0] - ph))
+    left = int(np.clip(round((size[1] - 1) / 2 - cx), 0, size[1] - pw))
+    out[top:top + ph, left:left + pw] = patch
+    return np.round(out).astype(np.uint8)
+
+
+def prepare(image: Any, card: dict[str, Any]) -> np.ndarray:
+    """An image as the card's model input (height x width uint8)."""
+    framing = card["input"]["framing"]
+    return normalize(to_gray(image), (framing["height"], framing["width"]), framing["fit_box"],
+                     framing["center_of_mass"])
+
+
+def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, Path]:
+    """Variant -> model file from the card; a missing file names the task that builds it."""
+    files = {}
+    for variant in card["variants"]:
+        path = Path(model_dir) / variant["file"]
+        if not path.exists():
+            task = "train" if variant["name"] == "keras" else "convert"
+            raise PipelineError(f"{path} is missing: build it with `doit {task}:{build}`")
+        files[variant["name"]] = path
+    return files
+
+
+def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Class probabilities (N x classes) of N prepared images under every model."""
+    from pipeline.evaluate import keras_probabilities, tflite_probabilities
+
+    return {name: (keras_probabilities if path.suffix == ".h5" else tflite_probabilities)(
+        path, images, 64) for name, path in models.items()}
+
+
+def top1(probs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    c = int(np.argmax(probs))
+    return {"class": c, "name": class_names[c], "probability": round(float(probs[c]), 4)}
+
+
+def render_table(results: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
+    from tabulate import tabulate
+
+    show = any("input_png" in r for r in results)
+    rows = [[r["image"], *(f"{r['predictions'][v]['name']}  {100 * r['predictions'][v]['probability']:.1f}%"
+                          for v in variants), *([r.get("input_png", "")] if show else [])]
+            for r in results if "predictions" in r]
+    return tabulate(rows, headers=["image", *variants, *(["model input"] if show else [])],
+                    tablefmt="simple", disable_numparse=True)
+
+
+def write_input_png(pixels: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    from pipeline.files import atomic_path
+
+    image = Image.fromarray(pixels).resize(
+        (pixels.shape[1] * SHOW_SCALE, pixels.shape[0] * SHOW_SCALE), Image.Resampling.NEAREST)
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str, Path],
+                  show: bool = False) -> list[dict[str, Any]]:
+    """One result per path, in order: predictions per variant, or the one-line error."""
+    results: list[dict[str, Any]] = []
+    prepared = []
+    for path in paths:
+        try:
+            pixels = prepare(load_image(path), card)
+        except ImageError as exc:
+            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            results.append({"image": str(path), "error": message})
+            continue
+        result = {"image": str(path)}
+        if show:
+            result["input_png"] = str(write_input_png(
+                pixels, Path(path).with_name(Path(path).name + ".input.png")))
+        results.append(result)
+        prepared.append((result, pixels))
+    if prepared:
+        probs = classify(models, np.stack([p for _, p in prepared]))
+        names = card["output"]["class_names"]
+        for i, (result, _) in enumerate(prepared):
+            result["predictions"] = {v: top1(p[i], names) for v, p in probs.items()}
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.card import load_card
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Exit status: 0 all classified, 1 an image failed, "
+                                            "2 models or model card missing.")
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    parser.add_argument("--build", default="mnist_cnn", help="build name (default mnist_cnn)")
+    parser.add_argument("--artifacts", type=Path,
+                        default=Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")),
+                        help="artifact tree (default $PIPELINE_ARTIFACTS or artifacts/)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--show", action="store_true",
+                        help="write the model's input beside each image as <image>.input.png")
+    args = parser.parse_args(argv)
+    model_dir = args.artifacts / "models" / args.build
+    try:
+        card = load_card(model_dir, args.build)
+        models = model_files(card, model_dir, args.build)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = predict_files(args.images, card, models, args.show)
+    if args.json:
+        print(json.dumps({"build": args.build, "results": results}, indent=2))
+    elif any("predictions" in r for r in results):
+        print(render_table(results, list(models)))
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
