@@ -93,7 +93,7 @@ def normalize(gray: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int =
     if ink.max() < 8:  # no stroke stands out of the background
         raise ImageError("no digit found: the image is blank")
     ink *= 255.0 / ink.max()
-    rows, cols = np.nonzero(ink > 0.1 * 255)  # faint noise does not stretch the box
+    rows, cols = np.nonzero(ink > 0.05 * 255)  # faint noise does not stretch the box
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     h, w = ink.shape
     scale = fit_box / max(h, w)
