@@ -75,7 +75,8 @@ def keras_model(build):
 def tflite_models(build):
     from pipeline.convert import variant_names, variant_path
 
-    return {v: variant_path(model_dir(build), build, v) for v in variant_names(PARAMS.convert)}
+    names = variant_names(PARAMS.convert, PARAMS.build(build).float_layers)
+    return {v: variant_path(model_dir(build), build, v) for v in names}
 
 
 def _guarded(fn, *args):
@@ -147,11 +148,12 @@ def task_convert():
             "name": build.name,
             "actions": [(_guarded, [convert.run, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
-                                    model_dir(build.name)])],
+                                    model_dir(build.name), build.float_layers])],
             "file_dep": [STAGES / "convert.py", keras_model(build.name),
                          dataset_npz(build.dataset)],
             "targets": list(tflite_models(build.name).values()),
-            "uptodate": [config_changed(section_dict(PARAMS.convert))],
+            "uptodate": [config_changed({**section_dict(PARAMS.convert),
+                                         "float_layers": list(build.float_layers)})],
             "clean": True,
         }
 

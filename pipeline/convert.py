@@ -23,13 +23,13 @@ class ConvertError(PipelineError):
     pass
 
 
-# Kept float by the debugger's denylist, everything else int8: built when convert.float_layers
-# names at least one tensor (pick them from the per-layer report, layers.csv).
+# Everything int8 except the tensors a build's `float_layers` names, which the debugger's
+# denylist keeps float (pick them from the per-layer report, layers.csv).
 SELECTIVE = "int8_selective"
 
 
-def variant_names(params: ConvertParams) -> list[str]:
-    selective = [SELECTIVE] if params.float_layers else []
+def variant_names(params: ConvertParams, float_layers: Sequence[str] = ()) -> list[str]:
+    selective = [SELECTIVE] if float_layers else []
     return ["float32", "int8", *selective, *params.extra_variants]
 
 
@@ -127,7 +127,7 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
     # The debugger ignores names it does not know; a typo would silently ship full int8.
     unknown = [name for name in float_layers if name not in float_tensor_dtypes(content)]
     if unknown:
-        raise ConvertError(f"convert.float_layers: no tensor named {unknown} in this model; copy "
+        raise ConvertError(f"float_layers: no tensor named {unknown} in this model; copy "
                            "names from the tensor column of reports/<build>/layers.csv")
     return content
 
@@ -154,8 +154,11 @@ def check_integer_only(model_content: bytes, source: str) -> None:
 
 
 def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
-        model_dir: Path) -> dict[str, int]:
-    """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant."""
+        model_dir: Path, float_layers: Sequence[str] = ()) -> dict[str, int]:
+    """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant.
+
+    `float_layers` (the build's) adds the `int8_selective` variant.
+    """
     from pipeline.train import load_model
 
     model = load_model(model_path)
@@ -163,8 +166,8 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     representative = arrays["x_train"][representative_indices(
         arrays["y_train"], params.representative_samples, params.seed)]
     sizes = {}
-    for variant in variant_names(params):
-        content = convert(model, variant, representative, params.int8_io, params.float_layers)
+    for variant in variant_names(params, float_layers):
+        content = convert(model, variant, representative, params.int8_io, float_layers)
         path = variant_path(model_dir, build, variant)
         if variant == "int8":
             check_integer_only(content, str(path))

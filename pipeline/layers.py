@@ -86,10 +86,11 @@ def advice(rows: Sequence[dict[str, Any]]) -> str:
     lines += ["",
               "1. More calibration images: raise `convert.representative_samples` (its ranges "
               "come from those images only).",
-              "2. Keep this layer in float: in params.toml set "
-              f"`convert.float_layers = [\"{worst['tensor']}\"]`; `doit` then builds "
-              "`<build>_int8_selective.tflite` and the accuracy report shows its accuracy and "
-              "size next to full int8 (float kernels cost latency on the board).",
+              "2. Keep this layer in float: add "
+              f"`float_layers = [\"{worst['tensor']}\"]` to this build's `[[builds]]` entry in "
+              "params.toml; `doit` then builds `<build>_int8_selective.tflite` and the accuracy "
+              "report shows its accuracy and size next to full int8 (float kernels cost "
+              "latency on the board).",
               "3. A different model: layers with wide, spiky activations (often the last "
               "dense layer before softmax) quantize badly; batch normalisation or a smaller "
               "final layer narrows them."]

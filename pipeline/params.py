@@ -69,7 +69,6 @@ class ConvertParams:
     seed: int
     int8_io: str
     extra_variants: tuple[str, ...]
-    float_layers: tuple[str, ...]
 
     def __post_init__(self) -> None:
         _check(self.representative_samples >= 10, "convert.representative_samples",
@@ -79,8 +78,6 @@ class ConvertParams:
         for variant in self.extra_variants:
             _check(variant in EXTRA_VARIANTS, "convert.extra_variants",
                    f"unknown variant {variant!r}; choose from {list(EXTRA_VARIANTS)}")
-        _check(len(set(self.float_layers)) == len(self.float_layers) and all(self.float_layers),
-               "convert.float_layers", "names must be non-empty and unique")
 
 
 @dataclass(frozen=True)
@@ -127,6 +124,8 @@ class Build:
     name: str
     dataset: str
     model: str
+    # Tensor names (a model's own, hence per build) kept float in `int8_selective`.
+    float_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(re.fullmatch(r"[a-z0-9_]+", self.name) is not None, "builds.name",
@@ -135,6 +134,8 @@ class Build:
                f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}")
         _check(self.model in MODELS, f"builds[{self.name}].model",
                f"unknown model {self.model!r}; choose from {list(MODELS)}")
+        _check(len(set(self.float_layers)) == len(self.float_layers) and all(self.float_layers),
+               f"builds[{self.name}].float_layers", "names must be non-empty and unique")
 
 
 @dataclass(frozen=True)
