@@ -8,7 +8,9 @@ from tests.conftest import copy_project, executed_tasks, run_doit
 
 ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mnist_mlp",
              "convert:mnist_cnn", "convert:mnist_mlp", "evaluate:mnist_cnn",
-             "evaluate:mnist_mlp", "bench:local"}
+             "evaluate:mnist_mlp", "analysis:mnist_cnn", "analysis:mnist_mlp",
+             "layers:mnist_cnn", "layers:mnist_mlp", "card:mnist_cnn", "card:mnist_mlp",
+             "bench:local"}
 
 
 def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
@@ -17,7 +19,8 @@ def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
     for build in ("mnist_cnn", "mnist_mlp"):
         models = art / "models" / build
         assert {p.name for p in models.iterdir()} == {
-            f"{build}.h5", "history.json", f"{build}_float32.tflite", f"{build}_int8.tflite"}
+            f"{build}.h5", "history.json", f"{build}_float32.tflite", f"{build}_int8.tflite",
+            "model_card.json", "model_card.md"}
         report = json.loads((art / "reports" / build / "accuracy.json").read_text())
         assert report["build"] == build and report["dataset"] == "mnist"
         assert report["test_samples"] == 10_000
@@ -55,13 +58,19 @@ def test_convert_param_change_reruns_only_convert_and_downstream(smoke_project, 
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # bench:local depends on the .tflite bytes, so it follows convert; nothing upstream runs.
-    assert executed_tasks(proc.stdout) == {"convert:mnist_cnn", "convert:mnist_mlp",
-                                           "evaluate:mnist_cnn", "evaluate:mnist_mlp",
-                                           "bench:local"}
+    # layers recalibrates with [convert]; analysis and card read the new .tflite files.
+    assert executed_tasks(proc.stdout) == {f"{task}:{build}" for build in ("mnist_cnn", "mnist_mlp")
+                                           for task in ("convert", "evaluate", "analysis",
+                                                        "layers", "card")} | {"bench:local"}
 
     proc = run_doit(project, "clean", "evaluate:mnist_cnn")
     assert proc.returncode == 0
     assert not (project / "artifacts" / "reports" / "mnist_cnn" / "accuracy.json").exists()
+    for task, made in (("analysis", "confusion.png"), ("layers", "layers.csv")):
+        assert run_doit(project, "clean", f"{task}:mnist_cnn").returncode == 0
+        assert not (project / "artifacts" / "reports" / "mnist_cnn" / made).exists()
+    assert run_doit(project, "clean", "card:mnist_cnn").returncode == 0
+    assert not (project / "artifacts" / "models" / "mnist_cnn" / "model_card.json").exists()
     assert (project / "artifacts" / "models" / "mnist_cnn" / "mnist_cnn_int8.tflite").exists()
 
 
@@ -80,7 +89,8 @@ def test_artifacts_dir_is_movable_and_listing_reads_like_a_table_of_contents(tmp
     listing = run_doit(project, "list")
     assert listing.returncode == 0
     assert {line.split()[0] for line in listing.stdout.splitlines()} == {
-        "download", "preprocess", "train", "convert", "evaluate", "bench"}
+        "download", "preprocess", "train", "convert", "evaluate", "analysis", "layers", "card",
+        "bench"}
     elsewhere = tmp_path / "elsewhere"
     proc = run_doit(project, "preprocess",
                     env={"PIPELINE_ARTIFACTS": str(elsewhere), "PIPELINE_MIRROR": mnist_url})

@@ -1,0 +1,104 @@
+"""Error analysis: small exact cases, and the smoke build's real reports checked against
+predictions the test makes itself (the board runner's one-image-at-a-time path)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.analysis import (OUTPUTS, by_true_class, confusion_matrix, damage_and_fixes,
+                               render_grid)
+
+
+def test_confusion_matrix_counts_true_rows_predicted_columns():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    preds = np.array([0, 1, 1, 2, 0, 2])
+    assert confusion_matrix(labels, preds, 3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_damage_is_int8_wrong_keras_right_and_fixes_the_reverse():
+    labels = np.array([1, 1, 1, 1, 2])
+    keras = np.array([1, 1, 0, 0, 2])
+    int8 = np.array([1, 0, 1, 0, 0])
+    damage, fixes = damage_and_fixes(labels, keras, int8)
+    assert damage.tolist() == [1, 4] and fixes.tolist() == [2]
+
+
+def test_by_true_class_caps_but_counts_all():
+    labels = np.array([3, 3, 3, 1])
+    groups = by_true_class(np.array([0, 1, 2, 3]), labels, 4, max_per_class=2)
+    assert groups[3][0].tolist() == [0, 1] and groups[3][1] == 3
+    assert groups[0][1] == 0
+
+
+def test_grid_tiles_are_upscaled_and_long_names_fit(tmp_path):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255
+    render_grid("t", [("true Ankle boot\n3 image(s)",
+                       [(digit, ["#1", "as T-shirt/top 99%"])] * 3)], tmp_path / "g.png")
+    image = np.asarray(Image.open(tmp_path / "g.png").convert("L"))
+    ink = np.argwhere(image[40:] < 50)  # the stroke, drawn dark on white
+    assert ink[:, 0].max() - ink[:, 0].min() >= 3 * 20 - 1  # 20 px of stroke, 3x
+
+
+@pytest.fixture(scope="module")
+def smoke_analysis(smoke_project):
+    art = smoke_project / "artifacts"
+    return art, art / "reports" / "mnist_cnn"
+
+
+def test_confusion_matrix_sums_to_the_test_set_and_matches_accuracy_json(smoke_analysis):
+    _, reports = smoke_analysis
+    confusion = json.loads((reports / "confusion.json").read_text())
+    accuracy = json.loads((reports / "accuracy.json").read_text())
+    scores = {v["name"]: v["accuracy"] for v in accuracy["variants"]}
+    for name in ("keras", "int8"):
+        counts = np.array(confusion[name])
+        assert counts.shape == (10, 10)
+        assert counts.sum() == accuracy["test_samples"] == 10_000
+        assert np.trace(counts) / counts.sum() == pytest.approx(scores[name], abs=1e-12)
+    assert confusion["class_names"] == [str(d) for d in range(10)]
+
+
+def test_damage_list_equals_the_set_difference_computed_here(smoke_analysis):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline import load_runner
+    from pipeline.preprocess import load_arrays
+    from pipeline.train import load_model
+
+    art, reports = smoke_analysis
+    arrays = load_arrays(art / "data" / "mnist" / "mnist.npz")
+    images, labels = arrays["x_test"], arrays["y_test"]
+    models = art / "models" / "mnist_cnn"
+    keras_pred = np.argmax(load_model(models / "mnist_cnn.h5").predict(
+        images[..., None].astype(np.float32), batch_size=1000, verbose=0), axis=1)
+    interpreter = Interpreter(model_path=str(models / "mnist_cnn_int8.tflite"))
+    interpreter.allocate_tensors()
+    int8_pred = np.array(load_runner().predict(interpreter, images))
+    keras_right = set(np.flatnonzero(keras_pred == labels).tolist())
+    int8_right = set(np.flatnonzero(int8_pred == labels).tolist())
+
+    listed = json.loads((reports / "int8_damage.json").read_text())
+    damage = {e["index"] for e in listed["damage"]}
+    assert damage == keras_right - int8_right
+    assert {e["index"] for e in listed["fixes"]} == int8_right - keras_right
+    for e in listed["damage"]:
+        assert (e["keras"]["class"], e["int8"]["class"], e["label"]) == (
+            keras_pred[e["index"]], int8_pred[e["index"]], labels[e["index"]])
+        assert 0 < e["int8"]["probability"] <= 1
+
+
+def test_report_links_every_file_and_the_pngs_are_images(smoke_analysis):
+    _, reports = smoke_analysis
+    markdown = (reports / "analysis.md").read_text()
+    for name in OUTPUTS:
+        assert (reports / name).exists(), name
+        if name != "analysis.md":
+            assert f"({name})" in markdown, name
+        if name.endswith(".png"):
+            with Image.open(reports / name) as image:
+                assert image.width >= 300 and image.height >= 100
