@@ -19,7 +19,7 @@ from pipeline.files import atomic_path, write_json, write_text
 
 # Each 28x28 tile is drawn 3x larger (84 px): big enough to see the strokes at normal zoom.
 TILE_SCALE = 3
-CELL_W, CAPTION_H, LABEL_W = 104, 50, 150  # caption: up to three 15 px lines
+CELL_W, CAPTION_H, LABEL_W = 112, 50, 150  # caption: up to three 15 px lines
 
 # Every file `run` writes into the report directory (dodo.py's targets and clean list).
 OUTPUTS = ("analysis.md", "confusion.json", "confusion.png", "misclassified_keras.png",
@@ -178,10 +178,11 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
     for name in ("keras", "int8"):
         wrong = np.flatnonzero(preds[name] != labels)
         groups = by_true_class(wrong, labels, n, max_per_class)
-        render_grid(f"{build}: test images {name} gets wrong (caption: predicted, probability;"
+        render_grid(f"{build}: test images {name} gets wrong (caption: test index, probability and"
+                    " predicted class;"
                     f" at most {max_per_class} per class)",
                     _class_rows(groups, images, lambda i, m=name: [
-                        f"#{i}", f"as {class_names[preds[m][i]]} {100 * probs[m][i].max():.0f}%"],
+                        f"#{i}", f"{100 * probs[m][i].max():.0f}% as {class_names[preds[m][i]]}"],
                         class_names),
                     report_dir / f"misclassified_{name}.png")
 
@@ -194,8 +195,9 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
                   for i in fixes]})
 
     def both(i: int) -> list[str]:
-        return [f"#{i}", f"K {class_names[preds['keras'][i]]} {100 * probs['keras'][i].max():.0f}%",
-                f"Q {class_names[preds['int8'][i]]} {100 * probs['int8'][i].max():.0f}%"]
+        # Probability before the name: a long (Fashion-MNIST) name is cut, never the number.
+        return [f"#{i}", f"K {100 * probs['keras'][i].max():.0f}% {class_names[preds['keras'][i]]}",
+                f"Q {100 * probs['int8'][i].max():.0f}% {class_names[preds['int8'][i]]}"]
     for kind, indices in (("damage", damage), ("fixes", fixes)):
         what = ("int8 gets wrong, Keras right" if kind == "damage"
                 else "int8 gets right, Keras wrong")

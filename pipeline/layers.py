@@ -52,7 +52,8 @@ def layer_errors(model: Any, representative: np.ndarray, debug_images: np.ndarra
     for r in csv.DictReader(io.StringIO(dump.getvalue())):
         scale, mse = float(r["scale"]), float(r["mean_squared_error"])
         rows.append({"op": r["op_name"], "tensor": r["tensor_name"],
-                     "tensor_index": int(r["tensor_idx"]), "elements": int(float(r["num_elements"])),
+                     "tensor_index": int(r["tensor_idx"]),
+                     "elements": int(float(r["num_elements"])),
                      "rmse_over_scale": math.sqrt(mse) / scale, "rmse": math.sqrt(mse),
                      "mean_error": float(r["mean_error"]),
                      "max_abs_error": float(r["max_abs_error"]), "scale": scale,

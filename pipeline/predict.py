@@ -150,9 +150,12 @@ def top1(probs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
 def render_table(results: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
     from tabulate import tabulate
 
+    def cell(p: dict[str, Any]) -> str:
+        return f"{p['name']}  {100 * p['probability']:.1f}%"
+
     show = any("input_png" in r for r in results)
-    rows = [[r["image"], *(f"{r['predictions'][v]['name']}  {100 * r['predictions'][v]['probability']:.1f}%"
-                          for v in variants), *([r.get("input_png", "")] if show else [])]
+    rows = [[r["image"], *(cell(r["predictions"][v]) for v in variants),
+             *([r.get("input_png", "")] if show else [])]
             for r in results if "predictions" in r]
     return tabulate(rows, headers=["image", *variants, *(["model input"] if show else [])],
                     tablefmt="simple", disable_numparse=True)

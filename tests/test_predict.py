@@ -18,8 +18,8 @@ VARIANTS = ("keras", "float32", "int8")
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory, mnist_dir):
-    """A real build tree: CNN trained 2 epochs on 30,000 images (98.6 % on the test set), converted, evaluated,
-    with its model card, through the pipeline's own stage functions."""
+    """A real build tree: CNN trained 2 epochs on 30,000 images (98.6 % on the test set),
+    converted, evaluated, with its model card, through the pipeline's own stage functions."""
     from pipeline import card, convert, evaluate, train
     from pipeline.datasets import MNIST
     from pipeline.preprocess import preprocess, save_arrays
