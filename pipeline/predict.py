@@ -118,8 +118,10 @@ def normalize(gray: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int =
 def prepare(image: Any, card: dict[str, Any]) -> np.ndarray:
     """An image as the card's model input (height x width uint8)."""
     framing = card["input"]["framing"]
-    return normalize(to_gray(image), (framing["height"], framing["width"]), framing["fit_box"],
-                     framing["center_of_mass"])
+    pixels = normalize(to_gray(image), (framing["height"], framing["width"]), framing["fit_box"],
+                       framing["center_of_mass"])
+    # normalize() yields light ink on black, the polarity every card written so far states.
+    return pixels if card["input"]["polarity"] == "light_on_dark" else 255 - pixels
 
 
 def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, Path]:
