@@ -79,5 +79,6 @@ def test_run_converts_from_the_saved_h5(tmp_path, tiny_dataset_dir):
 def test_variant_of():
     assert variant_of("x/mnist_cnn_dynamic_range.tflite") == ("mnist_cnn", "dynamic_range")
     assert variant_of("mnist_cnn_int8.tflite") == ("mnist_cnn", "int8")
+    assert variant_of("mnist_cnn_int8_selective.tflite") == ("mnist_cnn", "int8_selective")
     with pytest.raises(ValueError):
         variant_of("model.tflite")

@@ -39,6 +39,14 @@ def test_params_are_frozen():
     (lambda d: d["builds"][0].update(model="resnet"), "unknown model 'resnet'"),
     (lambda d: d["builds"][1].update(name="mnist_cnn"), "duplicate build names"),
     (lambda d: d.update(builds=[]), "declare at least one [[builds]]"),
+    (lambda d: d["analysis"].update(max_per_class=0), "analysis.max_per_class: must be in"),
+    (lambda d: d["layers"].pop("samples"), "layers.samples: missing"),
+    (lambda d: d["layers"].update(sample=5), "layers.sample: unknown key"),
+    (lambda d: d.pop("layers"), "layers: missing section"),
+    (lambda d: d["builds"][0].update(float_layers="dense"), "builds.float_layers: must be a list"),
+    (lambda d: d["builds"][0].update(float_layers=["a", "a"]),
+     "builds[mnist_cnn].float_layers: names must be non-empty and unique"),
+    (lambda d: d["builds"][0].update(float_layer=["a"]), "builds.float_layer: unknown key"),
 ])
 def test_bad_params_are_rejected_naming_the_key(mutate, message):
     d = doc()
@@ -56,6 +64,20 @@ def test_int_is_accepted_for_float():
     d["evaluate"]["max_drift_pt"] = 2
     d["train"]["learning_rate"] = 0.001
     assert parse_params(d).evaluate.max_drift_pt == 2.0
+
+
+def test_float_layers_are_optional_per_build_and_add_the_selective_variant():
+    from pipeline.convert import variant_names
+
+    d = doc()
+    d["builds"][0]["float_layers"] = ["cnn_1/dense_1_2/MatMul;cnn_1/dense_1_2/BiasAdd"]
+    params = parse_params(d)
+    cnn, mlp = params.builds
+    assert cnn.float_layers == ("cnn_1/dense_1_2/MatMul;cnn_1/dense_1_2/BiasAdd",)
+    assert mlp.float_layers == ()
+    assert variant_names(params.convert, cnn.float_layers) == ["float32", "int8",
+                                                               "int8_selective"]
+    assert variant_names(params.convert, mlp.float_layers) == ["float32", "int8"]
 
 
 def test_fashion_mnist_is_a_valid_dataset_for_any_build():
