@@ -242,8 +242,10 @@ def task_layers():
             "file_dep": [STAGES / "layers.py", STAGES / "convert.py", keras_model(build.name),
                          dataset_npz(build.dataset)],
             "targets": outputs,
-            "uptodate": [config_changed({"layers": section_dict(PARAMS.layers),
-                                         "convert": section_dict(PARAMS.convert)})],
+            # The debugger calibrates as convert does: those three keys, not extra_variants.
+            "uptodate": [config_changed({"layers": section_dict(PARAMS.layers), "convert": {
+                key: getattr(PARAMS.convert, key)
+                for key in ("representative_samples", "seed", "int8_io")}})],
             "clean": [(_remove, [outputs])],
         }
 
