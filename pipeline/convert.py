@@ -85,7 +85,7 @@ def converter_for(model: Any, variant: str, representative: np.ndarray | None = 
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(representative,
-                                                                     add_channel_axis)
+                                                                   add_channel_axis)
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if variant == SELECTIVE:  # the layers kept in float need the float kernels
             ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)

@@ -10,7 +10,7 @@ ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mni
              "convert:mnist_cnn", "convert:mnist_mlp", "evaluate:mnist_cnn",
              "evaluate:mnist_mlp", "analysis:mnist_cnn", "analysis:mnist_mlp",
              "layers:mnist_cnn", "layers:mnist_mlp", "card:mnist_cnn", "card:mnist_mlp",
-             "bench:local"}
+             "peak", "bench:local"}
 
 
 def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
@@ -90,7 +90,7 @@ def test_artifacts_dir_is_movable_and_listing_reads_like_a_table_of_contents(tmp
     assert listing.returncode == 0
     assert {line.split()[0] for line in listing.stdout.splitlines()} == {
         "download", "preprocess", "train", "convert", "evaluate", "analysis", "layers", "card",
-        "bench"}
+        "peak", "bench"}
     elsewhere = tmp_path / "elsewhere"
     proc = run_doit(project, "preprocess",
                     env={"PIPELINE_ARTIFACTS": str(elsewhere), "PIPELINE_MIRROR": mnist_url})
