@@ -7,7 +7,7 @@ doit tasks call run from preprocess to evaluate with dataset "fashion_mnist"."""
 import dataclasses
 import json
 
-from pipeline import convert, evaluate, train
+from pipeline import analysis, card, convert, evaluate, train
 from pipeline.datasets import FASHION_MNIST
 from pipeline.params import load_params, parse_params
 from pipeline.preprocess import preprocess, save_arrays
@@ -37,6 +37,21 @@ def test_fashion_mnist_build_from_idx_to_drift_report(tiny_dataset_dir, tmp_path
     saved = json.loads((tmp_path / "reports" / "accuracy.json").read_text())
     assert saved == json.loads(json.dumps(report))
 
+    # Error analysis and the model card speak Fashion-MNIST: its class names, its framing.
+    analysis.run("fashion_cnn", FASHION_MNIST.class_names, models / "fashion_cnn.h5",
+                 variants["int8"], data, 100, 4, tmp_path / "reports")
+    confusion = json.loads((tmp_path / "reports" / "confusion.json").read_text())
+    assert confusion["class_names"] == list(FASHION_MNIST.class_names)
+    assert "Ankle boot" in (tmp_path / "reports" / "analysis.md").read_text()
+    written = card.run("fashion_cnn", "fashion_mnist", FASHION_MNIST.class_names,
+                       models / "fashion_cnn.h5", variants, tmp_path / "reports" / "accuracy.json",
+                       models / "history.json", models)
+    assert written["output"]["class_names"] == list(FASHION_MNIST.class_names)
+    assert written["input"]["framing"]["fit_box"] == 28
+    assert not written["input"]["framing"]["center_of_mass"]
+    int8 = next(v for v in written["variants"] if v["name"] == "int8")
+    assert int8["input"]["dtype"] == "uint8" and int8["input"]["zero_point"] == 0
+
 
 def test_fashion_build_declares_its_own_download_and_preprocess_tasks(tmp_path):
     import tomllib
@@ -51,4 +66,5 @@ def test_fashion_build_declares_its_own_download_and_preprocess_tasks(tmp_path):
     listing = run_doit(project, "list", "--all")
     names = {line.split()[0] for line in listing.stdout.splitlines()}
     assert {"download:fashion_mnist", "preprocess:fashion_mnist", "train:fashion_cnn",
-            "convert:fashion_cnn", "evaluate:fashion_cnn"} <= names
+            "convert:fashion_cnn", "evaluate:fashion_cnn", "analysis:fashion_cnn",
+            "layers:fashion_cnn", "card:fashion_cnn"} <= names
