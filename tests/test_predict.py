@@ -197,3 +197,24 @@ def test_blank_image_is_an_error_not_a_guess(build, tmp_path, capsys):
     blank = _write(tmp_path / "blank.png", Image.new("RGB", (50, 50), "white"))
     assert predict.main([str(blank), "--build", BUILD, "--artifacts", str(build)]) == 1
     assert f"error: {blank}: no digit found: the image is blank" in capsys.readouterr().err
+
+
+def test_board_column_runs_the_int8_model_through_the_runner(build, digits, tmp_path, capsys):
+    from tests.conftest import REPO
+
+    images, labels = digits
+    paths = [_write(tmp_path / f"d{i}.png", inverted(images[i])) for i in range(3)]
+    args = [*map(str, paths), "--build", BUILD, "--artifacts", str(build), "--json",
+            "--boards", str(REPO / "board" / "boards.toml")]
+    assert predict.main([*args, "--board", "local"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    for r, label in zip(results, labels[:3]):
+        board, host = r["predictions"]["int8@local"], r["predictions"]["int8"]
+        assert board == {"class": host["class"], "name": host["name"], "same_as_host": True}
+        assert host["class"] == label
+    assert predict.main([*args, "--board", "k9"]) == 2
+    assert "error: board 'k9' is not in" in capsys.readouterr().err
+    differs = {"image": "x.png", "predictions": {
+        "int8": {"name": "7", "probability": 0.9},
+        "int8@k1": {"class": None, "name": None, "same_as_host": False}}}
+    assert "DIFFERS from host int8" in predict.render_table([differs], ["int8", "int8@k1"])
