@@ -20,7 +20,7 @@ import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline import RUNNER, PipelineError
+from pipeline import PipelineError
 from pipeline.datasets import DATASETS
 from pipeline.boards import load_boards
 from pipeline.params import ParamsError, load_params, section_dict
@@ -45,6 +45,7 @@ if _missing:
                      f"which {BOARDS_PATH} does not declare")
 
 STAGES = Path("pipeline")
+RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
 DOIT_CONFIG = {
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "json",
