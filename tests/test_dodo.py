@@ -100,3 +100,33 @@ def test_unreachable_mirror_fails_download_with_the_fix(tmp_path):
     assert f"{tmp_path / 'empty'}: No such file" in out and "PIPELINE_MIRROR=" in out
     assert "storage.googleapis.com" not in out
     assert not list((project / "artifacts" / "data" / "mnist" / "raw").glob("*"))
+
+
+def test_every_task_depends_on_its_own_stage_module(monkeypatch):
+    """Editing a stage's module reruns its tasks: each task lists that module in file_dep."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
+    import dodo
+
+    dodo = importlib.reload(dodo)
+    checked = set()
+    for name in [n for n in dir(dodo) if n.startswith("task_")]:
+        stage = name.removeprefix("task_")
+        produced = getattr(dodo, name)()
+        for task in [produced] if isinstance(produced, dict) else list(produced):
+            functions = [args[0] for action, args in
+                         (a for a in task["actions"] if isinstance(a, tuple)) if args]
+            expected = {Path(sys.modules[fn.__module__].__file__).relative_to(REPO)
+                        for fn in functions if fn.__module__.startswith("pipeline.")}
+            if (REPO / "pipeline" / f"{stage}.py").exists():
+                expected.add(Path("pipeline") / f"{stage}.py")
+            deps = {Path(d) for d in task["file_dep"]}
+            assert expected and expected <= deps, (name, task.get("name"), expected - deps)
+            checked.add(stage)
+    assert {"download", "preprocess", "train", "convert", "evaluate", "bench", "peak"} <= checked

@@ -25,6 +25,15 @@ def test_drift_gate():
     check_drift(report, 2.0)
     with pytest.raises(DriftError, match="1.50 points below Keras, more than max_drift_pt = 1.0"):
         check_drift(report, 1.0)
+    # the limit itself is allowed; a hair beyond it is not
+    check_drift(report, 1.5)
+    with pytest.raises(DriftError):
+        check_drift(report, 1.49)
+    # only int8 is gated, and a gain is never a failure
+    check_drift({"build": "b", "variants": [{"name": "float16", "drift_pt": -9.0,
+                                             "accuracy": 0.9},
+                                            {"name": "int8", "drift_pt": 2.0,
+                                             "accuracy": 0.99}]}, 0.0)
 
 
 def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
