@@ -192,6 +192,7 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
 
     rows = [r for r in rows if r.get("p50_us")]
     builds = sorted({r["build"] for r in rows}) or ["(no results)"]
@@ -223,6 +224,11 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
         ax.set_xticks(range(len(groups)),
                       [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        # Label 2x and 5x between decades only, so the ticks never overlap.
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("latency per invoke (µs, log)")
         ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
