@@ -422,6 +422,25 @@ def test_a_failed_push_leaves_no_temporary_file(sshd, tmp_path):
     assert sorted(p.name for p in Path(board.remote_dir).iterdir()) == ["runner.py"]
 
 
+def test_a_full_disk_leaves_no_temporary_file(sshd, tmp_path):
+    small = sshd.home / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the damaged "
+                    "push test covers the same cleanup")
+    try:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20))
+        board = sshd.board(remote_dir=str(small / "bench"))
+        with pytest.raises(BoardError, match="copying big.bin failed: .*No space left on device"):
+            bench.push(board, [big])
+        assert list((small / "bench").iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 # --- 5. errors that name the real cause -----------------------------------------------------
 
 
