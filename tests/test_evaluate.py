@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate import DriftError, check_drift, run, score
+from pipeline.files import sha256_file
 from pipeline.train import build_model, save_model
 from tests.conftest import synthetic_images
 
@@ -64,4 +65,7 @@ def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
     assert keras_row["accuracy"] > 0.9
     assert float_row["agreement"] == 1.0 and float_row["drift_pt"] == 0.0
     assert int8_row["drift_pt"] < -1.0
-    assert "Ankle boot" in (tmp_path / "reports" / "accuracy.md").read_text()
+    markdown = (tmp_path / "reports" / "accuracy.md").read_text()
+    assert "Ankle boot" in markdown and report["made_utc"] in markdown
+    assert int8_row["sha256"] == sha256_file(tiny_models["tiny_mlp/int8"])
+    assert f"`tiny_mlp_int8.tflite` {int8_row['sha256'][:12]}" in markdown
