@@ -2,15 +2,19 @@
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
-doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first),
-PIPELINE_OFFLINE=1 (never try the public mirrors),
-PIPELINE_BOARDS (board inventory, default board/boards.toml).
+doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first; a
+directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE_MIRROR_<DATASET>
+(one dataset's mirror, e.g. PIPELINE_MIRROR_FASHION_MNIST), PIPELINE_OFFLINE=1 (never try the
+public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),
+PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default).
 
 This file only declares tasks. Stage modules import TensorFlow inside their functions, so
 loading this file (every `doit` call, including no-op runs) stays fast.
 """
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 # TensorFlow's logger (absl) binds sys.stderr when first imported. Importing it here (13 ms,
@@ -21,15 +25,19 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from pipeline import PipelineError
-from pipeline.datasets import DATASETS
 from pipeline.boards import load_boards
+from pipeline.console import quiet_third_party, verbose_requested
+from pipeline.datasets import DATASETS
+from pipeline.download import user_mirror
 from pipeline.params import ParamsError, load_params, section_dict
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 ARTIFACTS = Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts"))
-MIRROR = os.environ.get("PIPELINE_MIRROR") or None
+MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
+# Before any stage imports TensorFlow: its C++ logger reads the environment once.
+quiet_third_party(verbose_requested(os.environ))
 
 try:
     PARAMS = load_params(PARAMS_PATH)
@@ -50,7 +58,7 @@ DOIT_CONFIG = {
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "peak",
+    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "curves", "peak",
                       *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
 }
 
@@ -78,11 +86,16 @@ def tflite_models(build):
 
 
 def _guarded(fn, *args):
-    """Run a stage; a PipelineError fails the task with its message instead of a traceback."""
+    """Run a stage; a PipelineError fails the task with its message instead of a traceback,
+    and Ctrl-C ends the build with one line (every stage writes through a temporary name, so
+    an interrupted write leaves nothing behind) and the shell's status for SIGINT."""
     try:
         fn(*args)
     except PipelineError as exc:
         return TaskFailed(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was kept", file=sys.stderr)
+        raise SystemExit(130) from None
     return None
 
 
@@ -94,8 +107,9 @@ def task_download():
         spec = DATASETS[name]
         yield {
             "name": name,
+            "doc": f"fetch and verify the {name} archives",
             "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
-                                    download.mirrors_for(spec, MIRROR, OFFLINE),
+                                    download.mirrors_for(spec, MIRRORS[name], OFFLINE),
                                     PARAMS.download.timeout_s, download.terminal_progress()])],
             "file_dep": [STAGES / "download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
@@ -112,6 +126,7 @@ def task_preprocess():
         spec = DATASETS[name]
         yield {
             "name": name,
+            "doc": f"pack {name} into {dataset_npz(name)}",
             "actions": [(_guarded, [lambda s=spec, n=name: preprocess.save_arrays(
                 dataset_npz(n), preprocess.preprocess(s, raw_dir(n)))])],
             "file_dep": [STAGES / "preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
@@ -127,9 +142,11 @@ def task_train():
     for build in PARAMS.builds:
         yield {
             "name": build.name,
+            "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
             "actions": [(_guarded, [train.run, build.model, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
-                                    model_dir(build.name) / "history.json"])],
+                                    model_dir(build.name) / "history.json",
+                                    ARTIFACTS / "logs" / build.name])],
             "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
             "targets": [keras_model(build.name), model_dir(build.name) / "history.json"],
             "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
@@ -140,10 +157,12 @@ def task_train():
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     from pipeline import convert
+    from pipeline.convert import variant_names
 
     for build in PARAMS.builds:
         yield {
             "name": build.name,
+            "doc": f"{build.name}.h5 -> {', '.join(variant_names(PARAMS.convert))} .tflite",
             "actions": [(_guarded, [convert.run, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name)])],
@@ -164,6 +183,7 @@ def task_evaluate():
         models = tflite_models(build.name)
         yield {
             "name": build.name,
+            "doc": f"accuracy drift of {build.name} -> {report_dir / 'accuracy.md'}",
             "actions": [(_guarded, [evaluate.run, build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, dataset_npz(build.dataset),
@@ -198,6 +218,24 @@ def task_peak():
     }
 
 
+def task_curves():
+    """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
+    from pipeline import curves
+
+    for build in PARAMS.builds:
+        report_dir = ARTIFACTS / "reports" / build.name
+        history = model_dir(build.name) / "history.json"
+        yield {
+            "name": build.name,
+            "doc": f"{build.name} training curves -> {report_dir / 'training.png'}",
+            "actions": [(curves.run, [build.name, history, report_dir / "accuracy.json",
+                                      report_dir / "training.png"])],
+            "file_dep": [STAGES / "curves.py", history, report_dir / "accuracy.json"],
+            "targets": [report_dir / "training.png"],
+            "clean": True,
+        }
+
+
 def task_bench():
     """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline import bench
@@ -210,6 +248,7 @@ def task_bench():
         result = reports / "latency" / f"{board.name}.json"
         yield {
             "name": board.name,
+            "doc": f"time every .tflite on board {board.name!r} ({board.where})",
             "actions": [(_guarded, [bench.run, board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
                                     reports, BOARDS, peak_models(),
@@ -222,12 +261,23 @@ def task_bench():
             # board that died since it was last timed is noticed.
             "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
                          (measured_within, [result, PARAMS.bench.max_age_hours])],
+            # The staged plan (models and samples copied for the board) goes too.
             "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
-                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))
-                                  ]])],
+                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png")),
+                                  ARTIFACTS / "bench" / board.name]])],
         }
 
 
-def _remove(paths):
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
+def _remove(paths, dryrun=False):
+    """A clean action: remove files and directory trees, saying what goes. doit passes
+    `dryrun` (`doit clean -n`) to clean actions that accept it; then only say it."""
+    verb = "would remove" if dryrun else "removing"
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            print(f"{verb} directory '{path}'")
+            if not dryrun:
+                shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            print(f"{verb} file '{path}'")
+            if not dryrun:
+                path.unlink()
