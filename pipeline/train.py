@@ -7,6 +7,7 @@ so every later variant (float32, int8, on the board) is fed the same bytes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -17,10 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_json
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
+
+
+class TrainError(PipelineError):
+    pass
 
 
 def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> Any:
@@ -134,6 +140,10 @@ def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
         import tensorflow  # noqa: F401
     arrays = load_arrays(data_path)
     if params.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            # Before training, not after it: tf.summary fails at the first epoch's end.
+            raise TrainError("train.tensorboard = true needs the tensorboard package: "
+                             "pip install tensorboard (or pip install -e '.[tensorboard]')")
         if log_dir is None:
             raise ValueError("train.tensorboard is on but no log directory was given")
         shutil.rmtree(log_dir, ignore_errors=True)

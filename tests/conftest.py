@@ -185,4 +185,5 @@ def smoke_project(tmp_path_factory, mnist_url) -> Path:
     proc = run_doit(project, env={"PIPELINE_MIRROR": mnist_url})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (project / "first_run.log").write_text(proc.stdout)
+    (project / "first_run.err").write_text(proc.stderr)
     return project

@@ -3,6 +3,7 @@ MNIST served over HTTP from 127.0.0.1, with the smoke preset."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,20 @@ def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
     for build in ("mnist_cnn", "mnist_mlp"):
         with Image.open(art / "reports" / build / "training.png") as png:
             assert png.format == "PNG" and png.size == (1000, 400)
+
+
+def test_default_build_prints_only_the_pipelines_own_lines(smoke_project):
+    out = (smoke_project / "first_run.log").read_text()
+    err = (smoke_project / "first_run.err").read_text()
+    for noise in ("oneDNN", "I0000", "W0000", "WARNING", "Saved artifact", "Captures:",
+                  "legacy", "Statistics for quantized inputs", "fully_quantize", "XNNPACK",
+                  "SavedModel", "Traceback"):
+        assert noise not in out and noise not in err, noise
+    # stderr carries download progress only; training shows one line per epoch.
+    assert all(re.fullmatch(r"\S+\.gz: \d+ % of [\d,]+ bytes", line)
+               for line in err.splitlines()), err[-2000:]
+    assert len([line for line in out.splitlines() if re.match(r"\d+/\d+ - ", line)]) == 2
+    assert "mnist_cnn_int8.tflite: " in out and "# Accuracy drift: mnist_cnn" in out
 
 
 def test_second_run_executes_nothing_and_never_imports_tensorflow(smoke_project):
