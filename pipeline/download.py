@@ -12,9 +12,7 @@ import gzip
 import hashlib
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Sequence
@@ -65,6 +63,10 @@ def mirrors_for(spec: DatasetSpec, override: str | None, offline: bool = False) 
 def _open_source(mirror: str, name: str, timeout_s: float) -> tuple[BinaryIO, int | None]:
     """Open `name` on a mirror given as http(s) URL, file:// URL or plain directory."""
     if mirror.startswith(("http://", "https://")):
+        # Imported here: urllib.request pulls in http.client and email (15-50 ms), and dodo.py
+        # imports this module on every `doit` call, downloads or not.
+        import urllib.request
+
         url = urllib.parse.urljoin(mirror.rstrip("/") + "/", urllib.parse.quote(name))
         response = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 (scheme checked)
         length = response.headers.get("Content-Length")
@@ -101,6 +103,8 @@ def verify(path: Path, expected: RemoteFile) -> None:
 
 def _fetch(mirror: str, remote: RemoteFile, dest: Path, timeout_s: float,
            progress: Progress) -> None:
+    import urllib.error
+
     with atomic_path(dest) as tmp:
         try:
             source, total = _open_source(mirror, remote.name, timeout_s)

@@ -16,7 +16,7 @@ from tests.conftest import copy_project, executed_tasks, run_doit
 
 ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mnist_mlp",
              "convert:mnist_cnn", "convert:mnist_mlp", "evaluate:mnist_cnn",
-             "evaluate:mnist_mlp", "curves:mnist_cnn", "curves:mnist_mlp", "bench:local"}
+             "evaluate:mnist_mlp", "curves:mnist_cnn", "curves:mnist_mlp", "peak", "bench:local"}
 
 
 def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
@@ -55,8 +55,9 @@ def test_default_build_prints_only_the_pipelines_own_lines(smoke_project):
                   "legacy", "Statistics for quantized inputs", "fully_quantize", "XNNPACK",
                   "SavedModel", "Traceback"):
         assert noise not in out and noise not in err, noise
-    # stderr carries download progress only; training shows one line per epoch.
-    assert all(re.fullmatch(r"\S+\.gz: \d+ % of [\d,]+ bytes", line)
+    # stderr carries progress only (download bytes, benchmark cases); training shows one
+    # line per epoch.
+    assert all(re.fullmatch(r"\S+\.gz: \d+ % of [\d,]+ bytes|bench:local \[\d+/\d+\] .*", line)
                for line in err.splitlines()), err[-2000:]
     assert len([line for line in out.splitlines() if re.match(r"\d+/\d+ - ", line)]) == 2
     assert "mnist_cnn_int8.tflite: " in out and "# Accuracy drift: mnist_cnn" in out
@@ -109,7 +110,7 @@ def test_artifacts_dir_is_movable_and_listing_reads_like_a_table_of_contents(tmp
     listing = run_doit(project, "list")
     assert listing.returncode == 0
     assert {line.split()[0] for line in listing.stdout.splitlines()} == {
-        "download", "preprocess", "train", "convert", "evaluate", "curves", "bench"}
+        "download", "preprocess", "train", "convert", "evaluate", "curves", "peak", "bench"}
     elsewhere = tmp_path / "elsewhere"
     proc = run_doit(project, "preprocess",
                     env={"PIPELINE_ARTIFACTS": str(elsewhere), "PIPELINE_MIRROR": mnist_url})
