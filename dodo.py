@@ -8,8 +8,10 @@ directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE
 public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),
 PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default).
 
-This file only declares tasks. Stage modules import TensorFlow inside their functions, so
-loading this file (every `doit` call, including no-op runs) stays fast.
+This file only declares tasks, and never imports a stage module that needs numpy: actions
+name their stage function (`_stage`) and it is imported when the task runs. Loading this
+file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
+pipeline's light modules only (params, boards, datasets, download, variants, curves).
 """
 
 import os
@@ -80,9 +82,25 @@ def keras_model(build):
 
 
 def tflite_models(build):
-    from pipeline.convert import variant_names, variant_path
+    from pipeline.variants import variant_names, variant_path
 
     return {v: variant_path(model_dir(build), build, v) for v in variant_names(PARAMS.convert)}
+
+
+class _stage:
+    """The action function `pipeline.<module>.<function>`, imported when the task runs:
+    stage modules import numpy (~0.2 s), which a no-op `doit` must not pay."""
+
+    def __init__(self, name):
+        self.module, self.function = name.rsplit(".", 1)
+
+    def __call__(self, *args):
+        import importlib
+
+        return getattr(importlib.import_module(f"pipeline.{self.module}"), self.function)(*args)
+
+    def __repr__(self):
+        return f"pipeline.{self.module}.{self.function}"
 
 
 def _guarded(fn, *args):
@@ -120,15 +138,13 @@ def task_download():
 
 def task_preprocess():
     """Validate the IDX files and pack each dataset into one uint8 .npz."""
-    from pipeline import preprocess
-
     for name in PARAMS.datasets:
         spec = DATASETS[name]
         yield {
             "name": name,
             "doc": f"pack {name} into {dataset_npz(name)}",
-            "actions": [(_guarded, [lambda s=spec, n=name: preprocess.save_arrays(
-                dataset_npz(n), preprocess.preprocess(s, raw_dir(n)))])],
+            "actions": [(_guarded, [_stage("preprocess.run"), spec, raw_dir(name),
+                                    dataset_npz(name)])],
             "file_dep": [STAGES / "preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
             "targets": [dataset_npz(name)],
             "clean": True,
@@ -137,13 +153,11 @@ def task_preprocess():
 
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
-    from pipeline import train
-
     for build in PARAMS.builds:
         yield {
             "name": build.name,
             "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
-            "actions": [(_guarded, [train.run, build.model, dataset_npz(build.dataset),
+            "actions": [(_guarded, [_stage("train.run"), build.model, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
                                     model_dir(build.name) / "history.json",
                                     ARTIFACTS / "logs" / build.name])],
@@ -156,14 +170,13 @@ def task_train():
 
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
-    from pipeline import convert
-    from pipeline.convert import variant_names
+    from pipeline.variants import variant_names
 
     for build in PARAMS.builds:
         yield {
             "name": build.name,
             "doc": f"{build.name}.h5 -> {', '.join(variant_names(PARAMS.convert))} .tflite",
-            "actions": [(_guarded, [convert.run, keras_model(build.name),
+            "actions": [(_guarded, [_stage("convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name)])],
             "file_dep": [STAGES / "convert.py", keras_model(build.name),
@@ -176,15 +189,13 @@ def task_convert():
 
 def task_evaluate():
     """Score Keras and every .tflite variant on the full test set; gate on int8 drift."""
-    from pipeline import evaluate
-
     for build in PARAMS.builds:
         report_dir = ARTIFACTS / "reports" / build.name
         models = tflite_models(build.name)
         yield {
             "name": build.name,
             "doc": f"accuracy drift of {build.name} -> {report_dir / 'accuracy.md'}",
-            "actions": [(_guarded, [evaluate.run, build.name, build.dataset,
+            "actions": [(_guarded, [_stage("evaluate.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
@@ -198,7 +209,7 @@ def task_evaluate():
 
 
 def peak_models():
-    from pipeline.convert import variant_names
+    from pipeline.variants import variant_names
     from pipeline.floor import PEAK_VARIANTS, peak_path
 
     return {v: peak_path(ARTIFACTS / "peak", v) for v in variant_names(PARAMS.convert)
@@ -238,7 +249,6 @@ def task_curves():
 
 def task_bench():
     """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
-    from pipeline import bench
     from pipeline.boards import measured_within
 
     models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
@@ -249,7 +259,7 @@ def task_bench():
         yield {
             "name": board.name,
             "doc": f"time every .tflite on board {board.name!r} ({board.where})",
-            "actions": [(_guarded, [bench.run, board, models, datasets,
+            "actions": [(_guarded, [_stage("bench.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
                                     reports, BOARDS, peak_models(),
                                     PARAMS.bench.max_age_hours])],

@@ -17,28 +17,14 @@ import numpy as np
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import write_bytes
-from pipeline.params import EXTRA_VARIANTS, ConvertParams, load_params
+from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
+# Re-exported: callers name variants through this stage.
+from pipeline.variants import variant_names, variant_of, variant_path  # noqa: F401
 
 
 class ConvertError(PipelineError):
     pass
-
-
-def variant_names(params: ConvertParams) -> list[str]:
-    return ["float32", "int8", *params.extra_variants]
-
-
-def variant_path(model_dir: Path, build: str, variant: str) -> Path:
-    return Path(model_dir) / f"{build}_{variant}.tflite"
-
-
-def variant_of(path: Path) -> tuple[str, str]:
-    """(build, variant) of a `<build>_<variant>.tflite` path."""
-    for variant in ("float32", "int8", *EXTRA_VARIANTS):
-        if Path(path).stem.endswith(f"_{variant}"):
-            return Path(path).stem[: -len(variant) - 1], variant
-    raise ValueError(f"{path}: not named <build>_<variant>.tflite")
 
 
 def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -46,6 +46,8 @@ def plot_training(build: str, history: dict[str, list[float]], test_acc: float,
         ax.grid(alpha=0.3)
     acc_ax.axhline(100 * test_acc, color="black", linestyle=":",
                    label=f"test (Keras) {100 * test_acc:.2f} %")
+    # Room above and below: the test line is often the highest value and sat on the frame.
+    acc_ax.margins(y=0.1)
     loss_ax.legend()
     acc_ax.legend(loc="lower right")
     fig.suptitle(f"{build}: training curves")

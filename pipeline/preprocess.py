@@ -97,6 +97,11 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def run(spec: DatasetSpec, raw_dir: Path, out_path: Path) -> None:
+    """The doit action: validate the IDX files in `raw_dir` and write one .npz."""
+    save_arrays(out_path, preprocess(spec, raw_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
@@ -104,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     try:
-        save_arrays(args.out, preprocess(DATASETS[args.dataset], args.raw_dir))
+        run(DATASETS[args.dataset], args.raw_dir, args.out)
     except IdxError as exc:
         sys.exit(f"error: {exc}")
 
