@@ -239,8 +239,8 @@ def task_curves():
         yield {
             "name": build.name,
             "doc": f"{build.name} training curves -> {report_dir / 'training.png'}",
-            "actions": [(curves.run, [build.name, history, report_dir / "accuracy.json",
-                                      report_dir / "training.png"])],
+            "actions": [(_guarded, [curves.run, build.name, history,
+                                    report_dir / "accuracy.json", report_dir / "training.png"])],
             "file_dep": [STAGES / "curves.py", history, report_dir / "accuracy.json"],
             "targets": [report_dir / "training.png"],
             "clean": True,

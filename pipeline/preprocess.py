@@ -99,7 +99,11 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def run(spec: DatasetSpec, raw_dir: Path, out_path: Path) -> None:
     """The doit action: validate the IDX files in `raw_dir` and write one .npz."""
-    save_arrays(out_path, preprocess(spec, raw_dir))
+    arrays = preprocess(spec, raw_dir)
+    save_arrays(out_path, arrays)
+    shape = "x".join(str(d) for d in arrays["x_train"].shape[1:])
+    print(f"{out_path}: {len(arrays['x_train']):,} train and {len(arrays['x_test']):,} test "
+          f"images, {shape} uint8")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -158,6 +158,8 @@ def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
               "params": section_dict(params), "history": history}
     write_json(history_path, record)
     save_model(model, model_path)
+    print(f"{model_path}: {record['parameters']:,} parameters, trained in {seconds:.1f} s"
+          + (f"; TensorBoard logs in {log_dir}" if log_dir else ""))
     return record
 
 
