@@ -200,3 +200,20 @@ def test_clean_bench_removes_the_staged_plan_and_dry_run_names_every_file(smoke_
     assert not (art / "reports" / "latency" / "local.json").exists()
     assert not (art / "reports" / "latency.md").exists()
     assert (art / "models" / "mnist_cnn" / "mnist_cnn_int8.tflite").exists()
+
+
+def test_report_module_rebuilds_the_latency_report_without_benchmarking(smoke_project,
+                                                                          tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    reports = project / "artifacts" / "reports"
+    for ext in ("json", "md", "png"):
+        (reports / f"latency.{ext}").unlink()
+    measured = (reports / "latency" / "local.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.report"], cwd=project,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["board"] for r in json.loads((reports / "latency.json").read_text())["rows"]} == {
+        "local"}
+    assert (reports / "latency.md").exists() and (reports / "latency.png").exists()
+    assert (reports / "latency" / "local.json").read_bytes() == measured  # nothing re-measured
