@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from tabulate import tabulate
 
 from pipeline import PipelineError, load_runner
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import sha256_file, write_json, write_text
 
 
@@ -118,10 +120,12 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
 
     arrays = load_arrays(data_path)
     images, labels = arrays["x_test"], arrays["y_test"]
-    reference = keras_predict(model_path, images, batch_size)
+    with native_output_hidden():  # TensorFlow's start-up notices
+        reference = keras_predict(model_path, images, batch_size)
     results = [score("keras", model_path, reference, reference, labels, class_names)]
     for name, path in variant_paths.items():
-        predictions = tflite_predict(path, images, batch_size)
+        with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            predictions = tflite_predict(path, images, batch_size)
         results.append(score(name, path, predictions, reference, labels, class_names))
     report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
               "made_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -147,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-drift-pt", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     variants = {p.stem.removeprefix(f"{args.build}_"): p for p in args.tflite}
     try:
         run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,

@@ -280,3 +280,33 @@ def write_latency_report(reports_dir: Path, boards: Sequence[Any], models: dict[
     for f in failed:
         print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rebuild the latency report from reports/latency/<board>.json, without benchmarking."""
+    import argparse
+
+    from pipeline.boards import load_boards
+    from pipeline.convert import variant_of
+    from pipeline.params import ParamsError
+
+    parser = argparse.ArgumentParser(
+        description="Rebuild latency.{json,md,png} from the per-board results in "
+                    "<artifacts>/reports/latency/*.json (no board is contacted).")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                        help="the artifact tree (default: artifacts)")
+    parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"),
+                        help="board inventory; its boards are reported in its order")
+    args = parser.parse_args(argv)
+    try:
+        boards = load_boards(args.boards)
+    except ParamsError as exc:
+        raise SystemExit(f"error: bad board inventory: {exc}") from None
+    # Current model hashes mark rows whose model changed since the board ran as STALE.
+    models = {"/".join(variant_of(p)): p
+              for p in sorted((args.artifacts / "models").glob("*/*.tflite"))}
+    write_latency_report(args.artifacts / "reports", boards, models)
+
+
+if __name__ == "__main__":
+    main()
