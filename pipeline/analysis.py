@@ -9,12 +9,15 @@ from `reports/<build>/analysis.md`.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from tabulate import tabulate
 
+from pipeline import outputs
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_json, write_text
 
 # Each 28x28 tile is drawn 3x larger (84 px): big enough to see the strokes at normal zoom.
@@ -22,8 +25,7 @@ TILE_SCALE = 3
 CELL_W, CAPTION_H, LABEL_W = 112, 50, 150  # caption: up to three 15 px lines
 
 # Every file `run` writes into the report directory (dodo.py's targets and clean list).
-OUTPUTS = ("analysis.md", "confusion.json", "confusion.png", "misclassified_keras.png",
-           "misclassified_int8.png", "int8_damage.json", "int8_damage.png", "int8_fixes.png")
+OUTPUTS = outputs.ANALYSIS
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -165,8 +167,9 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
     arrays = load_arrays(data_path)
     images, labels = arrays["x_test"], arrays["y_test"].astype(np.int64)
     n = len(class_names)
-    probs = {"keras": keras_probabilities(model_path, images, batch_size),
-             "int8": tflite_probabilities(int8_path, images, batch_size)}
+    with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
+        probs = {"keras": keras_probabilities(model_path, images, batch_size),
+                 "int8": tflite_probabilities(int8_path, images, batch_size)}
     preds = {name: np.argmax(p, axis=1) for name, p in probs.items()}
     matrices = {name: confusion_matrix(labels, p, n) for name, p in preds.items()}
     write_json(report_dir / "confusion.json", {
@@ -253,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--max-per-class", type=int, default=12)
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     run(args.build, DATASETS[args.dataset].class_names, args.model, args.int8, args.data,
         args.batch_size, args.max_per_class, args.report_dir)
 

@@ -475,19 +475,20 @@ def bench_board(board: Board, models: dict[str, Path],
             "cpus": document.get("cpus"), "results": results, "peak": peak_results}
 
 
-def progress_printer(board: Board, stream=sys.stdout) -> Progress:
-    """One console line per finished case, as the runner reports it."""
+def progress_printer(board: Board, stream=None) -> Progress:
+    """One console line per finished case, as the runner reports it (to stdout by default)."""
     def show(line: str) -> None:
+        out = stream or sys.stdout
         try:
             event = json.loads(line)
             what = (f"{event['model']} x{event['threads']}: "
                     + (f"ERROR {event['error']}" if event.get("error")
                        else f"p50 {event['p50_us']:.1f} us"))
-            stream.write(f"bench:{board.name} [{event['case']}/{event['of']}] "
-                         f"{report.clean_text(what)}\n")
+            out.write(f"bench:{board.name} [{event['case']}/{event['of']}] "
+                      f"{report.clean_text(what)}\n")
         except (ValueError, KeyError, TypeError):
-            stream.write(f"bench:{board.name} {report.clean_text(line)[:200]}\n")
-        stream.flush()
+            out.write(f"bench:{board.name} {report.clean_text(line)[:200]}\n")
+        out.flush()
     return show
 
 

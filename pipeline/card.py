@@ -45,7 +45,10 @@ def tensor_contract(detail: dict[str, Any]) -> dict[str, Any]:
 def tflite_contract(path: Path) -> dict[str, Any]:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    from pipeline.console import native_output_hidden
+
+    with native_output_hidden():  # the runtime's delegate notices
+        interpreter = Interpreter(model_path=str(path))
     return {"input": tensor_contract(interpreter.get_input_details()[0]),
             "output": tensor_contract(interpreter.get_output_details()[0])}
 

@@ -8,42 +8,23 @@ after conversion to hold no float tensor at all.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pipeline import PipelineError
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import write_bytes
-from pipeline.params import EXTRA_VARIANTS, ConvertParams, load_params
+from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
+# Re-exported: callers name variants through this stage.
+from pipeline.variants import SELECTIVE, variant_names, variant_of, variant_path  # noqa: F401
 
 
 class ConvertError(PipelineError):
     pass
-
-
-# Everything int8 except the tensors a build's `float_layers` names, which the debugger's
-# denylist keeps float (pick them from the per-layer report, layers.csv).
-SELECTIVE = "int8_selective"
-
-
-def variant_names(params: ConvertParams, float_layers: Sequence[str] = ()) -> list[str]:
-    selective = [SELECTIVE] if float_layers else []
-    return ["float32", "int8", *selective, *params.extra_variants]
-
-
-def variant_path(model_dir: Path, build: str, variant: str) -> Path:
-    return Path(model_dir) / f"{build}_{variant}.tflite"
-
-
-def variant_of(path: Path) -> tuple[str, str]:
-    """(build, variant) of a `<build>_<variant>.tflite` path."""
-    # Longest first: "<build>_int8_selective" must not read as a build named "<build>_int8".
-    for variant in sorted(("float32", "int8", SELECTIVE, *EXTRA_VARIANTS), key=len, reverse=True):
-        if Path(path).stem.endswith(f"_{variant}"):
-            return Path(path).stem[: -len(variant) - 1], variant
-    raise ValueError(f"{path}: not named <build>_<variant>.tflite")
 
 
 def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -161,16 +142,19 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     """
     from pipeline.train import load_model
 
-    model = load_model(model_path)
     arrays = load_arrays(data_path)
     representative = arrays["x_train"][representative_indices(
         arrays["y_train"], params.representative_samples, params.seed)]
     sizes = {}
+    with native_output_hidden():  # "Saved artifact ... Captures", SavedModel loader lines
+        model = load_model(model_path)
     for variant in variant_names(params, float_layers):
-        content = convert(model, variant, representative, params.int8_io, float_layers)
         path = variant_path(model_dir, build, variant)
-        if variant == "int8":
-            check_integer_only(content, str(path))
+        # The converter prints its flags and MLIR notices from C++; a failure shows them.
+        with native_output_hidden():
+            content = convert(model, variant, representative, params.int8_io, float_layers)
+            if variant == "int8":
+                check_integer_only(content, str(path))
         write_bytes(path, content)
         sizes[variant] = len(content)
         print(f"{path}: {len(content):,} bytes")
@@ -184,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     run(args.model, args.data, load_params(args.params).convert, args.build, args.model.parent)
 
 

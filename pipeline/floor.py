@@ -51,11 +51,14 @@ def peak_path(peak_dir: Path, variant: str) -> Path:
 
 def build_peak_models(variants: Iterable[str], peak_dir: Path) -> dict[str, Path]:
     """Write the synthetic GEMM model in each variant; fixed weights, so fixed bytes."""
-    import keras
     import numpy as np
 
+    from pipeline.console import native_output_hidden
     from pipeline.convert import convert
     from pipeline.files import write_bytes
+
+    with native_output_hidden():  # TensorFlow's import-time notices
+        import keras
 
     rng = np.random.default_rng(0)
     inputs = keras.Input((GEMM_IN,), batch_size=GEMM_BATCH, name="x")
@@ -69,7 +72,8 @@ def build_peak_models(variants: Iterable[str], peak_dir: Path) -> dict[str, Path
     for variant in variants:
         if variant not in PEAK_VARIANTS:
             continue  # no synthetic twin: its floor falls back to the fastest measured rate
-        content = convert(model, variant, representative, "int8", add_channel_axis=False)
+        with native_output_hidden():  # converter chatter; a failure shows it
+            content = convert(model, variant, representative, "int8", add_channel_axis=False)
         write_bytes(peak_path(peak_dir, variant), content)
         paths[variant] = peak_path(peak_dir, variant)
     return paths

@@ -13,12 +13,15 @@ import argparse
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from tabulate import tabulate
 
+from pipeline import outputs
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_text
 from pipeline.params import ConvertParams, LayersParams, load_params
 
@@ -27,7 +30,7 @@ ROUNDING_ONLY = 1 / math.sqrt(12)
 # TensorFlow's debugger guide flags tensors above this RMSE/scale as worth keeping in float.
 SUSPECT = 0.7
 
-OUTPUTS = ("layers.md", "layers.csv", "layers.png")
+OUTPUTS = outputs.LAYERS  # every file `run` writes (dodo.py's targets and clean list)
 CSV_FIELDS = ("rank", "op", "tensor", "tensor_index", "elements", "rmse_over_scale", "rmse",
               "mean_error", "max_abs_error", "scale", "zero_point")
 
@@ -162,7 +165,10 @@ def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertPa
         arrays["y_train"], convert_params.representative_samples, convert_params.seed)]
     debug = arrays["x_test"][representative_indices(arrays["y_test"], params.samples,
                                                     params.seed)]
-    rows = layer_errors(load_model(model_path), representative, debug, convert_params.int8_io)
+    # The converter, the debugger's own interpreter and the SavedModel loader all print.
+    with native_output_hidden():
+        rows = layer_errors(load_model(model_path), representative, debug,
+                            convert_params.int8_io)
     report_dir = Path(report_dir)
     write_csv(report_dir / "layers.csv", rows)
     render_chart(build, rows, report_dir / "layers.png")
@@ -180,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     parser.add_argument("--report-dir", type=Path, default=Path("."))
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     params = load_params(args.params)
     run(args.build, args.model, args.data, params.convert, params.layers, args.report_dir)
 

@@ -51,6 +51,7 @@ class TrainParams:
     validation_fraction: float
     max_train_samples: int
     seed: int
+    tensorboard: bool
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -143,10 +143,12 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
 
 def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarray]:
     """Class probabilities (N x classes) of N prepared images under every model."""
+    from pipeline.console import native_output_hidden
     from pipeline.evaluate import keras_probabilities, tflite_probabilities
 
-    return {name: (keras_probabilities if path.suffix == ".h5" else tflite_probabilities)(
-        path, images, 64) for name, path in models.items()}
+    with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
+        return {name: (keras_probabilities if path.suffix == ".h5" else tflite_probabilities)(
+            path, images, 64) for name, path in models.items()}
 
 
 def board_agreement(board: Any, int8_path: Path, images: np.ndarray,
@@ -280,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml")),
                         help="board inventory (default $PIPELINE_BOARDS or board/boards.toml)")
     args = parser.parse_args(argv)
+    from pipeline.console import quiet_third_party, verbose_requested
+
+    quiet_third_party(verbose_requested(os.environ))
     model_dir = args.artifacts / "models" / args.build
     try:
         card = load_card(model_dir, args.build)

@@ -192,6 +192,7 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
 
     rows = [r for r in rows if r.get("p50_us")]
     builds = sorted({r["build"] for r in rows}) or ["(no results)"]
@@ -223,6 +224,11 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
         ax.set_xticks(range(len(groups)),
                       [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        # Label 2x and 5x between decades only, so the ticks never overlap.
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("latency per invoke (µs, log)")
         ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
@@ -274,3 +280,33 @@ def write_latency_report(reports_dir: Path, boards: Sequence[Any], models: dict[
     for f in failed:
         print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rebuild the latency report from reports/latency/<board>.json, without benchmarking."""
+    import argparse
+
+    from pipeline.boards import load_boards
+    from pipeline.convert import variant_of
+    from pipeline.params import ParamsError
+
+    parser = argparse.ArgumentParser(
+        description="Rebuild latency.{json,md,png} from the per-board results in "
+                    "<artifacts>/reports/latency/*.json (no board is contacted).")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                        help="the artifact tree (default: artifacts)")
+    parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"),
+                        help="board inventory; its boards are reported in its order")
+    args = parser.parse_args(argv)
+    try:
+        boards = load_boards(args.boards)
+    except ParamsError as exc:
+        raise SystemExit(f"error: bad board inventory: {exc}") from None
+    # Current model hashes mark rows whose model changed since the board ran as STALE.
+    models = {"/".join(variant_of(p)): p
+              for p in sorted((args.artifacts / "models").glob("*/*.tflite"))}
+    write_latency_report(args.artifacts / "reports", boards, models)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ def build(tmp_path_factory, mnist_dir):
     model_dir = art / "models" / BUILD
     train.run("cnn", npz, TrainParams(epochs=2, batch_size=128, learning_rate=0.004,
                                       lr_schedule="cosine", validation_fraction=0.1,
-                                      max_train_samples=30_000, seed=1234),
+                                      max_train_samples=30_000, seed=1234, tensorboard=False),
               model_dir / f"{BUILD}.h5", model_dir / "history.json")
     params = ConvertParams(representative_samples=200, seed=1234, int8_io="int8",
                            extra_variants=())
