@@ -34,24 +34,28 @@ def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> An
     import keras
     from keras import layers
 
-    stack: list[Any] = [keras.Input((*input_shape, 1), name="image"), layers.Rescaling(1 / 255)]
+    # Fixed layer names: Keras numbers unnamed layers by how many it made before in the
+    # process, and the per-layer report's tensor names (build.float_layers) must not change
+    # with the order in which builds are trained.
+    stack: list[Any] = [keras.Input((*input_shape, 1), name="image"),
+                        layers.Rescaling(1 / 255, name="rescale")]
     if kind == "cnn":
         stack += [
-            layers.Conv2D(32, 3, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.Flatten(),
-            layers.Dense(64, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool2"),
+            layers.Conv2D(64, 3, activation="relu", name="conv3"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense"),
+            layers.Dense(num_classes, activation="softmax", name="classes"),
         ]
     elif kind == "mlp":
         stack += [
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-            layers.Dropout(0.2),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(128, activation="relu", name="dense"),
+            layers.Dropout(0.2, name="dropout"),
+            layers.Dense(num_classes, activation="softmax", name="classes"),
         ]
     else:
         raise ValueError(f"unknown model kind {kind!r}")

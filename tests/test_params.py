@@ -70,10 +70,10 @@ def test_float_layers_are_optional_per_build_and_add_the_selective_variant():
     from pipeline.convert import variant_names
 
     d = doc()
-    d["builds"][0]["float_layers"] = ["cnn_1/dense_1_2/MatMul;cnn_1/dense_1_2/BiasAdd"]
+    d["builds"][0]["float_layers"] = ["cnn_1/classes_1/MatMul;cnn_1/classes_1/BiasAdd"]
     params = parse_params(d)
     cnn, mlp = params.builds
-    assert cnn.float_layers == ("cnn_1/dense_1_2/MatMul;cnn_1/dense_1_2/BiasAdd",)
+    assert cnn.float_layers == ("cnn_1/classes_1/MatMul;cnn_1/classes_1/BiasAdd",)
     assert mlp.float_layers == ()
     assert variant_names(params.convert, cnn.float_layers) == ["float32", "int8",
                                                                "int8_selective"]

@@ -101,3 +101,10 @@ def test_tensorboard_logs_are_written_and_leave_the_weights_unchanged(tiny_array
     assert not (logs / "stale").exists()
     assert all(np.array_equal(a, b) for a, b in zip(weights[False], weights[True]))
     assert histories[False] == histories[True]
+
+
+def test_layer_names_do_not_depend_on_what_was_built_before():
+    # The per-layer report names tensors after layers, and build.float_layers quotes them.
+    first = [layer.name for layer in build_model("cnn", (28, 28), 10).layers]
+    build_model("mlp", (28, 28), 10)
+    assert [layer.name for layer in build_model("cnn", (28, 28), 10).layers] == first
