@@ -233,7 +233,8 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
         ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.margins(y=0.25)
-        ax.legend(title="variant", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        if mine:
+            ax.legend(title="variant", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
