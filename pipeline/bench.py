@@ -106,8 +106,10 @@ def ssh_run(board: Board, remote_command: Sequence[str], stdin: bytes | None = N
             timeout: float | None = None) -> subprocess.CompletedProcess:
     argv = ssh_argv(board, remote_command)
     try:
+        # timeout_s = 0 means "derived from the plan"; until bench derives one, no limit
+        # (a 0 s timeout would fail every board at once).
         proc = subprocess.run(argv, input=stdin, capture_output=True,
-                              timeout=timeout or board.timeout_s, check=False)
+                              timeout=timeout or board.timeout_s or None, check=False)
     except subprocess.TimeoutExpired:
         raise BoardError(f"board {board.name!r} ({board.where}): no answer within "
                          f"{timeout or board.timeout_s:.0f} s") from None
@@ -173,7 +175,8 @@ def run_on_board(board: Board, plan_path: Path) -> tuple[dict[str, Any], list[st
     if board.is_local:
         try:
             proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
-                                  capture_output=True, timeout=board.timeout_s, check=False)
+                                  capture_output=True, timeout=board.timeout_s or None,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise BoardError(f"board {board.name!r}: runner did not finish within "
                              f"{board.timeout_s:.0f} s") from None

@@ -25,24 +25,29 @@ def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> An
     import keras
     from keras import layers
 
-    stack: list[Any] = [keras.Input((*input_shape, 1), name="image"), layers.Rescaling(1 / 255)]
+    # Every layer is named explicitly. Keras otherwise numbers default names from a
+    # process-wide counter (conv2d, conv2d_3, ...), the names end up in the .h5 and in the
+    # .tflite tensor names, and the bytes of an artifact would depend on what else the same
+    # process built before it (e.g. `doit convert` vs `doit convert:a convert:b`).
+    stack: list[Any] = [keras.Input((*input_shape, 1), name="image"),
+                        layers.Rescaling(1 / 255, name="rescale")]
     if kind == "cnn":
         stack += [
-            layers.Conv2D(32, 3, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.Flatten(),
-            layers.Dense(64, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool2"),
+            layers.Conv2D(64, 3, activation="relu", name="conv3"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense1"),
+            layers.Dense(num_classes, activation="softmax", name="probabilities"),
         ]
     elif kind == "mlp":
         stack += [
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-            layers.Dropout(0.2),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(128, activation="relu", name="dense1"),
+            layers.Dropout(0.2, name="dropout"),
+            layers.Dense(num_classes, activation="softmax", name="probabilities"),
         ]
     else:
         raise ValueError(f"unknown model kind {kind!r}")
@@ -85,7 +90,9 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
     steps = params.epochs * -(-len(train_idx) // params.batch_size)
     rate = (keras.optimizers.schedules.CosineDecay(params.learning_rate, steps)
             if params.lr_schedule == "cosine" else params.learning_rate)
-    model.compile(optimizer=keras.optimizers.Adam(rate),
+    # A fixed optimizer name: the default is uniquified per process ("adam_1"), and the .h5
+    # stores the optimizer's slots under it.
+    model.compile(optimizer=keras.optimizers.Adam(rate, name="adam"),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(
         _dataset(x[train_idx], y[train_idx], params.batch_size, params.seed),
