@@ -252,8 +252,9 @@ def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,
                f"artifacts byte-identical to run {previous.get('run_id')} (inputs unchanged)")
     if unexpected or missing:
         summary += f"; differing: {', '.join(unexpected + missing)}"
-    summary += (f"; {len(expected)} measurement file(s) differ as expected (timings, run-directory paths)"
-                if expected else "")
+    if expected:
+        summary += (f"; {len(expected)} measurement file(s) differ as expected (timings, "
+                    "run-directory paths)")
     return {"comparable": True, "previous_run": previous.get("run_id"), "reproducible": ok,
             "identical": same, "differing": unexpected, "missing": missing,
             "differing_as_expected": expected, "summary": summary}
@@ -312,6 +313,7 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
         child = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, errors="replace")
         started(child)
+        progress(f"doit started (PID {child.pid}), full log: {run_dir / 'doit.log'}")
         assert child.stdout is not None
         for line in child.stdout:
             log.write(line)
