@@ -256,3 +256,36 @@ def test_history_cli_reads_the_runs(nightly_runs):
     # Runs 2 and 3, mnist_cnn x {float32, int8} x {1, 2} threads on local.
     assert sum("mnist_cnn" in line and "local" in line for line in lines) == 8
     assert not any("mnist_mlp" in line for line in lines)
+
+
+# --- the lock on its own (real files, real processes) ---------------------------------------
+
+
+def lock_info(pid: int, ticks: int | None) -> dict:
+    return {"pid": pid, "start_ticks": ticks, "started_utc": "2026-01-01T02:00:00Z",
+            "run_dir": "artifacts/nightly/20260101T020000Z"}
+
+
+def test_lock_held_by_a_live_process_is_refused_and_released_only_by_its_owner(tmp_path):
+    from pipeline.nightly import (NightlyLocked, acquire_lock, process_start_ticks,
+                                  release_lock)
+
+    lock, said = tmp_path / "nightly.lock", []
+    acquire_lock(lock, lock_info(os.getpid(), process_start_ticks(os.getpid())), said.append)
+    with pytest.raises(NightlyLocked) as err:
+        acquire_lock(lock, lock_info(os.getpid() + 1, None), said.append)
+    assert (f"another nightly is running: PID {os.getpid()}, started 2026-01-01T02:00:00Z"
+            in str(err.value))
+    assert said == []
+    release_lock(lock)
+    assert not lock.exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    from pipeline.nightly import acquire_lock, process_start_ticks
+
+    lock, said = tmp_path / "nightly.lock", []
+    # This process's PID, but a different start time: the PID was reused after a reboot.
+    lock.write_text(json.dumps(lock_info(os.getpid(), process_start_ticks(os.getpid()) + 1)))
+    acquire_lock(lock, lock_info(os.getpid(), None), said.append)
+    assert len(said) == 1 and "taking it over" in said[0]
