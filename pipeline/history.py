@@ -6,11 +6,12 @@ Schema (artifacts/history.sqlite unless --db says otherwise; times are UTC ISO 8
               commit_sha, dirty (0/1, NULL outside git), params_hash, inputs_hash,
               wall_s, run_dir, message
     accuracy  run_id, build, variant ('keras', 'float32', 'int8', ...),
-              accuracy, agreement, drift_pt, bytes, train_s          -- one row per run x build x variant
-    boards    run_id, board, status ('ok' | 'failed'), error        -- one row per run x board
+              accuracy, agreement, drift_pt, bytes, train_s   -- per run x build x variant
+    boards    run_id, board, status ('ok' | 'failed'), error -- per run x board
     latency   run_id, build, variant, board, threads,
               p50_us, p90_us, init_ms, status ('ok' | 'failed'), error
-                                                                     -- one row per run x case
+                                                              -- per run x build x variant
+                                                                 x board x threads
 
 A run's row is inserted as 'running' when it starts; its figures and its final status are
 written together in one transaction when it ends, so a reader never sees half a run. A run
@@ -271,9 +272,9 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Schema: see the module docstring "
-                                     "(python -c 'import pipeline.history as h; print(h.__doc__)').")
+    # The whole docstring is the help: the schema is what a reader of the database needs.
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
     parser.add_argument("--last", type=int, default=5, help="runs to show (default 5)")
     parser.add_argument("--build", help="only this build")

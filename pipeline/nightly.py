@@ -18,8 +18,8 @@ handling and the exit status.
 
 Exit status: 0 all gates pass; 1 a gate is breached (a failed board is one); 2 the run
 failed (a stage did not produce its report, or bad params); 75 another nightly holds the
-lock; 143 terminated by SIGTERM. Environment as for doit: PIPELINE_PARAMS, PIPELINE_ARTIFACTS,
-PIPELINE_BOARDS, PIPELINE_MIRROR, PIPELINE_OFFLINE.
+lock; 143 terminated by SIGTERM (130 by SIGINT). Environment as for doit: PIPELINE_PARAMS,
+PIPELINE_ARTIFACTS, PIPELINE_BOARDS, PIPELINE_MIRROR, PIPELINE_OFFLINE.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
 # are hashed like everything else, but a difference there says nothing about reproducibility.
 EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*")
 NOT_ARTIFACTS = (".doit.db", "doit.log", "manifest.json")
-EXIT_BREACHED, EXIT_FAILED, EXIT_LOCKED, EXIT_TERMINATED = 1, 2, 75, 143
+EXIT_BREACHED, EXIT_FAILED, EXIT_LOCKED = 1, 2, 75  # 128 + signal number when terminated
 
 
 class NightlyLocked(PipelineError):
@@ -61,8 +61,8 @@ class NightlyLocked(PipelineError):
 
 
 class Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler (BaseException: no `except
-    Exception` on the way may swallow it)."""
+    """Raised in the main thread by the SIGTERM/SIGINT handler, with the signal number
+    (BaseException: no `except Exception` on the way may swallow it)."""
 
 
 def utc_now() -> dt.datetime:
@@ -368,13 +368,16 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
     child: list[subprocess.Popen] = []
     stage = ["setup"]
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
+    def on_signal(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
 
-    previous_handler = signal.signal(signal.SIGTERM, on_term)
-    db = history.connect(db_path)
+    # SIGINT (Ctrl-C) too: an interactive nightly stopped by hand is recorded the same way.
+    saved_handlers = {sig: signal.signal(sig, on_signal)
+                      for sig in (signal.SIGTERM, signal.SIGINT)}
+    db = None
     run_id: int | None = None
     try:
+        db = history.connect(db_path)
         for abandoned in history.fail_abandoned_runs(db, iso(utc_now())):
             progress(f"run {abandoned} was killed without recording its end: marked failed")
         run_dir.mkdir(parents=True)
@@ -445,20 +448,24 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         log(f"nightly run {run_id}: {outcome.upper()}, total wall time "
             f"{time.monotonic() - t0:.1f} s")
         return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
-    except Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish the cleanup
+    except Terminated as exc:
+        for sig in saved_handlers:  # a second signal must not interrupt the cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(exc.args[0]).name
         stop_child(child[0] if child else None)
-        if run_id is not None:
+        if db is not None and run_id is not None:
             history.finish_run(db, run_id, "failed", iso(utc_now()), time.monotonic() - t0,
-                               message=f"terminated by SIGTERM during {stage[0]}")
-        log(f"nightly terminated by SIGTERM during {stage[0]}; run {run_id} recorded as "
+                               message=f"terminated by {name} during {stage[0]}")
+        log(f"nightly terminated by {name} during {stage[0]}; run {run_id} recorded as "
             f"failed after {time.monotonic() - t0:.1f} s")
-        return EXIT_TERMINATED
+        return 128 + exc.args[0]
     finally:
         stop_child(child[0] if child else None)
-        db.close()
+        if db is not None:
+            db.close()
         release_lock(lock)
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
 
 
 def _previous_manifest(db: Any, run_id: int) -> dict[str, Any] | None:
@@ -475,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Exit status: 0 ok, 1 gate breached, 2 run failed, 75 another nightly is "
-               "running, 143 terminated. See README.md, Nightly regeneration.")
+               "running, 143/130 terminated by SIGTERM/SIGINT. See README.md, Nightly "
+               "regeneration.")
     parser.add_argument("--project", type=Path, default=Path("."),
                         help="project root holding dodo.py (default: .)")
     parser.add_argument("--db", type=Path, help="history database "
