@@ -358,25 +358,26 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
     nightly_dir = artifacts / "nightly"
     run_dir = run_stamp(started, nightly_dir)
     lock = artifacts / "nightly.lock"
-    try:
-        acquire_lock(lock, {"pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid()),
-                            "started_utc": iso(started), "run_dir": str(run_dir)}, progress)
-    except NightlyLocked as exc:
-        log(f"error: {exc}")
-        return EXIT_LOCKED
-
     child: list[subprocess.Popen] = []
     stage = ["setup"]
 
     def on_signal(signum: int, frame: Any) -> None:
         raise Terminated(signum)
 
-    # SIGINT (Ctrl-C) too: an interactive nightly stopped by hand is recorded the same way.
+    # Installed before the lock is taken, so no signal can leave a lock behind. SIGINT
+    # (Ctrl-C) too: an interactive nightly stopped by hand is recorded the same way.
     saved_handlers = {sig: signal.signal(sig, on_signal)
                       for sig in (signal.SIGTERM, signal.SIGINT)}
     db = None
     run_id: int | None = None
     try:
+        try:
+            acquire_lock(lock, {"pid": os.getpid(),
+                                "start_ticks": process_start_ticks(os.getpid()),
+                                "started_utc": iso(started), "run_dir": str(run_dir)}, progress)
+        except NightlyLocked as exc:
+            log(f"error: {exc}")
+            return EXIT_LOCKED  # release_lock below leaves the holder's lock alone
         db = history.connect(db_path)
         for abandoned in history.fail_abandoned_runs(db, iso(utc_now())):
             progress(f"run {abandoned} was killed without recording its end: marked failed")
