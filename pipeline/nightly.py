@@ -49,9 +49,11 @@ from pipeline.params import Params, ParamsError, load_params
 TASKS = ("download", "preprocess", "train", "convert", "evaluate", "bench")
 PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
             "ai-edge-litert": ("ai-edge-litert",), "numpy": ("numpy",), "doit": ("doit",)}
-# Files whose bytes measure something (seconds, latencies) or name the run directory: they
-# are hashed like everything else, but a difference there says nothing about reproducibility.
-EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*")
+# Files whose bytes measure something (seconds, latencies), name the run directory or follow
+# the board inventory (not an input of the models): they are hashed like everything else,
+# but a difference there says nothing about reproducibility.
+EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*",
+                      "bench/*/plan.json")
 NOT_ARTIFACTS = (".doit.db", "doit.log", "manifest.json")
 EXIT_BREACHED, EXIT_FAILED, EXIT_LOCKED = 1, 2, 75  # 128 + signal number when terminated
 
@@ -237,9 +239,13 @@ def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,
                 "summary": f"inputs changed since run {previous.get('run_id')} (params, code "
                            "or dataset): artifacts are not expected to be identical"}
     before = previous.get("artifacts", {})
-    unexpected, expected, same = [], [], 0
+    unexpected, expected, new, same = [], [], [], 0
     for rel, a in artifacts.items():
-        a["identical_to_previous"] = before.get(rel, {}).get("sha256") == a["sha256"]
+        if rel not in before:  # e.g. a board added to the inventory since
+            a["identical_to_previous"] = None
+            new.append(rel)
+            continue
+        a["identical_to_previous"] = before[rel]["sha256"] == a["sha256"]
         if a["identical_to_previous"]:
             same += 1
         elif any(fnmatch(rel, pattern) for pattern in EXPECTED_TO_DIFFER):
@@ -248,15 +254,18 @@ def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,
             unexpected.append(rel)
     missing = sorted(set(before) - set(artifacts))
     ok = not unexpected and not missing
-    summary = (f"{'REPRODUCIBLE' if ok else 'NOT REPRODUCIBLE'}: {same} of {len(artifacts)} "
-               f"artifacts byte-identical to run {previous.get('run_id')} (inputs unchanged)")
+    summary = (f"{'REPRODUCIBLE' if ok else 'NOT REPRODUCIBLE'}: {same} of "
+               f"{len(artifacts) - len(new)} artifacts byte-identical to run "
+               f"{previous.get('run_id')} (inputs unchanged)")
     if unexpected or missing:
         summary += f"; differing: {', '.join(unexpected + missing)}"
     if expected:
         summary += (f"; {len(expected)} measurement file(s) differ as expected (timings, "
-                    "run-directory paths)")
+                    "run-directory paths, board settings)")
+    if new:
+        summary += f"; {len(new)} file(s) new in this run"
     return {"comparable": True, "previous_run": previous.get("run_id"), "reproducible": ok,
-            "identical": same, "differing": unexpected, "missing": missing,
+            "identical": same, "differing": unexpected, "missing": missing, "new": new,
             "differing_as_expected": expected, "summary": summary}
 
 

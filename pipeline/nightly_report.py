@@ -147,11 +147,15 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
     from tabulate import tabulate
 
     verdict = "**all gates pass**" if not found else f"**{len(found)} gate(s) BREACHED**"
-    before = f"run {previous['id']} of {previous['started_utc']}" if previous else "none"
+    if previous:
+        against = (f"Compared with the previous completed run (run {previous['id']} of "
+                   f"{previous['started_utc']}) and with the median of the {len(history_ids)} "
+                   f"completed run(s) before this one ({', '.join(map(str, history_ids))}).")
+    else:
+        against = ("No earlier completed run to compare with (the latency gate starts with the "
+                   "next run).")
     lines = [f"# Nightly run {run['id']} — {run['status']}", "",
-             f"Started {run['started_utc']}, {verdict}. Compared with the previous completed "
-             f"run ({before}) and with the median of the {len(history_ids)} completed run(s) "
-             f"before this one ({', '.join(map(str, history_ids)) or 'none'}).", ""]
+             f"Started {run['started_utc']}, {verdict}. {against}", ""]
     if found:
         lines += ["## Breaches", "", *(f"- {b['message']}" for b in found), ""]
     if reproducibility:

@@ -3,7 +3,8 @@ in a copy of a smoke-built project. One module-scoped sequence feeds every test:
 
 1. a nightly is started and, while it trains, a second one is refused; then it gets SIGTERM;
 2. a stale lock (a dead PID) is planted, and the next nightly takes it over and succeeds;
-3. a nightly with an impossible gate (only the [nightly] section differs) exits non-zero;
+3. a nightly with an impossible gate (only the [nightly] section differs) and a board that is
+   down exits non-zero;
 4. a plain `doit` in the project (built normally before step 1).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import executed_tasks, run_doit
+from tests.conftest import executed_tasks, free_port, run_doit
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
 
@@ -97,13 +98,18 @@ def nightly_runs(smoke_project, tmp_path_factory, mnist_url):
     out["run1"] = run_nightly(project, env)
     out["run1_md"] = (art / "reports" / "nightly.md").read_text()
 
-    # 3. Same build params, an impossible gate.
+    # 3. Same build params, an impossible gate, and a board that is down (nothing listens
+    # on its port): every breach is named, the failed board is recorded and is a breach.
     impossible = project / "params" / "impossible.toml"
     impossible.write_text((project / "params" / "smoke.toml").read_text().replace(
         "min_accuracy_int8 = 0.7", "min_accuracy_int8 = 1.0"))
+    (project / "board" / "with_ghost.toml").write_text(
+        (project / "board" / "boards.toml").read_text() + "\n[[boards]]\nname = \"ghost\"\n"
+        f"host = \"127.0.0.1\"\nport = {free_port()}\nconnect_timeout_s = 2\n")
     for name in ("nightly.md", "nightly.json", "nightly.png"):
         (art / "reports" / name).unlink()
-    out["run2"] = run_nightly(project, nightly_env(mnist_url, "params/impossible.toml"))
+    out["run2"] = run_nightly(project, {**nightly_env(mnist_url, "params/impossible.toml"),
+                                        "PIPELINE_BOARDS": "board/with_ghost.toml"})
 
     # 4. The normal incremental build afterwards.
     out["doit"] = run_doit(project)
@@ -169,8 +175,10 @@ def test_two_runs_are_recorded_with_a_row_per_case(nightly_runs):
     assert {(b, v, t) for b, v, _, t, *_ in latency} == {
         (b, v, t) for b in BUILDS for v in ("float32", "int8") for t in (1, 2)}
     assert {(board, n, positive) for _, _, board, _, n, positive in latency} == {("local", 2, 1)}
-    assert db_rows(project, "SELECT run_id, board, status FROM boards") == [
-        (2, "local", "ok"), (3, "local", "ok")]
+    assert set(db_rows(project, "SELECT run_id, board, status FROM boards")) == {
+        (2, "local", "ok"), (3, "local", "ok"), (3, "ghost", "failed")}
+    [(error,)] = db_rows(project, "SELECT error FROM boards WHERE board = 'ghost'")
+    assert "board 'ghost' (host 127.0.0.1 port" in error and "unreachable" in error
 
 
 def test_impossible_gate_exits_non_zero_after_every_report_is_written(nightly_runs):
@@ -184,9 +192,14 @@ def test_impossible_gate_exits_non_zero_after_every_report_is_written(nightly_ru
         assert (art / "reports" / name).stat().st_size > 0, name
     report = json.loads((art / "reports" / "nightly.json").read_text())
     assert report["run"]["id"] == 3 and report["run"]["status"] == "breached"
-    assert {(b["build"], b["variant"], b["figure"], b["limit"]) for b in report["breaches"]} \
-        == {(b, "int8", "accuracy", ">= 1.0") for b in BUILDS}
-    assert "2 gate(s) BREACHED" in (art / "reports" / "nightly.md").read_text()
+    assert {(b["build"], b["variant"], b["board"], b["figure"], b["limit"])
+            for b in report["breaches"]} == {
+        *((b, "int8", "", "accuracy", ">= 1.0") for b in BUILDS),
+        ("", "", "ghost", "board", "status ok")}
+    assert "GATE BREACHED: board ghost: FAILED: board 'ghost'" in run2.stdout
+    assert "board ghost: failed, 0 case(s)" in run2.stdout  # the per-board progress line
+    md = (art / "reports" / "nightly.md").read_text()
+    assert "3 gate(s) BREACHED" in md and "board **ghost** FAILED" in md
 
 
 def test_nightly_md_compares_the_run_with_the_previous_one(nightly_runs):
@@ -201,7 +214,7 @@ def test_nightly_md_compares_the_run_with_the_previous_one(nightly_runs):
                and r["variant"] == "int8")
     assert row["accuracy"] == row["accuracy_prev"] and row["accuracy_change_pt"] == 0
     assert all(r["p50_prev"] and r["p50_median"] for r in report["latency"])
-    assert "previous completed run (none)" in nightly_runs["run1_md"]
+    assert "No earlier completed run to compare with" in nightly_runs["run1_md"]
 
 
 def test_manifest_is_complete_and_says_the_second_run_is_byte_identical(nightly_runs):
@@ -224,6 +237,9 @@ def test_manifest_is_complete_and_says_the_second_run_is_byte_identical(nightly_
     repro = second["reproducibility"]
     assert repro["comparable"] and repro["reproducible"] and repro["previous_run"] == 2
     assert repro["differing"] == [] and repro["missing"] == []
+    # The ghost board staged its plan: new files, not differences.
+    assert "bench/ghost/plan.json" in repro["new"]
+    assert second["artifacts"]["bench/ghost/plan.json"]["identical_to_previous"] is None
     for build in BUILDS:
         for name in (f"{build}.h5", f"{build}_float32.tflite", f"{build}_int8.tflite"):
             entry = second["artifacts"][f"models/{build}/{name}"]
