@@ -193,7 +193,7 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
     import matplotlib.ticker
 
     ids = [r["id"] for r in runs]
-    fig, (ax_acc, ax_drift, ax_lat) = plt.subplots(3, 1, figsize=(10, 11))
+    fig, (ax_acc, ax_drift, ax_lat) = plt.subplots(3, 1, figsize=(12, 11))
     acc_keys = sorted({k for i in ids for k in figures[i]["accuracy"]})
     for key in acc_keys:
         ys = [figures[i]["accuracy"].get(key, {}).get("accuracy") for i in ids]
@@ -214,11 +214,12 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
         ax.set_xlabel("run")
         ax.set_xticks(ids)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7, loc="best")
+        if ax.lines:  # beside the plot: inside, it hides the lines it names
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if ax_lat.lines:
         ax_lat.set_yscale("log")  # CNN and MLP differ tenfold; log keeps both readable
-        ax_lat.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        for axis in (ax_lat.yaxis.set_major_formatter, ax_lat.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))  # 20, not 2 x 10^1
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90)
