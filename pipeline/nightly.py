@@ -105,31 +105,64 @@ def lock_holder_alive(holder: dict[str, Any]) -> bool:
     return ticks is None or holder.get("start_ticks") in (None, ticks)
 
 
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's content; {} if unreadable (stale), None if the file is gone."""
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def acquire_lock(path: Path, info: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Create the lock file with O_EXCL (atomic: of two racing nightlies one wins); take over
-    a stale lock whose process is gone. Raises NightlyLocked naming the running nightly."""
+    """Take the lock, or raise NightlyLocked naming the running nightly; a stale lock (its
+    process is gone) is taken over.
+
+    The lock is created whole: its content goes to a private file that is then hard-linked
+    to the lock's name, which fails if the lock exists (an exclusive create, like O_EXCL,
+    but no other nightly can ever read a half-written lock and think it stale).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+    mine = path.with_name(f".{path.name}.{os.getpid()}")
+    mine.write_text(json.dumps(info))
+    try:
+        for _ in range(5):
             try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}  # half-written by a nightly killed while creating it: stale
+                os.link(mine, path)
+                return
+            except FileExistsError:
+                pass
+            holder = _read_lock(path)
+            if holder is None:
+                continue  # released meanwhile: try again
             if lock_holder_alive(holder):
                 raise NightlyLocked(
                     f"another nightly is running: PID {holder['pid']}, started "
                     f"{holder.get('started_utc', '?')} (run directory "
-                    f"{holder.get('run_dir', '?')}); lock file {path}") from None
-            log(f"stale lock {path} from PID {holder.get('pid', '?')} (started "
-                f"{holder.get('started_utc', '?')}) whose process is gone: taking it over")
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        return
-    raise NightlyLocked(f"could not take the lock {path}: it keeps being recreated")
+                    f"{holder.get('run_dir', '?')}); lock file {path}")
+            # Move the stale lock aside (atomic: of two nightlies taking it over, one moves
+            # it); if what was moved is a live lock that replaced the stale one meanwhile,
+            # put it back and let the next round refuse.
+            aside = path.with_name(f".{path.name}.stale.{os.getpid()}")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside) or {}
+            if lock_holder_alive(moved):
+                try:
+                    os.link(aside, path)
+                except FileExistsError:
+                    pass
+            else:
+                log(f"stale lock {path} from PID {holder.get('pid', '?')} (started "
+                    f"{holder.get('started_utc', '?')}) whose process is gone: taking it over")
+            aside.unlink(missing_ok=True)
+        raise NightlyLocked(f"could not take the lock {path}: it keeps changing hands")
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def release_lock(path: Path) -> None:

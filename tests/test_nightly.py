@@ -305,3 +305,23 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
     lock.write_text(json.dumps(lock_info(os.getpid(), process_start_ticks(os.getpid()) + 1)))
     acquire_lock(lock, lock_info(os.getpid(), None), said.append)
     assert len(said) == 1 and "taking it over" in said[0]
+
+
+def test_of_nightlies_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
+    lock = tmp_path / "nightly.lock"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps(lock_info(dead.pid, None)))
+    contender = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from pipeline.nightly import NightlyLocked, acquire_lock\n"
+        "try:\n"
+        f"    acquire_lock(Path({str(lock)!r}), {{'pid': os.getpid()}}, print)\n"
+        "except NightlyLocked:\n"
+        "    sys.exit(75)\n"
+        "time.sleep(3)  # hold it while the others try\n")
+    racers = [subprocess.Popen([sys.executable, "-c", contender], cwd=Path(__file__).parent.parent,
+                               stdout=subprocess.DEVNULL) for _ in range(4)]
+    codes = sorted(r.wait(timeout=60) for r in racers)
+    assert codes == [0, 75, 75, 75]

@@ -32,3 +32,23 @@ def test_task_order_and_grouping_do_not_change_any_model_byte(smoke_project, tmp
                              f" vs {len(b):,} B sha256 {hashlib.sha256(b).hexdigest()[:12]}")
     assert not different, "\n".join(different)
     # Not pinned: history.json holds the measured training seconds, which differ by design.
+
+
+def test_building_saving_and_converting_twice_in_one_process_gives_the_same_bytes(tmp_path):
+    # What doit does when one process handles several builds: the second model is made
+    # after the first has used Keras' name counters and the converter once already.
+    import keras
+    import numpy as np
+
+    from pipeline.convert import convert
+    from pipeline.train import build_model, load_model, save_model
+
+    representative = np.random.default_rng(0).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    files = []
+    for attempt in range(2):
+        keras.utils.set_random_seed(1)
+        save_model(build_model("cnn", (28, 28), 10), tmp_path / f"{attempt}.h5")
+        model = load_model(tmp_path / f"{attempt}.h5")
+        files.append([(tmp_path / f"{attempt}.h5").read_bytes(),
+                      convert(model, "float32"), convert(model, "int8", representative)])
+    assert files[0] == files[1]
