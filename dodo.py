@@ -2,15 +2,21 @@
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
-doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first),
-PIPELINE_OFFLINE=1 (never try the public mirrors),
-PIPELINE_BOARDS (board inventory, default board/boards.toml).
+doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first; a
+directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE_MIRROR_<DATASET>
+(one dataset's mirror, e.g. PIPELINE_MIRROR_FASHION_MNIST), PIPELINE_OFFLINE=1 (never try the
+public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),
+PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default).
 
-This file only declares tasks. Stage modules import TensorFlow inside their functions, so
-loading this file (every `doit` call, including no-op runs) stays fast.
+This file only declares tasks, and never imports a stage module that needs numpy: actions
+name their stage function (`_stage`) and it is imported when the task runs. Loading this
+file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
+pipeline's light modules only (params, boards, datasets, download, variants, curves).
 """
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 # TensorFlow's logger (absl) binds sys.stderr when first imported. Importing it here (13 ms,
@@ -20,16 +26,20 @@ import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline import RUNNER, PipelineError
-from pipeline.datasets import DATASETS
+from pipeline import PipelineError
 from pipeline.boards import load_boards
+from pipeline.console import quiet_third_party, verbose_requested
+from pipeline.datasets import DATASETS
+from pipeline.download import user_mirror
 from pipeline.params import ParamsError, load_params, section_dict
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 ARTIFACTS = Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts"))
-MIRROR = os.environ.get("PIPELINE_MIRROR") or None
+MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
+# Before any stage imports TensorFlow: its C++ logger reads the environment once.
+quiet_third_party(verbose_requested(os.environ))
 
 try:
     PARAMS = load_params(PARAMS_PATH)
@@ -45,11 +55,12 @@ if _missing:
                      f"which {BOARDS_PATH} does not declare")
 
 STAGES = Path("pipeline")
+RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
 DOIT_CONFIG = {
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate",
+    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "curves", "peak",
                       *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
 }
 
@@ -71,17 +82,38 @@ def keras_model(build):
 
 
 def tflite_models(build):
-    from pipeline.convert import variant_names, variant_path
+    from pipeline.variants import variant_names, variant_path
 
     return {v: variant_path(model_dir(build), build, v) for v in variant_names(PARAMS.convert)}
 
 
+class _stage:
+    """The action function `pipeline.<module>.<function>`, imported when the task runs:
+    stage modules import numpy (~0.2 s), which a no-op `doit` must not pay."""
+
+    def __init__(self, name):
+        self.module, self.function = name.rsplit(".", 1)
+
+    def __call__(self, *args):
+        import importlib
+
+        return getattr(importlib.import_module(f"pipeline.{self.module}"), self.function)(*args)
+
+    def __repr__(self):
+        return f"pipeline.{self.module}.{self.function}"
+
+
 def _guarded(fn, *args):
-    """Run a stage; a PipelineError fails the task with its message instead of a traceback."""
+    """Run a stage; a PipelineError fails the task with its message instead of a traceback,
+    and Ctrl-C ends the build with one line (every stage writes through a temporary name, so
+    an interrupted write leaves nothing behind) and the shell's status for SIGINT."""
     try:
         fn(*args)
     except PipelineError as exc:
         return TaskFailed(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was kept", file=sys.stderr)
+        raise SystemExit(130) from None
     return None
 
 
@@ -93,8 +125,9 @@ def task_download():
         spec = DATASETS[name]
         yield {
             "name": name,
+            "doc": f"fetch and verify the {name} archives",
             "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
-                                    download.mirrors_for(spec, MIRROR, OFFLINE),
+                                    download.mirrors_for(spec, MIRRORS[name], OFFLINE),
                                     PARAMS.download.timeout_s, download.terminal_progress()])],
             "file_dep": [STAGES / "download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
@@ -105,14 +138,13 @@ def task_download():
 
 def task_preprocess():
     """Validate the IDX files and pack each dataset into one uint8 .npz."""
-    from pipeline import preprocess
-
     for name in PARAMS.datasets:
         spec = DATASETS[name]
         yield {
             "name": name,
-            "actions": [(_guarded, [lambda s=spec, n=name: preprocess.save_arrays(
-                dataset_npz(n), preprocess.preprocess(s, raw_dir(n)))])],
+            "doc": f"pack {name} into {dataset_npz(name)}",
+            "actions": [(_guarded, [_stage("preprocess.run"), spec, raw_dir(name),
+                                    dataset_npz(name)])],
             "file_dep": [STAGES / "preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
             "targets": [dataset_npz(name)],
             "clean": True,
@@ -121,14 +153,14 @@ def task_preprocess():
 
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
-    from pipeline import train
-
     for build in PARAMS.builds:
         yield {
             "name": build.name,
-            "actions": [(_guarded, [train.run, build.model, dataset_npz(build.dataset),
+            "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
+            "actions": [(_guarded, [_stage("train.run"), build.model, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
-                                    model_dir(build.name) / "history.json"])],
+                                    model_dir(build.name) / "history.json",
+                                    ARTIFACTS / "logs" / build.name])],
             "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
             "targets": [keras_model(build.name), model_dir(build.name) / "history.json"],
             "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
@@ -138,12 +170,13 @@ def task_train():
 
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
-    from pipeline import convert
+    from pipeline.variants import variant_names
 
     for build in PARAMS.builds:
         yield {
             "name": build.name,
-            "actions": [(_guarded, [convert.run, keras_model(build.name),
+            "doc": f"{build.name}.h5 -> {', '.join(variant_names(PARAMS.convert))} .tflite",
+            "actions": [(_guarded, [_stage("convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name)])],
             "file_dep": [STAGES / "convert.py", keras_model(build.name),
@@ -156,14 +189,13 @@ def task_convert():
 
 def task_evaluate():
     """Score Keras and every .tflite variant on the full test set; gate on int8 drift."""
-    from pipeline import evaluate
-
     for build in PARAMS.builds:
         report_dir = ARTIFACTS / "reports" / build.name
         models = tflite_models(build.name)
         yield {
             "name": build.name,
-            "actions": [(_guarded, [evaluate.run, build.name, build.dataset,
+            "doc": f"accuracy drift of {build.name} -> {report_dir / 'accuracy.md'}",
+            "actions": [(_guarded, [_stage("evaluate.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
@@ -176,29 +208,86 @@ def task_evaluate():
         }
 
 
+def peak_models():
+    from pipeline.variants import variant_names
+    from pipeline.floor import PEAK_VARIANTS, peak_path
+
+    return {v: peak_path(ARTIFACTS / "peak", v) for v in variant_names(PARAMS.convert)
+            if v in PEAK_VARIANTS}
+
+
+def task_peak():
+    """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
+    from pipeline import floor
+
+    return {
+        "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), ARTIFACTS / "peak"])],
+        "file_dep": [STAGES / "floor.py", STAGES / "convert.py"],
+        "targets": list(peak_models().values()),
+        "uptodate": [config_changed({"variants": list(peak_models())})],
+        "clean": True,
+    }
+
+
+def task_curves():
+    """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
+    from pipeline import curves
+
+    for build in PARAMS.builds:
+        report_dir = ARTIFACTS / "reports" / build.name
+        history = model_dir(build.name) / "history.json"
+        yield {
+            "name": build.name,
+            "doc": f"{build.name} training curves -> {report_dir / 'training.png'}",
+            "actions": [(_guarded, [curves.run, build.name, history,
+                                    report_dir / "accuracy.json", report_dir / "training.png"])],
+            "file_dep": [STAGES / "curves.py", history, report_dir / "accuracy.json"],
+            "targets": [report_dir / "training.png"],
+            "clean": True,
+        }
+
+
 def task_bench():
     """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
-    from pipeline import bench
+    from pipeline.boards import measured_within
 
     models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
     datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
     reports = ARTIFACTS / "reports"
     for board in BOARDS:
+        result = reports / "latency" / f"{board.name}.json"
         yield {
             "name": board.name,
-            "actions": [(_guarded, [bench.run, board, models, datasets,
+            "doc": f"time every .tflite on board {board.name!r} ({board.where})",
+            "actions": [(_guarded, [_stage("bench.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
-                                    reports, BOARDS])],
-            "file_dep": [STAGES / "bench.py", STAGES / "report.py", RUNNER,
-                         *models.values(), *set(datasets.values())],
-            "targets": [reports / "latency" / f"{board.name}.json"],
-            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)})],
+                                    reports, BOARDS, peak_models(),
+                                    PARAMS.bench.max_age_hours])],
+            "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
+                         STAGES / "boards.py", RUNNER, *models.values(),
+                         *peak_models().values(), *set(datasets.values())],
+            "targets": [result],
+            # Out of date when the board's last figures are older than max_age_hours, so a
+            # board that died since it was last timed is noticed.
+            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
+                         (measured_within, [result, PARAMS.bench.max_age_hours])],
+            # The staged plan (models and samples copied for the board) goes too.
             "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
-                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png"))
-                                  ]])],
+                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png")),
+                                  ARTIFACTS / "bench" / board.name]])],
         }
 
 
-def _remove(paths):
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
+def _remove(paths, dryrun=False):
+    """A clean action: remove files and directory trees, saying what goes. doit passes
+    `dryrun` (`doit clean -n`) to clean actions that accept it; then only say it."""
+    verb = "would remove" if dryrun else "removing"
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            print(f"{verb} directory '{path}'")
+            if not dryrun:
+                shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            print(f"{verb} file '{path}'")
+            if not dryrun:
+                path.unlink()

@@ -4,30 +4,50 @@
 Runs on the board (or on the build host) with only the Python standard library, numpy and a
 TFLite runtime; it imports nothing from the project. Usage:
 
-    python3 runner.py --plan plan.json
+    python3 runner.py --plan plan.json [--stop-on-eof]
 
-plan.json (written by the host, paths relative to it):
-    {"models": [{"file": "m_int8.tflite", "samples": "m_samples.npz", "host_key": "host_m_int8"}],
-     "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3]}
+plan.json (written by the host, file names relative to it):
+    {"models": [{"file": "m_int8.tflite", "sha256": "...", "samples": "m_int8_samples.npz",
+                 "samples_sha256": "...", "host_key": "host"}],
+     "peak": [{"file": "peak_int8.tflite", "sha256": "...", "variant": "int8", "macs": N}],
+     "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
+     "case_timeout_s": 120, "deadline_s": 900}
 
-Each model x threads case runs in a fresh child process so that its peak RSS is its own.
-Exit status 3 means no TFLite runtime was found (the message says what to install).
+Before timing anything the runner checks every file's SHA-256 against the plan and the
+requested CPUs against the ones it may run on. Each model x threads case then runs in a
+fresh child process (so its memory figures are its own) with its own timeout; the plan's
+deadline bounds the whole run. With --stop-on-eof the runner stops, child included, as soon
+as its stdin closes: the host keeps it open while it waits, so a host that gives up (timeout,
+Ctrl-C, dropped SSH connection) never leaves work running on the board.
+
+One line per finished case goes to stderr as `progress {json}`. Exit status: 0 with the JSON
+document on stdout, else one of the codes below with a message on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 NO_RUNTIME = 3
+NO_NUMPY = 4
+BAD_PLAN = 5
+HOST_GONE = 6
+MAX_WAIT_S = 86400.0  # one day; also keeps poll()'s millisecond timeout in range
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
+
+_current_child: subprocess.Popen | None = None
 
 
 def find_runtime():
@@ -49,13 +69,29 @@ def find_runtime():
     return None
 
 
+def numpy_missing() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def _where() -> str:
+    return f"{sys.executable} (Python {platform.python_version()}, {platform.machine()})"
+
+
+def no_numpy_message() -> str:
+    return (f"numpy is not importable by {_where()}; every TFLite runtime needs it. Install it "
+            "for this interpreter: `pip install numpy` or `apt install python3-numpy`.")
+
+
 def no_runtime_message() -> str:
     return (
-        f"no TFLite runtime importable by {sys.executable} (Python {platform.python_version()}, "
-        f"{platform.machine()}); tried {', '.join(RUNTIMES)}. Install one for this interpreter: "
-        "`pip install ai-edge-litert` (x86_64/aarch64 wheels), `pip install tflite-runtime`, or "
-        "on riscv64 (SpacemiT K1) a runtime built for the board or the vendor's package - "
-        "PyPI has no riscv64 wheel of either.")
+        f"no TFLite runtime importable by {_where()}; tried {', '.join(RUNTIMES)}. Install one "
+        "for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels), `pip install "
+        "tflite-runtime`, or on riscv64 (SpacemiT K1) a runtime built for the board or the "
+        "vendor's package - PyPI has no riscv64 wheel of either.")
 
 
 def machine_info() -> dict:
@@ -107,19 +143,33 @@ def percentile_stats(samples_us: list[float]) -> dict:
     arr = np.asarray(samples_us)
     return {"mean_us": float(arr.mean()), "std_us": float(arr.std()),
             "min_us": float(arr.min()), "max_us": float(arr.max()),
-            **{f"p{q}_us": float(np.percentile(arr, q)) for q in (50, 90, 99)}}
+            **{f"p{q}_us": float(np.percentile(arr, q)) for q in (10, 50, 90, 99)}}
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | None,
-             host_key: str | None, Interpreter) -> dict:
-    """Load, allocate, first invoke, warm-up and timed invokes of one model at one thread count."""
+             host_key: str | None, Interpreter, min_seconds: float = 0.0) -> dict:
+    """Load, allocate, first invoke, warm-up and timed invokes of one model at one thread count.
+
+    With `min_seconds`, timing goes on past `runs` until that much time was timed (at most
+    100x `runs`), so a best-of measurement is not decided by one busy moment of the machine.
+    """
     import numpy as np
 
     data = dict(np.load(samples)) if samples else {}
+    rss_before = rss_mb()
     start = time.perf_counter()
     interpreter = Interpreter(model_path=str(model), num_threads=threads)
     interpreter.allocate_tensors()
     init_ms = (time.perf_counter() - start) * 1e3
+    rss_loaded = rss_mb()
 
     inp = interpreter.get_input_details()[0]
     if "x" in data:
@@ -129,16 +179,17 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
     start = time.perf_counter()
     interpreter.invoke()
     first_us = (time.perf_counter() - start) * 1e6
-    for _ in range(warmup):
+    for _ in range(warmup):  # not timed: caches, thread pools and lazily packed weights settle
         interpreter.invoke()
-    timings = []
-    for _ in range(runs):
+    timings: list[float] = []
+    budget_us, cap = min_seconds * 1e6, 100 * runs
+    while len(timings) < runs or (sum(timings) < budget_us and len(timings) < cap):
         start = time.perf_counter()
         interpreter.invoke()
         timings.append((time.perf_counter() - start) * 1e6)
 
     result = {"model": model.name, "threads": threads, "init_ms": init_ms, "first_us": first_us,
-              "warmup": warmup, "runs": runs, **percentile_stats(timings)}
+              "warmup": warmup, "runs": len(timings), **percentile_stats(timings)}
     if "x" in data:
         predictions = np.asarray(predict(interpreter, data["x"]))
         result["samples"] = int(len(predictions))
@@ -148,52 +199,166 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
             differ = np.flatnonzero(predictions != data[host_key])
             result["agreement"] = float(1 - len(differ) / len(predictions))
             result["disagreements"] = [int(i) for i in differ[:20]]
-    # ru_maxrss is in KiB on Linux.
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The model's own memory: what loading and allocating it added to this process, apart
+    # from the Python interpreter and the runtime's libraries (which dominate the peak).
+    result["model_rss_mb"] = max(0.0, rss_loaded - rss_before)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+    result["cpus"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     return result
 
 
-def run_plan(plan_path: Path) -> dict:
-    """Every model x threads case of the plan, each in a child process; the JSON document."""
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_plan(plan: dict, base: Path) -> list[str]:
+    """Problems that must stop the run before anything is timed: wrong bytes, absent CPUs."""
+    problems = []
+    for entry in [*plan.get("models", []), *plan.get("peak", [])]:
+        for name_key, sum_key in (("file", "sha256"), ("samples", "samples_sha256")):
+            name = entry.get(name_key)
+            if not name:
+                continue
+            try:
+                actual = sha256_file(base / name)
+            except OSError as exc:
+                problems.append(f"{name}: cannot read ({exc.strerror or exc})")
+                continue
+            if actual != entry.get(sum_key):
+                problems.append(f"{name}: SHA-256 {actual[:16]}... does not match the plan's "
+                                f"{str(entry.get(sum_key))[:16]}...")
+    wanted = set(plan.get("cpus") or [])
+    if wanted and hasattr(os, "sched_getaffinity"):
+        usable = os.sched_getaffinity(0)
+        if not wanted <= usable:
+            problems.append(f"cpus {sorted(wanted - usable)} are not available on this board "
+                            f"(it may run on {sorted(usable)})")
+    return problems
+
+
+def _die_with_parent() -> None:
+    """In the case child: get SIGKILL when the runner dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def watch_stdin() -> None:
+    """Stop everything when stdin closes: the host went away (or gave up)."""
+    def watch() -> None:
+        try:  # os.read, not sys.stdin: a buffered reader's lock would block interpreter exit
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        child = _current_child
+        if child is not None and child.poll() is None:
+            child.kill()
+        os._exit(HOST_GONE)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def progress(event: dict) -> None:
+    print("progress " + json.dumps(event), file=sys.stderr, flush=True)
+
+
+def run_child(argv: list[str], timeout: float) -> tuple[int | None, str, str]:
+    """(exit status or None on timeout, stdout, stderr) of one case process."""
+    global _current_child
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_die_with_parent)
+    _current_child = child
+    try:
+        out, err = child.communicate(timeout=timeout)
+        return child.returncode, out, err
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        return None, out, err
+    finally:
+        _current_child = None
+
+
+def run_plan(plan_path: Path, runtime) -> dict:
+    """Every (peak and model) x threads case of the plan, each in a child process."""
+    started = time.monotonic()
     plan = json.loads(plan_path.read_text())
-    runtime = find_runtime()
-    if runtime is None:
-        raise SystemExit(NO_RUNTIME)
-    results = []
-    for model in plan["models"]:
-        for threads in plan["threads"]:
+    deadline = started + float(plan.get("deadline_s", 3600))
+    case_timeout = float(plan.get("case_timeout_s", 600))
+    cases = [(entry, threads, kind) for kind in ("peak", "models")
+             for entry in plan.get(kind, []) for threads in plan["threads"]]
+    results, peak = [], []
+    for number, (entry, threads, kind) in enumerate(cases, 1):
+        remaining = deadline - time.monotonic()
+        base = {"model": entry["file"], "threads": threads}
+        if remaining <= 0:
+            result = {**base, "error": f"not run: the plan's deadline of "
+                                       f"{plan.get('deadline_s')} s had passed"}
+        else:
             argv = [sys.executable, os.path.abspath(__file__), "--case",
-                    str(plan_path.parent / model["file"]), "--threads", str(threads),
-                    "--warmup", str(plan["warmup"]), "--runs", str(plan["runs"])]
-            if model.get("samples"):
-                argv += ["--samples", str(plan_path.parent / model["samples"]),
-                         "--host-key", model.get("host_key", "")]
+                    str(plan_path.parent / entry["file"]), "--threads", str(threads)]
+            if kind == "peak":  # the best invoke over at least a second of timing
+                argv += ["--warmup", "3", "--runs", "20", "--min-seconds", "1"]
+            else:
+                argv += ["--warmup", str(plan["warmup"]), "--runs", str(plan["runs"])]
+            if entry.get("samples"):
+                argv += ["--samples", str(plan_path.parent / entry["samples"]),
+                         "--host-key", entry.get("host_key", "")]
             if plan.get("cpus"):
                 argv += ["--cpus", ",".join(str(c) for c in plan["cpus"])]
-            child = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if child.returncode != 0:
-                tail = child.stderr.strip().splitlines()[-1:] or ["(no output)"]
-                results.append({"model": model["file"], "threads": threads,
-                                "error": f"exit {child.returncode}: {tail[0]}"})
-            else:
-                results.append(json.loads(child.stdout))
+            timeout = min(case_timeout, remaining, MAX_WAIT_S)
+            status, out, err = run_child(argv, timeout)
+            result = _case_result(base, status, out, err, timeout)
+        if kind == "peak":
+            result.update(variant=entry.get("variant"), macs=entry.get("macs"))
+        (peak if kind == "peak" else results).append(result)
+        progress({"case": number, "of": len(cases), "kind": kind, **{
+            k: result.get(k) for k in ("model", "threads", "p50_us", "error")}})
     return {"machine": machine_info(),
             "runtime": {"name": runtime[0], "version": runtime[1]},
-            "cpus": plan.get("cpus") or None, "results": results}
+            "cpus": plan.get("cpus") or None, "results": results, "peak": peak}
+
+
+def _case_result(base: dict, status: int | None, out: str, err: str, timeout: float) -> dict:
+    if status is None:
+        return {**base, "error": f"timed out after {timeout:.0f} s (case_timeout_s)"}
+    if status != 0:
+        tail = err.strip().splitlines()[-1:] or ["(no output)"]
+        how = (f"killed by {signal.Signals(-status).name}" if status < 0 and
+               -status in signal.valid_signals() else f"exit {status}")
+        return {**base, "error": f"{how}: {tail[0][:500]}"}
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        return {**base, "error": f"case printed no JSON: {out[:200]!r}"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, help="plan.json written by the host")
+    parser.add_argument("--stop-on-eof", action="store_true",
+                        help="stop (and stop the running case) when stdin closes")
     parser.add_argument("--case", type=Path, help="(internal) one model in this process")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--min-seconds", type=float, default=0.0)
     parser.add_argument("--samples", type=Path)
     parser.add_argument("--host-key")
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin to, e.g. 0,1,2,3")
     args = parser.parse_args(argv)
 
+    if numpy_missing():
+        print(f"error: {no_numpy_message()}", file=sys.stderr)
+        return NO_NUMPY
     runtime = find_runtime()
     if runtime is None:
         print(f"error: {no_runtime_message()}", file=sys.stderr)
@@ -202,12 +367,19 @@ def main(argv=None) -> int:
         if args.cpus:
             os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
         result = run_case(args.case, args.threads, args.warmup, args.runs, args.samples,
-                          args.host_key, runtime[2])
+                          args.host_key, runtime[2], args.min_seconds)
         print(json.dumps(result))
         return 0
     if not args.plan:
         parser.error("--plan is required")
-    print(json.dumps(run_plan(args.plan), indent=1))
+    if args.stop_on_eof:
+        watch_stdin()
+    plan = json.loads(args.plan.read_text())
+    problems = check_plan(plan, args.plan.parent)
+    if problems:
+        print("error: refusing to time anything: " + "; ".join(problems), file=sys.stderr)
+        return BAD_PLAN
+    print(json.dumps(run_plan(args.plan, runtime), indent=1))
     return 0
 
 

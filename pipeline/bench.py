@@ -1,37 +1,56 @@
 """Bench stage: push the .tflite models to a board over SSH, run board/runner.py there, collect.
 
-Boards come from an inventory (board/boards.toml). A board without `host` is this machine:
-the same runner runs locally, without SSH. Remote boards are reached with the system OpenSSH
-client, so ~/.ssh/config, keys, agents and ProxyJump apply; BatchMode means nothing ever
-waits for a password, and host-key checking is left on.
+Boards come from an inventory (board/boards.toml, see pipeline/boards.py). A board without
+`host` is this machine: the same runner runs locally, without SSH. Remote boards are reached
+with the system OpenSSH client, so ~/.ssh/config, keys, agents and ProxyJump apply; BatchMode
+means nothing ever waits for a password, and host-key checking is left on.
+
+The promise of this module: a board's result file is either a complete, validated run or a
+recorded failure. It says "running" from the moment a run starts, so even a killed task
+never leaves the previous numbers looking fresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import zipfile
+from collections import deque
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from pipeline import RUNNER, PipelineError, load_runner, report
-from pipeline.files import sha256_file, write_json
-from pipeline.boards import Board, load_boards  # noqa: F401 (re-exported)
+from pipeline.boards import Board, load_boards
+from pipeline.files import sha256_file, write_bytes, write_json
+from pipeline.floor import count_macs
 
-NO_RUNTIME = 3  # the runner's exit status when no TFLite runtime is importable
+NO_RUNTIME, NO_NUMPY, BAD_PLAN, HOST_GONE = 3, 4, 5, 6  # board/runner.py's exit statuses
+MAX_OUTPUT = 16 * 2**20    # bytes read from a runner's stdout (or stderr) before giving up
+SSH_KEEPALIVE = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+# The remote wrapper reports the runner's exit status on stderr and exits 0, so that ssh's
+# own exit status 255 always means an SSH failure, never a runner that happened to exit 255.
+EXIT_MARK = "RUNNER_EXIT "
+# Per case: the child's start and model load, plus a generous 100 ms per invoke (the models
+# this pipeline builds take well under 10 ms on a K1 core).
+CASE_BASE_S, INVOKE_S = 60.0, 0.1
+
+Progress = Callable[[str], None]
 
 
 class BoardError(PipelineError):
     pass
 
 
-# --- the plan: models, labelled samples and host predictions ------------------------------
+# --- the plan: models, labelled samples, host predictions and the peak GEMMs --------------
 
 
 def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
@@ -42,27 +61,57 @@ def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(load_runner().predict(interpreter, images))
 
 
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """An .npz whose bytes depend only on the arrays (np.savez stamps the current time), so
+    the board's copy is recognised by its SHA-256 and not pushed again."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def plan_deadline_s(cases: int, warmup: int, runs: int, samples: int) -> tuple[float, float]:
+    """(per-case timeout, whole-run deadline) in seconds for a plan of `cases` cases."""
+    case = min(CASE_BASE_S + (1 + warmup + runs + samples) * INVOKE_S, 86400.0)
+    return case, cases * case + 60.0
+
+
 def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.ndarray]],
-               board: Board, stage_dir: Path) -> Path:
-    """Write plan.json and one samples .npz per model into `stage_dir`; return the plan path.
+               board: Board, stage_dir: Path, peak: dict[str, Path] | None = None) -> Path:
+    """Write plan.json, the models and one samples .npz per model into `stage_dir`.
 
     `models` maps "<build>/<variant>" to a .tflite path; `samples` maps a build to its
-    labelled images. The runner finds everything by file name next to plan.json.
+    labelled images; `peak` maps a variant to its synthetic GEMM model. The runner finds
+    everything by file name next to plan.json and checks each file's SHA-256 first.
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
+    for stale in stage_dir.iterdir():  # only this plan's files get pushed
+        if stale.is_file():
+            stale.unlink()
+    entries, peak_entries = [], []
     for key, path in models.items():
-        build = key.split("/")[0]
-        images, labels = samples[build]
-        # The runner sees only this directory, as the board sees only its remote_dir.
-        shutil.copyfile(path, stage_dir / Path(path).name)
+        images, labels = samples[key.split("/")[0]]
+        write_bytes(stage_dir / Path(path).name, Path(path).read_bytes())
         samples_file = f"{Path(path).stem}_samples.npz"
-        np.savez(stage_dir / samples_file, x=images, y=labels,
-                 host=host_predictions(path, images))
-        entries.append({"file": Path(path).name, "samples": samples_file, "host_key": "host",
-                        "key": key})
-    plan = {"models": entries, "threads": list(board.threads), "warmup": board.warmup,
-            "runs": board.runs, "cpus": list(board.cpus)}
+        write_bytes(stage_dir / samples_file,
+                    npz_bytes(x=images, y=labels, host=host_predictions(path, images)))
+        entries.append({"file": Path(path).name, "sha256": sha256_file(path),
+                        "samples": samples_file,
+                        "samples_sha256": sha256_file(stage_dir / samples_file),
+                        "host_key": "host", "key": key})
+    for variant, path in (peak or {}).items():
+        write_bytes(stage_dir / Path(path).name, Path(path).read_bytes())
+        peak_entries.append({"file": Path(path).name, "sha256": sha256_file(path),
+                             "variant": variant, "macs": count_macs(path)})
+    cases = (len(entries) + len(peak_entries)) * len(board.threads)
+    n_samples = max((len(s[1]) for s in samples.values()), default=0)
+    case_timeout, deadline = plan_deadline_s(cases, board.warmup, board.runs, n_samples)
+    plan = {"models": entries, "peak": peak_entries, "threads": list(board.threads),
+            "warmup": board.warmup, "runs": board.runs, "cpus": list(board.cpus),
+            "case_timeout_s": case_timeout, "deadline_s": deadline}
     write_json(stage_dir / "plan.json", plan)
     return stage_dir / "plan.json"
 
@@ -78,7 +127,8 @@ def pick_samples(images: np.ndarray, labels: np.ndarray, count: int,
 
 def ssh_argv(board: Board, remote_command: Sequence[str]) -> list[str]:
     """The ssh command line; every remote argument is shell-quoted for the remote shell."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={board.connect_timeout_s}"]
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={board.connect_timeout_s}",
+            *SSH_KEEPALIVE]
     if board.port:
         argv += ["-p", str(board.port)]
     if board.user:
@@ -86,159 +136,424 @@ def ssh_argv(board: Board, remote_command: Sequence[str]) -> list[str]:
     return [*argv, *board.ssh_options, "--", board.host, shlex.join(remote_command)]
 
 
+def resolved_address(board: Board) -> tuple[str, int, str]:
+    """(HostName, Port, first UserKnownHostsFile) as ssh resolves them for `board.host`,
+    so advice works when `host` is an alias from ~/.ssh/config."""
+    argv = ["ssh", "-G", *(["-p", str(board.port)] if board.port else []),
+            *board.ssh_options, "--", board.host]
+    config: dict[str, str] = {}
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        for line in out.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            config.setdefault(key, value)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    port = int(config.get("port", board.port or 22))
+    known = (config.get("userknownhostsfile") or "~/.ssh/known_hosts").split()[0]
+    return config.get("hostname", board.host), port, known
+
+
 def explain_ssh_failure(board: Board, stderr: str) -> str:
-    last = (stderr.strip().splitlines() or ["ssh failed with no message"])[-1]
-    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION" in stderr:
-        port = f"-p {board.port} " if board.port else ""
-        return (f"board {board.name!r} ({board.where}): host key is unknown or changed, so "
-                f"the connection was refused. Check the board's fingerprint (on the board: "
-                f"ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then trust it with "
-                f"`ssh-keyscan {port}{board.host} >> ~/.ssh/known_hosts` or one interactive "
-                f"`ssh {port}{board.host}`.")
+    lines = [line for line in report.clean_text(stderr).splitlines() if line.strip()]
+    last = lines[-1] if lines else "ssh failed with no message"
+    name = f"board {board.name!r} ({board.where})"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        host, port, known = resolved_address(board)
+        entry = f"[{host}]:{port}" if port != 22 else host
+        said = "\n".join(f"    {line}" for line in lines[-30:])
+        return (f"{name}: the board's host key CHANGED, so the connection was refused. "
+                f"ssh says:\n{said}\nIf the board was reinstalled, verify the new fingerprint "
+                "shown above on the board itself (ssh-keygen -lf "
+                "/etc/ssh/ssh_host_ed25519_key.pub), then remove the old key with "
+                f"`ssh-keygen -f {known} -R {shlex.quote(entry)}` and trust the new one with "
+                f"`ssh-keyscan -p {port} {shlex.quote(host)} >> {known}`. If it was not "
+                "reinstalled, someone may be intercepting the connection: do not connect.")
+    if "Host key verification failed" in stderr:
+        host, port, known = resolved_address(board)
+        return (f"{name}: the board's host key is not known, so the connection was refused "
+                f"({last}). Check the board's fingerprint (on the board: ssh-keygen -lf "
+                "/etc/ssh/ssh_host_ed25519_key.pub), compare it with "
+                f"`ssh-keyscan -p {port} {shlex.quote(host)} | ssh-keygen -lf -`, then trust it "
+                f"with `ssh-keyscan -p {port} {shlex.quote(host)} >> {known}` or one "
+                f"interactive `ssh {shlex.quote(board.host)}`.")
     if "Permission denied" in stderr:
-        return (f"board {board.name!r} ({board.where}): authentication failed ({last}). "
-                "Install a key (ssh-copy-id) or load it into ssh-agent; BatchMode never asks "
-                "for a password.")
-    return f"board {board.name!r} ({board.where}): unreachable: {last}"
+        return (f"{name}: authentication failed ({last}). Install a key (ssh-copy-id) or load "
+                "it into ssh-agent; BatchMode never asks for a password.")
+    return f"{name}: unreachable: {last}"
+
+
+def stream_process(argv: Sequence[str], timeout: float, describe: str,
+                   on_progress: Progress | None = None, stdin_data: bytes | None = None,
+                   ) -> tuple[int, bytes, str]:
+    """Run `argv`, reading at most MAX_OUTPUT bytes of stdout; (status, stdout, stderr).
+
+    stdin stays open while we wait (the runner stops when it closes) and is closed, and the
+    process killed, on every way out of this function: timeout, too much output, Ctrl-C.
+    Lines `progress {json}` on stderr are passed to `on_progress` as they arrive.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    out = bytearray()
+    err_tail: deque[str] = deque(maxlen=200)
+    overflow: list[str] = []
+
+    def read_stdout() -> None:
+        while block := proc.stdout.read(65536):
+            if len(out) + len(block) > MAX_OUTPUT:
+                overflow.append("stdout")
+                proc.kill()
+                return
+            out.extend(block)
+
+    def read_stderr() -> None:
+        total = 0
+        for raw in proc.stderr:
+            total += len(raw)
+            if total > MAX_OUTPUT:
+                overflow.append("stderr")
+                proc.kill()
+                return
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            if line.startswith("progress ") and on_progress:
+                on_progress(line[len("progress "):])
+            else:
+                err_tail.append(line[:2000])
+
+    readers = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=read_stderr, daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        if stdin_data is not None:
+            proc.stdin.write(stdin_data)
+            proc.stdin.close()
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"{describe}: no result within {timeout:.0f} s; stopped it "
+                             "(the runner stops when the connection closes)") from None
+        for reader in readers:
+            reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+    if overflow:
+        raise BoardError(f"{describe}: printed more than {MAX_OUTPUT >> 20} MiB on "
+                         f"{overflow[0]}; stopped it")
+    return status, bytes(out), "\n".join(err_tail)
 
 
 def ssh_run(board: Board, remote_command: Sequence[str], stdin: bytes | None = None,
-            timeout: float | None = None) -> subprocess.CompletedProcess:
-    argv = ssh_argv(board, remote_command)
+            timeout: float = 120, on_progress: Progress | None = None
+            ) -> tuple[int, bytes, str]:
+    """Run a remote command; an SSH failure (exit 255) raises BoardError explaining it."""
     try:
-        # timeout_s = 0 means "derived from the plan"; until bench derives one, no limit
-        # (a 0 s timeout would fail every board at once).
-        proc = subprocess.run(argv, input=stdin, capture_output=True,
-                              timeout=timeout or board.timeout_s or None, check=False)
-    except subprocess.TimeoutExpired:
-        raise BoardError(f"board {board.name!r} ({board.where}): no answer within "
-                         f"{timeout or board.timeout_s:.0f} s") from None
-    if proc.returncode == 255:  # ssh's own failure, not the remote command's
-        raise BoardError(explain_ssh_failure(board, proc.stderr.decode(errors="replace")))
-    return proc
+        status, out, err = stream_process(ssh_argv(board, remote_command), timeout,
+                                          f"board {board.name!r} ({board.where})",
+                                          on_progress, stdin)
+    except FileNotFoundError:
+        raise BoardError(f"board {board.name!r}: the OpenSSH client `ssh` is not on PATH; "
+                         "install openssh-client") from None
+    if status == 255:  # ssh's own failure, not the remote command's
+        raise BoardError(explain_ssh_failure(board, err))
+    return status, out, err
+
+
+# The remote side, in POSIX sh with coreutils. remote_dir is created 0700 and refused, as
+# ssh's StrictModes would, if it is a symlink, not ours, or writable by others.
+PREPARE = r'''umask 077
+d=$1; shift
+if [ -L "$d" ]; then echo "remote_dir $d is a symbolic link; refusing to use it" >&2; exit 90; fi
+mkdir -p -- "$d" || exit 91
+if [ "$(stat -c %u -- "$d")" != "$(id -u)" ]; then
+  echo "remote_dir $d is not owned by $(id -un); refusing to use it" >&2; exit 92; fi
+case $(stat -c %A -- "$d") in ?????w????|????????w?)
+  echo "remote_dir $d is writable by group or others ($(stat -c %A -- "$d")); refusing to use it (chmod go-w)" >&2; exit 93;; esac
+cd -- "$d" && sha256sum -- "$@" 2>/dev/null; true'''
+
+# One file: into a fresh mktemp name (O_EXCL: never follows a planted symlink), checked
+# against the expected SHA-256, renamed into place; the temporary file goes on any failure.
+PUT = r'''umask 077; cd -- "$1" || exit 1
+t=$(mktemp ".$2.partial.XXXXXXXX") || exit 1
+trap 'rm -f -- "$t"' EXIT HUP INT TERM
+cat > "$t" || { echo "writing $2 failed" >&2; exit 1; }
+sum=$(sha256sum < "$t") || exit 1
+if [ "${sum%% *}" != "$3" ]; then echo "$2 arrived damaged (SHA-256 ${sum%% *})" >&2; exit 1; fi
+mv -f -- "$t" "$2" || exit 1
+trap - EXIT'''
+
+RUN = f'''cd -- "$1" || exit 97
+shift
+"$@"
+printf '\\n{EXIT_MARK}%s\\n' "$?" >&2'''
 
 
 def remote_sha256(board: Board, names: Sequence[str]) -> dict[str, str]:
-    """SHA-256 of the named files already in the board's remote_dir (missing files omitted)."""
-    script = 'mkdir -p -- "$1" && cd -- "$1" && shift && sha256sum -- "$@" 2>/dev/null; true'
-    proc = ssh_run(board, ["sh", "-c", script, "sh", board.remote_dir, *names], timeout=120)
+    """Prepare remote_dir and return the SHA-256 of the named files already there."""
+    status, out, err = ssh_run(board, ["sh", "-c", PREPARE, "sh", board.remote_path, *names])
+    if status != 0:
+        raise BoardError(f"board {board.name!r} ({board.where}): "
+                         f"{report.clean_text(err).strip() or f'preparing remote_dir failed ({status})'}")
     sums = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
+    for line in out.decode(errors="replace").splitlines():
         digest, _, name = line.partition("  ")
         sums[name] = digest
     return sums
 
 
-def push(board: Board, files: Sequence[Path]) -> list[str]:
-    """Copy each file whose SHA-256 differs on the board; return the names pushed.
+def push_file(board: Board, path: Path, sha256: str) -> None:
+    status, _, err = ssh_run(board, ["sh", "-c", PUT, "sh", board.remote_path, path.name,
+                                     sha256], stdin=path.read_bytes(), timeout=600)
+    if status != 0:
+        raise BoardError(f"board {board.name!r} ({board.where}): copying {path.name} failed: "
+                         f"{report.clean_text(err).strip()}")
 
-    The bytes travel on ssh's stdin to a temporary name that is renamed when complete.
-    """
+
+def push(board: Board, files: Sequence[Path]) -> list[str]:
+    """Copy each file whose SHA-256 differs on the board; return the names pushed."""
     on_board = remote_sha256(board, [f.name for f in files])
     pushed = []
     for path in files:
-        if on_board.get(path.name) == sha256_file(path):
-            continue
-        script = 'cd -- "$1" && cat > ".$2.partial" && mv -f -- ".$2.partial" "$2"'
-        proc = ssh_run(board, ["sh", "-c", script, "sh", board.remote_dir, path.name],
-                       stdin=path.read_bytes(), timeout=600)
-        if proc.returncode != 0:
-            raise BoardError(f"board {board.name!r} ({board.where}): copying {path.name} "
-                             f"failed: {proc.stderr.decode(errors='replace').strip()}")
-        pushed.append(path.name)
+        digest = sha256_file(path)
+        if on_board.get(path.name) != digest:
+            push_file(board, path, digest)
+            pushed.append(path.name)
     return pushed
 
 
 # --- running ------------------------------------------------------------------------------
 
 
-def _runner_output(board: Board, proc: subprocess.CompletedProcess) -> dict[str, Any]:
-    stderr = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode == NO_RUNTIME:
-        raise BoardError(f"board {board.name!r} ({board.where}): {stderr.removeprefix('error: ')}")
-    if proc.returncode != 0:
-        raise BoardError(f"board {board.name!r} ({board.where}): runner failed with exit "
-                         f"{proc.returncode}: {stderr[-2000:]}")
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise BoardError(f"board {board.name!r}: runner printed no JSON: "
-                         f"{proc.stdout[:300]!r}") from None
+def explain_runner_exit(board: Board, status: int, stderr: str) -> str:
+    name = f"board {board.name!r} ({board.where})"
+    text = "\n".join(line for line in report.clean_text(stderr).splitlines()
+                     if line.strip() and not line.startswith(EXIT_MARK)).strip()
+    message = text.splitlines()[-1].removeprefix("error: ") if text else "(no message)"
+    if status == NO_RUNTIME or status == NO_NUMPY or status == BAD_PLAN:
+        return f"{name}: {message}"
+    if status > 128 and status - 128 in signal.valid_signals():
+        sig = signal.Signals(status - 128)
+        hint = (" - the runtime uses CPU instructions this core does not have; install a "
+                "runtime built for this board's ISA" if sig == signal.SIGILL else "")
+        return f"{name}: the runner was killed by {sig.name}{hint}. Last output: {message}"
+    if status == 127:
+        return f"{name}: `{board.python}` was not found on the board (set `python`)"
+    if status == 97:
+        return f"{name}: cannot enter remote_dir {board.remote_dir!r}"
+    return f"{name}: the runner exited with status {status}: {text[-2000:] or '(no message)'}"
 
 
-def run_on_board(board: Board, plan_path: Path) -> tuple[dict[str, Any], list[str]]:
+def run_on_board(board: Board, plan_path: Path, on_progress: Progress | None = None,
+                 ) -> tuple[dict[str, Any], list[str]]:
     """Run the plan on `board`; return the runner's document and the files pushed."""
     stage = plan_path.parent
     plan = json.loads(plan_path.read_text())
-    files = [RUNNER, plan_path,
-             *(stage / m[key] for m in plan["models"] for key in ("file", "samples"))]
+    timeout = board.timeout_s or plan["deadline_s"] + 30
+    describe = f"board {board.name!r} ({board.where})"
     if board.is_local:
-        try:
-            proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan_path)],
-                                  capture_output=True, timeout=board.timeout_s or None,
-                                  check=False)
-        except subprocess.TimeoutExpired:
-            raise BoardError(f"board {board.name!r}: runner did not finish within "
-                             f"{board.timeout_s:.0f} s") from None
-        return _runner_output(board, proc), []
-    pushed = push(board, files)
-    proc = ssh_run(board, ["sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh",
-                           board.remote_dir, board.python, RUNNER.name, "--plan", plan_path.name])
-    return _runner_output(board, proc), pushed
+        argv = [sys.executable, str(RUNNER), "--plan", str(plan_path), "--stop-on-eof"]
+        status, out, err = stream_process(argv, timeout, describe, on_progress)
+        if status < 0:
+            status = 128 - status  # as a shell reports a signal
+        pushed: list[str] = []
+    else:
+        files = [RUNNER, plan_path, *(stage / m[key] for m in plan["models"]
+                                      for key in ("file", "samples")),
+                 *(stage / p["file"] for p in plan["peak"])]
+        pushed = push(board, files)
+        shell_status, out, err = ssh_run(
+            board, ["sh", "-c", RUN, "sh", board.remote_path, board.python, RUNNER.name,
+                    "--plan", plan_path.name, "--stop-on-eof"],
+            timeout=timeout, on_progress=on_progress)
+        marks = [line for line in err.splitlines() if line.startswith(EXIT_MARK)]
+        status = int(marks[-1][len(EXIT_MARK):]) if marks else shell_status
+    if status != 0:
+        raise BoardError(explain_runner_exit(board, status, err))
+    try:
+        return json.loads(out.decode("utf-8")), pushed
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BoardError(f"{describe}: the runner's output is not a JSON document ({exc}): "
+                         f"{report.clean_text(out[:300].decode('utf-8', 'replace'))!r}") from None
+
+
+# What a good case must carry, and the types it must have.
+CASE_FIELDS = {"init_ms": float, "first_us": float, "mean_us": float, "std_us": float,
+               "min_us": float, "max_us": float, "p10_us": float, "p50_us": float,
+               "p90_us": float, "p99_us": float, "runs": int, "peak_rss_mb": float,
+               "model_rss_mb": float, "cpus": list}
+SAMPLE_FIELDS = {"samples": int, "accuracy": float, "agreement": float, "disagreements": list}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def check_document(document: Any, plan: dict[str, Any]
+                   ) -> tuple[list[dict], list[dict], list[str]]:
+    """Match the runner's document against the plan: (good results, good peak, problems).
+
+    Every planned file x threads case must come back exactly once with the expected fields
+    and types; anything else is a problem naming the case. A document without the expected
+    shape at all raises BoardError.
+    """
+    if not isinstance(document, dict):
+        raise BoardError(f"the runner's document is a {type(document).__name__}, not an object")
+    for key, kind in (("machine", dict), ("runtime", dict), ("results", list)):
+        if not isinstance(document.get(key), kind):
+            raise BoardError(f"the runner's document has no {key!r} {kind.__name__}")
+    good: dict[str, list[dict]] = {"models": [], "peak": []}
+    problems = []
+    for kind in ("models", "peak"):
+        planned = {(m["file"], t) for m in plan[kind] for t in plan["threads"]}
+        seen: set[tuple[str, int]] = set()
+        received = document.get("results" if kind == "models" else "peak") or []
+        for r in received if isinstance(received, list) else []:
+            case = (r.get("model"), r.get("threads")) if isinstance(r, dict) else (None, None)
+            label = f"{case[0]} x{case[1]}"
+            if case not in planned:
+                problems.append(f"{label}: not in the plan")
+                continue
+            if case in seen:
+                problems.append(f"{label}: reported twice")
+                continue
+            seen.add(case)
+            if "error" in r:
+                problems.append(f"{label}: {report.clean_text(str(r['error']))}")
+                continue
+            fields = {**CASE_FIELDS, **(SAMPLE_FIELDS if kind == "models" else {})}
+            bad = [k for k, t in fields.items() if not _has_type(r.get(k), t)]
+            if bad:
+                problems.append(f"{label}: missing or mistyped {', '.join(bad)}")
+                continue
+            good[kind].append(r)
+        problems += [f"{f} x{t}: missing from the runner's results"
+                     for f, t in sorted(planned - seen)]
+    return good["models"], good["peak"], problems
 
 
 def bench_board(board: Board, models: dict[str, Path],
-                samples: dict[str, tuple[np.ndarray, np.ndarray]], work_dir: Path) -> dict:
-    """Benchmark every model on one board; the result document for reports/latency/<board>.json."""
+                samples: dict[str, tuple[np.ndarray, np.ndarray]], work_dir: Path,
+                peak: dict[str, Path] | None = None,
+                on_progress: Progress | None = None) -> dict:
+    """Benchmark every model on one board; the document for reports/latency/<board>.json.
+
+    Its status is "ok" when every planned case came back valid, else "partial" with the good
+    cases and `errors` naming the bad ones. Raises BoardError when nothing usable came back.
+    """
     started = time.time()
-    plan_path = stage_plan(models, samples, board, work_dir / board.name)
-    document, pushed = run_on_board(board, plan_path)
+    plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name, peak)
     plan = json.loads(plan_path.read_text())
-    by_file = {m["file"]: m["key"] for m in plan["models"]}
-    failed = [f"{r['model']} x{r['threads']}: {r['error']}" for r in document["results"]
-              if "error" in r]
-    if failed:
-        raise BoardError(f"board {board.name!r} ({board.where}): {len(failed)} case(s) failed: "
-                         + "; ".join(failed[:3]))
-    macs = {key: report.count_macs(path) for key, path in models.items()}
-    for result in document["results"]:
-        key = by_file[result["model"]]
-        result["build"], result["variant"] = key.split("/")
-        result["sha256"] = sha256_file(models[key])
-        result["bytes"] = models[key].stat().st_size
-        result["macs"] = macs[key]
-    if board.is_local:
-        document["compute_floor"] = report.compute_floor()
-    return {"board": board.name, "status": "ok", "where": board.where,
+    document, pushed = run_on_board(board, plan_path, on_progress)
+    try:
+        results, peak_results, problems = check_document(document, plan)
+    except BoardError as exc:
+        raise BoardError(f"board {board.name!r} ({board.where}): {exc}") from None
+    if not results:
+        raise BoardError(f"board {board.name!r} ({board.where}): no valid result: "
+                         + "; ".join(problems[:5]))
+    by_file = {m["file"]: m for m in plan["models"]}
+    for result in results:
+        entry = by_file[result["model"]]
+        path = models[entry["key"]]
+        result["build"], result["variant"] = entry["key"].split("/")
+        result["sha256"] = entry["sha256"]
+        result["bytes"] = path.stat().st_size
+        result["macs"] = count_macs(path)
+    return {"board": board.name, "status": "partial" if problems else "ok",
+            "errors": problems, "where": board.where, "measured_utc": report.utc_now(),
             "started": started, "seconds": time.time() - started, "pushed": pushed,
-            **document}
+            "machine": document["machine"], "runtime": document["runtime"],
+            "cpus": document.get("cpus"), "results": results, "peak": peak_results}
+
+
+def progress_printer(board: Board, stream=None) -> Progress:
+    """One console line per finished case, as the runner reports it (to stdout by default)."""
+    def show(line: str) -> None:
+        out = stream or sys.stdout
+        try:
+            event = json.loads(line)
+            what = (f"{event['model']} x{event['threads']}: "
+                    + (f"ERROR {event['error']}" if event.get("error")
+                       else f"p50 {event['p50_us']:.1f} us"))
+            out.write(f"bench:{board.name} [{event['case']}/{event['of']}] "
+                      f"{report.clean_text(what)}\n")
+        except (ValueError, KeyError, TypeError):
+            out.write(f"bench:{board.name} {report.clean_text(line)[:200]}\n")
+        out.flush()
+    return show
+
+
+def describe_failure(board: Board, exc: BaseException) -> str:
+    if isinstance(exc, BoardError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return f"board {board.name!r} ({board.where}): interrupted (Ctrl-C)"
+    return f"board {board.name!r} ({board.where}): {type(exc).__name__}: {exc}"
 
 
 def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         correctness_samples: int, work_dir: Path, reports_dir: Path,
-        inventory: Sequence[Board]) -> dict:
+        inventory: Sequence[Board], peak: dict[str, Path] | None = None,
+        max_age_hours: float | None = None) -> dict:
     """The doit action: bench one board, record the result (or the failure), rebuild the report.
 
-    `datasets` maps each build to its dataset .npz. A failure replaces the board's previous
-    numbers with the error, so old figures are never shown as fresh.
+    `datasets` maps each build to its dataset .npz. The board's result file says "running"
+    before anything else happens and is replaced by the result or the failure on every way
+    out, so old figures are never shown as fresh.
     """
     from pipeline.preprocess import load_arrays
 
-    picked = {}  # builds sharing a dataset share its samples: load each .npz once
-    for npz in set(datasets.values()):
-        arrays = load_arrays(npz)
-        picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
-    samples = {build: picked[npz] for build, npz in datasets.items()}
     result_path = Path(reports_dir) / "latency" / f"{board.name}.json"
+    running = {"board": board.name, "status": "running", "where": board.where,
+               "started_utc": report.utc_now()}
     try:
-        document = bench_board(board, models, samples, Path(work_dir))
-    except BoardError as exc:
-        write_json(result_path, {"board": board.name, "status": "failed", "where": board.where,
-                                 "started": time.time(), "error": str(exc)})
-        report.write_latency_report(reports_dir, inventory, models)
+        write_json(result_path, running)
+    except BaseException:
+        result_path.unlink(missing_ok=True)  # never leave the old numbers in place
         raise
-    write_json(result_path, document)
-    report.write_latency_report(reports_dir, inventory, models)
+
+    def rebuild_report() -> None:
+        report.write_latency_report(reports_dir, inventory, models, max_age_hours)
+
+    try:
+        picked = {}  # builds sharing a dataset share its samples: load each .npz once
+        for npz in set(datasets.values()):
+            arrays = load_arrays(npz)
+            picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
+        samples = {build: picked[npz] for build, npz in datasets.items()}
+        document = bench_board(board, models, samples, Path(work_dir), peak,
+                               progress_printer(board))
+        write_json(result_path, document)
+    except BaseException as exc:
+        message = describe_failure(board, exc)
+        write_json(result_path, {**running, "status": "failed", "error": message,
+                                 "measured_utc": report.utc_now()})
+        try:
+            rebuild_report()
+        except Exception as report_exc:  # the board's own failure is the news
+            print(f"latency report not rebuilt: {report_exc}", file=sys.stderr)
+        if isinstance(exc, Exception) and not isinstance(exc, BoardError):
+            raise BoardError(message) from exc
+        raise
+    rebuild_report()
+    if document["status"] != "ok":
+        raise BoardError(f"board {board.name!r} ({board.where}): "
+                         f"{len(document['errors'])} case(s) failed (the good ones are in the "
+                         "report): " + "; ".join(document["errors"][:5]))
+    disagree = [f"{r['build']}/{r['variant']} x{r['threads']} on {len(r['disagreements'])} "
+                "sample(s)" for r in document["results"] if r["agreement"] < 1]
+    if disagree:
+        raise BoardError(f"board {board.name!r} ({board.where}): predictions differ from the "
+                         "host's for " + "; ".join(disagree) + " (report written)")
     return document
 
 
@@ -264,9 +579,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     samples = {key.split("/")[0]: labelled for key in models}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            print(json.dumps(bench_board(board, models, samples, Path(tmp)), indent=1))
+            document = bench_board(board, models, samples, Path(tmp),
+                                   on_progress=progress_printer(board, sys.stderr))
         except BoardError as exc:
             sys.exit(f"error: {exc}")
+        print(json.dumps(document, indent=1))
 
 
 if __name__ == "__main__":

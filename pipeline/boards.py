@@ -6,6 +6,8 @@ including no-op builds and `doit list`, which must pay only for doit itself.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +82,20 @@ class Board:
 
     def settings(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def measured_within(result_path: Path, hours: float) -> bool:
+    """doit `uptodate` check: the board's last result is a success measured < `hours` ago.
+
+    Reads one small JSON and imports nothing heavy (dodo.py calls it on every `doit`).
+    """
+    try:
+        doc = json.loads(Path(result_path).read_text())
+        when = dt.datetime.strptime(doc["measured_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    age = dt.datetime.now(dt.timezone.utc) - when.replace(tzinfo=dt.timezone.utc)
+    return doc.get("status") == "ok" and age.total_seconds() < hours * 3600
 
 
 def load_boards(path: Path) -> tuple[Board, ...]:

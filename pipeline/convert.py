@@ -8,35 +8,23 @@ after conversion to hold no float tensor at all.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pipeline import PipelineError
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import write_bytes
-from pipeline.params import EXTRA_VARIANTS, ConvertParams, load_params
+from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
+# Re-exported: callers name variants through this stage.
+from pipeline.variants import variant_names, variant_of, variant_path  # noqa: F401
 
 
 class ConvertError(PipelineError):
     pass
-
-
-def variant_names(params: ConvertParams) -> list[str]:
-    return ["float32", "int8", *params.extra_variants]
-
-
-def variant_path(model_dir: Path, build: str, variant: str) -> Path:
-    return Path(model_dir) / f"{build}_{variant}.tflite"
-
-
-def variant_of(path: Path) -> tuple[str, str]:
-    """(build, variant) of a `<build>_<variant>.tflite` path."""
-    for variant in ("float32", "int8", *EXTRA_VARIANTS):
-        if Path(path).stem.endswith(f"_{variant}"):
-            return Path(path).stem[: -len(variant) - 1], variant
-    raise ValueError(f"{path}: not named <build>_<variant>.tflite")
 
 
 def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -53,16 +41,21 @@ def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndar
     return np.sort(np.concatenate(picked))
 
 
-def _representative_dataset(images: np.ndarray) -> Any:
+def _representative_dataset(images: np.ndarray, add_channel_axis: bool) -> Any:
     def generate() -> Iterator[list[np.ndarray]]:
         for image in images:
-            yield [image[np.newaxis, ..., np.newaxis].astype(np.float32)]
+            sample = image[np.newaxis, ..., np.newaxis] if add_channel_axis else image
+            yield [sample.astype(np.float32)]
     return generate
 
 
 def convert(model: Any, variant: str, representative: np.ndarray | None = None,
-            int8_io: str = "int8") -> bytes:
-    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes."""
+            int8_io: str = "int8", add_channel_axis: bool = True) -> bytes:
+    """Convert a Keras model to one TFLite variant and return the flatbuffer bytes.
+
+    `representative` holds calibration inputs: H x W images (given a batch and a channel
+    axis here) or, with `add_channel_axis=False`, whole input tensors as the model takes them.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -72,7 +65,8 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
         if representative is None:
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative_dataset(representative)
+        converter.representative_dataset = _representative_dataset(representative,
+                                                                     add_channel_axis)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
         converter.inference_input_type = io_type
@@ -108,16 +102,19 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant."""
     from pipeline.train import load_model
 
-    model = load_model(model_path)
     arrays = load_arrays(data_path)
     representative = arrays["x_train"][representative_indices(
         arrays["y_train"], params.representative_samples, params.seed)]
     sizes = {}
+    with native_output_hidden():  # "Saved artifact ... Captures", SavedModel loader lines
+        model = load_model(model_path)
     for variant in variant_names(params):
-        content = convert(model, variant, representative, params.int8_io)
         path = variant_path(model_dir, build, variant)
-        if variant == "int8":
-            check_integer_only(content, str(path))
+        # The converter prints its flags and MLIR notices from C++; a failure shows them.
+        with native_output_hidden():
+            content = convert(model, variant, representative, params.int8_io)
+            if variant == "int8":
+                check_integer_only(content, str(path))
         write_bytes(path, content)
         sizes[variant] = len(content)
         print(f"{path}: {len(content):,} bytes")
@@ -131,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     run(args.model, args.data, load_params(args.params).convert, args.build, args.model.parent)
 
 

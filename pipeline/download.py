@@ -12,12 +12,10 @@ import gzip
 import hashlib
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 from pipeline import PipelineError
 from pipeline.datasets import DATASETS, DatasetSpec, RemoteFile
@@ -30,6 +28,32 @@ class DownloadError(PipelineError):
     pass
 
 
+def mirror_variable(dataset: str) -> str:
+    """The environment variable naming one dataset's own mirror, e.g. PIPELINE_MIRROR_MNIST."""
+    return f"PIPELINE_MIRROR_{dataset.upper()}"
+
+
+def user_mirror(dataset: str, environ: Mapping[str, str]) -> str | None:
+    """The user's mirror for `dataset`, from the environment the caller passes in.
+
+    PIPELINE_MIRROR_<DATASET> wins as given. Otherwise PIPELINE_MIRROR: when it is a
+    directory holding a `<dataset>/` subfolder that subfolder is used, so one mirror
+    directory can serve every dataset; else the directory or URL itself (one dataset's files).
+    """
+    own = environ.get(mirror_variable(dataset))
+    if own:
+        return own
+    shared = environ.get("PIPELINE_MIRROR")
+    if not shared:
+        return None
+    if not shared.startswith(("http://", "https://")):
+        local = Path(urllib.parse.urlparse(shared).path if shared.startswith("file://")
+                     else shared)
+        if (local / dataset).is_dir():
+            return str(local / dataset)
+    return shared
+
+
 def mirrors_for(spec: DatasetSpec, override: str | None, offline: bool = False) -> list[str]:
     """The mirrors to try in order: the user's override (URL or directory) first, then the
     public ones unless `offline`."""
@@ -39,6 +63,10 @@ def mirrors_for(spec: DatasetSpec, override: str | None, offline: bool = False) 
 def _open_source(mirror: str, name: str, timeout_s: float) -> tuple[BinaryIO, int | None]:
     """Open `name` on a mirror given as http(s) URL, file:// URL or plain directory."""
     if mirror.startswith(("http://", "https://")):
+        # Imported here: urllib.request pulls in http.client and email (15-50 ms), and dodo.py
+        # imports this module on every `doit` call, downloads or not.
+        import urllib.request
+
         url = urllib.parse.urljoin(mirror.rstrip("/") + "/", urllib.parse.quote(name))
         response = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 (scheme checked)
         length = response.headers.get("Content-Length")
@@ -81,6 +109,8 @@ def payload_sha256(path: Path) -> str:
 
 def _fetch(mirror: str, remote: RemoteFile, dest: Path, timeout_s: float,
            progress: Progress) -> None:
+    import urllib.error
+
     with atomic_path(dest) as tmp:
         try:
             source, total = _open_source(mirror, remote.name, timeout_s)
@@ -134,11 +164,18 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
             raise DownloadError(
                 f"could not download {spec.name}/{remote.name} from any mirror:\n"
                 + "\n".join(failures or ["  (no mirror to try)"])
-                + "\nPoint the pipeline at a local copy with PIPELINE_MIRROR=<directory or URL> "
-                "holding the original .gz files (e.g. PIPELINE_MIRROR=../shared/datasets/mnist).")
+                + "\n" + mirror_hint(spec.name))
         log(f"{remote.name}: verified from {mirror}")
         paths.append(dest)
     return paths
+
+
+def mirror_hint(dataset: str) -> str:
+    """How a user points the pipeline at their own copy of `dataset`."""
+    return (f"To use a copy you have: PIPELINE_MIRROR=<directory or URL> holding the original "
+            f".gz files (or a directory with a {dataset}/ subfolder of them), or "
+            f"{mirror_variable(dataset)}=<directory or URL> for {dataset} alone; see "
+            "'Building offline from a local mirror' in README.md.")
 
 
 def terminal_progress(stream=sys.stderr) -> Progress:
@@ -163,15 +200,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("cache_dir", type=Path)
-    parser.add_argument("--mirror", default=os.environ.get("PIPELINE_MIRROR"))
+    parser.add_argument("--mirror", help="directory or URL tried first (default: "
+                        "PIPELINE_MIRROR_<DATASET>, else PIPELINE_MIRROR or its <dataset>/ "
+                        "subfolder)")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--offline", action="store_true",
                         default=os.environ.get("PIPELINE_OFFLINE") == "1",
                         help="try only --mirror, never the public mirrors")
     args = parser.parse_args(argv)
     spec = DATASETS[args.dataset]
+    mirror = args.mirror or user_mirror(spec.name, os.environ)
     try:
-        download_dataset(spec, args.cache_dir, mirrors_for(spec, args.mirror, args.offline),
+        download_dataset(spec, args.cache_dir, mirrors_for(spec, mirror, args.offline),
                          args.timeout,
                          terminal_progress())
     except DownloadError as exc:

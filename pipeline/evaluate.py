@@ -7,6 +7,8 @@ writing) when the int8 model loses more than `max_drift_pt` points against Keras
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,8 @@ import numpy as np
 from tabulate import tabulate
 
 from pipeline import PipelineError, load_runner
-from pipeline.files import write_json, write_text
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
+from pipeline.files import sha256_file, write_json, write_text
 
 
 class DriftError(PipelineError):
@@ -57,6 +60,7 @@ def keras_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.n
 class VariantResult:
     name: str
     path: str
+    sha256: str
     bytes: int
     accuracy: float
     agreement: float
@@ -73,7 +77,8 @@ def score(name: str, path: Path, predictions: np.ndarray, reference: np.ndarray,
     per_class = {class_names[c]: float(correct[labels == c].mean())
                  for c in range(len(class_names)) if np.any(labels == c)}
     return VariantResult(
-        name=name, path=str(path), bytes=Path(path).stat().st_size, accuracy=accuracy,
+        name=name, path=str(path), sha256=sha256_file(path), bytes=Path(path).stat().st_size,
+        accuracy=accuracy,
         agreement=float((predictions == reference).mean()),
         drift_pt=round(100 * (accuracy - reference_accuracy), 4),
         per_class_accuracy=per_class)
@@ -89,7 +94,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     per_class = tabulate(
         [[c, *(f"{100 * v['per_class_accuracy'][c]:.2f}" for v in variants)] for c in classes],
         headers=["class", *(v["name"] for v in variants)], tablefmt="github", disable_numparse=True)
+    made = ", ".join(f"`{Path(v['path']).name}` {v['sha256'][:12]}" for v in variants)
     return (f"# Accuracy drift: {report['build']}\n\n"
+            f"Made {report['made_utc']} from {made} (SHA-256 prefix).\n\n"
             f"Dataset `{report['dataset']}`, {report['test_samples']:,} test images. "
             f"Drift is accuracy minus Keras accuracy, in percentage points.\n\n{table}\n\n"
             f"## Per-class accuracy (%)\n\n{per_class}\n")
@@ -113,12 +120,15 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
 
     arrays = load_arrays(data_path)
     images, labels = arrays["x_test"], arrays["y_test"]
-    reference = keras_predict(model_path, images, batch_size)
+    with native_output_hidden():  # TensorFlow's start-up notices
+        reference = keras_predict(model_path, images, batch_size)
     results = [score("keras", model_path, reference, reference, labels, class_names)]
     for name, path in variant_paths.items():
-        predictions = tflite_predict(path, images, batch_size)
+        with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            predictions = tflite_predict(path, images, batch_size)
         results.append(score(name, path, predictions, reference, labels, class_names))
     report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
+              "made_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "variants": [vars(r) for r in results]}
     markdown = render_markdown(report)
     write_json(Path(report_dir) / "accuracy.json", report)
@@ -141,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-drift-pt", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     variants = {p.stem.removeprefix(f"{args.build}_"): p for p in args.tflite}
     try:
         run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,

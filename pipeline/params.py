@@ -51,6 +51,7 @@ class TrainParams:
     validation_fraction: float
     max_train_samples: int
     seed: int
+    tensorboard: bool
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -94,10 +95,12 @@ class EvaluateParams:
 class BenchParams:
     correctness_samples: int
     default_boards: tuple[str, ...]
+    max_age_hours: float
 
     def __post_init__(self) -> None:
         _check(1 <= self.correctness_samples <= 10_000, "bench.correctness_samples",
                "must be in 1..10000")
+        _check(self.max_age_hours > 0, "bench.max_age_hours", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,15 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def run(spec: DatasetSpec, raw_dir: Path, out_path: Path) -> None:
+    """The doit action: validate the IDX files in `raw_dir` and write one .npz."""
+    arrays = preprocess(spec, raw_dir)
+    save_arrays(out_path, arrays)
+    shape = "x".join(str(d) for d in arrays["x_train"].shape[1:])
+    print(f"{out_path}: {len(arrays['x_train']):,} train and {len(arrays['x_test']):,} test "
+          f"images, {shape} uint8")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
@@ -104,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     try:
-        save_arrays(args.out, preprocess(DATASETS[args.dataset], args.raw_dir))
+        run(DATASETS[args.dataset], args.raw_dir, args.out)
     except IdxError as exc:
         sys.exit(f"error: {exc}")
 

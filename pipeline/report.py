@@ -1,122 +1,93 @@
 """Latency report: merge every board's results into latency.json, latency.md and latency.png.
 
 Rows are build x variant x board x threads. A row whose model no longer matches the file on
-disk is marked stale; a board whose last run failed shows its error instead of old numbers.
-For this machine a compute floor is added: the model's multiply-accumulates at the core's
-measured peak rate (see `compute_floor`).
+disk is marked STALE, one measured longer ago than `bench.max_age_hours` is marked OLD, and
+a board whose last run failed (or never finished) shows that instead of old numbers. Each
+board's compute floor comes from the peak rate it measured itself (see pipeline/floor.py).
+
+Text that comes from a board (CPU model, runtime version, errors) is untrusted: it is
+stripped of control characters everywhere and escaped in markdown.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
+import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tabulate import tabulate
 
 from pipeline.files import atomic_path, sha256_file, write_json, write_text
+from pipeline.floor import floor_us, peak_rates
 
-# Peak multiply-accumulates per cycle of one core, by vector ISA (first match wins). x86
-# cores with these extensions issue two vector FMA / dot-product instructions per cycle:
-# AVX-512 FMA does 16 float32 MACs each, AVX-512 VNNI's vpdpbusd 64 int8 MACs each.
-PEAK_MACS_PER_CYCLE = (
-    ("avx512_vnni", {"float32": 32, "int8": 128}),
-    ("avx512f", {"float32": 32, "int8": 64}),
-    ("avx_vnni", {"float32": 16, "int8": 64}),
-    ("avx2", {"float32": 16, "int8": 32}),
-    ("asimddp", {"float32": 8, "int8": 32}),   # aarch64 with SDOT, two 128-bit pipes
-    ("", {"float32": 8, "int8": 16}),          # anything else: two 128-bit pipes
-)
+# ANSI/OSC escape sequences first (so their payload goes too), then any other C0/C1 control.
+_ESCAPES = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b.?")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]|~])")
+CONSOLE_HEADERS = ["build", "variant", "board", "thr", "p50 µs", "p90 µs", "int8/f32",
+                   "agree %", "state"]
 
 
-def count_macs(model_path: Path) -> int:
-    """Multiply-accumulates of one inference: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_path))
-    interpreter.allocate_tensors()
-    shapes = {t["index"]: tuple(int(d) for d in t["shape"])
-              for t in interpreter.get_tensor_details()}
-    macs = 0
-    for op in interpreter._get_ops_details():  # the only public-enough view of the graph
-        name, inputs, outputs = op["op_name"], op["inputs"], op["outputs"]
-        if name == "CONV_2D":        # filter: out_c x kh x kw x in_c
-            macs += int(np.prod(shapes[outputs[0]])) * int(np.prod(shapes[inputs[1]][1:]))
-        elif name == "DEPTHWISE_CONV_2D":   # filter: 1 x kh x kw x out_c
-            _, kh, kw, _ = shapes[inputs[1]]
-            macs += int(np.prod(shapes[outputs[0]])) * kh * kw
-        elif name == "FULLY_CONNECTED":     # weights: out x in
-            batch = int(np.prod(shapes[outputs[0]])) // shapes[inputs[1]][0]
-            macs += batch * int(np.prod(shapes[inputs[1]]))
-    return macs
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def compute_floor(cpuinfo: str | None = None, max_khz: str | None = None) -> dict[str, Any]:
-    """The peak MAC rate of one core of this machine, from its vector ISA and clock.
-
-    floor = MACs / (peak MACs per cycle x clock x threads): the latency if every cycle of
-    every thread did useful multiply-accumulates at full vector width. The clock is cpufreq's
-    maximum where the kernel exposes it, else /proc/cpuinfo's "cpu MHz"; a VM often shows
-    only the base clock, so a core that boosts can come in under 1.0x of the floor.
-    """
-    if cpuinfo is None:
-        cpuinfo = _read("/proc/cpuinfo")
-    if max_khz is None:
-        max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-    flags = set(next((line.partition(":")[2].split() for line in cpuinfo.splitlines()
-                      if line.startswith(("flags", "Features"))), []))
-    isa, peak = next((isa, peak) for isa, peak in PEAK_MACS_PER_CYCLE if not isa or isa in flags)
-    mhz = [float(line.partition(":")[2]) for line in cpuinfo.splitlines()
-           if line.startswith("cpu MHz")]
-    if max_khz.strip():
-        hz, source = float(max_khz) * 1e3, "cpufreq cpuinfo_max_freq"
-    elif mhz:
-        hz, source = max(mhz) * 1e6, "/proc/cpuinfo cpu MHz, may be the base clock"
-    else:
-        hz, source = 1e9, "unknown clock, 1 GHz assumed"
-    return {"clock_hz": hz, "clock_source": source, "isa": isa or "baseline",
-            "macs_per_cycle": peak,
-            "macs_per_s_per_core": {variant: n * hz for variant, n in peak.items()}}
+def clean_text(text: str) -> str:
+    """Untrusted text without terminal escape sequences or control characters (\\n kept)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", str(text)))
 
 
-def _read(path: str) -> str:
+def escape_md(text: Any) -> str:
+    """Untrusted text as literal markdown/HTML: no links, tags, emphasis or table breaks."""
+    cleaned = clean_text(str(text)).replace("\n", " ")
+    cleaned = cleaned.replace("&", "&amp;")
+    return _MARKDOWN.sub(r"\\\1", cleaned).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def age_hours(stamp: str | None, now: dt.datetime | None = None) -> float | None:
+    if not stamp:
+        return None
     try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
+        when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    return ((now or dt.datetime.now(dt.timezone.utc)) - when).total_seconds() / 3600
 
 
-def floor_us(macs: int, variant: str, threads: int, floor: dict[str, Any]) -> float:
-    # float16 and dynamic-range models compute in float32 on CPU.
-    rate = floor["macs_per_s_per_core"]["int8" if variant == "int8" else "float32"]
-    return macs / (rate * threads) * 1e6
-
-
-def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str]) -> list[dict]:
+def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str],
+                 max_age_hours: float | None = None) -> list[dict]:
     """Flatten board documents into report rows, with int8/float32 ratios and floors."""
     rows = []
     for doc in documents:
-        if doc.get("status") != "ok":
+        if doc.get("status") not in ("ok", "partial"):
             continue
-        floor = doc.get("compute_floor")
+        rates = peak_rates(doc.get("peak", []))
+        age = age_hours(doc.get("measured_utc"))
+        old = max_age_hours is not None and (age is None or age > max_age_hours)
+        runtime = clean_text(f"{doc['runtime']['name']} {doc['runtime']['version']}")
         for r in doc["results"]:
-            key = f"{r.get('build')}/{r.get('variant')}"
-            row = {"build": r.get("build"), "variant": r.get("variant"), "board": doc["board"],
-                   "threads": r["threads"], "runtime": f"{doc['runtime']['name']} "
-                   f"{doc['runtime']['version']}", "bytes": r.get("bytes"),
-                   "fresh": current_sha.get(key) == r.get("sha256")}
-            if "error" in r:
-                row["error"] = r["error"]
-                rows.append(row)
-                continue
+            key = f"{r['build']}/{r['variant']}"
+            row = {"build": r["build"], "variant": r["variant"], "board": doc["board"],
+                   "threads": r["threads"], "runtime": runtime, "bytes": r.get("bytes"),
+                   "sha256": r.get("sha256"), "measured_utc": doc.get("measured_utc"),
+                   "fresh": current_sha.get(key) == r.get("sha256"), "old": old}
             row.update({k: r.get(k) for k in (
-                "init_ms", "first_us", "mean_us", "std_us", "p50_us", "p90_us", "p99_us",
-                "peak_rss_mb", "accuracy", "agreement", "samples", "disagreements", "macs")})
-            if floor and r.get("macs"):
-                row["floor_us"] = floor_us(r["macs"], r["variant"], r["threads"], floor)
-                row["p50_over_floor"] = r["p50_us"] / row["floor_us"]
+                "init_ms", "first_us", "mean_us", "std_us", "p10_us", "p50_us", "p90_us",
+                "p99_us", "model_rss_mb", "peak_rss_mb", "accuracy", "agreement", "samples",
+                "disagreements", "macs", "cpus")})
+            floor = floor_us(r.get("macs") or 0, r["variant"], r["threads"], rates)
+            if floor:
+                row["floor_us"] = floor
+                row["p50_over_floor"] = r["p50_us"] / floor
             rows.append(row)
+        for error in doc.get("errors", []):
+            rows.append({"build": "", "variant": "", "board": doc["board"], "threads": "",
+                         "runtime": runtime, "error": error, "fresh": True, "old": old,
+                         "measured_utc": doc.get("measured_utc")})
     by_case = {(r["build"], r["variant"], r["board"], r["threads"]): r for r in rows}
     for r in rows:
         if r["variant"] == "int8" and "p50_us" in r:
@@ -130,103 +101,213 @@ def _fmt(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def render_table(rows: Sequence[dict], fmt: str) -> str:
-    headers = ["build", "variant", "board", "thr", "runtime", "init ms", "first µs", "mean µs",
-               "p50 µs", "p90 µs", "p99 µs", "RSS MB", "bytes", "acc %", "agree %",
-               "int8/f32", "MACs", "floor µs", "p50/floor", "state"]
+def row_state(r: dict) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    if not r["fresh"]:
+        return "STALE (model changed since)"
+    if r.get("agreement") is not None and r["agreement"] < 1:
+        return f"DISAGREES with host on {len(r['disagreements'])} sample(s)"
+    if r.get("old"):
+        return f"OLD (measured {r.get('measured_utc') or 'at an unknown time'})"
+    return "ok"
+
+
+def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
+    """The full table (latency.md) or the columns a person reads at a glance (console)."""
     body = []
     for r in rows:
         agree = r.get("agreement")
-        state = "ok" if r["fresh"] else "STALE (model changed since)"
-        if "error" in r:
-            state = f"ERROR {r['error']}"
-        elif agree is not None and agree < 1:
-            state = f"DISAGREES with host on {len(r['disagreements'])} sample(s)"
-        body.append([
-            r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
-            _fmt(r.get("init_ms"), ".2f"), _fmt(r.get("first_us"), ".1f"),
-            _fmt(r.get("mean_us"), ".1f"), _fmt(r.get("p50_us"), ".1f"),
-            _fmt(r.get("p90_us"), ".1f"), _fmt(r.get("p99_us"), ".1f"),
-            _fmt(r.get("peak_rss_mb"), ".1f"), _fmt(r.get("bytes"), ","),
-            _fmt(None if r.get("accuracy") is None else 100 * r["accuracy"], ".2f"),
-            _fmt(None if agree is None else 100 * agree, ".2f"),
-            _fmt(r.get("int8_over_float32"), ".2f"), _fmt(r.get("macs"), ","),
-            _fmt(r.get("floor_us"), ".2f"),
-            _fmt(r.get("p50_over_floor"), ".1f"), state])
+        pct = (lambda v: None if v is None else 100 * v)
+        state = row_state(r)
+        if full:
+            body.append([
+                r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
+                _fmt(r.get("init_ms"), ".2f"), _fmt(r.get("first_us"), ".1f"),
+                _fmt(r.get("mean_us"), ".1f"), _fmt(r.get("p50_us"), ".1f"),
+                _fmt(r.get("p90_us"), ".1f"), _fmt(r.get("p99_us"), ".1f"),
+                _fmt(r.get("model_rss_mb"), ".2f"), _fmt(r.get("peak_rss_mb"), ".1f"),
+                _fmt(r.get("bytes"), ","), _fmt(pct(r.get("accuracy")), ".2f"),
+                _fmt(pct(agree), ".2f"), _fmt(r.get("int8_over_float32"), ".2f"),
+                _fmt(r.get("macs"), ","), _fmt(r.get("floor_us"), ".2f"),
+                _fmt(r.get("p50_over_floor"), ".1f"),
+                ",".join(str(c) for c in r.get("cpus") or []), state])
+        else:
+            body.append([r["build"], r["variant"], r["board"], r["threads"],
+                         _fmt(r.get("p50_us"), ".1f"), _fmt(r.get("p90_us"), ".1f"),
+                         _fmt(r.get("int8_over_float32"), ".2f"), _fmt(pct(agree), ".1f"),
+                         state[:60]])
+    headers = (["build", "variant", "board", "thr", "runtime", "init ms", "first µs",
+                "mean µs", "p50 µs", "p90 µs", "p99 µs", "model MB", "peak RSS MB", "bytes",
+                "acc %", "agree %", "int8/f32", "MACs", "floor µs", "p50/floor", "ran on CPUs",
+                "state"] if full else CONSOLE_HEADERS)
+    if fmt == "github":
+        body = [[escape_md(cell) for cell in line] for line in body]
+    else:
+        body = [[clean_text(str(cell)) for cell in line] for line in body]
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
-def render_markdown(rows: Sequence[dict], documents: Sequence[dict]) -> str:
+def board_line(doc: dict[str, Any]) -> str:
+    name = escape_md(doc["board"])
+    if doc.get("status") == "running":
+        return (f"- **{name}**: INCOMPLETE - a run started {doc.get('started_utc')} and never "
+                "finished (killed or still running); none of its older numbers are shown")
+    if doc.get("status") == "failed":
+        return f"- **{name}**: FAILED at {doc.get('measured_utc')} - {escape_md(doc.get('error'))}"
+    m = doc["machine"]
+    pinning = f"pinned to CPUs {doc['cpus']}" if doc.get("cpus") else "not pinned"
+    line = (f"- **{name}**: measured {doc.get('measured_utc')}; {escape_md(m['cpu_model'])}, "
+            f"{m['cores']} cores, {escape_md(m['uname'])}; "
+            f"{escape_md(doc['runtime']['name'])} {escape_md(doc['runtime']['version'])}; "
+            f"{pinning}; pushed {len(doc.get('pushed', []))} file(s)")
+    if doc.get("status") == "partial":
+        line += f"; PARTIAL - {len(doc['errors'])} case(s) failed (rows marked ERROR)"
+    rates = peak_rates(doc.get("peak", []))
+    if rates:
+        measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}" for (v, t), rate in sorted(rates.items()))
+        line += f"\n  - measured peak (GMAC/s, synthetic GEMM): {measured}"
+    return line
+
+
+def render_markdown(rows: Sequence[dict], documents: Sequence[dict],
+                    models: dict[str, str], made_utc: str) -> str:
     lines = ["# On-device latency", "",
+             f"Made {made_utc} from these models (SHA-256 prefix): "
+             + ", ".join(f"`{key}` {sha[:12]}" for key, sha in sorted(models.items())) + ".", "",
              "Per build x variant x board x threads: interpreter load + allocate (init), first "
              "invoke, then timed invokes after warm-up. int8/f32 is the int8 p50 over the "
-             "float32 p50 on the same board and thread count. acc/agree: the board's top-1 on "
-             "labelled test images, and agreement with the host's predictions.", ""]
-    for doc in documents:
-        if doc.get("status") == "ok":
-            m = doc["machine"]
-            pinning = f"pinned to CPUs {doc['cpus']}" if doc.get("cpus") else "not pinned"
-            lines.append(f"- **{doc['board']}**: {m['cpu_model']}, {m['cores']} cores, "
-                         f"{m['uname']}; {doc['runtime']['name']} {doc['runtime']['version']}; "
-                         f"{pinning}; "
-                         f"pushed {len(doc.get('pushed', []))} file(s)")
-            if doc.get("compute_floor"):
-                f = doc["compute_floor"]
-                peak = f["macs_per_cycle"]
-                lines.append(f"  - compute floor: {f['isa']} peak of {peak['float32']} float32 / "
-                             f"{peak['int8']} int8 MACs/cycle per core at "
-                             f"{f['clock_hz'] / 1e9:.2f} GHz "
-                             f"({f['clock_source']}); floor = MACs / (that x threads)")
-        else:
-            lines.append(f"- **{doc['board']}**: FAILED - {doc.get('error', 'no result yet')}")
+             "float32 p50 on the same board and thread count. model MB is what loading the "
+             "model added to the process; peak RSS MB includes Python and the runtime. "
+             "floor µs is the model's MACs at the board's measured peak rate for its variant. "
+             "acc/agree: the board's top-1 on labelled test images, and agreement with the "
+             "host's predictions.", ""]
+    lines += [board_line(doc) for doc in documents]
     return "\n".join([*lines, "", render_table(rows, "github"), ""])
 
 
 def render_chart(rows: Sequence[dict], path: Path) -> None:
-    """Horizontal bars of p50 latency, one per build/variant/board/threads, PNG via Pillow."""
-    from PIL import Image, ImageDraw
+    """p50 per variant, p10-p90 whiskers; a panel per build, log axis, int8/f32 written on it."""
+    import matplotlib
 
-    bars = [r for r in rows if r.get("p50_us")]
-    colours = {"float32": (66, 133, 244), "int8": (219, 68, 55), "float16": (244, 180, 0),
-               "dynamic_range": (15, 157, 88)}
-    label_w, bar_w, row_h, top = 330, 520, 22, 40
-    image = Image.new("RGB", (label_w + bar_w + 90, top + row_h * max(len(bars), 1) + 20),
-                      "white")
-    draw = ImageDraw.Draw(image)
-    # Pillow's default bitmap font has no "µ".
-    draw.text((10, 10), "p50 latency per variant and board (microseconds, lower is better)",
-              fill="black")
-    peak = max((r["p50_us"] for r in bars), default=1.0)
-    for i, r in enumerate(bars):
-        y = top + i * row_h
-        label = f"{r['build']} {r['variant']} @ {r['board']}, {r['threads']} thread(s)"
-        draw.text((10, y + 4), label, fill="black")
-        width = max(1, int(bar_w * r["p50_us"] / peak))
-        draw.rectangle([label_w, y + 3, label_w + width, y + row_h - 3],
-                       fill=colours.get(r["variant"], (120, 120, 120)))
-        draw.text((label_w + width + 6, y + 4), f"{r['p50_us']:.1f}", fill="black")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
+
+    rows = [r for r in rows if r.get("p50_us")]
+    builds = sorted({r["build"] for r in rows}) or ["(no results)"]
+    variants = sorted({r["variant"] for r in rows},
+                      key=lambda v: (v not in ("float32", "int8"), v != "float32", v))
+    colours = dict(zip(["float32", "int8", "float16", "dynamic_range"],
+                       ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]))
+    fig, axes = plt.subplots(len(builds), 1, figsize=(9, 2.2 + 1.6 * len(builds)),
+                             squeeze=False)
+    for ax, build in zip(axes[:, 0], builds):
+        mine = [r for r in rows if r["build"] == build]
+        groups = sorted({(r["board"], r["threads"]) for r in mine})
+        width = 0.8 / max(len(variants), 1)
+        for i, variant in enumerate(variants):
+            for g, group in enumerate(groups):
+                r = next((r for r in mine if (r["board"], r["threads"]) == group
+                          and r["variant"] == variant), None)
+                if r is None:
+                    continue
+                x = g + (i - (len(variants) - 1) / 2) * width
+                low = r["p50_us"] - (r.get("p10_us") or r["p50_us"])
+                high = (r.get("p90_us") or r["p50_us"]) - r["p50_us"]
+                ax.bar(x, r["p50_us"], width, color=colours.get(variant, "#8172b3"),
+                       label=variant if g == 0 else None, yerr=[[low], [high]], capsize=3)
+                if r.get("int8_over_float32"):
+                    ax.annotate(f"int8/f32 {r['int8_over_float32']:.2f}", (x, r["p90_us"]),
+                                textcoords="offset points", xytext=(0, 4), ha="center",
+                                fontsize=8)
+        ax.set_xticks(range(len(groups)),
+                      [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        # Label 2x and 5x between decades only, so the ticks never overlap.
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_ylabel("latency per invoke (µs, log)")
+        ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.margins(y=0.25)
+        if mine:
+            ax.legend(title="variant", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
-def write_latency_report(reports_dir: Path, boards: Sequence[Any],
-                         models: dict[str, Path]) -> list[dict]:
+@contextlib.contextmanager
+def _report_lock(reports_dir: Path) -> Iterator[None]:
+    """Serialise report rebuilds: with `doit -n 3 bench` each board's task rebuilds the
+    report, and the last one must have read every board's latest result."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    with open(reports_dir / ".latency.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_latency_report(reports_dir: Path, boards: Sequence[Any], models: dict[str, Path],
+                         max_age_hours: float | None = None) -> list[dict]:
     """Rebuild latency.{json,md,png} from reports/latency/<board>.json for the given boards."""
     reports_dir = Path(reports_dir)
-    documents = []
-    for board in boards:
-        path = reports_dir / "latency" / f"{board.name}.json"
-        if path.exists():
-            documents.append(json.loads(path.read_text()))
-    current_sha = {key: sha256_file(p) for key, p in models.items() if Path(p).exists()}
-    rows = latency_rows(documents, current_sha)
-    failed = [{"board": d["board"], "error": d.get("error")} for d in documents
-              if d.get("status") != "ok"]
-    write_json(reports_dir / "latency.json", {"rows": rows, "failed_boards": failed,
-                                              "boards": [d["board"] for d in documents]})
-    write_text(reports_dir / "latency.md", render_markdown(rows, documents))
-    render_chart(rows, reports_dir / "latency.png")
-    print(render_table(rows, "simple"))
+    with _report_lock(reports_dir):
+        documents = []
+        for board in boards:
+            path = reports_dir / "latency" / f"{board.name}.json"
+            if path.exists():
+                documents.append(json.loads(path.read_text()))
+        current_sha = {key: sha256_file(p) for key, p in models.items() if Path(p).exists()}
+        rows = latency_rows(documents, current_sha, max_age_hours)
+        made = utc_now()
+        failed = [{"board": d["board"], "status": d.get("status"),
+                   "error": d.get("error") or "; ".join(d.get("errors", []))
+                   or "run never finished"}
+                  for d in documents if d.get("status") != "ok"]
+        write_json(reports_dir / "latency.json", {
+            "made_utc": made, "models": current_sha, "max_age_hours": max_age_hours,
+            "boards": [{"board": d["board"], "status": d.get("status"),
+                        "measured_utc": d.get("measured_utc"),
+                        "started_utc": d.get("started_utc")} for d in documents],
+            "rows": rows, "failed_boards": failed})
+        write_text(reports_dir / "latency.md",
+                   render_markdown(rows, documents, current_sha, made))
+        render_chart(rows, reports_dir / "latency.png")
+    print(render_table(rows, "simple", full=False))
     for f in failed:
-        print(f"board {f['board']}: FAILED: {f['error']}")
+        print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
     return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rebuild the latency report from reports/latency/<board>.json, without benchmarking."""
+    import argparse
+
+    from pipeline.boards import load_boards
+    from pipeline.convert import variant_of
+    from pipeline.params import ParamsError
+
+    parser = argparse.ArgumentParser(
+        description="Rebuild latency.{json,md,png} from the per-board results in "
+                    "<artifacts>/reports/latency/*.json (no board is contacted).")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                        help="the artifact tree (default: artifacts)")
+    parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"),
+                        help="board inventory; its boards are reported in its order")
+    args = parser.parse_args(argv)
+    try:
+        boards = load_boards(args.boards)
+    except ParamsError as exc:
+        raise SystemExit(f"error: bad board inventory: {exc}") from None
+    # Current model hashes mark rows whose model changed since the board ran as STALE.
+    models = {"/".join(variant_of(p)): p
+              for p in sorted((args.artifacts / "models").glob("*/*.tflite"))}
+    write_latency_report(args.artifacts / "reports", boards, models)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,10 @@ so every later variant (float32, int8, on the board) is fed the same bytes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,9 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline import PipelineError
+from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_json
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
+
+
+class TrainError(PipelineError):
+    pass
 
 
 def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> Any:
@@ -75,8 +84,13 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | 
 
 
 def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
-                verbose: int | str = "auto") -> tuple[Any, dict[str, list[float]]]:
-    """Train a fresh model on `arrays` (uint8 images); return it with its per-epoch history."""
+                verbose: int | str = "auto",
+                log_dir: Path | None = None) -> tuple[Any, dict[str, list[float]]]:
+    """Train a fresh model on `arrays` (uint8 images); return it with its per-epoch history.
+
+    `log_dir`: write TensorBoard logs there (the caller decides, from `params.tensorboard`).
+    The callback only reads metrics, so the weights are the same with or without it.
+    """
     import keras
     import tensorflow as tf
 
@@ -94,12 +108,19 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
     # stores the optimizer's slots under it.
     model.compile(optimizer=keras.optimizers.Adam(rate, name="adam"),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = []
+    if log_dir is not None:
+        # Epoch scalars only: no graph trace, no profiler, no histograms (they cost time and
+        # the profiler needs extra packages).
+        callbacks.append(keras.callbacks.TensorBoard(
+            log_dir=str(log_dir), histogram_freq=0, write_graph=False, profile_batch=0))
     history = model.fit(
         _dataset(x[train_idx], y[train_idx], params.batch_size, params.seed),
         validation_data=_dataset(x[val_idx], y[val_idx], params.batch_size, None),
         epochs=params.epochs,
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=verbose,
+        callbacks=callbacks,
     )
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -116,18 +137,36 @@ def load_model(path: Path) -> Any:
 
 
 def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
-        history_path: Path) -> dict[str, Any]:
-    """The doit action: train, then write the history (with params and timing) and the `.h5`."""
+        history_path: Path, log_dir: Path | None = None) -> dict[str, Any]:
+    """The doit action: train, then write the history (with params and timing) and the `.h5`.
+
+    With `params.tensorboard`, TensorBoard logs go to `log_dir` (emptied first, so the
+    logs show this training only).
+    """
+    with native_output_hidden():  # TensorFlow's import-time notices (oneDNN, absl pre-init)
+        import tensorflow  # noqa: F401
     arrays = load_arrays(data_path)
+    if params.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            # Before training, not after it: tf.summary fails at the first epoch's end.
+            raise TrainError("train.tensorboard = true needs the tensorboard package: "
+                             "pip install tensorboard (or pip install -e '.[tensorboard]')")
+        if log_dir is None:
+            raise ValueError("train.tensorboard is on but no log directory was given")
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        log_dir = None
     # A progress bar on a terminal, one line per epoch in logs and CI.
     verbose: int | str = "auto" if sys.stdout.isatty() else 2
     started = time.perf_counter()
-    model, history = train_model(kind, arrays, params, verbose=verbose)
+    model, history = train_model(kind, arrays, params, verbose=verbose, log_dir=log_dir)
     seconds = time.perf_counter() - started
     record = {"model": kind, "parameters": int(model.count_params()), "train_seconds": seconds,
               "params": section_dict(params), "history": history}
     write_json(history_path, record)
     save_model(model, model_path)
+    print(f"{model_path}: {record['parameters']:,} parameters, trained in {seconds:.1f} s"
+          + (f"; TensorBoard logs in {log_dir}" if log_dir else ""))
     return record
 
 
@@ -137,9 +176,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("out", type=Path, help="model .h5 (history.json is written beside it)")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="TensorBoard logs (used when train.tensorboard = true; "
+                             "default: logs/ beside the model)")
     args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
     record = run(args.model, args.data, load_params(args.params).train, args.out,
-                 args.out.with_name("history.json"))
+                 args.out.with_name("history.json"), args.log_dir or args.out.parent / "logs")
     print(json.dumps({k: v for k, v in record.items() if k != "history"}))
 
 

@@ -52,20 +52,37 @@ def serve():
         server.server_close()
 
 
+# One line, whole in `pytest -rs`: how a user's clone gets the real data.
+MNIST_HINT = ("needs the real MNIST: set PIPELINE_MIRROR=<directory or URL of its 4 .gz files> "
+              "or put them in ../shared/datasets/mnist beside the clone (README: Tests)")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
-    """The real MNIST .gz files: ../shared beside the repo, else a one-time download cache."""
+    """The real MNIST .gz files: from the user's mirror (PIPELINE_MIRROR_MNIST, PIPELINE_MIRROR
+    or its mnist/ subfolder; directory or URL), else ../shared beside the repo, else a one-time
+    download into the user's cache (not with PIPELINE_OFFLINE=1)."""
+    from pipeline.datasets import MNIST
+    from pipeline.download import DownloadError, download_dataset, user_mirror
+
+    mirror = user_mirror("mnist", os.environ)
+    if mirror:
+        local = tmp_path_factory.mktemp("mnist_mirror")
+        try:
+            download_dataset(MNIST, local, [mirror], 60, log=lambda line: None)
+        except DownloadError as exc:
+            # The user asked for this mirror: a bad one is an error, not a quiet skip.
+            pytest.fail(f"PIPELINE_MIRROR does not serve the real MNIST: {exc}", pytrace=False)
+        return local
     if SHARED_MNIST.is_dir():
         return SHARED_MNIST
-    from pipeline.datasets import MNIST
-    from pipeline.download import DownloadError, download_dataset
-
+    if os.environ.get("PIPELINE_OFFLINE") == "1":
+        pytest.skip(MNIST_HINT)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tflite-pipeline"
     try:
         download_dataset(MNIST, cache / "mnist", list(MNIST.mirrors), 60)
-    except DownloadError as exc:
-        pytest.skip(f"needs the real MNIST: {SHARED_MNIST} is absent and the one-time download "
-                    f"into {cache} failed ({str(exc).splitlines()[0]})")
+    except DownloadError:
+        pytest.skip(MNIST_HINT + f"; the download into {cache} failed")
     return cache / "mnist"
 
 
@@ -126,6 +143,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def peak_models(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic GEMM models, in every variant, with which a board measures its peak."""
+    from pipeline.floor import PEAK_VARIANTS, build_peak_models
+
+    return build_peak_models(PEAK_VARIANTS, tmp_path_factory.mktemp("peak"))
+
+
 def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -160,4 +185,5 @@ def smoke_project(tmp_path_factory, mnist_url) -> Path:
     proc = run_doit(project, env={"PIPELINE_MIRROR": mnist_url})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (project / "first_run.log").write_text(proc.stdout)
+    (project / "first_run.err").write_text(proc.stderr)
     return project

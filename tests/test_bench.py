@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import bench
-from pipeline.bench import Board, BoardError, load_boards
+from pipeline import bench, report
+from pipeline.bench import BoardError
+from pipeline.boards import Board, load_boards
 from pipeline.params import ParamsError
 from tests.conftest import REPO, executed_tasks, free_port, run_doit, synthetic_images
 
@@ -29,13 +32,17 @@ class FakeBoard:
     key: Path
     known_hosts: Path
     home: Path
+    dir: Path
+
+    def options(self, known_hosts=None) -> tuple[str, ...]:
+        return ("-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null")
 
     def board(self, name="loop", known_hosts=None, **overrides) -> Board:
-        options = ("-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
-                   "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
-                   "-o", "GlobalKnownHostsFile=/dev/null")
-        settings = dict(name=name, host="127.0.0.1", port=self.port, ssh_options=options,
-                        remote_dir=str(self.home / "bench dir"), python=sys.executable,
+        settings = dict(name=name, host="127.0.0.1", port=self.port,
+                        ssh_options=self.options(known_hosts),
+                        remote_dir=str(self.home / f"{name} dir"), python=sys.executable,
                         threads=(1,), warmup=2, runs=10)
         return Board(**{**settings, **overrides})
 
@@ -46,7 +53,7 @@ def sshd(tmp_path_factory):
     if not Path(SSHD).exists():
         pytest.skip("openssh-server is not installed (.ci/run installs it)")
     d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
+    for name in ("host_key", "user_key", "other_host_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
                        check=True)
     (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
@@ -56,7 +63,7 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\n")
+        "StrictModes no\nPermitRootLogin prohibit-password\nMaxStartups 100\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege-separation directory sshd insists on
     server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
                               stderr=open(d / "sshd.log", "wb"))
@@ -73,7 +80,7 @@ def sshd(tmp_path_factory):
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     home = d / "home"
     home.mkdir()
-    yield FakeBoard(port, d / "user_key", d / "known_hosts", home)
+    yield FakeBoard(port, d / "user_key", d / "known_hosts", home, d)
     server.terminate()
     server.wait(timeout=10)
 
@@ -85,15 +92,72 @@ def samples():
             "tiny_mlp": (synthetic_images(labels, 1), labels)}
 
 
+@pytest.fixture()
+def datasets(tmp_path):
+    from pipeline.preprocess import save_arrays
+
+    labels = np.arange(40) % 10
+    data = tmp_path / "d.npz"
+    save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
+    return {"tiny_cnn": data, "tiny_mlp": data}
+
+
+def fake_python(directory: Path, body: str) -> str:
+    """A `python` for the board: a script standing in for a broken or hostile runner.
+
+    `body` is shell; $REAL is the real interpreter and "$@" the runner's arguments.
+    """
+    script = directory / f"python-{abs(hash(body))}"
+    script.write_text(f"#!/bin/sh\nREAL={sys.executable}\n{textwrap.dedent(body)}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def edited_runner(directory: Path, edit: str) -> str:
+    """The real runner, with its JSON document edited by Python code on `doc`."""
+    code = f"import json,sys\ndoc=json.load(sys.stdin)\n{textwrap.dedent(edit)}\nprint(json.dumps(doc))"
+    (directory / "edit.py").write_text(code)
+    return fake_python(directory, f'''
+        "$REAL" "$@" > "$0.out" || exit $?
+        "$REAL" {directory / "edit.py"} < "$0.out"''')
+
+
+def remote_processes(marker: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and marker in cmdline and "runner.py" in cmdline \
+                and not cmdline.startswith("ssh "):
+            found.append(cmdline)
+    return found
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded polling
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+# --- the normal path --------------------------------------------------------------------
+
+
 def test_push_run_collect_then_skip_the_push(sshd, tiny_models, samples, tmp_path):
     board = sshd.board()
     first = bench.bench_board(board, tiny_models, samples, tmp_path / "work")
-    assert first["status"] == "ok" and first["runtime"]["name"] == "ai_edge_litert"
+    assert first["status"] == "ok" and first["errors"] == []
+    assert first["runtime"]["name"] == "ai_edge_litert" and first["measured_utc"]
     # runner, plan and a model plus its samples per model
     assert len(first["pushed"]) == 2 + 2 * len(tiny_models)
-    remote = sshd.home / "bench dir"
+    remote = Path(board.remote_dir)
     assert (remote / "runner.py").read_bytes() == bench.RUNNER.read_bytes()
-    assert not list(remote.glob(".*partial"))
+    assert remote.stat().st_mode & 0o777 == 0o700
+    assert not list(remote.glob(".*partial*"))
     for r in first["results"]:
         assert r["agreement"] == 1.0 and r["p50_us"] > 0 and r["macs"] > 0
         assert r["sha256"] == bench.sha256_file(tiny_models[f"{r['build']}/{r['variant']}"])
@@ -111,6 +175,275 @@ def test_quoting_survives_hostile_names(sshd, tmp_path):
     assert not list(sshd.home.glob("pwned*")) and not list(Path.home().glob("pwned*"))
 
 
+def test_ssh_command_keeps_host_key_checking_keepalives_and_quotes():
+    board = Board(name="k1", host="k1", port=2222, user="bianbu")
+    argv = bench.ssh_argv(board, ["ls", "a b", "$(x)"])
+    assert "BatchMode=yes" in argv and not any("StrictHostKeyChecking" in a for a in argv)
+    assert "ServerAliveInterval=5" in argv and "ServerAliveCountMax=3" in argv
+    assert argv[-1] == "ls 'a b' '$(x)'" and argv[-2] == "k1" and argv[-3] == "--"
+
+
+# --- 1. complete and valid, or a recorded failure ---------------------------------------
+
+
+def bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken: Board):
+    """A good run of board `broken.name`, then `broken`: returns the error and the report."""
+    good = sshd.board(name=broken.name)
+    reports = tmp_path / "reports"
+    inventory = [good]
+    bench.run(good, tiny_models, datasets, 8, tmp_path / "work", reports, inventory)
+    assert json.loads((reports / "latency" / f"{good.name}.json").read_text())["status"] == "ok"
+    with pytest.raises(BoardError) as err:
+        bench.run(broken, tiny_models, datasets, 8, tmp_path / "work", reports, inventory)
+    result = json.loads((reports / "latency" / f"{good.name}.json").read_text())
+    latency = json.loads((reports / "latency.json").read_text())
+    return str(err.value), result, latency
+
+
+BROKEN_RUNNERS = {
+    "invalid UTF-8": ("printf '\\377\\376 not text'", "not a JSON document"),
+    "an empty object": ("echo '{}'", "has no 'machine' dict"),
+    "nothing at all": ("true", "not a JSON document"),
+    "20 MiB of output": ("head -c 20971520 /dev/zero | tr '\\0' x", "more than 16 MiB"),
+}
+
+
+@pytest.mark.parametrize("what", BROKEN_RUNNERS)
+def test_a_broken_runner_replaces_the_old_numbers(sshd, tiny_models, datasets, tmp_path, what):
+    body, message = BROKEN_RUNNERS[what]
+    broken = sshd.board(python=fake_python(tmp_path, body))
+    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    assert message in error and "board 'loop'" in error
+    assert result["status"] == "failed" and message in result["error"]
+    assert "results" not in result
+    assert latency["rows"] == [] and latency["failed_boards"][0]["board"] == "loop"
+
+
+EDITS = {
+    "no results": ("doc['results'] = []", "no valid result", None),
+    "one case of four": ("doc['results'] = doc['results'][:1]", "missing from the runner's", 1),
+    "a model not in the plan": ("doc['results'][0]['model'] = 'other.tflite'", "not in the plan", 3),
+    "a case twice": ("doc['results'].append(doc['results'][0])", "reported twice", 4),
+    "a mistyped field": ("doc['results'][1]['p50_us'] = 'fast'", "mistyped p50_us", 3),
+    "one failed case": ("doc['results'][2] = {'model': doc['results'][2]['model'], "
+                        "'threads': 1, 'error': 'killed by SIGILL: x'}",
+                        "killed by SIGILL", 3),
+}
+
+
+@pytest.mark.parametrize("what", EDITS)
+def test_the_runner_document_is_checked_against_the_plan(sshd, tiny_models, datasets, tmp_path,
+                                                         what):
+    edit, message, good_rows = EDITS[what]
+    broken = sshd.board(python=edited_runner(tmp_path, edit))
+    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    assert message in error
+    if good_rows is None:
+        assert result["status"] == "failed" and latency["rows"] == []
+        return
+    # the good cases are reported, the bad ones named, and the task fails
+    assert result["status"] == "partial" and len(result["results"]) == good_rows
+    assert any(message in e for e in result["errors"])
+    numbers = [r for r in latency["rows"] if "p50_us" in r]
+    errors = [r for r in latency["rows"] if "error" in r]
+    assert len(numbers) == good_rows and errors and message in errors[0]["error"]
+    assert latency["failed_boards"][0]["status"] == "partial"
+
+
+def test_a_disagreement_with_the_host_fails_the_task_after_the_report(
+        sshd, tiny_models, datasets, tmp_path):
+    edit = "doc['results'][0]['agreement'] = 0.75\ndoc['results'][0]['disagreements'] = [1, 5]"
+    broken = sshd.board(python=edited_runner(tmp_path, edit))
+    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    assert "predictions differ from the host's" in error and "on 2 sample(s)" in error
+    assert result["status"] == "ok"  # the figures are valid; the disagreement is the news
+    assert "DISAGREES with host on 2 sample(s)" in (tmp_path / "reports" / "latency.md").read_text()
+
+
+def test_any_exception_is_recorded(sshd, tiny_models, datasets, tmp_path):
+    gone = {**tiny_models, "tiny_mlp/int8": tmp_path / "deleted_int8.tflite"}
+    board = sshd.board()
+    reports = tmp_path / "reports"
+    bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    with pytest.raises(BoardError, match="FileNotFoundError"):
+        bench.run(board, gone, datasets, 8, tmp_path / "work", reports, [board])
+    assert json.loads((reports / "latency" / "loop.json").read_text())["status"] == "failed"
+
+
+def test_ssh_missing_from_path_is_recorded(sshd, tiny_models, datasets, tmp_path, monkeypatch):
+    board = sshd.board()
+    reports = tmp_path / "reports"
+    bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(BoardError, match="`ssh` is not on PATH"):
+        bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    result = json.loads((reports / "latency" / "loop.json").read_text())
+    assert result["status"] == "failed" and "results" not in result
+
+
+def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models, datasets,
+                                                             tmp_path):
+    board = sshd.board(runs=10**9)
+    reports = tmp_path / "reports"
+    code = textwrap.dedent(f"""
+        import pickle, sys
+        from pipeline import bench
+        args = pickle.loads(bytes.fromhex(sys.argv[1]))
+        bench.run(*args)
+    """)
+    import pickle
+
+    args = (board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    proc = subprocess.Popen([sys.executable, "-c", code, pickle.dumps(args).hex()], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: remote_processes(board.remote_dir), 60)
+        proc.kill()  # SIGKILL: no handler of ours runs
+        proc.wait()
+        result = json.loads((reports / "latency" / "loop.json").read_text())
+        assert result["status"] == "running" and "results" not in result
+        report.write_latency_report(reports, [board], tiny_models)
+        assert "INCOMPLETE" in (reports / "latency.md").read_text()
+        # the host's ssh died with it, so the runner on the board stops too
+        assert wait_for(lambda: not remote_processes(board.remote_dir), 20)
+    finally:
+        proc.kill()
+
+
+# --- 2. never left running ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["host timeout", "ctrl-c", "ssh killed"])
+def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_path, how):
+    board = sshd.board(name=how.replace(" ", "-"), runs=10**9,
+                       timeout_s=8 if how == "host timeout" else 0)
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
+    code = textwrap.dedent("""
+        import pickle, sys
+        from pipeline import bench
+        args = pickle.loads(bytes.fromhex(sys.argv[1]))
+        try:
+            bench.bench_board(*args)
+        except bench.BoardError as exc:
+            print(exc)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted")
+            sys.exit(130)
+    """)
+    import pickle
+
+    args = (board, models, samples, tmp_path / "work")
+    host = subprocess.Popen([sys.executable, "-c", code, pickle.dumps(args).hex()], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: remote_processes(board.remote_dir), 60), "runner never started"
+        if how == "ctrl-c":
+            host.send_signal(signal.SIGINT)
+        elif how == "ssh killed":
+            ssh = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and (p / "cmdline").exists() and (p / "cmdline").read_bytes().startswith(b"ssh\0")
+                   and board.remote_dir.encode() in (p / "cmdline").read_bytes()]
+            assert ssh
+            os.kill(ssh[0], signal.SIGKILL)
+        out, _ = host.communicate(timeout=60)
+        assert host.returncode != 0
+        if how == "host timeout":
+            assert "no result within 8 s" in out
+        # the runner and its case process are gone within seconds, not left timing
+        assert wait_for(lambda: not remote_processes(board.remote_dir), 10), \
+            remote_processes(board.remote_dir)
+    finally:
+        host.kill()
+
+
+def test_default_deadline_comes_from_the_plan():
+    case, deadline = bench.plan_deadline_s(cases=8, warmup=20, runs=300, samples=200)
+    assert case == pytest.approx(60 + 521 * 0.1) and deadline == pytest.approx(8 * case + 60)
+
+
+def test_progress_is_printed_per_case(sshd, tiny_models, samples, tmp_path, capsys):
+    board = sshd.board()
+    bench.bench_board(board, tiny_models, samples, tmp_path / "work",
+                      on_progress=bench.progress_printer(board))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bench:")]
+    assert len(lines) == len(tiny_models)
+    assert lines[0].startswith("bench:loop [1/4] ") and "p50" in lines[0]
+
+
+# --- 4. the remote side is safe -------------------------------------------------------------
+
+
+def test_remote_dir_is_created_private_and_unsafe_ones_refused(sshd, tmp_path):
+    board = sshd.board(name="safe")
+    bench.push(board, [bench.RUNNER])
+    assert Path(board.remote_dir).stat().st_mode & 0o777 == 0o700
+
+    shared = sshd.home / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(BoardError, match="writable by group or others"):
+        bench.push(sshd.board(remote_dir=str(shared)), [bench.RUNNER])
+    link = sshd.home / "link"
+    link.symlink_to(shared)
+    with pytest.raises(BoardError, match="is a symbolic link"):
+        bench.push(sshd.board(remote_dir=str(link)), [bench.RUNNER])
+    if os.geteuid() == 0:  # only root can hand a directory to someone else
+        theirs = sshd.home / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(BoardError, match="is not owned by"):
+            bench.push(sshd.board(remote_dir=str(theirs)), [bench.RUNNER])
+    assert not list(shared.iterdir())
+
+
+def test_a_planted_symlink_is_never_followed(sshd, tmp_path):
+    board = sshd.board(name="planted")
+    bench.push(board, [bench.RUNNER])
+    remote = Path(board.remote_dir)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for name in (".runner.py.partial", "runner.py"):
+        (remote / name).unlink(missing_ok=True)
+        (remote / name).symlink_to(victim)
+    assert bench.push(board, [bench.RUNNER]) == ["runner.py"]
+    assert victim.read_text() == "precious"
+    assert not (remote / "runner.py").is_symlink()
+    assert (remote / "runner.py").read_bytes() == bench.RUNNER.read_bytes()
+
+
+def test_a_failed_push_leaves_no_temporary_file(sshd, tmp_path):
+    board = sshd.board(name="damaged")
+    bench.push(board, [bench.RUNNER])
+    with pytest.raises(BoardError, match="arrived damaged"):
+        bench.push_file(board, bench.RUNNER, "0" * 64)
+    assert sorted(p.name for p in Path(board.remote_dir).iterdir()) == ["runner.py"]
+
+
+def test_a_full_disk_leaves_no_temporary_file(sshd, tmp_path):
+    small = sshd.home / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the damaged "
+                    "push test covers the same cleanup")
+    try:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20))
+        board = sshd.board(remote_dir=str(small / "bench"))
+        with pytest.raises(BoardError, match="copying big.bin failed: .*No space left on device"):
+            bench.push(board, [big])
+        assert list((small / "bench").iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+# --- 5. errors that name the real cause -----------------------------------------------------
+
+
 def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -118,9 +451,35 @@ def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path):
     with pytest.raises(BoardError) as err:
         bench.push(board, [bench.RUNNER])
     text = str(err.value)
-    assert "host key is unknown or changed" in text and "ssh-keyscan -p" in text
+    assert "host key is not known" in text
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in text
     assert f"host 127.0.0.1 port {sshd.port}" in text
     assert not (sshd.home / "never").exists()  # refused before any remote command ran
+
+
+def test_a_changed_host_key_shows_ssh_warning_and_the_right_fix(sshd, tmp_path):
+    other = (sshd.dir / "other_host_key.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    board = sshd.board(known_hosts=known, remote_dir=str(sshd.home / "never"))
+    with pytest.raises(BoardError) as err:
+        bench.push(board, [bench.RUNNER])
+    text = str(err.value)
+    assert "host key CHANGED" in text and "REMOTE HOST IDENTIFICATION HAS CHANGED" in text
+    assert "SHA256:" in text  # ssh's own lines, with the new fingerprint
+    assert f"ssh-keygen -f {known} -R '[127.0.0.1]:{sshd.port}'" in text
+    assert "\x1b" not in text
+
+
+def test_keyscan_advice_resolves_an_ssh_config_alias(sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host myboard\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                      f"  UserKnownHostsFile {tmp_path / 'kh'}\n")
+    board = Board(name="alias", host="myboard", ssh_options=("-F", str(config)),
+                  remote_dir=str(sshd.home / "never"))
+    with pytest.raises(BoardError) as err:
+        bench.push(board, [bench.RUNNER])
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {tmp_path / 'kh'}" in str(err.value)
 
 
 def test_unreachable_port_fails_fast(sshd, tiny_models, samples, tmp_path):
@@ -132,7 +491,25 @@ def test_unreachable_port_fails_fast(sshd, tiny_models, samples, tmp_path):
     assert time.monotonic() - started < 30  # refused, not waiting out a timeout
 
 
-def test_remote_python_without_runtime(sshd, tiny_models, samples, tmp_path):
+RUNNER_DEATHS = {
+    "SIGILL": ("kill -ILL $$", "the runner was killed by SIGILL - the runtime uses CPU "
+                               "instructions this core does not have"),
+    "exit 255": ("echo 'runner gave up' >&2; exit 255",
+                 "the runner exited with status 255: runner gave up"),
+    "python not found": ("exit 127", "was not found on the board"),
+}
+
+
+@pytest.mark.parametrize("what", RUNNER_DEATHS)
+def test_runner_deaths_have_their_own_messages(sshd, tiny_models, samples, tmp_path, what):
+    body, message = RUNNER_DEATHS[what]
+    board = sshd.board(python=fake_python(tmp_path, body))
+    with pytest.raises(BoardError) as err:
+        bench.bench_board(board, tiny_models, samples, tmp_path / "work")
+    assert message in str(err.value) and "unreachable" not in str(err.value)
+
+
+def test_remote_python_without_numpy(sshd, tiny_models, samples, tmp_path):
     import venv
 
     bare = sshd.home / "bare-venv"
@@ -140,16 +517,53 @@ def test_remote_python_without_runtime(sshd, tiny_models, samples, tmp_path):
     board = sshd.board(python=str(bare / "bin" / "python"))
     with pytest.raises(BoardError) as err:
         bench.bench_board(board, tiny_models, samples, tmp_path)
-    assert "no TFLite runtime" in str(err.value) and "pip install ai-edge-litert" in str(err.value)
+    assert "numpy is not importable" in str(err.value) and "no TFLite runtime" not in str(err.value)
 
 
-def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, tmp_path):
-    from pipeline.preprocess import save_arrays
+def test_cpus_the_board_lacks_fail_the_board_clearly(sshd, tiny_models, samples, tmp_path):
+    board = sshd.board(cpus=(0, 4095))
+    with pytest.raises(BoardError, match=r"cpus \[4095\] are not available on this board"):
+        bench.bench_board(board, tiny_models, samples, tmp_path)
 
-    labels = np.arange(40) % 10
-    data = tmp_path / "d.npz"
-    save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
-    datasets = {"tiny_cnn": data, "tiny_mlp": data}
+
+def test_tilde_remote_dir_is_the_login_home(sshd, tmp_path):
+    name = f"tflite-test-{os.getpid()}"
+    board = sshd.board(remote_dir=f"~/{name}")
+    try:
+        bench.push(board, [bench.RUNNER])
+        assert (Path.home() / name / "runner.py").exists()
+        assert not (Path.home() / "~").exists()
+    finally:
+        shutil.rmtree(Path.home() / name, ignore_errors=True)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('name = "k1"\nhost = "k1"\nthreds = [1]', "boards.threds: unknown key"),
+    ('name = "k1"\nhost = "-oProxyCommand=x"', "must not start with '-'"),
+    (f'name = "{"k" * 300}"', "must be 1-64 ASCII letters"),
+    ('name = "-k1"', "must be 1-64 ASCII letters"),
+    ('name = "kä1"', "must be 1-64 ASCII letters"),
+    ('name = "k1"\nremote_dir = ""', "remote_dir: must not be empty"),
+    ('name = "k1"\nremote_dir = "~bianbu/x"', "only ~/ (the login user's home)"),
+    ('name = "k1"\nremote_dir = "~/"', "is a home or root directory"),
+])
+def test_inventory_validation(tmp_path, entry, message):
+    path = tmp_path / "boards.toml"
+    path.write_text(f"[[boards]]\n{entry}\n")
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_boards(path)
+
+
+def test_shipped_inventory():
+    shipped = load_boards(REPO / "board" / "boards.toml")
+    assert [b.name for b in shipped] == ["local"] and shipped[0].is_local
+    assert Board(name="k" * 64).name == "k" * 64
+
+
+# --- the report over several boards, and doit ----------------------------------------------
+
+
+def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, datasets, tmp_path):
     good = sshd.board(name="k1")
     local = Board(name="local", threads=(1, 2), warmup=2, runs=10)
     inventory = [local, good]
@@ -161,8 +575,6 @@ def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, tmp_
     assert len(latency["rows"]) == len(tiny_models) * 3
     int8 = [r for r in latency["rows"] if r["variant"] == "int8"]
     assert all(r["int8_over_float32"] > 0 for r in int8)
-    local_rows = [r for r in latency["rows"] if r["board"] == "local"]
-    assert all(r["floor_us"] > 0 and r["p50_over_floor"] > 0 for r in local_rows)
     assert (reports / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     broken = sshd.board(name="k1", port=free_port())
@@ -174,23 +586,16 @@ def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, tmp_
     assert "FAILED" in (reports / "latency.md").read_text()
 
 
-def test_inventory_validation(tmp_path):
-    path = tmp_path / "boards.toml"
-    path.write_text('[[boards]]\nname = "k1"\nhost = "k1"\nthreds = [1]\n')
-    with pytest.raises(ParamsError, match="boards.threds: unknown key"):
-        load_boards(path)
-    path.write_text('[[boards]]\nname = "k1"\nhost = "-oProxyCommand=x"\n')
-    with pytest.raises(ParamsError, match="must not start with '-'"):
-        load_boards(path)
-    shipped = load_boards(REPO / "board" / "boards.toml")
-    assert [b.name for b in shipped] == ["local"] and shipped[0].is_local
-
-
-def test_ssh_command_keeps_host_key_checking_and_quotes():
-    board = Board(name="k1", host="k1", port=2222, user="bianbu")
-    argv = bench.ssh_argv(board, ["ls", "a b", "$(x)"])
-    assert "BatchMode=yes" in argv and not any("StrictHostKeyChecking" in a for a in argv)
-    assert argv[-1] == "ls 'a b' '$(x)'" and argv[-2] == "k1" and argv[-3] == "--"
+def sshd_inventory(sshd, path: Path, names: list[str]) -> Path:
+    """`local` and boards over the real sshd, each timing one thread count briefly."""
+    text = '[[boards]]\nname = "local"\nthreads = [1]\nwarmup = 2\nruns = 20\n'
+    for name in names:
+        options = ", ".join(json.dumps(o) for o in sshd.options())
+        text += (f'\n[[boards]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sshd.port}\n'
+                 f'ssh_options = [{options}]\nremote_dir = "{sshd.home / name}"\n'
+                 f'python = "{sys.executable}"\nwarmup = 2\nruns = 20\n')
+    path.write_text(text)
+    return path
 
 
 def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
@@ -198,12 +603,9 @@ def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
     shutil.copytree(smoke_project, project, symlinks=True)
     inventory = tmp_path / "boards.toml"
     inventory.write_text(
-        (REPO / "board" / "boards.toml").read_text()
+        (REPO / "board" / "boards.toml").read_text().replace("runs = 300", "runs = 50")
         + f'\n[[boards]]\nname = "down"\nhost = "127.0.0.1"\nport = {free_port()}\n'
           'connect_timeout_s = 5\nssh_options = ["-F", "/dev/null"]\n')
-    # Force bench:local to run again by changing its settings.
-    text = inventory.read_text().replace("runs = 300", "runs = 50")
-    inventory.write_text(text)
     proc = run_doit(project, "--continue", "bench", env={"PIPELINE_BOARDS": str(inventory)})
     assert proc.returncode != 0
     assert executed_tasks(proc.stdout) == {"bench:local", "bench:down"}
@@ -212,3 +614,41 @@ def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
     latency = json.loads((project / "artifacts" / "reports" / "latency.json").read_text())
     assert {r["board"] for r in latency["rows"]} == {"local"}
     assert [f["board"] for f in latency["failed_boards"]] == ["down"]
+
+
+def test_old_figures_make_the_bench_task_run_again(smoke_project, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    assert executed_tasks(run_doit(project, "bench:local").stdout) == set()
+    result = project / "artifacts" / "reports" / "latency" / "local.json"
+    doc = json.loads(result.read_text())
+    result.write_text(json.dumps({**doc, "measured_utc": "2020-01-01T00:00:00Z"}))
+    models = {f"{b}/{v}": project / "artifacts" / "models" / b / f"{b}_{v}.tflite"
+              for b in ("mnist_cnn", "mnist_mlp") for v in ("float32", "int8")}
+    report.write_latency_report(project / "artifacts" / "reports",
+                                [Board(name="local")], models, 24.0)
+    assert "OLD (measured 2020-01-01T00:00:00Z)" in (
+        project / "artifacts" / "reports" / "latency.md").read_text()
+    proc = run_doit(project, "bench:local")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert executed_tasks(proc.stdout) == {"bench:local"}
+    assert "OLD" not in (project / "artifacts" / "reports" / "latency.md").read_text()
+
+
+def test_parallel_boards_never_trip_over_each_other(smoke_project, sshd, tmp_path):
+    """doit -n 3 bench with local and two boards over sshd: 10 rounds, all succeed."""
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    inventory = sshd_inventory(sshd, tmp_path / "boards.toml", ["par-a", "par-b"])
+    env = {"PIPELINE_BOARDS": str(inventory)}
+    tasks = ["bench:local", "bench:par-a", "bench:par-b"]
+    for round_ in range(10):
+        assert run_doit(project, "forget", *tasks, env=env).returncode == 0
+        proc = run_doit(project, "-n", "3", "bench", env=env)
+        assert proc.returncode == 0, f"round {round_}: {proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        assert executed_tasks(proc.stdout) == set(tasks)
+        latency = json.loads((project / "artifacts" / "reports" / "latency.json").read_text())
+        assert {b["board"]: b["status"] for b in latency["boards"]} == {
+            "local": "ok", "par-a": "ok", "par-b": "ok"}
+        assert {r["board"] for r in latency["rows"]} == {"local", "par-a", "par-b"}
+    assert not list((project / "artifacts").rglob(".*partial*"))

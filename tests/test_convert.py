@@ -76,6 +76,25 @@ def test_run_converts_from_the_saved_h5(tmp_path, tiny_dataset_dir):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_run_refuses_an_int8_model_with_float_tensors(tmp_path, tiny_dataset_dir, monkeypatch):
+    """convert.run itself applies the integer-only check before writing the int8 file."""
+    from pipeline import convert as convert_module
+    from pipeline.datasets import MNIST
+    from pipeline.preprocess import preprocess, save_arrays
+
+    save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
+    save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
+    real = convert_module.convert
+    # A converter that silently fell back to float for the int8 variant.
+    monkeypatch.setattr(convert_module, "convert",
+                        lambda model, variant, *a, **k: real(model, "float32"))
+    params = dataclasses.replace(load_params(REPO / "params.toml").convert,
+                                 representative_samples=50)
+    with pytest.raises(ConvertError, match="b_int8.tflite is not integer-only"):
+        run(tmp_path / "b.h5", tmp_path / "d.npz", params, "b", tmp_path)
+    assert not variant_path(tmp_path, "b", "int8").exists()
+
+
 def test_variant_of():
     assert variant_of("x/mnist_cnn_dynamic_range.tflite") == ("mnist_cnn", "dynamic_range")
     assert variant_of("mnist_cnn_int8.tflite") == ("mnist_cnn", "int8")

@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from pipeline.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
-from pipeline.download import DownloadError, download_dataset, mirrors_for, verify
-from tests.conftest import free_port
+from pipeline.download import (DownloadError, download_dataset, mirrors_for, user_mirror,
+                               verify)
+from tests.conftest import free_port, synthetic_images, write_idx_gz
 
 
 def spec_for(directory, name="tiny") -> DatasetSpec:
@@ -101,7 +102,11 @@ def test_no_reachable_mirror_names_every_mirror_and_the_fix(tiny_dataset_dir, tm
     assert dead in text and "cannot connect" in text
     assert missing_dir in text and "No such file" in text
     assert empty in text and "HTTP 404" in text
-    assert "PIPELINE_MIRROR=" in text
+    # The hint names the user's own options, not a path that exists only beside our checkout.
+    assert "PIPELINE_MIRROR=<directory or URL>" in text
+    assert "PIPELINE_MIRROR_TINY=<directory or URL>" in text and "tiny/ subfolder" in text
+    assert "'Building offline from a local mirror' in README.md" in text
+    assert "../shared" not in text
     assert leftovers(cache) == []
 
 
@@ -124,3 +129,62 @@ def test_fashion_registry_refuses_files_that_are_not_fashion_mnist(tiny_dataset_
 
 def test_remote_file_is_plain_data():
     assert dataclasses.is_dataclass(RemoteFile) and RemoteFile("a", "b").payload_sha256 is None
+
+
+def other_dataset(directory):
+    """Valid IDX archives under the usual names whose content is not the tiny dataset's."""
+    labels = (list(range(10)) * 6)[:50]
+    import numpy as np
+
+    y = np.array(labels)
+    write_idx_gz(directory / "train-images-idx3-ubyte.gz", synthetic_images(y, 11))
+    write_idx_gz(directory / "train-labels-idx1-ubyte.gz", y)
+    write_idx_gz(directory / "t10k-images-idx3-ubyte.gz", synthetic_images(y, 12))
+    write_idx_gz(directory / "t10k-labels-idx1-ubyte.gz", y)
+    return directory
+
+
+def test_user_mirror_per_dataset_subfolder_and_variable(tiny_dataset_dir, tmp_path, serve):
+    root = tmp_path / "mirrors"
+    shutil.copytree(tiny_dataset_dir, root / "tiny")
+    other_dataset(root / "mnist")
+    # One directory holding <dataset>/ subfolders serves each dataset from its own.
+    assert user_mirror("tiny", {"PIPELINE_MIRROR": str(root)}) == str(root / "tiny")
+    assert user_mirror("tiny", {"PIPELINE_MIRROR": f"file://{root}"}) == str(root / "tiny")
+    # The single-folder form keeps working: no subfolder of that name, the folder itself.
+    assert user_mirror("tiny", {"PIPELINE_MIRROR": str(tiny_dataset_dir)}) == str(
+        tiny_dataset_dir)
+    # A URL is used as given (a per-dataset URL goes in PIPELINE_MIRROR_<DATASET>).
+    url = serve(tiny_dataset_dir)
+    assert user_mirror("tiny", {"PIPELINE_MIRROR": url}) == url
+    # The per-dataset variable wins over the shared mirror.
+    env = {"PIPELINE_MIRROR": str(root / "mnist"), "PIPELINE_MIRROR_TINY": url}
+    assert user_mirror("tiny", env) == url
+    assert user_mirror("fashion_mnist", {}) is None
+    assert user_mirror("fashion_mnist", {"PIPELINE_MIRROR_FASHION_MNIST": "/f"}) == "/f"
+
+    spec = spec_for(tiny_dataset_dir)
+    cache = tmp_path / "cache"
+    download_dataset(spec, cache, mirrors_for(spec, user_mirror("tiny", env), offline=True), 5)
+    assert len(leftovers(cache)) == 4
+    cache2 = tmp_path / "cache2"
+    download_dataset(spec, cache2, mirrors_for(
+        spec, user_mirror("tiny", {"PIPELINE_MIRROR": str(root)}), offline=True), 5)
+    assert len(leftovers(cache2)) == 4
+
+
+def test_mirror_of_another_dataset_is_reported_and_public_mirrors_tried(tiny_dataset_dir,
+                                                                        tmp_path, serve):
+    wrong = serve(other_dataset(tmp_path / "other"))
+    # The registry's public mirror, played by a real HTTP server on 127.0.0.1.
+    spec = dataclasses.replace(spec_for(tiny_dataset_dir), mirrors=(serve(tiny_dataset_dir),))
+    log = []
+    cache = tmp_path / "cache"
+    download_dataset(spec, cache, mirrors_for(spec, wrong, offline=False), 5, log=log.append)
+    assert len(leftovers(cache)) == 4
+    assert sum(f"from {wrong} failed: checksum mismatch" in line for line in log) == 4
+    assert sum(f"verified from {spec.mirrors[0]}" in line for line in log) == 4
+
+    with pytest.raises(DownloadError, match="checksum mismatch") as err:
+        download_dataset(spec, tmp_path / "offline", mirrors_for(spec, wrong, offline=True), 5)
+    assert wrong in str(err.value) and spec.mirrors[0] not in str(err.value)

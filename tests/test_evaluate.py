@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate import DriftError, check_drift, run, score
+from pipeline.files import sha256_file
 from pipeline.train import build_model, save_model
 from tests.conftest import synthetic_images
 
@@ -25,6 +26,15 @@ def test_drift_gate():
     check_drift(report, 2.0)
     with pytest.raises(DriftError, match="1.50 points below Keras, more than max_drift_pt = 1.0"):
         check_drift(report, 1.0)
+    # the limit itself is allowed; a hair beyond it is not
+    check_drift(report, 1.5)
+    with pytest.raises(DriftError):
+        check_drift(report, 1.49)
+    # only int8 is gated, and a gain is never a failure
+    check_drift({"build": "b", "variants": [{"name": "float16", "drift_pt": -9.0,
+                                             "accuracy": 0.9},
+                                            {"name": "int8", "drift_pt": 2.0,
+                                             "accuracy": 0.99}]}, 0.0)
 
 
 def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
@@ -55,4 +65,7 @@ def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
     assert keras_row["accuracy"] > 0.9
     assert float_row["agreement"] == 1.0 and float_row["drift_pt"] == 0.0
     assert int8_row["drift_pt"] < -1.0
-    assert "Ankle boot" in (tmp_path / "reports" / "accuracy.md").read_text()
+    markdown = (tmp_path / "reports" / "accuracy.md").read_text()
+    assert "Ankle boot" in markdown and report["made_utc"] in markdown
+    assert int8_row["sha256"] == sha256_file(tiny_models["tiny_mlp/int8"])
+    assert f"`tiny_mlp_int8.tflite` {int8_row['sha256'][:12]}" in markdown

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -136,7 +137,7 @@ def test_sigterm_mid_train_records_a_failed_run_and_stops_doit(nightly_runs):
     assert not nightly_runs["lock_after_kill"]
     assert nightly_runs["runs_after_kill"] == [
         (1, "failed", "terminated by SIGTERM during doit")]
-    doit_pid = int(log.split("doit started (PID ")[1].split(")")[0])
+    doit_pid = int(re.search(r"doit --continue started \(PID (\d+)\)", log).group(1))
     assert not alive(doit_pid)
     for table in ("accuracy", "latency", "boards"):
         assert db_rows(nightly_runs["project"], f"SELECT * FROM {table} WHERE run_id = 1") == []

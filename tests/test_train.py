@@ -77,3 +77,27 @@ def test_save_is_atomic(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         save_model(Exploding(), tmp_path / "m.h5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensorboard_logs_are_written_and_leave_the_weights_unchanged(tiny_arrays, tmp_path):
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, epochs=2, batch_size=64)
+    logs = tmp_path / "logs" / "b"
+    (logs / "stale").mkdir(parents=True)  # a previous training's logs are replaced
+    weights, histories = {}, {}
+    for tensorboard in (False, True):
+        out = tmp_path / str(tensorboard)
+        record = run("mlp", tmp_path / "d.npz", dataclasses.replace(params, tensorboard=tensorboard),
+                     out / "m.h5", out / "history.json", logs)
+        if not tensorboard:
+            assert (logs / "stale").exists()  # off: the log directory is not touched
+        weights[tensorboard] = load_model(out / "m.h5").get_weights()
+        histories[tensorboard] = record["history"]
+    events = sorted(p.relative_to(logs).parts[0] for p in logs.rglob("events.out.tfevents.*"))
+    assert events == ["train", "validation"]
+    assert not (logs / "stale").exists()
+    assert all(np.array_equal(a, b) for a, b in zip(weights[False], weights[True]))
+    assert histories[False] == histories[True]
