@@ -82,23 +82,29 @@ def verify(path: Path, expected: RemoteFile) -> None:
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
             archive_md5.update(block)
-    payload_sha = hashlib.sha256()
-    try:
-        with gzip.open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                payload_sha.update(block)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DownloadError(f"not a complete gzip file ({exc})") from None
+    payload_sha = payload_sha256(path)
     if archive_md5.hexdigest() == expected.archive_md5:
         return
     if expected.payload_sha256 is None:
         raise DownloadError(
             f"checksum mismatch: archive MD5 {archive_md5.hexdigest()}, "
             f"expected {expected.archive_md5}")
-    if payload_sha.hexdigest() != expected.payload_sha256:
+    if payload_sha != expected.payload_sha256:
         raise DownloadError(
-            f"checksum mismatch: SHA-256 of decompressed content {payload_sha.hexdigest()}, "
+            f"checksum mismatch: SHA-256 of decompressed content {payload_sha}, "
             f"expected {expected.payload_sha256}")
+
+
+def payload_sha256(path: Path) -> str:
+    """SHA-256 of a .gz file's decompressed content (what a faithful mirror preserves)."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DownloadError(f"not a complete gzip file ({exc})") from None
+    return digest.hexdigest()
 
 
 def _fetch(mirror: str, remote: RemoteFile, dest: Path, timeout_s: float,

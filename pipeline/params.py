@@ -121,6 +121,30 @@ class BenchParams:
 
 
 @dataclass(frozen=True)
+class NightlyParams:
+    """Gates and bookkeeping of `python -m pipeline.nightly`; no build task reads them."""
+    min_accuracy_float32: float    # also gates the extra variants (float16, dynamic_range)
+    min_accuracy_int8: float
+    max_int8_drift_pt: float
+    max_latency_regression_pct: float
+    mark_accuracy_change_pt: float
+    history_runs: int
+    keep_runs: int
+
+    def __post_init__(self) -> None:
+        for key in ("min_accuracy_float32", "min_accuracy_int8"):
+            _check(0 <= getattr(self, key) <= 1, f"nightly.{key}",
+                   "must be a fraction in [0, 1]")
+        _check(self.max_int8_drift_pt >= 0, "nightly.max_int8_drift_pt", "must be >= 0")
+        _check(self.max_latency_regression_pct > 0, "nightly.max_latency_regression_pct",
+               "must be > 0")
+        _check(self.mark_accuracy_change_pt >= 0, "nightly.mark_accuracy_change_pt",
+               "must be >= 0")
+        _check(self.history_runs >= 1, "nightly.history_runs", "must be >= 1")
+        _check(self.keep_runs >= 1, "nightly.keep_runs", "must be >= 1 (the run being written)")
+
+
+@dataclass(frozen=True)
 class Build:
     name: str
     dataset: str
@@ -148,6 +172,7 @@ class Params:
     analysis: AnalysisParams
     layers: LayersParams
     bench: BenchParams
+    nightly: NightlyParams
     builds: tuple[Build, ...]
 
     def build(self, name: str) -> Build:

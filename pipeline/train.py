@@ -34,9 +34,10 @@ def build_model(kind: str, input_shape: tuple[int, int], num_classes: int) -> An
     import keras
     from keras import layers
 
-    # Fixed layer names: Keras numbers unnamed layers by how many it made before in the
-    # process, and the per-layer report's tensor names (build.float_layers) must not change
-    # with the order in which builds are trained.
+    # Every layer is named explicitly. Keras otherwise numbers default names from a
+    # process-wide counter (conv2d, conv2d_3, ...); the names end up in the .h5 and in the
+    # .tflite tensor names, so an artifact's bytes - and the per-layer report's tensor names
+    # that build.float_layers refers to - would depend on what the same process built before.
     stack: list[Any] = [keras.Input((*input_shape, 1), name="image"),
                         layers.Rescaling(1 / 255, name="rescale")]
     if kind == "cnn":
@@ -103,7 +104,9 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
     steps = params.epochs * -(-len(train_idx) // params.batch_size)
     rate = (keras.optimizers.schedules.CosineDecay(params.learning_rate, steps)
             if params.lr_schedule == "cosine" else params.learning_rate)
-    model.compile(optimizer=keras.optimizers.Adam(rate),
+    # A fixed optimizer name: the default is uniquified per process ("adam_1"), and the .h5
+    # stores the optimizer's slots under it.
+    model.compile(optimizer=keras.optimizers.Adam(rate, name="adam"),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = []
     if log_dir is not None:

@@ -10,6 +10,7 @@ from tests.conftest import REPO
 
 STAGE_MODULES = ("download", "preprocess", "train", "convert", "evaluate", "curves", "analysis",
                  "layers", "card", "bench", "report")
+NIGHTLY_MODULES = ("nightly", "history", "nightly_report")
 
 
 def test_readme_lists_exactly_these_stage_modules():
@@ -19,7 +20,7 @@ def test_readme_lists_exactly_these_stage_modules():
     assert {name.strip() for name in names} == set(STAGE_MODULES)
 
 
-@pytest.mark.parametrize("module", (*STAGE_MODULES, "predict"))
+@pytest.mark.parametrize("module", (*STAGE_MODULES, *NIGHTLY_MODULES, "predict"))
 def test_stage_module_answers_help(module):
     proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

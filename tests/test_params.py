@@ -47,6 +47,11 @@ def test_params_are_frozen():
     (lambda d: d["builds"][0].update(float_layers=["a", "a"]),
      "builds[mnist_cnn].float_layers: names must be non-empty and unique"),
     (lambda d: d["builds"][0].update(float_layer=["a"]), "builds.float_layer: unknown key"),
+    (lambda d: d["nightly"].update(min_accuracy=0.9), "nightly.min_accuracy: unknown key"),
+    (lambda d: d["nightly"].update(min_accuracy_int8=97), "nightly.min_accuracy_int8: must be "
+                                                          "a fraction in [0, 1]"),
+    (lambda d: d["nightly"].pop("keep_runs"), "nightly.keep_runs: missing"),
+    (lambda d: d.pop("nightly"), "nightly: missing section"),
 ])
 def test_bad_params_are_rejected_naming_the_key(mutate, message):
     d = doc()

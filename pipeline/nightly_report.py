@@ -1,0 +1,287 @@
+"""Nightly report and gates: this run against the previous one and the median of the last N.
+
+Pure functions over the history database's figures (see pipeline/history.py): `compare`
+builds the comparison, `breaches` applies the `[nightly]` gates, `render_markdown` and
+`render_chart` write reports/nightly.md and nightly.png; `write_reports` does all three plus
+nightly.json. `python -m pipeline.nightly_report` rebuilds them from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.files import atomic_path, write_json, write_text
+from pipeline.params import NightlyParams, load_params, section_dict
+
+Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _delta(now: float | None, then: float | None, scale: float = 1.0) -> float | None:
+    return None if now is None or then is None else (now - then) * scale
+
+
+def _pct(now: float | None, then: float | None) -> float | None:
+    return None if now is None or not then else (now / then - 1) * 100
+
+
+def min_accuracy(variant: str, params: NightlyParams) -> float | None:
+    """The accuracy floor of a variant; Keras is not shipped, so it has none."""
+    if variant == "keras":
+        return None
+    return params.min_accuracy_int8 if variant == "int8" else params.min_accuracy_float32
+
+
+def _variant_order(item: tuple[tuple, Any]) -> tuple:
+    """Sort by build, then keras, float32, int8, extras; then board and threads."""
+    key = item[0]
+    rank = {"keras": 0, "float32": 1, "int8": 2}.get(key[1], 3)
+    return (key[0], rank, key[1], *key[2:])
+
+
+def compare(current: Figures, previous: Figures | None, history: Sequence[Figures],
+            params: NightlyParams) -> dict[str, Any]:
+    """Rows comparing `current` with `previous` and with the median of `history` (the runs
+    before this one, oldest first). Changes beyond the thresholds carry a `mark`."""
+    accuracy = []
+    for key, now in sorted(current["accuracy"].items(), key=_variant_order):
+        prev = (previous or {}).get("accuracy", {}).get(key, {})
+        past = [h["accuracy"].get(key, {}) for h in history]
+        row = {"build": key[0], "variant": key[1]}
+        for figure in ("accuracy", "drift_pt", "bytes"):
+            row[figure] = now.get(figure)
+            row[f"{figure}_prev"] = prev.get(figure)
+            row[f"{figure}_median"] = _median([p.get(figure) for p in past])
+        row["accuracy_change_pt"] = _delta(row["accuracy"], row["accuracy_prev"], 100)
+        row["accuracy_vs_median_pt"] = _delta(row["accuracy"], row["accuracy_median"], 100)
+        marks = []
+        for label, change in (("prev", row["accuracy_change_pt"]),
+                              ("median", row["accuracy_vs_median_pt"])):
+            if change is not None and abs(change) > params.mark_accuracy_change_pt:
+                marks.append(f"accuracy {change:+.2f} pt vs {label}")
+        if row["bytes_prev"] is not None and row["bytes"] != row["bytes_prev"]:
+            marks.append(f"size {row['bytes'] - row['bytes_prev']:+,} B vs prev")
+        row["mark"] = "; ".join(marks)
+        accuracy.append(row)
+    latency = []
+    for key, now in sorted(current["latency"].items(), key=_variant_order):
+        prev = (previous or {}).get("latency", {}).get(key, {})
+        row = {"build": key[0], "variant": key[1], "board": key[2], "threads": key[3],
+               "status": now["status"], "error": now.get("error"), "p50_us": now.get("p50_us"),
+               "p50_prev": prev.get("p50_us"),
+               "p50_median": _median([h["latency"].get(key, {}).get("p50_us")
+                                      for h in history]),
+               "runs_in_median": sum(1 for h in history
+                                     if h["latency"].get(key, {}).get("p50_us") is not None)}
+        row["change_vs_prev_pct"] = _pct(row["p50_us"], row["p50_prev"])
+        row["change_vs_median_pct"] = _pct(row["p50_us"], row["p50_median"])
+        change = row["change_vs_median_pct"]
+        row["mark"] = ("" if change is None or abs(change) <= params.max_latency_regression_pct
+                       else f"p50 {change:+.1f} % vs median")
+        latency.append(row)
+    boards = [dict(b) for _, b in sorted(current["boards"].items())]
+    return {"accuracy": accuracy, "latency": latency, "boards": boards}
+
+
+def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str, Any]]:
+    """Every gate the run breaches: accuracy floors, int8 drift, latency regression against
+    the median of earlier runs, failed boards and failed cases."""
+    found = []
+
+    def breach(build: str, variant: str, board: str, figure: str, value: Any, limit: str,
+               text: str) -> None:
+        found.append({"build": build, "variant": variant, "board": board, "figure": figure,
+                      "value": value, "limit": limit, "message": text})
+
+    for r in comparison["accuracy"]:
+        floor = min_accuracy(r["variant"], params)
+        if floor is not None and r["accuracy"] is not None and r["accuracy"] < floor:
+            key = "min_accuracy_int8" if r["variant"] == "int8" else "min_accuracy_float32"
+            breach(r["build"], r["variant"], "", "accuracy", r["accuracy"], f">= {floor}",
+                   f"{r['build']} {r['variant']}: accuracy {100 * r['accuracy']:.2f} % is below "
+                   f"the minimum {100 * floor:.2f} % (nightly.{key})")
+        if r["variant"] == "int8" and r["drift_pt"] is not None and \
+                -r["drift_pt"] > params.max_int8_drift_pt:
+            breach(r["build"], "int8", "", "drift_pt", r["drift_pt"],
+                   f">= -{params.max_int8_drift_pt}",
+                   f"{r['build']} int8: {-r['drift_pt']:.2f} points below Keras, more than "
+                   f"nightly.max_int8_drift_pt = {params.max_int8_drift_pt}")
+    for b in comparison["boards"]:
+        if b["status"] != "ok":
+            breach("", "", b["board"], "board", "failed", "status ok",
+                   f"board {b['board']}: FAILED: {b['error']}")
+    for r in comparison["latency"]:
+        where = f"{r['build']} {r['variant']} on {r['board']} x{r['threads']}"
+        if r["status"] != "ok":
+            breach(r["build"], r["variant"], r["board"], "case", "failed", "status ok",
+                   f"{where}: case FAILED: {r['error']}")
+            continue
+        change = r["change_vs_median_pct"]
+        if change is not None and change > params.max_latency_regression_pct:
+            breach(r["build"], r["variant"], r["board"], "p50_us", r["p50_us"],
+                   f"<= median {r['p50_median']:.1f} µs + {params.max_latency_regression_pct} %",
+                   f"{where}: p50 {r['p50_us']:.1f} µs is {change:.1f} % above the median "
+                   f"{r['p50_median']:.1f} µs of the last {r['runs_in_median']} run(s), more "
+                   f"than nightly.max_latency_regression_pct = "
+                   f"{params.max_latency_regression_pct}")
+    return found
+
+
+def _f(value: Any, spec: str, scale: float = 1.0) -> str:
+    if value is None:
+        return "–"
+    # A median of byte counts can be a half: show whole bytes.
+    return format(round(value) if spec == "," else value * scale, spec)
+
+
+def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, history_ids: list[int],
+                    comparison: dict[str, Any], found: list[dict[str, Any]],
+                    reproducibility: dict[str, Any] | None) -> str:
+    from tabulate import tabulate
+
+    verdict = "**all gates pass**" if not found else f"**{len(found)} gate(s) BREACHED**"
+    if previous:
+        against = (f"Compared with the previous completed run (run {previous['id']} of "
+                   f"{previous['started_utc']}) and with the median of the {len(history_ids)} "
+                   f"completed run(s) before this one ({', '.join(map(str, history_ids))}).")
+    else:
+        against = ("No earlier completed run to compare with (the latency gate starts with the "
+                   "next run).")
+    lines = [f"# Nightly run {run['id']} — {run['status']}", "",
+             f"Started {run['started_utc']}, {verdict}. {against}", ""]
+    if found:
+        lines += ["## Breaches", "", *(f"- {b['message']}" for b in found), ""]
+    if reproducibility:
+        lines += ["## Reproducibility", "", f"- {reproducibility['summary']}", ""]
+    lines += ["## Accuracy, int8 drift, size", "", tabulate(
+        [[r["build"], r["variant"], _f(r["accuracy"], ".2f", 100),
+          _f(r["accuracy_prev"], ".2f", 100), _f(r["accuracy_median"], ".2f", 100),
+          _f(r["drift_pt"], "+.2f"), _f(r["drift_pt_prev"], "+.2f"),
+          _f(r["bytes"], ","), _f(r["bytes_prev"], ","), r["mark"]]
+         for r in comparison["accuracy"]],
+        headers=["build", "variant", "acc %", "prev", "median", "drift pt", "prev", "bytes",
+                 "prev", "mark"], tablefmt="github", disable_numparse=True), ""]
+    lines += ["## p50 latency per board (µs)", "", tabulate(
+        [[r["build"], r["variant"], r["board"], r["threads"], _f(r["p50_us"], ".1f"),
+          _f(r["p50_prev"], ".1f"), _f(r["change_vs_prev_pct"], "+.1f"),
+          _f(r["p50_median"], ".1f"), _f(r["change_vs_median_pct"], "+.1f"),
+          r["mark"] or ("" if r["status"] == "ok" else f"FAILED {r['error']}")]
+         for r in comparison["latency"]],
+        headers=["build", "variant", "board", "thr", "p50", "prev", "Δ% prev", "median",
+                 "Δ% median", "mark"], tablefmt="github", disable_numparse=True), ""]
+    for b in comparison["boards"]:
+        if b["status"] != "ok":
+            lines.append(f"- board **{b['board']}** FAILED: {b['error']}")
+    lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], path: Path) -> None:
+    """Trend lines over `runs` (oldest first): accuracy and int8 drift per build, p50 per
+    build/variant/board/threads."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a build server
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ids = [r["id"] for r in runs]
+    fig, (ax_acc, ax_drift, ax_lat) = plt.subplots(3, 1, figsize=(12, 11))
+    acc_keys = sorted({k for i in ids for k in figures[i]["accuracy"]})
+    for key in acc_keys:
+        ys = [figures[i]["accuracy"].get(key, {}).get("accuracy") for i in ids]
+        ax_acc.plot(ids, [None if y is None else 100 * y for y in ys], marker="o",
+                    label=f"{key[0]} {key[1]}")
+        if key[1] == "int8":
+            ax_drift.plot(ids, [figures[i]["accuracy"].get(key, {}).get("drift_pt") for i in ids],
+                          marker="o", label=key[0])
+    lat_keys = sorted({k for i in ids for k in figures[i]["latency"]})
+    for key in lat_keys:
+        ax_lat.plot(ids, [figures[i]["latency"].get(key, {}).get("p50_us") for i in ids],
+                    marker="o", label=f"{key[0]} {key[1]} @{key[2]} x{key[3]}")
+    for ax, title, unit in ((ax_acc, "Test accuracy", "%"),
+                            (ax_drift, "int8 drift vs Keras", "points"),
+                            (ax_lat, "p50 latency", "µs (log)")):
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        ax.set_xlabel("run")
+        ax.set_xticks(ids)
+        ax.grid(alpha=0.3)
+        if ax.lines:  # beside the plot: inside, it hides the lines it names
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax_lat.lines:
+        ax_lat.set_yscale("log")  # CNN and MLP differ tenfold; log keeps both readable
+        for axis in (ax_lat.yaxis.set_major_formatter, ax_lat.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))  # 20, not 2 x 10^1
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def assess(db: Any, run_id: int, current: Figures, params: NightlyParams) -> dict[str, Any]:
+    """Compare run `run_id` (its figures: `current`) with the completed runs before it and
+    apply the gates. Reads only earlier runs, so it works before this run's row is final."""
+    from pipeline import history
+
+    earlier = history.completed_runs(db, params.history_runs, run_id - 1)
+    previous = earlier[-1] if earlier else None
+    figs = history.figures(db, [r["id"] for r in earlier])
+    comparison = compare(current, figs[previous["id"]] if previous else None,
+                         [figs[r["id"]] for r in earlier], params)
+    return {"earlier": earlier, "figures": figs, "comparison": comparison,
+            "breaches": breaches(comparison, params)}
+
+
+def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, Any],
+                  params: NightlyParams, reports_dir: Path,
+                  reproducibility: dict[str, Any] | None = None) -> None:
+    """Write nightly.json, nightly.md and nightly.png for `run` (its runs-table row)."""
+    earlier = assessment["earlier"]
+    previous = earlier[-1] if earlier else None
+    history_ids = [r["id"] for r in earlier]
+    reports_dir = Path(reports_dir)
+    write_json(reports_dir / "nightly.json", {
+        "run": run, "previous_run": previous["id"] if previous else None,
+        "median_of_runs": history_ids, "gates": section_dict(params),
+        "breaches": assessment["breaches"], "reproducibility": reproducibility,
+        **assessment["comparison"]})
+    write_text(reports_dir / "nightly.md", render_markdown(
+        run, previous, history_ids, assessment["comparison"], assessment["breaches"],
+        reproducibility))
+    render_chart([*earlier, run], {**assessment["figures"], run["id"]: current},
+                 reports_dir / "nightly.png")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from pipeline import history
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
+    parser.add_argument("--run", type=int, help="run id (default: the last completed run)")
+    parser.add_argument("--params", type=Path, default=Path("params.toml"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts") / "reports")
+    args = parser.parse_args(argv)
+    db = history.connect(args.db)
+    last = history.completed_runs(db, 1)
+    run_id = args.run or (last[0]["id"] if last else None)
+    if run_id is None:
+        raise SystemExit(f"error: no completed run in {args.db}")
+    run = dict(db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+    params = load_params(args.params).nightly
+    current = history.figures(db, [run_id])[run_id]
+    assessment = assess(db, run_id, current, params)
+    write_reports(run, current, assessment, params, args.out)
+    for b in assessment["breaches"]:
+        print(f"BREACH: {b['message']}")
+
+
+if __name__ == "__main__":
+    main()
