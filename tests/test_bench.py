@@ -148,7 +148,7 @@ def wait_for(predicate, seconds: float) -> bool:
 
 
 def test_push_run_collect_then_skip_the_push(sshd, tiny_models, samples, tmp_path):
-    board = sshd.board()
+    board = sshd.board(name="fresh")  # a remote_dir no other test has filled
     first = bench.bench_board(board, tiny_models, samples, tmp_path / "work")
     assert first["status"] == "ok" and first["errors"] == []
     assert first["runtime"]["name"] == "ai_edge_litert" and first["measured_utc"]
@@ -225,6 +225,7 @@ EDITS = {
     "a model not in the plan": ("doc['results'][0]['model'] = 'other.tflite'", "not in the plan", 3),
     "a case twice": ("doc['results'].append(doc['results'][0])", "reported twice", 4),
     "a mistyped field": ("doc['results'][1]['p50_us'] = 'fast'", "mistyped p50_us", 3),
+    "no agreement": ("del doc['results'][0]['agreement']", "mistyped agreement", 3),
     "one failed case": ("doc['results'][2] = {'model': doc['results'][2]['model'], "
                         "'threads': 1, 'error': 'killed by SIGILL: x'}",
                         "killed by SIGILL", 3),
@@ -287,6 +288,8 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
                                                              tmp_path):
     board = sshd.board(runs=10**9)
     reports = tmp_path / "reports"
+    quick = sshd.board()  # first a good run: its "ok" document is what must not survive
+    bench.run(quick, tiny_models, datasets, 8, tmp_path / "work", reports, [quick])
     code = textwrap.dedent(f"""
         import pickle, sys
         from pipeline import bench
@@ -359,9 +362,22 @@ def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_
         host.kill()
 
 
-def test_default_deadline_comes_from_the_plan():
+def test_default_deadline_comes_from_the_plan(tiny_models, samples, tmp_path):
     case, deadline = bench.plan_deadline_s(cases=8, warmup=20, runs=300, samples=200)
     assert case == pytest.approx(60 + 521 * 0.1) and deadline == pytest.approx(8 * case + 60)
+    board = Board(name="b", threads=(1, 2), warmup=20, runs=300)
+    plan = json.loads(bench.stage_plan(tiny_models, samples, board, tmp_path).read_text())
+    assert (plan["case_timeout_s"], plan["deadline_s"]) == bench.plan_deadline_s(
+        len(tiny_models) * 2, 20, 300, 16)
+
+
+def test_a_process_that_outlives_its_timeout_is_killed():
+    started = time.monotonic()
+    with pytest.raises(BoardError, match="no result within 1 s"):
+        bench.stream_process(["sh", "-c", "echo $$ >&2; exec sleep 1000"], 1, "t")
+    assert time.monotonic() - started < 15
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                and (p / "cmdline").exists() and (p / "cmdline").read_bytes() == b"sleep\x001000\x00"]
 
 
 def test_progress_is_printed_per_case(sshd, tiny_models, samples, tmp_path, capsys):
@@ -517,7 +533,9 @@ def test_remote_python_without_numpy(sshd, tiny_models, samples, tmp_path):
     board = sshd.board(python=str(bare / "bin" / "python"))
     with pytest.raises(BoardError) as err:
         bench.bench_board(board, tiny_models, samples, tmp_path)
-    assert "numpy is not importable" in str(err.value) and "no TFLite runtime" not in str(err.value)
+    text = str(err.value)
+    assert "numpy is not importable" in text and "no TFLite runtime" not in text
+    assert "exited with status" not in text
 
 
 def test_cpus_the_board_lacks_fail_the_board_clearly(sshd, tiny_models, samples, tmp_path):
@@ -535,6 +553,7 @@ def test_tilde_remote_dir_is_the_login_home(sshd, tmp_path):
         assert not (Path.home() / "~").exists()
     finally:
         shutil.rmtree(Path.home() / name, ignore_errors=True)
+        shutil.rmtree(Path.home() / "~" / name, ignore_errors=True)
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -64,6 +64,7 @@ def test_default_build_prints_only_the_pipelines_own_lines(smoke_project):
                for line in err.splitlines()), err[-2000:]
     assert len([line for line in out.splitlines() if re.match(r"\d+/\d+ - ", line)]) == 2
     assert "mnist_cnn_int8.tflite: " in out and "# Accuracy drift: mnist_cnn" in out
+    assert "bench:local [1/" in out + err  # benchmark progress as each case finishes
 
 
 def test_second_run_executes_nothing_and_never_imports_tensorflow(smoke_project):
@@ -175,6 +176,12 @@ def test_every_task_depends_on_its_own_stage_module(monkeypatch):
             assert expected and expected <= deps, (name, task.get("name"), expected - deps)
             checked.add(stage)
     assert {"download", "preprocess", "train", "convert", "evaluate", "bench", "peak"} <= checked
+    # bench's result depends on more code than its own module: the runner and the report
+    bench = next(t for t in dodo.task_bench() if t["name"] == "local")
+    assert {Path("pipeline") / f"{m}.py" for m in ("bench", "report", "floor", "boards")} | {
+        Path("board") / "runner.py"} <= {Path(d) for d in bench["file_dep"]}
+    evaluate = next(iter(dodo.task_evaluate()))
+    assert Path("board") / "runner.py" in {Path(d) for d in evaluate["file_dep"]}
 
 
 def test_ctrl_c_during_training_prints_one_line_and_exits_130(smoke_project, tmp_path):

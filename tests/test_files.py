@@ -30,3 +30,15 @@ def test_write_json_and_sha256(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
     data = (tmp_path / "a.json").read_bytes()
     assert sha256_file(tmp_path / "a.json") == hashlib.sha256(data).hexdigest()
+
+
+def test_temporary_names_are_unique_and_never_follow_a_planted_symlink(tmp_path):
+    target = tmp_path / "out.bin"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".out.bin.partial").symlink_to(victim)
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second  # two writers of one file (doit -n) never share a name
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert target.read_bytes() == b"one" and victim.read_text() == "precious"

@@ -169,3 +169,36 @@ def test_chart_and_report_carry_time_and_model_hashes(tmp_path):
     md = (tmp_path / "latency.md").read_text()
     assert f"`m/int8` {report.sha256_file(model)[:12]}" in md and "measured 20" in md
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rebuilds_wait_for_each_other(tmp_path):
+    """With doit -n each board's task rebuilds the report; they must not interleave."""
+    import fcntl
+    import threading
+
+    (tmp_path / "latency").mkdir()
+    (tmp_path / "latency" / "b.json").write_text(json.dumps(doc(
+        machine={"cpu_model": "c", "cores": 1, "uname": "u"})))
+    with open(tmp_path / ".latency.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rebuild = threading.Thread(target=report.write_latency_report,
+                                   args=(tmp_path, [Board(name="b")], {}))
+        rebuild.start()
+        rebuild.join(timeout=1.0)
+        assert rebuild.is_alive() and not (tmp_path / "latency.md").exists()
+    rebuild.join(timeout=60)
+    assert not rebuild.is_alive() and (tmp_path / "latency.md").exists()
+
+
+def test_rows_carry_the_cpus_and_the_floor_of_their_own_variant():
+    peak = [{"variant": "float32", "threads": 1, "min_us": 1000.0, "macs": 10**7},
+            {"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**7}]
+    d = doc(peak=peak, measured=report.utc_now(), results=[
+        {"build": "m", "variant": v, "threads": 1, "p50_us": 50.0, "sha256": "s",
+         "macs": 10**5, "cpus": [3], "agreement": 1.0, "disagreements": []}
+        for v in ("float32", "int8")])
+    rows = {r["variant"]: r for r in report.latency_rows([d], {})}
+    assert rows["float32"]["floor_us"] == pytest.approx(10**5 / 1e10 * 1e6)
+    assert rows["int8"]["floor_us"] == pytest.approx(10**5 / 1e11 * 1e6)
+    table = report.render_table(list(rows.values()), "github")
+    assert "| 3 " in table.replace("  ", " ")
