@@ -17,6 +17,7 @@ outputs).
 """
 
 import os
+import signal
 import shutil
 import sys
 from pathlib import Path
@@ -111,14 +112,36 @@ def _guarded(fn, *args):
     """Run a stage; a PipelineError fails the task with its message instead of a traceback,
     and Ctrl-C ends the build with one line (every stage writes through a temporary name, so
     an interrupted write leaves nothing behind) and the shell's status for SIGINT."""
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # Our own handler remembers the Ctrl-C: a library that catches KeyboardInterrupt and
+    # raises something else (TensorFlow's tracing can) must not turn it into a traceback.
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
         fn(*args)
     except PipelineError as exc:
-        return TaskFailed(str(exc))
-    except KeyboardInterrupt:
+        if not interrupted:
+            return TaskFailed(str(exc))
+    except BaseException:
+        if not interrupted:
+            raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
         print("interrupted; nothing partial was kept", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(130)
     return None
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def task_download():

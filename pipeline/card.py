@@ -85,7 +85,9 @@ def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path:
                    "one per class; integer variants dequantize with their output scale"},
         "variants": variants,
         "accuracy_on": f"{accuracy['test_samples']:,} {dataset} test images",
-        "training": {"params": history.get("params"), "train_seconds": history.get("train_seconds"),
+        # No training time: the card describes the model, and the same inputs must give the
+        # same card bytes (the nightly checks every artifact for that).
+        "training": {"params": history.get("params"),
                      "final": {k: v[-1] for k, v in history.get("history", {}).items() if v}},
     }
 

@@ -550,7 +550,7 @@ def test_tilde_remote_dir_is_the_login_home(sshd, tmp_path):
     try:
         bench.push(board, [bench.RUNNER])
         assert (Path.home() / name / "runner.py").exists()
-        assert not (Path.home() / "~").exists()
+        assert not (Path.home() / "~" / name).exists()
     finally:
         shutil.rmtree(Path.home() / name, ignore_errors=True)
         shutil.rmtree(Path.home() / "~" / name, ignore_errors=True)

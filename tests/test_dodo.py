@@ -209,7 +209,7 @@ def test_ctrl_c_during_training_prints_one_line_and_exits_130(smoke_project, tmp
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 130, out[-3000:] + err[-3000:]
     assert err.strip() == "interrupted; nothing partial was kept"
     assert "Traceback" not in out
     assert not list(project.joinpath("artifacts").rglob("*.partial*"))
