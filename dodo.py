@@ -369,11 +369,26 @@ def task_bench():
             # board that died since it was last timed is noticed.
             "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
                          (measured_within, [result, PARAMS.bench.max_age_hours])],
-            # The staged plan (models and samples copied for the board) goes too.
-            "clean": [(_remove, [[reports / "latency" / f"{board.name}.json",
-                                  *(reports / f"latency.{ext}" for ext in ("json", "md", "png")),
-                                  ARTIFACTS / "bench" / board.name]])],
+            # The board's result and its staged plan go; the shared report is rebuilt from
+            # the other boards' results (it is not this task's alone).
+            "clean": [(_clean_board, [[result, ARTIFACTS / "bench" / board.name],
+                                      (reports, BOARDS, models, PARAMS.bench.max_age_hours)])],
         }
+
+
+def _clean_board(paths, report_args, dryrun=False):
+    """Remove one board's files, then rebuild latency.{json,md,png} from the boards left
+    (or remove them when no board has a result)."""
+    _remove(paths, dryrun)
+    reports = report_args[0]
+    left = set((reports / "latency").glob("*.json")) - set(map(Path, paths))
+    if left:
+        print(f"{'would rebuild' if dryrun else 'rebuilding'} {reports / 'latency.md'} "
+              "from the other boards' results")
+        if not dryrun:
+            _stage("report.write_latency_report")(*report_args)
+    else:
+        _remove([reports / f"latency.{ext}" for ext in ("json", "md", "png")], dryrun)
 
 
 def _remove(paths, dryrun=False):

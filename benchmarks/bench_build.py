@@ -9,7 +9,7 @@
    same data split through the same code path.
 
 Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7] [--only noop]
-Defaults to ../shared/datasets/mnist beside the repository as the mirror. `--only noop`
+The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the repository. `--only noop`
 measures 1. alone, on a project built with the smoke preset (the same task graph, built in
 about a minute instead of retraining everything).
 """
@@ -53,7 +53,10 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--mirror", help="MNIST mirror, a directory or URL (default: "
+                        "$PIPELINE_MIRROR, else ../shared/datasets/mnist beside the repository)",
+                        default=os.environ.get("PIPELINE_MIRROR")
+                        or str(REPO.parent / "shared" / "datasets" / "mnist"))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", choices=["noop"],
                         help="noop: only the no-op ratio, on a smoke-preset build")

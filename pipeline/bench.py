@@ -56,8 +56,11 @@ class BoardError(PipelineError):
 def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(model_path))
-    interpreter.allocate_tensors()
+    from pipeline.console import native_output_hidden
+
+    with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = Interpreter(model_path=str(model_path))
+        interpreter.allocate_tensors()
     return np.asarray(load_runner().predict(interpreter, images))
 
 

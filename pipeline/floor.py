@@ -27,8 +27,11 @@ def count_macs(model_path: Path) -> int:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(model_path))
-    interpreter.allocate_tensors()
+    from pipeline.console import native_output_hidden
+
+    with native_output_hidden():  # the runtime's delegate notice
+        interpreter = Interpreter(model_path=str(model_path))
+        interpreter.allocate_tensors()
     shapes = {t["index"]: tuple(int(d) for d in t["shape"])
               for t in interpreter.get_tensor_details()}
     macs = 0

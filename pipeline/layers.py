@@ -174,7 +174,10 @@ def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertPa
     render_chart(build, rows, report_dir / "layers.png")
     markdown = render_markdown(build, rows, len(debug))
     write_text(report_dir / "layers.md", markdown)
-    print(markdown)
+    if rows:  # one line on the console; the ranking is in layers.md
+        worst = rows[0]
+        print(f"{report_dir / 'layers.md'}: {len(rows)} int8 tensors; worst "
+              f"{worst['tensor']!r} at {worst['rmse_over_scale']:.3f} quantization steps")
     return rows
 
 

@@ -269,12 +269,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     parser.add_argument("--out", type=Path, default=Path("artifacts") / "reports")
     args = parser.parse_args(argv)
+    if not args.db.exists():  # never create an empty database just to report on it
+        raise SystemExit(f"error: no history database at {args.db} (run python -m "
+                         "pipeline.nightly from the project root, or give --db)")
     db = history.connect(args.db)
     last = history.completed_runs(db, 1)
     run_id = args.run or (last[0]["id"] if last else None)
     if run_id is None:
         raise SystemExit(f"error: no completed run in {args.db}")
-    run = dict(db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise SystemExit(f"error: no run {run_id} in {args.db} "
+                         "(python -m pipeline.history lists the runs)")
+    run = dict(row)
     params = load_params(args.params).nightly
     current = history.figures(db, [run_id])[run_id]
     assessment = assess(db, run_id, current, params)

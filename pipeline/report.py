@@ -225,9 +225,9 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
                       [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        # Label 2x and 5x between decades only, so the ticks never overlap.
+        # Label 2x, 3x and 5x between decades only, so the ticks never overlap.
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("latency per invoke (µs, log)")
         ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)

@@ -54,7 +54,7 @@ def serve():
 
 # One line, whole in `pytest -rs`: how a user's clone gets the real data.
 MNIST_HINT = ("needs the real MNIST: set PIPELINE_MIRROR=<directory or URL of its 4 .gz files> "
-              "or put them in ../shared/datasets/mnist beside the clone (README: Tests)")
+              "or put them in ../shared/datasets/mnist beside the clone (README: Two commands for a new machine)")
 
 
 @pytest.fixture(scope="session")

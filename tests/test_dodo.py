@@ -251,6 +251,22 @@ def test_clean_bench_removes_the_staged_plan_and_dry_run_names_every_file(smoke_
     assert (art / "models" / "mnist_cnn" / "mnist_cnn_int8.tflite").exists()
 
 
+def test_cleaning_one_board_keeps_the_report_of_the_others(smoke_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    reports = project / "artifacts" / "reports"
+    local = json.loads((reports / "latency" / "local.json").read_text())
+    (reports / "latency" / "other.json").write_text(json.dumps({**local, "board": "other"}))
+    inventory = tmp_path / "boards.toml"
+    inventory.write_text((project / "board" / "boards.toml").read_text()
+                         + '\n[[boards]]\nname = "other"\nhost = "other"\n')
+    proc = run_doit(project, "clean", "bench:local", env={"PIPELINE_BOARDS": str(inventory)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    latency = json.loads((reports / "latency.json").read_text())
+    assert {r["board"] for r in latency["rows"]} == {"other"}
+    assert (reports / "latency.md").exists() and (reports / "latency.png").exists()
+
+
 def test_report_module_rebuilds_the_latency_report_without_benchmarking(smoke_project,
                                                                           tmp_path):
     project = tmp_path / "p"
