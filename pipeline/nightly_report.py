@@ -190,7 +190,8 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
 
     matplotlib.use("Agg")  # no display on a build server
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+
+    from pipeline.report import plain_log_labels
 
     ids = [r["id"] for r in runs]
     fig, (ax_acc, ax_drift, ax_lat) = plt.subplots(3, 1, figsize=(12, 11))
@@ -218,8 +219,7 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if ax_lat.lines:
         ax_lat.set_yscale("log")  # CNN and MLP differ tenfold; log keeps both readable
-        for axis in (ax_lat.yaxis.set_major_formatter, ax_lat.yaxis.set_minor_formatter):
-            axis(matplotlib.ticker.FormatStrFormatter("%g"))  # 20, not 2 x 10^1
+        plain_log_labels(ax_lat.yaxis)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90)

@@ -192,7 +192,6 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
 
     rows = [r for r in rows if r.get("p50_us")]
     builds = sorted({r["build"] for r in rows}) or ["(no results)"]
@@ -224,11 +223,7 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
         ax.set_xticks(range(len(groups)),
                       [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        # Label 2x, 3x and 5x between decades only, so the ticks never overlap.
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        plain_log_labels(ax.yaxis)
         ax.set_ylabel("latency per invoke (µs, log)")
         ax.set_title(f"{build}: p50 with p10-p90 whiskers (lower is better)", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
@@ -239,6 +234,17 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plain_log_labels(axis: Any) -> None:
+    """Tick labels on a log axis as plain numbers (20, not 2 x 10^1), and between decades
+    only at 2x, 3x and 5x, so the labels never overlap."""
+    import matplotlib.ticker
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
+    axis.set_tick_params(which="minor", labelsize=7)
 
 
 @contextlib.contextmanager
