@@ -142,6 +142,14 @@ def load_card(model_dir: Path, build: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        models = Path(model_dir).parent
+        known = sorted(p.name for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
+        if not known:
+            raise PipelineError(f"no built models under {models} (run from the project root, "
+                                "give --artifacts, or build with `doit`)") from None
+        if build not in known:
+            raise PipelineError(f"unknown build {build!r} under {models} (built: "
+                                f"{', '.join(known)})") from None
         raise PipelineError(f"{path} is missing: build it with `doit card:{build}`") from None
 
 

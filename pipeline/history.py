@@ -283,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.db.exists():
         sys.exit(f"error: no history database at {args.db} (run python -m pipeline.nightly)")
     db = connect(args.db)
-    print(render(table_rows(db, args.last, args.build, args.board)))
+    rows = table_rows(db, args.last, args.build, args.board)
+    print(render(rows))
+    if not rows and (args.build or args.board):  # a typo must not look like an empty history
+        sys.exit(f"no rows for build {args.build or 'any'} and board {args.board or 'any'} in "
+                 f"the last {args.last} run(s)")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,11 @@ def test_missing_models_name_the_task_that_builds_them(build, tmp_path, capsys):
     assert predict.main([str(image), "--build", BUILD, "--artifacts", str(copy)]) == 2
     assert f"model_card.json is missing: build it with `doit card:{BUILD}`" in \
         capsys.readouterr().err
+    assert predict.main([str(image), "--build", "nope", "--artifacts", str(copy)]) == 2
+    assert f"unknown build 'nope' under {copy / 'models'} (built: {BUILD})" in \
+        capsys.readouterr().err
+    assert predict.main([str(image), "--artifacts", str(tmp_path / "elsewhere")]) == 2
+    assert "no built models under" in capsys.readouterr().err
 
 
 def test_blank_image_is_an_error_not_a_guess(build, tmp_path, capsys):
