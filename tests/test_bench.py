@@ -324,7 +324,10 @@ def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_
                        timeout_s=8 if how == "host timeout" else 0)
     models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
     code = textwrap.dedent("""
-        import pickle, sys
+        import pickle, signal, sys
+        # As in a terminal: a test runner started in the background (`cmd &`) hands its
+        # children SIGINT ignored, and Ctrl-C would never arrive.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from pipeline import bench
         args = pickle.loads(bytes.fromhex(sys.argv[1]))
         try:
