@@ -277,8 +277,10 @@ if [ -L "$d" ]; then echo "remote_dir $d is a symbolic link; refusing to use it"
 mkdir -p -- "$d" || exit 91
 if [ "$(stat -c %u -- "$d")" != "$(id -u)" ]; then
   echo "remote_dir $d is not owned by $(id -un); refusing to use it" >&2; exit 92; fi
-case $(stat -c %A -- "$d") in ?????w????|????????w?)
-  echo "remote_dir $d is writable by group or others ($(stat -c %A -- "$d")); refusing to use it (chmod go-w)" >&2; exit 93;; esac
+mode=$(stat -c %A -- "$d")
+case $mode in ?????w????|????????w?)
+  echo "remote_dir $d is writable by group or others ($mode); refusing to use it" \
+       "(chmod go-w)" >&2; exit 93;; esac
 cd -- "$d" && sha256sum -- "$@" 2>/dev/null; true'''
 
 # One file: into a fresh mktemp name (O_EXCL: never follows a planted symlink), checked
@@ -302,8 +304,8 @@ def remote_sha256(board: Board, names: Sequence[str]) -> dict[str, str]:
     """Prepare remote_dir and return the SHA-256 of the named files already there."""
     status, out, err = ssh_run(board, ["sh", "-c", PREPARE, "sh", board.remote_path, *names])
     if status != 0:
-        raise BoardError(f"board {board.name!r} ({board.where}): "
-                         f"{report.clean_text(err).strip() or f'preparing remote_dir failed ({status})'}")
+        why = report.clean_text(err).strip() or f"preparing remote_dir failed ({status})"
+        raise BoardError(f"board {board.name!r} ({board.where}): {why}")
     sums = {}
     for line in out.decode(errors="replace").splitlines():
         digest, _, name = line.partition("  ")

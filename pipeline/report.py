@@ -165,7 +165,8 @@ def board_line(doc: dict[str, Any]) -> str:
         line += f"; PARTIAL - {len(doc['errors'])} case(s) failed (rows marked ERROR)"
     rates = peak_rates(doc.get("peak", []))
     if rates:
-        measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}" for (v, t), rate in sorted(rates.items()))
+        measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}"
+                             for (v, t), rate in sorted(rates.items()))
         line += f"\n  - measured peak (GMAC/s, synthetic GEMM): {measured}"
     return line
 

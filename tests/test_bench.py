@@ -290,7 +290,7 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
     reports = tmp_path / "reports"
     quick = sshd.board()  # first a good run: its "ok" document is what must not survive
     bench.run(quick, tiny_models, datasets, 8, tmp_path / "work", reports, [quick])
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import pickle, sys
         from pipeline import bench
         args = pickle.loads(bytes.fromhex(sys.argv[1]))
