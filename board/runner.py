@@ -240,14 +240,20 @@ def check_plan(plan: dict, base: Path) -> list[str]:
     return problems
 
 
-def _die_with_parent() -> None:
-    """In the case child: get SIGKILL when the runner dies, however it dies (Linux)."""
+def die_with_parent(parent_pid: int) -> None:
+    """In the case process: get SIGKILL when the runner dies, however it dies (Linux).
+
+    Set here, at the start of the child, rather than in a preexec_fn between fork and exec,
+    which can deadlock when the runner has a second thread (its stdin watcher).
+    """
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent_pid:  # the runner died before the line above took effect
+        os._exit(HOST_GONE)
 
 
 def watch_stdin() -> None:
@@ -273,8 +279,7 @@ def progress(event: dict) -> None:
 def run_child(argv: list[str], timeout: float) -> tuple[int | None, str, str]:
     """(exit status or None on timeout, stdout, stderr) of one case process."""
     global _current_child
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=_die_with_parent)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _current_child = child
     try:
         out, err = child.communicate(timeout=timeout)
@@ -304,7 +309,8 @@ def run_plan(plan_path: Path, runtime) -> dict:
                                        f"{plan.get('deadline_s')} s had passed"}
         else:
             argv = [sys.executable, os.path.abspath(__file__), "--case",
-                    str(plan_path.parent / entry["file"]), "--threads", str(threads)]
+                    str(plan_path.parent / entry["file"]), "--threads", str(threads),
+                    "--parent-pid", str(os.getpid())]
             if kind == "peak":  # the best invoke over at least a second of timing
                 argv += ["--warmup", "3", "--runs", "20", "--min-seconds", "1"]
             else:
@@ -351,10 +357,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--min-seconds", type=float, default=0.0)
+    parser.add_argument("--parent-pid", type=int, help="(internal) die with this process")
     parser.add_argument("--samples", type=Path)
     parser.add_argument("--host-key")
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin to, e.g. 0,1,2,3")
     args = parser.parse_args(argv)
+    if args.case and args.parent_pid:  # first: importing the runtime below takes a while
+        die_with_parent(args.parent_pid)
 
     if numpy_missing():
         print(f"error: {no_numpy_message()}", file=sys.stderr)
