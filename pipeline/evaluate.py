@@ -7,7 +7,6 @@ writing) when the int8 model loses more than `max_drift_pt` points against Keras
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from tabulate import tabulate
 from pipeline import PipelineError, load_runner
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import sha256_file, write_json, write_text
+from pipeline.report import utc_now
 
 
 class DriftError(PipelineError):
@@ -144,7 +144,7 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
             predictions = tflite_predict(path, images, batch_size)
         results.append(score(name, path, predictions, reference, labels, class_names))
     report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
-              "made_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "made_utc": utc_now(),
               "variants": [vars(r) for r in results]}
     markdown = render_markdown(report)
     write_json(Path(report_dir) / "accuracy.json", report)

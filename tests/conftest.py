@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,16 @@ def mnist_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mnist_url(serve, mnist_dir) -> str:
     return serve(mnist_dir)
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    """Poll `predicate` every 0.1 s for at most `seconds` (bounded); its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

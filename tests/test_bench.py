@@ -21,7 +21,8 @@ from pipeline import bench, report
 from pipeline.bench import BoardError
 from pipeline.boards import Board, load_boards
 from pipeline.params import ParamsError
-from tests.conftest import REPO, executed_tasks, free_port, run_doit, synthetic_images
+from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
+                            wait_for)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -133,15 +134,6 @@ def remote_processes(marker: str) -> list[str]:
                 and not cmdline.startswith("ssh "):
             found.append(cmdline)
     return found
-
-
-def wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # bounded polling
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 # --- the normal path --------------------------------------------------------------------

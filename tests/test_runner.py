@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.bench import RUNNER, load_runner, stage_plan
 from pipeline.boards import Board
-from tests.conftest import synthetic_images
+from tests.conftest import synthetic_images, wait_for
 
 
 def make_plan(directory: Path, models: dict, threads=(1,), runs=20, cpus=(), peak=None,
@@ -102,11 +102,13 @@ def test_each_case_has_its_own_timeout_and_the_plan_a_deadline(tmp_path, tiny_mo
     assert "timed out after 2 s" in second["error"] or "deadline" in second["error"]
 
 
-def _case_processes(marker: str) -> list[int]:
+def _case_processes(marker: str, runner_pid: int = 0) -> list[int]:
+    """Processes whose command line names `marker` (the plan's directory), but the runner."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode():
+            if proc.name.isdigit() and int(proc.name) != runner_pid and \
+                    marker in (proc / "cmdline").read_bytes().decode():
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -119,19 +121,10 @@ def test_runner_and_its_case_stop_when_stdin_closes(tmp_path, tiny_models):
                                "--stop-on-eof"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(200):  # bounded: 20 s for the case child to start
-            if [p for p in _case_processes(str(tmp_path)) if p != runner.pid]:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the case process never started")
+        assert wait_for(lambda: _case_processes(str(tmp_path), runner.pid), 20), "no case started"
         runner.stdin.close()  # the host went away
         assert runner.wait(timeout=10) == 6
-        for _ in range(50):
-            if not _case_processes(str(tmp_path)):
-                break
-            time.sleep(0.1)
-        assert _case_processes(str(tmp_path)) == []
+        assert wait_for(lambda: not _case_processes(str(tmp_path)), 5)
     finally:
         runner.kill()
         runner.wait()
@@ -143,19 +136,10 @@ def test_the_case_dies_with_a_killed_runner(tmp_path, tiny_models):
     runner = subprocess.Popen([sys.executable, str(RUNNER), "--plan", str(plan)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):  # bounded: 20 s for the case child to start
-            if [p for p in _case_processes(str(tmp_path)) if p != runner.pid]:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the case process never started")
+        assert wait_for(lambda: _case_processes(str(tmp_path), runner.pid), 20), "no case started"
         runner.kill()
         runner.wait()
-        for _ in range(50):
-            if not _case_processes(str(tmp_path)):
-                break
-            time.sleep(0.1)
-        assert _case_processes(str(tmp_path)) == []
+        assert wait_for(lambda: not _case_processes(str(tmp_path)), 5)
     finally:
         runner.kill()
 
