@@ -12,8 +12,8 @@ PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default).
 This file only declares tasks, and never imports a stage module that needs numpy: actions
 name their stage function (`_stage`) and it is imported when the task runs. Loading this
 file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
-pipeline's light modules only (params, boards, datasets, download, variants, curves,
-outputs).
+pipeline's light modules only (params, boards, datasets, download, variants, layout,
+curves, floor).
 """
 
 import os
@@ -34,10 +34,12 @@ from pipeline.boards import load_boards
 from pipeline.console import quiet_third_party, verbose_requested
 from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
+from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
+from pipeline.variants import VARIANTS, reference_int8_variant, variant_names
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
-ARTIFACTS = Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts"))
+LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
 MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
@@ -60,7 +62,7 @@ if _missing:
 STAGES = Path("pipeline")
 RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
 DOIT_CONFIG = {
-    "dep_file": str(ARTIFACTS / ".doit.db"),
+    "dep_file": str(LAYOUT.doit_db()),
     "backend": "json",
     "verbosity": 2,
     "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "curves",
@@ -69,27 +71,14 @@ DOIT_CONFIG = {
 }
 
 
-def raw_dir(dataset):
-    return ARTIFACTS / "data" / dataset / "raw"
+raw_dir, dataset_npz = LAYOUT.raw_dir, LAYOUT.dataset_npz
+model_dir, keras_model = LAYOUT.model_dir, LAYOUT.keras_model
 
 
-def dataset_npz(dataset):
-    return ARTIFACTS / "data" / dataset / f"{dataset}.npz"
-
-
-def model_dir(build):
-    return ARTIFACTS / "models" / build
-
-
-def keras_model(build):
-    return model_dir(build) / f"{build}.h5"
-
-
-def tflite_models(build):
-    from pipeline.variants import variant_names, variant_path
-
-    names = variant_names(PARAMS.convert, PARAMS.build(build).float_layers)
-    return {v: variant_path(model_dir(build), build, v) for v in names}
+def variant_models(build, producer=None):
+    """Variant -> model file of every variant the build ships (only `producer`'s, if given)."""
+    names = variant_names(PARAMS.convert, PARAMS.build(build).float_layers, producer)
+    return {v: LAYOUT.variant_path(build, v) for v in names}
 
 
 class _stage:
@@ -186,10 +175,10 @@ def task_train():
             "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
             "actions": [(_guarded, [_stage("train.run"), build.model, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
-                                    model_dir(build.name) / "history.json",
-                                    ARTIFACTS / "logs" / build.name])],
+                                    LAYOUT.history_json(build.name),
+                                    LAYOUT.logs_dir(build.name)])],
             "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
-            "targets": [keras_model(build.name), model_dir(build.name) / "history.json"],
+            "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
             "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
             "clean": True,
         }
@@ -198,15 +187,16 @@ def task_train():
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     for build in PARAMS.builds:
+        models = variant_models(build.name, producer="convert")
         yield {
             "name": build.name,
-            "doc": f"{build.name}.h5 -> {', '.join(tflite_models(build.name))} .tflite",
+            "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
             "actions": [(_guarded, [_stage("convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.float_layers])],
             "file_dep": [STAGES / "convert.py", keras_model(build.name),
                          dataset_npz(build.dataset)],
-            "targets": list(tflite_models(build.name).values()),
+            "targets": list(models.values()),
             "uptodate": [config_changed({**section_dict(PARAMS.convert),
                                          "float_layers": list(build.float_layers)})],
             "clean": True,
@@ -214,32 +204,28 @@ def task_convert():
 
 
 def task_evaluate():
-    """Score Keras and every .tflite variant on the full test set; gate on int8 drift."""
+    """Score Keras and every variant on the full test set; gate on int8 drift."""
     for build in PARAMS.builds:
-        report_dir = ARTIFACTS / "reports" / build.name
-        models = tflite_models(build.name)
+        report_dir = LAYOUT.report_dir(build.name)
+        models = variant_models(build.name)
         yield {
             "name": build.name,
-            "doc": f"accuracy drift of {build.name} -> {report_dir / 'accuracy.md'}",
+            "doc": f"accuracy drift of {build.name} -> {LAYOUT.accuracy_md(build.name)}",
             "actions": [(_guarded, [_stage("evaluate.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
                                     report_dir])],
-            "file_dep": [STAGES / "evaluate.py", RUNNER, keras_model(build.name),
-                         dataset_npz(build.dataset), *models.values()],
-            "targets": [report_dir / "accuracy.json", report_dir / "accuracy.md"],
+            "file_dep": [STAGES / "evaluate.py", STAGES / "runtimes.py", RUNNER,
+                         keras_model(build.name), dataset_npz(build.dataset), *models.values()],
+            "targets": [LAYOUT.accuracy_json(build.name), LAYOUT.accuracy_md(build.name)],
             "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
             "clean": True,
         }
 
 
 def peak_models():
-    from pipeline.variants import variant_names
-    from pipeline.floor import PEAK_VARIANTS, peak_path
-
-    return {v: peak_path(ARTIFACTS / "peak", v) for v in variant_names(PARAMS.convert)
-            if v in PEAK_VARIANTS}
+    return {v: LAYOUT.peak_model(v) for v in variant_names(PARAMS.convert) if VARIANTS[v].peak}
 
 
 def task_peak():
@@ -247,7 +233,7 @@ def task_peak():
     from pipeline import floor
 
     return {
-        "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), ARTIFACTS / "peak"])],
+        "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), LAYOUT])],
         "file_dep": [STAGES / "floor.py", STAGES / "convert.py"],
         "targets": list(peak_models().values()),
         "uptodate": [config_changed({"variants": list(peak_models())})],
@@ -260,27 +246,24 @@ def task_curves():
     from pipeline import curves
 
     for build in PARAMS.builds:
-        report_dir = ARTIFACTS / "reports" / build.name
-        history = model_dir(build.name) / "history.json"
+        history = LAYOUT.history_json(build.name)
+        accuracy, png = LAYOUT.accuracy_json(build.name), LAYOUT.training_png(build.name)
         yield {
             "name": build.name,
-            "doc": f"{build.name} training curves -> {report_dir / 'training.png'}",
-            "actions": [(_guarded, [curves.run, build.name, history,
-                                    report_dir / "accuracy.json", report_dir / "training.png"])],
-            "file_dep": [STAGES / "curves.py", history, report_dir / "accuracy.json"],
-            "targets": [report_dir / "training.png"],
+            "doc": f"{build.name} training curves -> {png}",
+            "actions": [(_guarded, [curves.run, build.name, history, accuracy, png])],
+            "file_dep": [STAGES / "curves.py", history, accuracy],
+            "targets": [png],
             "clean": True,
         }
 
 
 def task_analysis():
     """Confusion matrices, misclassified-image grids and the int8 damage list per build."""
-    from pipeline.outputs import ANALYSIS
-
     for build in PARAMS.builds:
-        report_dir = ARTIFACTS / "reports" / build.name
-        int8 = tflite_models(build.name)["int8"]
-        outputs = [report_dir / name for name in ANALYSIS]
+        report_dir = LAYOUT.report_dir(build.name)
+        int8 = variant_models(build.name)[reference_int8_variant()]
+        outputs = LAYOUT.analysis_outputs(build.name)
         yield {
             "name": build.name,
             "doc": f"{build.name} errors, Keras and int8 -> {report_dir / 'analysis.md'}",
@@ -290,8 +273,8 @@ def task_analysis():
                                     PARAMS.evaluate.batch_size,
                                     PARAMS.analysis.max_per_class, report_dir])],
             # evaluate.py: the predictions come from its helpers.
-            "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", RUNNER,
-                         keras_model(build.name), int8, dataset_npz(build.dataset)],
+            "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", STAGES / "runtimes.py",
+                         RUNNER, keras_model(build.name), int8, dataset_npz(build.dataset)],
             "targets": outputs,
             "uptodate": [config_changed({**section_dict(PARAMS.analysis),
                                          "batch_size": PARAMS.evaluate.batch_size})],
@@ -301,11 +284,9 @@ def task_analysis():
 
 def task_layers():
     """Per-layer int8 quantization error against the float graph (QuantizationDebugger)."""
-    from pipeline.outputs import LAYERS
-
     for build in PARAMS.builds:
-        report_dir = ARTIFACTS / "reports" / build.name
-        outputs = [report_dir / name for name in LAYERS]
+        report_dir = LAYOUT.report_dir(build.name)
+        outputs = LAYOUT.layers_outputs(build.name)
         yield {
             "name": build.name,
             "doc": f"{build.name} int8 error per tensor -> {report_dir / 'layers.md'}",
@@ -327,42 +308,40 @@ def task_layers():
 def task_card():
     """Model card per build: input contract, outputs, each variant's bytes, SHA-256, accuracy."""
     for build in PARAMS.builds:
-        models = tflite_models(build.name)
-        accuracy = ARTIFACTS / "reports" / build.name / "accuracy.json"
-        history = model_dir(build.name) / "history.json"
-        outputs = [model_dir(build.name) / "model_card.json",
-                   model_dir(build.name) / "model_card.md"]
+        models = variant_models(build.name)
+        accuracy = LAYOUT.accuracy_json(build.name)
+        history = LAYOUT.history_json(build.name)
+        outputs = [LAYOUT.card_json(build.name), LAYOUT.card_md(build.name)]
         yield {
             "name": build.name,
             "doc": f"{build.name} model card -> {outputs[1]}",
             "actions": [(_guarded, [_stage("card.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, accuracy, history, model_dir(build.name)])],
-            "file_dep": [STAGES / "card.py", keras_model(build.name), history, accuracy,
-                         *models.values()],
+            "file_dep": [STAGES / "card.py", STAGES / "runtimes.py", keras_model(build.name),
+                         history, accuracy, *models.values()],
             "targets": outputs,
             "clean": [(_remove, [outputs])],
         }
 
 
 def task_bench():
-    """Time every .tflite variant on each board (bench:local runs by default; see boards.toml)."""
+    """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within
 
-    models = {f"{b.name}/{v}": p for b in PARAMS.builds for v, p in tflite_models(b.name).items()}
+    models = {f"{b.name}/{v}": p for b in PARAMS.builds
+              for v, p in variant_models(b.name).items()}
     datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
-    reports = ARTIFACTS / "reports"
     for board in BOARDS:
-        result = reports / "latency" / f"{board.name}.json"
+        result = LAYOUT.board_result(board.name)
         yield {
             "name": board.name,
-            "doc": f"time every .tflite on board {board.name!r} ({board.where})",
+            "doc": f"time every model on board {board.name!r} ({board.where})",
             "actions": [(_guarded, [_stage("bench.run"), board, models, datasets,
-                                    PARAMS.bench.correctness_samples, ARTIFACTS / "bench",
-                                    reports, BOARDS, peak_models(),
-                                    PARAMS.bench.max_age_hours])],
+                                    PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
+                                    peak_models(), PARAMS.bench.max_age_hours])],
             "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
-                         STAGES / "boards.py", RUNNER, *models.values(),
+                         STAGES / "boards.py", STAGES / "runtimes.py", RUNNER, *models.values(),
                          *peak_models().values(), *set(datasets.values())],
             "targets": [result],
             # Out of date when the board's last figures are older than max_age_hours, so a
@@ -371,24 +350,26 @@ def task_bench():
                          (measured_within, [result, PARAMS.bench.max_age_hours])],
             # The board's result and its staged plan go; the shared report is rebuilt from
             # the other boards' results (it is not this task's alone).
-            "clean": [(_clean_board, [[result, ARTIFACTS / "bench" / board.name],
-                                      (reports, BOARDS, models, PARAMS.bench.max_age_hours)])],
+            "clean": [(_clean_board, [[result, LAYOUT.bench_dir(board.name)],
+                                      (LAYOUT, BOARDS, models, PARAMS.bench.max_age_hours)])],
         }
 
 
 def _clean_board(paths, report_args, dryrun=False):
     """Remove one board's files, then rebuild latency.{json,md,png} from the boards left
     (or remove them when no board has a result)."""
+    from pipeline.layout import LATENCY_FORMATS
+
     _remove(paths, dryrun)
-    reports = report_args[0]
-    left = set((reports / "latency").glob("*.json")) - set(map(Path, paths))
+    layout = report_args[0]
+    left = set(layout.latency_dir().glob("*.json")) - set(map(Path, paths))
     if left:
-        print(f"{'would rebuild' if dryrun else 'rebuilding'} {reports / 'latency.md'} "
+        print(f"{'would rebuild' if dryrun else 'rebuilding'} {layout.latency_report('md')} "
               "from the other boards' results")
         if not dryrun:
             _stage("report.write_latency_report")(*report_args)
     else:
-        _remove([reports / f"latency.{ext}" for ext in ("json", "md", "png")], dryrun)
+        _remove([layout.latency_report(ext) for ext in LATENCY_FORMATS], dryrun)
 
 
 def _remove(paths, dryrun=False):

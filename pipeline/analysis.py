@@ -16,16 +16,17 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from pipeline import outputs
+from pipeline import layout
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_json, write_text
+from pipeline.variants import KERAS, reference_int8_variant
 
 # Each 28x28 tile is drawn 3x larger (84 px): big enough to see the strokes at normal zoom.
 TILE_SCALE = 3
 CELL_W, CAPTION_H, LABEL_W = 112, 50, 150  # caption: up to three 15 px lines
 
 # Every file `run` writes into the report directory (dodo.py's targets and clean list).
-OUTPUTS = outputs.ANALYSIS
+OUTPUTS = layout.ANALYSIS_FILES
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -59,7 +60,7 @@ def entry(index: int, label: int, keras_probs: np.ndarray, int8_probs: np.ndarra
         c = int(np.argmax(probs))
         return {"class": c, "name": class_names[c], "probability": round(float(probs[c]), 4)}
     return {"index": int(index), "label": int(label), "label_name": class_names[label],
-            "keras": top(keras_probs[index]), "int8": top(int8_probs[index])}
+            KERAS: top(keras_probs[index]), reference_int8_variant(): top(int8_probs[index])}
 
 
 def _font(size: int) -> Any:
@@ -160,16 +161,19 @@ def _class_rows(groups: dict[int, tuple[np.ndarray, int]], images: np.ndarray,
 def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Path,
         data_path: Path, batch_size: int, max_per_class: int, report_dir: Path) -> dict[str, Any]:
     """The doit action: predict the test set with Keras and int8, write every analysis file."""
-    from pipeline.evaluate import keras_probabilities, tflite_probabilities
+    from pipeline.evaluate import keras_probabilities, model_probabilities
     from pipeline.preprocess import load_arrays
+
+    # The JSON keys and file names say "keras" and "int8" (layout.ANALYSIS_FILES).
+    int8 = reference_int8_variant()
 
     report_dir = Path(report_dir)
     arrays = load_arrays(data_path)
     images, labels = arrays["x_test"], arrays["y_test"].astype(np.int64)
     n = len(class_names)
     with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
-        probs = {"keras": keras_probabilities(model_path, images, batch_size),
-                 "int8": tflite_probabilities(int8_path, images, batch_size)}
+        probs = {KERAS: keras_probabilities(model_path, images, batch_size),
+                 int8: model_probabilities(int8_path, images, batch_size)}
     preds = {name: np.argmax(p, axis=1) for name, p in probs.items()}
     matrices = {name: confusion_matrix(labels, p, n) for name, p in preds.items()}
     write_json(report_dir / "confusion.json", {
@@ -178,7 +182,7 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
         **{name: m.tolist() for name, m in matrices.items()}})
     render_confusion(matrices, class_names, report_dir / "confusion.png")
 
-    for name in ("keras", "int8"):
+    for name in (KERAS, int8):
         wrong = np.flatnonzero(preds[name] != labels)
         groups = by_true_class(wrong, labels, n, max_per_class)
         render_grid(f"{build}: test images {name} gets wrong (caption: test index, probability and"
@@ -189,18 +193,18 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
                         class_names),
                     report_dir / f"misclassified_{name}.png")
 
-    damage, fixes = damage_and_fixes(labels, preds["keras"], preds["int8"])
+    damage, fixes = damage_and_fixes(labels, preds[KERAS], preds[int8])
     write_json(report_dir / "int8_damage.json", {
         "build": build, "test_samples": int(len(labels)),
-        "damage": [entry(i, labels[i], probs["keras"], probs["int8"], class_names)
+        "damage": [entry(i, labels[i], probs[KERAS], probs[int8], class_names)
                    for i in damage],
-        "fixes": [entry(i, labels[i], probs["keras"], probs["int8"], class_names)
+        "fixes": [entry(i, labels[i], probs[KERAS], probs[int8], class_names)
                   for i in fixes]})
 
     def both(i: int) -> list[str]:
         # Probability before the name: a long (Fashion-MNIST) name is cut, never the number.
-        return [f"#{i}", f"K {100 * probs['keras'][i].max():.0f}% {class_names[preds['keras'][i]]}",
-                f"Q {100 * probs['int8'][i].max():.0f}% {class_names[preds['int8'][i]]}"]
+        return [f"#{i}", f"K {100 * probs[KERAS][i].max():.0f}% {class_names[preds[KERAS][i]]}",
+                f"Q {100 * probs[int8][i].max():.0f}% {class_names[preds[int8][i]]}"]
     for kind, indices in (("damage", damage), ("fixes", fixes)):
         what = ("int8 gets wrong, Keras right" if kind == "damage"
                 else "int8 gets right, Keras wrong")
@@ -222,8 +226,8 @@ def render_markdown(build: str, class_names: Sequence[str], matrices: dict[str, 
                     accuracy: dict[str, float], damage: int, fixes: int) -> str:
     total = int(next(iter(matrices.values())).sum())
     parts = [f"# Error analysis: {build}", "",
-             f"{total:,} test images. Keras {100 * accuracy['keras']:.2f} %, "
-             f"int8 {100 * accuracy['int8']:.2f} %.", "",
+             f"{total:,} test images. Keras {100 * accuracy[KERAS]:.2f} %, "
+             f"int8 {100 * accuracy[reference_int8_variant()]:.2f} %.", "",
              "## The quantization's damage", "",
              f"- **{damage}** image(s) int8 gets wrong that Keras gets right: "
              "[int8_damage.png](int8_damage.png), list in "
@@ -252,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("build")
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("model", type=Path, help="the .h5 written by train")
-    parser.add_argument("int8", type=Path, help="the <build>_int8.tflite written by convert")
+    parser.add_argument("int8", type=Path, help="the build's int8 model written by convert")
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("--report-dir", type=Path, default=Path("."))
     parser.add_argument("--batch-size", type=int, default=500)

@@ -1,4 +1,4 @@
-"""Bench stage: push the .tflite models to a board over SSH, run board/runner.py there, collect.
+"""Bench stage: push the models to a board over SSH, run board/runner.py there, collect.
 
 Boards come from an inventory (board/boards.toml, see pipeline/boards.py). A board without
 `host` is this machine: the same runner runs locally, without SSH. Remote boards are reached
@@ -28,10 +28,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline import RUNNER, PipelineError, load_runner, report
+from pipeline import RUNNER, PipelineError, report
 from pipeline.boards import Board, load_boards
 from pipeline.files import sha256_file, write_bytes, write_json
 from pipeline.floor import count_macs
+from pipeline.layout import PLAN_JSON, Layout
 
 NO_RUNTIME, NO_NUMPY, BAD_PLAN, HOST_GONE = 3, 4, 5, 6  # board/runner.py's exit statuses
 MAX_OUTPUT = 16 * 2**20    # bytes read from a runner's stdout (or stderr) before giving up
@@ -54,14 +55,10 @@ class BoardError(PipelineError):
 
 
 def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+    """This host's top-1 of each image, by the runner's own code (the board's reference)."""
+    from pipeline.runtimes import open_model
 
-    from pipeline.console import native_output_hidden
-
-    with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-        interpreter = Interpreter(model_path=str(model_path))
-        interpreter.allocate_tensors()
-    return np.asarray(load_runner().predict(interpreter, images))
+    return open_model(model_path).board_predictions(images)
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -86,7 +83,7 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
                board: Board, stage_dir: Path, peak: dict[str, Path] | None = None) -> Path:
     """Write plan.json, the models and one samples .npz per model into `stage_dir`.
 
-    `models` maps "<build>/<variant>" to a .tflite path; `samples` maps a build to its
+    `models` maps "<build>/<variant>" to a model file; `samples` maps a build to its
     labelled images; `peak` maps a variant to its synthetic GEMM model. The runner finds
     everything by file name next to plan.json and checks each file's SHA-256 first.
     """
@@ -115,8 +112,8 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
     plan = {"models": entries, "peak": peak_entries, "threads": list(board.threads),
             "warmup": board.warmup, "runs": board.runs, "cpus": list(board.cpus),
             "case_timeout_s": case_timeout, "deadline_s": deadline}
-    write_json(stage_dir / "plan.json", plan)
-    return stage_dir / "plan.json"
+    write_json(stage_dir / PLAN_JSON, plan)
+    return stage_dir / PLAN_JSON
 
 
 def pick_samples(images: np.ndarray, labels: np.ndarray, count: int,
@@ -506,9 +503,8 @@ def describe_failure(board: Board, exc: BaseException) -> str:
 
 
 def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
-        correctness_samples: int, work_dir: Path, reports_dir: Path,
-        inventory: Sequence[Board], peak: dict[str, Path] | None = None,
-        max_age_hours: float | None = None) -> dict:
+        correctness_samples: int, layout: Layout, inventory: Sequence[Board],
+        peak: dict[str, Path] | None = None, max_age_hours: float | None = None) -> dict:
     """The doit action: bench one board, record the result (or the failure), rebuild the report.
 
     `datasets` maps each build to its dataset .npz. The board's result file says "running"
@@ -517,7 +513,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     """
     from pipeline.preprocess import load_arrays
 
-    result_path = Path(reports_dir) / "latency" / f"{board.name}.json"
+    result_path = layout.board_result(board.name)
     running = {"board": board.name, "status": "running", "where": board.where,
                "started_utc": report.utc_now()}
     try:
@@ -527,7 +523,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         raise
 
     def rebuild_report() -> None:
-        report.write_latency_report(reports_dir, inventory, models, max_age_hours)
+        report.write_latency_report(layout, inventory, models, max_age_hours)
 
     try:
         picked = {}  # builds sharing a dataset share its samples: load each .npz once
@@ -535,7 +531,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
             arrays = load_arrays(npz)
             picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
         samples = {build: picked[npz] for build, npz in datasets.items()}
-        document = bench_board(board, models, samples, Path(work_dir), peak,
+        document = bench_board(board, models, samples, layout.bench_root(), peak,
                                progress_printer(board))
         write_json(result_path, document)
     except BaseException as exc:
@@ -571,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("board", help="board name from the inventory")
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
-    parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant> model files")
     parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"))
     parser.add_argument("--samples", type=int, default=100)
     args = parser.parse_args(argv)

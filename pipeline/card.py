@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from pipeline import PipelineError
 from pipeline.files import sha256_file, write_json, write_text
+from pipeline.layout import CARD_JSON, CARD_MD, HISTORY_JSON
+from pipeline.variants import KERAS, VARIANTS
 
 # How each dataset frames an image in the input (the card states it; predict does it). MNIST
 # fits the digit's ink in a 20x20 box and moves its centre of mass to the centre of the 28x28;
@@ -29,43 +31,21 @@ FRAMING = {
 }
 
 
-def tensor_contract(detail: dict[str, Any]) -> dict[str, Any]:
-    """dtype, shape and (for integer tensors) the affine quantization of one interpreter tensor."""
-    import numpy as np
-
-    out = {"dtype": np.dtype(detail["dtype"]).name,
-           "shape": [int(d) for d in detail["shape"]]}
-    if np.issubdtype(detail["dtype"], np.integer):
-        scale, zero_point = detail["quantization"]
-        out.update(scale=float(scale), zero_point=int(zero_point),
-                   real_value="(q - zero_point) * scale")
-    return out
-
-
-def tflite_contract(path: Path) -> dict[str, Any]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from pipeline.console import native_output_hidden
-
-    with native_output_hidden():  # the runtime's delegate notices
-        interpreter = Interpreter(model_path=str(path))
-    return {"input": tensor_contract(interpreter.get_input_details()[0]),
-            "output": tensor_contract(interpreter.get_output_details()[0])}
-
-
 def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
                variant_paths: dict[str, Path], accuracy: dict[str, Any],
                history: dict[str, Any]) -> dict[str, Any]:
     """The card as a dict, from the files on disk and the evaluate/train reports."""
+    from pipeline.runtimes import open_model
+
     scores = {v["name"]: v["accuracy"] for v in accuracy["variants"]}
-    variants = [{"name": "keras", "file": Path(keras_path).name, "format": "keras .h5",
+    variants = [{"name": KERAS, "file": Path(keras_path).name, "format": "keras .h5",
                  "bytes": Path(keras_path).stat().st_size, "sha256": sha256_file(keras_path),
-                 "accuracy": scores.get("keras"),
+                 "accuracy": scores.get(KERAS),
                  "input": {"dtype": "float32"}, "output": {"dtype": "float32"}}]
     for name, path in variant_paths.items():
-        variants.append({"name": name, "file": Path(path).name, "format": "tflite",
+        variants.append({"name": name, "file": Path(path).name, "format": VARIANTS[name].format,
                          "bytes": Path(path).stat().st_size, "sha256": sha256_file(path),
-                         "accuracy": scores.get(name), **tflite_contract(path)})
+                         "accuracy": scores.get(name), **open_model(path).io_contract()})
     shape = next(v["input"]["shape"] for v in variants if "shape" in v["input"])
     framing = FRAMING.get(dataset, FRAMING["mnist"])
     return {
@@ -131,14 +111,14 @@ def run(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
     card = build_card(build, dataset, class_names, keras_path, variant_paths,
                       json.loads(Path(accuracy_path).read_text()),
                       json.loads(Path(history_path).read_text()))
-    write_json(Path(out_dir) / "model_card.json", card)
-    write_text(Path(out_dir) / "model_card.md", render_markdown(card))
+    write_json(Path(out_dir) / CARD_JSON, card)
+    write_text(Path(out_dir) / CARD_MD, render_markdown(card))
     return card
 
 
 def load_card(model_dir: Path, build: str) -> dict[str, Any]:
     """The build's card; a missing one names the doit task that writes it."""
-    path = Path(model_dir) / "model_card.json"
+    path = Path(model_dir) / CARD_JSON
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -162,11 +142,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("model", type=Path, help="the .h5 written by train (history.json beside)")
     parser.add_argument("accuracy", type=Path, help="accuracy.json written by evaluate")
-    parser.add_argument("tflite", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant> model files")
     args = parser.parse_args(argv)
-    variants = {variant_of(p)[1]: p for p in args.tflite}
+    variants = {variant_of(p)[1]: p for p in args.models}
     card = run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,
-               args.accuracy, args.model.with_name("history.json"), args.model.parent)
+               args.accuracy, args.model.with_name(HISTORY_JSON), args.model.parent)
     print(render_markdown(card))
 
 

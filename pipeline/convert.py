@@ -20,7 +20,11 @@ from pipeline.files import write_bytes
 from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
 # Re-exported: callers name variants through this stage.
-from pipeline.variants import SELECTIVE, variant_names, variant_of, variant_path  # noqa: F401
+from pipeline.variants import (DYNAMIC_RANGE, FLOAT16, FLOAT32, INT8, SELECTIVE,  # noqa: F401
+                               VARIANTS, variant_names, variant_of, variant_path)
+
+# The doit task family (variants.Variant.producer) whose variants this stage writes.
+PRODUCER = "convert"
 
 
 class ConvertError(PipelineError):
@@ -58,10 +62,11 @@ def converter_for(model: Any, variant: str, representative: np.ndarray | None = 
     """
     import tensorflow as tf
 
+    # This stage's own recipes, one per variant it produces (the registry says which).
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if variant == "float32":
+    if variant == FLOAT32:
         pass
-    elif variant in ("int8", SELECTIVE):
+    elif variant in (INT8, SELECTIVE):
         if representative is None:
             raise ValueError("int8 conversion needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -74,10 +79,10 @@ def converter_for(model: Any, variant: str, representative: np.ndarray | None = 
         io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
-    elif variant == "float16":
+    elif variant == FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif variant == "dynamic_range":
+    elif variant == DYNAMIC_RANGE:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     else:
         raise ValueError(f"unknown variant {variant!r}")
@@ -115,11 +120,9 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
 
 def float_tensor_dtypes(model_content: bytes) -> dict[str, str]:
     """Name -> dtype of every floating-point tensor in a .tflite model."""
-    from ai_edge_litert.interpreter import Interpreter
+    from pipeline.runtimes import open_model_content
 
-    interpreter = Interpreter(model_content=model_content)
-    return {t["name"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()
-            if np.issubdtype(t["dtype"], np.floating)}
+    return open_model_content(model_content, VARIANTS[FLOAT32].format).float_tensors()
 
 
 def float_tensors(model_content: bytes) -> list[str]:
@@ -148,12 +151,12 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     sizes = {}
     with native_output_hidden():  # "Saved artifact ... Captures", SavedModel loader lines
         model = load_model(model_path)
-    for variant in variant_names(params, float_layers):
+    for variant in variant_names(params, float_layers, producer=PRODUCER):
         path = variant_path(model_dir, build, variant)
         # The converter prints its flags and MLIR notices from C++; a failure shows them.
         with native_output_hidden():
             content = convert(model, variant, representative, params.int8_io, float_layers)
-            if variant == "int8":
+            if VARIANTS[variant].all_integer:
                 check_integer_only(content, str(path))
         write_bytes(path, content)
         sizes[variant] = len(content)

@@ -1,7 +1,8 @@
-"""Evaluate stage: accuracy drift between Keras and every .tflite variant on the full test set.
+"""Evaluate stage: accuracy drift between Keras and every model variant on the full test set.
 
 Writes `accuracy.json` and `accuracy.md` for a build, prints the table, and fails (after
-writing) when the int8 model loses more than `max_drift_pt` points against Keras.
+writing) when a drift-gated variant (variants.py: int8) loses more than `max_drift_pt`
+points against Keras.
 """
 
 from __future__ import annotations
@@ -16,47 +17,29 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from pipeline import PipelineError, load_runner
+from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import sha256_file, write_json, write_text
+from pipeline.layout import ACCURACY_JSON, ACCURACY_MD
 from pipeline.report import utc_now
+from pipeline.variants import KERAS, drift_gated_variants
 
 
 class DriftError(PipelineError):
     pass
 
 
-def tflite_probabilities(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Class probabilities (N x classes, float32) of each image (N x H x W uint8) under LiteRT.
+def model_probabilities(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities (N x classes, float32) of each image (N x H x W uint8) under the
+    host runtime of the model's format, dequantized (see pipeline/runtimes.py)."""
+    from pipeline.runtimes import open_model
 
-    An integer output is dequantized with its own scale and zero point, which keeps the
-    order of the classes (scale > 0), so its argmax is the model's top-1.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_path))
-    input_index = interpreter.get_input_details()[0]["index"]
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size, ..., np.newaxis]
-        interpreter.resize_tensor_input(input_index, batch.shape)
-        interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-        # The board's own input quantization, so host and board feed identical tensors.
-        interpreter.set_tensor(input_index, load_runner().quantize(batch, detail))
-        interpreter.invoke()
-        out = interpreter.get_output_details()[0]
-        output = interpreter.get_tensor(out["index"]).astype(np.float32)
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero_point = out["quantization"]
-            output = (output - zero_point) * scale
-        outputs.append(output)
-    return np.concatenate(outputs)
+    return open_model(model_path).probabilities(images, batch_size)
 
 
-def tflite_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Top-1 class of each image (N x H x W uint8) under the LiteRT interpreter."""
-    return np.argmax(tflite_probabilities(model_path, images, batch_size), axis=1)
+def model_predict(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Top-1 class of each image (N x H x W uint8) under the host runtime."""
+    return np.argmax(model_probabilities(model_path, images, batch_size), axis=1)
 
 
 def keras_probabilities(model_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -119,10 +102,11 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def check_drift(report: dict[str, Any], max_drift_pt: float) -> None:
+    gated = drift_gated_variants()
     for v in report["variants"]:
-        if v["name"] == "int8" and -v["drift_pt"] > max_drift_pt:
+        if v["name"] in gated and -v["drift_pt"] > max_drift_pt:
             raise DriftError(
-                f"{report['build']}: int8 accuracy {100 * v['accuracy']:.2f} % is "
+                f"{report['build']}: {v['name']} accuracy {100 * v['accuracy']:.2f} % is "
                 f"{-v['drift_pt']:.2f} points below Keras, more than max_drift_pt = "
                 f"{max_drift_pt}. Report written; try more convert.representative_samples "
                 "or raise evaluate.max_drift_pt if this drop is acceptable.")
@@ -138,17 +122,17 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
     images, labels = arrays["x_test"], arrays["y_test"]
     with native_output_hidden():  # TensorFlow's start-up notices
         reference = keras_predict(model_path, images, batch_size)
-    results = [score("keras", model_path, reference, reference, labels, class_names)]
+    results = [score(KERAS, model_path, reference, reference, labels, class_names)]
     for name, path in variant_paths.items():
         with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-            predictions = tflite_predict(path, images, batch_size)
+            predictions = model_predict(path, images, batch_size)
         results.append(score(name, path, predictions, reference, labels, class_names))
     report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
               "made_utc": utc_now(),
               "variants": [vars(r) for r in results]}
     markdown = render_markdown(report)
-    write_json(Path(report_dir) / "accuracy.json", report)
-    write_text(Path(report_dir) / "accuracy.md", markdown)
+    write_json(Path(report_dir) / ACCURACY_JSON, report)
+    write_text(Path(report_dir) / ACCURACY_MD, markdown)
     print(markdown)
     check_drift(report, max_drift_pt)
     return report
@@ -156,19 +140,20 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
 
 def main(argv: Sequence[str] | None = None) -> None:
     from pipeline.datasets import DATASETS
+    from pipeline.variants import variant_of
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("build")
     parser.add_argument("dataset", choices=sorted(DATASETS))
     parser.add_argument("model", type=Path, help="the .h5 written by train")
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
-    parser.add_argument("tflite", type=Path, nargs="+", help="<build>_<variant>.tflite files")
+    parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant> model files")
     parser.add_argument("--report-dir", type=Path, default=Path("."))
     parser.add_argument("--max-drift-pt", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
-    variants = {p.stem.removeprefix(f"{args.build}_"): p for p in args.tflite}
+    variants = {variant_of(p)[1]: p for p in args.models}
     try:
         run(args.build, args.dataset, DATASETS[args.dataset].class_names, args.model, variants,
             args.data, args.batch_size, args.max_drift_pt, args.report_dir)

@@ -14,46 +14,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pipeline.layout import Layout
+from pipeline.variants import peak_variants
+
 # Big enough that per-invoke overhead is noise and the kernels reach their steady rate,
 # small enough (64 x 1024 x 1024 = 67 M MACs, 4 MiB of float32 weights) to push and time
 # in about a second on a K1 core.
 GEMM_BATCH, GEMM_IN, GEMM_OUT = 64, 1024, 1024
 GEMM_MACS = GEMM_BATCH * GEMM_IN * GEMM_OUT
-PEAK_VARIANTS = ("float32", "int8", "float16", "dynamic_range")
+# The variants with a synthetic twin (variants.py's Variant.peak).
+PEAK_VARIANTS = peak_variants()
 
 
 def count_macs(model_path: Path) -> int:
     """Multiply-accumulates of one inference: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.console import native_output_hidden
+    from pipeline.runtimes import open_model
 
-    with native_output_hidden():  # the runtime's delegate notice
-        interpreter = Interpreter(model_path=str(model_path))
-        interpreter.allocate_tensors()
-    shapes = {t["index"]: tuple(int(d) for d in t["shape"])
-              for t in interpreter.get_tensor_details()}
     macs = 0
-    for op in interpreter._get_ops_details():  # the only public-enough view of the graph
-        name, inputs, outputs = op["op_name"], op["inputs"], op["outputs"]
+    for op in open_model(model_path).ops():
+        name, inputs, outputs = op["op"], op["inputs"], op["outputs"]
         if name == "CONV_2D":        # filter: out_c x kh x kw x in_c
-            macs += int(np.prod(shapes[outputs[0]])) * int(np.prod(shapes[inputs[1]][1:]))
+            macs += int(np.prod(outputs[0])) * int(np.prod(inputs[1][1:]))
         elif name == "DEPTHWISE_CONV_2D":   # filter: 1 x kh x kw x out_c
-            _, kh, kw, _ = shapes[inputs[1]]
-            macs += int(np.prod(shapes[outputs[0]])) * kh * kw
+            _, kh, kw, _ = inputs[1]
+            macs += int(np.prod(outputs[0])) * kh * kw
         elif name == "FULLY_CONNECTED":     # weights: out x in
-            batch = int(np.prod(shapes[outputs[0]])) // shapes[inputs[1]][0]
-            macs += batch * int(np.prod(shapes[inputs[1]]))
+            batch = int(np.prod(outputs[0])) // inputs[1][0]
+            macs += batch * int(np.prod(inputs[1]))
     return macs
 
 
-def peak_path(peak_dir: Path, variant: str) -> Path:
-    return Path(peak_dir) / f"peak_{variant}.tflite"
-
-
-def build_peak_models(variants: Iterable[str], peak_dir: Path) -> dict[str, Path]:
-    """Write the synthetic GEMM model in each variant; fixed weights, so fixed bytes."""
+def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path]:
+    """Write the synthetic GEMM model in each variant to `layout.peak_model(variant)`; fixed
+    weights, so fixed bytes."""
     import numpy as np
 
     from pipeline.console import native_output_hidden
@@ -76,9 +71,10 @@ def build_peak_models(variants: Iterable[str], peak_dir: Path) -> dict[str, Path
         if variant not in PEAK_VARIANTS:
             continue  # no synthetic twin: its floor falls back to the fastest measured rate
         with native_output_hidden():  # converter chatter; a failure shows it
-            content = convert(model, variant, representative, "int8", add_channel_axis=False)
-        write_bytes(peak_path(peak_dir, variant), content)
-        paths[variant] = peak_path(peak_dir, variant)
+            content = convert(model, variant, representative, add_channel_axis=False)
+        path = layout.peak_model(variant)
+        write_bytes(path, content)
+        paths[variant] = path
     return paths
 
 

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pipeline.layout import Layout
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -101,8 +103,8 @@ def read_accuracy(run_dir: Path, builds: Sequence[str]) -> list[dict[str, Any]]:
     """One row per build x variant from reports/<build>/accuracy.json (absent reports: none)."""
     rows = []
     for build in builds:
-        report = _load_json(Path(run_dir) / "reports" / build / "accuracy.json")
-        history = _load_json(Path(run_dir) / "models" / build / "history.json") or {}
+        report = _load_json(Layout(run_dir).accuracy_json(build))
+        history = _load_json(Layout(run_dir).history_json(build)) or {}
         for v in (report or {}).get("variants", []):
             rows.append({"build": build, "variant": v.get("name"), "accuracy": v.get("accuracy"),
                          "agreement": v.get("agreement"), "drift_pt": v.get("drift_pt"),
@@ -118,7 +120,7 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
     """
     board_rows, cases = [], []
     for board in boards:
-        doc = _load_json(Path(run_dir) / "reports" / "latency" / f"{board}.json")
+        doc = _load_json(Layout(run_dir).board_result(board))
         if not isinstance(doc, dict):
             board_rows.append({"board": board, "status": "failed",
                                "error": "no latency report (bench did not finish)"})
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The whole docstring is the help: the schema is what a reader of the database needs.
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
+    parser.add_argument("--db", type=Path, default=Layout(Path("artifacts")).history_db())
     parser.add_argument("--last", type=int, default=5, help="runs to show (default 5)")
     parser.add_argument("--build", help="only this build")
     parser.add_argument("--board", help="only this board")

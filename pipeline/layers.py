@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from pipeline import outputs
+from pipeline import layout
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_text
 from pipeline.params import ConvertParams, LayersParams, load_params
@@ -30,7 +30,7 @@ ROUNDING_ONLY = 1 / math.sqrt(12)
 # TensorFlow's debugger guide flags tensors above this RMSE/scale as worth keeping in float.
 SUSPECT = 0.7
 
-OUTPUTS = outputs.LAYERS  # every file `run` writes (dodo.py's targets and clean list)
+OUTPUTS = layout.LAYERS_FILES  # every file `run` writes (dodo.py's targets and clean list)
 CSV_FIELDS = ("rank", "op", "tensor", "tensor_index", "elements", "rmse_over_scale", "rmse",
               "mean_error", "max_abs_error", "scale", "zero_point")
 
@@ -43,10 +43,10 @@ def layer_errors(model: Any, representative: np.ndarray, debug_images: np.ndarra
     """
     import tensorflow as tf
 
-    from pipeline.convert import representative_dataset, converter_for
+    from pipeline.convert import INT8, converter_for, representative_dataset
 
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter_for(model, "int8", representative, int8_io),
+        converter=converter_for(model, INT8, representative, int8_io),
         debug_dataset=representative_dataset(debug_images))
     debugger.run()
     dump = io.StringIO()

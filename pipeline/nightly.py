@@ -44,6 +44,7 @@ from pipeline import PipelineError, history, nightly_report
 from pipeline.boards import Board, load_boards
 from pipeline.datasets import DATASETS
 from pipeline.files import sha256_file, write_json
+from pipeline.layout import NIGHTLY_MD, Layout
 from pipeline.params import Params, ParamsError, load_params
 
 # doit's default tasks (the whole build, as dodo.py declares it), then `bench` for every board
@@ -238,7 +239,7 @@ def dataset_hashes(run_dir: Path, datasets: Sequence[str]) -> dict[str, dict[str
         out[name] = {}
         for remote in DATASETS[name].files:
             try:
-                out[name][remote.name] = payload_sha256(run_dir / "data" / name / "raw" /
+                out[name][remote.name] = payload_sha256(Layout(run_dir).raw_dir(name) /
                                                         remote.name)
             except DownloadError:
                 out[name][remote.name] = None
@@ -323,9 +324,9 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     """
     seeded = 0
     for name in datasets:
-        source = main_artifacts / "data" / name / "raw"
+        source = Layout(main_artifacts).raw_dir(name)
         for remote in DATASETS[name].files:
-            src, dest = source / remote.name, run_dir / "data" / name / "raw" / remote.name
+            src, dest = source / remote.name, Layout(run_dir).raw_dir(name) / remote.name
             if not src.is_file():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -403,9 +404,9 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         log(f"error: {exc}")
         return EXIT_FAILED
     started = utc_now()
-    nightly_dir = artifacts / "nightly"
+    nightly_dir = Layout(artifacts).nightly_dir()
     run_dir = run_stamp(started, nightly_dir)
-    lock = artifacts / "nightly.lock"
+    lock = Layout(artifacts).nightly_lock()
     child: list[subprocess.Popen] = []
     stage = ["setup"]
 
@@ -474,7 +475,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
                            latency, message, inputs_hash)
         run_row = dict(db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
         nightly_report.write_reports(run_row, current, assessment, params.nightly,
-                                     artifacts / "reports", repro)
+                                     Layout(artifacts).reports_dir(), repro)
         write_json(run_dir / "manifest.json", {
             "run_id": run_id, "status": outcome, "started_utc": iso(started),
             "ended_utc": iso(ended), "wall_s": wall, "doit_exit_status": status,
@@ -487,7 +488,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         for path in prune(nightly_dir, params.nightly.keep_runs, run_dir):
             progress(f"removed old run directory {path} (keep_runs = "
                      f"{params.nightly.keep_runs})")
-        progress(f"reports: {artifacts / 'reports' / 'nightly.md'}, manifest: "
+        progress(f"reports: {Layout(artifacts).reports_dir() / NIGHTLY_MD}, manifest: "
                  f"{run_dir / 'manifest.json'}")
         progress(repro["summary"])
         if missing:
@@ -548,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     artifacts = from_env("PIPELINE_ARTIFACTS", "artifacts")
     sys.exit(nightly(project, artifacts, from_env("PIPELINE_PARAMS", "params.toml"),
                      from_env("PIPELINE_BOARDS", "board/boards.toml"),
-                     args.db or artifacts / "history.sqlite", env,
+                     args.db or Layout(artifacts).history_db(), env,
                      log=lambda line: print(line, flush=True)))
 
 

@@ -20,9 +20,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from pipeline.datasets import DATASETS
+from pipeline.variants import extra_variant_names
 
 MODELS = ("cnn", "mlp")
-EXTRA_VARIANTS = ("float16", "dynamic_range")
+EXTRA_VARIANTS = extra_variant_names()  # the variants convert.extra_variants may name
 
 
 class ParamsError(PipelineError):

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import PipelineError
+from pipeline.variants import KERAS, VARIANTS, reference_int8_variant
 
 SHOW_SCALE = 10
 # The runner names at most 20 images whose board prediction differs from the host's, so a
@@ -135,7 +136,8 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
     for variant in card["variants"]:
         path = Path(model_dir) / variant["file"]
         if not path.exists():
-            task = "train" if variant["name"] == "keras" else "convert"
+            known = VARIANTS.get(variant["name"])
+            task = "train" if variant["name"] == KERAS else known.producer if known else "convert"
             raise PipelineError(f"{path} is missing: build it with `doit {task}:{build}`")
         files[variant["name"]] = path
     return files
@@ -144,10 +146,10 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
 def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarray]:
     """Class probabilities (N x classes) of N prepared images under every model."""
     from pipeline.console import native_output_hidden
-    from pipeline.evaluate import keras_probabilities, tflite_probabilities
+    from pipeline.evaluate import keras_probabilities, model_probabilities
 
     with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
-        return {name: (keras_probabilities if path.suffix == ".h5" else tflite_probabilities)(
+        return {name: (keras_probabilities if name == KERAS else model_probabilities)(
             path, images, 64) for name, path in models.items()}
 
 
@@ -167,7 +169,7 @@ def board_agreement(board: Any, int8_path: Path, images: np.ndarray,
     agree: list[bool] = []
     for start in range(0, len(images), BOARD_CHUNK):
         chunk = images[start:start + BOARD_CHUNK]
-        plan = stage_plan({"predict/int8": Path(int8_path)},
+        plan = stage_plan({f"predict/{reference_int8_variant()}": Path(int8_path)},
                           {"predict": (chunk, host_predictions(int8_path, chunk))},
                           board, Path(work_dir))
         document, _ = run_on_board(board, plan)
@@ -243,14 +245,19 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="predict-board-") as work:
-                agree = board_agreement(board, models["int8"],
+                agree = board_agreement(board, models[reference_int8_variant()],
                                         np.stack([p for _, p in prepared]), Path(work))
             for (result, _), same in zip(prepared, agree):
-                host = result["predictions"]["int8"]
-                result["predictions"][f"int8@{board.name}"] = {
+                host = result["predictions"][reference_int8_variant()]
+                result["predictions"][board_column(board.name)] = {
                     "class": host["class"] if same else None,
                     "name": host["name"] if same else None, "same_as_host": same}
     return results
+
+
+def board_column(board: str) -> str:
+    """The column of the int8 model's run on a board: `int8@<board>`."""
+    return f"{reference_int8_variant()}@{board}"
 
 
 def find_board(inventory: Path, name: str) -> Any:
@@ -285,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.console import quiet_third_party, verbose_requested
 
     quiet_third_party(verbose_requested(os.environ))
-    model_dir = args.artifacts / "models" / args.build
+    from pipeline.layout import Layout
+
+    model_dir = Layout(args.artifacts).model_dir(args.build)
     try:
         card = load_card(model_dir, args.build)
         models = model_files(card, model_dir, args.build)
@@ -294,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    columns = [*models, *([f"int8@{board.name}"] if board else [])]
+    columns = [*models, *([board_column(board.name)] if board else [])]
     if args.json:
         print(json.dumps({"build": args.build, "results": results}, indent=2))
     elif any("predictions" in r for r in results):

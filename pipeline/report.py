@@ -23,6 +23,8 @@ from tabulate import tabulate
 
 from pipeline.files import atomic_path, sha256_file, write_json, write_text
 from pipeline.floor import floor_us, peak_rates
+from pipeline.layout import LATENCY_FORMATS, Layout
+from pipeline.variants import rank, reference_float_variant, reference_int8_variant
 
 # ANSI/OSC escape sequences first (so their payload goes too), then any other C0/C1 control.
 _ESCAPES = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b.?")
@@ -89,9 +91,11 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
                          "runtime": runtime, "error": error, "fresh": True, "old": old,
                          "measured_utc": doc.get("measured_utc")})
     by_case = {(r["build"], r["variant"], r["board"], r["threads"]): r for r in rows}
+    # The field keeps its name ("int8_over_float32"): it is the reference variants' ratio.
+    int8, float32 = reference_int8_variant(), reference_float_variant()
     for r in rows:
-        if r["variant"] == "int8" and "p50_us" in r:
-            base = by_case.get((r["build"], "float32", r["board"], r["threads"]))
+        if r["variant"] == int8 and "p50_us" in r:
+            base = by_case.get((r["build"], float32, r["board"], r["threads"]))
             if base and base.get("p50_us"):
                 r["int8_over_float32"] = r["p50_us"] / base["p50_us"]
     return rows
@@ -196,10 +200,10 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
 
     rows = [r for r in rows if r.get("p50_us")]
     builds = sorted({r["build"] for r in rows}) or ["(no results)"]
-    variants = sorted({r["variant"] for r in rows},
-                      key=lambda v: (v not in ("float32", "int8"), v != "float32", v))
-    colours = dict(zip(["float32", "int8", "float16", "dynamic_range"],
-                       ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]))
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (rank(v), v))
+    # A variant's colour follows its place in the registry, so it is the same on every chart.
+    palette = ["#4c72b0", "#dd8452", "#937860", "#55a868", "#c44e52", "#8172b3", "#da8bc3"]
+    colours = {v: palette[(rank(v) - 1) % len(palette)] for v in variants}
     fig, axes = plt.subplots(len(builds), 1, figsize=(9, 2.2 + 1.6 * len(builds)),
                              squeeze=False)
     for ax, build in zip(axes[:, 0], builds):
@@ -249,23 +253,22 @@ def plain_log_labels(axis: Any) -> None:
 
 
 @contextlib.contextmanager
-def _report_lock(reports_dir: Path) -> Iterator[None]:
+def _report_lock(layout: Layout) -> Iterator[None]:
     """Serialise report rebuilds: with `doit -n 3 bench` each board's task rebuilds the
     report, and the last one must have read every board's latest result."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    with open(reports_dir / ".latency.lock", "w") as lock:
+    layout.reports_dir().mkdir(parents=True, exist_ok=True)
+    with open(layout.latency_lock(), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
-def write_latency_report(reports_dir: Path, boards: Sequence[Any], models: dict[str, Path],
+def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str, Path],
                          max_age_hours: float | None = None) -> list[dict]:
     """Rebuild latency.{json,md,png} from reports/latency/<board>.json for the given boards."""
-    reports_dir = Path(reports_dir)
-    with _report_lock(reports_dir):
+    with _report_lock(layout):
         documents = []
         for board in boards:
-            path = reports_dir / "latency" / f"{board.name}.json"
+            path = layout.board_result(board.name)
             if path.exists():
                 documents.append(json.loads(path.read_text()))
         current_sha = {key: sha256_file(p) for key, p in models.items() if Path(p).exists()}
@@ -275,15 +278,15 @@ def write_latency_report(reports_dir: Path, boards: Sequence[Any], models: dict[
                    "error": d.get("error") or "; ".join(d.get("errors", []))
                    or "run never finished"}
                   for d in documents if d.get("status") != "ok"]
-        write_json(reports_dir / "latency.json", {
+        json_path, md_path, png_path = (layout.latency_report(ext) for ext in LATENCY_FORMATS)
+        write_json(json_path, {
             "made_utc": made, "models": current_sha, "max_age_hours": max_age_hours,
             "boards": [{"board": d["board"], "status": d.get("status"),
                         "measured_utc": d.get("measured_utc"),
                         "started_utc": d.get("started_utc")} for d in documents],
             "rows": rows, "failed_boards": failed})
-        write_text(reports_dir / "latency.md",
-                   render_markdown(rows, documents, current_sha, made))
-        render_chart(rows, reports_dir / "latency.png")
+        write_text(md_path, render_markdown(rows, documents, current_sha, made))
+        render_chart(rows, png_path)
     print(render_table(rows, "simple", full=False))
     for f in failed:
         print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
@@ -295,8 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     from pipeline.boards import load_boards
-    from pipeline.convert import variant_of
     from pipeline.params import ParamsError
+    from pipeline.variants import variant_of
 
     parser = argparse.ArgumentParser(
         description="Rebuild latency.{json,md,png} from the per-board results in "
@@ -311,9 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ParamsError as exc:
         raise SystemExit(f"error: bad board inventory: {exc}") from None
     # Current model hashes mark rows whose model changed since the board ran as STALE.
-    models = {"/".join(variant_of(p)): p
-              for p in sorted((args.artifacts / "models").glob("*/*.tflite"))}
-    write_latency_report(args.artifacts / "reports", boards, models)
+    layout = Layout(args.artifacts)
+    models = {"/".join(variant_of(p)): p for p in layout.model_files()}
+    write_latency_report(layout, boards, models)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def peak_models(tmp_path_factory) -> dict[str, Path]:
     """The synthetic GEMM models, in every variant, with which a board measures its peak."""
     from pipeline.floor import PEAK_VARIANTS, build_peak_models
+    from pipeline.layout import Layout
 
-    return build_peak_models(PEAK_VARIANTS, tmp_path_factory.mktemp("peak"))
+    return build_peak_models(PEAK_VARIANTS, Layout(tmp_path_factory.mktemp("peak")))
 
 
 def copy_project(dest: Path) -> Path:

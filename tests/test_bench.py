@@ -20,6 +20,7 @@ import pytest
 from pipeline import bench, report
 from pipeline.bench import BoardError
 from pipeline.boards import Board, load_boards
+from pipeline.layout import Layout
 from pipeline.params import ParamsError
 from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
                             wait_for)
@@ -183,10 +184,10 @@ def bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken: Board):
     good = sshd.board(name=broken.name)
     reports = tmp_path / "reports"
     inventory = [good]
-    bench.run(good, tiny_models, datasets, 8, tmp_path / "work", reports, inventory)
+    bench.run(good, tiny_models, datasets, 8, Layout(tmp_path), inventory)
     assert json.loads((reports / "latency" / f"{good.name}.json").read_text())["status"] == "ok"
     with pytest.raises(BoardError) as err:
-        bench.run(broken, tiny_models, datasets, 8, tmp_path / "work", reports, inventory)
+        bench.run(broken, tiny_models, datasets, 8, Layout(tmp_path), inventory)
     result = json.loads((reports / "latency" / f"{good.name}.json").read_text())
     latency = json.loads((reports / "latency.json").read_text())
     return str(err.value), result, latency
@@ -257,21 +258,21 @@ def test_any_exception_is_recorded(sshd, tiny_models, datasets, tmp_path):
     gone = {**tiny_models, "tiny_mlp/int8": tmp_path / "deleted_int8.tflite"}
     board = sshd.board()
     reports = tmp_path / "reports"
-    bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    bench.run(board, tiny_models, datasets, 8, Layout(tmp_path), [board])
     with pytest.raises(BoardError, match="FileNotFoundError"):
-        bench.run(board, gone, datasets, 8, tmp_path / "work", reports, [board])
+        bench.run(board, gone, datasets, 8, Layout(tmp_path), [board])
     assert json.loads((reports / "latency" / "loop.json").read_text())["status"] == "failed"
 
 
 def test_ssh_missing_from_path_is_recorded(sshd, tiny_models, datasets, tmp_path, monkeypatch):
     board = sshd.board()
     reports = tmp_path / "reports"
-    bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    bench.run(board, tiny_models, datasets, 8, Layout(tmp_path), [board])
     empty = tmp_path / "empty-path"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(BoardError, match="`ssh` is not on PATH"):
-        bench.run(board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+        bench.run(board, tiny_models, datasets, 8, Layout(tmp_path), [board])
     result = json.loads((reports / "latency" / "loop.json").read_text())
     assert result["status"] == "failed" and "results" not in result
 
@@ -281,7 +282,7 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
     board = sshd.board(runs=10**9)
     reports = tmp_path / "reports"
     quick = sshd.board()  # first a good run: its "ok" document is what must not survive
-    bench.run(quick, tiny_models, datasets, 8, tmp_path / "work", reports, [quick])
+    bench.run(quick, tiny_models, datasets, 8, Layout(tmp_path), [quick])
     code = textwrap.dedent("""
         import pickle, sys
         from pipeline import bench
@@ -290,7 +291,7 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
     """)
     import pickle
 
-    args = (board, tiny_models, datasets, 8, tmp_path / "work", reports, [board])
+    args = (board, tiny_models, datasets, 8, Layout(tmp_path), [board])
     proc = subprocess.Popen([sys.executable, "-c", code, pickle.dumps(args).hex()], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -299,7 +300,7 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
         proc.wait()
         result = json.loads((reports / "latency" / "loop.json").read_text())
         assert result["status"] == "running" and "results" not in result
-        report.write_latency_report(reports, [board], tiny_models)
+        report.write_latency_report(Layout(tmp_path), [board], tiny_models)
         assert "INCOMPLETE" in (reports / "latency.md").read_text()
         # the host's ssh died with it, so the runner on the board stops too
         assert wait_for(lambda: not remote_processes(board.remote_dir), 20)
@@ -582,8 +583,8 @@ def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, data
     local = Board(name="local", threads=(1, 2), warmup=2, runs=10)
     inventory = [local, good]
     reports = tmp_path / "reports"
-    bench.run(local, tiny_models, datasets, 10, tmp_path / "work", reports, inventory)
-    bench.run(good, tiny_models, datasets, 10, tmp_path / "work", reports, inventory)
+    bench.run(local, tiny_models, datasets, 10, Layout(tmp_path), inventory)
+    bench.run(good, tiny_models, datasets, 10, Layout(tmp_path), inventory)
     latency = json.loads((reports / "latency.json").read_text())
     assert {r["board"] for r in latency["rows"]} == {"local", "k1"}
     assert len(latency["rows"]) == len(tiny_models) * 3
@@ -593,7 +594,7 @@ def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, data
 
     broken = sshd.board(name="k1", port=free_port())
     with pytest.raises(BoardError):
-        bench.run(broken, tiny_models, datasets, 10, tmp_path / "work", reports, inventory)
+        bench.run(broken, tiny_models, datasets, 10, Layout(tmp_path), inventory)
     latency = json.loads((reports / "latency.json").read_text())
     assert {r["board"] for r in latency["rows"]} == {"local"}
     assert latency["failed_boards"][0]["board"] == "k1"
@@ -639,7 +640,7 @@ def test_old_figures_make_the_bench_task_run_again(smoke_project, tmp_path):
     result.write_text(json.dumps({**doc, "measured_utc": "2020-01-01T00:00:00Z"}))
     models = {f"{b}/{v}": project / "artifacts" / "models" / b / f"{b}_{v}.tflite"
               for b in ("mnist_cnn", "mnist_mlp") for v in ("float32", "int8")}
-    report.write_latency_report(project / "artifacts" / "reports",
+    report.write_latency_report(Layout(project / "artifacts"),
                                 [Board(name="local")], models, 24.0)
     assert "OLD (measured 2020-01-01T00:00:00Z)" in (
         project / "artifacts" / "reports" / "latency.md").read_text()

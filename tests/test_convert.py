@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.convert import (ConvertError, check_integer_only, convert, float_tensors,
                               representative_indices, run, variant_of, variant_path)
-from pipeline.evaluate import tflite_predict
+from pipeline.evaluate import model_predict
 from pipeline.params import load_params
 from pipeline.train import build_model, save_model
 from tests.conftest import REPO, synthetic_images
@@ -55,7 +55,7 @@ def test_tflite_variants_agree_with_keras(tmp_path):
     for variant in ("float32", "float16", "dynamic_range", "int8"):
         path = tmp_path / f"m_{variant}.tflite"
         path.write_bytes(convert(model, variant, images[100:300]))
-        agreement = (tflite_predict(path, test, 50) == keras_top1).mean()
+        agreement = (model_predict(path, test, 50) == keras_top1).mean()
         # float32 must match Keras exactly; quantized variants of a trained net, closely.
         assert agreement == 1.0 if variant == "float32" else agreement >= 0.95, variant
 

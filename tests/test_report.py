@@ -7,6 +7,7 @@ import pytest
 from pipeline import floor, report
 from pipeline.bench import RUNNER, stage_plan
 from pipeline.boards import Board
+from pipeline.layout import Layout
 from tests.conftest import synthetic_images
 
 # The K1 tutorial CNN on 28x28x1, counted by hand:
@@ -140,9 +141,9 @@ def test_board_strings_are_escaped_in_markdown_and_stripped_on_the_terminal(caps
                 {"build": "m", "variant": "int8", "threads": 1, "p50_us": 1.0, "sha256": "s",
                  "agreement": 1.0, "disagreements": []}],
             errors=[HOSTILE], status="partial")
-    (tmp_path / "latency").mkdir()
-    (tmp_path / "latency" / "k1.json").write_text(json.dumps(d))
-    report.write_latency_report(tmp_path, [Board(name="k1", host="k1")], {})
+    (tmp_path / "reports" / "latency").mkdir(parents=True)
+    (tmp_path / "reports" / "latency" / "k1.json").write_text(json.dumps(d))
+    report.write_latency_report(Layout(tmp_path), [Board(name="k1", host="k1")], {})
     markdown = (tmp_path / "latency.md").read_text()
     for raw in ("<img", "[click](http", "\x1b", "\x07"):
         assert raw not in markdown
@@ -158,11 +159,11 @@ def test_chart_and_report_carry_time_and_model_hashes(tmp_path):
                 {"build": "m", "variant": v, "threads": t, "p10_us": p * 0.9, "p50_us": p,
                  "p90_us": p * 1.2, "sha256": "ab" * 32, "agreement": 1.0, "disagreements": []}
                 for v, p in (("float32", 60.0), ("int8", 20.0)) for t in (1, 2)])
-    (tmp_path / "latency").mkdir()
-    (tmp_path / "latency" / "b.json").write_text(json.dumps(d))
+    (tmp_path / "reports" / "latency").mkdir(parents=True)
+    (tmp_path / "reports" / "latency" / "b.json").write_text(json.dumps(d))
     model = tmp_path / "m_int8.tflite"
     model.write_bytes(b"model")
-    report.write_latency_report(tmp_path, [Board(name="b")], {"m/int8": model}, 24)
+    report.write_latency_report(Layout(tmp_path), [Board(name="b")], {"m/int8": model}, 24)
     latency = json.loads((tmp_path / "latency.json").read_text())
     assert latency["made_utc"] and latency["boards"][0]["measured_utc"] == d["measured_utc"]
     assert latency["models"]["m/int8"] == report.sha256_file(model)
@@ -176,13 +177,13 @@ def test_report_rebuilds_wait_for_each_other(tmp_path):
     import fcntl
     import threading
 
-    (tmp_path / "latency").mkdir()
-    (tmp_path / "latency" / "b.json").write_text(json.dumps(doc(
+    (tmp_path / "reports" / "latency").mkdir(parents=True)
+    (tmp_path / "reports" / "latency" / "b.json").write_text(json.dumps(doc(
         machine={"cpu_model": "c", "cores": 1, "uname": "u"})))
-    with open(tmp_path / ".latency.lock", "w") as lock:
+    with open(tmp_path / "reports" / ".latency.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rebuild = threading.Thread(target=report.write_latency_report,
-                                   args=(tmp_path, [Board(name="b")], {}))
+                                   args=(Layout(tmp_path), [Board(name="b")], {}))
         rebuild.start()
         rebuild.join(timeout=1.0)
         assert rebuild.is_alive() and not (tmp_path / "latency.md").exists()

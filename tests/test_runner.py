@@ -147,14 +147,14 @@ def test_the_case_dies_with_a_killed_runner(tmp_path, tiny_models):
 def test_runner_predictions_match_the_batched_host_path(tiny_models):
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.evaluate import tflite_predict
+    from pipeline.evaluate import model_predict
 
     images = synthetic_images(np.arange(30) % 10, 9)
     runner = load_runner()
     for path in tiny_models.values():
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
-        assert runner.predict(interpreter, images) == tflite_predict(path, images, 30).tolist()
+        assert runner.predict(interpreter, images) == model_predict(path, images, 30).tolist()
 
 
 def test_quantize_divides_by_scale_adds_zero_point_and_rounds():
