@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.files import atomic_path
+from pipeline.variants import KERAS
 
 
 def keras_test_accuracy(accuracy_report: dict[str, Any]) -> float:
     """The Keras model's accuracy on the full test set, from evaluate's accuracy.json."""
-    return next(v["accuracy"] for v in accuracy_report["variants"] if v["name"] == "keras")
+    return next(v["accuracy"] for v in accuracy_report["variants"] if v["name"] == KERAS)
 
 
 def plot_training(build: str, history: dict[str, list[float]], test_acc: float,

@@ -24,6 +24,7 @@ from pipeline.variants import extra_variant_names
 
 MODELS = ("cnn", "mlp")
 EXTRA_VARIANTS = extra_variant_names()  # the variants convert.extra_variants may name
+INT8_IO_TYPES = ("int8", "uint8")  # dtypes of the int8 model's input and output
 
 
 class ParamsError(PipelineError):
@@ -75,7 +76,7 @@ class ConvertParams:
     def __post_init__(self) -> None:
         _check(self.representative_samples >= 10, "convert.representative_samples",
                "must be >= 10 (too few samples give useless quantization ranges)")
-        _check(self.int8_io in ("int8", "uint8"), "convert.int8_io",
+        _check(self.int8_io in INT8_IO_TYPES, "convert.int8_io",
                f"must be 'int8' or 'uint8', got {self.int8_io!r}")
         for variant in self.extra_variants:
             _check(variant in EXTRA_VARIANTS, "convert.extra_variants",

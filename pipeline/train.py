@@ -21,6 +21,7 @@ import numpy as np
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import atomic_path, write_json
+from pipeline.layout import HISTORY_JSON
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
 
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     record = run(args.model, args.data, load_params(args.params).train, args.out,
-                 args.out.with_name("history.json"), args.log_dir or args.out.parent / "logs")
+                 args.out.with_name(HISTORY_JSON), args.log_dir or args.out.parent / "logs")
     print(json.dumps({k: v for k, v in record.items() if k != "history"}))
 
 

@@ -74,3 +74,20 @@ def test_trend_chart_is_a_png(tmp_path):
     runs = [{"id": i} for i in (1, 2, 3)]
     render_chart(runs, {i: figures(100.0 + i) for i in (1, 2, 3)}, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_int8_selective_gets_the_int8_floor_at_its_boundary():
+    """An integer variant is held to min_accuracy_int8 (it used to get the float32 floor)."""
+    gates = dataclasses.replace(GATES, min_accuracy_float32=0.90, min_accuracy_int8=0.95)
+
+    def selective(acc):
+        current = figures(100.0, int8_acc=0.98)
+        current["accuracy"][("b", "int8_selective")] = {
+            "build": "b", "variant": "int8_selective", "accuracy": acc, "drift_pt": -1.5,
+            "bytes": 12}
+        return breaches(compare(current, None, [], gates), gates)
+
+    assert selective(0.95) == []  # the floor itself passes; drift is not gated for it
+    [found] = selective(0.9499)   # above the float32 floor, below the int8 one
+    assert (found["variant"], found["figure"]) == ("int8_selective", "accuracy")
+    assert "(nightly.min_accuracy_int8)" in found["message"]

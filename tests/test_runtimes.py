@@ -1,0 +1,144 @@
+"""The host inference seam against LiteRT driven by hand, on real converted models."""
+
+import numpy as np
+import pytest
+
+from pipeline import load_runner
+from pipeline.runtimes import BACKENDS, LiteRTModel, open_model, open_model_content
+from tests.conftest import synthetic_images
+
+
+def direct_probabilities(path, images):
+    """LiteRT driven directly, one image per invoke, with numpy (de)quantization written out
+    here: q = clip(round(x / scale + zero_point)), real = (q - zero_point) * scale."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in images:
+        x = image.reshape(1, 28, 28, 1).astype(np.float64)
+        if np.issubdtype(inp["dtype"], np.integer):
+            scale, zero_point = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero_point = out["quantization"]
+            y = (y - zero_point) * scale
+        rows.append(y)
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic_images(np.arange(40) % 10, 21)
+
+
+@pytest.mark.parametrize("key", ["tiny_cnn/float32", "tiny_cnn/int8", "tiny_mlp/float32",
+                                 "tiny_mlp/int8"])
+def test_probabilities_equal_litert_driven_by_hand(tiny_models, images, key):
+    model = open_model(tiny_models[key])
+    # batch of 16 over 40 images: the last batch is short, and batching must not matter
+    probs = model.probabilities(images, 16)
+    assert probs.shape == (40, 10) and probs.dtype == np.float32
+    # Batched integer kernels may round an output one step differently from one image per
+    # invoke (measured: 1 step, 0.0039, on a few of 400 values), never more.
+    out = model.io_contract()["output"]
+    step = out["scale"] * 1.001 if "scale" in out else 1e-5
+    np.testing.assert_allclose(probs, direct_probabilities(tiny_models[key], images), atol=step)
+    np.testing.assert_array_equal(model.predict(images, 16), np.argmax(probs, axis=1))
+
+
+def test_an_int8_output_is_dequantized_with_its_zero_point(tiny_models, images):
+    model = open_model(tiny_models["tiny_cnn/int8"])
+    out = model.io_contract()["output"]
+    assert out["dtype"] == "int8" and out["zero_point"] != 0  # else the test proves nothing
+    probs = model.probabilities(images, 40)
+    # A softmax: the dequantized classes sum to 1 within the rounding of 10 int8 steps. A
+    # dropped zero point shifts each of the 10 by zero_point * scale (here 0.5).
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=10 * out["scale"])
+    np.testing.assert_allclose(probs, direct_probabilities(tiny_models["tiny_cnn/int8"],
+                                                           images), atol=out["scale"] * 1.001)
+
+
+def test_input_is_quantized_bit_identically_to_the_runner(tiny_models, images):
+    """Host and board feed identical tensors: the seam's input is the runner's quantize."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tiny_models["tiny_cnn/int8"]
+    batch = images[..., np.newaxis]
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    fed = load_runner().quantize(batch, detail)
+    scale, zero_point = detail["quantization"]
+    # In float32, as the runner (and TFLite's own QUANTIZE kernel) computes it: float64 would
+    # round ~2 % of these pixels the other way, where x / scale lands next to .5.
+    exact = np.round(batch.astype(np.float32) / np.float32(scale) + np.float32(zero_point))
+    np.testing.assert_array_equal(fed, np.clip(exact, -128, 127))
+    interpreter.set_tensor(detail["index"], fed)
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    raw = interpreter.get_tensor(out["index"]).astype(np.float32)
+    # Same batch, same tensor in: the very same output bits.
+    np.testing.assert_array_equal(
+        open_model(path).probabilities(images, len(images)),
+        (raw - out["quantization"][1]) * np.float32(out["quantization"][0]))
+    # board_predictions is the runner's own predict, one invoke per image
+    single = Interpreter(model_path=str(path))
+    single.allocate_tensors()
+    assert open_model(path).board_predictions(images).tolist() == \
+        load_runner().predict(single, images)
+
+
+def test_io_contract_states_what_an_application_feeds(tiny_models):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for key, path in tiny_models.items():
+        contract = open_model(path).io_contract()
+        details = Interpreter(model_path=str(path))
+        for side, detail in (("input", details.get_input_details()[0]),
+                             ("output", details.get_output_details()[0])):
+            tensor = contract[side]
+            assert tensor["name"] == detail["name"]
+            assert tensor["dtype"] == np.dtype(detail["dtype"]).name
+            assert tensor["shape"] == [int(d) for d in detail["shape"]]
+            if key.endswith("int8"):
+                assert (tensor["scale"], tensor["zero_point"]) == (
+                    float(detail["quantization"][0]), int(detail["quantization"][1]))
+            else:
+                assert "scale" not in tensor and "zero_point" not in tensor
+        assert contract["input"]["shape"] == [1, 28, 28, 1]
+
+
+def test_float_tensors_and_ops_describe_the_graph(tiny_models):
+    int8 = open_model(tiny_models["tiny_cnn/int8"])
+    assert int8.float_tensors() == {}
+    floats = open_model(tiny_models["tiny_cnn/float32"]).float_tensors()
+    assert floats and set(floats.values()) == {"float32"}
+    content = open_model_content(tiny_models["tiny_cnn/float32"].read_bytes(), "tflite")
+    assert content.float_tensors() == floats and content.path is None
+    ops = [op["op"] for op in int8.ops()]
+    assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
+    fc = next(op for op in int8.ops() if op["op"] == "FULLY_CONNECTED")
+    assert fc["inputs"][1][0] == 10 or fc["outputs"][0][-1] != 10  # weights are out x in
+
+
+def test_threads_are_passed_to_the_runtime(tiny_models, images):
+    one = open_model(tiny_models["tiny_mlp/float32"], threads=1).probabilities(images, 40)
+    two = open_model(tiny_models["tiny_mlp/float32"], threads=2).probabilities(images, 40)
+    np.testing.assert_allclose(one, two, atol=1e-5)
+
+
+def test_the_backend_follows_the_format_and_an_unknown_one_is_named(tmp_path, tiny_models):
+    assert isinstance(open_model(tiny_models["tiny_cnn/int8"]), LiteRTModel)
+    assert set(BACKENDS) == {"tflite"}
+    with pytest.raises(ValueError, match=r"m\.pt: no variant has the suffix '\.pt'"):
+        open_model(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="no host runtime for the 'onnx' format"):
+        open_model_content(b"", "onnx")
