@@ -126,7 +126,7 @@ class BenchParams:
 class NightlyParams:
     """Gates and bookkeeping of `python -m pipeline.nightly`; no build task reads them."""
     min_accuracy_float32: float    # also gates the extra variants (float16, dynamic_range)
-    min_accuracy_int8: float
+    min_accuracy_int8: float       # every integer variant (int8, int8_selective)
     max_int8_drift_pt: float
     max_latency_regression_pct: float
     mark_accuracy_change_pt: float

@@ -144,7 +144,7 @@ def test_board_strings_are_escaped_in_markdown_and_stripped_on_the_terminal(caps
     (tmp_path / "reports" / "latency").mkdir(parents=True)
     (tmp_path / "reports" / "latency" / "k1.json").write_text(json.dumps(d))
     report.write_latency_report(Layout(tmp_path), [Board(name="k1", host="k1")], {})
-    markdown = (tmp_path / "latency.md").read_text()
+    markdown = (tmp_path / "reports" / "latency.md").read_text()
     for raw in ("<img", "[click](http", "\x1b", "\x07"):
         assert raw not in markdown
     assert "&lt;img src=x onerror=alert(1)&gt;" in markdown and "\\[click\\]" in markdown
@@ -164,12 +164,12 @@ def test_chart_and_report_carry_time_and_model_hashes(tmp_path):
     model = tmp_path / "m_int8.tflite"
     model.write_bytes(b"model")
     report.write_latency_report(Layout(tmp_path), [Board(name="b")], {"m/int8": model}, 24)
-    latency = json.loads((tmp_path / "latency.json").read_text())
+    latency = json.loads((tmp_path / "reports" / "latency.json").read_text())
     assert latency["made_utc"] and latency["boards"][0]["measured_utc"] == d["measured_utc"]
     assert latency["models"]["m/int8"] == report.sha256_file(model)
-    md = (tmp_path / "latency.md").read_text()
+    md = (tmp_path / "reports" / "latency.md").read_text()
     assert f"`m/int8` {report.sha256_file(model)[:12]}" in md and "measured 20" in md
-    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "reports" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_rebuilds_wait_for_each_other(tmp_path):
@@ -186,9 +186,9 @@ def test_report_rebuilds_wait_for_each_other(tmp_path):
                                    args=(Layout(tmp_path), [Board(name="b")], {}))
         rebuild.start()
         rebuild.join(timeout=1.0)
-        assert rebuild.is_alive() and not (tmp_path / "latency.md").exists()
+        assert rebuild.is_alive() and not (tmp_path / "reports" / "latency.md").exists()
     rebuild.join(timeout=60)
-    assert not rebuild.is_alive() and (tmp_path / "latency.md").exists()
+    assert not rebuild.is_alive() and (tmp_path / "reports" / "latency.md").exists()
 
 
 def test_rows_carry_the_cpus_and_the_floor_of_their_own_variant():

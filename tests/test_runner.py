@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bench import RUNNER, load_runner, stage_plan
+from pipeline import load_runner
+from pipeline.bench import RUNNER, stage_plan
 from pipeline.boards import Board
 from tests.conftest import synthetic_images, wait_for
 
