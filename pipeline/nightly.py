@@ -2,13 +2,15 @@
 
     python -m pipeline.nightly            # from the project root, like `doit`
 
-One run: take the lock (artifacts/nightly.lock), make artifacts/nightly/<UTC stamp>/, seed
-its dataset cache with hard links to artifacts/data/<dataset>/raw (the download task then
-re-verifies every archive by checksum and fetches only what is missing or bad), run the real
-doit graph there (`doit --continue`, then `doit --continue bench` for every board in the
-inventory) with PIPELINE_ARTIFACTS pointing at the run directory, then record
-the figures in the history database, write manifest.json, reports/nightly.{md,json,png},
-apply the [nightly] gates and prune old run directories.
+One run: take the locks (artifacts/nightly.lock and <db>.lock, both flock: the kernel drops
+them when the holder dies), settle runs an earlier nightly left unfinished, make
+artifacts/nightly/<UTC stamp>/, seed its dataset cache with hard links to
+artifacts/data/<dataset>/raw (the download task then re-verifies every archive by checksum
+and fetches only what is missing or bad), run the real doit graph there (`doit --continue`,
+then `doit --continue bench` for every board in the inventory) with PIPELINE_ARTIFACTS
+pointing at the run directory, then record: manifest.json, reports/nightly.{json,md,png},
+<run dir>/record.json (the figures) and last the database row that points to them; apply
+the [nightly] gates and prune old run directories.
 
 Why a module and not a `doit nightly` task: the nightly must ignore doit's up-to-date checks
 and must not touch artifacts/.doit.db. A doit task would run inside the normal build's doit
@@ -17,52 +19,51 @@ of its own for free, runs the graph exactly as `doit` does, and can own the lock
 handling and the exit status.
 
 Exit status: 0 all gates pass; 1 a gate is breached (a failed board is one); 2 the run
-failed (a stage did not produce its report, or bad params); 75 another nightly holds the
-lock; 143 terminated by SIGTERM (130 by SIGINT). Environment as for doit: PIPELINE_PARAMS,
+failed (a stage did not produce its reports, bad params, an unusable lock or database);
+3 the run finished but the history database could not be written (its figures wait in
+<run dir>/record.json for the next nightly); 75 another nightly holds a lock; 143
+terminated by SIGTERM (130 by SIGINT). Environment as for doit: PIPELINE_PARAMS,
 PIPELINE_ARTIFACTS, PIPELINE_BOARDS, PIPELINE_MIRROR, PIPELINE_OFFLINE.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
+import ctypes
 import json
 import os
-import platform
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
-from importlib import metadata
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import PipelineError, history, nightly_report
+from pipeline import history, nightly_lock, nightly_report
 from pipeline.boards import Board, load_boards
 from pipeline.datasets import DATASETS
-from pipeline.files import sha256_file, write_json
-from pipeline.layout import NIGHTLY_MD, Layout
+from pipeline.files import write_json
+from pipeline.nightly_provenance import (artifact_hashes, canonical_hash, code_hash,
+                                         dataset_hashes, git_state, machine, package_versions,
+                                         reproducibility)
+from pipeline.outputs import ANALYSIS, LAYERS
 from pipeline.params import Params, ParamsError, load_params
+from pipeline.report import clean_text, utc_now
+from pipeline.variants import variant_names
 
 # doit's default tasks (the whole build, as dodo.py declares it), then `bench` for every board
 # in the inventory; both against the run directory's own database.
 DOIT_RUNS = (("--continue",), ("--continue", "bench"))
-PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
-            "ai-edge-litert": ("ai-edge-litert",), "numpy": ("numpy",), "doit": ("doit",)}
-# Files whose bytes measure something (seconds, latencies), name the run directory or follow
-# the board inventory (not an input of the models): they are hashed like everything else,
-# but a difference there says nothing about reproducibility.
-EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*",
-                      "bench/*/plan.json")
-NOT_ARTIFACTS = (".doit.db", "doit.log", "manifest.json")
-EXIT_BREACHED, EXIT_FAILED, EXIT_LOCKED = 1, 2, 75  # 128 + signal number when terminated
-
-
-class NightlyLocked(PipelineError):
-    pass
+EXIT_BREACHED, EXIT_FAILED, EXIT_UNRECORDED, EXIT_LOCKED = 1, 2, 3, 75  # 128 + signal: killed
+# The name of a run directory this module made: nothing else under nightly/ is ever pruned.
+RUN_DIR_NAME = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
+# Writing the end of a run that was stopped by a signal: short, the record waits on disk.
+TERMINATED_DB_TIMEOUT_S = 5.0
+# doit gets SIGINT (its tasks clean their temporary files) this long before SIGKILL.
+CHILD_STOP_TIMEOUT_S = 20.0
 
 
 class Terminated(BaseException):
@@ -70,249 +71,11 @@ class Terminated(BaseException):
     (BaseException: no `except Exception` on the way may swallow it)."""
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def iso(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --- the lock ---------------------------------------------------------------------------
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), None if unknown.
-
-    Stored in the lock with the PID, so that a PID reused by another process after a crash
-    or a reboot is not mistaken for a running nightly.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])  # field 22, counted after "(comm)"
-
-
-def lock_holder_alive(holder: dict[str, Any]) -> bool:
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, owned by another user
-    ticks = process_start_ticks(pid)
-    return ticks is None or holder.get("start_ticks") in (None, ticks)
-
-
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    """The lock's content; {} if unreadable (stale), None if the file is gone."""
-    try:
-        holder = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def acquire_lock(path: Path, info: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Take the lock, or raise NightlyLocked naming the running nightly; a stale lock (its
-    process is gone) is taken over.
-
-    The lock is created whole: its content goes to a private file that is then hard-linked
-    to the lock's name, which fails if the lock exists (an exclusive create, like O_EXCL,
-    but no other nightly can ever read a half-written lock and think it stale).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mine = path.with_name(f".{path.name}.{os.getpid()}")
-    mine.write_text(json.dumps(info))
-    try:
-        for _ in range(5):
-            try:
-                os.link(mine, path)
-                return
-            except FileExistsError:
-                pass
-            holder = _read_lock(path)
-            if holder is None:
-                continue  # released meanwhile: try again
-            if lock_holder_alive(holder):
-                raise NightlyLocked(
-                    f"another nightly is running: PID {holder['pid']}, started "
-                    f"{holder.get('started_utc', '?')} (run directory "
-                    f"{holder.get('run_dir', '?')}); lock file {path}")
-            # Move the stale lock aside (atomic: of two nightlies taking it over, one moves
-            # it); if what was moved is a live lock that replaced the stale one meanwhile,
-            # put it back and let the next round refuse.
-            aside = path.with_name(f".{path.name}.stale.{os.getpid()}")
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue
-            moved = _read_lock(aside) or {}
-            if lock_holder_alive(moved):
-                try:
-                    os.link(aside, path)
-                except FileExistsError:
-                    pass
-            else:
-                log(f"stale lock {path} from PID {holder.get('pid', '?')} (started "
-                    f"{holder.get('started_utc', '?')}) whose process is gone: taking it over")
-            aside.unlink(missing_ok=True)
-        raise NightlyLocked(f"could not take the lock {path}: it keeps changing hands")
-    finally:
-        mine.unlink(missing_ok=True)
-
-
-def release_lock(path: Path) -> None:
-    """Remove the lock if it is still this process's (a takeover may have replaced it)."""
-    try:
-        if json.loads(path.read_text()).get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, json.JSONDecodeError):
-        pass  # gone or unreadable: not ours to remove
-
-
-# --- provenance ---------------------------------------------------------------------------
-
-
-def canonical_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def code_hash(project: Path) -> str:
-    """SHA-256 over the code that makes the artifacts: pipeline/*.py, board/runner.py, dodo.py."""
-    files = sorted([*(project / "pipeline").glob("*.py"), project / "board" / "runner.py",
-                    project / "dodo.py"])
-    return canonical_hash({str(f.relative_to(project)): sha256_file(f) for f in files})
-
-
-def git_state(project: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty); dirty = tracked files modified (untracked files do not count:
-    artifacts/ lives in the tree). (None, None) outside a git checkout."""
-    try:
-        commit = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(project), "status", "--porcelain",
-                                 "--untracked-files=no"], capture_output=True, text=True,
-                                check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-    return commit, bool(status.strip())
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name, distributions in PACKAGES.items():
-        versions[name] = None
-        for dist in distributions:
-            try:
-                versions[name] = f"{metadata.version(dist)} ({dist})"
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return versions
-
-
-def machine() -> dict[str, Any]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines()
-                  if line.startswith(("model name", "uarch", "Model"))), platform.processor())
-    return {"cpu_model": model or "unknown", "cores": os.cpu_count(),
-            "arch": platform.machine(), "system": platform.platform(),
-            "hostname": platform.node()}
-
-
-def dataset_hashes(run_dir: Path, datasets: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """SHA-256 of each archive's decompressed payload (None where the file is missing)."""
-    from pipeline.download import DownloadError, payload_sha256
-
-    out: dict[str, dict[str, str | None]] = {}
-    for name in datasets:
-        out[name] = {}
-        for remote in DATASETS[name].files:
-            try:
-                out[name][remote.name] = payload_sha256(Layout(run_dir).raw_dir(name) /
-                                                        remote.name)
-            except DownloadError:
-                out[name][remote.name] = None
-    return out
-
-
-def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """SHA-256 and size of every file doit produced in the run directory."""
-    out = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(run_dir).as_posix()
-        if rel in NOT_ARTIFACTS or rel.startswith(".doit.db") or ".partial" in path.name:
-            continue
-        out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return out
-
-
-def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,
-                    previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Mark each artifact identical (or not) to the previous run's, when the inputs (params
-    that shape artifacts, code, dataset) are unchanged; summarise the verdict."""
-    from fnmatch import fnmatch
-
-    if previous is None:
-        for a in artifacts.values():
-            a["identical_to_previous"] = None
-        return {"comparable": False, "previous_run": None,
-                "summary": "no previous run manifest to compare with"}
-    if previous.get("inputs_hash") != inputs_hash:
-        for a in artifacts.values():
-            a["identical_to_previous"] = None
-        return {"comparable": False, "previous_run": previous.get("run_id"),
-                "summary": f"inputs changed since run {previous.get('run_id')} (params, code "
-                           "or dataset): artifacts are not expected to be identical"}
-    before = previous.get("artifacts", {})
-    unexpected, expected, new, same = [], [], [], 0
-    for rel, a in artifacts.items():
-        if rel not in before:  # e.g. a board added to the inventory since
-            a["identical_to_previous"] = None
-            new.append(rel)
-            continue
-        a["identical_to_previous"] = before[rel]["sha256"] == a["sha256"]
-        if a["identical_to_previous"]:
-            same += 1
-        elif any(fnmatch(rel, pattern) for pattern in EXPECTED_TO_DIFFER):
-            expected.append(rel)
-        else:
-            unexpected.append(rel)
-    missing = sorted(set(before) - set(artifacts))
-    ok = not unexpected and not missing
-    summary = (f"{'REPRODUCIBLE' if ok else 'NOT REPRODUCIBLE'}: {same} of "
-               f"{len(artifacts) - len(new)} artifacts byte-identical to run "
-               f"{previous.get('run_id')} (inputs unchanged)")
-    if unexpected or missing:
-        summary += f"; differing: {', '.join(unexpected + missing)}"
-    if expected:
-        summary += (f"; {len(expected)} measurement file(s) differ as expected (timings, "
-                    "run-directory paths, board settings)")
-    if new:
-        summary += f"; {len(new)} file(s) new in this run"
-    return {"comparable": True, "previous_run": previous.get("run_id"), "reproducible": ok,
-            "identical": same, "differing": unexpected, "missing": missing, "new": new,
-            "differing_as_expected": expected, "summary": summary}
-
-
-# --- running ------------------------------------------------------------------------------
-
-
-def run_stamp(moment: dt.datetime, parent: Path) -> Path:
-    """artifacts/nightly/<UTC stamp>; a suffix if a run of the same second exists."""
-    base = moment.strftime("%Y%m%dT%H%M%SZ")
+def run_stamp(started_utc: str, parent: Path) -> Path:
+    """artifacts/nightly/<UTC stamp> for an ISO time; a suffix if that second's exists."""
+    base = started_utc.replace("-", "").replace(":", "")
     candidate, n = parent / base, 1
-    while candidate.exists():
+    while candidate.exists() or candidate.is_symlink():
         candidate, n = parent / f"{base}-{n}", n + 1
     return candidate
 
@@ -324,9 +87,9 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     """
     seeded = 0
     for name in datasets:
-        source = Layout(main_artifacts).raw_dir(name)
+        source = main_artifacts / "data" / name / "raw"
         for remote in DATASETS[name].files:
-            src, dest = source / remote.name, Layout(run_dir).raw_dir(name) / remote.name
+            src, dest = source / remote.name, run_dir / "data" / name / "raw" / remote.name
             if not src.is_file():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -338,13 +101,88 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     return seeded
 
 
-def prune(nightly_dir: Path, keep: int, current: Path) -> list[Path]:
-    """Delete the oldest run directories beyond `keep` (never the current one)."""
-    runs = sorted(p for p in nightly_dir.iterdir() if p.is_dir())
-    doomed = [p for p in runs[:-keep] if p != current] if len(runs) > keep else []
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+def expected_reports(params: Params) -> dict[str, list[str]]:
+    """Per build, every file its stages must produce (run-directory relative): the models,
+    accuracy, curves, analysis, layers and card. A stage that failed leaves some missing."""
+    out = {}
+    for build in params.builds:
+        models, reports = f"models/{build.name}", f"reports/{build.name}"
+        out[build.name] = [
+            f"{models}/{build.name}.h5", f"{models}/history.json",
+            *(f"{models}/{build.name}_{v}.tflite"
+              for v in variant_names(params.convert, build.float_layers)),
+            f"{reports}/accuracy.json", f"{reports}/accuracy.md", f"{reports}/training.png",
+            *(f"{reports}/{name}" for name in (*ANALYSIS, *LAYERS)),
+            f"{models}/model_card.json", f"{models}/model_card.md"]
+    return out
+
+
+def missing_reports(run_dir: Path, expected: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The expected files that are not in `run_dir` (or are empty), per build."""
+    missing = {}
+    for build, files in expected.items():
+        absent = [f for f in files if not (run_dir / f).is_file()
+                  or (run_dir / f).stat().st_size == 0]
+        if absent:
+            missing[build] = absent
+    return missing
+
+
+def remove_partials(run_dir: Path) -> int:
+    """Delete the temporary `.<name>.<random>.partial` files an interrupted write left."""
+    removed = 0
+    for path in Path(run_dir).rglob(".*.partial*"):
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def prune(nightly_dir: Path, keep: int, current: Path, runs: Sequence[dict[str, Any]]
+          ) -> list[Path]:
+    """Delete run directories beyond the last `keep` completed runs; return what was deleted.
+
+    `runs` are the database's (id, status, run_dir) rows. Only directories this module made
+    for a run of this database are candidates (a stamp name, a real directory: never a
+    symlink, never a user's own folder); order is the run id, not the name (a clock set
+    wrong does not make a directory the newest for ever). The current run is always kept;
+    failed runs do not count toward `keep`, so they never push out the last good run, and
+    those newer than the oldest kept run stay (their doit.log says why they failed).
+    """
+    nightly_dir = Path(nightly_dir)
+    if not nightly_dir.is_dir():
+        return []
+    by_name = {Path(r["run_dir"]).name: r for r in runs if r.get("run_dir")
+               and Path(r["run_dir"]).parent.resolve() == nightly_dir.resolve()}
+    counted = [r["id"] for r in runs if r["status"] in history.COMPLETED]
+    kept = set(counted[-keep:])
+    oldest_kept = min(kept) if kept else 0
+    doomed = []
+    for path in sorted(nightly_dir.iterdir()):
+        run = by_name.get(path.name)
+        if (run is None or path.name == current.name or path.is_symlink() or not path.is_dir()
+                or not RUN_DIR_NAME.fullmatch(path.name)):
+            continue
+        if run["id"] in kept or (run["status"] not in history.COMPLETED
+                                 and run["id"] > oldest_kept):
+            continue
+        shutil.rmtree(path)
+        doomed.append(path)
     return doomed
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn for doit: SIGKILL when the nightly dies, however it dies (Linux
+    PR_SET_PDEATHSIG), so no doit outlives it to write into an abandoned run directory.
+    The nightly has no other thread at that point, so a preexec_fn is safe here."""
+    def preexec() -> None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the nightly died before the line above
+            os._exit(1)
+    return preexec
 
 
 def run_graph(project: Path, run_dir: Path, env: dict[str, str],
@@ -356,9 +194,11 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
     stage, worst = None, 0
     with open(run_dir / "doit.log", "w", encoding="utf-8") as log:
         for args in DOIT_RUNS:
+            # Its own process group: stop_child() signals doit and everything it started.
             child = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, errors="replace")
+                                     text=True, errors="replace", start_new_session=True,
+                                     preexec_fn=_die_with_parent(os.getpid()))
             started(child)
             progress(f"doit {' '.join(args)} started (PID {child.pid}), full log: "
                      f"{run_dir / 'doit.log'}")
@@ -379,18 +219,93 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
 
 
 def stop_child(child: subprocess.Popen | None) -> None:
+    """Stop doit's process group: SIGINT first (its stages remove their temporary files and
+    stop their runners), SIGKILL after CHILD_STOP_TIMEOUT_S."""
     if child is None or child.poll() is not None:
         return
-    child.terminate()
     try:
-        child.wait(timeout=30)
+        os.killpg(child.pid, signal.SIGINT)
+        child.wait(timeout=CHILD_STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+@dataclass
+class Run:
+    """What the nightly knows about its run so far (for the signal handler's report)."""
+    started_utc: str
+    run_dir: Path
+    stage: str = "setup"
+    run_id: int | None = None
+    db: history.HistoryDB | None = None
+    child: subprocess.Popen | None = None
+    recorded: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _row(run: Run, status: str, ended_utc: str, wall_s: float, message: str | None) -> dict:
+    """This run's runs-table row as the reports show it (the same as the database's)."""
+    return {"id": run.run_id, "started_utc": run.started_utc, "ended_utc": ended_utc,
+            "status": status, "commit_sha": run.manifest.get("git", {}).get("commit"),
+            "dirty": run.manifest.get("git", {}).get("dirty"),
+            "params_hash": run.manifest.get("params_hash"),
+            "inputs_hash": run.manifest.get("inputs_hash"), "wall_s": wall_s,
+            "run_dir": str(run.run_dir), "message": message}
+
+
+def _assess(db: history.HistoryDB | None, run_id: int | None, current: dict[str, Any],
+            params: Params, failed: bool) -> dict[str, Any]:
+    """The comparison with earlier runs; without a usable database, with none."""
+    if db is not None:
+        try:
+            return nightly_report.assess(db, run_id, current, params.nightly, failed=failed)
+        except history.HistoryError:
+            pass
+    return {"earlier": [], "figures": {}, "breaches": [],
+            "comparison": {k: list(v) for k, v in nightly_report.NO_COMPARISON.items()}}
+
+
+def _fix_abandoned(db: history.HistoryDB, run_id: int, reports: Path, params: Params,
+                   log: Callable[[str], None]) -> None:
+    """A run killed (SIGKILL) after writing some of its files but before its record: its
+    manifest and, if they name it, the reports are rewritten to say it failed, as the
+    database now does."""
+    row = history.run_row(db, run_id)
+    if row is None or not row["run_dir"]:
+        return
+    run_dir = Path(row["run_dir"])
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        removed = remove_partials(run_dir)
+        if removed:
+            log(f"removed {removed} temporary file(s) of run {run_id} from {run_dir}")
+        manifest = run_dir / "manifest.json"
+        if manifest.is_file():
+            try:
+                doc = json.loads(manifest.read_text())
+            except (OSError, json.JSONDecodeError):
+                doc = {}
+            if isinstance(doc, dict):
+                write_json(manifest, {**doc, "status": "failed", "message": row["message"]})
+    try:
+        named = json.loads((reports / "nightly.json").read_text())["run"]["id"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        named = None
+    if named == run_id:
+        empty = history.as_figures([], [], [])
+        nightly_report.write_reports(row, empty, _assess(db, run_id, empty, params, True),
+                                     params.nightly, reports)
 
 
 def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path,
-            db_path: Path, env: dict[str, str], log: Callable[[str], None] = print) -> int:
+            db_path: Path, env: dict[str, str], log: Callable[[str], None] = print,
+            db_timeout_s: float = history.WRITE_TIMEOUT_S) -> int:
     """One nightly run; returns the exit status (see the module docstring)."""
     t0 = time.monotonic()
 
@@ -403,127 +318,215 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
     except ParamsError as exc:
         log(f"error: {exc}")
         return EXIT_FAILED
+    nightly_dir, reports = artifacts / "nightly", artifacts / "reports"
     started = utc_now()
-    nightly_dir = Layout(artifacts).nightly_dir()
-    run_dir = run_stamp(started, nightly_dir)
-    lock = Layout(artifacts).nightly_lock()
-    child: list[subprocess.Popen] = []
-    stage = ["setup"]
+    run = Run(started, run_stamp(started, nightly_dir))
+    # One lock for the artifact tree (its reports and run directories), one for the database:
+    # every nightly that writes either is excluded, whatever --db or PIPELINE_ARTIFACTS say.
+    lock_paths = sorted({artifacts / "nightly.lock", db_path.with_name(db_path.name + ".lock")})
+    locks: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         raise Terminated(signum)
 
-    # Installed before the lock is taken, so no signal can leave a lock behind. SIGINT
+    # Installed before the locks are taken: a signal at any point is handled below. SIGINT
     # (Ctrl-C) too: an interactive nightly stopped by hand is recorded the same way.
     saved_handlers = {sig: signal.signal(sig, on_signal)
                       for sig in (signal.SIGTERM, signal.SIGINT)}
-    db = None
-    run_id: int | None = None
     try:
         try:
-            acquire_lock(lock, {"pid": os.getpid(),
-                                "start_ticks": process_start_ticks(os.getpid()),
-                                "started_utc": iso(started), "run_dir": str(run_dir)}, progress)
-        except NightlyLocked as exc:
+            info = {"pid": os.getpid(), "started_utc": started, "run_dir": str(run.run_dir)}
+            for path in lock_paths:
+                locks.append(nightly_lock.acquire(path, info))
+        except nightly_lock.NightlyLocked as exc:
             log(f"error: {exc}")
-            return EXIT_LOCKED  # release_lock below leaves the holder's lock alone
-        db = history.connect(db_path)
-        for abandoned in history.fail_abandoned_runs(db, iso(utc_now())):
-            progress(f"run {abandoned} was killed without recording its end: marked failed")
-        run_dir.mkdir(parents=True)
+            return EXIT_LOCKED
+        except nightly_lock.LockUnusable as exc:
+            log(f"error: {exc}")
+            return EXIT_FAILED
+        try:
+            run.db = history.connect(db_path, db_timeout_s)
+            for run_id, what in history.settle_unfinished_runs(run.db, utc_now(), db_timeout_s):
+                progress(f"run {run_id}: {what}")
+                if "marked failed" in what:
+                    _fix_abandoned(run.db, run_id, reports, params, progress)
+        except history.HistoryError as exc:
+            log(f"error: history database: {exc}")
+            return EXIT_FAILED
+        run.run_dir.mkdir(parents=True)
         code = code_hash(project)
         build_params = {k: v for k, v in asdict(params).items() if k != "nightly"}
         commit, dirty = git_state(project)
-        seeded = seed_datasets(artifacts, run_dir, params.datasets)
-        run_id = history.start_run(db, iso(started), commit, dirty,
-                                   canonical_hash(asdict(params)), str(run_dir))
-        progress(f"run {run_id} in {run_dir} ({seeded} cached archive(s) seeded; "
+        run.manifest = {"git": {"commit": commit, "dirty": dirty},
+                        "params_hash": canonical_hash(asdict(params))}
+        seeded = seed_datasets(artifacts, run.run_dir, params.datasets)
+        try:
+            run.run_id = history.start_run(run.db, started, commit, dirty,
+                                           run.manifest["params_hash"], str(run.run_dir),
+                                           db_timeout_s)
+        except history.HistoryError as exc:
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was done in it yet
+            log(f"error: history database: {exc}; nothing was run")
+            return EXIT_FAILED
+        progress(f"run {run.run_id} in {run.run_dir} ({seeded} cached archive(s) seeded; "
                  f"boards: {', '.join(b.name for b in boards) or 'none'})")
-        child_env = {**env, "PIPELINE_ARTIFACTS": str(run_dir.resolve()),
+        child_env = {**env, "PIPELINE_ARTIFACTS": str(run.run_dir.resolve()),
                      "PIPELINE_PARAMS": str(params_path.resolve()),
                      "PIPELINE_BOARDS": str(boards_path.resolve())}
-        stage[0] = "doit"
-        status = run_graph(project, run_dir, child_env, progress, child.append)
-        stage[0] = "record"
+        run.stage = "doit"
+        status = run_graph(project, run.run_dir, child_env, progress,
+                           lambda child: setattr(run, "child", child))
+        run.stage = "record"
         progress(f"doit finished with exit status {status}; recording")
-
-        builds = [b.name for b in params.builds]
-        accuracy = history.read_accuracy(run_dir, builds)
-        board_rows, latency = history.read_latency(run_dir, [b.name for b in boards])
-        for b in board_rows:
-            cases = [c for c in latency if c["board"] == b["board"]]
-            bad = sum(c["status"] != "ok" for c in cases)
-            progress(f"board {b['board']}: {b['status']}, {len(cases)} case(s)"
-                     + (f", {bad} failed" if bad else "") + (f": {b['error']}" if b["error"]
-                                                            else ""))
-        missing = [b for b in builds if not any(r["build"] == b for r in accuracy)]
-        datasets = dataset_hashes(run_dir, params.datasets)
-        inputs_hash = canonical_hash({"params": build_params, "code": code,
-                                      "datasets": datasets})
-        artifacts_now = artifact_hashes(run_dir)
-        previous = _previous_manifest(db, run_id)
-        repro = reproducibility(artifacts_now, inputs_hash, previous)
-        current = history.as_figures(accuracy, board_rows, latency)
-        assessment = nightly_report.assess(db, run_id, current, params.nightly)
-        found = assessment["breaches"]
-        outcome = "failed" if missing else ("breached" if found else "ok")
-        message = (f"no accuracy report for {', '.join(missing)} (see {run_dir}/doit.log)"
-                   if missing else None)
-        ended = utc_now()
-        wall = time.monotonic() - t0
-        history.finish_run(db, run_id, outcome, iso(ended), wall, accuracy, board_rows,
-                           latency, message, inputs_hash)
-        run_row = dict(db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-        nightly_report.write_reports(run_row, current, assessment, params.nightly,
-                                     Layout(artifacts).reports_dir(), repro)
-        write_json(run_dir / "manifest.json", {
-            "run_id": run_id, "status": outcome, "started_utc": iso(started),
-            "ended_utc": iso(ended), "wall_s": wall, "doit_exit_status": status,
-            "git": {"commit": commit, "dirty": dirty}, "python": sys.version,
-            "packages": package_versions(), "machine": machine(), "datasets": datasets,
-            "params": asdict(params), "params_hash": canonical_hash(asdict(params)),
-            "inputs_hash": inputs_hash, "code_hash": code,
-            "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
-            "reproducibility": repro})
-        for path in prune(nightly_dir, params.nightly.keep_runs, run_dir):
-            progress(f"removed old run directory {path} (keep_runs = "
-                     f"{params.nightly.keep_runs})")
-        progress(f"reports: {Layout(artifacts).reports_dir() / NIGHTLY_MD}, manifest: "
-                 f"{run_dir / 'manifest.json'}")
-        progress(repro["summary"])
-        if missing:
-            log(f"NIGHTLY FAILED: {message}")
-        for b in found:
-            log(f"GATE BREACHED: {b['message']}")
-        log(f"nightly run {run_id}: {outcome.upper()}, total wall time "
-            f"{time.monotonic() - t0:.1f} s")
-        return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
+        return _record(run, params, boards, project, artifacts, code, build_params, status,
+                       t0, progress, log, db_timeout_s)
     except Terminated as exc:
         for sig in saved_handlers:  # a second signal must not interrupt the cleanup
             signal.signal(sig, signal.SIG_IGN)
-        name = signal.Signals(exc.args[0]).name
-        stop_child(child[-1] if child else None)
-        if db is not None and run_id is not None:
-            history.finish_run(db, run_id, "failed", iso(utc_now()), time.monotonic() - t0,
-                               message=f"terminated by {name} during {stage[0]}")
-        log(f"nightly terminated by {name} during {stage[0]}; run {run_id} recorded as "
-            f"failed after {time.monotonic() - t0:.1f} s")
-        return 128 + exc.args[0]
+        return _terminated(run, signal.Signals(exc.args[0]), params, artifacts, t0, log,
+                           progress)
     finally:
-        stop_child(child[-1] if child else None)
-        if db is not None:
-            db.close()
-        release_lock(lock)
+        stop_child(run.child)
+        if run.db is not None:
+            run.db.close()
+        for fd in reversed(locks):
+            nightly_lock.release(fd)
         for sig, handler in saved_handlers.items():
             signal.signal(sig, handler)
 
 
-def _previous_manifest(db: Any, run_id: int) -> dict[str, Any] | None:
+def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, artifacts: Path,
+            code: str, build_params: dict[str, Any], status: int, t0: float,
+            progress: Callable[[str], None], log: Callable[[str], None],
+            db_timeout_s: float) -> int:
+    """The record step, files first: manifest.json, the reports, record.json (the run's
+    figures: from here on the run is never lost), then the database row. A signal before
+    the row is committed makes the run failed everywhere (see _terminated); a database that
+    stays busy or broken leaves record.json for the next nightly and exit status 3."""
+    assert run.db is not None and run.run_id is not None
+    builds = [b.name for b in params.builds]
+    accuracy = history.read_accuracy(run.run_dir, builds)
+    board_rows, latency = history.read_latency(run.run_dir, [b.name for b in boards])
+    for b in board_rows:
+        cases = [c for c in latency if c["board"] == b["board"]]
+        bad = sum(c["status"] != "ok" for c in cases)
+        progress(f"board {b['board']}: {b['status']}, {len(cases)} case(s)"
+                 + (f", {bad} failed" if bad else "")
+                 + (f": {clean_text(b['error'])}" if b["error"] else ""))
+    missing = missing_reports(run.run_dir, expected_reports(params))
+    datasets = dataset_hashes(run.run_dir, params.datasets)
+    inputs_hash = canonical_hash({"params": build_params, "code": code, "datasets": datasets})
+    artifacts_now = artifact_hashes(run.run_dir)
+    repro = reproducibility(artifacts_now, inputs_hash, _previous_manifest(run.db, run.run_id),
+                            [b.name for b in boards])
+    current = history.as_figures(accuracy, board_rows, latency)
+    assessment = _assess(run.db, run.run_id, current, params, failed=False)
+    found = assessment["breaches"]
+    outcome = "failed" if missing else ("breached" if found else "ok")
+    message = ("; ".join(f"{build}: no {', '.join(files)}" for build, files in missing.items())
+               + f" (see {run.run_dir / 'doit.log'})") if missing else None
+    ended, wall = utc_now(), time.monotonic() - t0
+    run.manifest = {
+        "run_id": run.run_id, "status": outcome, "message": message,
+        "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall,
+        "doit_exit_status": status, **run.manifest, "python": sys.version,
+        "packages": package_versions(), "machine": machine(), "datasets": datasets,
+        "params": asdict(params), "inputs_hash": inputs_hash, "code_hash": code,
+        "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
+        "reproducibility": repro}
+    write_json(run.run_dir / "manifest.json", run.manifest)
+    row = _row(run, outcome, ended, wall, message)
+    reports = artifacts / "reports"
+    nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro)
+    record = history.run_record(run.run_id, outcome, ended, wall, accuracy, board_rows, latency,
+                                message, inputs_hash)
+    pending = history.keep_pending(run.run_dir, record)
+    progress(f"writing run {run.run_id} to {run.db.path} (waits up to {db_timeout_s:.0f} s "
+             "for a busy database)")
+    unrecorded = None
+    try:
+        history.finish_run(run.db, **{k: v for k, v in record.items()}, timeout_s=db_timeout_s)
+        run.recorded = True
+    except history.HistoryError as exc:
+        unrecorded = (f"run {run.run_id} is not in the history database yet: {exc}; its figures "
+                      f"are kept in {pending} and the next nightly records them")
+        nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro,
+                                     note=unrecorded)
+    if run.recorded:
+        _prune(run, params, progress)
+    progress(f"reports: {reports / 'nightly.md'}, manifest: {run.run_dir / 'manifest.json'}")
+    progress(repro["summary"])
+    if missing:
+        log(f"NIGHTLY FAILED: {message}")
+    for b in found:
+        log(f"GATE BREACHED: {b['message']}")
+    if unrecorded:
+        log(f"NOT RECORDED: {unrecorded}")
+    log(f"nightly run {run.run_id}: {outcome.upper()}{' (NOT RECORDED)' if unrecorded else ''}"
+        f", total wall time {time.monotonic() - t0:.1f} s")
+    if unrecorded:
+        return EXIT_UNRECORDED
+    return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
+
+
+def _prune(run: Run, params: Params, progress: Callable[[str], None]) -> None:
+    assert run.db is not None
+    try:
+        runs = history.run_dirs(run.db)
+    except history.HistoryError as exc:
+        progress(f"old run directories not pruned: {exc}")
+        return
+    for path in prune(run.run_dir.parent, params.nightly.keep_runs, run.run_dir, runs):
+        progress(f"removed old run directory {path} (keep_runs = {params.nightly.keep_runs})")
+
+
+def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, t0: float,
+                log: Callable[[str], None], progress: Callable[[str], None]) -> int:
+    """After SIGTERM/SIGINT: stop doit, and make the files and the database say that THIS run
+    failed and why (record.json first, so a database that cannot be written now gets it from
+    the next nightly), unless the database already has its final row."""
+    stop_child(run.child)
+    run.child = None
+    message = f"terminated by {sig.name} during {run.stage}"
+    if run.recorded:
+        log(f"nightly {message}; run {run.run_id} was already recorded")
+        return 128 + sig.value
+    if run.run_dir.is_dir():
+        remove_partials(run.run_dir)
+    ended, wall = utc_now(), time.monotonic() - t0
+    what = "not recorded (it had not started)"
+    if run.run_id is not None:
+        record = history.run_record(run.run_id, "failed", ended, wall, message=message)
+        history.keep_pending(run.run_dir, record)
+        write_json(run.run_dir / "manifest.json", {
+            "run_id": run.run_id, "status": "failed", "message": message,
+            "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall, **run.manifest})
+    empty = history.as_figures([], [], [])
+    try:
+        nightly_report.write_reports(_row(run, "failed", ended, wall, message), empty,
+                                     _assess(run.db, run.run_id, empty, params, True),
+                                     params.nightly, artifacts / "reports")
+    except OSError as exc:
+        log(f"error: could not write the reports: {exc}")
+    if run.run_id is not None and run.db is not None:
+        try:
+            history.finish_run(run.db, run.run_id, "failed", ended, wall, message=message,
+                               timeout_s=TERMINATED_DB_TIMEOUT_S)
+            what = "recorded as failed"
+            _prune(run, params, progress)
+        except history.HistoryError as exc:
+            what = (f"kept as failed in {run.run_dir / history.PENDING} for the next nightly "
+                    f"({exc})")
+    log(f"nightly {message}; run {run.run_id} {what} after {time.monotonic() - t0:.1f} s")
+    return 128 + sig.value
+
+
+def _previous_manifest(db: history.HistoryDB, run_id: int) -> dict[str, Any] | None:
     earlier = history.completed_runs(db, 1, run_id - 1)
     if not earlier:
         return None
     try:
-        return json.loads((Path(earlier[0]["run_dir"]) / "manifest.json").read_text())
+        return json.loads((Path(earlier[-1]["run_dir"]) / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None  # pruned (keep_runs) or never written
 
@@ -531,14 +534,20 @@ def _previous_manifest(db: Any, run_id: int) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Exit status: 0 ok, 1 gate breached, 2 run failed, 75 another nightly is "
-               "running, 143/130 terminated by SIGTERM/SIGINT. See README.md, Nightly "
-               "regeneration.")
+        epilog="Exit status: 0 ok, 1 gate breached, 2 run failed, 3 not recorded (the "
+               "database was busy or broken; the next nightly records it), 75 another "
+               "nightly is running, 143/130 terminated by SIGTERM/SIGINT. See README.md, "
+               "Nightly regeneration.")
     parser.add_argument("--project", type=Path, default=Path("."),
                         help="project root holding dodo.py (default: .)")
     parser.add_argument("--db", type=Path, help="history database "
                         "(default: <artifacts>/history.sqlite)")
+    parser.add_argument("--db-timeout", type=float, default=history.WRITE_TIMEOUT_S,
+                        metavar="SECONDS", help="how long to wait for a history database "
+                        f"another connection holds (default {history.WRITE_TIMEOUT_S:.0f})")
     args = parser.parse_args(argv)
+    if not 0 <= args.db_timeout <= 3600:
+        parser.error("--db-timeout must be between 0 and 3600 seconds")
     project = args.project.resolve()
     env = dict(os.environ)
 
@@ -547,10 +556,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return path if path.is_absolute() else project / path
 
     artifacts = from_env("PIPELINE_ARTIFACTS", "artifacts")
+    db = args.db if args.db is None or args.db.is_absolute() else Path.cwd() / args.db
     sys.exit(nightly(project, artifacts, from_env("PIPELINE_PARAMS", "params.toml"),
                      from_env("PIPELINE_BOARDS", "board/boards.toml"),
-                     args.db or Layout(artifacts).history_db(), env,
-                     log=lambda line: print(line, flush=True)))
+                     db or artifacts / "history.sqlite", env,
+                     log=lambda line: print(line, flush=True), db_timeout_s=args.db_timeout))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG, Layout
 from pipeline.params import NightlyParams, load_params, section_dict
-from pipeline.variants import accuracy_floor, drift_gated_variants, rank
+from pipeline.report import clean_text, escape_md, fmt
 
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
 
@@ -35,22 +34,17 @@ def _pct(now: float | None, then: float | None) -> float | None:
 
 
 def min_accuracy(variant: str, params: NightlyParams) -> float | None:
-    """The accuracy floor of a variant (variants.py says which); Keras is not shipped, so it
-    has none."""
-    key = floor_key(variant)
-    return None if key is None else getattr(params, key)
-
-
-def floor_key(variant: str) -> str | None:
-    """The `[nightly]` key of a variant's accuracy floor."""
-    return {None: None, "int8": "min_accuracy_int8",
-            "float": "min_accuracy_float32"}[accuracy_floor(variant)]
+    """The accuracy floor of a variant; Keras is not shipped, so it has none."""
+    if variant == "keras":
+        return None
+    return params.min_accuracy_int8 if variant == "int8" else params.min_accuracy_float32
 
 
 def _variant_order(item: tuple[tuple, Any]) -> tuple:
-    """Sort by build, then keras and the variants in registry order; then board and threads."""
+    """Sort by build, then keras, float32, int8, extras; then board and threads."""
     key = item[0]
-    return (key[0], rank(key[1]), key[1], *key[2:])
+    rank = {"keras": 0, "float32": 1, "int8": 2}.get(key[1], 3)
+    return (key[0], rank, key[1], *key[2:])
 
 
 def compare(current: Figures, previous: Figures | None, history: Sequence[Figures],
@@ -93,8 +87,23 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
         row["mark"] = ("" if change is None or abs(change) <= params.max_latency_regression_pct
                        else f"p50 {change:+.1f} % vs median")
         latency.append(row)
+    # A board of the previous run that this run's inventory no longer has: its rows stay in
+    # the table, marked, rather than vanishing; it is no failure and no gate.
+    dropped = sorted(set((previous or {}).get("boards", {})) - set(current["boards"]))
+    for key, prev in sorted((previous or {}).get("latency", {}).items(), key=_variant_order):
+        if key[2] in dropped:
+            latency.append({"build": key[0], "variant": key[1], "board": key[2],
+                            "threads": key[3], "status": "dropped", "error": None,
+                            "p50_us": None, "p50_prev": prev.get("p50_us"), "p50_median": None,
+                            "runs_in_median": 0, "change_vs_prev_pct": None,
+                            "change_vs_median_pct": None,
+                            "mark": "board dropped from the inventory"})
     boards = [dict(b) for _, b in sorted(current["boards"].items())]
+    boards += [{"board": b, "status": "dropped", "error": None} for b in dropped]
     return {"accuracy": accuracy, "latency": latency, "boards": boards}
+
+
+NO_COMPARISON: dict[str, list] = {"accuracy": [], "latency": [], "boards": []}
 
 
 def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str, Any]]:
@@ -110,25 +119,27 @@ def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str
     for r in comparison["accuracy"]:
         floor = min_accuracy(r["variant"], params)
         if floor is not None and r["accuracy"] is not None and r["accuracy"] < floor:
-            key = floor_key(r["variant"])
+            key = "min_accuracy_int8" if r["variant"] == "int8" else "min_accuracy_float32"
             breach(r["build"], r["variant"], "", "accuracy", r["accuracy"], f">= {floor}",
                    f"{r['build']} {r['variant']}: accuracy {100 * r['accuracy']:.2f} % is below "
                    f"the minimum {100 * floor:.2f} % (nightly.{key})")
-        if r["variant"] in drift_gated_variants() and r["drift_pt"] is not None and \
+        if r["variant"] == "int8" and r["drift_pt"] is not None and \
                 -r["drift_pt"] > params.max_int8_drift_pt:
-            breach(r["build"], r["variant"], "", "drift_pt", r["drift_pt"],
+            breach(r["build"], "int8", "", "drift_pt", r["drift_pt"],
                    f">= -{params.max_int8_drift_pt}",
-                   f"{r['build']} {r['variant']}: {-r['drift_pt']:.2f} points below Keras, "
-                   f"more than nightly.max_int8_drift_pt = {params.max_int8_drift_pt}")
+                   f"{r['build']} int8: {-r['drift_pt']:.2f} points below Keras, more than "
+                   f"nightly.max_int8_drift_pt = {params.max_int8_drift_pt}")
     for b in comparison["boards"]:
-        if b["status"] != "ok":
+        if b["status"] == "failed":
             breach("", "", b["board"], "board", "failed", "status ok",
-                   f"board {b['board']}: FAILED: {b['error']}")
+                   f"board {b['board']}: FAILED: {clean_text(b['error'])}")
     for r in comparison["latency"]:
         where = f"{r['build']} {r['variant']} on {r['board']} x{r['threads']}"
+        if r["status"] == "dropped":
+            continue
         if r["status"] != "ok":
             breach(r["build"], r["variant"], r["board"], "case", "failed", "status ok",
-                   f"{where}: case FAILED: {r['error']}")
+                   f"{where}: case FAILED: {clean_text(r['error'])}")
             continue
         change = r["change_vs_median_pct"]
         if change is not None and change > params.max_latency_regression_pct:
@@ -141,18 +152,29 @@ def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str
     return found
 
 
-def _f(value: Any, spec: str, scale: float = 1.0) -> str:
-    if value is None:
-        return "–"
-    # A median of byte counts can be a half: show whole bytes.
-    return format(round(value) if spec == "," else value * scale, spec)
+def _title(run: dict[str, Any]) -> str:
+    return (f"# Nightly run {run['id']} — {run['status']}" if run.get("id") is not None
+            else f"# Nightly (no run recorded) — {run['status']}")
 
 
 def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, history_ids: list[int],
                     comparison: dict[str, Any], found: list[dict[str, Any]],
-                    reproducibility: dict[str, Any] | None) -> str:
+                    reproducibility: dict[str, Any] | None, note: str | None = None) -> str:
     from tabulate import tabulate
 
+    lines = [_title(run), ""]
+    if run["status"] == "failed":
+        # A failed run has no figures to compare: say so first, and where the last good
+        # run's report comes from, so nobody reads an older run's tables as this one's.
+        last = (f" The last completed run is run {previous['id']} (started "
+                f"{previous['started_utc']}): `python -m pipeline.nightly_report --run "
+                f"{previous['id']}` rebuilds its report." if previous else "")
+        lines += [f"Started {run['started_utc']}. **This run FAILED**: "
+                  f"{escape_md(run.get('message') or 'no reason recorded')}. No figures of this "
+                  f"run are compared or gated.{last}", ""]
+        if note:
+            lines += [f"**{escape_md(note)}**", ""]
+        return "\n".join(lines) + "\n"
     verdict = "**all gates pass**" if not found else f"**{len(found)} gate(s) BREACHED**"
     if previous:
         against = (f"Compared with the previous completed run (run {previous['id']} of "
@@ -161,31 +183,36 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
     else:
         against = ("No earlier completed run to compare with (the latency gate starts with the "
                    "next run).")
-    lines = [f"# Nightly run {run['id']} — {run['status']}", "",
-             f"Started {run['started_utc']}, {verdict}. {against}", ""]
+    lines += [f"Started {run['started_utc']}, {verdict}. {against}", ""]
+    if note:
+        lines += [f"**{escape_md(note)}**", ""]
     if found:
-        lines += ["## Breaches", "", *(f"- {b['message']}" for b in found), ""]
+        lines += ["## Breaches", "", *(f"- {escape_md(b['message'])}" for b in found), ""]
     if reproducibility:
-        lines += ["## Reproducibility", "", f"- {reproducibility['summary']}", ""]
+        lines += ["## Reproducibility", "", f"- {escape_md(reproducibility['summary'])}", ""]
     lines += ["## Accuracy, int8 drift, size", "", tabulate(
-        [[r["build"], r["variant"], _f(r["accuracy"], ".2f", 100),
-          _f(r["accuracy_prev"], ".2f", 100), _f(r["accuracy_median"], ".2f", 100),
-          _f(r["drift_pt"], "+.2f"), _f(r["drift_pt_prev"], "+.2f"),
-          _f(r["bytes"], ","), _f(r["bytes_prev"], ","), r["mark"]]
+        [[r["build"], r["variant"], fmt(r["accuracy"], ".2f", 100),
+          fmt(r["accuracy_prev"], ".2f", 100), fmt(r["accuracy_median"], ".2f", 100),
+          fmt(r["drift_pt"], "+.2f"), fmt(r["drift_pt_prev"], "+.2f"),
+          fmt(r["bytes"], ","), fmt(r["bytes_prev"], ","), r["mark"]]
          for r in comparison["accuracy"]],
         headers=["build", "variant", "acc %", "prev", "median", "drift pt", "prev", "bytes",
                  "prev", "mark"], tablefmt="github", disable_numparse=True), ""]
     lines += ["## p50 latency per board (µs)", "", tabulate(
-        [[r["build"], r["variant"], r["board"], r["threads"], _f(r["p50_us"], ".1f"),
-          _f(r["p50_prev"], ".1f"), _f(r["change_vs_prev_pct"], "+.1f"),
-          _f(r["p50_median"], ".1f"), _f(r["change_vs_median_pct"], "+.1f"),
-          r["mark"] or ("" if r["status"] == "ok" else f"FAILED {r['error']}")]
+        [[r["build"], r["variant"], escape_md(r["board"]), r["threads"], fmt(r["p50_us"], ".1f"),
+          fmt(r["p50_prev"], ".1f"), fmt(r["change_vs_prev_pct"], "+.1f"),
+          fmt(r["p50_median"], ".1f"), fmt(r["change_vs_median_pct"], "+.1f"),
+          r["mark"] or ("" if r["status"] == "ok" else f"FAILED {escape_md(r['error'])}")]
          for r in comparison["latency"]],
         headers=["build", "variant", "board", "thr", "p50", "prev", "Δ% prev", "median",
                  "Δ% median", "mark"], tablefmt="github", disable_numparse=True), ""]
     for b in comparison["boards"]:
-        if b["status"] != "ok":
-            lines.append(f"- board **{b['board']}** FAILED: {b['error']}")
+        if b["status"] == "failed":
+            lines.append(f"- board **{escape_md(b['board'])}** FAILED: {escape_md(b['error'])}")
+        elif b["status"] == "dropped":
+            lines.append(f"- board **{escape_md(b['board'])}** dropped from the inventory since "
+                         f"run {previous['id'] if previous else '?'} (its last figures are "
+                         "shown as prev)")
     lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]
     return "\n".join(lines) + "\n"
 
@@ -207,7 +234,7 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
         ys = [figures[i]["accuracy"].get(key, {}).get("accuracy") for i in ids]
         ax_acc.plot(ids, [None if y is None else 100 * y for y in ys], marker="o",
                     label=f"{key[0]} {key[1]}")
-        if key[1] in drift_gated_variants():
+        if key[1] == "int8":
             ax_drift.plot(ids, [figures[i]["accuracy"].get(key, {}).get("drift_pt") for i in ids],
                           marker="o", label=key[0])
     lat_keys = sorted({k for i in ids for k in figures[i]["latency"]})
@@ -233,65 +260,74 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
     plt.close(fig)
 
 
-def assess(db: Any, run_id: int, current: Figures, params: NightlyParams) -> dict[str, Any]:
+def assess(db: Any, run_id: int | None, current: Figures, params: NightlyParams,
+           failed: bool = False) -> dict[str, Any]:
     """Compare run `run_id` (its figures: `current`) with the completed runs before it and
-    apply the gates. Reads only earlier runs, so it works before this run's row is final."""
+    apply the gates. Reads only earlier runs, so it works before this run's row is final.
+    A failed run is neither compared nor gated."""
     from pipeline import history
 
-    earlier = history.completed_runs(db, params.history_runs, run_id - 1)
+    earlier = history.completed_runs(db, params.history_runs,
+                                     None if run_id is None else run_id - 1)
     previous = earlier[-1] if earlier else None
     figs = history.figures(db, [r["id"] for r in earlier])
-    comparison = compare(current, figs[previous["id"]] if previous else None,
-                         [figs[r["id"]] for r in earlier], params)
+    if failed:
+        comparison = {k: list(v) for k, v in NO_COMPARISON.items()}
+    else:
+        comparison = compare(current, figs[previous["id"]] if previous else None,
+                             [figs[r["id"]] for r in earlier], params)
     return {"earlier": earlier, "figures": figs, "comparison": comparison,
             "breaches": breaches(comparison, params)}
 
 
 def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, Any],
                   params: NightlyParams, reports_dir: Path,
-                  reproducibility: dict[str, Any] | None = None) -> None:
-    """Write nightly.json, nightly.md and nightly.png for `run` (its runs-table row)."""
+                  reproducibility: dict[str, Any] | None = None, note: str | None = None) -> None:
+    """Write nightly.json, nightly.md and nightly.png for `run` (its runs-table row).
+
+    `note` says what the report cannot show otherwise (e.g. the run is not yet in the
+    database). A failed run's chart has the earlier runs and this one without points."""
     earlier = assessment["earlier"]
     previous = earlier[-1] if earlier else None
     history_ids = [r["id"] for r in earlier]
     reports_dir = Path(reports_dir)
-    write_json(reports_dir / NIGHTLY_JSON, {
+    write_json(reports_dir / "nightly.json", {
         "run": run, "previous_run": previous["id"] if previous else None,
         "median_of_runs": history_ids, "gates": section_dict(params),
-        "breaches": assessment["breaches"], "reproducibility": reproducibility,
+        "breaches": assessment["breaches"], "reproducibility": reproducibility, "note": note,
         **assessment["comparison"]})
-    write_text(reports_dir / NIGHTLY_MD, render_markdown(
+    write_text(reports_dir / "nightly.md", render_markdown(
         run, previous, history_ids, assessment["comparison"], assessment["breaches"],
-        reproducibility))
-    render_chart([*earlier, run], {**assessment["figures"], run["id"]: current},
-                 reports_dir / NIGHTLY_PNG)
+        reproducibility, note))
+    shown = [*earlier, run] if run.get("id") is not None else list(earlier)
+    render_chart(shown, {**assessment["figures"], run.get("id"): current},
+                 reports_dir / "nightly.png")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from pipeline import history
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, default=Layout(Path("artifacts")).history_db())
+    parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
     parser.add_argument("--run", type=int, help="run id (default: the last completed run)")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
-    parser.add_argument("--out", type=Path, default=Layout(Path("artifacts")).reports_dir())
+    parser.add_argument("--out", type=Path, default=Path("artifacts") / "reports")
     args = parser.parse_args(argv)
-    if not args.db.exists():  # never create an empty database just to report on it
-        raise SystemExit(f"error: no history database at {args.db} (run python -m "
-                         "pipeline.nightly from the project root, or give --db)")
-    db = history.connect(args.db)
-    last = history.completed_runs(db, 1)
-    run_id = args.run or (last[0]["id"] if last else None)
-    if run_id is None:
-        raise SystemExit(f"error: no completed run in {args.db}")
-    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise SystemExit(f"error: no run {run_id} in {args.db} "
-                         "(python -m pipeline.history lists the runs)")
-    run = dict(row)
-    params = load_params(args.params).nightly
-    current = history.figures(db, [run_id])[run_id]
-    assessment = assess(db, run_id, current, params)
+    try:
+        db = history.connect_reader(args.db)  # never creates or changes the database
+        last = history.completed_runs(db, 1)
+        run_id = args.run or (last[0]["id"] if last else None)
+        if run_id is None:
+            raise SystemExit(f"error: no completed run in {args.db}")
+        run = history.run_row(db, run_id)
+        if run is None:
+            raise SystemExit(f"error: no run {run_id} in {args.db} "
+                             "(python -m pipeline.history lists the runs)")
+        params = load_params(args.params).nightly
+        current = history.figures(db, [run_id])[run_id]
+        assessment = assess(db, run_id, current, params, failed=run["status"] == "failed")
+    except history.HistoryError as exc:
+        raise SystemExit(f"error: {exc}") from None
     write_reports(run, current, assessment, params, args.out)
     for b in assessment["breaches"]:
         print(f"BREACH: {b['message']}")
