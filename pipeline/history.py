@@ -243,7 +243,7 @@ def write(db: HistoryDB, action: Callable[[], T], timeout_s: float) -> T:
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         return None
 
 

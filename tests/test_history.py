@@ -1,12 +1,23 @@
 """The history database: defensive reading of board documents, all-or-nothing run writes,
-abandoned runs, and the `python -m pipeline.history` table. Real SQLite files in tmp_path."""
+unfinished runs settled from their record.json, every bad database file (one line, and a
+reader never writes), a database held by another process, a full disk, and the
+`python -m pipeline.history` table. Real SQLite files in tmp_path, real other processes."""
 
+import hashlib
+import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from pipeline import history
 from pipeline.files import write_json
+from tests.conftest import REPO
 
 ACC = [{"build": "b", "variant": v, "accuracy": 0.9, "agreement": 1.0, "drift_pt": 0.0,
         "bytes": 10, "train_s": 1.0} for v in ("keras", "float32", "int8")]
@@ -71,10 +82,17 @@ def test_a_reader_sees_a_finished_run_whole(tmp_path):
 
 def test_runs_left_running_by_a_killed_nightly_are_marked_failed(tmp_path):
     db = history.connect(tmp_path / "h.sqlite")
-    run = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path))
-    assert history.fail_abandoned_runs(db, "2026-01-02T00:00:00Z") == [run]
-    assert [dict(r)["status"] for r in db.execute("SELECT status FROM runs")] == ["failed"]
-    assert history.completed_runs(db, 5) == []
+    done = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path))
+    history.finish_run(db, done, "ok", "2026-01-01T01:00:00Z", 1.0)
+    run = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path / "gone"))
+    assert history.settle_unfinished_runs(db, "2026-01-03T00:00:00Z") == [
+        (run, "killed before recording its end: marked failed")]
+    assert [(r["id"], r["status"]) for r in history.run_dirs(db)] == [(done, "ok"),
+                                                                      (run, "failed")]
+    rows = db.execute("SELECT id, status, ended_utc FROM runs ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(done, "ok", "2026-01-01T01:00:00Z"),
+                                        (run, "failed", "2026-01-03T00:00:00Z")]
+    assert [r["id"] for r in history.completed_runs(db, 5)] == [done]
 
 
 def test_cli_prints_the_last_runs_filtered_by_build_and_board(tmp_path, capsys):
@@ -97,3 +115,318 @@ def test_cli_without_a_database_says_how_to_make_one(tmp_path):
         history.main(["--db", str(tmp_path / "none.sqlite")])
     assert "python -m pipeline.nightly" in str(exc.value)
     assert not (tmp_path / "none.sqlite").exists()
+
+
+# --- runs kept in their run directory until the database has them ---------------------------
+
+
+def record_for(run_id: int, status: str = "ok") -> dict:
+    return history.run_record(run_id, status, "2026-01-01T00:09:00Z", 9.0, ACC,
+                              [{"board": "local", "status": "ok", "error": None}], [CASE],
+                              None, "inputs")
+
+
+def test_a_run_kept_in_record_json_is_recorded_by_the_next_settle_exactly_as_kept(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    first = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path / "1"))
+    pending = history.keep_pending(tmp_path / "1", record_for(first, "breached"))
+    assert pending == tmp_path / "1" / "record.json"
+    # A record.json naming another run, and one of random bytes: neither is trusted.
+    second = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path / "2"))
+    history.keep_pending(tmp_path / "2", record_for(first))
+    third = history.start_run(db, "2026-01-03T00:00:00Z", None, None, "p", str(tmp_path / "3"))
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "record.json").write_bytes(os.urandom(200))
+    assert history.settle_unfinished_runs(db, "2026-01-04T00:00:00Z") == [
+        (first, f"recorded from {pending} (breached)"),
+        (second, "killed before recording its end: marked failed"),
+        (third, "killed before recording its end: marked failed")]
+    run = history.run_row(db, first)
+    assert (run["status"], run["ended_utc"], run["wall_s"], run["inputs_hash"]) == (
+        "breached", "2026-01-01T00:09:00Z", 9.0, "inputs")
+    figs = history.figures(db, [first, second])
+    assert {part: {k: {c: v for c, v in row.items() if c != "run_id"}
+                   for k, row in rows.items()} for part, rows in figs[first].items()} == \
+        history.as_figures(ACC, [{"board": "local", "status": "ok", "error": None}], [CASE])
+    assert figs[second] == history.as_figures([], [], [])
+    assert history.settle_unfinished_runs(db, "2026-01-05T00:00:00Z") == []  # nothing left
+
+
+def test_a_record_with_a_missing_or_extra_key_is_not_trusted(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    run = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path))
+    record = record_for(run)
+    record["latency"][0] = {k: v for k, v in CASE.items() if k != "p90_us"}
+    history.keep_pending(tmp_path, record)
+    assert history.settle_unfinished_runs(db, "x")[0][1].endswith("marked failed")
+
+
+# --- every bad database file: one line naming it, and a reader never writes ------------------
+
+
+def snapshot(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_history(path: Path, runs: int = 3) -> sqlite3.Connection:
+    db = history.connect(path)
+    for i in range(runs):
+        run = history.start_run(db, f"2026-01-0{i + 1}T00:00:00Z", f"c{i}", False, "p", "d")
+        history.finish_run(db, run, "ok", "x", 1.0, ACC, [], [dict(CASE, p50_us=10.0 + i)])
+    return db
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.history", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def foreign_database(path: Path) -> None:
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE notes (id INTEGER, text TEXT)")
+    other.execute("INSERT INTO notes VALUES (1, 'mine')")
+    other.commit()
+    other.close()
+
+
+def test_an_empty_file_is_refused_by_the_reader_and_left_empty(tmp_path):
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"")
+    proc = cli("--db", str(path))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"error: {path} holds no nightly history (an empty database): run "
+                           "python -m pipeline.nightly, or give the right --db\n")
+    assert path.read_bytes() == b""  # the reader created no schema in it
+
+
+def test_a_foreign_database_is_refused_by_reader_and_writer_and_never_changed(tmp_path):
+    path = tmp_path / "h.sqlite"
+    foreign_database(path)
+    before = snapshot(path)
+    proc = cli("--db", str(path))
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path} is not a nightly history database (it lacks "
+                                  "accuracy, boards, latency, runs; tables found: notes)")
+    with pytest.raises(history.HistoryError, match="never adds its tables"):
+        history.connect(path)
+    assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_random_bytes_or_a_truncated_database_is_one_line_naming_the_file(tmp_path, damage):
+    path = tmp_path / "h.sqlite"
+    if damage == "random":
+        path.write_bytes(os.urandom(8192))
+        expected = f"error: {path} is not an SQLite database"
+    else:
+        make_history(path, runs=40).close()
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 3])
+        expected = f"error: {path} is damaged (truncated or corrupt)"
+    before = snapshot(path)
+    proc = cli("--db", str(path))
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(expected) and "mv " in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(history.HistoryError) as err:  # the nightly's way in: the same line
+        db = history.connect(path)
+        history.start_run(db, "t", None, None, "p", "d")
+    assert str(err.value).startswith(expected[len("error: "):])
+    assert snapshot(path) == before
+
+
+HOLD = ("import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute(sys.argv[2])\n"
+        "db.execute('SELECT * FROM runs').fetchall()\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.readline()  # until the test lets go\n")
+
+
+def hold(path: Path, begin: str) -> subprocess.Popen:
+    """Another process holding the database: a read transaction ('BEGIN') or the write lock
+    ('BEGIN IMMEDIATE'), as a sqlite3 shell or a notebook left open does."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), begin],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+@pytest.mark.parametrize("begin", ["BEGIN", "BEGIN IMMEDIATE"], ids=["reader", "writer"])
+def test_a_held_database_makes_a_write_wait_the_stated_time_then_fail_whole(tmp_path, begin):
+    path = tmp_path / "h.sqlite"
+    db = make_history(path, runs=1)
+    run = history.start_run(db, "t", None, None, "p", "d")
+    holder = hold(path, begin)
+    try:
+        started = time.monotonic()
+        with pytest.raises(history.HistoryError) as err:
+            history.finish_run(db, run, "ok", "e", 1.0, ACC, [], [CASE], timeout_s=1.5)
+        waited = time.monotonic() - started
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert 1.5 <= waited < 5, waited
+    assert str(err.value).startswith(f"{path} is locked by another connection (waited ")
+    assert "close the sqlite3 shell, notebook or program holding it open" in str(err.value)
+    assert history.run_row(db, run)["status"] == "running"  # nothing of it was written
+    assert history.figures(db, [run])[run] == history.as_figures([], [], [])
+    # Let go: the same write now goes through.
+    history.finish_run(db, run, "ok", "e", 1.0, ACC, [], [CASE], timeout_s=1.5)
+    assert history.run_row(db, run)["status"] == "ok"
+
+
+def test_a_write_goes_through_when_the_holder_lets_go_within_the_timeout(tmp_path):
+    path = tmp_path / "h.sqlite"
+    db = make_history(path, runs=1)
+    holder = hold(path, "BEGIN")
+    try:
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"]).wait()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        run = history.start_run(db, "t", None, None, "p", "d", timeout_s=20)
+    finally:
+        holder.communicate(timeout=30)
+    assert history.run_row(db, run)["status"] == "running"
+
+
+def test_a_reader_reads_while_another_process_holds_the_write_lock(tmp_path):
+    path = tmp_path / "h.sqlite"
+    make_history(path).close()
+    holder = hold(path, "BEGIN IMMEDIATE")
+    try:
+        proc = cli("--db", str(path), "--last", "3")
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert [proc.stdout.count(f"c{i}") for i in range(3)] == [3, 3, 3]  # 3 rows a run
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """mount(path, options) -> a tmpfs mounted there, unmounted at the end (root only)."""
+    mounts = []
+
+    def mount(where: Path, options: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): needs root")
+        mounts.append(where)
+        return where
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_disk(where: Path) -> None:
+    try:
+        with open(where / "filler", "wb", buffering=0) as fh:
+            for _ in range(100_000):  # bounded; a small tmpfs is full long before
+                fh.write(b"\0" * 4096)
+    except OSError:
+        pass  # ENOSPC: full, as wanted
+
+
+def test_a_read_only_database_is_one_line_for_the_writer_and_readable(tmp_path, small_mount):
+    where = small_mount(tmp_path / "ro", "size=1m")
+    make_history(where / "h.sqlite").close()
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    db = history.connect(where / "h.sqlite")
+    with pytest.raises(history.HistoryError) as err:
+        history.start_run(db, "t", None, None, "p", "d", timeout_s=1)
+    assert str(err.value) == (f"{where / 'h.sqlite'} is read-only for this user: make it "
+                              f"writable (chmod u+w {where / 'h.sqlite'} and its directory) or "
+                              "give another --db")
+    proc = cli("--db", str(where / "h.sqlite"), "--last", "1")
+    assert proc.returncode == 0 and "c2" in proc.stdout, proc.stderr
+
+
+def test_a_full_disk_is_one_line_and_the_run_is_not_half_written(tmp_path, small_mount):
+    where = small_mount(tmp_path / "full", "size=256k")
+    db = make_history(where / "h.sqlite", runs=1)
+    run = history.start_run(db, "t", None, None, "p", "d")
+    fill_disk(where)
+    many = [dict(CASE, threads=t) for t in range(1, 400)]
+    with pytest.raises(history.HistoryError) as err:
+        history.finish_run(db, run, "ok", "e", 1.0, ACC, [], many, timeout_s=1)
+    assert str(err.value) == (f"the disk holding {where / 'h.sqlite'} is full: free some "
+                              "space, then retry")
+    (where / "filler").unlink()
+    assert history.run_row(db, run)["status"] == "running"
+    assert history.figures(db, [run])[run]["latency"] == {}
+
+
+def test_a_malformed_value_in_an_earlier_row_reads_as_no_figure(tmp_path):
+    path = tmp_path / "h.sqlite"
+    db = make_history(path, runs=2)
+    editor = sqlite3.connect(path)  # a hand edit: text where a number belongs
+    editor.execute("UPDATE accuracy SET accuracy = 'n/a' WHERE run_id = 1 AND variant = 'int8'")
+    editor.execute("UPDATE latency SET p50_us = X'00' WHERE run_id = 1")
+    editor.commit()
+    figs = history.figures(db, [1, 2])
+    assert figs[1]["accuracy"][("b", "int8")]["accuracy"] is None
+    assert figs[1]["accuracy"][("b", "keras")]["accuracy"] == 0.9
+    assert figs[1]["latency"][("b", "int8", "local", 1)]["p50_us"] is None
+    assert figs[2]["latency"][("b", "int8", "local", 1)]["p50_us"] == 11.0
+
+
+# --- queries over several runs (ordering shows only with three or more) ----------------------
+
+
+def test_completed_runs_are_the_latest_ones_oldest_first_up_to_and_including_an_id(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    ids = []
+    for status in ("ok", "failed", "breached", "ok", "ok"):
+        run = history.start_run(db, "t", None, None, "p", "d")
+        history.finish_run(db, run, status, "e", 1.0)
+        ids.append(run)
+    assert [r["id"] for r in history.completed_runs(db, 2)] == [ids[3], ids[4]]
+    assert [r["id"] for r in history.completed_runs(db, 3, ids[3])] == [ids[0], ids[2], ids[3]]
+    assert [r["id"] for r in history.completed_runs(db, 9, ids[2])] == [ids[0], ids[2]]
+
+
+def test_cli_last_n_shows_the_newest_runs(tmp_path):
+    path = tmp_path / "h.sqlite"
+    make_history(path, runs=4).close()
+    proc = cli("--db", str(path), "--last", "2")
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+    assert runs == ["3", "3", "3", "4", "4", "4"]  # keras/float32 alone, int8 with its case
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "99999999999999999999", "two"])
+def test_cli_last_out_of_range_is_one_usage_line(tmp_path, value):
+    path = tmp_path / "h.sqlite"
+    make_history(path, runs=1).close()
+    proc = cli("--db", str(path), "--last", value)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith("history.py: error: argument --last: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_last_at_its_bounds_is_accepted(tmp_path):
+    path = tmp_path / "h.sqlite"
+    make_history(path, runs=2).close()
+    assert cli("--db", str(path), "--last", "1").returncode == 0
+    assert cli("--db", str(path), "--last", str(history.MAX_LAST)).returncode == 0
+    assert cli("--db", str(path), "--last", str(history.MAX_LAST + 1)).returncode == 2
+
+
+def test_cli_unknown_build_or_board_fails_naming_what_is_recorded(tmp_path):
+    path = tmp_path / "h.sqlite"
+    db = make_history(path, runs=1)
+    run = history.start_run(db, "t", None, None, "p", "d")
+    history.finish_run(db, run, "failed", "e", 1.0, message="terminated by SIGTERM during doit")
+    db.close()
+    proc = cli("--db", str(path), "--build", "nope")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"error: --build nope: no such build in the last 5 run(s) of {path} "
+                           "(builds recorded: b)\n")
+    proc = cli("--db", str(path), "--board", "k1")
+    assert proc.returncode == 1 and "(boards recorded: local)" in proc.stderr
+    proc = cli("--db", str(path), "--build", "b")
+    assert proc.returncode == 0 and "terminated by SIGTERM during doit" in proc.stdout
