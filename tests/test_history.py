@@ -4,7 +4,6 @@ reader never writes), a database held by another process, a full disk, and the
 `python -m pipeline.history` table. Real SQLite files in tmp_path, real other processes."""
 
 import hashlib
-import json
 import os
 import shutil
 import sqlite3

@@ -1,9 +1,10 @@
 """Gates and comparison of the nightly report, on figures shaped as the database gives them."""
 
 import dataclasses
+import json
 
 from pipeline import history
-from pipeline.nightly_report import breaches, compare, render_chart
+from pipeline.nightly_report import assess, breaches, compare, main, render_chart, render_markdown
 from pipeline.params import load_params
 from tests.conftest import REPO
 
@@ -91,3 +92,154 @@ def test_int8_selective_gets_the_int8_floor_at_its_boundary():
     [found] = selective(0.9499)   # above the float32 floor, below the int8 one
     assert (found["variant"], found["figure"]) == ("int8_selective", "accuracy")
     assert "(nightly.min_accuracy_int8)" in found["message"]
+
+# --- every gate at its threshold: equal passes, just beyond breaches --------------------------
+
+
+def figures_at(int8_acc: float, drift_pt: float, p50: float = 100.0):
+    figs = figures(p50, int8_acc=int8_acc)
+    figs["accuracy"][("b", "int8")]["drift_pt"] = drift_pt
+    return figs
+
+
+def test_accuracy_exactly_at_the_floor_passes_and_just_below_breaches():
+    assert gate(figures_at(0.94, -1.0), [figures(100.0)]) == []
+    [found] = gate(figures_at(0.94 - 1e-9, -1.0), [figures(100.0)])
+    assert (found["variant"], found["figure"], found["limit"]) == ("int8", "accuracy", ">= 0.94")
+
+
+def test_float_variants_use_the_float32_floor_and_keras_has_none():
+    figs = figures(100.0)
+    figs["accuracy"][("b", "float32")]["accuracy"] = 0.949  # floor 0.95
+    figs["accuracy"][("b", "keras")]["accuracy"] = 0.10
+    [found] = gate(figs, [figures(100.0)])
+    assert (found["variant"], found["limit"]) == ("float32", ">= 0.95")
+    assert "(nightly.min_accuracy_float32)" in found["message"]
+
+
+def test_drift_exactly_at_the_limit_passes_and_just_beyond_breaches():
+    assert gate(figures_at(0.97, -1.0), [figures(100.0)]) == []
+    [found] = gate(figures_at(0.97, -1.0 - 1e-9), [figures(100.0)])
+    assert (found["figure"], found["limit"]) == ("drift_pt", ">= -1.0")
+
+
+def test_latency_exactly_at_the_regression_limit_passes_and_just_beyond_breaches():
+    past = [figures(100.0), figures(100.0)]
+    assert gate(figures(150.0), past) == []  # +50.0 % exactly
+    [found] = gate(figures(150.001), past)
+    assert found["figure"] == "p50_us" and found["limit"] == "<= median 100.0 µs + 50.0 %"
+
+
+def test_comparison_values_against_a_direct_computation():
+    past = [figures(100.0, int8_acc=0.96), figures(120.0, int8_acc=0.97),
+            figures(400.0, int8_acc=0.90)]
+    rows = compare(figures(130.0, int8_acc=0.95), past[-1], past, GATES)
+    int8 = next(r for r in rows["accuracy"] if r["variant"] == "int8")
+    assert int8["accuracy_prev"] == 0.90 and int8["accuracy_median"] == 0.96
+    assert abs(int8["accuracy_change_pt"] - 5.0) < 1e-9
+    assert abs(int8["accuracy_vs_median_pt"] + 1.0) < 1e-9
+    assert "accuracy +5.00 pt vs prev" in int8["mark"]  # a gain is marked too
+    [lat] = rows["latency"]
+    assert (lat["p50_prev"], lat["p50_median"], lat["runs_in_median"]) == (400.0, 120.0, 3)
+    assert abs(lat["change_vs_prev_pct"] - (130 / 400 - 1) * 100) < 1e-9
+    assert abs(lat["change_vs_median_pct"] - (130 / 120 - 1) * 100) < 1e-9
+
+
+# --- boards dropped from the inventory ------------------------------------------------------
+
+
+def test_a_board_dropped_from_the_inventory_keeps_its_rows_marked_and_is_no_breach():
+    before = figures(100.0)
+    before["boards"]["k2"] = {"board": "k2", "status": "ok", "error": None}
+    before["latency"][("b", "int8", "k2", 1)] = {"build": "b", "variant": "int8", "board": "k2",
+                                                 "threads": 1, "p50_us": 55.0, "status": "ok",
+                                                 "error": None}
+    rows = compare(figures(100.0), before, [before], GATES)
+    dropped = [r for r in rows["latency"] if r["board"] == "k2"]
+    assert [(r["status"], r["p50_prev"], r["p50_us"], r["mark"]) for r in dropped] == [
+        ("dropped", 55.0, None, "board dropped from the inventory")]
+    assert {b["board"]: b["status"] for b in rows["boards"]} == {"k1": "ok", "k2": "dropped"}
+    assert breaches(rows, GATES) == []
+    md = render_markdown({"id": 5, "status": "ok", "started_utc": "t"}, {"id": 4,
+                         "started_utc": "s"}, [4], rows, [], None)
+    assert "- board **k2** dropped from the inventory since run 4" in md
+    table = md.split("## p50 latency per board")[1]
+    assert "k2" in table and "board dropped from the inventory" in table
+
+
+# --- the markdown report -------------------------------------------------------------------
+
+
+def test_board_error_text_is_escaped_in_nightly_md():
+    hostile = "boom <img src=x> | *bold* [link](http://x) `code`\x1b[31mred\nnext"
+    figs = figures(100.0, board_ok=False, case_ok=False)
+    figs["boards"]["k1"]["error"] = hostile
+    figs["latency"][("b", "int8", "k1", 1)]["error"] = hostile
+    rows = compare(figs, None, [], GATES)
+    found = breaches(rows, GATES)
+    md = render_markdown({"id": 1, "status": "breached", "started_utc": "t"}, None, [], rows,
+                         found, None)
+    for raw in ("<img", "| *bold*", "[link](", "`code`", "\x1b", "\nnext"):
+        assert raw not in md, raw
+    assert "&lt;img src=x&gt; \\| \\*bold\\* \\[link\\](http://x) \\`code\\`red next" in md
+    assert all("\x1b" not in b["message"] for b in found)  # the console gets no escapes
+
+
+def test_a_failed_run_report_says_this_run_failed_and_why_and_shows_no_old_tables():
+    md = render_markdown({"id": 7, "status": "failed", "started_utc": "2026-01-02T02:00:00Z",
+                          "message": "terminated by SIGTERM during doit"},
+                         {"id": 6, "started_utc": "2026-01-01T02:00:00Z"}, [5, 6],
+                         {"accuracy": [], "latency": [], "boards": []}, [], None)
+    assert md.startswith("# Nightly run 7 — failed\n")
+    assert "**This run FAILED**: terminated by SIGTERM during doit." in md
+    assert "The last completed run is run 6 (started 2026-01-01T02:00:00Z)" in md
+    assert "--run 6" in md and "## p50" not in md and "all gates pass" not in md
+
+
+# --- assess over a real database of several runs ---------------------------------------------
+
+
+def record(db, figs, status="ok"):
+    run = history.start_run(db, "t", None, None, "p", "d")
+    acc = [dict(r, agreement=None, train_s=None) for r in figs["accuracy"].values()]
+    lat = [dict(r, p90_us=None, init_ms=None) for r in figs["latency"].values()]
+    history.finish_run(db, run, status, "e", 1.0, acc, list(figs["boards"].values()), lat)
+    return run
+
+
+def test_assess_compares_with_the_latest_run_and_the_median_of_the_last_n(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    ids = [record(db, figures(p50)) for p50 in (1000.0, 100.0, 110.0)]
+    record(db, figures(5.0), status="failed")  # a failed run is no comparison
+    ids.append(record(db, figures(120.0)))
+    current_id = history.start_run(db, "t", None, None, "p", "d")
+    params = dataclasses.replace(GATES, history_runs=3)
+    result = assess(db, current_id, figures(200.0), params)
+    assert [r["id"] for r in result["earlier"]] == ids[1:]
+    [lat] = result["comparison"]["latency"]
+    assert (lat["p50_prev"], lat["p50_median"], lat["runs_in_median"]) == (120.0, 110.0, 3)
+    [found] = result["breaches"]  # 200 is 81.8 % above 110
+    assert "81.8 % above the median 110.0 µs of the last 3 run(s)" in found["message"]
+
+
+def test_a_failed_run_is_neither_compared_nor_gated(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    record(db, figures(100.0))
+    run = history.start_run(db, "t", None, None, "p", "d")
+    result = assess(db, run, history.as_figures([], [], []), GATES, failed=True)
+    assert result["comparison"] == {"accuracy": [], "latency": [], "boards": []}
+    assert result["breaches"] == [] and [r["id"] for r in result["earlier"]] == [1]
+
+
+def test_rebuilding_a_report_never_writes_the_database(tmp_path):
+    path = tmp_path / "h.sqlite"
+    db = history.connect(path)
+    record(db, figures(100.0))
+    record(db, figures(100.0, int8_acc=0.5), status="breached")
+    db.close()
+    before = path.read_bytes()
+    out = tmp_path / "reports"
+    main(["--db", str(path), "--params", str(REPO / "params.toml"), "--out", str(out)])
+    assert path.read_bytes() == before
+    assert (out / "nightly.md").read_text().startswith("# Nightly run 2 — breached")
+    assert json.loads((out / "nightly.json").read_text())["previous_run"] == 1
