@@ -497,12 +497,13 @@ def recorded_names(db: HistoryDB) -> tuple[list[str], list[str]]:
 def render(rows: Sequence[dict[str, Any]]) -> str:
     from tabulate import tabulate
 
-    from pipeline.report import fmt
+    from pipeline.report import fmt_value
 
     body = [[r["run"], r["started"], r["status"], r["commit"], r["build"], r["variant"],
-             r["board"], fmt(r.get("threads"), "d"), fmt(r.get("accuracy"), ".2f", 100),
-             fmt(r.get("drift_pt"), "+.2f"), fmt(r.get("bytes"), ","),
-             fmt(r.get("p50_us"), ".1f"), fmt(r.get("init_ms"), ".2f"), r.get("case", "")]
+             r["board"], fmt_value(r.get("threads"), "d"), fmt_value(r.get("accuracy"), ".2f", 100),
+             fmt_value(r.get("drift_pt"), "+.2f"), fmt_value(r.get("bytes"), ","),
+             fmt_value(r.get("p50_us"), ".1f"), fmt_value(r.get("init_ms"), ".2f"),
+             r.get("case", "")]
             for r in rows]
     return tabulate(body, headers=["run", "started (UTC)", "status", "commit", "build", "variant",
                                    "board", "thr", "acc %", "drift pt", "bytes", "p50 µs",

@@ -145,26 +145,28 @@ def prune(nightly_dir: Path, keep: int, current: Path, runs: Sequence[dict[str, 
     `runs` are the database's (id, status, run_dir) rows. Only directories this module made
     for a run of this database are candidates (a stamp name, a real directory: never a
     symlink, never a user's own folder); order is the run id, not the name (a clock set
-    wrong does not make a directory the newest for ever). The current run is always kept;
-    failed runs do not count toward `keep`, so they never push out the last good run, and
-    those newer than the oldest kept run stay (their doit.log says why they failed).
+    wrong does not make a directory the newest for ever). The current run is always kept.
+    Failed runs do not count toward `keep`, so they never push out the last good run: of
+    those newer than the oldest kept completed run, the last `keep` stay too (their doit.log
+    says why they failed); older ones go.
     """
     nightly_dir = Path(nightly_dir)
     if not nightly_dir.is_dir():
         return []
     by_name = {Path(r["run_dir"]).name: r for r in runs if r.get("run_dir")
                and Path(r["run_dir"]).parent.resolve() == nightly_dir.resolve()}
-    counted = [r["id"] for r in runs if r["status"] in history.COMPLETED]
-    kept = set(counted[-keep:])
+    completed = [r["id"] for r in runs if r["status"] in history.COMPLETED]
+    kept = set(completed[-keep:])
     oldest_kept = min(kept) if kept else 0
+    failed = [r["id"] for r in runs if r["status"] not in history.COMPLETED
+              and r["id"] > oldest_kept]
+    kept |= set(failed[-keep:])
     doomed = []
     for path in sorted(nightly_dir.iterdir()):
         run = by_name.get(path.name)
-        if (run is None or path.name == current.name or path.is_symlink() or not path.is_dir()
+        if (run is None or run["id"] in kept or path.name == current.name
+                or path.is_symlink() or not path.is_dir()
                 or not RUN_DIR_NAME.fullmatch(path.name)):
-            continue
-        if run["id"] in kept or (run["status"] not in history.COMPLETED
-                                 and run["id"] > oldest_kept):
             continue
         shutil.rmtree(path)
         doomed.append(path)

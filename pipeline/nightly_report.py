@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.params import NightlyParams, load_params, section_dict
-from pipeline.report import clean_text, escape_md, fmt
+from pipeline.report import clean_text, escape_md, fmt_value
 
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
 
@@ -191,17 +191,18 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
     if reproducibility:
         lines += ["## Reproducibility", "", f"- {escape_md(reproducibility['summary'])}", ""]
     lines += ["## Accuracy, int8 drift, size", "", tabulate(
-        [[r["build"], r["variant"], fmt(r["accuracy"], ".2f", 100),
-          fmt(r["accuracy_prev"], ".2f", 100), fmt(r["accuracy_median"], ".2f", 100),
-          fmt(r["drift_pt"], "+.2f"), fmt(r["drift_pt_prev"], "+.2f"),
-          fmt(r["bytes"], ","), fmt(r["bytes_prev"], ","), r["mark"]]
+        [[r["build"], r["variant"], fmt_value(r["accuracy"], ".2f", 100),
+          fmt_value(r["accuracy_prev"], ".2f", 100), fmt_value(r["accuracy_median"], ".2f", 100),
+          fmt_value(r["drift_pt"], "+.2f"), fmt_value(r["drift_pt_prev"], "+.2f"),
+          fmt_value(r["bytes"], ","), fmt_value(r["bytes_prev"], ","), r["mark"]]
          for r in comparison["accuracy"]],
         headers=["build", "variant", "acc %", "prev", "median", "drift pt", "prev", "bytes",
                  "prev", "mark"], tablefmt="github", disable_numparse=True), ""]
     lines += ["## p50 latency per board (µs)", "", tabulate(
-        [[r["build"], r["variant"], escape_md(r["board"]), r["threads"], fmt(r["p50_us"], ".1f"),
-          fmt(r["p50_prev"], ".1f"), fmt(r["change_vs_prev_pct"], "+.1f"),
-          fmt(r["p50_median"], ".1f"), fmt(r["change_vs_median_pct"], "+.1f"),
+        [[r["build"], r["variant"], escape_md(r["board"]), r["threads"],
+          fmt_value(r["p50_us"], ".1f"),
+          fmt_value(r["p50_prev"], ".1f"), fmt_value(r["change_vs_prev_pct"], "+.1f"),
+          fmt_value(r["p50_median"], ".1f"), fmt_value(r["change_vs_median_pct"], "+.1f"),
           r["mark"] or ("" if r["status"] == "ok" else f"FAILED {escape_md(r['error'])}")]
          for r in comparison["latency"]],
         headers=["build", "variant", "board", "thr", "p50", "prev", "Δ% prev", "median",

@@ -101,7 +101,7 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
     return rows
 
 
-def fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+def fmt_value(value: Any, spec: str, scale: float = 1.0) -> str:
     """`value` * `scale` formatted with `spec`, or "" for no value (every report's one rule).
 
     With `spec` "," the value is rounded to a whole number first (a median of byte counts
@@ -134,19 +134,19 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
         if full:
             body.append([
                 r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
-                fmt(r.get("init_ms"), ".2f"), fmt(r.get("first_us"), ".1f"),
-                fmt(r.get("mean_us"), ".1f"), fmt(r.get("p50_us"), ".1f"),
-                fmt(r.get("p90_us"), ".1f"), fmt(r.get("p99_us"), ".1f"),
-                fmt(r.get("model_rss_mb"), ".2f"), fmt(r.get("peak_rss_mb"), ".1f"),
-                fmt(r.get("bytes"), ","), fmt(pct(r.get("accuracy")), ".2f"),
-                fmt(pct(agree), ".2f"), fmt(r.get("int8_over_float32"), ".2f"),
-                fmt(r.get("macs"), ","), fmt(r.get("floor_us"), ".2f"),
-                fmt(r.get("p50_over_floor"), ".1f"),
+                fmt_value(r.get("init_ms"), ".2f"), fmt_value(r.get("first_us"), ".1f"),
+                fmt_value(r.get("mean_us"), ".1f"), fmt_value(r.get("p50_us"), ".1f"),
+                fmt_value(r.get("p90_us"), ".1f"), fmt_value(r.get("p99_us"), ".1f"),
+                fmt_value(r.get("model_rss_mb"), ".2f"), fmt_value(r.get("peak_rss_mb"), ".1f"),
+                fmt_value(r.get("bytes"), ","), fmt_value(pct(r.get("accuracy")), ".2f"),
+                fmt_value(pct(agree), ".2f"), fmt_value(r.get("int8_over_float32"), ".2f"),
+                fmt_value(r.get("macs"), ","), fmt_value(r.get("floor_us"), ".2f"),
+                fmt_value(r.get("p50_over_floor"), ".1f"),
                 ",".join(str(c) for c in r.get("cpus") or []), state])
         else:
             body.append([r["build"], r["variant"], r["board"], r["threads"],
-                         fmt(r.get("p50_us"), ".1f"), fmt(r.get("p90_us"), ".1f"),
-                         fmt(r.get("int8_over_float32"), ".2f"), fmt(pct(agree), ".1f"),
+                         fmt_value(r.get("p50_us"), ".1f"), fmt_value(r.get("p90_us"), ".1f"),
+                         fmt_value(r.get("int8_over_float32"), ".2f"), fmt_value(pct(agree), ".1f"),
                          state[:60]])
     headers = (["build", "variant", "board", "thr", "runtime", "init ms", "first µs",
                 "mean µs", "p50 µs", "p90 µs", "p99 µs", "model MB", "peak RSS MB", "bytes",
