@@ -406,6 +406,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     the row is committed makes the run failed everywhere (see _terminated); a database that
     stays busy or broken leaves record.json for the next nightly and exit status 3."""
     assert run.db is not None and run.run_id is not None
+    remove_partials(run.run_dir)  # what a killed task left (doit --continue went on)
     builds = [b.name for b in params.builds]
     accuracy = history.read_accuracy(run.run_dir, builds)
     board_rows, latency = history.read_latency(run.run_dir, [b.name for b in boards])
@@ -501,8 +502,8 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
         record = history.run_record(run.run_id, "failed", ended, wall, message=message)
         history.keep_pending(run.run_dir, record)
         write_json(run.run_dir / "manifest.json", {
-            "run_id": run.run_id, "status": "failed", "message": message,
-            "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall, **run.manifest})
+            **run.manifest, "run_id": run.run_id, "status": "failed", "message": message,
+            "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall})
     empty = history.as_figures([], [], [])
     try:
         nightly_report.write_reports(_row(run, "failed", ended, wall, message), empty,
