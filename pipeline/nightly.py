@@ -192,9 +192,12 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
               started: Callable[[subprocess.Popen], None]) -> int:
     """Run the whole doit graph for `run_dir` (see DOIT_RUNS); log everything to
     run_dir/doit.log and print a line per stage and per task (each board is a task).
-    Returns the worst doit exit status."""
+    Returns the worst doit exit status. A log that cannot be written (a full disk) is
+    said once; doit's output is still read, so doit is never blocked on it."""
     stage, worst = None, 0
-    with open(run_dir / "doit.log", "w", encoding="utf-8") as log:
+    log = open(run_dir / "doit.log", "w", encoding="utf-8")
+    logging = True
+    try:
         for args in DOIT_RUNS:
             # Its own process group: stop_child() signals doit and everything it started.
             child = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project,
@@ -206,8 +209,14 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                      f"{run_dir / 'doit.log'}")
             assert child.stdout is not None
             for line in child.stdout:
-                log.write(line)
-                log.flush()
+                if logging:
+                    try:
+                        log.write(line)
+                        log.flush()
+                    except OSError as exc:
+                        logging = False
+                        progress(f"cannot write {run_dir / 'doit.log'}: {exc.strerror}; the "
+                                 "rest of doit's output is not kept")
                 if line.startswith(".  "):
                     task = line[3:].strip()
                     if task.split(":")[0] != stage:
@@ -217,6 +226,11 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                 elif line.startswith(("TaskFailed", "TaskError")):
                     progress(f"  {line.strip()}")
             worst = max(worst, child.wait())
+    finally:
+        try:
+            log.close()
+        except OSError:
+            pass  # said above; what it could not flush is lost, nothing else
     return worst
 
 
@@ -437,13 +451,22 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         "params": asdict(params), "inputs_hash": inputs_hash, "code_hash": code,
         "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
         "reproducibility": repro}
-    write_json(run.run_dir / "manifest.json", run.manifest)
     row = _row(run, outcome, ended, wall, message)
     reports = artifacts / "reports"
-    nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro)
     record = history.run_record(run.run_id, outcome, ended, wall, accuracy, board_rows, latency,
                                 message, inputs_hash)
-    pending = history.keep_pending(run.run_dir, record)
+    pending = run.run_dir / history.PENDING
+    for target, write in (
+            (run.run_dir / "manifest.json",
+             lambda: write_json(run.run_dir / "manifest.json", run.manifest)),
+            (reports / "nightly.{json,md,png}",
+             lambda: nightly_report.write_reports(row, current, assessment, params.nightly,
+                                                  reports, repro)),
+            (pending, lambda: history.keep_pending(run.run_dir, record))):
+        try:
+            write()
+        except OSError as exc:  # a full disk, most likely: the run cannot be kept whole
+            return _unwritable(run, target, exc, t0, log, db_timeout_s)
     progress(f"writing run {run.run_id} to {run.db.path} (waits up to {db_timeout_s:.0f} s "
              "for a busy database)")
     unrecorded = None
@@ -472,6 +495,26 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
 
 
+def _unwritable(run: Run, target: Path, exc: OSError, t0: float, log: Callable[[str], None],
+                db_timeout_s: float) -> int:
+    """The run's files could not be written: record it as failed, naming the file."""
+    assert run.db is not None and run.run_id is not None
+    free = shutil.disk_usage(target.parent).free if target.parent.exists() else 0
+    message = (f"could not write {target}: {exc.strerror} ({free // 2**20} MiB free there; "
+               "free some space and run the nightly again)")
+    try:
+        history.finish_run(run.db, run.run_id, "failed", utc_now(), time.monotonic() - t0,
+                           message=message, timeout_s=db_timeout_s)
+        run.recorded = True
+        what = "recorded as failed"
+    except history.HistoryError as db_exc:
+        what = f"not recorded either: {db_exc}"
+    log(f"NIGHTLY FAILED: {message}")
+    log(f"nightly run {run.run_id}: FAILED ({what}), total wall time "
+        f"{time.monotonic() - t0:.1f} s")
+    return EXIT_FAILED
+
+
 def _prune(run: Run, params: Params, progress: Callable[[str], None]) -> None:
     assert run.db is not None
     try:
@@ -498,19 +541,19 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
         remove_partials(run.run_dir)
     ended, wall = utc_now(), time.monotonic() - t0
     what = "not recorded (it had not started)"
-    if run.run_id is not None:
-        record = history.run_record(run.run_id, "failed", ended, wall, message=message)
-        history.keep_pending(run.run_dir, record)
-        write_json(run.run_dir / "manifest.json", {
-            **run.manifest, "run_id": run.run_id, "status": "failed", "message": message,
-            "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall})
     empty = history.as_figures([], [], [])
     try:
+        if run.run_id is not None:
+            record = history.run_record(run.run_id, "failed", ended, wall, message=message)
+            history.keep_pending(run.run_dir, record)
+            write_json(run.run_dir / "manifest.json", {
+                **run.manifest, "run_id": run.run_id, "status": "failed", "message": message,
+                "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall})
         nightly_report.write_reports(_row(run, "failed", ended, wall, message), empty,
                                      _assess(run.db, run.run_id, empty, params, True),
                                      params.nightly, artifacts / "reports")
     except OSError as exc:
-        log(f"error: could not write the reports: {exc}")
+        log(f"error: could not write {exc.filename or 'the reports'}: {exc.strerror}")
     if run.run_id is not None and run.db is not None:
         try:
             history.finish_run(run.db, run.run_id, "failed", ended, wall, message=message,

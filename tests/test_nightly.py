@@ -640,37 +640,28 @@ def test_an_unusable_database_or_lock_is_one_line_and_exit_2(standin, damage):
     assert not (standin.art / "nightly").exists()  # nothing was run
 
 
-def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(standin, tmp_path):
+def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(standin, tmpfs):
     from tests.test_history import fill_disk
 
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    where = tmp_path / "small"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
+    where = tmpfs("256k")
+    db = where / "h.sqlite"
+    proc, log = standin.start("--db", str(db), "--db-timeout", "1", STANDIN_SLEEP="2")
     try:
-        db = where / "h.sqlite"
-        proc, log = standin.start("--db", str(db), "--db-timeout", "1", STANDIN_SLEEP="2")
-        try:
-            assert wait_for_text(log, "run 1 in", 60)
-            fill_disk(where)
-            status = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        out = log.read_text()
-        assert status == 3, out[-3000:]
-        assert f"the disk holding {db} is full: free some space, then retry" in out
-        (where / "filler").unlink()
-        after = standin.run("--db", str(db))
-        assert after.returncode == 0, after.stdout[-3000:]
-        assert "run 1: recorded from " in after.stdout
-        assert [r[:2] for r in sqlite3.connect(db).execute(
-            "SELECT id, status FROM runs").fetchall()] == [(1, "ok"), (2, "ok")]
+        assert wait_for_text(log, "run 1 in", 60)
+        fill_disk(where)
+        status = proc.wait(timeout=120)
     finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert status == 3, out[-3000:]
+    assert f"the disk holding {db} is full: free some space, then retry" in out
+    (where / "filler").unlink()
+    after = standin.run("--db", str(db))
+    assert after.returncode == 0, after.stdout[-3000:]
+    assert "run 1: recorded from " in after.stdout
+    assert sqlite3.connect(db).execute("SELECT id, status FROM runs").fetchall() == [
+        (1, "ok"), (2, "ok")]
 
 
 def test_retention_prunes_only_its_own_run_directories_in_run_order(tmp_path):
@@ -738,3 +729,51 @@ def test_expected_reports_follow_every_stage_and_variant():
                 "reports/mnist_cnn/analysis.md", "reports/mnist_cnn/layers.md",
                 "models/mnist_cnn/model_card.md"):
         assert rel in cnn, rel
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size) -> a small tmpfs mounted in tmp_path, unmounted at the end (root only)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounts)}"
+        where.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here: needs root")
+        mounts.append(where)
+        return where
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file(standin, tmp_path,
+                                                                           tmpfs):
+    from tests.test_history import fill_disk
+
+    where = tmpfs("32m")
+    db = tmp_path / "h.sqlite"
+    proc, log = standin.start("--db", str(db), STANDIN_SLEEP="2",
+                              PIPELINE_ARTIFACTS=str(where / "art"))
+    try:
+        assert wait_for_text(log, "run 1 in", 60)
+        [run_dir] = (where / "art" / "nightly").iterdir()
+        assert wait_for_text(run_dir / "doit.log", "standin sleeping", 60)
+        fill_disk(where)
+        status = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert status == 2, out[-3000:]
+    assert "Traceback" not in out
+    message = (f"could not write {run_dir / 'manifest.json'}: No space left on device "
+               "(0 MiB free there; free some space and run the nightly again)")
+    assert f"NIGHTLY FAILED: {message}" in out
+    assert sqlite3.connect(db).execute("SELECT status, message FROM runs").fetchall() == [
+        ("failed", message)]
