@@ -777,3 +777,34 @@ def test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file(stand
     assert f"NIGHTLY FAILED: {message}" in out
     assert sqlite3.connect(db).execute("SELECT status, message FROM runs").fetchall() == [
         ("failed", message)]
+
+
+def test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too(tmp_path):
+    """SIGKILL after the manifest and the reports but before record.json: the next nightly
+    marks it failed, and its manifest and the reports (which named it) say so too."""
+    from pipeline import history, nightly_report
+    from pipeline.nightly import _fix_abandoned
+    from pipeline.params import load_params
+
+    params = load_params(Path(__file__).parent.parent / "params" / "smoke.toml")
+    db = history.connect(tmp_path / "h.sqlite")
+    run_dir, reports = tmp_path / "nightly" / "20260101T020000Z", tmp_path / "reports"
+    run_dir.mkdir(parents=True)
+    run = history.start_run(db, "2026-01-01T02:00:00Z", None, None, "p", str(run_dir))
+    (run_dir / "manifest.json").write_text(json.dumps({"run_id": run, "status": "ok"}))
+    (run_dir / ".model.tflite.abc.partial").write_bytes(b"half")
+    row = {**history.run_row(db, run), "status": "ok"}
+    empty = history.as_figures([], [], [])
+    nightly_report.write_reports(row, empty, nightly_report.assess(db, run, empty,
+                                                                   params.nightly),
+                                 params.nightly, reports)
+    assert (reports / "nightly.md").read_text().startswith(f"# Nightly run {run} — ok")
+    said = []
+    [(settled, what)] = history.settle_unfinished_runs(db, "2026-01-01T03:00:00Z")
+    _fix_abandoned(db, settled, reports, params, said.append)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
+    md = (reports / "nightly.md").read_text()
+    assert md.startswith(f"# Nightly run {run} — failed")
+    assert "abandoned: the nightly was killed before it could record its end" in md
+    assert said == [f"removed 1 temporary file(s) of run {run} from {run_dir}"]
+    assert not (run_dir / ".model.tflite.abc.partial").exists()

@@ -90,11 +90,16 @@ def test_artifact_hashes_skip_temporary_files_links_and_the_nightlys_own(tmp_pat
 
 
 def test_code_hash_follows_the_code_and_canonical_hash_ignores_key_order(tmp_path):
-    for name in ("pipeline/a.py", "board/runner.py", "dodo.py"):
+    names = ("pipeline/a.py", "board/runner.py", "dodo.py")
+    for name in names:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x = 1\n")
-    before = code_hash(tmp_path)
-    (tmp_path / "pipeline" / "a.py").write_text("x = 2\n")
-    assert code_hash(tmp_path) != before
+    seen = {code_hash(tmp_path)}
+    for name in names:  # each of the three is code that makes the artifacts
+        (tmp_path / name).write_text(f"x = {len(seen) + 1}\n")
+        seen.add(code_hash(tmp_path))
+    assert len(seen) == 4
+    (tmp_path / "README.md").write_text("docs")  # not code
+    assert code_hash(tmp_path) in seen
     assert canonical_hash({"a": 1, "b": 2}) == canonical_hash({"b": 2, "a": 1})
     assert canonical_hash({"a": 1}) != canonical_hash({"a": 2})
