@@ -38,10 +38,17 @@ def test_board_documents_are_read_defensively(tmp_path):
                                           "results": [{"build": "b", "variant": "int8",
                                                        "threads": 1, "p50_us": 7.0}]})
     (latency / "garbage.json").write_text("{not json")
-    boards, cases = history.read_latency(tmp_path, ["ok", "partial", "garbage", "absent"])
+    # A bench killed mid-run leaves its document saying "running": not a result.
+    write_json(latency / "killed.json", {"board": "killed", "status": "running",
+                                         "started_utc": "x"})
+    (latency / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    boards, cases = history.read_latency(tmp_path, ["ok", "partial", "garbage", "absent",
+                                                    "killed", "binary"])
     assert [(b["board"], b["status"]) for b in boards] == [
-        ("ok", "ok"), ("partial", "failed"), ("garbage", "failed"), ("absent", "failed")]
+        ("ok", "ok"), ("partial", "failed"), ("garbage", "failed"), ("absent", "failed"),
+        ("killed", "failed"), ("binary", "failed")]
     assert boards[1]["error"] == "ssh dropped"
+    assert boards[4]["error"] == "status 'running'"
     by_case = {(c["board"], c["variant"], c["threads"]): c for c in cases}
     assert by_case[("ok", "int8", 1)]["status"] == "ok"
     assert (by_case[("ok", "int8", 2)]["status"], by_case[("ok", "int8", 2)]["error"]) == (
