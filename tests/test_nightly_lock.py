@@ -80,12 +80,15 @@ def test_whatever_a_free_lock_file_holds_it_is_taken(tmp_path, content):
     release(fd)
 
 
-def test_a_held_lock_with_unreadable_details_is_still_refused(tmp_path):
+@pytest.mark.parametrize("scribble", [os.urandom(64), b'{"started_utc": "no pid"}  '],
+                         ids=["random-bytes", "json-without-pid"])
+def test_a_held_lock_with_unreadable_details_is_still_refused(tmp_path, scribble):
     lock = tmp_path / "nightly.lock"
     holder = start_holder(lock)
     try:
         with open(lock, "r+b") as fh:  # someone scribbles over the holder's details
-            fh.write(os.urandom(64))
+            fh.truncate()
+            fh.write(scribble)
         with pytest.raises(NightlyLocked) as err:
             acquire(lock, INFO)
         assert str(err.value).startswith("another nightly is running (its lock file names no "
