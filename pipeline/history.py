@@ -252,11 +252,16 @@ def read_accuracy(run_dir: Path, builds: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for build in builds:
         report = _load_json(Path(run_dir) / "reports" / build / "accuracy.json")
-        history = _load_json(Path(run_dir) / "models" / build / "history.json") or {}
-        for v in (report or {}).get("variants", []):
-            rows.append({"build": build, "variant": v.get("name"), "accuracy": v.get("accuracy"),
-                         "agreement": v.get("agreement"), "drift_pt": v.get("drift_pt"),
-                         "bytes": v.get("bytes"), "train_s": history.get("train_seconds")})
+        history = _load_json(Path(run_dir) / "models" / build / "history.json")
+        history = history if isinstance(history, dict) else {}
+        variants = report.get("variants") if isinstance(report, dict) else None
+        for v in variants if isinstance(variants, list) else []:
+            if not isinstance(v, dict) or not isinstance(v.get("name"), str):
+                continue  # nothing to key it by
+            rows.append(_figure({
+                "build": build, "variant": v["name"], "accuracy": v.get("accuracy"),
+                "agreement": v.get("agreement"), "drift_pt": v.get("drift_pt"),
+                "bytes": v.get("bytes"), "train_s": history.get("train_seconds")}))
     return rows
 
 
@@ -277,12 +282,15 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
         board_rows.append({"board": board, "status": "ok" if ok else "failed",
                            "error": None if ok else str(doc.get("error") or
                                                         f"status {doc.get('status')!r}")})
-        for r in doc.get("results") or []:
-            if not r.get("build") or not r.get("variant"):
+        results = doc.get("results")
+        for r in results if isinstance(results, list) else []:
+            if not isinstance(r, dict) or not r.get("build") or not r.get("variant"):
                 continue  # a case the host could not attribute to a model: nothing to key it by
+            r = _figure(r)
             failed = "error" in r or r.get("p50_us") is None
-            cases.append({"build": r["build"], "variant": r["variant"], "board": board,
-                          "threads": int(r.get("threads") or 0),
+            threads = r.get("threads")
+            cases.append({"build": str(r["build"]), "variant": str(r["variant"]), "board": board,
+                          "threads": threads if isinstance(threads, int) else 0,
                           "p50_us": None if failed else r.get("p50_us"),
                           "p90_us": None if failed else r.get("p90_us"),
                           "init_ms": r.get("init_ms"), "status": "failed" if failed else "ok",

@@ -262,6 +262,7 @@ class Run:
     run_id: int | None = None
     db: history.HistoryDB | None = None
     child: subprocess.Popen | None = None
+    locked: bool = False
     recorded: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -354,6 +355,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
             info = {"pid": os.getpid(), "started_utc": started, "run_dir": str(run.run_dir)}
             for path in lock_paths:
                 locks.append(nightly_lock.acquire(path, info))
+            run.locked = True
         except nightly_lock.NightlyLocked as exc:
             log(f"error: {exc}")
             return EXIT_LOCKED
@@ -365,7 +367,10 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
             for run_id, what in history.settle_unfinished_runs(run.db, utc_now(), db_timeout_s):
                 progress(f"run {run_id}: {what}")
                 if "marked failed" in what:
-                    _fix_abandoned(run.db, run_id, reports, params, progress)
+                    try:
+                        _fix_abandoned(run.db, run_id, reports, params, progress)
+                    except OSError as exc:
+                        progress(f"could not mark run {run_id}'s files failed: {exc}")
         except history.HistoryError as exc:
             log(f"error: history database: {exc}")
             return EXIT_FAILED
@@ -534,6 +539,9 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
     stop_child(run.child)
     run.child = None
     message = f"terminated by {sig.name} during {run.stage}"
+    if not run.locked:  # the reports belong to whichever nightly holds the locks
+        log(f"nightly {message}, before it held the locks: nothing was run")
+        return 128 + sig.value
     if run.recorded:
         log(f"nightly {message}; run {run.run_id} was already recorded")
         return 128 + sig.value
@@ -568,13 +576,17 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
 
 
 def _previous_manifest(db: history.HistoryDB, run_id: int) -> dict[str, Any] | None:
-    earlier = history.completed_runs(db, 1, run_id - 1)
+    try:
+        earlier = history.completed_runs(db, 1, run_id - 1)
+    except history.HistoryError:
+        return None  # the record step says what is wrong with the database
     if not earlier:
         return None
     try:
-        return json.loads((Path(earlier[-1]["run_dir"]) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = json.loads((Path(earlier[-1]["run_dir"]) / "manifest.json").read_text())
+    except (OSError, ValueError):
         return None  # pruned (keep_runs) or never written
+    return manifest if isinstance(manifest, dict) else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,7 +31,8 @@ def test_board_documents_are_read_defensively(tmp_path):
          "init_ms": 1.0},
         {"build": "b", "variant": "int8", "threads": 2, "error": "invoke failed"},
         {"build": "b", "variant": "float32", "threads": 1, "init_ms": 2.0},
-        {"model": "x.tflite", "threads": 1, "error": "unattributed"}]})
+        {"model": "x.tflite", "threads": 1, "error": "unattributed"}, "not a dict",
+        {"build": "b", "variant": "float16", "threads": "4", "p50_us": "fast"}]})
     # Partial results from a board that then failed are recorded, and the board is failed.
     write_json(latency / "partial.json", {"board": "partial", "status": "failed",
                                           "error": "ssh dropped", "measured_utc": "x",
@@ -56,7 +57,23 @@ def test_board_documents_are_read_defensively(tmp_path):
     assert by_case[("ok", "float32", 1)]["status"] == "failed"  # no p50: not a measurement
     assert by_case[("ok", "float32", 1)]["p50_us"] is None
     assert by_case[("partial", "int8", 1)]["p50_us"] == 7.0
-    assert len(cases) == 4
+    # Text where a number belongs: no figure, and no crash later in the gates.
+    assert (by_case[("ok", "float16", 0)]["status"], by_case[("ok", "float16", 0)]["error"]) == (
+        "failed", "no p50")
+    assert len(cases) == 5
+
+
+def test_accuracy_reports_are_read_defensively(tmp_path):
+    write_json(tmp_path / "reports" / "a" / "accuracy.json", {"variants": [
+        {"name": "int8", "accuracy": "0.9", "drift_pt": -0.1, "bytes": 10}, ["not", "a", "dict"],
+        {"accuracy": 0.5}, {"name": "float32", "accuracy": 0.95, "bytes": True}]})
+    write_json(tmp_path / "models" / "a" / "history.json", ["not", "a", "dict"])
+    write_json(tmp_path / "reports" / "b" / "accuracy.json", ["not", "a", "dict"])
+    write_json(tmp_path / "reports" / "c" / "accuracy.json", {"variants": "none"})
+    rows = history.read_accuracy(tmp_path, ["a", "b", "c", "absent"])
+    assert [(r["build"], r["variant"], r["accuracy"], r["drift_pt"], r["bytes"], r["train_s"])
+            for r in rows] == [("a", "int8", None, -0.1, 10, None),
+                               ("a", "float32", 0.95, None, None, None)]
 
 
 def test_a_run_is_written_all_or_nothing(tmp_path):
