@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from pipeline import PipelineError
 from pipeline.files import write_json
+from pipeline.layout import Layout
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -251,8 +252,8 @@ def read_accuracy(run_dir: Path, builds: Sequence[str]) -> list[dict[str, Any]]:
     """One row per build x variant from reports/<build>/accuracy.json (absent reports: none)."""
     rows = []
     for build in builds:
-        report = _load_json(Path(run_dir) / "reports" / build / "accuracy.json")
-        history = _load_json(Path(run_dir) / "models" / build / "history.json")
+        report = _load_json(Layout(run_dir).accuracy_json(build))
+        history = _load_json(Layout(run_dir).history_json(build))
         history = history if isinstance(history, dict) else {}
         variants = report.get("variants") if isinstance(report, dict) else None
         for v in variants if isinstance(variants, list) else []:
@@ -273,7 +274,7 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
     """
     board_rows, cases = [], []
     for board in boards:
-        doc = _load_json(Path(run_dir) / "reports" / "latency" / f"{board}.json")
+        doc = _load_json(Layout(run_dir).board_result(board))
         if not isinstance(doc, dict):
             board_rows.append({"board": board, "status": "failed",
                                "error": "no latency report (bench did not finish)"})
@@ -532,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The whole docstring is the help: the schema is what a reader of the database needs.
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
+    parser.add_argument("--db", type=Path, default=Layout(Path("artifacts")).history_db())
     parser.add_argument("--last", type=_run_count, default=5,
                         help=f"runs to show, 1..{MAX_LAST:,} (default 5)")
     parser.add_argument("--build", help="only this build")

@@ -46,10 +46,10 @@ from pipeline import history, nightly_lock, nightly_report
 from pipeline.boards import Board, load_boards
 from pipeline.datasets import DATASETS
 from pipeline.files import write_json
-from pipeline.nightly_provenance import (artifact_hashes, canonical_hash, code_hash,
-                                         dataset_hashes, git_state, machine, package_versions,
-                                         reproducibility)
-from pipeline.outputs import ANALYSIS, LAYERS
+from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, Layout
+from pipeline.nightly_provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashes,
+                                         canonical_hash, code_hash, dataset_hashes, git_state,
+                                         machine, package_versions, reproducibility)
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.report import clean_text, utc_now
 from pipeline.variants import variant_names
@@ -87,9 +87,9 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     """
     seeded = 0
     for name in datasets:
-        source = main_artifacts / "data" / name / "raw"
+        source = Layout(main_artifacts).raw_dir(name)
         for remote in DATASETS[name].files:
-            src, dest = source / remote.name, run_dir / "data" / name / "raw" / remote.name
+            src, dest = source / remote.name, Layout(run_dir).raw_dir(name) / remote.name
             if not src.is_file():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -104,16 +104,16 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
 def expected_reports(params: Params) -> dict[str, list[str]]:
     """Per build, every file its stages must produce (run-directory relative): the models,
     accuracy, curves, analysis, layers and card. A stage that failed leaves some missing."""
-    out = {}
+    layout, out = Layout(Path(".")), {}
     for build in params.builds:
-        models, reports = f"models/{build.name}", f"reports/{build.name}"
-        out[build.name] = [
-            f"{models}/{build.name}.h5", f"{models}/history.json",
-            *(f"{models}/{build.name}_{v}.tflite"
-              for v in variant_names(params.convert, build.float_layers)),
-            f"{reports}/accuracy.json", f"{reports}/accuracy.md", f"{reports}/training.png",
-            *(f"{reports}/{name}" for name in (*ANALYSIS, *LAYERS)),
-            f"{models}/model_card.json", f"{models}/model_card.md"]
+        b = build.name
+        files = [layout.keras_model(b), layout.history_json(b),
+                 *(layout.variant_path(b, v)
+                   for v in variant_names(params.convert, build.float_layers)),
+                 layout.accuracy_json(b), layout.accuracy_md(b), layout.training_png(b),
+                 *layout.analysis_outputs(b), *layout.layers_outputs(b),
+                 layout.card_json(b), layout.card_md(b)]
+        out[b] = [f.as_posix() for f in files]
     return out
 
 
@@ -195,7 +195,7 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
     Returns the worst doit exit status. A log that cannot be written (a full disk) is
     said once; doit's output is still read, so doit is never blocked on it."""
     stage, worst = None, 0
-    log = open(run_dir / "doit.log", "w", encoding="utf-8")
+    log = open(run_dir / DOIT_LOG, "w", encoding="utf-8")
     logging = True
     try:
         for args in DOIT_RUNS:
@@ -206,7 +206,7 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                                      preexec_fn=_die_with_parent(os.getpid()))
             started(child)
             progress(f"doit {' '.join(args)} started (PID {child.pid}), full log: "
-                     f"{run_dir / 'doit.log'}")
+                     f"{run_dir / DOIT_LOG}")
             assert child.stdout is not None
             for line in child.stdout:
                 if logging:
@@ -215,7 +215,7 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                         log.flush()
                     except OSError as exc:
                         logging = False
-                        progress(f"cannot write {run_dir / 'doit.log'}: {exc.strerror}; the "
+                        progress(f"cannot write {run_dir / DOIT_LOG}: {exc.strerror}; the "
                                  "rest of doit's output is not kept")
                 if line.startswith(".  "):
                     task = line[3:].strip()
@@ -302,7 +302,7 @@ def _fix_abandoned(db: history.HistoryDB, run_id: int, reports: Path, params: Pa
         removed = remove_partials(run_dir)
         if removed:
             log(f"removed {removed} temporary file(s) of run {run_id} from {run_dir}")
-        manifest = run_dir / "manifest.json"
+        manifest = run_dir / MANIFEST_JSON
         if manifest.is_file():
             try:
                 doc = json.loads(manifest.read_text())
@@ -311,7 +311,7 @@ def _fix_abandoned(db: history.HistoryDB, run_id: int, reports: Path, params: Pa
             if isinstance(doc, dict):
                 write_json(manifest, {**doc, "status": "failed", "message": row["message"]})
     try:
-        named = json.loads((reports / "nightly.json").read_text())["run"]["id"]
+        named = json.loads((reports / NIGHTLY_JSON).read_text())["run"]["id"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         named = None
     if named == run_id:
@@ -335,12 +335,13 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
     except ParamsError as exc:
         log(f"error: {exc}")
         return EXIT_FAILED
-    nightly_dir, reports = artifacts / "nightly", artifacts / "reports"
+    nightly_dir, reports = Layout(artifacts).nightly_dir(), Layout(artifacts).reports_dir()
     started = utc_now()
     run = Run(started, run_stamp(started, nightly_dir))
     # One lock for the artifact tree (its reports and run directories), one for the database:
     # every nightly that writes either is excluded, whatever --db or PIPELINE_ARTIFACTS say.
-    lock_paths = sorted({artifacts / "nightly.lock", db_path.with_name(db_path.name + ".lock")})
+    lock_paths = sorted({Layout(artifacts).nightly_lock(),
+                         db_path.with_name(db_path.name + ".lock")})
     locks: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -446,7 +447,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     found = assessment["breaches"]
     outcome = "failed" if missing else ("breached" if found else "ok")
     message = ("; ".join(f"{build}: no {', '.join(files)}" for build, files in missing.items())
-               + f" (see {run.run_dir / 'doit.log'})") if missing else None
+               + f" (see {run.run_dir / DOIT_LOG})") if missing else None
     ended, wall = utc_now(), time.monotonic() - t0
     run.manifest = {
         "run_id": run.run_id, "status": outcome, "message": message,
@@ -457,14 +458,14 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
         "reproducibility": repro}
     row = _row(run, outcome, ended, wall, message)
-    reports = artifacts / "reports"
+    reports = Layout(artifacts).reports_dir()
     record = history.run_record(run.run_id, outcome, ended, wall, accuracy, board_rows, latency,
                                 message, inputs_hash)
     pending = run.run_dir / history.PENDING
     for target, write in (
-            (run.run_dir / "manifest.json",
-             lambda: write_json(run.run_dir / "manifest.json", run.manifest)),
-            (reports / "nightly.{json,md,png}",
+            (run.run_dir / MANIFEST_JSON,
+             lambda: write_json(run.run_dir / MANIFEST_JSON, run.manifest)),
+            (reports / "nightly.{json,md,png}",  # Layout.nightly_reports(), all three
              lambda: nightly_report.write_reports(row, current, assessment, params.nightly,
                                                   reports, repro)),
             (pending, lambda: history.keep_pending(run.run_dir, record))):
@@ -485,7 +486,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
                                      note=unrecorded)
     if run.recorded:
         _prune(run, params, progress)
-    progress(f"reports: {reports / 'nightly.md'}, manifest: {run.run_dir / 'manifest.json'}")
+    progress(f"reports: {reports / NIGHTLY_MD}, manifest: {run.run_dir / MANIFEST_JSON}")
     progress(repro["summary"])
     if missing:
         log(f"NIGHTLY FAILED: {message}")
@@ -554,12 +555,12 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
         if run.run_id is not None:
             record = history.run_record(run.run_id, "failed", ended, wall, message=message)
             history.keep_pending(run.run_dir, record)
-            write_json(run.run_dir / "manifest.json", {
+            write_json(run.run_dir / MANIFEST_JSON, {
                 **run.manifest, "run_id": run.run_id, "status": "failed", "message": message,
                 "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall})
         nightly_report.write_reports(_row(run, "failed", ended, wall, message), empty,
                                      _assess(run.db, run.run_id, empty, params, True),
-                                     params.nightly, artifacts / "reports")
+                                     params.nightly, Layout(artifacts).reports_dir())
     except OSError as exc:
         log(f"error: could not write {exc.filename or 'the reports'}: {exc.strerror}")
     if run.run_id is not None and run.db is not None:
@@ -583,7 +584,7 @@ def _previous_manifest(db: history.HistoryDB, run_id: int) -> dict[str, Any] | N
     if not earlier:
         return None
     try:
-        manifest = json.loads((Path(earlier[-1]["run_dir"]) / "manifest.json").read_text())
+        manifest = json.loads((Path(earlier[-1]["run_dir"]) / MANIFEST_JSON).read_text())
     except (OSError, ValueError):
         return None  # pruned (keep_runs) or never written
     return manifest if isinstance(manifest, dict) else None
@@ -617,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     db = args.db if args.db is None or args.db.is_absolute() else Path.cwd() / args.db
     sys.exit(nightly(project, artifacts, from_env("PIPELINE_PARAMS", "params.toml"),
                      from_env("PIPELINE_BOARDS", "board/boards.toml"),
-                     db or artifacts / "history.sqlite", env,
+                     db or Layout(artifacts).history_db(), env,
                      log=lambda line: print(line, flush=True), db_timeout_s=args.db_timeout))
 
 

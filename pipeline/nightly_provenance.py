@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from pipeline.datasets import DATASETS
 from pipeline.files import sha256_file
+from pipeline.layout import Layout
 
 PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
             "ai-edge-litert": ("ai-edge-litert",), "numpy": ("numpy",), "doit": ("doit",)}
@@ -26,8 +27,10 @@ PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
 # but a difference there says nothing about reproducibility.
 EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*",
                       "bench/*/plan.json")
-# The nightly's own files in a run directory: not artifacts of the build.
-NOT_ARTIFACTS = (".doit.db", "doit.log", "manifest.json", "record.json")
+# The nightly's own files in a run directory (pipeline/nightly.py writes them): not
+# artifacts of the build. record.json is history.PENDING.
+MANIFEST_JSON, DOIT_LOG, RECORD_JSON = "manifest.json", "doit.log", "record.json"
+NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, RECORD_JSON)
 
 
 
@@ -90,7 +93,7 @@ def dataset_hashes(run_dir: Path, datasets: Sequence[str]) -> dict[str, dict[str
         out[name] = {}
         for remote in DATASETS[name].files:
             try:
-                out[name][remote.name] = payload_sha256(run_dir / "data" / name / "raw" /
+                out[name][remote.name] = payload_sha256(Layout(run_dir).raw_dir(name) /
                                                         remote.name)
             except DownloadError:
                 out[name][remote.name] = None
@@ -101,9 +104,11 @@ def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
     """SHA-256 and size of every file doit produced in the run directory (temporary
     `.partial` files of an interrupted write and the nightly's own files excluded)."""
     out = {}
+    doit_db = Layout(run_dir).doit_db()
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()):
         rel = path.relative_to(run_dir).as_posix()
-        if rel in NOT_ARTIFACTS or rel.startswith(".doit.db") or ".partial" in path.name:
+        if rel in NOT_ARTIFACTS or path == doit_db or path.name.startswith(doit_db.name) \
+                or ".partial" in path.name:
             continue
         out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return out
@@ -111,7 +116,9 @@ def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def board_files(rel: str, board: str) -> bool:
     """Whether the run-directory file `rel` belongs to `board` (its plan, its results)."""
-    return rel.startswith(f"bench/{board}/") or rel == f"reports/latency/{board}.json"
+    layout = Layout(Path("."))
+    return (rel.startswith(f"{layout.bench_dir(board).as_posix()}/")
+            or rel == layout.board_result(board).as_posix())
 
 
 def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.files import atomic_path, write_json, write_text
+from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG, Layout
 from pipeline.params import NightlyParams, load_params, section_dict
 from pipeline.report import clean_text, escape_md, fmt_value
+from pipeline.variants import accuracy_floor, drift_gated_variants, rank
 
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
 
@@ -34,17 +36,22 @@ def _pct(now: float | None, then: float | None) -> float | None:
 
 
 def min_accuracy(variant: str, params: NightlyParams) -> float | None:
-    """The accuracy floor of a variant; Keras is not shipped, so it has none."""
-    if variant == "keras":
-        return None
-    return params.min_accuracy_int8 if variant == "int8" else params.min_accuracy_float32
+    """The accuracy floor of a variant (variants.py says which); Keras is not shipped, so it
+    has none."""
+    key = floor_key(variant)
+    return None if key is None else getattr(params, key)
+
+
+def floor_key(variant: str) -> str | None:
+    """The `[nightly]` key of a variant's accuracy floor."""
+    return {None: None, "int8": "min_accuracy_int8",
+            "float": "min_accuracy_float32"}[accuracy_floor(variant)]
 
 
 def _variant_order(item: tuple[tuple, Any]) -> tuple:
-    """Sort by build, then keras, float32, int8, extras; then board and threads."""
+    """Sort by build, then keras and the variants in registry order; then board and threads."""
     key = item[0]
-    rank = {"keras": 0, "float32": 1, "int8": 2}.get(key[1], 3)
-    return (key[0], rank, key[1], *key[2:])
+    return (key[0], rank(key[1]), key[1], *key[2:])
 
 
 def compare(current: Figures, previous: Figures | None, history: Sequence[Figures],
@@ -119,16 +126,16 @@ def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str
     for r in comparison["accuracy"]:
         floor = min_accuracy(r["variant"], params)
         if floor is not None and r["accuracy"] is not None and r["accuracy"] < floor:
-            key = "min_accuracy_int8" if r["variant"] == "int8" else "min_accuracy_float32"
+            key = floor_key(r["variant"])
             breach(r["build"], r["variant"], "", "accuracy", r["accuracy"], f">= {floor}",
                    f"{r['build']} {r['variant']}: accuracy {100 * r['accuracy']:.2f} % is below "
                    f"the minimum {100 * floor:.2f} % (nightly.{key})")
-        if r["variant"] == "int8" and r["drift_pt"] is not None and \
+        if r["variant"] in drift_gated_variants() and r["drift_pt"] is not None and \
                 -r["drift_pt"] > params.max_int8_drift_pt:
-            breach(r["build"], "int8", "", "drift_pt", r["drift_pt"],
+            breach(r["build"], r["variant"], "", "drift_pt", r["drift_pt"],
                    f">= -{params.max_int8_drift_pt}",
-                   f"{r['build']} int8: {-r['drift_pt']:.2f} points below Keras, more than "
-                   f"nightly.max_int8_drift_pt = {params.max_int8_drift_pt}")
+                   f"{r['build']} {r['variant']}: {-r['drift_pt']:.2f} points below Keras, "
+                   f"more than nightly.max_int8_drift_pt = {params.max_int8_drift_pt}")
     for b in comparison["boards"]:
         if b["status"] == "failed":
             breach("", "", b["board"], "board", "failed", "status ok",
@@ -235,7 +242,7 @@ def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], pa
         ys = [figures[i]["accuracy"].get(key, {}).get("accuracy") for i in ids]
         ax_acc.plot(ids, [None if y is None else 100 * y for y in ys], marker="o",
                     label=f"{key[0]} {key[1]}")
-        if key[1] == "int8":
+        if key[1] in drift_gated_variants():
             ax_drift.plot(ids, [figures[i]["accuracy"].get(key, {}).get("drift_pt") for i in ids],
                           marker="o", label=key[0])
     lat_keys = sorted({k for i in ids for k in figures[i]["latency"]})
@@ -292,27 +299,27 @@ def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, A
     previous = earlier[-1] if earlier else None
     history_ids = [r["id"] for r in earlier]
     reports_dir = Path(reports_dir)
-    write_json(reports_dir / "nightly.json", {
+    write_json(reports_dir / NIGHTLY_JSON, {
         "run": run, "previous_run": previous["id"] if previous else None,
         "median_of_runs": history_ids, "gates": section_dict(params),
         "breaches": assessment["breaches"], "reproducibility": reproducibility, "note": note,
         **assessment["comparison"]})
-    write_text(reports_dir / "nightly.md", render_markdown(
+    write_text(reports_dir / NIGHTLY_MD, render_markdown(
         run, previous, history_ids, assessment["comparison"], assessment["breaches"],
         reproducibility, note))
     shown = [*earlier, run] if run.get("id") is not None else list(earlier)
     render_chart(shown, {**assessment["figures"], run.get("id"): current},
-                 reports_dir / "nightly.png")
+                 reports_dir / NIGHTLY_PNG)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from pipeline import history
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, default=Path("artifacts") / "history.sqlite")
+    parser.add_argument("--db", type=Path, default=Layout(Path("artifacts")).history_db())
     parser.add_argument("--run", type=int, help="run id (default: the last completed run)")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts") / "reports")
+    parser.add_argument("--out", type=Path, default=Layout(Path("artifacts")).reports_dir())
     args = parser.parse_args(argv)
     try:
         db = history.connect_reader(args.db)  # never creates or changes the database
