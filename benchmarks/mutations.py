@@ -16,16 +16,19 @@ N_UNIT = tuple(f"tests/test_nightly.py::{t}" for t in (
     "test_retention_keeps_only_the_last_failed_runs_when_every_run_fails",
     "test_expected_reports_follow_every_stage_and_variant",
     "test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too"))
-N = N_UNIT + tuple(f"tests/test_nightly.py::{t}" for t in (
-    "test_a_stage_that_produced_no_report_fails_the_run_naming_the_files",
-    "test_a_reader_holding_the_database_at_the_record_step_loses_nothing",
-    "test_sigterm_while_a_reader_holds_the_database_exits_143_at_once_and_says_failed",
-    "test_sigterm_during_doit_writes_failed_reports_removes_partials_and_prunes",
-    "test_after_a_sigkill_doit_dies_at_once_and_never_writes_into_the_run_directory",
-    "test_two_artifact_trees_sharing_one_database_never_run_together",
-    "test_an_unusable_database_or_lock_is_one_line_and_exit_2",
-    "test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly",
-    "test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file"))
+
+
+def n(*tests: str) -> tuple[str, ...]:
+    """The nightly's unit tests, then the named stand-in runs (each needs the smoke build)."""
+    return N_UNIT + tuple(f"tests/test_nightly.py::test_{t}" for t in tests)
+
+
+READER = "a_reader_holding_the_database_at_the_record_step_loses_nothing"
+SIGTERM_READER = "sigterm_while_a_reader_holds_the_database_exits_143_at_once_and_says_failed"
+SIGTERM_DOIT = "sigterm_during_doit_writes_failed_reports_removes_partials_and_prunes"
+SIGKILL = "after_a_sigkill_doit_dies_at_once_and_never_writes_into_the_run_directory"
+TWO_TREES = "two_artifact_trees_sharing_one_database_never_run_together"
+N = n()
 
 CASES = [
     # --- pipeline/history.py
@@ -119,34 +122,34 @@ CASES = [
     Case("pipeline/nightly.py", "    kept = set(completed[-keep:])", "    kept = set(completed[:keep])", N,
          "retention keeps the oldest runs"),
     Case("pipeline/nightly.py", '    completed = [r["id"] for r in runs if r["status"] in history.COMPLETED]',
-         '    completed = [r["id"] for r in runs]', N, "failed runs count toward keep_runs"),
-    Case("pipeline/nightly.py", "                or path.is_symlink() or not path.is_dir()\n", "                or not path.is_dir()\n", N,
+         '    completed = [r["id"] for r in runs]', n(SIGTERM_READER), "failed runs count toward keep_runs"),
+    Case("pipeline/nightly.py", "                or path.is_symlink() or not path.is_dir()\n", "                or not path.is_dir()\n", n(SIGTERM_DOIT),
          "a symlink is pruned"),
-    Case("pipeline/nightly.py", "    kept |= set(failed[-keep:])", "    kept |= set(failed)", N,
+    Case("pipeline/nightly.py", "    kept |= set(failed[-keep:])", "    kept |= set(failed)", n(READER),
          "failed run directories kept for ever"),
     Case("pipeline/nightly.py", "*(f\"{reports}/{name}\" for name in (*ANALYSIS, *LAYERS)),", "*(f\"{reports}/{name}\" for name in ANALYSIS),",
          N, "a missing layers report goes unnoticed"),
-    Case("pipeline/nightly.py", "    if unrecorded:\n        return EXIT_UNRECORDED\n", "", N,
+    Case("pipeline/nightly.py", "    if unrecorded:\n        return EXIT_UNRECORDED\n", "", n(READER),
          "an unrecorded run exits 0"),
     Case("pipeline/nightly.py", "            (pending, lambda: history.keep_pending(run.run_dir, record))):", "            (pending, lambda: None)):",
          N, "figures not kept in record.json"),
     Case("pipeline/nightly.py", "    log(f\"nightly {message}; run {run.run_id} {what} after {time.monotonic() - t0:.1f} s\")\n    return 128 + sig.value",
          "    log(f\"nightly {message}; run {run.run_id} {what} after {time.monotonic() - t0:.1f} s\")\n    return EXIT_FAILED",
          N, "SIGTERM exit status"),
-    Case("pipeline/nightly.py", "    if run.run_dir.is_dir():\n        remove_partials(run.run_dir)\n", "", N,
+    Case("pipeline/nightly.py", "    if run.run_dir.is_dir():\n        remove_partials(run.run_dir)\n", "", n(SIGTERM_DOIT),
          "SIGTERM leaves .partial files"),
-    Case("pipeline/nightly.py", "        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG", "        pass", N,
+    Case("pipeline/nightly.py", "        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG", "        pass", n(SIGKILL),
          "doit outlives a killed nightly"),
-    Case("pipeline/nightly.py", "    if child is None or child.poll() is not None:\n        return\n", "    return\n", N,
+    Case("pipeline/nightly.py", "    if child is None or child.poll() is not None:\n        return\n", "    return\n", n(SIGTERM_DOIT),
          "SIGTERM leaves doit running"),
     Case("pipeline/nightly.py", "                timeout_s=TERMINATED_DB_TIMEOUT_S)", "                timeout_s=history.WRITE_TIMEOUT_S)",
          N, "SIGTERM waits the whole database timeout"),
     Case("pipeline/nightly.py", '    lock_paths = sorted({artifacts / "nightly.lock", db_path.with_name(db_path.name + ".lock")})',
-         '    lock_paths = [artifacts / "nightly.lock"]', N, "the lock does not cover the database"),
-    Case("pipeline/nightly.py", '                if "marked failed" in what:', "                if False:", N,
+         '    lock_paths = [artifacts / "nightly.lock"]', n(TWO_TREES), "the lock does not cover the database"),
+    Case("pipeline/nightly.py", '                if "marked failed" in what:', "                if False:", n(SIGKILL),
          "a killed run's manifest and reports still say ok"),
     Case("pipeline/nightly.py", '                write_json(manifest, {**doc, "status": "failed", "message": row["message"]})',
          "                pass", N, "a killed run's manifest still says ok"),
     Case("pipeline/nightly.py", '            what = "recorded as failed"\n            _prune(run, params, progress)\n',
-         '            what = "recorded as failed"\n', N, "SIGTERM'd runs never prune"),
+         '            what = "recorded as failed"\n', n(SIGTERM_DOIT), "SIGTERM'd runs never prune"),
 ]
