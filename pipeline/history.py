@@ -14,9 +14,16 @@ Schema (artifacts/history.sqlite unless --db says otherwise; times are UTC ISO 8
                                                                  x board x threads
 
 A run's row is inserted as 'running' when it starts; its figures and its final status are
-written together in one transaction when it ends, so a reader never sees half a run. A run
-killed without a chance to record its end stays 'running' until the next nightly (which
-holds the lock, so nothing else can be running) marks it 'failed'.
+written together in one transaction when it ends, so a reader never sees half a run. The
+nightly keeps them in <run dir>/record.json first: when the database cannot be written then
+(held by another connection past the timeout, read-only, disk full), the next nightly
+records the run from that file. A run killed before it wrote the file stays 'running' until
+the next nightly (which holds the database's lock, so nothing else can be running) marks it
+'failed'.
+
+This command, like `python -m pipeline.nightly_report`, opens the database read-only: it
+never creates or changes anything in it. --last takes 1..1,000,000 runs; --build and
+--board must name something the runs recorded.
 """
 
 from __future__ import annotations
