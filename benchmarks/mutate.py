@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,16 +77,24 @@ def copy_tree(source: Path, dest: Path) -> None:
 def run_tests(tree: Path, tests: Sequence[str], env: dict[str, str], timeout: float
               ) -> tuple[str, float]:
     started = time.monotonic()
+    # Its own process group: a timeout or Ctrl-C stops pytest and whatever it started
+    # (doit, runners), not just pytest.
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-x", "-p",
+                             "no:cacheprovider", *tests], cwd=tree, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
-                               "no:cacheprovider", *tests], cwd=tree, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     # 5: no test collected; 2/3/4: usage or internal errors. None of them is a verdict.
     if proc.returncode in (2, 3, 4, 5):
         raise SystemExit(f"error: pytest {' '.join(tests)} exited {proc.returncode}:\n"
-                         f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                         f"{stdout[-2000:]}{stderr[-2000:]}")
     return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - started
 
 
