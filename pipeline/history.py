@@ -396,7 +396,20 @@ def settle_unfinished_runs(db: HistoryDB, ended_utc: str,
             pending = _load_json(Path(row["run_dir"] or "") / PENDING) if row["run_dir"] \
                 else None
             if _valid_record(pending, row["id"]):
-                _insert_run(db, pending)
+                db.execute("SAVEPOINT pending")
+                try:
+                    _insert_run(db, pending)
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+                    # A record that cannot be inserted must not block every later nightly.
+                    db.execute("ROLLBACK TO pending")
+                    db.execute("UPDATE runs SET status = 'failed', ended_utc = ?, message = ? "
+                               "WHERE id = ?", (ended_utc, f"its {PENDING} could not be "
+                                                f"recorded: {exc}", row["id"]))
+                    done.append((row["id"], f"{Path(row['run_dir']) / PENDING} could not be "
+                                            f"recorded ({exc}): marked failed"))
+                    continue
+                finally:
+                    db.execute("RELEASE pending")
                 done.append((row["id"], f"recorded from {Path(row['run_dir']) / PENDING} "
                                         f"({pending['status']})"))
             else:

@@ -175,6 +175,23 @@ def test_a_run_kept_in_record_json_is_recorded_by_the_next_settle_exactly_as_kep
     assert history.settle_unfinished_runs(db, "2026-01-05T00:00:00Z") == []  # nothing left
 
 
+def test_a_record_that_cannot_be_inserted_fails_its_run_and_blocks_nothing(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    run = history.start_run(db, "t", None, None, "p", str(tmp_path / "1"))
+    record = record_for(run)
+    record["latency"].append(dict(record["latency"][0]))  # the same key twice
+    history.keep_pending(tmp_path / "1", record)
+    other = history.start_run(db, "t", None, None, "p", str(tmp_path / "2"))
+    history.keep_pending(tmp_path / "2", record_for(other))
+    done = history.settle_unfinished_runs(db, "e")
+    assert done[0][0] == run and done[0][1].endswith("marked failed")
+    assert "UNIQUE constraint failed" in done[0][1]
+    assert done[1] == (other, f"recorded from {tmp_path / '2' / 'record.json'} (ok)")
+    assert history.figures(db, [run])[run] == history.as_figures([], [], [])  # nothing half
+    assert history.run_row(db, run)["status"] == "failed"
+    assert history.run_row(db, other)["status"] == "ok"
+
+
 def test_a_record_with_a_missing_or_extra_key_is_not_trusted(tmp_path):
     db = history.connect(tmp_path / "h.sqlite")
     run = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path))
