@@ -10,10 +10,8 @@ H = ("tests/test_history.py",)
 R = ("tests/test_nightly_report.py",)
 L = ("tests/test_nightly_lock.py",)
 P = ("tests/test_nightly_provenance.py",)
+T = ("tests/test_nightly_retention.py",)
 N_UNIT = tuple(f"tests/test_nightly.py::{t}" for t in (
-    "test_retention_prunes_only_its_own_run_directories_in_run_order",
-    "test_retention_always_keeps_the_current_run_even_when_it_failed",
-    "test_retention_keeps_only_the_last_failed_runs_when_every_run_fails",
     "test_expected_reports_follow_every_stage_and_variant",
     "test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too"))
 
@@ -131,16 +129,21 @@ CASES = [
          "the runner is not code"),
     Case("pipeline/nightly_provenance.py", "json.dumps(obj, sort_keys=True",
          "json.dumps(obj, sort_keys=False", P, "hash depends on key order"),
-    # --- pipeline/nightly.py
-    Case("pipeline/nightly.py", "    kept = set(completed[-keep:])", "    kept = set(completed[:keep])",
-         N, "retention keeps the oldest runs"),
-    Case("pipeline/nightly.py",
+    # --- pipeline/nightly_retention.py
+    Case("pipeline/nightly_retention.py", "    kept = set(completed[-keep:])",
+         "    kept = set(completed[:keep])", T, "retention keeps the oldest runs"),
+    Case("pipeline/nightly_retention.py",
          '    completed = [r["id"] for r in runs if r["status"] in history.COMPLETED]',
-         '    completed = [r["id"] for r in runs]', N, "failed runs count toward keep_runs"),
-    Case("pipeline/nightly.py", "                or path.is_symlink() or not path.is_dir()\n",
-         "                or not path.is_dir()\n", N, "a symlink is pruned"),
-    Case("pipeline/nightly.py", "    kept |= set(failed[-keep:])", "    kept |= set(failed)", N,
-         "failed run directories kept for ever"),
+         '    completed = [r["id"] for r in runs]', T, "failed runs count toward keep_runs"),
+    Case("pipeline/nightly_retention.py", "                or path.is_symlink() or not path.is_dir()\n",
+         "                or not path.is_dir()\n", T, "a symlink is pruned"),
+    Case("pipeline/nightly_retention.py", "    kept |= set(failed[-keep:])", "    kept |= set(failed)",
+         T, "failed run directories kept for ever"),
+    Case("pipeline/nightly_retention.py", "    while candidate.exists() or candidate.is_symlink():",
+         "    while candidate.exists():", T, "a dangling link's name is reused"),
+    Case("pipeline/nightly_retention.py", 'rglob(".*.partial*")', 'rglob("*.partial*")', T,
+         "a user's file named *.partial* is removed"),
+    # --- pipeline/nightly.py
     Case("pipeline/nightly.py", "*layout.analysis_outputs(b), *layout.layers_outputs(b),",
          "*layout.analysis_outputs(b),", N, "a missing layers report goes unnoticed"),
     Case("pipeline/nightly.py", "    if unrecorded:\n        return EXIT_UNRECORDED\n", "",

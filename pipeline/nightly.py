@@ -32,7 +32,6 @@ import argparse
 import ctypes
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +49,7 @@ from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, Layout
 from pipeline.nightly_provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashes,
                                          canonical_hash, code_hash, dataset_hashes, git_state,
                                          machine, package_versions, reproducibility)
+from pipeline.nightly_retention import prune, remove_partials, run_stamp
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.report import clean_text, utc_now
 from pipeline.variants import variant_names
@@ -58,8 +58,6 @@ from pipeline.variants import variant_names
 # in the inventory; both against the run directory's own database.
 DOIT_RUNS = (("--continue",), ("--continue", "bench"))
 EXIT_BREACHED, EXIT_FAILED, EXIT_UNRECORDED, EXIT_LOCKED = 1, 2, 3, 75  # 128 + signal: killed
-# The name of a run directory this module made: nothing else under nightly/ is ever pruned.
-RUN_DIR_NAME = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
 # Writing the end of a run that was stopped by a signal: short, the record waits on disk.
 TERMINATED_DB_TIMEOUT_S = 5.0
 # doit gets SIGINT (its tasks clean their temporary files) this long before SIGKILL.
@@ -69,15 +67,6 @@ CHILD_STOP_TIMEOUT_S = 20.0
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM/SIGINT handler, with the signal number
     (BaseException: no `except Exception` on the way may swallow it)."""
-
-
-def run_stamp(started_utc: str, parent: Path) -> Path:
-    """artifacts/nightly/<UTC stamp> for an ISO time; a suffix if that second's exists."""
-    base = started_utc.replace("-", "").replace(":", "")
-    candidate, n = parent / base, 1
-    while candidate.exists() or candidate.is_symlink():
-        candidate, n = parent / f"{base}-{n}", n + 1
-    return candidate
 
 
 def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) -> int:
@@ -126,51 +115,6 @@ def missing_reports(run_dir: Path, expected: dict[str, list[str]]) -> dict[str, 
         if absent:
             missing[build] = absent
     return missing
-
-
-def remove_partials(run_dir: Path) -> int:
-    """Delete the temporary `.<name>.<random>.partial` files an interrupted write left."""
-    removed = 0
-    for path in Path(run_dir).rglob(".*.partial*"):
-        if path.is_file() or path.is_symlink():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def prune(nightly_dir: Path, keep: int, current: Path, runs: Sequence[dict[str, Any]]
-          ) -> list[Path]:
-    """Delete run directories beyond the last `keep` completed runs; return what was deleted.
-
-    `runs` are the database's (id, status, run_dir) rows. Only directories this module made
-    for a run of this database are candidates (a stamp name, a real directory: never a
-    symlink, never a user's own folder); order is the run id, not the name (a clock set
-    wrong does not make a directory the newest for ever). The current run is always kept.
-    Failed runs do not count toward `keep`, so they never push out the last good run: of
-    those newer than the oldest kept completed run, the last `keep` stay too (their doit.log
-    says why they failed); older ones go.
-    """
-    nightly_dir = Path(nightly_dir)
-    if not nightly_dir.is_dir():
-        return []
-    by_name = {Path(r["run_dir"]).name: r for r in runs if r.get("run_dir")
-               and Path(r["run_dir"]).parent.resolve() == nightly_dir.resolve()}
-    completed = [r["id"] for r in runs if r["status"] in history.COMPLETED]
-    kept = set(completed[-keep:])
-    oldest_kept = min(kept) if kept else 0
-    failed = [r["id"] for r in runs if r["status"] not in history.COMPLETED
-              and r["id"] > oldest_kept]
-    kept |= set(failed[-keep:])
-    doomed = []
-    for path in sorted(nightly_dir.iterdir()):
-        run = by_name.get(path.name)
-        if (run is None or run["id"] in kept or path.name == current.name
-                or path.is_symlink() or not path.is_dir()
-                or not RUN_DIR_NAME.fullmatch(path.name)):
-            continue
-        shutil.rmtree(path)
-        doomed.append(path)
-    return doomed
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)

@@ -667,58 +667,6 @@ def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(stand
         (1, "ok"), (2, "ok")]
 
 
-def test_retention_prunes_only_its_own_run_directories_in_run_order(tmp_path):
-    from pipeline.nightly import prune
-
-    nightly = tmp_path / "nightly"
-    names = {1: "29991231T000000Z", 2: "20260102T000000Z", 3: "20260103T000000Z",
-             4: "20260104T000000Z", 5: "20260105T000000Z", 6: "20260106T000000Z"}
-    statuses = {1: "ok", 2: "ok", 3: "failed", 4: "ok", 5: "failed", 6: "ok"}
-    for name in names.values():
-        (nightly / name).mkdir(parents=True)
-        (nightly / name / ".x.partial").write_text("x")
-    (nightly / "0-my-notes").mkdir()  # a user's folder
-    (nightly / "20250101T000000Z").mkdir()  # a stamp of no run of this database
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (nightly / "20240101T000000Z").symlink_to(outside)
-    runs = [{"id": i, "status": statuses[i], "run_dir": str(nightly / names[i])}
-            for i in names]
-    runs.insert(0, {"id": 0, "status": "ok", "run_dir": str(nightly / "20240101T000000Z")})
-    removed = prune(nightly, 2, nightly / names[6], runs)
-    # Completed: 1 (future-dated name, oldest id), 2, 4, 6; keep 2: runs 4 and 6. Failed runs
-    # do not count; failed run 5 is newer than run 4, so it stays; failed 3 goes.
-    assert sorted(p.name for p in removed) == sorted(names[i] for i in (1, 2, 3))
-    assert sorted(p.name for p in nightly.iterdir()) == sorted(
-        [names[4], names[5], names[6], "0-my-notes", "20250101T000000Z", "20240101T000000Z"])
-    assert outside.is_dir() and (nightly / "20240101T000000Z").is_symlink()
-
-
-def test_retention_always_keeps_the_current_run_even_when_it_failed(tmp_path):
-    from pipeline.nightly import prune
-
-    nightly = tmp_path / "nightly"
-    runs = [{"id": i, "status": s, "run_dir": str(nightly / f"2026010{i}T000000Z")}
-            for i, s in ((1, "ok"), (2, "ok"), (3, "failed"))]
-    for r in runs:
-        Path(r["run_dir"]).mkdir(parents=True)
-    removed = prune(nightly, 1, nightly / "20260103T000000Z", runs)
-    assert [p.name for p in removed] == ["20260101T000000Z"]
-    assert sorted(p.name for p in nightly.iterdir()) == ["20260102T000000Z", "20260103T000000Z"]
-
-
-def test_retention_keeps_only_the_last_failed_runs_when_every_run_fails(tmp_path):
-    from pipeline.nightly import prune
-
-    nightly = tmp_path / "nightly"
-    runs = [{"id": i, "status": "failed", "run_dir": str(nightly / f"2026010{i}T000000Z")}
-            for i in range(1, 6)]
-    for r in runs:
-        Path(r["run_dir"]).mkdir(parents=True)
-    removed = prune(nightly, 2, nightly / "20260105T000000Z", runs)
-    assert sorted(p.name for p in removed) == [f"2026010{i}T000000Z" for i in (1, 2, 3)]
-
-
 def test_expected_reports_follow_every_stage_and_variant():
     from pipeline.nightly import expected_reports
     from pipeline.params import load_params
