@@ -179,9 +179,11 @@ CASES = [
     Case("pipeline/nightly.py", '                if "marked failed" in what:',
          "                if False:", n(SIGKILL), "a killed run's temporary files stay"),
     Case("pipeline/nightly.py",
-         '                write_json(manifest, {**doc, "status": "failed", "message": row["message"]})',
+         '                write_json(manifest, {**doc, "status": "failed", '
+         '"message": row["message"]})',
          "                pass", N, "a killed run's manifest still says ok"),
     Case("pipeline/nightly.py",
          '            what = "recorded as failed"\n            _prune(run, params, progress)\n',
-         '            what = "recorded as failed"\n', n(SIGTERM_DOIT), "SIGTERM'd runs never prune"),
+         '            what = "recorded as failed"\n', n(SIGTERM_DOIT),
+         "SIGTERM'd runs never prune"),
 ]
