@@ -39,6 +39,9 @@ COPIED = ("dodo.py", "params.toml", "params", "pipeline", "board", "tests", "pyp
           "benchmarks")
 
 
+SCORED = ("killed", "survived", "timeout")
+
+
 @dataclass(frozen=True)
 class Case:
     file: str             # relative to the tree, e.g. "pipeline/history.py"
@@ -51,7 +54,8 @@ class Case:
 @dataclass
 class Outcome:
     case: Case
-    status: str           # "killed", "survived", "timeout", "stale" (snippet not found once)
+    status: str           # "killed", "survived", "timeout", "stale" (snippet not found once),
+                          # "invalid" (the mutant does not import: fix the case)
     seconds: float
 
 
@@ -91,10 +95,10 @@ def run_tests(tree: Path, tests: Sequence[str], env: dict[str, str], timeout: fl
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # 5: no test collected; 2/3/4: usage or internal errors. None of them is a verdict.
+    # 5: no test collected; 2/3/4: usage, collection or internal errors (a mutant that does
+    # not even import). None of them is a verdict on the tests.
     if proc.returncode in (2, 3, 4, 5):
-        raise SystemExit(f"error: pytest {' '.join(tests)} exited {proc.returncode}:\n"
-                         f"{stdout[-2000:]}{stderr[-2000:]}")
+        return "invalid", time.monotonic() - started
     return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - started
 
 
@@ -114,12 +118,12 @@ def mutate_one(tree: Path, case: Case, env: dict[str, str], timeout: float) -> O
 def summary(outcomes: Sequence[Outcome]) -> list[str]:
     lines = []
     for file in sorted({o.case.file for o in outcomes}):
-        mine = [o for o in outcomes if o.case.file == file and o.status != "stale"]
+        mine = [o for o in outcomes if o.case.file == file and o.status in SCORED]
         survived = sum(o.status == "survived" for o in mine)
         rate = f"{100 * survived / len(mine):.0f} %" if mine else "–"
         lines.append(f"{file}: {len(mine)} mutant(s), {len(mine) - survived} killed, "
                      f"{survived} survived ({rate})")
-    scored = [o for o in outcomes if o.status != "stale"]
+    scored = [o for o in outcomes if o.status in SCORED]
     survived = sum(o.status == "survived" for o in scored)
     if scored:
         lines.append(f"total: {len(scored)} mutant(s), {survived} survived "
@@ -128,6 +132,10 @@ def summary(outcomes: Sequence[Outcome]) -> list[str]:
     if stale:
         lines.append(f"{len(stale)} case(s) not applied: their snippet does not occur exactly "
                      "once (update the cases file)")
+    invalid = [o for o in outcomes if o.status == "invalid"]
+    if invalid:
+        lines.append(f"{len(invalid)} case(s) not scored: the mutant does not import (fix the "
+                     "case): " + "; ".join(o.case.note for o in invalid))
     return lines
 
 

@@ -127,7 +127,7 @@ CASES = [
          "board k10's files belong to k1"),
     Case("pipeline/nightly_provenance.py", '"models/*/history.json", ', "", P,
          "training seconds counted as a difference"),
-    Case("pipeline/nightly_provenance.py", '\n                or ".partial" in path.name:', ":", P,
+    Case("pipeline/nightly_provenance.py", ' \\\n                or ".partial" in path.name:', ":", P,
          "temporary files hashed"),
     Case("pipeline/nightly_provenance.py", "            same += 1\n", "            pass\n", P,
          "identical files not counted"),
