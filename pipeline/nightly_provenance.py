@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from pipeline.datasets import DATASETS
 from pipeline.files import sha256_file
+from pipeline.history import PENDING
 from pipeline.layout import Layout
 
 PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
@@ -27,10 +28,10 @@ PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
 # but a difference there says nothing about reproducibility.
 EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*",
                       "bench/*/plan.json")
-# The nightly's own files in a run directory (pipeline/nightly.py writes them): not
-# artifacts of the build. record.json is history.PENDING.
-MANIFEST_JSON, DOIT_LOG, RECORD_JSON = "manifest.json", "doit.log", "record.json"
-NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, RECORD_JSON)
+# The nightly's own files in a run directory (pipeline/nightly.py writes them, history.py
+# the record): not artifacts of the build.
+MANIFEST_JSON, DOIT_LOG = "manifest.json", "doit.log"
+NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, PENDING)
 
 
 
