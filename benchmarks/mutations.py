@@ -13,6 +13,7 @@ P = ("tests/test_nightly_provenance.py",)
 T = ("tests/test_nightly_retention.py",)
 N_UNIT = tuple(f"tests/test_nightly.py::{t}" for t in (
     "test_expected_reports_follow_every_stage_and_variant",
+    "test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it",
     "test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too"))
 
 

@@ -759,3 +759,31 @@ def test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too(tm
     assert "abandoned: the nightly was killed before it could record its end" in md
     assert said == [f"removed 1 temporary file(s) of run {run} from {run_dir}"]
     assert not (run_dir / ".model.tflite.abc.partial").exists()
+
+
+def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp_path):
+    """SIGINT to the group (doit's stages clean up on it), SIGKILL for whatever ignores it."""
+    from pipeline.nightly import stop_child
+
+    said = tmp_path / "said.txt"
+    child_code = (
+        "import signal, subprocess, sys, time\n"
+        # A grandchild that ignores SIGINT: only the group's SIGKILL stops it.
+        "g = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(60)'],"
+        " stdout=subprocess.PIPE)\n"
+        "g.stdout.readline()\n"
+        f"open({str(said)!r}, 'w').write(str(g.pid))\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        f"    open({str(said)!r}, 'a').write(' interrupted')\n")
+    child = subprocess.Popen([sys.executable, "-c", child_code], start_new_session=True)
+    assert wait_until(lambda: said.exists() and said.read_text().strip().isdigit(), 30)
+    grandchild = int(said.read_text())
+    started = time.monotonic()
+    stop_child(child)
+    assert child.poll() is not None
+    assert said.read_text().endswith(" interrupted")  # SIGINT came first
+    assert wait_until(lambda: not alive(grandchild), 5)
+    assert time.monotonic() - started < 30
