@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="source tree to copy and mutate (default: this checkout)")
     parser.add_argument("--only", action="append", default=[],
                         help="only cases of this file (repeatable)")
+    parser.add_argument("--match", help="only cases whose note contains this text")
     parser.add_argument("--list", action="store_true", help="list the cases and stop")
     parser.add_argument("--timeout", type=float, default=1200.0,
                         help="seconds per mutant's test run before it counts as killed")
@@ -154,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="where the copy is made (default: the system's temporary dir)")
     parser.add_argument("--json", type=Path, help="also write every outcome here")
     args = parser.parse_args(argv)
-    cases = [c for c in load_cases(args.cases) if not args.only or c.file in args.only]
+    cases = [c for c in load_cases(args.cases) if (not args.only or c.file in args.only)
+             and (args.match is None or args.match in c.note)]
     if args.list:
         for c in cases:
             print(f"{c.file}: {c.note or c.mutated.strip()[:60]}  [{' '.join(c.tests)}]")
