@@ -25,109 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import PipelineError
-from pipeline.variants import KERAS, VARIANTS, reference_int8_variant
+from pipeline.photo import ImageError, load_image, prepare
 
 SHOW_SCALE = 10
 # The runner names at most 20 images whose board prediction differs from the host's, so a
 # board run takes at most that many images at once: every difference is then named.
 BOARD_CHUNK = 20
-
-
-class ImageError(PipelineError):
-    pass
-
-
-def load_image(path: Path) -> Any:
-    """The decoded Pillow image; any failure becomes an ImageError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not later
-            return image.copy()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: unreadable image ({exc})") from None
-
-
-def to_gray(image: Any) -> np.ndarray:
-    """Luminance 0..255 (float) of any Pillow image.
-
-    Transparent pixels are composited over a background that contrasts with the opaque ink
-    (white behind dark ink, black behind light ink): a digit drawn on a transparent layer
-    keeps its strokes whatever colour the hidden pixels have.
-    """
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return np.asarray(image, dtype=np.float64) / 257.0
-    if mode in ("I", "F"):
-        gray = np.asarray(image, dtype=np.float64)
-        # Pillow opens some 16-bit PNGs as 32-bit "I": values beyond a byte are 16-bit ones.
-        if gray.max() > 255:
-            gray *= 255.0 / max(65535.0, gray.max())
-        return gray
-    if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
-        lum = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float64)
-        if alpha.min() < 1.0:
-            ink = (lum * alpha).sum() / max(alpha.sum(), 1e-9)
-            background = 255.0 if ink < 128 else 0.0
-            return lum * alpha + background * (1.0 - alpha)
-        return lum
-    return np.asarray(image.convert("L"), dtype=np.float64)
-
-
-def normalize(gray: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int = 20,
-              center_of_mass: bool = True) -> np.ndarray:
-    """A `size` uint8 image of light ink on black, framed as the training images were.
-
-    Polarity: the border's median is the background; a light background is inverted. The
-    contrast is stretched so the background is 0 and the brightest ink 255.
-    """
-    from PIL import Image
-
-    gray = np.asarray(gray, dtype=np.float64)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:
-        gray = 255.0 - gray
-        border = 255.0 - border
-    ink = np.clip(gray - np.median(border), 0, None)
-    if ink.max() < 8:  # no stroke stands out of the background
-        raise ImageError("no digit found: the image is blank")
-    ink *= 255.0 / ink.max()
-    rows, cols = np.nonzero(ink > 0.05 * 255)  # faint noise does not stretch the box
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    h, w = ink.shape
-    scale = fit_box / max(h, w)
-    fitted = Image.fromarray(ink.astype(np.float32), mode="F").resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-    patch = np.clip(np.asarray(fitted), 0, 255)
-    out = np.zeros(size, dtype=np.float64)
-    ph, pw = patch.shape
-    if center_of_mass:
-        ys, xs = np.indices(patch.shape)
-        mass = patch.sum()
-        cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass
-    else:
-        cy, cx = (ph - 1) / 2, (pw - 1) / 2
-    # Centre of the canvas in pixel-index coordinates; keep the whole patch on the canvas.
-    top = int(np.clip(round((size[0] - 1) / 2 - cy), 0, size[0] - ph))
-    left = int(np.clip(round((size[1] - 1) / 2 - cx), 0, size[1] - pw))
-    out[top:top + ph, left:left + pw] = patch
-    return np.round(out).astype(np.uint8)
-
-
-def prepare(image: Any, card: dict[str, Any]) -> np.ndarray:
-    """An image as the card's model input (height x width uint8)."""
-    framing = card["input"]["framing"]
-    pixels = normalize(to_gray(image), (framing["height"], framing["width"]), framing["fit_box"],
-                       framing["center_of_mass"])
-    # normalize() yields light ink on black, the polarity every card written so far states.
-    return pixels if card["input"]["polarity"] == "light_on_dark" else 255 - pixels
 
 
 def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, Path]:
@@ -136,8 +39,7 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
     for variant in card["variants"]:
         path = Path(model_dir) / variant["file"]
         if not path.exists():
-            known = VARIANTS.get(variant["name"])
-            task = "train" if variant["name"] == KERAS else known.producer if known else "convert"
+            task = "train" if variant["name"] == "keras" else "convert"
             raise PipelineError(f"{path} is missing: build it with `doit {task}:{build}`")
         files[variant["name"]] = path
     return files
@@ -146,10 +48,10 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
 def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarray]:
     """Class probabilities (N x classes) of N prepared images under every model."""
     from pipeline.console import native_output_hidden
-    from pipeline.evaluate import keras_probabilities, model_probabilities
+    from pipeline.evaluate import keras_probabilities, tflite_probabilities
 
     with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
-        return {name: (keras_probabilities if name == KERAS else model_probabilities)(
+        return {name: (keras_probabilities if path.suffix == ".h5" else tflite_probabilities)(
             path, images, 64) for name, path in models.items()}
 
 
@@ -169,7 +71,7 @@ def board_agreement(board: Any, int8_path: Path, images: np.ndarray,
     agree: list[bool] = []
     for start in range(0, len(images), BOARD_CHUNK):
         chunk = images[start:start + BOARD_CHUNK]
-        plan = stage_plan({f"predict/{reference_int8_variant()}": Path(int8_path)},
+        plan = stage_plan({"predict/int8": Path(int8_path)},
                           {"predict": (chunk, host_predictions(int8_path, chunk))},
                           board, Path(work_dir))
         document, _ = run_on_board(board, plan)
@@ -245,19 +147,14 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="predict-board-") as work:
-                agree = board_agreement(board, models[reference_int8_variant()],
+                agree = board_agreement(board, models["int8"],
                                         np.stack([p for _, p in prepared]), Path(work))
             for (result, _), same in zip(prepared, agree):
-                host = result["predictions"][reference_int8_variant()]
-                result["predictions"][board_column(board.name)] = {
+                host = result["predictions"]["int8"]
+                result["predictions"][f"int8@{board.name}"] = {
                     "class": host["class"] if same else None,
                     "name": host["name"] if same else None, "same_as_host": same}
     return results
-
-
-def board_column(board: str) -> str:
-    """The column of the int8 model's run on a board: `int8@<board>`."""
-    return f"{reference_int8_variant()}@{board}"
 
 
 def find_board(inventory: Path, name: str) -> Any:
@@ -292,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.console import quiet_third_party, verbose_requested
 
     quiet_third_party(verbose_requested(os.environ))
-    from pipeline.layout import Layout
-
-    model_dir = Layout(args.artifacts).model_dir(args.build)
+    model_dir = args.artifacts / "models" / args.build
     try:
         card = load_card(model_dir, args.build)
         models = model_files(card, model_dir, args.build)
@@ -303,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    columns = [*models, *([board_column(board.name)] if board else [])]
+    columns = [*models, *([f"int8@{board.name}"] if board else [])]
     if args.json:
         print(json.dumps({"build": args.build, "results": results}, indent=2))
     elif any("predictions" in r for r in results):

@@ -1,0 +1,399 @@
+"""From a picture file to a model input: what `pipeline.predict` feeds the models.
+
+Users give predict photos of a digit on paper, scans, screenshots and files that are not
+images at all. This module
+
+1. opens only regular files (a FIFO or a device would block or never end) and refuses images
+   of more than MAX_PIXELS before decoding them; JPEGs are decoded at 1/2..1/8 scale
+   (`Image.draft`) and everything else is reduced right after decoding, so memory is bounded
+   by the decoded file and work by WORK_SIDE;
+2. applies the EXIF orientation (phones store pictures sideways and say so in a tag);
+3. finds the ink: the paper's own level is estimated everywhere (a grey closing, which keeps
+   gradients and shadow edges but removes strokes), ink is the darkening relative to it, an
+   Otsu threshold separates ink from paper noise, and connected components pick the digit
+   (specks, ruled lines, a desk at the page edge are left out);
+4. frames the ink as the model card says (MNIST: 20x20 box, centre of mass at the centre of
+   28x28), light on black, with the strokes' own intensities (not binarised).
+
+Everything here is numpy and Pillow; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import PipelineError
+
+# Pillow's own bomb limit is 178 Mpx (a warning from 89 Mpx); predict refuses far less. A
+# JPEG is decoded at 1/8 scale at most, so it may be larger than the formats decoded whole
+# (PNG, TIFF, WebP ...), which take up to 4 bytes per pixel before they are reduced.
+MAX_PIXELS = 40_000_000          # e.g. 8000 x 5000
+MAX_JPEG_PIXELS = 120_000_000    # e.g. 12000 x 10000 (a 108 Mpx phone photo)
+# Long side of the picture predict works on: a digit that fills a tenth of a 12 Mpx photo
+# still has ~80 px, four times the 20 px box.
+WORK_SIDE = 800
+ORIENTATION_TAG = 0x0112
+_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+              6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+class ImageError(PipelineError):
+    pass
+
+
+# --- reading a file ----------------------------------------------------------------------
+
+
+def _not_regular(mode: int) -> str | None:
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def open_regular(path: Path):
+    """A binary file object for `path`, which must be a regular file (symlinks followed).
+
+    Checked before opening (a device is never opened) and again on the open descriptor (the
+    file cannot be swapped in between). O_NONBLOCK: opening a FIFO never waits for a writer.
+    """
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if kind:
+        raise ImageError(f"{path}: {kind}, not an image file; give predict image files only")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    kind = _not_regular(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise ImageError(f"{path}: {kind}, not an image file; give predict image files only")
+    return os.fdopen(fd, "rb")
+
+
+def _too_big(path: Path, width: int, height: int, limit: int) -> ImageError:
+    return ImageError(f"{path}: {width} x {height} pixels is more than predict's limit of "
+                      f"{limit / 1e6:.0f} Mpx; scale the picture down first")
+
+
+def load_image(path: Path, work_side: int = WORK_SIDE) -> Any:
+    """The picture in `path`, decoded at most about `work_side` on its long side, upright.
+
+    Any failure is an ImageError naming the file. Pixel limits: MAX_PIXELS, MAX_JPEG_PIXELS.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    with open_regular(path) as fh:
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns from 89 Mpx; the limits below are lower and say it in one line.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(fh)
+            with image:
+                width, height = image.size
+                limit = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_PIXELS
+                if width * height > limit:
+                    raise _too_big(path, width, height, limit)
+                orientation = image.getexif().get(ORIENTATION_TAG, 1)
+                if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale straight away
+                    image.draft(image.mode, (work_side, work_side))
+                image.load()  # decode now: a truncated file fails here, not later
+                small = reduced(image, work_side)
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image Pillow can read") from None
+        except Image.DecompressionBombError as exc:
+            size = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(size.group(1)) / 1e6:.0f} Mpx" if size else "too many pixels"
+            raise ImageError(f"{path}: {pixels} is more than predict's limit of "
+                             f"{MAX_PIXELS / 1e6:.0f} Mpx; scale the picture down first") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{path}: unreadable image ({exc})") from None
+    if orientation in _TRANSPOSE:
+        small = small.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
+    return small
+
+
+def reduced(image: Any, work_side: int) -> Any:
+    """A copy of a loaded image at most ~work_side on its long side (box-filtered)."""
+    from PIL import Image
+
+    if image.mode == "P":  # palette indices cannot be averaged; transparency is kept
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    factor = -(-max(image.size) // work_side)  # ceiling
+    if factor <= 1:
+        return image.copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "PA"):  # reduce() lacks these modes
+        return image.resize((max(1, image.width // factor), max(1, image.height // factor)),
+                            Image.Resampling.BOX)
+    return image.reduce(factor)
+
+
+def to_gray(image: Any) -> np.ndarray:
+    """Luminance 0..255 (float) of any Pillow image.
+
+    Transparent pixels are composited over a background that contrasts with the opaque ink
+    (white behind dark ink, black behind light ink): a digit drawn on a transparent layer
+    keeps its strokes whatever colour the hidden pixels have.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float64) / 257.0
+    if mode in ("I", "F"):
+        gray = np.asarray(image, dtype=np.float64)
+        # Pillow opens some 16-bit PNGs as 32-bit "I": values beyond a byte are 16-bit ones.
+        if gray.max() > 255:
+            gray *= 255.0 / max(65535.0, gray.max())
+        return gray
+    if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
+        lum = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float64)
+        if alpha.min() < 1.0:
+            ink = (lum * alpha).sum() / max(alpha.sum(), 1e-9)
+            background = 255.0 if ink < 128 else 0.0
+            return lum * alpha + background * (1.0 - alpha)
+        return lum
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+# --- finding the ink ---------------------------------------------------------------------
+
+
+def _running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """Max or min (`op`) over a centred window of odd width k along `axis`; edges repeated.
+
+    van Herk / Gil-Werman: two cumulative passes per block of k, so the cost does not grow
+    with k (the windows here are a third of the picture).
+    """
+    a = np.moveaxis(a, axis, -1)
+    n, r = a.shape[-1], k // 2
+    extra = (-(n + 2 * r)) % k
+    padded = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r + extra)], mode="edge")
+    blocks = padded.reshape(*a.shape[:-1], -1, k)
+    forward = op.accumulate(blocks, axis=-1).reshape(padded.shape)
+    backward = op.accumulate(blocks[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)
+    return np.moveaxis(op(backward[..., :n], forward[..., k - 1:k - 1 + n]), -1, axis)
+
+
+def _filter2d(a: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    return _running(_running(a, k, 0, op), k, 1, op)
+
+
+def box_blur(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, edges repeated (twice: close to a Gaussian)."""
+    if radius <= 0:
+        return a
+    k = 2 * radius + 1
+    for _ in range(2):
+        for axis in (0, 1):
+            moved = np.moveaxis(a, axis, -1)
+            padded = np.pad(moved, [(0, 0), (radius + 1, radius)], mode="edge")
+            c = np.cumsum(padded, axis=-1)
+            a = np.moveaxis((c[..., k:] - c[..., :-k]) / k, -1, axis)
+    return a
+
+
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]: the split with the largest between-class variance."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    p = hist / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    omega, mu = np.cumsum(p), np.cumsum(p * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    between[~np.isfinite(between)] = 0
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Ink strength 0..1 at every pixel, whatever the polarity, paper level and lighting.
+
+    Polarity: the background is most of the picture, so the median is background; ink lies
+    far from it on one side. Light ink on dark is taken only when the bright side clearly
+    reaches further (photos of paper are the common case). The background's own level is a
+    grey closing (opening for light ink) with a window of a third of the picture: it follows
+    gradients and shadow edges (monotone, so kept) but not strokes (narrower than the window).
+    Dark ink is measured relative to the paper it is on (a shadow darkens ink and paper
+    alike), light ink as the excess over its background.
+    """
+    gray = np.asarray(gray, dtype=np.float64)
+    smooth = box_blur(gray, 1) if min(gray.shape) >= 16 else gray
+    lo, median, hi = np.percentile(smooth, [0.05, 50, 99.95])
+    light_ink = (hi - median) > 2 * (median - lo)
+    k = max(3, min(gray.shape) // 3) | 1
+    if light_ink:
+        background = _filter2d(_filter2d(smooth, k, np.minimum), k, np.maximum)
+        return np.clip((gray - background) / 255.0, 0.0, 1.0)
+    background = _filter2d(_filter2d(smooth, k, np.maximum), k, np.minimum)
+    return np.clip((background - gray) / np.maximum(background, 16.0), 0.0, 1.0)
+
+
+def _components(mask: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
+    """Labels of the 8-connected components of `mask` (0 = background, else a pixel index).
+
+    Each round takes the smallest label among the neighbours and then follows labels to the
+    labels they name (pointer jumping), so it settles in a few dozen rounds.
+    """
+    h, w = mask.shape
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+    big = h * w + 1
+    for _ in range(max_rounds):  # bounded; a mask settles long before
+        padded = np.pad(np.where(mask, labels, big), 1, constant_values=big)
+        neighbours = np.minimum.reduce([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        new = np.where(mask, neighbours, 0)
+        flat = np.concatenate([[0], new.ravel()])
+        for _ in range(4):
+            new = flat[new]
+            flat = np.concatenate([[0], new.ravel()])
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _lines(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Rows (axis 0) or columns (axis 1) that are ruled lines: thin ink across most of the page."""
+    coverage = mask.mean(axis=1 - axis)
+    long = coverage > 0.7
+    thin = np.zeros_like(long)
+    limit = max(2, round(0.05 * mask.shape[axis]))
+    start = None
+    for i, flag in enumerate([*long, False]):  # runs of long rows: lines when thin
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start <= limit:
+                thin[start:i] = True
+            start = None
+    return thin
+
+
+def digit_ink(gray: np.ndarray) -> np.ndarray:
+    """The digit's ink (0..1), everything else 0, cropped to its box."""
+    ink = ink_map(gray)
+    smooth = box_blur(ink, 1) if min(ink.shape) >= 16 else ink
+    if smooth.max() < 0.06:  # nothing darker (or lighter) than the paper by ~15 grey levels
+        raise ImageError("no digit found: the image is blank")
+    threshold = max(otsu(smooth), 0.25 * float(smooth.max()))
+    mask = smooth > threshold
+    mask[_lines(mask, 0)] = False
+    mask[:, _lines(mask, 1)] = False
+    # Components on a pooled mask (a few hundred pixels a side) keep labelling cheap.
+    block = max(1, -(-max(mask.shape) // 200))
+    hp, wp = -(-mask.shape[0] // block), -(-mask.shape[1] // block)
+    pooled = np.zeros((hp * block, wp * block), bool)
+    pooled[:mask.shape[0], :mask.shape[1]] = mask
+    pooled = pooled.reshape(hp, block, wp, block).any(axis=(1, 3))
+    labels = _components(pooled)
+    ids, first = np.unique(labels[labels > 0], return_index=True)
+    if not len(ids):
+        raise ImageError("no digit found: the image is blank")
+    weights = np.pad(smooth, ((0, hp * block - ink.shape[0]), (0, wp * block - ink.shape[1])))
+    weights = (weights * np.pad(mask, ((0, hp * block - ink.shape[0]),
+                                       (0, wp * block - ink.shape[1])))
+               ).reshape(hp, block, wp, block).sum(axis=(1, 3))
+    parts = []
+    for label in ids:
+        ys, xs = np.nonzero(labels == label)
+        parts.append({"label": label, "mass": float(weights[ys, xs].sum()),
+                      "box": (ys.min(), ys.max(), xs.min(), xs.max()),
+                      "border": bool(ys.min() == 0 or xs.min() == 0 or ys.max() == hp - 1
+                                     or xs.max() == wp - 1)})
+    largest = max(p["mass"] for p in parts)
+    # A desk or a page edge touches the picture's border; a digit rarely does when anything
+    # else is there, so the digit is the largest part away from the border if it is not a speck.
+    inner = [p for p in parts if not p["border"] and p["mass"] >= 0.1 * largest]
+    main = max(inner or parts, key=lambda p: p["mass"])
+    chosen = [main]
+    top, bottom, left, right = main["box"]
+    for _ in range(len(parts)):  # grow by nearby strokes (a 5's flag, a broken 4)
+        size = max(bottom - top, right - left) + 1
+        near = [p for p in parts if p not in chosen and p["mass"] >= 0.03 * main["mass"]
+                and p["box"][0] <= bottom + 0.3 * size and p["box"][1] >= top - 0.3 * size
+                and p["box"][2] <= right + 0.3 * size and p["box"][3] >= left - 0.3 * size
+                and not (p["border"] and not main["border"])]
+        if not near:
+            break
+        chosen += near
+        top, bottom = min(top, *(p["box"][0] for p in near)), max(bottom, *(p["box"][1] for p in near))
+        left, right = min(left, *(p["box"][2] for p in near)), max(right, *(p["box"][3] for p in near))
+    region = np.isin(labels, [p["label"] for p in chosen])
+    region = _filter2d(region.astype(np.uint8), 3, np.maximum).astype(bool)  # soft edges
+    region = np.repeat(np.repeat(region, block, 0), block, 1)[:ink.shape[0], :ink.shape[1]]
+    # Keep the strokes' intensities: only what paper noise reaches is cut, the rest scaled so
+    # the strokes' cores are full ink.
+    paper = ink[~mask & (smooth < threshold)]
+    floor = 0.0
+    if paper.size:
+        mad = float(np.median(np.abs(paper - np.median(paper))))
+        floor = min(float(np.median(paper)) + 4 * 1.4826 * mad, 0.5 * threshold)
+    core = float(np.percentile(ink[mask & region], 90)) if (mask & region).any() else ink.max()
+    strokes = np.clip((ink - floor) / max(core - floor, 1e-6), 0.0, 1.0) * region
+    rows, cols = np.nonzero(strokes > 0.05)
+    if not len(rows):
+        raise ImageError("no digit found: the image is blank")
+    return strokes[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+# --- framing -----------------------------------------------------------------------------
+
+
+def frame(ink: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int = 20,
+          center_of_mass: bool = True) -> np.ndarray:
+    """A `size` uint8 image of the cropped ink (0..1), light on black, framed like the data."""
+    from PIL import Image
+
+    ink = 255.0 * np.asarray(ink, dtype=np.float64)
+    h, w = ink.shape
+    scale = fit_box / max(h, w)
+    fitted = Image.fromarray(ink.astype(np.float32), mode="F").resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    patch = np.clip(np.asarray(fitted), 0, 255)
+    out = np.zeros(size, dtype=np.float64)
+    ph, pw = patch.shape
+    if center_of_mass and patch.sum() > 0:
+        ys, xs = np.indices(patch.shape)
+        mass = patch.sum()
+        cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass
+    else:
+        cy, cx = (ph - 1) / 2, (pw - 1) / 2
+    # Centre of the canvas in pixel-index coordinates; keep the whole patch on the canvas.
+    top = int(np.clip(round((size[0] - 1) / 2 - cy), 0, size[0] - ph))
+    left = int(np.clip(round((size[1] - 1) / 2 - cx), 0, size[1] - pw))
+    out[top:top + ph, left:left + pw] = patch
+    return np.round(out).astype(np.uint8)
+
+
+def normalize(gray: np.ndarray, size: tuple[int, int] = (28, 28), fit_box: int = 20,
+              center_of_mass: bool = True) -> np.ndarray:
+    """A `size` uint8 image of light ink on black, framed as the training images were."""
+    return frame(digit_ink(gray), size, fit_box, center_of_mass)
+
+
+def prepare(image: Any, card: dict[str, Any]) -> np.ndarray:
+    """A decoded image as the card's model input (height x width uint8)."""
+    framing = card["input"]["framing"]
+    pixels = normalize(to_gray(image), (framing["height"], framing["width"]), framing["fit_box"],
+                       framing["center_of_mass"])
+    # normalize() yields light ink on black, the polarity every card written so far states.
+    return pixels if card["input"]["polarity"] == "light_on_dark" else 255 - pixels
