@@ -31,11 +31,13 @@ import numpy as np
 
 from pipeline import PipelineError
 
-# Pillow's own bomb limit is 178 Mpx (a warning from 89 Mpx); predict refuses far less. A
-# JPEG is decoded at 1/8 scale at most, so it may be larger than the formats decoded whole
-# (PNG, TIFF, WebP ...), which take up to 4 bytes per pixel before they are reduced.
-MAX_PIXELS = 40_000_000          # e.g. 8000 x 5000
-MAX_JPEG_PIXELS = 120_000_000    # e.g. 12000 x 10000 (a 108 Mpx phone photo)
+# Pillow's own bomb limit is 178 Mpx (a warning from 89 Mpx); predict refuses far less, so
+# that memory stays under ~300 MB for any picture it accepts (measured: a 25 Mpx RGBA PNG
+# peaks at ~230 MB, since Pillow decodes it whole at 4 bytes a pixel and reduce() copies it
+# once more). A baseline JPEG is decoded at 1/8 scale straight away (`Image.draft`), so it
+# may be larger; a progressive JPEG keeps all its coefficients while decoding, so it may not.
+MAX_PIXELS = 25_000_000          # e.g. 6000 x 4000
+MAX_JPEG_PIXELS = 120_000_000    # baseline JPEG, e.g. 12000 x 10000 (a 108 Mpx phone photo)
 # Long side of the picture predict works on: a digit that fills a tenth of a 12 Mpx photo
 # still has ~80 px, four times the 20 px box.
 WORK_SIDE = 800
@@ -108,7 +110,8 @@ def load_image(path: Path, work_side: int = WORK_SIDE) -> Any:
                 image = Image.open(fh)
             with image:
                 width, height = image.size
-                limit = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_PIXELS
+                baseline_jpeg = image.format == "JPEG" and "progression" not in image.info
+                limit = MAX_JPEG_PIXELS if baseline_jpeg else MAX_PIXELS
                 if width * height > limit:
                     raise _too_big(path, width, height, limit)
                 orientation = image.getexif().get(ORIENTATION_TAG, 1)
