@@ -4,7 +4,8 @@ Renders seeded real MNIST test digits (the build's own test split) with tests/ph
 (an independent model of a photo: paper x light + noise, then the file format), writes them as
 files and classifies them with `pipeline.predict.predict_files`, the function the CLI uses:
 
-1. accuracy of each TFLite variant on each rendering family (all families in one run);
+1. accuracy of each TFLite variant on each rendering family (all families in one run), and
+   how many int8 answers predict marks `uncertain`, with int8's accuracy on the others;
 2. per-image time in one process: `predict_files([one image])` for each of 100 images
    (decode, preprocessing, every TFLite variant), median and p90;
 3. wall time of one `python -m pipeline.predict IMAGE` process (median of 3), without and
@@ -85,10 +86,20 @@ def main() -> None:
                             Path(work))
         print(f"build {args.build}, {args.digits} test digits per family "
               f"(seed {args.seed}), variants {', '.join(models)}")
-        print(f"{'family':<20}" + "".join(f"{v:>10}" for v in models))
+        print(f"{'family':<20}" + "".join(f"{v:>10}" for v in models)
+              + f"{'uncertain':>11}{'int8 rest':>11}")
         totals = {v: [0, 0] for v in models}
+        answers: list[tuple[float, bool]] = []  # int8 (probability, right) on the families
+        npz = args.artifacts / "data" / args.dataset / f"{args.dataset}.npz"
+        # predict before issue 15 had no uncertainty; the benchmark runs against either.
+        extra_args = ({"limits": predict.ink_limits(npz)} if hasattr(predict, "ink_limits")
+                      else {})
         for family, files in paths.items():
-            results = predict.predict_files(files, card, models)
+            results = predict.predict_files(files, card, models, **extra_args)
+            if family in FAMILIES:
+                answers += [(r["predictions"]["int8"]["probability"],
+                             r["predictions"]["int8"]["class"] == label)
+                            for r, label in zip(results, labels) if "predictions" in r]
             cells = []
             for variant in models:
                 right = sum(1 for r, label in zip(results, labels)
@@ -97,10 +108,23 @@ def main() -> None:
                     totals[variant][0] += right
                     totals[variant][1] += len(files)
                 cells.append(f"{100 * right / len(files):>9.1f}%")
+            doubted = [bool(r.get("uncertain")) for r in results]
+            rest = [r.get("predictions", {}).get("int8", {}).get("class") == label
+                    for r, label, d in zip(results, labels, doubted) if not d]
+            cells.append(f"{100 * sum(doubted) / len(files):>10.1f}%")
+            cells.append(f"{100 * sum(rest) / max(len(rest), 1):>10.1f}%")
             extra = "  (extra)" if family in EXTRA_FAMILIES else ""
             print(f"{family:<20}" + "".join(cells) + extra)
         print(f"{'all issue families':<20}" + "".join(
             f"{100 * r / n:>9.1f}%" for r, n in totals.values()))
+        print("int8 top-1 probability below t on the issue's families: share of answers, "
+              "and how many of those are right")
+        for t in (0.5, 0.6, 0.7, 0.8, 0.9):
+            below = [right for p, right in answers if p < t]
+            above = [right for p, right in answers if p >= t]
+            print(f"  t = {t:.1f}: {100 * len(below) / len(answers):5.1f} % of answers, "
+                  f"{100 * sum(below) / max(len(below), 1):5.1f} % of them right; "
+                  f"{100 * sum(above) / max(len(above), 1):5.1f} % right at or above t")
 
         # Interleaved, so the 100 images span every family.
         sample = [p for files in zip(*paths.values()) for p in files][:100]

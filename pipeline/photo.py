@@ -269,8 +269,28 @@ def ink_map(gray: np.ndarray) -> np.ndarray:
     dark_ink = not (hi - median) > 2 * (median - lo)
     level = background(smooth, max(3, min(gray.shape) // 3) | 1, dark_ink)
     if dark_ink:
+        if _enclosed_dark(level):  # ink wider than the window: a blob, not a shadow
+            level = background(smooth, max(gray.shape) | 1, dark_ink)
         return np.clip((level - gray) / np.maximum(level, 16.0), 0.0, 1.0)
     return np.clip((gray - level) / 255.0, 0.0, 1.0)
+
+
+def _enclosed_dark(level: np.ndarray) -> bool:
+    """Whether the paper estimate has a deep dark region that touches no border.
+
+    Shadows and a desk come in from the picture's edges; a dark region inside the page that
+    the window could not close is ink too wide for it (a filled blob, a thumb print).
+    """
+    deep = level < 0.6 * float(np.percentile(level, 95))
+    if not deep.any():
+        return False
+    block = max(1, -(-max(deep.shape) // 100))
+    h, w = -(-deep.shape[0] // block), -(-deep.shape[1] // block)
+    pooled = np.zeros((h * block, w * block), bool)
+    pooled[:deep.shape[0], :deep.shape[1]] = deep
+    labels = _components(pooled.reshape(h, block, w, block).any(axis=(1, 3)))
+    edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
+    return bool(set(np.unique(labels).tolist()) - edge - {0})
 
 
 def _components(mask: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
