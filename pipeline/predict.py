@@ -35,10 +35,11 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.photo import ImageError, load_image, prepare
+from pipeline.variants import KERAS, VARIANTS, reference_int8_variant
 
 SHOW_SCALE = 10
-KERAS = "keras"
-INT8 = "int8"
+# The variant --board runs, and whose answer its column compares with: the shipped int8.
+INT8 = reference_int8_variant()
 # An answer below this top-1 probability is marked uncertain. Measured with
 # benchmarks/bench_predict.py (int8 CNN, photo-like renderings of test digits): 4 % of the
 # answers fall below 0.9 and a third of those are wrong, while 99.9 % of the rest are right;
@@ -53,7 +54,8 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
     for variant in card["variants"]:
         path = Path(model_dir) / variant["file"]
         if not path.exists():
-            task = "train" if variant["name"] == KERAS else "convert"
+            known = VARIANTS.get(variant["name"])
+            task = "train" if variant["name"] == KERAS else known.producer if known else "convert"
             raise PipelineError(f"{path} is missing: build it with `doit {task}:{build}`")
         files[variant["name"]] = path
     return files
@@ -62,7 +64,7 @@ def model_files(card: dict[str, Any], model_dir: Path, build: str) -> dict[str, 
 def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarray]:
     """Class probabilities (N x classes) of N prepared images under every model."""
     from pipeline.console import native_output_hidden
-    from pipeline.evaluate import tflite_probabilities
+    from pipeline.evaluate import model_probabilities
 
     def keras(path: Path, batch: np.ndarray, size: int) -> np.ndarray:
         from pipeline.evaluate import keras_probabilities  # TensorFlow: only when asked
@@ -70,7 +72,7 @@ def classify(models: dict[str, Path], images: np.ndarray) -> dict[str, np.ndarra
         return keras_probabilities(path, batch, size)
 
     with native_output_hidden():  # TensorFlow's start-up and XNNPACK notices
-        return {name: (keras if name == KERAS else tflite_probabilities)(path, images, 64)
+        return {name: (keras if name == KERAS else model_probabilities)(path, images, 64)
                 for name, path in models.items()}
 
 
@@ -231,7 +233,7 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
 
         from pipeline.bench import BoardError
 
-        column = f"{INT8}@{board.name}"
+        column = board_column(board.name)
         try:
             with tempfile.TemporaryDirectory(prefix="predict-board-") as work:
                 answers = board_top1(board, models[INT8], batch, Path(work))
@@ -245,11 +247,16 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
     return results
 
 
+def board_column(board: str) -> str:
+    """The column of the int8 model's run on a board: `int8@<board>`."""
+    return f"{INT8}@{board}"
+
+
 def board_differences(results: Sequence[dict[str, Any]], board: str) -> list[str]:
     """One line per image whose board answer differs from this host's int8 answer."""
     lines = []
     for r in results:
-        answer = r.get("predictions", {}).get(f"{INT8}@{board}", {})
+        answer = r.get("predictions", {}).get(board_column(board), {})
         if answer.get("same_as_host") is False:
             host = r["predictions"][INT8]
             lines.append(f"{r['image']}: board {board!r} answers {answer['name']} "
@@ -272,7 +279,7 @@ def problems(results: Sequence[dict[str, Any]], board: str | None = None) -> lis
     """The lines predict prints on stderr: bad images, a failed board, board differences."""
     lines = [r["error"] for r in results if "error" in r]
     if board is not None:
-        column = f"{INT8}@{board}"
+        column = board_column(board)
         lines += sorted({r["predictions"][column]["error"] for r in results
                          if "error" in r.get("predictions", {}).get(column, {})})
         lines += board_differences(results, board)
@@ -281,7 +288,7 @@ def problems(results: Sequence[dict[str, Any]], board: str | None = None) -> lis
 
 def exit_status(results: Sequence[dict[str, Any]], board: str | None = None) -> int:
     """3 if the board answered differently, else 2 if it failed, else 1 if an image failed."""
-    column = f"{INT8}@{board}"
+    column = board_column(board) if board is not None else None
     answers = [r["predictions"].get(column, {}) for r in results if "predictions" in r]
     if board is not None and any(a.get("same_as_host") is False for a in answers):
         return EXIT_BOARD_DIFFERS
@@ -315,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.console import quiet_third_party, verbose_requested
 
     quiet_third_party(verbose_requested(os.environ))
-    model_dir = args.artifacts / "models" / args.build
+    from pipeline.layout import Layout
+
+    layout = Layout(args.artifacts)
+    model_dir = layout.model_dir(args.build)
     try:
         card = load_card(model_dir, args.build)
         models = {name: path for name, path in model_files(card, model_dir, args.build).items()
@@ -325,9 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MISSING
     dataset = card.get("dataset", "mnist")
-    limits = ink_limits(args.artifacts / "data" / dataset / f"{dataset}.npz")
+    limits = ink_limits(layout.dataset_npz(dataset))
     results = predict_files(args.images, card, models, args.show, board, limits)
-    columns = [*models, *([f"{INT8}@{board.name}"] if board else [])]
+    columns = [*models, *([board_column(board.name)] if board else [])]
     if args.json:
         print(json.dumps({"build": args.build, "results": results}, indent=2))
     elif any("predictions" in r for r in results):
