@@ -32,19 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline import predict  # noqa: E402
 from pipeline.card import load_card  # noqa: E402
-from tests.photo_digits import EXTRA_FAMILIES, FAMILIES, render_all  # noqa: E402
-
-
-def write_files(rendered: dict[str, list[tuple[bytes, str]]], directory: Path
-                ) -> dict[str, list[Path]]:
-    paths = {}
-    for family, files in rendered.items():
-        paths[family] = []
-        for i, (data, suffix) in enumerate(files):
-            path = directory / f"{family}_{i:04d}{suffix}"
-            path.write_bytes(data)
-            paths[family].append(path)
-    return paths
+from tests.photo_digits import EXTRA_FAMILIES, FAMILIES, render_all, write_all  # noqa: E402
 
 
 def tflite_models(card: dict, model_dir: Path, build: str) -> dict[str, Path]:
@@ -82,7 +70,7 @@ def main() -> None:
     digits, labels = x_test[idx], y_test[idx]
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as work:
-        paths = write_files(render_all(digits, {**FAMILIES, **EXTRA_FAMILIES}, args.seed),
+        paths = write_all(render_all(digits, {**FAMILIES, **EXTRA_FAMILIES}, args.seed),
                             Path(work))
         print(f"build {args.build}, {args.digits} test digits per family "
               f"(seed {args.seed}), variants {', '.join(models)}")
@@ -134,8 +122,9 @@ def main() -> None:
             predict.predict_files([path], card, models)
             times.append(time.perf_counter() - started)
         times.sort()
+        p90 = times[int(0.9 * len(times))]
         print(f"per image, one process ({len(times)} images, every family): median "
-              f"{1e3 * statistics.median(times):.1f} ms, p90 {1e3 * times[int(0.9 * len(times))]:.1f} ms")
+              f"{1e3 * statistics.median(times):.1f} ms, p90 {1e3 * p90:.1f} ms")
 
         env = {**os.environ, "PIPELINE_ARTIFACTS": str(args.artifacts)}
         one = [str(sample[0]), "--build", args.build]

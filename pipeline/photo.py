@@ -284,11 +284,7 @@ def _enclosed_dark(level: np.ndarray) -> bool:
     deep = level < 0.6 * float(np.percentile(level, 95))
     if not deep.any():
         return False
-    block = max(1, -(-max(deep.shape) // 100))
-    h, w = -(-deep.shape[0] // block), -(-deep.shape[1] // block)
-    pooled = np.zeros((h * block, w * block), bool)
-    pooled[:deep.shape[0], :deep.shape[1]] = deep
-    labels = _components(pooled.reshape(h, block, w, block).any(axis=(1, 3)))
+    labels = _components(_pooled_any(deep, max(1, -(-max(deep.shape) // 100))))
     edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
     return bool(set(np.unique(labels).tolist()) - edge - {0})
 
@@ -334,8 +330,54 @@ def _lines(mask: np.ndarray, axis: int) -> np.ndarray:
     return thin
 
 
+def _pooled_any(mask: np.ndarray, block: int) -> np.ndarray:
+    """Whether any pixel of each block x block tile is set (edges padded with False)."""
+    h, w = -(-mask.shape[0] // block), -(-mask.shape[1] // block)
+    padded = np.zeros((h * block, w * block), bool)
+    padded[:mask.shape[0], :mask.shape[1]] = mask
+    return padded.reshape(h, block, w, block).any(axis=(1, 3))
+
+
+def _parts(labels: np.ndarray, weights: np.ndarray) -> list[dict[str, Any]]:
+    """Each component's label, ink mass, box and whether it lies along a border like a desk."""
+    h, w = labels.shape
+    parts = []
+    for label in np.unique(labels[labels > 0]):
+        ys, xs = np.nonzero(labels == label)
+        top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+        # Along a side it touches, a desk or a page edge runs most of the picture's length;
+        # a digit that touches the border (a tight crop) is most often the only part.
+        edge = ((top == 0 or bottom == h - 1) and right - left + 1 >= 0.7 * w) or \
+               ((left == 0 or right == w - 1) and bottom - top + 1 >= 0.7 * h)
+        parts.append({"label": label, "mass": float(weights[ys, xs].sum()),
+                      "box": (top, bottom, left, right), "edge": bool(edge)})
+    return parts
+
+
+def _digit_parts(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The digit: the largest part that is not an edge (unless all are), and nearby strokes."""
+    largest = max(p["mass"] for p in parts)
+    inner = [p for p in parts if not p["edge"] and p["mass"] >= 0.02 * largest]
+    main = max(inner or parts, key=lambda p: p["mass"])
+    chosen = [main]
+    top, bottom, left, right = main["box"]
+    for _ in range(len(parts)):  # grow by nearby strokes (a 5's flag, a broken 4)
+        reach = 0.3 * (max(bottom - top, right - left) + 1)
+        near = [p for p in parts if p not in chosen and p["mass"] >= 0.03 * main["mass"]
+                and (main["edge"] or not p["edge"])
+                and p["box"][0] <= bottom + reach and p["box"][1] >= top - reach
+                and p["box"][2] <= right + reach and p["box"][3] >= left - reach]
+        if not near:
+            break
+        chosen += near
+        boxes = np.array([p["box"] for p in chosen])
+        top, bottom = boxes[:, 0].min(), boxes[:, 1].max()
+        left, right = boxes[:, 2].min(), boxes[:, 3].max()
+    return chosen
+
+
 def digit_ink(gray: np.ndarray) -> np.ndarray:
-    """The digit's ink (0..1), everything else 0, cropped to its box."""
+    """The digit's ink (0..1) cropped to its box; everything that is not the digit is 0."""
     ink = ink_map(gray)
     smooth = smoothed(ink, 1) if min(ink.shape) >= 16 else ink
     # Blank: nothing stands out of the paper's own noise (8 robust sigmas) or, on clean paper,
@@ -349,52 +391,21 @@ def digit_ink(gray: np.ndarray) -> np.ndarray:
     mask = smooth > threshold
     mask[_lines(mask, 0)] = False
     mask[:, _lines(mask, 1)] = False
-    # Components on a pooled mask (a few hundred pixels a side) keep labelling cheap.
+    # Components on a pooled mask (at most 200 tiles a side) keep labelling cheap.
     block = max(1, -(-max(mask.shape) // 200))
-    hp, wp = -(-mask.shape[0] // block), -(-mask.shape[1] // block)
-    pooled = np.zeros((hp * block, wp * block), bool)
-    pooled[:mask.shape[0], :mask.shape[1]] = mask
-    pooled = pooled.reshape(hp, block, wp, block).any(axis=(1, 3))
-    labels = _components(pooled)
-    ids, first = np.unique(labels[labels > 0], return_index=True)
-    if not len(ids):
+    labels = _components(_pooled_any(mask, block))
+    h, w = labels.shape
+    pad = ((0, h * block - ink.shape[0]), (0, w * block - ink.shape[1]))
+    weights = np.pad(smooth * mask, pad).reshape(h, block, w, block).sum(axis=(1, 3))
+    parts = _parts(labels, weights)
+    if not parts:
         raise ImageError("no digit found: the image is blank")
-    weights = np.pad(smooth, ((0, hp * block - ink.shape[0]), (0, wp * block - ink.shape[1])))
-    weights = (weights * np.pad(mask, ((0, hp * block - ink.shape[0]),
-                                       (0, wp * block - ink.shape[1])))
-               ).reshape(hp, block, wp, block).sum(axis=(1, 3))
-    parts = []
-    for label in ids:
-        ys, xs = np.nonzero(labels == label)
-        top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-        # Along a side it touches, a desk or a page edge runs most of the picture's length;
-        # a digit that touches the border (a tight crop) is most often the only part.
-        edge = ((top == 0 or bottom == hp - 1) and right - left + 1 >= 0.7 * wp) or \
-               ((left == 0 or right == wp - 1) and bottom - top + 1 >= 0.7 * hp)
-        parts.append({"label": label, "mass": float(weights[ys, xs].sum()),
-                      "box": (top, bottom, left, right), "border": bool(edge)})
-    largest = max(p["mass"] for p in parts)
-    inner = [p for p in parts if not p["border"] and p["mass"] >= 0.02 * largest]
-    main = max(inner or parts, key=lambda p: p["mass"])
-    chosen = [main]
-    top, bottom, left, right = main["box"]
-    for _ in range(len(parts)):  # grow by nearby strokes (a 5's flag, a broken 4)
-        size = max(bottom - top, right - left) + 1
-        near = [p for p in parts if p not in chosen and p["mass"] >= 0.03 * main["mass"]
-                and p["box"][0] <= bottom + 0.3 * size and p["box"][1] >= top - 0.3 * size
-                and p["box"][2] <= right + 0.3 * size and p["box"][3] >= left - 0.3 * size
-                and not (p["border"] and not main["border"])]
-        if not near:
-            break
-        chosen += near
-        top, bottom = min(top, *(p["box"][0] for p in near)), max(bottom, *(p["box"][1] for p in near))
-        left, right = min(left, *(p["box"][2] for p in near)), max(right, *(p["box"][3] for p in near))
-    region = np.isin(labels, [p["label"] for p in chosen])
+    region = np.isin(labels, [p["label"] for p in _digit_parts(parts)])
     region = _filter2d(region.astype(np.uint8), 3, np.maximum).astype(bool)  # soft edges
     region = np.repeat(np.repeat(region, block, 0), block, 1)[:ink.shape[0], :ink.shape[1]]
-    # Keep the strokes' intensities: only what paper noise reaches is cut, the rest scaled so
-    # the strokes' cores are full ink.
-    paper = ink[~mask & (smooth < threshold)][::7]  # a sample is enough for two medians
+    # Keep the strokes' intensities: only what the paper's noise reaches is cut, and the rest
+    # is scaled so that the strokes' cores are full ink.
+    paper = ink[~mask][::7]  # a sample is enough for two medians
     floor = 0.0
     if paper.size:
         mad = float(np.median(np.abs(paper - np.median(paper))))

@@ -13,6 +13,7 @@ the encoded file: (bytes, suffix).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -219,3 +220,16 @@ def render_all(digits: np.ndarray, families: dict[str, Family], seed: int
         rng = np.random.default_rng([seed, number])
         out[name] = [family(d, rng) for d in digits]
     return out
+
+
+def write_all(rendered: dict[str, list[tuple[bytes, str]]], directory: Path
+              ) -> dict[str, list[Path]]:
+    """The rendered files written as <family>_<index><suffix> into `directory`."""
+    paths = {}
+    for family, files in rendered.items():
+        paths[family] = []
+        for i, (data, suffix) in enumerate(files):
+            path = Path(directory) / f"{family}_{i:04d}{suffix}"
+            path.write_bytes(data)
+            paths[family].append(path)
+    return paths

@@ -164,24 +164,14 @@ def test_photo_families_are_the_formats_they_claim(digits):
     assert 200 < paper.mean() < 235 and 4 < paper.std() < 12  # sigma ~8 around ~225
 
 
-def _write_rendered(rendered, directory):
-    paths = {}
-    for family, files in rendered.items():
-        paths[family] = []
-        for i, (data, suffix) in enumerate(files):
-            path = directory / f"{family}_{i:03d}{suffix}"
-            path.write_bytes(data)
-            paths[family].append(path)
-    return paths
-
-
 def test_int8_right_on_95_percent_of_photo_like_pictures(build, card, digits, tmp_path):
     """200 real test digits in each of the issue's families (and two more), as files."""
     images, labels = digits
     models = {v: p for v, p in predict.model_files(card, build / "models" / BUILD,
                                                     BUILD).items() if v in TFLITE}
     families = {**photo_digits.FAMILIES, **photo_digits.EXTRA_FAMILIES}
-    paths = _write_rendered(photo_digits.render_all(images, families, seed=15), tmp_path)
+    paths = photo_digits.write_all(photo_digits.render_all(images, families, seed=15),
+                                   tmp_path)
     right = {}
     for family, files in paths.items():
         results = predict.predict_files(files, card, models)
