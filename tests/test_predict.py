@@ -602,3 +602,12 @@ def test_shadow_across_the_page_is_paper_not_ink():
     assert np.median(lit) < 0.05 and np.median(shadowed) < 0.05  # no offset from the light
     crop = photo.digit_ink(paper)  # exactly the stroke is found, nothing of the shadow
     assert abs(crop.shape[0] - 80) <= 4 and abs(crop.shape[1] - 8) <= 4, crop.shape
+
+
+def test_ink_wider_than_the_paper_window_is_ink_not_paper():
+    """A filled square of half the picture: the closing's window cannot span it, yet it is ink
+    (inside the page, so not a shadow coming in from an edge)."""
+    page = np.full((120, 160), 225.0)
+    page[20:100, 40:120] = 30.0
+    crop = photo.digit_ink(page)
+    assert crop.shape == (80, 80) and crop.mean() > 0.95
