@@ -313,21 +313,27 @@ def _components(mask: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
     return labels
 
 
-def _lines(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Rows (axis 0) or columns (axis 1) that are ruled lines: thin ink across most of the page."""
-    coverage = mask.mean(axis=1 - axis)
-    long = coverage > 0.7
-    thin = np.zeros_like(long)
-    limit = max(2, round(0.05 * mask.shape[axis]))
+def _bands(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Rows (axis 0) or columns (axis 1) of ink across most of the page that are not the digit:
+    ruled lines (thin, and at least two of them: a digit's own bar in a tight crop is one)
+    and, at the picture's edge, a desk or the page's shadow."""
+    long = mask.mean(axis=1 - axis) > 0.8
+    n = mask.shape[axis]
+    thin, edge = max(2, round(0.05 * n)), round(0.25 * n)
+    lines, bands = [], np.zeros_like(long)
     start = None
-    for i, flag in enumerate([*long, False]):  # runs of long rows: lines when thin
+    for i, flag in enumerate([*long, False]):  # runs of long rows
         if flag and start is None:
             start = i
         elif not flag and start is not None:
-            if i - start <= limit:
-                thin[start:i] = True
+            if i - start <= thin:
+                lines.append((start, i))
+            elif (start == 0 or i == n) and i - start <= edge:
+                bands[start:i] = True
             start = None
-    return thin
+    for begin, end in lines if len(lines) >= 2 else ():
+        bands[begin:end] = True
+    return bands
 
 
 def _pooled_any(mask: np.ndarray, block: int) -> np.ndarray:
@@ -389,8 +395,8 @@ def digit_ink(gray: np.ndarray) -> np.ndarray:
         raise ImageError("no digit found: the image is blank")
     threshold = max(otsu(smooth), 0.25 * float(smooth.max()))
     mask = smooth > threshold
-    mask[_lines(mask, 0)] = False
-    mask[:, _lines(mask, 1)] = False
+    mask[_bands(mask, 0)] = False
+    mask[:, _bands(mask, 1)] = False
     # Components on a pooled mask (at most 200 tiles a side) keep labelling cheap.
     block = max(1, -(-max(mask.shape) // 200))
     labels = _components(_pooled_any(mask, block))

@@ -611,3 +611,13 @@ def test_ink_wider_than_the_paper_window_is_ink_not_paper():
     page[20:100, 40:120] = 30.0
     crop = photo.digit_ink(page)
     assert crop.shape == (80, 80) and crop.mean() > 0.95
+
+
+def test_ruled_lines_and_a_desk_at_the_edge_are_not_the_digit():
+    page = np.full((160, 200), 225.0) + np.random.default_rng(9).normal(0, 4, (160, 200))
+    for y in range(10, 160, 30):      # ruled lines across the whole page, 3 px thick
+        page[y:y + 3, :] = 70.0
+    page[:, :14] = 60.0               # the desk along the left side
+    page[40:120, 96:104] = 30.0       # the stroke, crossing three lines
+    crop = photo.digit_ink(page)
+    assert abs(crop.shape[0] - 80) <= 3 and crop.shape[1] <= 12, crop.shape
