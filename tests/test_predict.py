@@ -449,3 +449,23 @@ def test_a_board_that_answers_differently_is_named_and_fails(build, card, digits
     assert f"DIFFERS (host {first['int8']['name']})" in table
     same = [r for r in results if r not in differ]
     assert predict.exit_status(same, "k1") == 0
+
+
+def test_a_board_that_fails_leaves_every_host_answer_printed(build, digits, tmp_path,
+                                                             capsys):
+    from tests.conftest import free_port
+
+    inventory = tmp_path / "boards.toml"
+    inventory.write_text(f'[[boards]]\nname = "gone"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                         'python = "python3"\nremote_dir = "x"\nthreads = [1]\nwarmup = 1\n'
+                         'runs = 1\n')
+    image = _write(tmp_path / "d.png", inverted(digits[0][4]))
+    status = predict.main([str(image), "--build", BUILD, "--artifacts", str(build),
+                           "--board", "gone", "--boards", str(inventory)])
+    out, err = capsys.readouterr()
+    assert status == predict.EXIT_MISSING
+    row = out.splitlines()[2]
+    assert row.startswith(str(image)) and f"{digits[1][4]}  " in row and "board failed" in row
+    assert err.splitlines() == [line for line in err.splitlines()
+                                if line.startswith("error: board 'gone' (host 127.0.0.1")]
+    assert len(err.splitlines()) == 1
