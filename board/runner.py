@@ -125,16 +125,26 @@ def quantize(images, detail):
 
 def predict(interpreter, images) -> list[int]:
     """Top-1 class of each image, one invoke per image as an application on the board would."""
+    return [label for label, _ in top1(interpreter, images)]
+
+
+def top1(interpreter, images) -> list[tuple[int, float]]:
+    """(class, probability) of each image's top-1; an integer output is dequantized."""
     import numpy as np
 
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
-    predictions = []
+    answers = []
     for image in images:
         interpreter.set_tensor(inp["index"], quantize(image, inp))
         interpreter.invoke()
-        predictions.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
-    return predictions
+        scores = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero_point = out["quantization"]
+            scores = (scores - zero_point) * scale
+        label = int(np.argmax(scores))
+        answers.append((label, float(scores[label])))
+    return answers
 
 
 def percentile_stats(samples_us: list[float]) -> dict:
@@ -155,11 +165,14 @@ def rss_mb() -> float:
 
 
 def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | None,
-             host_key: str | None, Interpreter, min_seconds: float = 0.0) -> dict:
+             host_key: str | None, Interpreter, min_seconds: float = 0.0,
+             with_top1: bool = False) -> dict:
     """Load, allocate, first invoke, warm-up and timed invokes of one model at one thread count.
 
     With `min_seconds`, timing goes on past `runs` until that much time was timed (at most
     100x `runs`), so a best-of measurement is not decided by one busy moment of the machine.
+    With `with_top1`, the result also holds every sample's [class, probability] ("top1"):
+    `predict --board` shows the board's own answer, not only whether it equals the host's.
     """
     import numpy as np
 
@@ -191,8 +204,11 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
     result = {"model": model.name, "threads": threads, "init_ms": init_ms, "first_us": first_us,
               "warmup": warmup, "runs": len(timings), **percentile_stats(timings)}
     if "x" in data:
-        predictions = np.asarray(predict(interpreter, data["x"]))
+        answers = top1(interpreter, data["x"])
+        predictions = np.asarray([label for label, _ in answers], dtype=np.int64)
         result["samples"] = int(len(predictions))
+        if with_top1:
+            result["top1"] = [[label, probability] for label, probability in answers]
         if "y" in data:
             result["accuracy"] = float((predictions == data["y"]).mean())
         if host_key and host_key in data:
@@ -318,6 +334,8 @@ def run_plan(plan_path: Path, runtime) -> dict:
             if entry.get("samples"):
                 argv += ["--samples", str(plan_path.parent / entry["samples"]),
                          "--host-key", entry.get("host_key", "")]
+            if entry.get("top1"):
+                argv += ["--top1"]
             if plan.get("cpus"):
                 argv += ["--cpus", ",".join(str(c) for c in plan["cpus"])]
             timeout = min(case_timeout, remaining, MAX_WAIT_S)
@@ -360,6 +378,8 @@ def main(argv=None) -> int:
     parser.add_argument("--parent-pid", type=int, help="(internal) die with this process")
     parser.add_argument("--samples", type=Path)
     parser.add_argument("--host-key")
+    parser.add_argument("--top1", action="store_true",
+                        help="(internal) report each sample's class and probability")
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin to, e.g. 0,1,2,3")
     args = parser.parse_args(argv)
     if args.case and args.parent_pid:  # first: importing the runtime below takes a while
@@ -376,7 +396,7 @@ def main(argv=None) -> int:
         if args.cpus:
             os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
         result = run_case(args.case, args.threads, args.warmup, args.runs, args.samples,
-                          args.host_key, runtime[2], args.min_seconds)
+                          args.host_key, runtime[2], args.min_seconds, args.top1)
         print(json.dumps(result))
         return 0
     if not args.plan:

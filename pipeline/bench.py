@@ -80,12 +80,14 @@ def plan_deadline_s(cases: int, warmup: int, runs: int, samples: int) -> tuple[f
 
 
 def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.ndarray]],
-               board: Board, stage_dir: Path, peak: dict[str, Path] | None = None) -> Path:
+               board: Board, stage_dir: Path, peak: dict[str, Path] | None = None,
+               top1: bool = False) -> Path:
     """Write plan.json, the models and one samples .npz per model into `stage_dir`.
 
     `models` maps "<build>/<variant>" to a model file; `samples` maps a build to its
     labelled images; `peak` maps a variant to its synthetic GEMM model. The runner finds
-    everything by file name next to plan.json and checks each file's SHA-256 first.
+    everything by file name next to plan.json and checks each file's SHA-256 first. With
+    `top1`, the runner reports every sample's class and probability (predict --board).
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
     for stale in stage_dir.iterdir():  # only this plan's files get pushed
@@ -101,7 +103,7 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
         entries.append({"file": Path(path).name, "sha256": sha256_file(path),
                         "samples": samples_file,
                         "samples_sha256": sha256_file(stage_dir / samples_file),
-                        "host_key": "host", "key": key})
+                        "host_key": "host", "key": key, **({"top1": True} if top1 else {})})
     for variant, path in (peak or {}).items():
         write_bytes(stage_dir / Path(path).name, Path(path).read_bytes())
         peak_entries.append({"file": Path(path).name, "sha256": sha256_file(path),
