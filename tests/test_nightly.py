@@ -773,8 +773,8 @@ def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp
         "signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(60)'],"
         " stdout=subprocess.PIPE)\n"
         "g.stdout.readline()\n"
-        f"open({str(said)!r}, 'w').write(str(g.pid))\n"
-        "try:\n"
+        "try:  # the PID is written inside: a SIGINT from then on is caught\n"
+        f"    open({str(said)!r}, 'w').write(str(g.pid))\n"
         "    time.sleep(60)\n"
         "except KeyboardInterrupt:\n"
         f"    open({str(said)!r}, 'a').write(' interrupted')\n")
