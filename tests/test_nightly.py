@@ -779,7 +779,7 @@ def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp
         "except KeyboardInterrupt:\n"
         f"    open({str(said)!r}, 'a').write(' interrupted')\n")
     child = subprocess.Popen([sys.executable, "-c", child_code], start_new_session=True)
-    assert wait_until(lambda: said.exists() and said.read_text().strip().isdigit(), 30)
+    assert wait_until(lambda: said.exists() and said.read_text().strip().isdigit(), 120)
     grandchild = int(said.read_text())
     started = time.monotonic()
     stop_child(child)
