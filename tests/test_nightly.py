@@ -768,6 +768,9 @@ def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp
     said = tmp_path / "said.txt"
     child_code = (
         "import signal, subprocess, sys, time\n"
+        # As doit under the nightly (which catches SIGINT, so exec resets it to the default),
+        # even when this test runs in the background with SIGINT ignored.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         # A grandchild that ignores SIGINT: only the group's SIGKILL stops it.
         "g = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(60)'],"
