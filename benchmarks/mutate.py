@@ -79,7 +79,8 @@ def copy_tree(source: Path, dest: Path) -> None:
 
 
 def run_tests(tree: Path, tests: Sequence[str], env: dict[str, str], timeout: float
-              ) -> tuple[str, float]:
+              ) -> tuple[str, float, str]:
+    """(verdict, seconds, the end of pytest's output)."""
     started = time.monotonic()
     # Its own process group: a timeout or Ctrl-C stops pytest and whatever it started
     # (doit, runners), not just pytest.
@@ -90,16 +91,17 @@ def run_tests(tree: Path, tests: Sequence[str], env: dict[str, str], timeout: fl
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - started
+        return "timeout", time.monotonic() - started, ""
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     # 5: no test collected; 2/3/4: usage, collection or internal errors (a mutant that does
     # not even import). None of them is a verdict on the tests.
+    tail = (stdout + stderr)[-3000:]
     if proc.returncode in (2, 3, 4, 5):
-        return "invalid", time.monotonic() - started
-    return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - started
+        return "invalid", time.monotonic() - started, tail
+    return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - started, tail
 
 
 def mutate_one(tree: Path, case: Case, env: dict[str, str], timeout: float) -> Outcome:
@@ -109,7 +111,7 @@ def mutate_one(tree: Path, case: Case, env: dict[str, str], timeout: float) -> O
         return Outcome(case, "stale", 0.0)
     try:
         path.write_text(text.replace(case.original, case.mutated))
-        status, seconds = run_tests(tree, case.tests, env, timeout)
+        status, seconds, _ = run_tests(tree, case.tests, env, timeout)
     finally:
         path.write_text(text)  # undone on every way out, Ctrl-C included
     return Outcome(case, status, seconds)
@@ -177,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             # Files and test ids only: their union in one run covers every selection.
             selections = [tuple(dict.fromkeys(arg for sel in selections for arg in sel))]
         for tests in selections:
-            status, seconds = run_tests(tree, tests, env, args.timeout)
+            status, seconds, tail = run_tests(tree, tests, env, args.timeout)
             if status != "survived":
                 raise SystemExit(f"error: the unmutated tree fails {' '.join(tests)} "
-                                 f"({status}, {seconds:.0f} s): fix that first")
+                                 f"({status}, {seconds:.0f} s): fix that first\n{tail}")
             print(f"baseline {' '.join(tests)}: passes ({seconds:.0f} s)", flush=True)
         for i, case in enumerate(cases, 1):
             outcome = mutate_one(tree, case, env, args.timeout)
