@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import write_bytes
+from pipeline.files import outputs_together, write_bytes
 from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
 # Re-exported: callers name variants through this stage.
@@ -147,6 +147,7 @@ def check_integer_only(model_content: bytes, source: str) -> None:
                            + ", ".join(floats[:5]))
 
 
+@outputs_together()  # every variant, or none: evaluate and bench need the whole set
 def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
         model_dir: Path, float_layers: Sequence[str] = ()) -> dict[str, int]:
     """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant.

@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from pipeline import layout
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, write_text
+from pipeline.files import atomic_path, outputs_together, write_text
 from pipeline.params import ConvertParams, LayersParams, load_params
 
 # Rounding alone leaves a uniform error of at most half a step: RMSE = scale / sqrt(12).
@@ -153,6 +153,7 @@ def render_chart(build: str, rows: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
+@outputs_together()  # layers.md, .csv and .png: all of them, or none
 def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertParams,
         params: LayersParams, report_dir: Path) -> list[dict[str, Any]]:
     """The doit action: per-layer error of the build's int8 model; layers.{md,csv,png}."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, outputs_together, write_json
 from pipeline.layout import HISTORY_JSON
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
@@ -164,8 +164,9 @@ def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
     seconds = time.perf_counter() - started
     record = {"model": kind, "parameters": int(model.count_params()), "train_seconds": seconds,
               "params": section_dict(params), "history": history}
-    write_json(history_path, record)
-    save_model(model, model_path)
+    with outputs_together():  # history.json never without its .h5
+        write_json(history_path, record)
+        save_model(model, model_path)
     print(f"{model_path}: {record['parameters']:,} parameters, trained in {seconds:.1f} s"
           + (f"; TensorBoard logs in {log_dir}" if log_dir else ""))
     return record

@@ -102,6 +102,29 @@ def wait_for(predicate, seconds: float) -> bool:
     return bool(predicate())
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(kib) -> a directory on a real tmpfs of that size (mounted under tmp_path,
+    unmounted afterwards): a disk that really fills up. Needs root to mount."""
+    mounts = []
+
+    def mount(kib: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a full-disk test mounts a small tmpfs, which needs root")
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs for the full-disk test: {proc.stderr.strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(d).to_bytes(4, "big") for d in array.shape)

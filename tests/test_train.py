@@ -108,3 +108,18 @@ def test_layer_names_do_not_depend_on_what_was_built_before():
     first = [layer.name for layer in build_model("cnn", (28, 28), 10).layers]
     build_model("mlp", (28, 28), 10)
     assert [layer.name for layer in build_model("cnn", (28, 28), 10).layers] == first
+
+
+def test_a_full_disk_keeps_no_history_without_its_model(tiny_arrays, tmp_path, small_disk):
+    from pipeline.files import DiskFullError
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, epochs=1, batch_size=64)
+    # Room for history.json (a few KiB) but not for the CNN's .h5 (~1.1 MiB with Adam's slots).
+    disk = small_disk(256)
+    with pytest.raises(DiskFullError, match=r"^no space left on the device writing "
+                                            rf"{disk / 'm' / 'm.h5'}: .*need more than"):
+        run("cnn", tmp_path / "d.npz", params, disk / "m" / "m.h5", disk / "m" / "history.json")
+    assert list((disk / "m").iterdir()) == []  # neither the history nor a partial .h5
