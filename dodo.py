@@ -133,6 +133,46 @@ def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
+def _stamp_targets(targets):
+    """The last action of a task with targets: what it wrote, kept in doit's database."""
+    from pipeline.files import target_stamps
+
+    return {"targets": target_stamps(targets)}
+
+
+def _targets_as_written(task, values):
+    """Up to date only while every target is what the task wrote (doit itself only checks
+    that a target exists): a truncated or replaced .h5/.tflite reruns the task that makes
+    it, instead of failing every later task on a damaged file."""
+    from pipeline.files import changed_targets
+
+    changed = changed_targets(values.get("targets", {}), task.targets)
+    for line in changed:
+        print(f"{line}: rerunning {task.name}")
+    return not changed
+
+
+def checked_targets(task_creator):
+    """Give every task `task_creator` makes the target check above (a decorator on task_*)."""
+    import functools
+
+    def add_check(task):
+        if task.get("targets"):
+            task["actions"] = [*task["actions"], (_stamp_targets, [task["targets"]])]
+            task["uptodate"] = [*task.get("uptodate", []), _targets_as_written]
+        return task
+
+    @functools.wraps(task_creator)
+    def wrapper():
+        made = task_creator()
+        if isinstance(made, dict):
+            return add_check(made)
+        return (add_check(task) for task in made)
+
+    return wrapper
+
+
+@checked_targets
 def task_download():
     """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
     from pipeline import download
@@ -152,6 +192,7 @@ def task_download():
         }
 
 
+@checked_targets
 def task_preprocess():
     """Validate the IDX files and pack each dataset into one uint8 .npz."""
     for name in PARAMS.datasets:
@@ -167,6 +208,7 @@ def task_preprocess():
         }
 
 
+@checked_targets
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
     for build in PARAMS.builds:
@@ -184,6 +226,7 @@ def task_train():
         }
 
 
+@checked_targets
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     for build in PARAMS.builds:
@@ -203,6 +246,7 @@ def task_convert():
         }
 
 
+@checked_targets
 def task_evaluate():
     """Score Keras and every variant on the full test set; gate on int8 drift."""
     for build in PARAMS.builds:
@@ -228,6 +272,7 @@ def peak_models():
     return {v: LAYOUT.peak_model(v) for v in variant_names(PARAMS.convert) if VARIANTS[v].peak}
 
 
+@checked_targets
 def task_peak():
     """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
     from pipeline import floor
@@ -241,6 +286,7 @@ def task_peak():
     }
 
 
+@checked_targets
 def task_curves():
     """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
     from pipeline import curves
@@ -258,6 +304,7 @@ def task_curves():
         }
 
 
+@checked_targets
 def task_analysis():
     """Confusion matrices, misclassified-image grids and the int8 damage list per build."""
     for build in PARAMS.builds:
@@ -282,6 +329,7 @@ def task_analysis():
         }
 
 
+@checked_targets
 def task_layers():
     """Per-layer int8 quantization error against the float graph (QuantizationDebugger)."""
     for build in PARAMS.builds:
@@ -305,6 +353,7 @@ def task_layers():
         }
 
 
+@checked_targets
 def task_card():
     """Model card per build: input contract, outputs, each variant's bytes, SHA-256, accuracy."""
     for build in PARAMS.builds:
@@ -325,6 +374,7 @@ def task_card():
         }
 
 
+@checked_targets
 def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within

@@ -134,7 +134,17 @@ def save_model(model: Any, path: Path) -> None:
 def load_model(path: Path) -> Any:
     import keras
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        if not Path(path).exists():
+            raise
+        # h5py: "Unable to synchronously open file (truncated file: eof = ...)".
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        task = f"train:{Path(path).stem}"
+        raise TrainError(f"{path}: cannot be read as a Keras model ({first}; "
+                         f"{Path(path).stat().st_size:,} bytes - truncated or overwritten?): "
+                         f"rebuild it with `doit forget {task} && doit {task}`") from None
 
 
 def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,

@@ -282,3 +282,37 @@ def test_report_module_rebuilds_the_latency_report_without_benchmarking(smoke_pr
         "local"}
     assert (reports / "latency.md").exists() and (reports / "latency.png").exists()
     assert (reports / "latency" / "local.json").read_bytes() == measured  # nothing re-measured
+
+
+def test_a_truncated_model_reruns_the_task_that_makes_it(smoke_project, tmp_path):
+    """doit itself only checks that a target exists: a .tflite or .h5 cut short behind its
+    back must rerun its task, not fail every later task with a flatbuffer/HDF5 traceback."""
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    models = project / "artifacts" / "models" / "mnist_cnn"
+    tflite, h5 = models / "mnist_cnn_int8.tflite", models / "mnist_cnn.h5"
+    good = tflite.read_bytes()
+    with open(tflite, "r+b") as fh:
+        fh.truncate(len(good) // 2)
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (f"artifacts/models/mnist_cnn/mnist_cnn_int8.tflite is {len(good) // 2:,} bytes, "
+            f"{len(good):,} when it was written: rerunning convert:mnist_cnn") in proc.stdout
+    # Reproducible bytes: the rewritten model is the original, so nothing downstream reruns.
+    assert executed_tasks(proc.stdout) == {"convert:mnist_cnn"}
+    assert tflite.read_bytes() == good
+    assert "Traceback" not in proc.stderr
+    # Touched but intact: up to date (the hash matches), nothing reruns.
+    os.utime(tflite)
+    assert executed_tasks(run_doit(project).stdout) == set()
+
+    # Same size, other bytes (and a new mtime): the hash notices.
+    data = bytearray(h5.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    h5.write_bytes(bytes(data))
+    proc = run_doit(project, "train:mnist_cnn")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "mnist_cnn.h5 has changed since it was written (same size, other bytes): " \
+           "rerunning train:mnist_cnn" in proc.stdout
+    assert executed_tasks(proc.stdout) == {"train:mnist_cnn"}
+    assert h5.read_bytes() != bytes(data)

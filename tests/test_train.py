@@ -123,3 +123,18 @@ def test_a_full_disk_keeps_no_history_without_its_model(tiny_arrays, tmp_path, s
                                             rf"{disk / 'm' / 'm.h5'}: .*need more than"):
         run("cnn", tmp_path / "d.npz", params, disk / "m" / "m.h5", disk / "m" / "history.json")
     assert list((disk / "m").iterdir()) == []  # neither the history nor a partial .h5
+
+
+def test_a_truncated_h5_names_the_task_that_rebuilds_it(tmp_path):
+    from pipeline.train import TrainError
+
+    good = tmp_path / "good.h5"
+    save_model(build_model("mlp", (28, 28), 10), good)
+    cut = tmp_path / "mnist_mlp.h5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(TrainError, match=rf"^{cut}: cannot be read as a Keras model \(.*truncated"
+                                         r".*\): rebuild it with `doit forget train:mnist_mlp && "
+                                         r"doit train:mnist_mlp`$"):
+        load_model(cut)
+    with pytest.raises(FileNotFoundError):  # a missing file stays what it is
+        load_model(tmp_path / "missing.h5")
