@@ -16,6 +16,7 @@ pipeline's light modules only (params, boards, datasets, download, variants, lay
 curves, floor).
 """
 
+import errno
 import os
 import signal
 import shutil
@@ -115,6 +116,13 @@ def _guarded(fn, *args):
     except PipelineError as exc:
         if not interrupted:
             return TaskFailed(str(exc))
+    except OSError as exc:
+        # A full disk outside pipeline.files' writers (TensorBoard logs, a library's own
+        # temporary file): one line, not a traceback.
+        if interrupted or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return TaskFailed(f"no space left on the device writing {exc.filename or 'a file'}: "
+                          "free some space and rerun")
     except BaseException:
         if not interrupted:
             raise

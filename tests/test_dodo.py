@@ -316,3 +316,28 @@ def test_a_truncated_model_reruns_the_task_that_makes_it(smoke_project, tmp_path
            "rerunning train:mnist_cnn" in proc.stdout
     assert executed_tasks(proc.stdout) == {"train:mnist_cnn"}
     assert h5.read_bytes() != bytes(data)
+
+
+def test_a_full_disk_outside_the_pipelines_writers_fails_the_task_in_one_line(monkeypatch):
+    import errno
+    import importlib
+
+    from doit.exceptions import TaskFailed
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
+    import dodo
+
+    dodo = importlib.reload(dodo)
+
+    def fill(errno_value):
+        raise OSError(errno_value, os.strerror(errno_value), "logs/b/events.out")
+
+    failed = dodo._guarded(fill, errno.ENOSPC)
+    assert isinstance(failed, TaskFailed)
+    assert failed.message == ("no space left on the device writing logs/b/events.out: free "
+                              "some space and rerun")
+    with pytest.raises(PermissionError):  # other OS errors are not dressed up as a full disk
+        dodo._guarded(fill, errno.EACCES)
