@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import copy_project  # noqa: E402  (one copy of the project-copy helper)
+from tests.project import copy_project  # noqa: E402  (stdlib only: no pytest needed)
 
 RECIPE_TRAIN = """[train]
 epochs = 5
