@@ -13,7 +13,7 @@ This file only declares tasks, and never imports a stage module that needs numpy
 name their stage function (`_stage`) and it is imported when the task runs. Loading this
 file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
 pipeline's light modules only (params, boards, datasets, download, variants, layout,
-curves, floor).
+curves, floor, files); absl is imported when a stage first runs.
 """
 
 import errno
@@ -23,16 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
-# TensorFlow's logger (absl) binds sys.stderr when first imported. Importing it here (13 ms,
-# no TensorFlow) binds the real stream; otherwise it binds doit's capture object, which
-# cannot be closed, and every build ends with a traceback at exit.
-import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from pipeline import PipelineError
 from pipeline.boards import load_boards
-from pipeline.console import quiet_third_party, verbose_requested
+from pipeline.console import quiet_absl, quiet_third_party, verbose_requested
 from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
@@ -44,8 +40,9 @@ LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
 MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
-# Before any stage imports TensorFlow: its C++ logger reads the environment once.
-quiet_third_party(verbose_requested(os.environ))
+# Before any stage imports TensorFlow: its C++ logger reads the environment once. absl's
+# logger is set up when a stage first runs (_guarded): a no-op `doit` never imports it.
+quiet_third_party(verbose_requested(os.environ), absl=False)
 
 try:
     PARAMS = load_params(PARAMS_PATH)
@@ -111,6 +108,8 @@ def _guarded(fn, *args):
     # Our own handler remembers the Ctrl-C: a library that catches KeyboardInterrupt and
     # raises something else (TensorFlow's tracing can) must not turn it into a traceback.
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    # Inside an action sys.stderr is doit's capture object; absl must bind the real one.
+    quiet_absl(sys.__stderr__)
     try:
         fn(*args)
     except PipelineError as exc:
