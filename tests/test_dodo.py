@@ -342,3 +342,17 @@ def test_a_full_disk_outside_the_pipelines_writers_fails_the_task_in_one_line(mo
                               "some space and rerun")
     with pytest.raises(PermissionError):  # other OS errors are not dressed up as a full disk
         dodo._guarded(fill, errno.EACCES)
+
+
+def test_forgetting_a_board_re_times_it_and_nothing_else(smoke_project, tmp_path):
+    """README: `doit forget bench:<board> && doit bench:<board>` re-times an up-to-date board."""
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    result = project / "artifacts" / "reports" / "latency" / "local.json"
+    measured = json.loads(result.read_text())["measured_utc"]
+    assert executed_tasks(run_doit(project, "bench:local").stdout) == set()  # up to date
+    assert run_doit(project, "forget", "bench:local").returncode == 0
+    proc = run_doit(project, "bench:local")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert executed_tasks(proc.stdout) == {"bench:local"}
+    assert json.loads(result.read_text())["measured_utc"] > measured
