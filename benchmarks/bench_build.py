@@ -8,9 +8,10 @@
    tutorial's recipe (same CNN, 5 epochs, batch 32, constant Adam 1e-3) trained here on the
    same data split through the same code path.
 
-Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7] [--only noop|builds]
-The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the repository. `--only noop`
-measures 1. alone, on a project built with the smoke preset (the same task graph, built in
+Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7]
+                                        [--only noop|builds]
+The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the
+repository. `--only noop` measures 1. alone, on a project built with the smoke preset (the same task graph, built in
 about a minute instead of retraining everything). `--only builds` times `doit list` on
 params files of 100, 300 and 1,000 builds (the cap) and prints the time per build: it must
 stay flat (loading was quadratic: 3,000 builds took 6 s where 1,000 took 1.5 s).
