@@ -26,7 +26,7 @@ MAX_BUILD_COLUMNS = 6
 # Colour-blind-safe (Okabe-Ito) colours; the markers tell the series apart without colour.
 COLOURS = ("#999999", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
            "#F0E442", "#000000")
-MARKERS = ("", "o", "s", "^", "D", "v", "P", "X", "*")
+MARKERS = ("o", "o", "s", "^", "D", "v", "P", "X", "*")
 # Per thread count, in ascending order within a panel.
 LINE_STYLES = ("-", "--", ":", "-.")
 # Label the ticks with each run's date and number while there is room for them.
@@ -40,7 +40,8 @@ def style(variant: str, thread_index: int = 0) -> dict[str, Any]:
            "linestyle": LINE_STYLES[thread_index % len(LINE_STYLES)], "markersize": 6,
            "linewidth": 1.6}
     if variant == KERAS:  # a wide pale band: float32 drawn on top of it stays visible
-        out.update(linewidth=7, alpha=0.35, solid_capstyle="round", zorder=1)
+        # (big pale dots too, so a single run still shows it)
+        out.update(linewidth=7, markersize=13, alpha=0.35, solid_capstyle="round", zorder=1)
     else:
         out.update(markerfacecolor="white" if r % 2 == 0 else COLOURS[r], zorder=2)
     return out
@@ -143,7 +144,8 @@ def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, 
             ax.set_xticks(ids)
             ax.set_xlabel("run")
     left_out = len(all_builds) - len(builds)
-    title = f"Nightly trends over runs {ids[0]}–{ids[-1]}" if ids else "Nightly trends"
+    title = ("Nightly trends" if not ids else f"Nightly run {ids[0]}" if len(ids) == 1
+             else f"Nightly trends over runs {ids[0]}–{ids[-1]}")
     if left_out > 0:
         title += f" (first {len(builds)} of {len(all_builds)} builds; all in nightly.md)"
     fig.suptitle(title, fontsize=12)
