@@ -59,6 +59,8 @@ def test_every_series_in_a_panel_has_its_own_look_and_keras_stays_visible():
     assert list(keras.get_ydata()) == list(float32.get_ydata())  # the same figures...
     assert keras.get_linewidth() >= 3 * float32.get_linewidth()  # ...drawn as a band under it
     assert keras.get_zorder() < float32.get_zorder()
+    # Big pale dots as well: with a single run there is no line to see.
+    assert keras.get_marker() == "o" and keras.get_markersize() > 2 * float32.get_markersize()
     # 4 variants x 2 thread counts in every latency panel, 8 distinct looks.
     latency = next(ax for ax in fig.axes if ax.get_title() == "b_cnn on k1: p50 latency")
     assert len(looks(latency)) == 8
