@@ -89,6 +89,7 @@ def test_the_x_axis_shows_dates_and_run_numbers():
     bottom = fig.axes[-1]
     labels = [t.get_text() for t in bottom.get_xticklabels()]
     assert labels == ["2026-11-21\n02:01 #1", "2026-11-22\n02:02 #2", "2026-11-23\n02:03 #3"]
+    assert list(bottom.lines[0].get_xdata()) == run_dates(runs)  # placed at their dates
     # Without start times (an old database), the run numbers.
     fig = nightly_figure(*history(dated=False))
     assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["1", "2", "3"]
