@@ -83,3 +83,29 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_needed(small_disk
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert (disk / "old.md").read_text() == "previous report"  # the set did not half-happen
     assert sorted(p.name for p in disk.iterdir()) == ["old.md"]
+
+
+def test_changed_targets_notice_truncation_and_other_bytes_but_not_a_touch(tmp_path):
+    import os
+
+    from pipeline.files import changed_targets, target_stamps
+
+    model, other = tmp_path / "m.tflite", tmp_path / "n.tflite"
+    model.write_bytes(b"0123456789")
+    other.write_bytes(b"abc")
+    stamps = target_stamps([model, other])
+    assert stamps[str(model)][0] == 10
+    assert stamps[str(model)][2] == hashlib.sha256(b"0123456789").hexdigest()
+    assert changed_targets(stamps, [model, other]) == []
+    os.utime(model, ns=(1, 1))  # touched, same bytes: intact
+    assert changed_targets(stamps, [model]) == []
+    model.write_bytes(b"0123456788")  # same size, other bytes (and a new time)
+    assert changed_targets(stamps, [model]) == [
+        f"{model} has changed since it was written (same size, other bytes)"]
+    with open(model, "r+b") as fh:
+        fh.truncate(4)
+    assert changed_targets(stamps, [model, other]) == [
+        f"{model} is 4 bytes, 10 when it was written"]
+    other.unlink()  # missing: doit itself reruns the task for that
+    assert changed_targets(stamps, [other]) == []
+    assert changed_targets({}, [model]) == []  # never recorded (an older build): no verdict
