@@ -59,18 +59,21 @@ def _size(path: Path) -> int:
         return 0
 
 
-def disk_full_message(path: Path, temporaries: Iterable[Path], payload: int = 0) -> str:
-    """What to tell the user when writing `path` ran out of space.
+def disk_full_message(path: Path, finished: Iterable[Path], current: Path | None = None,
+                      payload: int = 0) -> str:
+    """What to tell the user when writing `path` (into temporary `current`) ran out of space.
 
-    The space needed is a lower bound from what is known: everything this task wrote before
-    the disk filled (its temporaries, about to be removed) plus the part of `payload` not yet
-    written, or the size of the files it would replace, whichever is larger.
+    The space needed is a lower bound from what is known: the task's outputs already
+    written (`finished`, temporaries about to be removed) plus this file (`payload` bytes
+    when known, else what it reached), or the size of the files it would replace, whichever
+    is larger.
     """
-    temporaries = [Path(t) for t in temporaries]
-    written = sum(_size(t) for t in temporaries)
-    previous = sum(_size(Path(p)) for p in {path, *_final_names(temporaries)})
-    needed = max(written + payload, previous, 1)
-    free = free_bytes(Path(path).parent) + written  # the temporaries are freed on the way out
+    finished = [Path(t) for t in finished]
+    written = sum(_size(t) for t in finished)
+    reached = _size(Path(current)) if current else 0
+    previous = sum(_size(Path(p)) for p in {Path(path), *_final_names(finished)})
+    needed = max(written + max(payload, reached), previous, 1)
+    free = free_bytes(Path(path).parent) + written + reached  # freed on the way out
     return (f"no space left on the device writing {path}: this task's files need more than "
             f"{_mib(needed)}, {_mib(free)} free there; free some space and rerun (nothing "
             "partial was kept, the previous files are unchanged)")
@@ -150,8 +153,8 @@ def atomic_path(path: Path, suffix: str = "", payload: int = 0) -> Iterator[Path
         if exc.errno not in NO_SPACE:
             raise
         # Libraries (h5py, zipfile, matplotlib) raise ENOSPC as an OSError with errno 28.
-        temporaries = [*(pending or {}).values(), *([tmp] if tmp else [])]
-        raise DiskFullError(disk_full_message(path, temporaries, payload)) from None
+        raise DiskFullError(disk_full_message(path, (pending or {}).values(), tmp,
+                                              payload)) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

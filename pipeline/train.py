@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, outputs_together, write_json
+from pipeline.files import outputs_together, write_bytes, write_json
 from pipeline.layout import HISTORY_JSON
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
@@ -127,8 +127,22 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
 
 
 def save_model(model: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".h5") as tmp:
-        model.save(tmp)
+    """The model as HDF5 (Keras's legacy .h5, what `model.save("x.h5")` writes), built in
+    memory and written through pipeline.files.
+
+    In memory because h5py cannot fail cleanly on a full disk: its file stays half open, and
+    closing it at garbage collection prints tracebacks and can crash the process (seen:
+    SIGSEGV at the end of `doit`). A plain write fails with one clear line instead.
+    """
+    import io
+
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        legacy_h5_format.save_model_to_hdf5(model, h5)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_model(path: Path) -> Any:

@@ -356,3 +356,28 @@ def test_forgetting_a_board_re_times_it_and_nothing_else(smoke_project, tmp_path
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert executed_tasks(proc.stdout) == {"bench:local"}
     assert json.loads(result.read_text())["measured_utc"] > measured
+
+
+def test_a_full_disk_fails_train_in_one_line_and_keeps_nothing(smoke_project, tmp_path,
+                                                               small_disk):
+    """Through doit, on a real tmpfs that fills while the .h5 is written: one line naming
+    the file and the space, status 1 (h5py writing to the full disk itself used to print
+    tracebacks at garbage collection and end the process with SIGSEGV), nothing partial."""
+    project = copy_project(tmp_path / "p")
+    data = smoke_project / "artifacts" / "data"
+    size_kib = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) // 1024
+    disk = small_disk(size_kib + 12_000)  # room to rewrite the .npz once (preprocess)
+    env = {"PIPELINE_ARTIFACTS": str(disk / "art")}
+    shutil.copytree(data, disk / "art" / "data")
+    assert run_doit(project, "preprocess", env=env).returncode == 0
+    used_kib = int(subprocess.run(["df", "-k", "--output=used", str(disk)], capture_output=True,
+                                  text=True, check=True).stdout.split()[-1])
+    subprocess.run(["mount", "-o", f"remount,size={used_kib + 400}k", str(disk)], check=True)
+    proc = run_doit(project, "train:mnist_cnn", env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    h5 = disk / "art" / "models" / "mnist_cnn" / "mnist_cnn.h5"
+    [line] = [line for line in proc.stdout.splitlines() if "no space left" in line]
+    assert line.startswith(f"no space left on the device writing {h5}: this task's files "
+                           "need more than 1.")  # the .h5 is 1.1 MiB
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert list(h5.parent.iterdir()) == []  # no history.json without its model, no partial
