@@ -13,25 +13,22 @@ This file only declares tasks, and never imports a stage module that needs numpy
 name their stage function (`_stage`) and it is imported when the task runs. Loading this
 file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
 pipeline's light modules only (params, boards, datasets, download, variants, layout,
-curves, floor).
+curves, floor, files); absl is imported when a stage first runs.
 """
 
+import errno
 import os
 import signal
 import shutil
 import sys
 from pathlib import Path
 
-# TensorFlow's logger (absl) binds sys.stderr when first imported. Importing it here (13 ms,
-# no TensorFlow) binds the real stream; otherwise it binds doit's capture object, which
-# cannot be closed, and every build ends with a traceback at exit.
-import absl.logging  # noqa: F401
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from pipeline import PipelineError
 from pipeline.boards import load_boards
-from pipeline.console import quiet_third_party, verbose_requested
+from pipeline.console import quiet_absl, quiet_third_party, verbose_requested
 from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
@@ -43,8 +40,9 @@ LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
 MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
-# Before any stage imports TensorFlow: its C++ logger reads the environment once.
-quiet_third_party(verbose_requested(os.environ))
+# Before any stage imports TensorFlow: its C++ logger reads the environment once. absl's
+# logger is set up when a stage first runs (_guarded): a no-op `doit` never imports it.
+quiet_third_party(verbose_requested(os.environ), absl=False)
 
 try:
     PARAMS = load_params(PARAMS_PATH)
@@ -110,11 +108,20 @@ def _guarded(fn, *args):
     # Our own handler remembers the Ctrl-C: a library that catches KeyboardInterrupt and
     # raises something else (TensorFlow's tracing can) must not turn it into a traceback.
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    # Inside an action sys.stderr is doit's capture object; absl must bind the real one.
+    quiet_absl(sys.__stderr__)
     try:
         fn(*args)
     except PipelineError as exc:
         if not interrupted:
             return TaskFailed(str(exc))
+    except OSError as exc:
+        # A full disk outside pipeline.files' writers (TensorBoard logs, a library's own
+        # temporary file): one line, not a traceback.
+        if interrupted or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return TaskFailed(f"no space left on the device writing {exc.filename or 'a file'}: "
+                          "free some space and rerun")
     except BaseException:
         if not interrupted:
             raise
@@ -133,6 +140,46 @@ def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
+def _stamp_targets(targets):
+    """The last action of a task with targets: what it wrote, kept in doit's database."""
+    from pipeline.files import target_stamps
+
+    return {"targets": target_stamps(targets)}
+
+
+def _targets_as_written(task, values):
+    """Up to date only while every target is what the task wrote (doit itself only checks
+    that a target exists): a truncated or replaced .h5/.tflite reruns the task that makes
+    it, instead of failing every later task on a damaged file."""
+    from pipeline.files import changed_targets
+
+    changed = changed_targets(values.get("targets", {}), task.targets)
+    for line in changed:
+        print(f"{line}: rerunning {task.name}")
+    return not changed
+
+
+def checked_targets(task_creator):
+    """Give every task `task_creator` makes the target check above (a decorator on task_*)."""
+    import functools
+
+    def add_check(task):
+        if task.get("targets"):
+            task["actions"] = [*task["actions"], (_stamp_targets, [task["targets"]])]
+            task["uptodate"] = [*task.get("uptodate", []), _targets_as_written]
+        return task
+
+    @functools.wraps(task_creator)
+    def wrapper():
+        made = task_creator()
+        if isinstance(made, dict):
+            return add_check(made)
+        return (add_check(task) for task in made)
+
+    return wrapper
+
+
+@checked_targets
 def task_download():
     """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
     from pipeline import download
@@ -152,6 +199,7 @@ def task_download():
         }
 
 
+@checked_targets
 def task_preprocess():
     """Validate the IDX files and pack each dataset into one uint8 .npz."""
     for name in PARAMS.datasets:
@@ -167,6 +215,7 @@ def task_preprocess():
         }
 
 
+@checked_targets
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
     for build in PARAMS.builds:
@@ -184,6 +233,7 @@ def task_train():
         }
 
 
+@checked_targets
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     for build in PARAMS.builds:
@@ -203,6 +253,7 @@ def task_convert():
         }
 
 
+@checked_targets
 def task_evaluate():
     """Score Keras and every variant on the full test set; gate on int8 drift."""
     for build in PARAMS.builds:
@@ -228,6 +279,7 @@ def peak_models():
     return {v: LAYOUT.peak_model(v) for v in variant_names(PARAMS.convert) if VARIANTS[v].peak}
 
 
+@checked_targets
 def task_peak():
     """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
     from pipeline import floor
@@ -241,6 +293,7 @@ def task_peak():
     }
 
 
+@checked_targets
 def task_curves():
     """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
     from pipeline import curves
@@ -258,6 +311,7 @@ def task_curves():
         }
 
 
+@checked_targets
 def task_analysis():
     """Confusion matrices, misclassified-image grids and the int8 damage list per build."""
     for build in PARAMS.builds:
@@ -282,6 +336,7 @@ def task_analysis():
         }
 
 
+@checked_targets
 def task_layers():
     """Per-layer int8 quantization error against the float graph (QuantizationDebugger)."""
     for build in PARAMS.builds:
@@ -305,6 +360,7 @@ def task_layers():
         }
 
 
+@checked_targets
 def task_card():
     """Model card per build: input contract, outputs, each variant's bytes, SHA-256, accuracy."""
     for build in PARAMS.builds:
@@ -325,6 +381,7 @@ def task_card():
         }
 
 
+@checked_targets
 def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within

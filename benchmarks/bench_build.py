@@ -8,10 +8,13 @@
    tutorial's recipe (same CNN, 5 epochs, batch 32, constant Adam 1e-3) trained here on the
    same data split through the same code path.
 
-Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7] [--only noop]
-The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the repository. `--only noop`
-measures 1. alone, on a project built with the smoke preset (the same task graph, built in
-about a minute instead of retraining everything).
+Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7]
+                                        [--only noop|builds]
+The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the
+repository. `--only noop` measures 1. alone, on a project built with the smoke preset (the same task graph, built in
+about a minute instead of retraining everything). `--only builds` times `doit list` on
+params files of 100, 300 and 1,000 builds (the cap) and prints the time per build: it must
+stay flat (loading was quadratic: 3,000 builds took 6 s where 1,000 took 1.5 s).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import copy_project  # noqa: E402  (one copy of the project-copy helper)
+from tests.project import copy_project  # noqa: E402  (stdlib only: no pytest needed)
 
 RECIPE_TRAIN = """[train]
 epochs = 5
@@ -58,9 +61,13 @@ def main() -> None:
                         default=os.environ.get("PIPELINE_MIRROR")
                         or str(REPO.parent / "shared" / "datasets" / "mnist"))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=["noop"],
-                        help="noop: only the no-op ratio, on a smoke-preset build")
+    parser.add_argument("--only", choices=["noop", "builds"],
+                        help="noop: only the no-op ratio, on a smoke-preset build; builds: "
+                        "`doit list` time against the number of builds")
     args = parser.parse_args()
+    if args.only == "builds":
+        print_rows(many_builds(args.repeats))
+        return
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(PIPELINE_MIRROR=args.mirror, PIPELINE_OFFLINE="1")
@@ -124,6 +131,35 @@ def main() -> None:
         ("pipeline / recipe training time", f"{ratio:.2f}x",
          "goal: <= 0.5x at >= 99.00 %"),
     ])
+
+
+def many_builds(repeats: int, counts: tuple[int, ...] = (100, 300, 1000)) -> list[tuple]:
+    """`doit list` wall time (median of `repeats`) for params files of `counts` builds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        project = copy_project(Path(tmp) / "project")
+        smoke = (project / "params" / "smoke.toml").read_text()
+        head = smoke[:smoke.index("[[builds]]")]
+        previous = None
+        for count in counts:
+            params = project / f"builds_{count}.toml"
+            params.write_text(head + "".join(
+                f'[[builds]]\nname = "b{i}"\ndataset = "mnist"\nmodel = "cnn"\n\n'
+                for i in range(count)))
+            env.update(PIPELINE_PARAMS=str(params), PIPELINE_ARTIFACTS=str(Path(tmp) / "art"))
+            median = statistics.median(
+                timed([sys.executable, "-m", "doit", "list"], project, env)[0]
+                for _ in range(repeats))
+            # The cost of one more build, from the previous row: constant when loading is
+            # linear in the builds, growing when it is quadratic.
+            note = "" if previous is None else (
+                f"{1000 * (median - previous[1]) / (count - previous[0]):.2f} ms per added "
+                f"build since {previous[0]:,}")
+            rows.append((f"doit list, {count:,} builds, median of {repeats}",
+                         f"{median:.2f} s", note))
+            previous = (count, median)
+    return rows
 
 
 def print_rows(rows: list[tuple[str, str, str]]) -> None:

@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from pipeline import layout
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, write_json, write_text
+from pipeline.files import atomic_path, outputs_together, write_json, write_text
 from pipeline.variants import KERAS, reference_int8_variant
 
 # Each 28x28 tile is drawn 3x larger (84 px): big enough to see the strokes at normal zoom.
@@ -158,6 +158,7 @@ def _class_rows(groups: dict[int, tuple[np.ndarray, int]], images: np.ndarray,
             for c, (shown, total) in groups.items() if total]
 
 
+@outputs_together()  # analysis.md links every other file: all of them, or none
 def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Path,
         data_path: Path, batch_size: int, max_per_class: int, report_dir: Path) -> dict[str, Any]:
     """The doit action: predict the test set with Keras and int8, write every analysis file."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import PipelineError
-from pipeline.files import sha256_file, write_json, write_text
+from pipeline.files import outputs_together, sha256_file, write_json, write_text
 from pipeline.layout import CARD_JSON, CARD_MD, HISTORY_JSON
 from pipeline.variants import KERAS, VARIANTS
 
@@ -111,8 +111,9 @@ def run(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
     card = build_card(build, dataset, class_names, keras_path, variant_paths,
                       json.loads(Path(accuracy_path).read_text()),
                       json.loads(Path(history_path).read_text()))
-    write_json(Path(out_dir) / CARD_JSON, card)
-    write_text(Path(out_dir) / CARD_MD, render_markdown(card))
+    with outputs_together():
+        write_json(Path(out_dir) / CARD_JSON, card)
+        write_text(Path(out_dir) / CARD_MD, render_markdown(card))
     return card
 
 

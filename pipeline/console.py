@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, TextIO
 
 # Set once by quiet_third_party(); native_output_hidden() does nothing while it is False.
 _quiet = False
@@ -38,9 +38,12 @@ def verbose_requested(environ: Mapping[str, str]) -> bool:
     return environ.get("PIPELINE_VERBOSE", "") not in ("", "0")
 
 
-def quiet_third_party(verbose: bool) -> None:
+def quiet_third_party(verbose: bool, absl: bool = True) -> None:
     """Silence TensorFlow/Keras/absl notices for this process (and its children) unless
-    `verbose`. Call before TensorFlow is imported: its C++ logger reads the environment once."""
+    `verbose`. Call before TensorFlow is imported: its C++ logger reads the environment once.
+
+    `absl=False` leaves absl's logger for `quiet_absl` to set up later (dodo.py: a no-op
+    `doit` does not pay for importing it)."""
     global _quiet
     _quiet = not verbose
     if verbose:
@@ -51,10 +54,28 @@ def quiet_third_party(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for message, category in _KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    # absl (13 ms, no TensorFlow) carries Keras's "HDF5 ... legacy" WARNING and TF's INFO lines.
-    import absl.logging
+    if absl:
+        quiet_absl()
 
-    absl.logging.set_verbosity(absl.logging.ERROR)
+
+def quiet_absl(stream: TextIO | None = None) -> None:
+    """Import absl's logger (TensorFlow's; 13 ms, no TensorFlow) with `stream` as sys.stderr,
+    and unless verbose keep it to errors: it carries Keras's "HDF5 ... legacy" WARNING and
+    TF's INFO lines.
+
+    absl binds the sys.stderr it finds when first imported. Inside a doit action that is
+    doit's capture object, which cannot be closed, and every build would end with a
+    traceback at exit: dodo.py passes the real stderr.
+    """
+    saved = sys.stderr
+    if stream is not None:
+        sys.stderr = stream
+    try:
+        import absl.logging
+    finally:
+        sys.stderr = saved
+    if _quiet:
+        absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import write_bytes
+from pipeline.files import outputs_together, write_bytes
 from pipeline.params import ConvertParams, load_params
 from pipeline.preprocess import load_arrays
 # Re-exported: callers name variants through this stage.
@@ -33,9 +33,11 @@ class ConvertError(PipelineError):
 
 def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     """`count` indices drawn without replacement, each class in proportion to its frequency."""
+    if not 0 < count <= len(labels):
+        # Never clip silently: the caller's params asked for more than there is.
+        raise ValueError(f"cannot draw {count} of {len(labels)} images")
     rng = np.random.default_rng(seed)
     classes, freq = np.unique(labels, return_counts=True)
-    count = min(count, len(labels))
     # Largest-remainder apportionment: shares sum to `count` exactly.
     exact = freq / freq.sum() * count
     share = np.floor(exact).astype(int)
@@ -43,6 +45,14 @@ def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndar
     picked = [rng.choice(np.flatnonzero(labels == c), size=s, replace=False)
               for c, s in zip(classes, share)]
     return np.sort(np.concatenate(picked))
+
+
+def checked_sample_count(count: int, available: int, key: str, where: str, what: str) -> int:
+    """`count`, or a ConvertError naming the param when the split holds fewer images."""
+    if count > available:
+        raise ConvertError(f"{key} = {count:,} but {where} {available:,} {what}: lower it to "
+                           f"at most {available:,}")
+    return count
 
 
 def representative_dataset(images: np.ndarray, add_channel_axis: bool = True) -> Any:
@@ -137,6 +147,7 @@ def check_integer_only(model_content: bytes, source: str) -> None:
                            + ", ".join(floats[:5]))
 
 
+@outputs_together()  # every variant, or none: evaluate and bench need the whole set
 def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
         model_dir: Path, float_layers: Sequence[str] = ()) -> dict[str, int]:
     """The doit action: every variant of `build` from its saved `.h5`; returns bytes per variant.
@@ -147,7 +158,11 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
 
     arrays = load_arrays(data_path)
     representative = arrays["x_train"][representative_indices(
-        arrays["y_train"], params.representative_samples, params.seed)]
+        arrays["y_train"], checked_sample_count(params.representative_samples,
+                                                len(arrays["y_train"]),
+                                                "convert.representative_samples",
+                                                f"{data_path} has only", "training images"),
+        params.seed)]
     sizes = {}
     with native_output_hidden():  # "Saved artifact ... Captures", SavedModel loader lines
         model = load_model(model_path)

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import sha256_file, write_json, write_text
+from pipeline.files import outputs_together, sha256_file, write_json, write_text
 from pipeline.layout import ACCURACY_JSON, ACCURACY_MD
 from pipeline.report import utc_now
 from pipeline.variants import KERAS, drift_gated_variants
@@ -131,8 +131,9 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
               "made_utc": utc_now(),
               "variants": [vars(r) for r in results]}
     markdown = render_markdown(report)
-    write_json(Path(report_dir) / ACCURACY_JSON, report)
-    write_text(Path(report_dir) / ACCURACY_MD, markdown)
+    with outputs_together():  # accuracy.json never without accuracy.md
+        write_json(Path(report_dir) / ACCURACY_JSON, report)
+        write_text(Path(report_dir) / ACCURACY_MD, markdown)
     print(markdown)
     check_drift(report, max_drift_pt)
     return report

@@ -53,7 +53,7 @@ def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path
 
     from pipeline.console import native_output_hidden
     from pipeline.convert import convert
-    from pipeline.files import write_bytes
+    from pipeline.files import outputs_together, write_bytes
 
     with native_output_hidden():  # TensorFlow's import-time notices
         import keras
@@ -67,14 +67,15 @@ def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path
     # Calibration rows shaped like the model's fixed batch.
     representative = rng.standard_normal((8, GEMM_BATCH, GEMM_IN)).astype(np.float32)
     paths = {}
-    for variant in variants:
-        if variant not in PEAK_VARIANTS:
-            continue  # no synthetic twin: its floor falls back to the fastest measured rate
-        with native_output_hidden():  # converter chatter; a failure shows it
-            content = convert(model, variant, representative, add_channel_axis=False)
-        path = layout.peak_model(variant)
-        write_bytes(path, content)
-        paths[variant] = path
+    with outputs_together():  # every peak model or none (the peak task's targets)
+        for variant in variants:
+            if variant not in PEAK_VARIANTS:
+                continue  # no synthetic twin: its floor falls back to the fastest measured rate
+            with native_output_hidden():  # converter chatter; a failure shows it
+                content = convert(model, variant, representative, add_channel_axis=False)
+            path = layout.peak_model(variant)
+            write_bytes(path, content)
+            paths[variant] = path
     return paths
 
 

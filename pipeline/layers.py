@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from pipeline import layout
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, write_text
+from pipeline.files import atomic_path, outputs_together, write_text
 from pipeline.params import ConvertParams, LayersParams, load_params
 
 # Rounding alone leaves a uniform error of at most half a step: RMSE = scale / sqrt(12).
@@ -153,18 +153,23 @@ def render_chart(build: str, rows: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
+@outputs_together()  # layers.md, .csv and .png: all of them, or none
 def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertParams,
         params: LayersParams, report_dir: Path) -> list[dict[str, Any]]:
     """The doit action: per-layer error of the build's int8 model; layers.{md,csv,png}."""
-    from pipeline.convert import representative_indices
+    from pipeline.convert import checked_sample_count, representative_indices
     from pipeline.preprocess import load_arrays
     from pipeline.train import load_model
 
     arrays = load_arrays(data_path)
     representative = arrays["x_train"][representative_indices(
-        arrays["y_train"], convert_params.representative_samples, convert_params.seed)]
-    debug = arrays["x_test"][representative_indices(arrays["y_test"], params.samples,
-                                                    params.seed)]
+        arrays["y_train"], checked_sample_count(
+            convert_params.representative_samples, len(arrays["y_train"]),
+            "convert.representative_samples", f"{data_path} has only", "training images"),
+        convert_params.seed)]
+    debug = arrays["x_test"][representative_indices(arrays["y_test"], checked_sample_count(
+        params.samples, len(arrays["y_test"]), "layers.samples", f"{data_path} has only",
+        "test images"), params.seed)]
     # The converter, the debugger's own interpreter and the SavedModel loader all print.
     with native_output_hidden():
         rows = layer_errors(load_model(model_path), representative, debug,

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.files import atomic_path, write_json, write_text
+from pipeline.files import write_json, write_text
 from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG, Layout
 from pipeline.params import NightlyParams, load_params, section_dict
 from pipeline.report import clean_text, escape_md, fmt_value
@@ -226,46 +226,11 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
 
 
 def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], path: Path) -> None:
-    """Trend lines over `runs` (oldest first): accuracy and int8 drift per build, p50 per
-    build/variant/board/threads."""
-    import matplotlib
+    """Trend chart over `runs` (oldest first): small multiples per build and board
+    (pipeline/charts.py draws it)."""
+    from pipeline.charts import write_nightly_chart
 
-    matplotlib.use("Agg")  # no display on a build server
-    import matplotlib.pyplot as plt
-
-    from pipeline.report import plain_log_labels
-
-    ids = [r["id"] for r in runs]
-    fig, (ax_acc, ax_drift, ax_lat) = plt.subplots(3, 1, figsize=(12, 11))
-    acc_keys = sorted({k for i in ids for k in figures[i]["accuracy"]})
-    for key in acc_keys:
-        ys = [figures[i]["accuracy"].get(key, {}).get("accuracy") for i in ids]
-        ax_acc.plot(ids, [None if y is None else 100 * y for y in ys], marker="o",
-                    label=f"{key[0]} {key[1]}")
-        if key[1] in drift_gated_variants():
-            ax_drift.plot(ids, [figures[i]["accuracy"].get(key, {}).get("drift_pt") for i in ids],
-                          marker="o", label=key[0])
-    lat_keys = sorted({k for i in ids for k in figures[i]["latency"]})
-    for key in lat_keys:
-        ax_lat.plot(ids, [figures[i]["latency"].get(key, {}).get("p50_us") for i in ids],
-                    marker="o", label=f"{key[0]} {key[1]} @{key[2]} x{key[3]}")
-    for ax, title, unit in ((ax_acc, "Test accuracy", "%"),
-                            (ax_drift, "int8 drift vs Keras", "points"),
-                            (ax_lat, "p50 latency", "µs (log)")):
-        ax.set_title(title)
-        ax.set_ylabel(unit)
-        ax.set_xlabel("run")
-        ax.set_xticks(ids)
-        ax.grid(alpha=0.3)
-        if ax.lines:  # beside the plot: inside, it hides the lines it names
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if ax_lat.lines:
-        ax_lat.set_yscale("log")  # CNN and MLP differ tenfold; log keeps both readable
-        plain_log_labels(ax_lat.yaxis)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    write_nightly_chart(runs, figures, path)
 
 
 def assess(db: Any, run_id: int | None, current: Figures, params: NightlyParams,

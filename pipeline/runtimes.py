@@ -17,8 +17,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline import load_runner
-from pipeline.variants import format_of
+from pipeline import PipelineError, load_runner
+from pipeline.variants import VARIANTS, format_of, variant_of
+
+
+class DamagedModelError(PipelineError):
+    """A model file the runtime cannot read (truncated, overwritten, not a model)."""
+
+
+def rebuild_hint(path: Path) -> str:
+    """How to remake a model file: the doit task that writes it, by the file's name."""
+    try:
+        build, variant = variant_of(path)
+    except ValueError:
+        return "rebuild it with the task that wrote it (`doit list` names them)"
+    task = f"{VARIANTS[variant].producer}:{build}"
+    return f"rebuild it with `doit forget {task} && doit {task}`"
 
 
 class HostModel(Protocol):
@@ -150,7 +164,15 @@ BACKENDS: dict[str, type] = {"tflite": LiteRTModel}
 
 def open_model(path: Path, threads: int | None = None) -> HostModel:
     """The model file at `path`, opened by the backend of its format."""
-    return _backend(format_of(path))(path=Path(path), threads=threads)
+    backend = _backend(format_of(path))
+    try:
+        return backend(path=Path(path), threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        # LiteRT: "The model is not a valid Flatbuffer buffer"; ONNX Runtime: InvalidProtobuf.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DamagedModelError(f"{path}: cannot be read as a {backend.format} model "
+                                f"({first}; {Path(path).stat().st_size:,} bytes - truncated "
+                                f"or overwritten?): {rebuild_hint(Path(path))}") from None
 
 
 def open_model_content(content: bytes, format: str, threads: int | None = None) -> HostModel:

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
-from pipeline.files import atomic_path, write_json
+from pipeline.files import outputs_together, write_bytes, write_json
 from pipeline.layout import HISTORY_JSON
 from pipeline.params import TrainParams, load_params, section_dict
 from pipeline.preprocess import load_arrays
@@ -127,14 +127,38 @@ def train_model(kind: str, arrays: dict[str, np.ndarray], params: TrainParams,
 
 
 def save_model(model: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".h5") as tmp:
-        model.save(tmp)
+    """The model as HDF5 (Keras's legacy .h5, what `model.save("x.h5")` writes), built in
+    memory and written through pipeline.files.
+
+    In memory because h5py cannot fail cleanly on a full disk: its file stays half open, and
+    closing it at garbage collection prints tracebacks and can crash the process (seen:
+    SIGSEGV at the end of `doit`). A plain write fails with one clear line instead.
+    """
+    import io
+
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        legacy_h5_format.save_model_to_hdf5(model, h5)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_model(path: Path) -> Any:
     import keras
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        if not Path(path).exists():
+            raise
+        # h5py: "Unable to synchronously open file (truncated file: eof = ...)".
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        task = f"train:{Path(path).stem}"
+        raise TrainError(f"{path}: cannot be read as a Keras model ({first}; "
+                         f"{Path(path).stat().st_size:,} bytes - truncated or overwritten?): "
+                         f"rebuild it with `doit forget {task} && doit {task}`") from None
 
 
 def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
@@ -164,8 +188,9 @@ def run(kind: str, data_path: Path, params: TrainParams, model_path: Path,
     seconds = time.perf_counter() - started
     record = {"model": kind, "parameters": int(model.count_params()), "train_seconds": seconds,
               "params": section_dict(params), "history": history}
-    write_json(history_path, record)
-    save_model(model, model_path)
+    with outputs_together():  # history.json never without its .h5
+        write_json(history_path, record)
+        save_model(model, model_path)
     print(f"{model_path}: {record['parameters']:,} parameters, trained in {seconds:.1f} s"
           + (f"; TensorBoard logs in {log_dir}" if log_dir else ""))
     return record

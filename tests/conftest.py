@@ -3,11 +3,11 @@ and one smoke build of the whole project run through `doit` in a temporary direc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import http.server
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.project import REPO, copy_project  # noqa: F401  (copy_project: re-exported)
+
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
-PROJECT_FILES = ("dodo.py", "params.toml", "params", "pipeline", "board")
 
 
 def free_port() -> int:
@@ -58,33 +58,105 @@ MNIST_HINT = ("needs the real MNIST: set PIPELINE_MIRROR=<directory or URL of it
               "or put them in ../shared/datasets/mnist beside the clone (README: Two commands for a new machine)")
 
 
-@pytest.fixture(scope="session")
-def mnist_dir(tmp_path_factory) -> Path:
-    """The real MNIST .gz files: from the user's mirror (PIPELINE_MIRROR_MNIST, PIPELINE_MIRROR
-    or its mnist/ subfolder; directory or URL), else ../shared beside the repo, else a one-time
-    download into the user's cache (not with PIPELINE_OFFLINE=1)."""
+class NoData(Exception):
+    """No source of the real MNIST worked; the message says why (one cause, one line)."""
+
+
+def _one_line(exc: Exception) -> str:
+    """A DownloadError's per-mirror failure lines, joined: why the download failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.startswith("  ")]
+    return "; ".join(lines) or str(exc).splitlines()[0]
+
+
+def _created_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def find_mnist(env: dict[str, str], shared: Path, artifacts: Path, cache: Path,
+               public_mirrors: list[str], workdir: Path) -> Path:
+    """A directory of the 4 verified MNIST archives, from the first source that has them:
+    the user's mirror (env), `shared` (../shared beside the clone), the verified downloads of
+    the user's own build (`artifacts`/data/mnist/raw, copied, never modified), `cache`, or a
+    one-time download into `cache` from `public_mirrors` (not with PIPELINE_OFFLINE=1).
+    Raises NoData with one line per cause; a failed download leaves no empty `cache` behind.
+    """
     from pipeline.datasets import MNIST
     from pipeline.download import DownloadError, download_dataset, user_mirror
+    from pipeline.layout import Layout
 
-    mirror = user_mirror("mnist", os.environ)
+    quiet = {"log": lambda line: None}
+    mirror = user_mirror("mnist", env)
     if mirror:
-        local = tmp_path_factory.mktemp("mnist_mirror")
+        local = workdir / "mnist_mirror"
         try:
-            download_dataset(MNIST, local, [mirror], 60, log=lambda line: None)
+            download_dataset(MNIST, local, [mirror], 60, **quiet)
         except DownloadError as exc:
             # The user asked for this mirror: a bad one is an error, not a quiet skip.
             pytest.fail(f"PIPELINE_MIRROR does not serve the real MNIST: {exc}", pytrace=False)
         return local
-    if SHARED_MNIST.is_dir():
-        return SHARED_MNIST
-    if os.environ.get("PIPELINE_OFFLINE") == "1":
-        pytest.skip(MNIST_HINT)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tflite-pipeline"
+    if shared.is_dir():
+        return shared
+    own = Layout(artifacts).raw_dir("mnist")
+    if own.is_dir():
+        try:
+            return Path(download_dataset(MNIST, workdir / "mnist_own", [str(own)], 60,
+                                         **quiet)[0]).parent
+        except DownloadError:
+            pass  # an incomplete or damaged set: the next source
+    target = cache / "mnist"
+    if all((target / f.name).is_file() for f in MNIST.files):
+        try:
+            download_dataset(MNIST, target, [], 60, **quiet)  # re-verifies, downloads nothing
+            return target
+        except DownloadError:
+            pass
+    if env.get("PIPELINE_OFFLINE") == "1":
+        raise NoData(f"{MNIST_HINT}; none found (no PIPELINE_MIRROR, no {shared}, no verified "
+                     f"archives in {own}, none cached in {target}) and PIPELINE_OFFLINE=1 "
+                     "forbids the download")
+    created = _created_dirs(target)
     try:
-        download_dataset(MNIST, cache / "mnist", list(MNIST.mirrors), 60)
-    except DownloadError:
-        pytest.skip(MNIST_HINT + f"; the download into {cache} failed")
-    return cache / "mnist"
+        download_dataset(MNIST, target, public_mirrors, 60, **quiet)
+    except DownloadError as exc:
+        for directory in created:  # deepest first; only what this attempt created
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise NoData(f"{MNIST_HINT}; the download into {target} failed: "
+                     f"{_one_line(exc)}") from None
+    return target
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:  # DATA_SKIP_LINE
+    """The real MNIST .gz files (find_mnist's sources, in its order); a skip saying why not."""
+    from pipeline.datasets import MNIST
+
+    env = dict(os.environ)
+    artifacts = Path(env.get("PIPELINE_ARTIFACTS", REPO / "artifacts"))
+    cache = Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tflite-pipeline"
+    try:
+        return find_mnist(env, SHARED_MNIST, artifacts, cache, list(MNIST.mirrors),
+                          tmp_path_factory.mktemp("mnist"))
+    except NoData as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every test skipped for want of the data reports the same place, so `pytest -rs` folds
+    them into one line per cause ("SKIPPED [43] tests/conftest.py: ...") instead of one line
+    per test."""
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if (report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3
+            and MNIST_HINT in str(longrepr[2])):
+        report.longrepr = (str(Path(__file__)), DATA_SKIP_LINE, longrepr[2])
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +172,29 @@ def wait_for(predicate, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return bool(predicate())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(kib) -> a directory on a real tmpfs of that size (mounted under tmp_path,
+    unmounted afterwards): a disk that really fills up. Needs root to mount."""
+    mounts = []
+
+    def mount(kib: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a full-disk test mounts a small tmpfs, which needs root")
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs for the full-disk test: {proc.stderr.strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -163,17 +258,6 @@ def peak_models(tmp_path_factory) -> dict[str, Path]:
     return build_peak_models(PEAK_VARIANTS, Layout(tmp_path_factory.mktemp("peak")))
 
 
-def copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
 def run_doit(project: Path, *args: str, env: dict | None = None,
              python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     # Only the variables a test sets: a developer's own PIPELINE_* must not leak in.
@@ -199,3 +283,8 @@ def smoke_project(tmp_path_factory, mnist_url) -> Path:
     (project / "first_run.log").write_text(proc.stdout)
     (project / "first_run.err").write_text(proc.stderr)
     return project
+
+
+# Where the folded data skips point: the line of the mnist_dir fixture.
+DATA_SKIP_LINE = next(i for i, line in enumerate(Path(__file__).read_text().splitlines())
+                      if line.endswith("# DATA_SKIP_LINE"))

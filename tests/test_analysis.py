@@ -102,3 +102,19 @@ def test_report_links_every_file_and_the_pngs_are_images(smoke_analysis):
         if name.endswith(".png"):
             with Image.open(reports / name) as image:
                 assert image.width >= 300 and image.height >= 100
+
+
+def test_a_full_disk_leaves_no_analysis_file_without_its_siblings(smoke_project, small_disk):
+    from pipeline.analysis import run
+    from pipeline.datasets import MNIST
+    from pipeline.files import DiskFullError
+
+    art = smoke_project / "artifacts"
+    models = art / "models" / "mnist_mlp"
+    # 16 KiB: room for confusion.json (written first), not for the heat map.
+    report_dir = small_disk(16) / "reports"
+    with pytest.raises(DiskFullError, match=rf"writing {report_dir / 'confusion.png'}: "):
+        run("mnist_mlp", MNIST.class_names, models / "mnist_mlp.h5",
+            models / "mnist_mlp_int8.tflite", art / "data" / "mnist" / "mnist.npz", 500, 12,
+            report_dir)
+    assert list(report_dir.iterdir()) == []  # no confusion.json without analysis.md

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import MNIST_HINT, REPO
 
 REAL_MNIST_TEST = "tests/test_download.py::test_real_mnist_over_http_is_verified_by_payload_sha256"
+REAL_MNIST_PREPROCESS_TEST = "tests/test_preprocess.py::test_real_mnist_matches_its_published_facts"
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +27,67 @@ def clone(tmp_path_factory):
     return dest
 
 
-def run_tests(clone, tmp_path, env_extra):
+def run_tests(clone, tmp_path, env_extra, *tests):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     # No public download from a test: an empty cache and offline.
     env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PIPELINE_OFFLINE="1", **env_extra)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           REAL_MNIST_TEST], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           *(tests or [REAL_MNIST_TEST])], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
-def test_without_data_the_skip_reason_is_whole_and_says_how(clone, tmp_path):
-    proc = run_tests(clone, tmp_path, {})
+def test_without_data_one_skip_line_per_cause_says_why_and_how(clone, tmp_path):
+    proc = run_tests(clone, tmp_path, {}, REAL_MNIST_TEST, REAL_MNIST_PREPROCESS_TEST)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "1 skipped" in proc.stdout
-    assert f": {MNIST_HINT}\n" in proc.stdout  # the whole reason, on one line
+    assert "2 skipped" in proc.stdout
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    # Two tests in two modules, one cause: one line (not one per test), the whole reason.
+    assert len(skipped) == 1 and skipped[0].startswith("SKIPPED [2] tests/conftest.py:"), skipped
+    assert f": {MNIST_HINT}; none found (" in skipped[0]
+    assert skipped[0].endswith("and PIPELINE_OFFLINE=1 forbids the download")
+    assert not (tmp_path / "cache").exists()  # offline: no cache directory made for nothing
+
+
+def test_the_verified_archives_of_the_users_own_build_are_used(clone, tmp_path, mnist_dir):
+    raw = tmp_path / "my_artifacts" / "data" / "mnist" / "raw"
+    raw.mkdir(parents=True)
+    for archive in sorted(mnist_dir.glob("*.gz")):
+        (raw / archive.name).symlink_to(archive)
+    before = sorted(p.name for p in raw.iterdir())
+    proc = run_tests(clone, tmp_path, {"PIPELINE_ARTIFACTS": str(tmp_path / "my_artifacts")})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "1 passed" in proc.stdout and "skipped" not in proc.stdout
+    assert sorted(p.name for p in raw.iterdir()) == before  # read, never modified
+
+
+def test_a_failed_download_says_why_and_leaves_no_empty_cache(tmp_path):
+    from tests.conftest import NoData, find_mnist, free_port
+
+    home_cache = tmp_path / "home" / ".cache"
+    home_cache.mkdir(parents=True)  # exists before: stays; what the download made goes
+    dead = f"http://127.0.0.1:{free_port()}/"
+    with pytest.raises(NoData) as err:
+        find_mnist({}, tmp_path / "no_shared", tmp_path / "no_artifacts",
+                   home_cache / "tflite-pipeline", [dead], tmp_path / "work")
+    message = str(err.value)
+    assert message.startswith(f"{MNIST_HINT}; the download into "
+                              f"{home_cache / 'tflite-pipeline' / 'mnist'} failed: {dead}: "
+                              "cannot connect (")
+    assert "\n" not in message
+    assert home_cache.is_dir() and list(home_cache.iterdir()) == []
+
+
+def test_damaged_own_archives_fall_through_to_the_next_source(tmp_path, mnist_dir):
+    from tests.conftest import NoData, find_mnist
+
+    raw = tmp_path / "artifacts" / "data" / "mnist" / "raw"
+    raw.mkdir(parents=True)
+    for archive in sorted(mnist_dir.glob("*.gz")):
+        (raw / archive.name).write_bytes(archive.read_bytes()[:1000])  # truncated copies
+    with pytest.raises(NoData, match="PIPELINE_OFFLINE=1 forbids the download"):
+        find_mnist({"PIPELINE_OFFLINE": "1"}, tmp_path / "no_shared", tmp_path / "artifacts",
+                   tmp_path / "cache", [], tmp_path / "work")
+    assert all(p.stat().st_size == 1000 for p in raw.iterdir())  # never "repaired" in place
 
 
 @pytest.mark.parametrize("layout", ["url", "directory", "subfolder"])

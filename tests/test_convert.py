@@ -19,6 +19,23 @@ def test_representative_indices_are_stratified_seeded_and_exact():
     assert counts[1] == 20 and counts[2] == 5 and counts[0] == 10
     assert np.array_equal(idx, representative_indices(labels, 100, seed=1))
     assert not np.array_equal(idx, representative_indices(labels, 100, seed=2))
+    assert len(representative_indices(labels, len(labels), seed=1)) == len(labels)
+    with pytest.raises(ValueError, match="cannot draw 1001 of 1000"):
+        representative_indices(labels, len(labels) + 1, seed=1)  # never clipped silently
+
+
+def test_more_calibration_images_than_the_training_split_is_refused_before_work(tmp_path):
+    labels = np.arange(40) % 10
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=synthetic_images(labels, 1), y_train=labels,
+             x_test=synthetic_images(labels[:10], 2), y_test=labels[:10])
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").convert,
+                                 representative_samples=41)
+    # No model at all: the check comes before the .h5 is even loaded.
+    with pytest.raises(ConvertError, match=r"convert.representative_samples = 41 but .*d.npz "
+                                           r"has only 40 training images: lower it to at most 40"):
+        run(tmp_path / "missing.h5", data, params, "b", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_int8_model_is_integer_only_and_float_model_is_not(tiny_models):

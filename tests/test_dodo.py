@@ -77,7 +77,8 @@ def test_second_run_executes_nothing_and_never_imports_tensorflow(smoke_project)
     assert "doit" in imported  # the importtime trace is really there
     # Stage modules (numpy, 0.2 s) are imported only when a task runs; matplotlib and Pillow
     # only when a chart is drawn.
-    heavy = ("tensorflow", "keras", "numpy", "matplotlib", "PIL", "tabulate")
+    # absl (TensorFlow's logger, 13 ms) too: it is set up when a stage first runs.
+    heavy = ("tensorflow", "keras", "numpy", "matplotlib", "PIL", "tabulate", "absl")
     assert not [name for name in imported if name.startswith(heavy)]
 
 
@@ -282,3 +283,101 @@ def test_report_module_rebuilds_the_latency_report_without_benchmarking(smoke_pr
         "local"}
     assert (reports / "latency.md").exists() and (reports / "latency.png").exists()
     assert (reports / "latency" / "local.json").read_bytes() == measured  # nothing re-measured
+
+
+def test_a_truncated_model_reruns_the_task_that_makes_it(smoke_project, tmp_path):
+    """doit itself only checks that a target exists: a .tflite or .h5 cut short behind its
+    back must rerun its task, not fail every later task with a flatbuffer/HDF5 traceback."""
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    models = project / "artifacts" / "models" / "mnist_cnn"
+    tflite, h5 = models / "mnist_cnn_int8.tflite", models / "mnist_cnn.h5"
+    good = tflite.read_bytes()
+    with open(tflite, "r+b") as fh:
+        fh.truncate(len(good) // 2)
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (f"artifacts/models/mnist_cnn/mnist_cnn_int8.tflite is {len(good) // 2:,} bytes, "
+            f"{len(good):,} when it was written: rerunning convert:mnist_cnn") in proc.stdout
+    # Reproducible bytes: the rewritten model is the original, so nothing downstream reruns.
+    assert executed_tasks(proc.stdout) == {"convert:mnist_cnn"}
+    assert tflite.read_bytes() == good
+    assert "Traceback" not in proc.stderr
+    # Touched but intact: up to date (the hash matches), nothing reruns.
+    os.utime(tflite)
+    assert executed_tasks(run_doit(project).stdout) == set()
+
+    # Same size, other bytes (and a new mtime): the hash notices.
+    data = bytearray(h5.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    h5.write_bytes(bytes(data))
+    proc = run_doit(project, "train:mnist_cnn")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "mnist_cnn.h5 has changed since it was written (same size, other bytes): " \
+           "rerunning train:mnist_cnn" in proc.stdout
+    assert executed_tasks(proc.stdout) == {"train:mnist_cnn"}
+    assert h5.read_bytes() != bytes(data)
+
+
+def test_a_full_disk_outside_the_pipelines_writers_fails_the_task_in_one_line(monkeypatch):
+    import errno
+    import importlib
+
+    from doit.exceptions import TaskFailed
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
+    import dodo
+
+    dodo = importlib.reload(dodo)
+
+    def fill(errno_value):
+        raise OSError(errno_value, os.strerror(errno_value), "logs/b/events.out")
+
+    failed = dodo._guarded(fill, errno.ENOSPC)
+    assert isinstance(failed, TaskFailed)
+    assert failed.message == ("no space left on the device writing logs/b/events.out: free "
+                              "some space and rerun")
+    with pytest.raises(PermissionError):  # other OS errors are not dressed up as a full disk
+        dodo._guarded(fill, errno.EACCES)
+
+
+def test_forgetting_a_board_re_times_it_and_nothing_else(smoke_project, tmp_path):
+    """README: `doit forget bench:<board> && doit bench:<board>` re-times an up-to-date board."""
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    result = project / "artifacts" / "reports" / "latency" / "local.json"
+    measured = json.loads(result.read_text())["measured_utc"]
+    assert executed_tasks(run_doit(project, "bench:local").stdout) == set()  # up to date
+    assert run_doit(project, "forget", "bench:local").returncode == 0
+    proc = run_doit(project, "bench:local")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert executed_tasks(proc.stdout) == {"bench:local"}
+    assert json.loads(result.read_text())["measured_utc"] > measured
+
+
+def test_a_full_disk_fails_train_in_one_line_and_keeps_nothing(smoke_project, tmp_path,
+                                                               small_disk):
+    """Through doit, on a real tmpfs that fills while the .h5 is written: one line naming
+    the file and the space, status 1 (h5py writing to the full disk itself used to print
+    tracebacks at garbage collection and end the process with SIGSEGV), nothing partial."""
+    project = copy_project(tmp_path / "p")
+    data = smoke_project / "artifacts" / "data"
+    size_kib = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) // 1024
+    disk = small_disk(size_kib + 12_000)  # room to rewrite the .npz once (preprocess)
+    env = {"PIPELINE_ARTIFACTS": str(disk / "art")}
+    shutil.copytree(data, disk / "art" / "data")
+    assert run_doit(project, "preprocess", env=env).returncode == 0
+    used_kib = int(subprocess.run(["df", "-k", "--output=used", str(disk)], capture_output=True,
+                                  text=True, check=True).stdout.split()[-1])
+    subprocess.run(["mount", "-o", f"remount,size={used_kib + 400}k", str(disk)], check=True)
+    proc = run_doit(project, "train:mnist_cnn", env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    h5 = disk / "art" / "models" / "mnist_cnn" / "mnist_cnn.h5"
+    [line] = [line for line in proc.stdout.splitlines() if "no space left" in line]
+    assert line.startswith(f"no space left on the device writing {h5}: this task's files "
+                           "need more than 1.")  # the .h5 is 1.1 MiB
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert list(h5.parent.iterdir()) == []  # no history.json without its model, no partial

@@ -107,3 +107,21 @@ def test_float_layers_build_flows_through_evaluate_card_and_bench(smoke_project,
     assert "int8_selective" in [v["name"] for v in card["variants"]]
     latency = json.loads((art / "reports" / "latency.json").read_text())
     assert ("mnist_cnn", "int8_selective") in {(r["build"], r["variant"]) for r in latency["rows"]}
+
+
+def test_a_full_disk_leaves_no_layers_file_without_its_siblings(smoke_project, small_disk):
+    import dataclasses
+
+    from pipeline.files import DiskFullError
+    from pipeline.layers import run
+    from pipeline.params import load_params
+
+    art = smoke_project / "artifacts"
+    params = load_params(smoke_project / "params" / "smoke.toml")
+    # 16 KiB: room for layers.csv (written first), not for the chart.
+    report_dir = small_disk(16) / "reports"
+    with pytest.raises(DiskFullError, match=rf"writing {report_dir / 'layers.png'}: "):
+        run("mnist_cnn", art / "models" / "mnist_cnn" / "mnist_cnn.h5",
+            art / "data" / "mnist" / "mnist.npz", params.convert,
+            dataclasses.replace(params.layers, samples=20), report_dir)
+    assert list(report_dir.iterdir()) == []  # no layers.csv without layers.md and .png

@@ -30,7 +30,7 @@ def test_params_are_frozen():
     (lambda d: d.update(extra={}), "extra: unknown section"),
     (lambda d: d["train"].update(epochs="2"), "train.epochs: must be int, got str"),
     (lambda d: d["train"].update(epochs=True), "train.epochs: must be int, got bool"),
-    (lambda d: d["train"].update(epochs=0), "train.epochs: must be >= 1"),
+    (lambda d: d["train"].update(epochs=0), "train.epochs: must be in 1..1000"),
     (lambda d: d["train"].pop("seed"), "train.seed: missing"),
     (lambda d: d["convert"].update(int8_io="int16"), "convert.int8_io: must be 'int8' or 'uint8'"),
     (lambda d: d["convert"].update(extra_variants=["bf16"]), "unknown variant 'bf16'"),
@@ -118,3 +118,41 @@ def test_doit_refuses_a_default_board_missing_from_the_inventory(tmp_path):
     proc = run_doit(project)
     assert proc.returncode != 0
     assert "bench.default_boards names ['k9']" in proc.stderr
+
+
+# Every numeric range at its boundary: the last accepted value and the first refused one.
+@pytest.mark.parametrize("section, key, ok, bad, message", [
+    ("train", "seed", 0, -1, "train.seed: must be in 0..4294967295"),
+    ("train", "seed", 2**32 - 1, 2**32, "train.seed: must be in 0..4294967295"),
+    ("convert", "seed", 0, -5, "convert.seed: must be in 0..4294967295"),
+    ("convert", "seed", 2**32 - 1, 2**63 - 1, "convert.seed: must be in 0..4294967295"),
+    ("layers", "seed", 2**32 - 1, 2**32, "layers.seed: must be in 0..4294967295"),
+    ("train", "epochs", 1000, 1001, "train.epochs: must be in 1..1000"),
+    ("train", "epochs", 1, 0, "train.epochs: must be in 1..1000"),
+    ("convert", "representative_samples", 10_000, 10_001,
+     "convert.representative_samples: must be in 10..10000"),
+    ("convert", "representative_samples", 10, 9,
+     "convert.representative_samples: must be in 10..10000"),
+])
+def test_numeric_ranges_hold_at_their_boundaries(section, key, ok, bad, message):
+    d = doc()
+    d[section][key] = ok
+    assert getattr(getattr(parse_params(d), section), key) == ok
+    d[section][key] = bad
+    with pytest.raises(ParamsError) as err:
+        parse_params(d)
+    assert message in str(err.value) and str(bad) in str(err.value)
+
+
+def test_builds_are_capped_and_looked_up_by_name():
+    from pipeline.params import MAX_BUILDS
+
+    d = doc()
+    template = d["builds"][0]
+    d["builds"] = [{**template, "name": f"b{i}"} for i in range(MAX_BUILDS)]
+    params = parse_params(d)
+    assert params.build("b0") is params.builds[0]
+    assert params.build(f"b{MAX_BUILDS - 1}") is params.builds[-1]
+    d["builds"].append({**template, "name": "one_too_many"})
+    with pytest.raises(ParamsError, match=f"builds: 1,001 .*at most {MAX_BUILDS:,} per params"):
+        parse_params(d)

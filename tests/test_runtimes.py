@@ -142,3 +142,18 @@ def test_the_backend_follows_the_format_and_an_unknown_one_is_named(tmp_path, ti
         open_model(tmp_path / "m.pt")
     with pytest.raises(ValueError, match="no host runtime for the 'onnx' format"):
         open_model_content(b"", "onnx")
+
+
+def test_a_truncated_model_names_the_task_that_rebuilds_it(tiny_models, tmp_path):
+    from pipeline.runtimes import DamagedModelError, open_model
+
+    good = tiny_models["tiny_cnn/int8"].read_bytes()
+    cut = tmp_path / "mnist_cnn_int8.tflite"
+    cut.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DamagedModelError) as err:
+        open_model(cut)
+    assert str(err.value) == (
+        f"{cut}: cannot be read as a tflite model (The model is not a valid Flatbuffer buffer; "
+        f"{len(good) // 2:,} bytes - truncated or overwritten?): rebuild it with "
+        "`doit forget convert:mnist_cnn && doit convert:mnist_cnn`")
+    assert err.value.__cause__ is None and err.value.__suppress_context__

@@ -68,15 +68,15 @@ def test_run_writes_h5_and_history_and_reloads(tiny_arrays, tmp_path):
     assert reloaded.predict(x, verbose=0).shape == (8, 10)
 
 
-def test_save_is_atomic(tmp_path):
-    class Exploding:
-        def save(self, path):
-            path.write_bytes(b"half")
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        save_model(Exploding(), tmp_path / "m.h5")
-    assert list(tmp_path.iterdir()) == []
+def test_save_writes_the_whole_file_at_once_and_the_same_bytes_each_time(tmp_path):
+    model = build_model("mlp", (28, 28), 10)
+    save_model(model, tmp_path / "a.h5")
+    save_model(model, tmp_path / "b.h5")
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]  # no temporaries
+    reloaded = load_model(tmp_path / "a.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(reloaded.get_weights(),
+                                                    model.get_weights()))
 
 
 def test_tensorboard_logs_are_written_and_leave_the_weights_unchanged(tiny_arrays, tmp_path):
@@ -108,3 +108,33 @@ def test_layer_names_do_not_depend_on_what_was_built_before():
     first = [layer.name for layer in build_model("cnn", (28, 28), 10).layers]
     build_model("mlp", (28, 28), 10)
     assert [layer.name for layer in build_model("cnn", (28, 28), 10).layers] == first
+
+
+def test_a_full_disk_keeps_no_history_without_its_model(tiny_arrays, tmp_path, small_disk):
+    from pipeline.files import DiskFullError
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, epochs=1, batch_size=64)
+    # Room for history.json (a few KiB) but not for the CNN's .h5 (~1.1 MiB with Adam's slots).
+    disk = small_disk(256)
+    with pytest.raises(DiskFullError, match=r"^no space left on the device writing "
+                                            rf"{disk / 'm' / 'm.h5'}: .*need more than"):
+        run("cnn", tmp_path / "d.npz", params, disk / "m" / "m.h5", disk / "m" / "history.json")
+    assert list((disk / "m").iterdir()) == []  # neither the history nor a partial .h5
+
+
+def test_a_truncated_h5_names_the_task_that_rebuilds_it(tmp_path):
+    from pipeline.train import TrainError
+
+    good = tmp_path / "good.h5"
+    save_model(build_model("mlp", (28, 28), 10), good)
+    cut = tmp_path / "mnist_mlp.h5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(TrainError, match=rf"^{cut}: cannot be read as a Keras model \(.*truncated"
+                                         r".*\): rebuild it with `doit forget train:mnist_mlp && "
+                                         r"doit train:mnist_mlp`$"):
+        load_model(cut)
+    with pytest.raises(FileNotFoundError):  # a missing file stays what it is
+        load_model(tmp_path / "missing.h5")
