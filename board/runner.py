@@ -239,7 +239,7 @@ def parse_profile(events: list, skip_runs: int = 0) -> dict:
                      key=lambda e: e["ts"])
     per_node: dict[str, dict] = {}
     sums = []
-    for run in runs:
+    for number, run in enumerate(runs):
         start, end = run["ts"], run["ts"] + run["dur"]
         total = 0.0
         for e in kernels:
@@ -248,15 +248,17 @@ def parse_profile(events: list, skip_runs: int = 0) -> dict:
                 args = e.get("args") or {}
                 node = per_node.setdefault(name, {"op": str(args.get("op_name", "?")),
                                                   "provider": str(args.get("provider", "?")),
-                                                  "total_us": 0.0})
-                node["total_us"] += float(e["dur"])
+                                                  "us": [0.0] * len(runs)})
+                node["us"][number] += float(e["dur"])
                 total += float(e["dur"])
         sums.append(total)
-    count = max(len(runs), 1)
-    grand = sum(n["total_us"] for n in per_node.values()) or 1.0
+    # Medians, not means: one run preempted on a busy board must not reorder the nodes.
+    medians = {name: float(np.median(n["us"])) for name, n in per_node.items()}
+    grand = sum(medians.values()) or 1.0
     nodes = sorted(({"node": name, "op": n["op"], "provider": n["provider"],
-                     "mean_us": n["total_us"] / count, "share": n["total_us"] / grand}
-                    for name, n in per_node.items()), key=lambda n: (-n["mean_us"], n["node"]))
+                     "median_us": medians[name], "share": medians[name] / grand}
+                    for name, n in per_node.items()),
+                   key=lambda n: (-n["median_us"], n["node"]))
     providers: dict[str, int] = {}
     for n in nodes:
         providers[n["provider"]] = providers.get(n["provider"], 0) + 1

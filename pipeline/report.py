@@ -329,15 +329,16 @@ def op_profiles(documents: Sequence[dict[str, Any]]) -> dict[tuple[str, str], di
 
 
 def ops_by_type(nodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean µs per run and share summed per (op type, provider), largest first."""
+    """Median µs per run and share, summed per (op type, provider), largest first."""
     totals: dict[tuple[str, str], list[float]] = {}
     for n in nodes:
         acc = totals.setdefault((str(n["op"]), str(n["provider"])), [0.0, 0.0, 0])
-        acc[0] += float(n["mean_us"])
+        acc[0] += float(n["median_us"])
         acc[1] += float(n["share"])
         acc[2] += 1
-    return sorted(({"op": op, "provider": prov, "nodes": int(c), "mean_us": us, "share": sh}
-                   for (op, prov), (us, sh, c) in totals.items()), key=lambda o: -o["mean_us"])
+    return sorted(({"op": op, "provider": prov, "nodes": int(c), "median_us": us, "share": sh}
+                   for (op, prov), (us, sh, c) in totals.items()),
+                  key=lambda o: -o["median_us"])
 
 
 def render_op_markdown(entry: dict[str, Any]) -> str:
@@ -345,35 +346,40 @@ def render_op_markdown(entry: dict[str, Any]) -> str:
              "", f"Measured {entry['measured_utc']} on {escape_md(entry['cpu_model'])} by ONNX "
              "Runtime's own profiler (`SessionOptions.enable_profiling`), in a second session "
              "after the timed one, so profiling never slows the latency figures. Per node: "
-             "mean kernel time per run, its share of all nodes' time, and the execution "
-             "provider that ran it. *node sum* is the median per-run sum of the node times; "
-             "*model_run* the median whole `run()` inside ONNX Runtime; p50 the timed "
-             "session's median invoke (which also pays the Python call and input binding).", ""]
+             "median kernel time per run (profiled), its share of all nodes' time, that share "
+             "of the timed p50 (*µs at p50*), and the execution provider that ran it. *node "
+             "sum* is the median per-run sum of the profiled node times, *model_run* the "
+             "median whole `run()` inside ONNX Runtime, p50 the timed session's median invoke "
+             "(which also pays the Python call and input binding). The profiler adds its own "
+             "cost to every node it times, so profiled µs are upper bounds (node sum above p50 "
+             "is that cost); read the shares.", ""]
     for case in entry["cases"]:
         providers = ", ".join(f"{escape_md(short_provider(p))} {n}" for p, n in
                               (case.get("nodes_per_provider") or {}).items())
+        p50 = case.get("p50_us") or 0.0
         lines += [f"## {escape_md(case['variant'])}, {case['threads']} thread(s)", "",
                   f"{escape_md(case['runtime'])}; nodes per provider: {providers}; "
                   f"{case['profiled_runs']} profiled runs; node sum "
-                  f"{_fmt(case['node_sum_us'], '.1f')} µs, model_run "
-                  f"{_fmt(case['model_run_us'], '.1f')} µs, timed p50 "
-                  f"{_fmt(case['p50_us'], '.1f')} µs.", ""]
+                  f"{_fmt(case['node_sum_us'], '.1f')} µs, model\\_run "
+                  f"{_fmt(case['model_run_us'], '.1f')} µs, timed p50 {p50:.1f} µs.", ""]
         body, cumulative = [], 0.0
         for i, n in enumerate(case["nodes"][:TOP_OPS], 1):
             cumulative += n["share"]
             body.append([i, escape_md(n["node"]), escape_md(n["op"]),
-                         escape_md(short_provider(n["provider"])), _fmt(n["mean_us"], ".2f"),
-                         _fmt(100 * n["share"], ".1f"), _fmt(100 * cumulative, ".1f")])
-        lines += [tabulate(body, headers=["#", "node", "op", "provider", "µs/run", "share %",
-                                          "cumulative %"],
+                         escape_md(short_provider(n["provider"])), _fmt(n["median_us"], ".1f"),
+                         _fmt(n["share"] * p50, ".1f"), _fmt(100 * n["share"], ".1f"),
+                         _fmt(100 * cumulative, ".1f")])
+        lines += [tabulate(body, headers=["#", "node", "op", "provider", "profiled µs",
+                                          "µs at p50", "share %", "cumulative %"],
                            tablefmt="github", disable_numparse=True), ""]
         if len(case["nodes"]) > TOP_OPS:
             lines += [f"{len(case['nodes']) - TOP_OPS} more node(s) in the JSON.", ""]
         by_op = [[escape_md(o["op"]), escape_md(short_provider(o["provider"])), o["nodes"],
-                  _fmt(o["mean_us"], ".2f"), _fmt(100 * o["share"], ".1f")]
-                 for o in case["by_op"]]
+                  _fmt(o["median_us"], ".1f"), _fmt(o["share"] * p50, ".1f"),
+                  _fmt(100 * o["share"], ".1f")] for o in case["by_op"]]
         lines += ["By op type:", "", tabulate(by_op, headers=["op", "provider", "nodes",
-                                                             "µs/run", "share %"],
+                                                             "profiled µs", "µs at p50",
+                                                             "share %"],
                                              tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
 
