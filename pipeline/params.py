@@ -72,6 +72,8 @@ class ConvertParams:
     seed: int
     int8_io: str
     extra_variants: tuple[str, ...]
+    # The ONNX variants (variants.py: onnx_float32, onnx_int8, onnx_int8_tflite).
+    onnx: bool
 
     def __post_init__(self) -> None:
         _check(self.representative_samples >= 10, "convert.representative_samples",
