@@ -316,13 +316,18 @@ trap - EXIT'''
 # stops it as soon as the host closes the connection (stdin EOF), even when the command
 # hangs before it could notice (a python stuck at start-up, a hashing stuck on a dead mount).
 # The host never writes to stdin here, so the watcher and the runner can both wait on it.
+# (A background job's stdin is /dev/null before its redirections apply, so the real stdin
+# is kept on fd 3 first.)
 GUARD = r'''guard() {
   limit=$1; shift
-  if command -v timeout >/dev/null 2>&1; then timeout -k 5 "$limit" "$@" <&0 &
-  else "$@" <&0 & fi
+  exec 3<&0
+  if command -v timeout >/dev/null 2>&1; then timeout -k 5 "$limit" "$@" <&3 3<&- &
+  else "$@" <&3 3<&- & fi
   pid=$!
-  ( while IFS= read -r _; do :; done; kill -TERM "$pid" 2>/dev/null ) <&0 >/dev/null 2>&1 &
+  ( while IFS= read -r _; do :; done; kill -TERM "$pid" 2>/dev/null ) <&3 3<&- \
+    >/dev/null 2>&1 &
   watcher=$!
+  exec 3<&-
   wait "$pid"; status=$?
   kill "$watcher" 2>/dev/null
   return "$status"

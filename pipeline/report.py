@@ -427,6 +427,10 @@ def render_chart(rows: Sequence[dict], path: Path,
     for ax, build in zip(axes[:, 0], builds):
         mine = [r for r in rows if r["build"] == build]
         variants = sorted({r["variant"] for r in mine}, key=lambda v: (rank(v), v))
+        if not variants:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no timed results", ha="center", va="center")
+            continue
         top = max((r.get("p90_us") or r["p50_us"] for r in mine), default=1.0)
         for y, variant in enumerate(variants):
             fmt = VARIANTS[variant].format if variant in VARIANTS else "tflite"

@@ -33,9 +33,9 @@ def test_the_registry_says_what_each_variant_is():
         "int8_selective": (True, "int8", False, False, "builds.float_layers"),
         "float16": (False, "float", False, True, "convert.extra_variants"),
         "dynamic_range": (False, "float", False, True, "convert.extra_variants"),
-        "onnx_float32": (False, "float", False, False, "convert.onnx"),
+        "onnx_float32": (False, "float", False, True, "convert.onnx"),
         # the drift gate applies to ONNX Runtime's own int8 model too
-        "onnx_int8": (True, "int8", True, False, "convert.onnx"),
+        "onnx_int8": (True, "int8", True, True, "convert.onnx"),
         # equal to int8 bit for bit (checked by its task), so int8's gate covers it
         "onnx_int8_tflite": (True, "int8", False, False, "convert.onnx")}
     assert all(v.format == "tflite" and v.suffix == ".tflite" and v.producer == "convert"
@@ -56,7 +56,8 @@ def test_the_registry_says_what_each_variant_is():
 
 def test_helpers_read_the_registry():
     assert drift_gated_variants() == ["int8", "onnx_int8"]
-    assert peak_variants() == ("float32", "int8", "float16", "dynamic_range")
+    assert peak_variants() == ("float32", "int8", "float16", "dynamic_range", "onnx_float32",
+                               "onnx_int8")
     assert reference_int8_variant() == "int8" and reference_float_variant() == "float32"
     assert EXTRA_VARIANTS == ("float16", "dynamic_range")
     assert [accuracy_floor(n) for n in ("keras", *NAMES, "bf16")] == [
