@@ -443,9 +443,7 @@ def render_chart(rows: Sequence[dict], path: Path,
                 low = r["p50_us"] - (r.get("p10_us") or r["p50_us"])
                 high = (r.get("p90_us") or r["p50_us"]) - r["p50_us"]
                 ax.errorbar(r["p50_us"], yy, xerr=[[low], [high]], fmt=markers[k % len(markers)],
-                            color=colours.get(fmt, "#55a868"), capsize=3, markersize=6,
-                            label=(f"{clean_text(group[0])}, {group[1]} thread(s)"
-                                   if variant == variants[0] or y == 0 else None))
+                            color=colours.get(fmt, "#55a868"), capsize=3, markersize=6)
                 text = f"{r['p50_us']:.1f} µs"
                 if r.get("ort_over_tflite"):
                     text += f"  ({r['ort_over_tflite']:.2f}x TFLite int8)"
@@ -462,20 +460,27 @@ def render_chart(rows: Sequence[dict], path: Path,
                       fontsize=8)
         ax.set_title(build, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            unique = dict(zip(labels, handles))
-            legend = ax.legend(unique.values(), unique.keys(), fontsize=7.5, loc="lower right",
-                               title="board, threads (blue TFLite, orange ONNX Runtime)",
-                               title_fontsize=7.5)
-            for handle in legend.legend_handles:
-                handle.set_color("#555555")
-    boards = [f"{clean_text(d['board'])}: {clean_text((d.get('machine') or {}).get('cpu_model', '?'))}"
-              f", measured {d.get('measured_utc')}" for d in documents
+    # One legend for all panels (the series are the same), above them, clear of any point;
+    # grey markers, since the colour says the runtime.
+    from matplotlib.lines import Line2D
+
+    legend_entries = {f"{clean_text(b)}, {t} thread(s)": Line2D(
+        [], [], marker=markers[k % len(markers)], color="#555555", linestyle="none")
+        for k, (b, t) in enumerate(series)}
+    boards = [f"{clean_text(d['board'])}: "
+              f"{clean_text((d.get('machine') or {}).get('cpu_model', '?'))}, "
+              f"measured {d.get('measured_utc')}" for d in documents
               if d.get("status") in ("ok", "partial")]
+    top_lines = 1 + len(boards)
     fig.suptitle("On-device latency" + (f", report of {made_utc}" if made_utc else "") + "\n"
                  + "\n".join(boards), fontsize=9, x=0.01, ha="left")
-    fig.tight_layout()
+    if legend_entries:
+        fig.legend(legend_entries.values(), legend_entries.keys(), fontsize=7.5,
+                            loc="upper right", ncol=min(len(legend_entries), 4),
+                            title="board, threads (blue: TFLite, orange: ONNX Runtime)",
+                            title_fontsize=7.5, frameon=False)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.16 * top_lines) / height))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
