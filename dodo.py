@@ -384,9 +384,9 @@ def task_card():
         }
 
 
-# The model formats board/runner.py runs: its ONNX Runtime support is being added (branch
-# onnx-bench), until then the .onnx variants are evaluated on the host but not benchmarked.
-BOARD_FORMATS = ("tflite",)
+# The model formats board/runner.py runs (.tflite under a TFLite runtime, .onnx under ONNX
+# Runtime; a board without one of them reports those rows as NO RUNTIME).
+BOARD_FORMATS = ("tflite", "onnx")
 
 
 def task_bench():
