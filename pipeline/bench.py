@@ -561,9 +561,13 @@ def progress_printer(board: Board, stream=None) -> Progress:
         out = stream or sys.stdout
         try:
             event = json.loads(line)
+            error = str(event.get("error") or "")
+            if error.startswith(load_runner().NO_RUNTIME_MARK):  # the hint comes once, at the end
+                error = error.split(" - ")[0]
+            else:
+                error = f"ERROR {error}" if error else ""
             what = (f"{event['model']} x{event['threads']}: "
-                    + (f"ERROR {event['error']}" if event.get("error")
-                       else f"p50 {event['p50_us']:.1f} us"))
+                    + (error or f"p50 {event['p50_us']:.1f} us"))
             out.write(f"bench:{board.name} [{event['case']}/{event['of']}] "
                       f"{report.clean_text(what)}\n")
         except (ValueError, KeyError, TypeError):
