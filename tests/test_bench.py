@@ -630,8 +630,9 @@ def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
     proc = run_doit(project, "--continue", "bench", env={"PIPELINE_BOARDS": str(inventory)})
     assert proc.returncode != 0
     assert executed_tasks(proc.stdout) == {"bench:local", "bench:down"}
-    assert "board 'down'" in proc.stdout + proc.stderr and "Connection refused" in (
-        proc.stdout + proc.stderr)
+    assert "board 'down'" in proc.stdout + proc.stderr
+    # once (doit's TaskFailed), not a second time from the report the task rebuilt
+    assert (proc.stdout + proc.stderr).count("Connection refused") == 1, proc.stdout[-3000:]
     latency = json.loads((project / "artifacts" / "reports" / "latency.json").read_text())
     assert {r["board"] for r in latency["rows"]} == {"local"}
     assert [f["board"] for f in latency["failed_boards"]] == ["down"]
