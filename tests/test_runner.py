@@ -431,20 +431,22 @@ def test_parse_profile_against_a_hand_made_trace():
                 "args": {"op_name": op, "provider": provider}}
 
     events = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50}]
-    for run, (a, b) in enumerate([(100, 100), (6, 2), (8, 4)]):  # the first is a warm-up
+    # the first run is a warm-up; the last one was preempted in conv
+    for run, (a, b) in enumerate([(100, 100), (6, 2), (8, 4), (200, 3)]):
         t = 1000 * (run + 1)
         events += [node("conv", "Conv", "SpaceMITExecutionProvider", t + 1, a),
                    node("fc", "Gemm", "CPUExecutionProvider", t + 1 + a, b),
                    {"cat": "Node", "name": "fc_fence_before", "ts": t + 1, "dur": 0},
                    {"cat": "Session", "name": "model_run", "ts": t, "dur": a + b + 3}]
     profile = load_runner().parse_profile(events, skip_runs=1)
-    assert profile["runs"] == 2
+    assert profile["runs"] == 3
     conv, fc = profile["nodes"]
-    assert (conv["node"], conv["op"], conv["median_us"]) == ("conv", "Conv", 7.0)
+    # medians over the three runs: conv 8 (not the mean, 71.3), fc 3
+    assert (conv["node"], conv["op"], conv["median_us"]) == ("conv", "Conv", 8.0)
     assert (fc["node"], fc["provider"], fc["median_us"]) == ("fc", "CPUExecutionProvider", 3.0)
-    assert conv["share"] == pytest.approx(7 / 10) and fc["share"] == pytest.approx(3 / 10)
-    assert profile["node_sum_us"] == pytest.approx(10.0)   # median of 8 and 12
-    assert profile["model_run_us"] == pytest.approx(13.0)  # median of 11 and 15
+    assert conv["share"] == pytest.approx(8 / 11) and fc["share"] == pytest.approx(3 / 11)
+    assert profile["node_sum_us"] == pytest.approx(12.0)   # median of 8, 12 and 203
+    assert profile["model_run_us"] == pytest.approx(15.0)  # median of 11, 15 and 206
     assert profile["nodes_per_provider"] == {"SpaceMITExecutionProvider": 1,
                                              "CPUExecutionProvider": 1}
 
