@@ -741,11 +741,14 @@ def test_a_failed_case_beside_missing_rows_still_fails_the_task(sshd, tiny_model
     python = exposing_only(sshd.home / "ort-only-venv-2", "onnxruntime")
     edit = ("doc['results'][-1] = {'model': doc['results'][-1]['model'], 'threads': 1, "
             "'error': 'killed by SIGILL: x'}")
-    body = edited_runner(tmp_path, edit).replace(sys.executable, str(python))
-    board = sshd.board(name="k1-broken", python=body)
+    script = Path(edited_runner(tmp_path, edit))  # the runner under the ORT-only python
+    script.write_text(script.read_text().replace(f"REAL={sys.executable}", f"REAL={python}"))
+    board = sshd.board(name="k1-broken", python=str(script))
     models = {**tiny_models, **onnx_models}
     with pytest.raises(BoardError, match="1 case.s. failed.*killed by SIGILL"):
         bench.run(board, models, datasets, 10, Layout(tmp_path), [board])
+    doc = json.loads(Layout(tmp_path).board_result(board.name).read_text())
+    assert doc["status"] == "partial" and len(doc["missing"]) == len(tiny_models)
     from pipeline.boards import measured_within
 
     assert not measured_within(Layout(tmp_path).board_result(board.name), 24)
@@ -817,3 +820,17 @@ def test_the_prepare_step_honours_timeout_s_and_is_named(sshd, tiny_models, samp
     assert "the prepare step" in str(err.value) and "3 s" in str(err.value)
     assert "runner gave" not in str(err.value)
     assert wait_for(lambda: not _processes_in(remote), 10), _processes_in(remote)
+
+
+def test_a_hung_board_python_goes_as_soon_as_the_host_gives_up(sshd, tmp_path):
+    """The host stops waiting long before the board's own limit: the remote watcher sees the
+    connection close and stops the hung command (which never reads its stdin) at once."""
+    board = sshd.board(name="hung-eof", python=fake_python(tmp_path, "exec sleep 985"))
+    bench.push(board, [bench.RUNNER])
+    started = time.monotonic()
+    with pytest.raises(BoardError, match="no result within 3 s"):
+        bench.ssh_run(board, ["sh", "-c", bench.RUN, "sh", board.remote_path, "600",
+                              board.python, "runner.py"], timeout=3)
+    assert time.monotonic() - started < 20
+    assert wait_for(lambda: not _processes_in(Path(board.remote_dir)), 10), \
+        _processes_in(Path(board.remote_dir))
