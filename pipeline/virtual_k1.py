@@ -252,7 +252,7 @@ def binfmt_entry(binfmt_dir: Path = BINFMT_DIR) -> dict[str, str] | None:
     entry = {"enabled": lines[0].strip() if lines else ""}
     for line in lines[1:]:
         key, _, value = line.partition(" ")
-        entry[key] = value.strip()
+        entry[key.rstrip(":")] = value.strip()
     return entry
 
 
