@@ -596,6 +596,16 @@ def alive(pid: int) -> bool:
     return pid > 0 and Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
+def previous_port(layout: Layout) -> int:
+    """The port of this state directory's last sshd (from its sshd_config), or 0."""
+    try:
+        text = layout.state_file("sshd_config").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^Port (\d+)$", text, re.M)
+    return int(found.group(1)) if found else 0
+
+
 def read_record(layout: Layout) -> dict:
     try:
         return json.loads(layout.record.read_text())
@@ -603,14 +613,28 @@ def read_record(layout: Layout) -> dict:
         return {}
 
 
-def start_sshd(layout: Layout, log: Log) -> tuple[int, int]:
-    """Start the sshd on a free 127.0.0.1 port (a few tries: a port can be taken between
-    choosing and binding it); (pid, port)."""
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        # as sshd binds: a port whose last connections linger in TIME_WAIT is free to it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_sshd(layout: Layout, log: Log, previous_port: int = 0) -> tuple[int, int]:
+    """Start the sshd on 127.0.0.1: on its previous port if that is free (the inventory
+    entry, and so doit's up-to-date check of bench, stays the same from one `up` to the
+    next), else on a free one (a few tries: a port can be taken between choosing and
+    binding it); (pid, port)."""
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     login_user = login_name()
     last = ""
-    for _ in range(5):
-        port = free_port()
+    for attempt in range(5):
+        port = previous_port if attempt == 0 and previous_port and port_is_free(
+            previous_port) else free_port()
         config = layout.state_file("sshd_config")
         write_text(config, sshd_config(layout, port, login_user))
         check = subprocess.run([sshd_path(), "-t", "-f", str(config)], capture_output=True,
@@ -761,7 +785,7 @@ def up(layout: Layout, name: str, mirror: str | None, suite: str, base_inventory
         write_text(cpuinfo, cpuinfo_text(len(os.sched_getaffinity(0))))
         write_text(login, login_script(layout.rootfs, cpuinfo, record["tag"]))
         login.chmod(0o700)
-        pid, port = start_sshd(layout, log)
+        pid, port = start_sshd(layout, log, previous_port(layout))
         record.update(sshd_pid=pid, port=port)
         write_json(layout.record, record)
         login_user = login_name()

@@ -285,10 +285,25 @@ def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
     assert seconds < 30, f"a warm up took {seconds:.1f} s"
     assert "building" not in again.stdout  # the root file system came from the cache
     port = json.loads(virtual.layout.record.read_text())["port"]
+    old_port = virtual.board.port
     virtual.board = next(b for b in load_boards(virtual.layout.inventory)
                          if b.name == "virtual-k1")
-    assert virtual.board.port == port
+    # the same port again, so the entry (and doit's up-to-date check of bench) is unchanged
+    assert virtual.board.port == port == old_port
     assert on_board(virtual, "uname", "-m").strip() == b"riscv64"
+
+
+def test_without_root_up_says_so_in_one_line(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop it (this test runs `up` as nobody)")
+    code = ("import os, sys; from pipeline import virtual_k1; os.setgid(65534); os.setuid(65534); "
+            "virtual_k1.main(sys.argv[1:])")
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-c", code, "up", "--cache", str(cache)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == virtual_k1.UNAVAILABLE
+    assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
+    assert "Traceback" not in proc.stderr and not cache.exists()
 
 
 # --- pure parts: no root needed -------------------------------------------------------------
