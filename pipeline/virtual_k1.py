@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
+import inspect
 import json
 import os
 import pwd
@@ -227,8 +229,9 @@ def ensure_tools(log: Log) -> None:
                      ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
             proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise Unavailable(f"`{' '.join(argv)}` failed: "
-                                  f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+                said = (proc.stderr or proc.stdout).strip().splitlines() or ["no message"]
+                raise Unavailable(f"`{' '.join(argv)}` failed ({said[-1]}); install "
+                                  f"{' '.join(missing)} yourself")
     for name in ("unshare", "chroot", "mount", "umount", "ssh-keygen", "ssh"):
         tool(name)
 
@@ -369,10 +372,24 @@ def package_versions(debs: Path) -> dict[str, str]:
     return versions
 
 
+def recipe(suite: str) -> str:
+    """What the root file system is made of: a cached one made otherwise is rebuilt."""
+    made_by = inspect.getsource(finish_rootfs) + inspect.getsource(compile_python)
+    return hashlib.sha256(json.dumps([suite, PACKAGES, WARM_UP, made_by]).encode()).hexdigest()
+
+
+def ready_recipe(root: Path) -> str | None:
+    try:
+        return json.loads((root / READY).read_text()).get("recipe")
+    except (OSError, ValueError):
+        return None
+
+
 def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bool:
-    """Build the root file system into the cache unless it is there; True if it was built."""
+    """Build the root file system into the cache unless it is there, made by the same
+    recipe; True if it was built."""
     with cache_lock(layout.cache):
-        if (layout.rootfs / READY).exists():
+        if ready_recipe(layout.rootfs) == recipe(suite):
             return False
         meta = json.loads(layout.lists_meta.read_text()) if layout.lists_meta.exists() else {}
         offline = (meta.get("mirror"), meta.get("suite")) == (mirror, suite) or (
@@ -409,7 +426,8 @@ def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bo
             finish_rootfs(target)
             compile_python(target)
             done = time.monotonic()
-            write_json(target / READY, {"suite": suite, "mirror": mirror, "offline": offline,
+            write_json(target / READY, {"recipe": recipe(suite), "suite": suite,
+                                        "mirror": mirror, "offline": offline,
                                         "packages": package_versions(layout.debs),
                                         "unpack_s": round(unpacked - started, 1),
                                         "compile_s": round(done - unpacked, 1)})
@@ -832,6 +850,9 @@ def down(layout: Layout, log: Log) -> list[str]:
     clean) is returned."""
     record = read_record(layout)
     pid = record.get("sshd_pid", 0)
+    if not pid:  # a record lost (or an `up` killed before writing it): sshd's own pid file
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(layout.state_file("sshd.pid").read_text().split()[0])
     tag = record.get("tag", str(layout.state.resolve()))
     sessions = descendants(pid) if alive(pid) else []
     if alive(pid):
@@ -923,6 +944,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Unavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(UNAVAILABLE)
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted; {'the board was taken down' if args.command == 'up' else 'stopped'}")
     except PipelineError as exc:
         sys.exit(f"error: {exc}")
 

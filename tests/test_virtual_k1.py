@@ -23,7 +23,7 @@ import pytest
 from pipeline import bench, virtual_k1
 from pipeline.bench import BoardError
 from pipeline.boards import Board, load_boards
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, free_port, wait_for
 
 CI = os.environ.get("CI") == "true"
 
@@ -304,6 +304,23 @@ def test_without_root_up_says_so_in_one_line(tmp_path):
     assert proc.returncode == virtual_k1.UNAVAILABLE
     assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
     assert "Traceback" not in proc.stderr and not cache.exists()
+
+
+def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (up gets as far as the first build)")
+    mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
+    binfmt_before = virtual_k1.binfmt_entry()
+    closed = f"http://127.0.0.1:{free_port()}/debian"  # nothing listens there
+    layout = virtual_k1.Layout(tmp_path / "cache", tmp_path / "state")
+    proc = cli("up", *layout_args(layout), "--mirror", closed)
+    assert proc.returncode == virtual_k1.UNAVAILABLE, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"Debian's archive is unreachable at {closed}" in proc.stderr
+    assert not layout.rootfs.exists() and not list(layout.cache.glob(".rootfs.partial*"))
+    assert everything_left(layout, str(layout.state.resolve())) == []
+    assert virtual_k1.binfmt_entry() == binfmt_before
+    assert (virtual_k1.BINFMT_DIR / "register").exists() == mounted_before
 
 
 # --- pure parts: no root needed -------------------------------------------------------------
