@@ -888,7 +888,8 @@ def status(layout: Layout) -> dict:
         out["rootfs_build"] = json.loads(ready.read_text())
     if out["up"]:
         out.update(port=record["port"], sshd_pid=record["sshd_pid"])
-        out["facts"] = probe(layout, record["port"])
+        # the board's client key is root's: others see that it is up, not what it is
+        out["facts"] = probe(layout, record["port"]) if os.geteuid() == 0 else None
     return out
 
 
@@ -925,6 +926,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"PIPELINE_BOARDS={shlex.quote(str(layout.inventory))} "
                   f"doit bench:{record['name']}")
         elif args.command == "down":
+            require_root()
             left = down(layout, log)
             if left:
                 sys.exit(f"error: still left after down: {', '.join(left)}")
@@ -937,8 +939,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 log(("up on 127.0.0.1:%s (sshd pid %s)" % (info["port"], info["sshd_pid"]))
                     if info["up"] else "down")
                 log(f"root file system: {info['rootfs'] or 'not built yet'}")
-                log(f"binfmt {BINFMT_NAME}: {info['binfmt'] or 'not registered'}")
-                if info["up"]:
+                entry = info["binfmt"]
+                log(f"binfmt {BINFMT_NAME}: " + (f"{entry['enabled']}, {entry.get('interpreter')}, "
+                                               f"flags {entry.get('flags')}" if entry
+                                               else "not registered"))
+                if info["up"] and info["facts"]:
                     log(f"guest: {describe(info['facts'])}")
                     log(f"inventory: {info['inventory']}")
     except Unavailable as exc:
