@@ -23,6 +23,7 @@ import pytest
 from pipeline import bench, virtual_k1
 from pipeline.bench import BoardError
 from pipeline.boards import Board, load_boards
+from pipeline.params import ParamsError
 from tests.conftest import REPO, free_port, wait_for
 
 CI = os.environ.get("CI") == "true"
@@ -395,3 +396,18 @@ def test_cpuinfo_says_emulated_and_counts_the_cpus():
     text = virtual_k1.cpuinfo_text(3)
     assert text.count("processor\t:") == 3 and "not a SpacemiT X60" in text
     assert "rv64imafdcv" in text
+
+
+def test_answers_help():
+    proc = cli("--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: virtual_k1.py ")
+    assert "{up,down,status}" in proc.stdout and "--mirror" in proc.stdout
+
+
+def test_the_inventory_flag_emulated_is_a_boolean_defaulting_to_false(tmp_path):
+    inventory = tmp_path / "boards.toml"
+    inventory.write_text('[[boards]]\nname = "real"\n\n[[boards]]\nname = "v"\nemulated = true\n')
+    assert [b.emulated for b in load_boards(inventory)] == [False, True]
+    inventory.write_text('[[boards]]\nname = "v"\nemulated = "yes"\n')
+    with pytest.raises(ParamsError, match="emulated"):
+        load_boards(inventory)
