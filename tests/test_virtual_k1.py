@@ -278,13 +278,11 @@ def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
     finally:
         session.kill()
         session.wait()
-    started = time.monotonic()
     again = cli("up", *layout_args(virtual.layout), "--boards",
                 str(REPO / "board" / "boards.toml"))
-    seconds = time.monotonic() - started
     assert again.returncode == 0, again.stdout + again.stderr
-    assert seconds < 30, f"a warm up took {seconds:.1f} s"
-    assert "building" not in again.stdout  # the root file system came from the cache
+    # the root file system came from the cache (its timings: benchmarks/bench_virtual_k1.py)
+    assert "building" not in again.stdout
     port = json.loads(virtual.layout.record.read_text())["port"]
     old_port = virtual.board.port
     virtual.board = next(b for b in load_boards(virtual.layout.inventory)
