@@ -471,7 +471,8 @@ def bench_board(board: Board, models: dict[str, Path],
         result["bytes"] = path.stat().st_size
         result["macs"] = count_macs(path)
     return {"board": board.name, "status": "partial" if problems else "ok",
-            "errors": problems, "where": board.where, "measured_utc": report.utc_now(),
+            "errors": problems, "where": board.where, "emulated": board.emulated,
+            "measured_utc": report.utc_now(),
             "started": started, "seconds": time.time() - started, "pushed": pushed,
             "machine": document["machine"], "runtime": document["runtime"],
             "cpus": document.get("cpus"), "results": results, "peak": peak_results}
@@ -515,7 +516,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
 
     result_path = layout.board_result(board.name)
     running = {"board": board.name, "status": "running", "where": board.where,
-               "started_utc": report.utc_now()}
+               "emulated": board.emulated, "started_utc": report.utc_now()}
     try:
         write_json(result_path, running)
     except BaseException:

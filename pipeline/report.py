@@ -76,7 +76,8 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
             row = {"build": r["build"], "variant": r["variant"], "board": doc["board"],
                    "threads": r["threads"], "runtime": runtime, "bytes": r.get("bytes"),
                    "sha256": r.get("sha256"), "measured_utc": doc.get("measured_utc"),
-                   "fresh": current_sha.get(key) == r.get("sha256"), "old": old}
+                   "fresh": current_sha.get(key) == r.get("sha256"), "old": old,
+                   "emulated": bool(doc.get("emulated"))}
             row.update({k: r.get(k) for k in (
                 "init_ms", "first_us", "mean_us", "std_us", "p10_us", "p50_us", "p90_us",
                 "p99_us", "model_rss_mb", "peak_rss_mb", "accuracy", "agreement", "samples",
@@ -99,6 +100,15 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
             if base and base.get("p50_us"):
                 r["int8_over_float32"] = r["p50_us"] / base["p50_us"]
     return rows
+
+
+# An emulated board's latency is the emulator's: every place that shows a board's figures
+# names it so (board column, board line, chart), and nothing compares it with a real board.
+EMULATED = "EMULATED"
+
+
+def board_label(r: dict) -> str:
+    return f"{r['board']} ({EMULATED})" if r.get("emulated") else r["board"]
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -126,7 +136,7 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
         state = row_state(r)
         if full:
             body.append([
-                r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
+                r["build"], r["variant"], board_label(r), r["threads"], r["runtime"],
                 _fmt(r.get("init_ms"), ".2f"), _fmt(r.get("first_us"), ".1f"),
                 _fmt(r.get("mean_us"), ".1f"), _fmt(r.get("p50_us"), ".1f"),
                 _fmt(r.get("p90_us"), ".1f"), _fmt(r.get("p99_us"), ".1f"),
@@ -137,7 +147,7 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
                 _fmt(r.get("p50_over_floor"), ".1f"),
                 ",".join(str(c) for c in r.get("cpus") or []), state])
         else:
-            body.append([r["build"], r["variant"], r["board"], r["threads"],
+            body.append([r["build"], r["variant"], board_label(r), r["threads"],
                          _fmt(r.get("p50_us"), ".1f"), _fmt(r.get("p90_us"), ".1f"),
                          _fmt(r.get("int8_over_float32"), ".2f"), _fmt(pct(agree), ".1f"),
                          state[:60]])
@@ -167,6 +177,9 @@ def board_line(doc: dict[str, Any]) -> str:
             f"{pinning}; pushed {len(doc.get('pushed', []))} file(s)")
     if doc.get("status") == "partial":
         line += f"; PARTIAL - {len(doc['errors'])} case(s) failed (rows marked ERROR)"
+    if doc.get("emulated"):
+        line += (f"; {EMULATED} (qemu-user): its latency is the emulator's, not the board's; "
+                 "its predictions count fully")
     rates = peak_rates(doc.get("peak", []))
     if rates:
         measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}"
@@ -209,6 +222,7 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
     for ax, build in zip(axes[:, 0], builds):
         mine = [r for r in rows if r["build"] == build]
         groups = sorted({(r["board"], r["threads"]) for r in mine})
+        emulated = {r["board"] for r in mine if r.get("emulated")}
         width = 0.8 / max(len(variants), 1)
         for i, variant in enumerate(variants):
             for g, group in enumerate(groups):
@@ -226,7 +240,8 @@ def render_chart(rows: Sequence[dict], path: Path) -> None:
                                 textcoords="offset points", xytext=(0, 4), ha="center",
                                 fontsize=8)
         ax.set_xticks(range(len(groups)),
-                      [f"{clean_text(b)}\n{t} thread(s)" for b, t in groups])
+                      [f"{clean_text(b)}{f' ({EMULATED})' if b in emulated else ''}\n"
+                       f"{t} thread(s)" for b, t in groups])
         ax.set_yscale("log")
         plain_log_labels(ax.yaxis)
         ax.set_ylabel("latency per invoke (µs, log)")
@@ -282,6 +297,7 @@ def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str
         write_json(json_path, {
             "made_utc": made, "models": current_sha, "max_age_hours": max_age_hours,
             "boards": [{"board": d["board"], "status": d.get("status"),
+                        "emulated": bool(d.get("emulated")),
                         "measured_utc": d.get("measured_utc"),
                         "started_utc": d.get("started_utc")} for d in documents],
             "rows": rows, "failed_boards": failed})

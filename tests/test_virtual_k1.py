@@ -322,6 +322,28 @@ def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_pa
     assert (virtual_k1.BINFMT_DIR / "register").exists() == mounted_before
 
 
+def test_an_emulated_boards_result_says_so(tiny_models, tmp_path):
+    """bench writes the inventory's flag into the board's result (and its "running" state),
+    which the reports mark; here on a local board so no emulation is needed."""
+    from pipeline.layout import Layout
+    from pipeline.preprocess import save_arrays
+    from tests.conftest import synthetic_images
+
+    labels = np.arange(20) % 10
+    save_arrays(tmp_path / "d.npz", {"x_test": synthetic_images(labels, 2), "y_test": labels})
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
+    layout = Layout(tmp_path / "artifacts")
+    for emulated in (True, False):
+        board = Board(name="emu", emulated=emulated, warmup=1, runs=3)
+        document = bench.run(board, models, {"tiny_mlp": tmp_path / "d.npz"}, 10, layout,
+                             [board])
+        assert document["emulated"] is emulated
+        saved = json.loads(layout.board_result("emu").read_text())
+        assert saved["emulated"] is emulated
+        rows = json.loads(layout.latency_report("json").read_text())["rows"]
+        assert [r["emulated"] for r in rows] == [emulated]
+
+
 # --- pure parts: no root needed -------------------------------------------------------------
 
 
