@@ -322,9 +322,10 @@ def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_pa
     assert (virtual_k1.BINFMT_DIR / "register").exists() == mounted_before
 
 
-def test_an_emulated_boards_result_says_so(tiny_models, tmp_path):
-    """bench writes the inventory's flag into the board's result (and its "running" state),
-    which the reports mark; here on a local board so no emulation is needed."""
+def test_an_emulated_boards_result_says_so(tiny_models, peak_models, tmp_path):
+    """bench writes the inventory's flag into the board's result, which the reports mark, and
+    times no peak GEMM there (no floor from qemu's speed); on a local board, so no emulation
+    is needed."""
     from pipeline.layout import Layout
     from pipeline.preprocess import save_arrays
     from tests.conftest import synthetic_images
@@ -336,12 +337,14 @@ def test_an_emulated_boards_result_says_so(tiny_models, tmp_path):
     for emulated in (True, False):
         board = Board(name="emu", emulated=emulated, warmup=1, runs=3)
         document = bench.run(board, models, {"tiny_mlp": tmp_path / "d.npz"}, 10, layout,
-                             [board])
+                             [board], peak_models)
         assert document["emulated"] is emulated
+        assert bool(document["peak"]) is not emulated
         saved = json.loads(layout.board_result("emu").read_text())
         assert saved["emulated"] is emulated
         rows = json.loads(layout.latency_report("json").read_text())["rows"]
         assert [r["emulated"] for r in rows] == [emulated]
+        assert ("floor_us" in rows[0]) is not emulated  # no floor from an emulator's speed
 
 
 # --- pure parts: no root needed -------------------------------------------------------------
