@@ -519,7 +519,10 @@ def bench_board(board: Board, models: dict[str, Path],
     cases and `errors` naming the bad ones. Raises BoardError when nothing usable came back.
     """
     started = time.time()
-    plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name, peak)
+    # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
+    # GEMM would take minutes under emulation).
+    plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name,
+                           None if board.emulated else peak)
     plan = json.loads(plan_path.read_text())
     document, pushed = run_on_board(board, plan_path, on_progress)
     try:
@@ -540,7 +543,7 @@ def bench_board(board: Board, models: dict[str, Path],
         result["macs"] = count_macs(path)
     return {"board": board.name, "status": "partial" if problems or missing else "ok",
             "errors": problems, "missing": missing, "where": board.where,
-            "measured_utc": report.utc_now(), "started": started,
+            "emulated": board.emulated, "measured_utc": report.utc_now(), "started": started,
             "seconds": time.time() - started, "pushed": pushed,
             "machine": document["machine"], "runtimes": document["runtimes"],
             "cpus": document.get("cpus"), "results": results, "peak": peak_results}
@@ -597,7 +600,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
 
     result_path = layout.board_result(board.name)
     running = {"board": board.name, "status": "running", "where": board.where,
-               "started_utc": report.utc_now()}
+               "emulated": board.emulated, "started_utc": report.utc_now()}
     try:
         write_json(result_path, running)
     except BaseException:

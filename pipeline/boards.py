@@ -34,6 +34,9 @@ class Board:
     runs: int = 100
     connect_timeout_s: int = 10
     timeout_s: float = 0.0         # 0 = derived from the plan (see bench.plan_deadline_s)
+    # An emulated board (the virtual K1, pipeline/virtual_k1.py): its correctness counts, its
+    # latency is qemu's and never enters a gate, a ratio against a real board or a floor.
+    emulated: bool = False
 
     def __post_init__(self) -> None:
         if not BOARD_NAME.fullmatch(self.name):

@@ -107,7 +107,8 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
                    "threads": r["threads"], "runtime": runtime_label(r),
                    "bytes": r.get("bytes"),
                    "sha256": r.get("sha256"), "measured_utc": doc.get("measured_utc"),
-                   "fresh": current_sha.get(key) == r.get("sha256"), "old": old}
+                   "fresh": current_sha.get(key) == r.get("sha256"), "old": old,
+                   "emulated": bool(doc.get("emulated"))}
             row.update({k: r.get(k) for k in (
                 "init_ms", "first_us", "mean_us", "std_us", "p10_us", "p50_us", "p90_us",
                 "p99_us", "model_rss_mb", "peak_rss_mb", "accuracy", "agreement", "samples",
@@ -144,6 +145,15 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
     return rows
 
 
+# An emulated board's latency is the emulator's: every place that shows a board's figures
+# names it so (board column, board line, chart), and nothing compares it with a real board.
+EMULATED = "EMULATED"
+
+
+def board_label(r: dict) -> str:
+    return f"{r['board']} ({EMULATED})" if r.get("emulated") else r["board"]
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
@@ -171,7 +181,7 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
         state = row_state(r)
         if full:
             body.append([
-                r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
+                r["build"], r["variant"], board_label(r), r["threads"], r["runtime"],
                 _fmt(r.get("init_ms"), ".2f"), _fmt(r.get("first_us"), ".1f"),
                 _fmt(r.get("mean_us"), ".1f"), _fmt(r.get("p50_us"), ".1f"),
                 _fmt(r.get("p90_us"), ".1f"), _fmt(r.get("p99_us"), ".1f"),
@@ -183,7 +193,7 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
                 _fmt(r.get("p50_over_floor"), ".1f"),
                 ",".join(str(c) for c in r.get("cpus") or []), state])
         else:
-            body.append([r["build"], r["variant"], r["board"], r["threads"], r["runtime"],
+            body.append([r["build"], r["variant"], board_label(r), r["threads"], r["runtime"],
                          _fmt(r.get("p50_us"), ".1f"), _fmt(r.get("p90_us"), ".1f"),
                          _fmt(r.get("int8_over_float32"), ".2f"),
                          _fmt(r.get("ort_over_tflite"), ".2f"), _fmt(pct(agree), ".1f"),
@@ -220,6 +230,9 @@ def board_line(doc: dict[str, Any]) -> str:
             parts.append(f"{len(doc['missing'])} row(s) not timed for lack of a runtime "
                          "(rows marked NO RUNTIME)")
         line += "; PARTIAL - " + ", ".join(parts)
+    if doc.get("emulated"):
+        line += (f"; {EMULATED} (qemu-user): its latency is the emulator's, not the board's; "
+                 "its predictions count fully")
     rates = peak_rates(doc.get("peak", []))
     if rates:
         measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}"
@@ -264,8 +277,9 @@ def ratio_table(rows: Sequence[dict]) -> str:
         for v in onnx_int8:
             r = by_case.get((build, v, board, threads))
             line += [_fmt(r and r["p50_us"], ".1f"), _fmt(r and r.get("ort_over_tflite"), ".2f")]
-        if any(line[3:]):
-            body.append([escape_md(c) for c in line])
+        if any(line[4:]):  # only where an ONNX int8 model was timed
+            label = board_label(base or next(r for r in rows if r.get("board") == board))
+            body.append([escape_md(c) for c in [line[0], label, *line[2:]]])
     headers = ["build", "board", "thr", f"{int8} (TFLite) p50 µs"]
     for v in onnx_int8:
         headers += [f"{v} (ORT) p50 µs", f"{v}/TFLite"]
@@ -464,10 +478,12 @@ def render_chart(rows: Sequence[dict], path: Path,
     # grey markers, since the colour says the runtime.
     from matplotlib.lines import Line2D
 
-    legend_entries = {f"{clean_text(b)}, {t} thread(s)": Line2D(
+    emulated = {r["board"] for r in rows if r.get("emulated")}
+    legend_entries = {f"{clean_text(b)}{f' ({EMULATED})' if b in emulated else ''}, "
+                      f"{t} thread(s)": Line2D(
         [], [], marker=markers[k % len(markers)], color="#555555", linestyle="none")
         for k, (b, t) in enumerate(series)}
-    boards = [f"{clean_text(d['board'])}: "
+    boards = [f"{clean_text(d['board'])}{f' ({EMULATED})' if d.get('emulated') else ''}: "
               f"{clean_text((d.get('machine') or {}).get('cpu_model', '?'))}, "
               f"measured {d.get('measured_utc')}" for d in documents
               if d.get("status") in ("ok", "partial")]
@@ -531,6 +547,7 @@ def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str
         write_json(json_path, {
             "made_utc": made, "models": current_sha, "max_age_hours": max_age_hours,
             "boards": [{"board": d["board"], "status": d.get("status"),
+                        "emulated": bool(d.get("emulated")),
                         "measured_utc": d.get("measured_utc"),
                         "started_utc": d.get("started_utc")} for d in documents],
             "rows": rows, "failed_boards": failed})

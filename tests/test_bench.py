@@ -24,7 +24,7 @@ from pipeline.layout import Layout
 from pipeline.params import ParamsError
 from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
                             wait_for)
-from tests.test_runner import exposing_only, onnx_models, write_onnx_models  # noqa: F401
+from tests.test_runner import exposing_only, onnx_models  # noqa: F401
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

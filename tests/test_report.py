@@ -245,3 +245,28 @@ def test_the_chart_shows_both_runtimes_with_the_board_and_date(tmp_path):
     layout.board_result("k1").write_text(json.dumps(onnx_doc()))
     report.write_latency_report(layout, [Board(name="k1", host="k1")], {})
     assert layout.latency_report("png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_emulated_boards_figures_are_marked_everywhere(tmp_path, capsys):
+    machine = {"cpu_model": "riscv64 emulated by qemu-user", "cores": 2, "uname": "Linux v riscv64"}
+    results = [{"build": "m", "variant": "int8", "threads": 1, "p50_us": 7000.0, "sha256": "s",
+                "agreement": 1.0, "disagreements": []}]
+    real = doc(board="k1", machine=machine, measured=report.utc_now(), results=results)
+    virtual = {**real, "board": "virtual-k1", "emulated": True}
+    (tmp_path / "reports" / "latency").mkdir(parents=True)
+    for d in (real, virtual):
+        (tmp_path / "reports" / "latency" / f"{d['board']}.json").write_text(json.dumps(d))
+    report.write_latency_report(Layout(tmp_path), [Board(name="k1", host="k1"),
+                                                   Board(name="virtual-k1", host="v")], {})
+    latency = json.loads((tmp_path / "reports" / "latency.json").read_text())
+    assert [(r["board"], r["emulated"]) for r in latency["rows"]] == [
+        ("k1", False), ("virtual-k1", True)]
+    assert [b["emulated"] for b in latency["boards"]] == [False, True]
+    md = (tmp_path / "reports" / "latency.md").read_text()
+    boards = [[c.strip() for c in line.split("|")][3] for line in md.splitlines()
+              if line.startswith("| m ")]
+    assert boards == ["k1", "virtual-k1 (EMULATED)"]
+    lines = {line.split(":")[0]: line for line in md.splitlines() if line.startswith("- **")}
+    assert "EMULATED (qemu-user)" in lines["- **virtual-k1**"]
+    assert "EMULATED" not in lines["- **k1**"]
+    assert "virtual-k1 (EMULATED)" in capsys.readouterr().out
