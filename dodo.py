@@ -201,8 +201,9 @@ def task_convert():
             "file_dep": [STAGES / "convert.py", STAGES / "calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            # Not convert.onnx: switching the ONNX variants on or off never redoes a .tflite.
-            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx"),
+            # Not the ONNX keys: switching the ONNX variants on or off never redoes a .tflite.
+            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
+                                                    "onnx_tflite_max_steps"),
                                          "float_layers": list(build.float_layers)})],
             "clean": True,
         }
@@ -244,13 +245,16 @@ def _task_translate_onnx():
             "doc": f"{int8.name} -> {', '.join(p.name for p in models.values())}",
             "actions": [(_guarded, [_stage("convert_onnx.run_translate"), int8,
                                     dataset_npz(build.dataset), build.name,
-                                    model_dir(build.name)])],
+                                    model_dir(build.name),
+                                    PARAMS.convert.onnx_tflite_max_steps])],
             # The int8 .tflite necessarily (it is the input), not the .h5: when convert
             # rewrites the same int8 bytes, nothing is translated again. runtimes.py and the
             # runner: the bit-for-bit check runs both models through them.
             "file_dep": [STAGES / "convert_onnx.py", STAGES / "runtimes.py", RUNNER, int8,
                          dataset_npz(build.dataset)],
             "targets": list(models.values()),
+            "uptodate": [config_changed({"onnx_tflite_max_steps":
+                                         PARAMS.convert.onnx_tflite_max_steps})],
             "clean": True,
         }
 
