@@ -55,8 +55,9 @@ def input_formula(tensor: dict[str, Any]) -> str:
     if scale == 1.0 and info.min <= lo and hi <= info.max:
         shift = "" if zero_point == 0 else f" {'+' if zero_point > 0 else '-'} {abs(zero_point)}"
         return f"q = ({ctype}) (pixel{shift})  /* {lo}..{hi} */"
-    return (f"q = ({ctype}) fminf(fmaxf(nearbyintf((float) pixel / {scale!r}f + "
-            f"{zero_point}.0f), {info.min}.0f), {info.max}.0f)")
+    sign = "+" if zero_point >= 0 else "-"
+    return (f"q = ({ctype}) fminf(fmaxf(nearbyintf((float) pixel / {scale!r}f {sign} "
+            f"{abs(zero_point)}.0f), {info.min}.0f), {info.max}.0f)")
 
 
 def value_range(tensor: dict[str, Any]) -> list[float]:
