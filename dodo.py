@@ -36,7 +36,8 @@ from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
-from pipeline.variants import VARIANTS, reference_int8_variant, variant_names
+from pipeline.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
+                               variant_names)
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
@@ -201,8 +202,9 @@ def task_convert():
             "file_dep": [STAGES / "convert.py", STAGES / "calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            # Not convert.onnx: switching the ONNX variants on or off never redoes a .tflite.
-            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx"),
+            # Not the ONNX keys: switching the ONNX variants on or off never redoes a .tflite.
+            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
+                                                    "onnx_tflite_max_steps"),
                                          "float_layers": list(build.float_layers)})],
             "clean": True,
         }
@@ -244,13 +246,16 @@ def _task_translate_onnx():
             "doc": f"{int8.name} -> {', '.join(p.name for p in models.values())}",
             "actions": [(_guarded, [_stage("convert_onnx.run_translate"), int8,
                                     dataset_npz(build.dataset), build.name,
-                                    model_dir(build.name)])],
+                                    model_dir(build.name),
+                                    PARAMS.convert.onnx_tflite_max_steps])],
             # The int8 .tflite necessarily (it is the input), not the .h5: when convert
             # rewrites the same int8 bytes, nothing is translated again. runtimes.py and the
             # runner: the bit-for-bit check runs both models through them.
             "file_dep": [STAGES / "convert_onnx.py", STAGES / "runtimes.py", RUNNER, int8,
                          dataset_npz(build.dataset)],
             "targets": list(models.values()),
+            "uptodate": [config_changed({"onnx_tflite_max_steps":
+                                         PARAMS.convert.onnx_tflite_max_steps})],
             "clean": True,
         }
 
@@ -322,6 +327,9 @@ def task_analysis():
     for build in PARAMS.builds:
         report_dir = LAYOUT.report_dir(build.name)
         int8 = variant_models(build.name)[reference_int8_variant()]
+        # The build's other drift-gated int8 models (onnx_int8): their damage too.
+        others = {v: p for v, p in variant_models(build.name).items()
+                  if v in other_int8_variants()}
         outputs = LAYOUT.analysis_outputs(build.name)
         yield {
             "name": build.name,
@@ -330,10 +338,11 @@ def task_analysis():
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     int8, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size,
-                                    PARAMS.analysis.max_per_class, report_dir])],
+                                    PARAMS.analysis.max_per_class, report_dir, others])],
             # evaluate.py: the predictions come from its helpers.
             "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", STAGES / "runtimes.py",
-                         RUNNER, keras_model(build.name), int8, dataset_npz(build.dataset)],
+                         RUNNER, keras_model(build.name), int8, *others.values(),
+                         dataset_npz(build.dataset)],
             "targets": outputs,
             "uptodate": [config_changed({**section_dict(PARAMS.analysis),
                                          "batch_size": PARAMS.evaluate.batch_size})],

@@ -173,6 +173,12 @@ def drift_gated_variants() -> list[str]:
     return [v.name for v in VARIANTS.values() if v.drift_gated]
 
 
+def other_int8_variants() -> list[str]:
+    """The drift-gated integer variants besides the reference int8 (onnx_int8: ONNX Runtime's
+    own quantization), whose damage the error analysis lists beside int8's."""
+    return [name for name in drift_gated_variants() if name != reference_int8_variant()]
+
+
 def peak_variants() -> tuple[str, ...]:
     """The variants floor.py builds a synthetic GEMM twin in."""
     return tuple(v.name for v in VARIANTS.values() if v.peak)

@@ -19,7 +19,8 @@ NAMES = TFLITE + ONNX
 
 def convert_params(extra=(), onnx=False):
     return ConvertParams(representative_samples=10, seed=1, int8_io="int8",
-                         extra_variants=tuple(extra), onnx=onnx)
+                         extra_variants=tuple(extra), onnx=onnx,
+                         onnx_tflite_max_steps=0)
 
 
 def test_the_registry_says_what_each_variant_is():
