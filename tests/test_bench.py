@@ -145,7 +145,7 @@ def test_push_run_collect_then_skip_the_push(sshd, tiny_models, samples, tmp_pat
     board = sshd.board(name="fresh")  # a remote_dir no other test has filled
     first = bench.bench_board(board, tiny_models, samples, tmp_path / "work")
     assert first["status"] == "ok" and first["errors"] == []
-    assert first["runtime"]["name"] == "ai_edge_litert" and first["measured_utc"]
+    assert first["runtimes"]["tflite"]["name"] == "ai_edge_litert" and first["measured_utc"]
     # runner, plan and a model plus its samples per model
     assert len(first["pushed"]) == 2 + 2 * len(tiny_models)
     remote = Path(board.remote_dir)
