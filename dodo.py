@@ -33,7 +33,8 @@ from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
-from pipeline.variants import VARIANTS, reference_int8_variant, variant_names
+from pipeline.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
+                               variant_names)
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
@@ -58,12 +59,16 @@ if _missing:
                      f"which {BOARDS_PATH} does not declare")
 
 STAGES = Path("pipeline")
+# The task families that write some build's models (variants.py's producer): convert, and,
+# with convert.onnx, convert_onnx and translate_onnx. Only these tasks exist.
+PRODUCERS = list(dict.fromkeys(VARIANTS[v].producer for b in PARAMS.builds
+                               for v in variant_names(PARAMS.convert, b.float_layers)))
 RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
 DOIT_CONFIG = {
     "dep_file": str(LAYOUT.doit_db()),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "curves",
+    "default_tasks": ["download", "preprocess", "train", *PRODUCERS, "evaluate", "curves",
                       "analysis", "layers", "card", "peak",
                       *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
 }
@@ -244,13 +249,72 @@ def task_convert():
             "actions": [(_guarded, [_stage("convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.float_layers])],
-            "file_dep": [STAGES / "convert.py", keras_model(build.name),
-                         dataset_npz(build.dataset)],
+            "file_dep": [STAGES / "convert.py", STAGES / "calibration.py",
+                         keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            "uptodate": [config_changed({**section_dict(PARAMS.convert),
+            # Not the ONNX keys: switching the ONNX variants on or off never redoes a .tflite.
+            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
+                                                    "onnx_tflite_max_steps"),
                                          "float_layers": list(build.float_layers)})],
             "clean": True,
         }
+
+
+def _without(section, *keys):
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def _task_convert_onnx():
+    """Export each build's .h5 to ONNX float32 and quantize it with ONNX Runtime (QDQ int8)."""
+    for build in PARAMS.builds:
+        models = variant_models(build.name, producer="convert_onnx")
+        yield {
+            "name": build.name,
+            "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
+            "actions": [(_guarded, [_stage("convert_onnx.run"), keras_model(build.name),
+                                    dataset_npz(build.dataset), PARAMS.convert, build.name,
+                                    model_dir(build.name)])],
+            # Its own module and the shared calibration draw, not convert.py: a change to
+            # the TFLite recipes does not redo these, and the reverse.
+            "file_dep": [STAGES / "convert_onnx.py", STAGES / "calibration.py",
+                         keras_model(build.name), dataset_npz(build.dataset)],
+            "targets": list(models.values()),
+            # The calibration draw is all of [convert] these models depend on.
+            "uptodate": [config_changed({key: getattr(PARAMS.convert, key)
+                                         for key in ("representative_samples", "seed")})],
+            "clean": True,
+        }
+
+
+def _task_translate_onnx():
+    """Translate each build's int8 .tflite to ONNX; fail unless it equals LiteRT bit for bit."""
+    for build in PARAMS.builds:
+        models = variant_models(build.name, producer="translate_onnx")
+        int8 = variant_models(build.name)[reference_int8_variant()]
+        yield {
+            "name": build.name,
+            "doc": f"{int8.name} -> {', '.join(p.name for p in models.values())}",
+            "actions": [(_guarded, [_stage("convert_onnx.run_translate"), int8,
+                                    dataset_npz(build.dataset), build.name,
+                                    model_dir(build.name),
+                                    PARAMS.convert.onnx_tflite_max_steps])],
+            # The int8 .tflite necessarily (it is the input), not the .h5: when convert
+            # rewrites the same int8 bytes, nothing is translated again. runtimes.py and the
+            # runner: the bit-for-bit check runs both models through them.
+            "file_dep": [STAGES / "convert_onnx.py", STAGES / "runtimes.py", RUNNER, int8,
+                         dataset_npz(build.dataset)],
+            "targets": list(models.values()),
+            "uptodate": [config_changed({"onnx_tflite_max_steps":
+                                         PARAMS.convert.onnx_tflite_max_steps})],
+            "clean": True,
+        }
+
+
+# With convert.onnx = false these tasks do not exist (`doit list` shows none).
+if "convert_onnx" in PRODUCERS:
+    task_convert_onnx = checked_targets(_task_convert_onnx)
+if "translate_onnx" in PRODUCERS:
+    task_translate_onnx = checked_targets(_task_translate_onnx)
 
 
 @checked_targets
@@ -317,6 +381,9 @@ def task_analysis():
     for build in PARAMS.builds:
         report_dir = LAYOUT.report_dir(build.name)
         int8 = variant_models(build.name)[reference_int8_variant()]
+        # The build's other drift-gated int8 models (onnx_int8): their damage too.
+        others = {v: p for v, p in variant_models(build.name).items()
+                  if v in other_int8_variants()}
         outputs = LAYOUT.analysis_outputs(build.name)
         yield {
             "name": build.name,
@@ -325,10 +392,11 @@ def task_analysis():
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     int8, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size,
-                                    PARAMS.analysis.max_per_class, report_dir])],
+                                    PARAMS.analysis.max_per_class, report_dir, others])],
             # evaluate.py: the predictions come from its helpers.
             "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", STAGES / "runtimes.py",
-                         RUNNER, keras_model(build.name), int8, dataset_npz(build.dataset)],
+                         RUNNER, keras_model(build.name), int8, *others.values(),
+                         dataset_npz(build.dataset)],
             "targets": outputs,
             "uptodate": [config_changed({**section_dict(PARAMS.analysis),
                                          "batch_size": PARAMS.evaluate.batch_size})],
@@ -349,8 +417,8 @@ def task_layers():
                                     dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
                                     report_dir])],
             # convert.py: the debugger converts with convert's own int8 settings.
-            "file_dep": [STAGES / "layers.py", STAGES / "convert.py", keras_model(build.name),
-                         dataset_npz(build.dataset)],
+            "file_dep": [STAGES / "layers.py", STAGES / "convert.py", STAGES / "calibration.py",
+                         keras_model(build.name), dataset_npz(build.dataset)],
             "targets": outputs,
             # The debugger calibrates as convert does: those three keys, not extra_variants.
             "uptodate": [config_changed({"layers": section_dict(PARAMS.layers), "convert": {
@@ -381,13 +449,18 @@ def task_card():
         }
 
 
+# The model formats board/runner.py runs (.tflite under a TFLite runtime, .onnx under ONNX
+# Runtime; a board without one of them reports those rows as NO RUNTIME).
+BOARD_FORMATS = ("tflite", "onnx")
+
+
 @checked_targets
 def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within
 
     models = {f"{b.name}/{v}": p for b in PARAMS.builds
-              for v, p in variant_models(b.name).items()}
+              for v, p in variant_models(b.name).items() if VARIANTS[v].format in BOARD_FORMATS}
     datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
     for board in BOARDS:
         result = LAYOUT.board_result(board.name)

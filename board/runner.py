@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""On-board TFLite latency runner: time each model at each thread count, print one JSON document.
+"""On-board latency runner: time each model at each thread count, print one JSON document.
 
 Runs on the board (or on the build host) with only the Python standard library, numpy and a
-TFLite runtime; it imports nothing from the project. Usage:
+runtime per model format: `.tflite` files with the first importable TFLite runtime, `.onnx`
+files with onnxruntime (SpaceMIT's execution provider first when `spacemit_ort` is
+importable). A board with only one of them times that format's models and reports the others
+as `NO RUNTIME`. It imports nothing from the project and uses no onnxruntime API newer than
+1.21 (Debian trixie riscv64's). Usage:
 
     python3 runner.py --plan plan.json [--stop-on-eof]
 
@@ -10,6 +14,8 @@ plan.json (written by the host, file names relative to it):
     {"models": [{"file": "m_int8.tflite", "sha256": "...", "samples": "m_int8_samples.npz",
                  "samples_sha256": "...", "host_key": "host"}],
      "peak": [{"file": "peak_int8.tflite", "sha256": "...", "variant": "int8", "macs": N}],
+     (an integer-input .onnx model's entry also has "input_quantization": [scale, zero_point],
+      which ONNX Runtime does not expose),
      "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
      "case_timeout_s": 120, "deadline_s": 900}
 
@@ -27,6 +33,7 @@ document on stdout, else one of the codes below with a message on stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -39,12 +46,22 @@ import threading
 import time
 from pathlib import Path
 
-NO_RUNTIME = 3
+NO_RUNTIME = 3  # no runtime for any model of the plan
 NO_NUMPY = 4
 BAD_PLAN = 5
 HOST_GONE = 6
 MAX_WAIT_S = 86400.0  # one day; also keeps poll()'s millisecond timeout in range
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+ORT = "onnxruntime"
+SPACEMIT_EP = "SpaceMITExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+# A row whose format has no runtime on the board starts with this (the host and the report
+# recognise it: the board is `partial`, those rows are missing, the others are timed).
+NO_RUNTIME_MARK = "NO RUNTIME: "
+FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+# Profiled invokes per ONNX case (after PROFILE_WARMUP untimed ones): enough for a stable
+# per-node mean, few enough that profiling costs well under a second on a K1 core.
+PROFILE_RUNS, PROFILE_WARMUP = 50, 5
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
 
 _current_child: subprocess.Popen | None = None
@@ -69,6 +86,34 @@ def find_runtime():
     return None
 
 
+def find_onnxruntime():
+    """(name, version, module, spacemit_ort importable) of onnxruntime, or None."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    try:  # SpacemiT's package registers its execution provider with onnxruntime on import
+        import spacemit_ort  # noqa: F401
+        spacemit = True
+    except ImportError:
+        spacemit = False
+    return ORT, onnxruntime.__version__, onnxruntime, spacemit
+
+
+def choose_providers(available: list[str], spacemit_importable: bool,
+                     threads: int) -> list:
+    """The execution providers to ask for, in order: SpaceMIT's first when its package was
+    imported *and* registered it (an import that registers nothing must not be trusted), with
+    its own thread option, then the CPU provider for whatever it does not take."""
+    if spacemit_importable and SPACEMIT_EP in available:
+        return [(SPACEMIT_EP, {"SPACEMIT_EP_INTRA_THREAD_NUM": str(threads)}), CPU_EP]
+    return [CPU_EP]
+
+
+def format_of(path) -> str | None:
+    return FORMATS.get(Path(path).suffix)
+
+
 def numpy_missing() -> bool:
     try:
         import numpy  # noqa: F401
@@ -82,16 +127,160 @@ def _where() -> str:
 
 
 def no_numpy_message() -> str:
-    return (f"numpy is not importable by {_where()}; every TFLite runtime needs it. Install it "
+    return (f"numpy is not importable by {_where()}; every runtime needs it. Install it "
             "for this interpreter: `pip install numpy` or `apt install python3-numpy`.")
 
 
 def no_runtime_message() -> str:
     return (
         f"no TFLite runtime importable by {_where()}; tried {', '.join(RUNTIMES)}. Install one "
-        "for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels), `pip install "
-        "tflite-runtime`, or on riscv64 (SpacemiT K1) a runtime built for the board or the "
-        "vendor's package - PyPI has no riscv64 wheel of either.")
+        "for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels) or `pip "
+        "install tflite-runtime`; on riscv64 (SpacemiT K1) no package of either exists - build "
+        "one from source (board/README.md) or time the .onnx models with onnxruntime.")
+
+
+def no_onnxruntime_message() -> str:
+    return (f"no ONNX runtime importable by {_where()}. Install it for this interpreter: "
+            "`apt install python3-onnxruntime` (Debian trixie, Bianbu; SpacemiT's "
+            "`spacemit-ort` adds its execution provider) or `pip install onnxruntime` "
+            "(x86_64/aarch64 wheels).")
+
+
+def missing_message(fmt: str) -> str:
+    """The one state a model's rows get when the board has no runtime for its format."""
+    if fmt == "tflite":
+        return f"{NO_RUNTIME_MARK}no TFLite runtime on this board - {no_runtime_message()}"
+    return f"{NO_RUNTIME_MARK}no ONNX runtime on this board - {no_onnxruntime_message()}"
+
+
+ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+               "tensor(double)": "float64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+               "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+
+
+class OrtInterpreter:
+    """An onnxruntime session behind the TFLite interpreter's calls, so one timing and
+    prediction path serves both formats. invoke() is session.run() on the input that
+    set_tensor gave: input binding is inside the timed call, as a Python application pays it.
+    """
+
+    def __init__(self, model_path, num_threads, ort=None, spacemit=False,
+                 input_quantization=None, profile_prefix=None):
+        if ort is None:
+            import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(num_threads or 1)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only: the case's stderr is its failure message
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile_prefix)
+        self.requested = choose_providers(list(ort.get_available_providers()), spacemit,
+                                          int(num_threads or 1))
+        self.session = ort.InferenceSession(str(model_path), so, providers=self.requested)
+        self._inputs = [self._detail(i, t, input_quantization if i == 0 else None)
+                        for i, t in enumerate(self.session.get_inputs())]
+        self._outputs = [self._detail(i, t, None, output=True)
+                         for i, t in enumerate(self.session.get_outputs())]
+        self._feed: dict = {}
+        self._result: list = []
+
+    @staticmethod
+    def _detail(index, arg, quantization, output=False) -> dict:
+        import numpy as np
+
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in (arg.shape or [])]
+        dtype = np.dtype(ONNX_DTYPES.get(arg.type, "float32"))
+        if np.issubdtype(dtype, np.integer) and quantization is None and not output:
+            raise ValueError(f"input {arg.name!r} is {dtype.name} but the plan gives no "
+                             "input_quantization for it")
+        scale, zero_point = quantization or (0.0, 0)
+        return {"index": index, "name": arg.name, "shape": np.asarray(shape), "dtype": dtype,
+                "quantization": (float(scale), int(zero_point))}
+
+    def allocate_tensors(self):
+        pass
+
+    def get_input_details(self):
+        return self._inputs
+
+    def get_output_details(self):
+        return self._outputs
+
+    def set_tensor(self, index, value):
+        self._feed[self._inputs[index]["name"]] = value
+
+    def invoke(self):
+        self._result = self.session.run(None, self._feed)
+
+    def get_tensor(self, index):
+        return self._result[index]
+
+    def providers(self) -> list[str]:
+        """What the session really got: onnxruntime drops an unavailable provider with a
+        warning instead of failing, so what was asked for proves nothing."""
+        return list(self.session.get_providers())
+
+
+def parse_profile(events: list, skip_runs: int = 0) -> dict:
+    """Per-node times from an onnxruntime profile (its JSON trace), runs after `skip_runs`.
+
+    Each `model_run` event spans one session.run(); the `<node>_kernel_time` events inside it
+    are that run's nodes, with their op type and provider. Returns the nodes (mean µs per
+    run, share of the node total), the median per-run node sum, the median model_run time
+    and how many nodes each provider ran.
+    """
+    import numpy as np
+
+    runs = sorted((e for e in events if e.get("cat") == "Session"
+                   and e.get("name") == "model_run"), key=lambda e: e["ts"])[skip_runs:]
+    kernels = sorted((e for e in events if e.get("cat") == "Node"
+                      and str(e.get("name", "")).endswith("_kernel_time")),
+                     key=lambda e: e["ts"])
+    per_node: dict[str, dict] = {}
+    sums = []
+    for number, run in enumerate(runs):
+        start, end = run["ts"], run["ts"] + run["dur"]
+        total = 0.0
+        for e in kernels:
+            if start <= e["ts"] <= end:
+                name = e["name"][: -len("_kernel_time")]
+                args = e.get("args") or {}
+                node = per_node.setdefault(name, {"op": str(args.get("op_name", "?")),
+                                                  "provider": str(args.get("provider", "?")),
+                                                  "us": [0.0] * len(runs)})
+                node["us"][number] += float(e["dur"])
+                total += float(e["dur"])
+        sums.append(total)
+    # Medians, not means: one run preempted on a busy board must not reorder the nodes.
+    medians = {name: float(np.median(n["us"])) for name, n in per_node.items()}
+    grand = sum(medians.values()) or 1.0
+    nodes = sorted(({"node": name, "op": n["op"], "provider": n["provider"],
+                     "median_us": medians[name], "share": medians[name] / grand}
+                    for name, n in per_node.items()),
+                   key=lambda n: (-n["median_us"], n["node"]))
+    providers: dict[str, int] = {}
+    for n in nodes:
+        providers[n["provider"]] = providers.get(n["provider"], 0) + 1
+    return {"runs": len(runs), "nodes": nodes, "nodes_per_provider": providers,
+            "node_sum_us": float(np.median(sums)) if sums else 0.0,
+            "model_run_us": float(np.median([r["dur"] for r in runs])) if runs else 0.0}
+
+
+def profile_onnx(make, first_input, prefix: Path) -> dict:
+    """PROFILE_RUNS profiled invokes in a second session (profiling slows every node, so the
+    timed session never has it on); the trace file is read, then removed."""
+    interpreter = make(profile_prefix=prefix)
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], first_input)
+    for _ in range(PROFILE_WARMUP + PROFILE_RUNS):
+        interpreter.invoke()
+    trace = Path(interpreter.session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    return parse_profile(events, skip_runs=PROFILE_WARMUP)
 
 
 def machine_info() -> dict:
@@ -166,13 +355,15 @@ def rss_mb() -> float:
 
 def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | None,
              host_key: str | None, Interpreter, min_seconds: float = 0.0,
-             with_top1: bool = False) -> dict:
+             with_top1: bool = False, profile: bool = False) -> dict:
     """Load, allocate, first invoke, warm-up and timed invokes of one model at one thread count.
 
     With `min_seconds`, timing goes on past `runs` until that much time was timed (at most
     100x `runs`), so a best-of measurement is not decided by one busy moment of the machine.
     With `with_top1`, the result also holds every sample's [class, probability] ("top1"):
     `predict --board` shows the board's own answer, not only whether it equals the host's.
+    `Interpreter(model_path=, num_threads=)` is a TFLite interpreter class or OrtInterpreter;
+    with `profile` (ONNX only) a second, profiled session adds the per-node profile.
     """
     import numpy as np
 
@@ -186,9 +377,10 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
 
     inp = interpreter.get_input_details()[0]
     if "x" in data:
-        interpreter.set_tensor(inp["index"], quantize(data["x"][0], inp))
+        first_input = quantize(data["x"][0], inp)
     else:
-        interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+        first_input = np.zeros(inp["shape"], dtype=inp["dtype"])
+    interpreter.set_tensor(inp["index"], first_input)
     start = time.perf_counter()
     interpreter.invoke()
     first_us = (time.perf_counter() - start) * 1e6
@@ -203,6 +395,8 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
 
     result = {"model": model.name, "threads": threads, "init_ms": init_ms, "first_us": first_us,
               "warmup": warmup, "runs": len(timings), **percentile_stats(timings)}
+    if hasattr(interpreter, "providers"):
+        result["providers"] = interpreter.providers()
     if "x" in data:
         answers = top1(interpreter, data["x"])
         predictions = np.asarray([label for label, _ in answers], dtype=np.int64)
@@ -220,6 +414,11 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
     result["model_rss_mb"] = max(0.0, rss_loaded - rss_before)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
     result["cpus"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if profile:  # after the memory figures: the profiled session is not the model's own cost
+        result["profile"] = profile_onnx(
+            lambda **kw: Interpreter(model_path=str(model), num_threads=threads, **kw),
+            first_input, model.parent / f".{model.stem}.x{threads}.{os.getpid()}.profile")
+        result["nodes_per_provider"] = result["profile"]["nodes_per_provider"]
     return result
 
 
@@ -308,8 +507,24 @@ def run_child(argv: list[str], timeout: float) -> tuple[int | None, str, str]:
         _current_child = None
 
 
-def run_plan(plan_path: Path, runtime) -> dict:
-    """Every (peak and model) x threads case of the plan, each in a child process."""
+def runtimes_info(runtimes: dict) -> dict:
+    """Per format: the runtime's name and version (ONNX: the providers it offers and whether
+    spacemit_ort was importable), or why there is none."""
+    info = {}
+    for fmt, found in runtimes.items():
+        if found is None:
+            info[fmt] = {"missing": missing_message(fmt)}
+        elif fmt == "onnx":
+            info[fmt] = {"name": found[0], "version": found[1], "spacemit_ort": found[3],
+                         "providers_available": list(found[2].get_available_providers())}
+        else:
+            info[fmt] = {"name": found[0], "version": found[1]}
+    return info
+
+
+def run_plan(plan_path: Path, runtimes: dict) -> dict:
+    """Every (peak and model) x threads case of the plan, each in a child process; a case
+    whose format has no runtime here gets the NO RUNTIME state without running."""
     started = time.monotonic()
     plan = json.loads(plan_path.read_text())
     deadline = started + float(plan.get("deadline_s", 3600))
@@ -320,7 +535,12 @@ def run_plan(plan_path: Path, runtime) -> dict:
     for number, (entry, threads, kind) in enumerate(cases, 1):
         remaining = deadline - time.monotonic()
         base = {"model": entry["file"], "threads": threads}
-        if remaining <= 0:
+        fmt = format_of(entry["file"])
+        if runtimes.get(fmt) is None:
+            result = {**base, "error": missing_message(fmt) if fmt else
+                      f"not run: no runtime for {entry['file']!r} (known: .tflite, .onnx)",
+                      "no_runtime": fmt}
+        elif remaining <= 0:
             result = {**base, "error": f"not run: the plan's deadline of "
                                        f"{plan.get('deadline_s')} s had passed"}
         else:
@@ -338,6 +558,11 @@ def run_plan(plan_path: Path, runtime) -> dict:
                 argv += ["--top1"]
             if plan.get("cpus"):
                 argv += ["--cpus", ",".join(str(c) for c in plan["cpus"])]
+            if entry.get("input_quantization"):
+                argv += ["--input-quantization",
+                         ",".join(str(v) for v in entry["input_quantization"])]
+            if fmt == "onnx" and kind == "models":
+                argv += ["--profile"]
             timeout = min(case_timeout, remaining, MAX_WAIT_S)
             status, out, err = run_child(argv, timeout)
             result = _case_result(base, status, out, err, timeout)
@@ -346,8 +571,7 @@ def run_plan(plan_path: Path, runtime) -> dict:
         (peak if kind == "peak" else results).append(result)
         progress({"case": number, "of": len(cases), "kind": kind, **{
             k: result.get(k) for k in ("model", "threads", "p50_us", "error")}})
-    return {"machine": machine_info(),
-            "runtime": {"name": runtime[0], "version": runtime[1]},
+    return {"machine": machine_info(), "runtimes": runtimes_info(runtimes),
             "cpus": plan.get("cpus") or None, "results": results, "peak": peak}
 
 
@@ -381,6 +605,10 @@ def main(argv=None) -> int:
     parser.add_argument("--top1", action="store_true",
                         help="(internal) report each sample's class and probability")
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin to, e.g. 0,1,2,3")
+    parser.add_argument("--input-quantization", help="(internal) scale,zero_point of an "
+                        "integer ONNX input")
+    parser.add_argument("--profile", action="store_true",
+                        help="(internal) add onnxruntime's per-node profile")
     args = parser.parse_args(argv)
     if args.case and args.parent_pid:  # first: importing the runtime below takes a while
         die_with_parent(args.parent_pid)
@@ -388,17 +616,34 @@ def main(argv=None) -> int:
     if numpy_missing():
         print(f"error: {no_numpy_message()}", file=sys.stderr)
         return NO_NUMPY
-    runtime = find_runtime()
-    if runtime is None:
-        print(f"error: {no_runtime_message()}", file=sys.stderr)
-        return NO_RUNTIME
-    if args.case:
+    if args.case:  # only its own runtime: its memory figures must not include the other
+        fmt = format_of(args.case) or "tflite"
+        found = find_onnxruntime() if fmt == "onnx" else find_runtime()
+        if found is None:
+            print(f"error: {missing_message(fmt)}", file=sys.stderr)
+            return NO_RUNTIME
         if args.cpus:
             os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+        if fmt == "onnx":
+            quantization = None
+            if args.input_quantization:
+                scale, zero_point = args.input_quantization.split(",")
+                quantization = (float(scale), int(zero_point))
+            make = functools.partial(OrtInterpreter, ort=found[2], spacemit=found[3],
+                                     input_quantization=quantization)
+        else:
+            make = found[2]
         result = run_case(args.case, args.threads, args.warmup, args.runs, args.samples,
-                          args.host_key, runtime[2], args.min_seconds, args.top1)
+                          args.host_key, make, args.min_seconds, args.top1,
+                          args.profile and fmt == "onnx")
+        result["runtime"] = {"name": found[0], "version": found[1]}
         print(json.dumps(result))
         return 0
+    runtimes = {"tflite": find_runtime(), "onnx": find_onnxruntime()}
+    if not any(runtimes.values()):
+        print(f"error: {no_runtime_message()} Nor is there an ONNX runtime: "
+              f"{no_onnxruntime_message()}", file=sys.stderr)
+        return NO_RUNTIME
     if not args.plan:
         parser.error("--plan is required")
     if args.stop_on_eof:
@@ -408,7 +653,12 @@ def main(argv=None) -> int:
     if problems:
         print("error: refusing to time anything: " + "; ".join(problems), file=sys.stderr)
         return BAD_PLAN
-    print(json.dumps(run_plan(args.plan, runtime), indent=1))
+    wanted = {format_of(e["file"]) for e in plan.get("models", [])} or {"tflite"}
+    if all(runtimes.get(fmt) is None for fmt in wanted):  # nothing of the plan can run here
+        print("error: " + "; ".join(missing_message(f) if f else "unknown model format"
+                                    for f in sorted(wanted, key=str)), file=sys.stderr)
+        return NO_RUNTIME
+    print(json.dumps(run_plan(args.plan, runtimes), indent=1))
     return 0
 
 

@@ -3,7 +3,9 @@
 For one build, on the full test set: which images Keras and int8 get wrong, how the classes
 are confused, and which images int8 gets wrong although Keras gets them right (the damage
 quantization did) or right although Keras gets them wrong (its fixes). Everything is linked
-from `reports/<build>/analysis.md`.
+from `reports/<build>/analysis.md`. The other drift-gated int8 models (variants.py:
+onnx_int8, ONNX Runtime's own quantization) get their damage and fixes too, in the same
+JSON and markdown, set beside the int8 .tflite's.
 """
 
 from __future__ import annotations
@@ -160,8 +162,10 @@ def _class_rows(groups: dict[int, tuple[np.ndarray, int]], images: np.ndarray,
 
 @outputs_together()  # analysis.md links every other file: all of them, or none
 def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Path,
-        data_path: Path, batch_size: int, max_per_class: int, report_dir: Path) -> dict[str, Any]:
-    """The doit action: predict the test set with Keras and int8, write every analysis file."""
+        data_path: Path, batch_size: int, max_per_class: int, report_dir: Path,
+        other_int8: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The doit action: predict the test set with Keras and int8, write every analysis file.
+    `other_int8` (variant -> model file) adds those models' damage and fixes."""
     from pipeline.evaluate import keras_probabilities, model_probabilities
     from pipeline.preprocess import load_arrays
 
@@ -195,12 +199,26 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
                     report_dir / f"misclassified_{name}.png")
 
     damage, fixes = damage_and_fixes(labels, preds[KERAS], preds[int8])
+    others: dict[str, dict[str, Any]] = {}
+    for name, path in (other_int8 or {}).items():
+        with native_output_hidden():
+            other_probs = model_probabilities(path, images, batch_size)
+        hurt, helped = damage_and_fixes(labels, preds[KERAS], np.argmax(other_probs, axis=1))
+        others[name] = {
+            "accuracy": float((np.argmax(other_probs, axis=1) == labels).mean()),
+            "damage": [_as(name, entry(i, labels[i], probs[KERAS], other_probs, class_names))
+                       for i in hurt],
+            "fixes": [_as(name, entry(i, labels[i], probs[KERAS], other_probs, class_names))
+                      for i in helped],
+            "damage_shared_with_int8": int(len(np.intersect1d(hurt, damage)))}
     write_json(report_dir / "int8_damage.json", {
         "build": build, "test_samples": int(len(labels)),
         "damage": [entry(i, labels[i], probs[KERAS], probs[int8], class_names)
                    for i in damage],
         "fixes": [entry(i, labels[i], probs[KERAS], probs[int8], class_names)
-                  for i in fixes]})
+                  for i in fixes],
+        # The other int8 models' lists, keyed by variant (entries name it instead of int8).
+        **({"others": others} if others else {})})
 
     def both(i: int) -> list[str]:
         # Probability before the name: a long (Fashion-MNIST) name is cut, never the number.
@@ -215,16 +233,30 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
                     report_dir / f"int8_{kind}.png")
 
     accuracy = {name: float(np.trace(m) / len(labels)) for name, m in matrices.items()}
-    markdown = render_markdown(build, class_names, matrices, accuracy, len(damage), len(fixes))
+    markdown = render_markdown(build, class_names, matrices, accuracy, len(damage), len(fixes),
+                               others)
     write_text(report_dir / "analysis.md", markdown)
     # One line on the console; the matrices and grids are for reading in analysis.md.
     print(f"{report_dir / 'analysis.md'}: int8 gets {len(damage)} test image(s) wrong that "
-          f"Keras gets right, and {len(fixes)} the other way round")
-    return {"accuracy": accuracy, "damage": damage.tolist(), "fixes": fixes.tolist()}
+          f"Keras gets right, and {len(fixes)} the other way round"
+          + "".join(f"; {name} {len(o['damage'])} and {len(o['fixes'])}"
+                    for name, o in others.items()))
+    return {"accuracy": accuracy, "damage": damage.tolist(), "fixes": fixes.tolist(),
+            "others": {name: {"damage": [e["index"] for e in o["damage"]],
+                              "fixes": [e["index"] for e in o["fixes"]]}
+                       for name, o in others.items()}}
+
+
+def _as(variant: str, item: dict[str, Any]) -> dict[str, Any]:
+    """An `entry` whose int8 prediction is `variant`'s."""
+    item = dict(item)
+    item[variant] = item.pop(reference_int8_variant())
+    return item
 
 
 def render_markdown(build: str, class_names: Sequence[str], matrices: dict[str, np.ndarray],
-                    accuracy: dict[str, float], damage: int, fixes: int) -> str:
+                    accuracy: dict[str, float], damage: int, fixes: int,
+                    others: dict[str, dict[str, Any]] | None = None) -> str:
     total = int(next(iter(matrices.values())).sum())
     parts = [f"# Error analysis: {build}", "",
              f"{total:,} test images. Keras {100 * accuracy[KERAS]:.2f} %, "
@@ -237,11 +269,22 @@ def render_markdown(build: str, class_names: Sequence[str], matrices: dict[str, 
              "[int8_fixes.png](int8_fixes.png), `fixes` in the same JSON.", "",
              "Inspect the damage before accepting an int8 model: a few ambiguous digits are "
              "normal; many clear ones, or one class hit hard, call for the per-layer report "
-             "([layers.md](layers.md)).", "",
-             "## Confusion matrices", "",
-             "Heat map: [confusion.png](confusion.png); counts: "
-             "[confusion.json](confusion.json). Rows are the true class, columns the "
-             "prediction.", ""]
+             "([layers.md](layers.md)).", ""]
+    for name, other in (others or {}).items():
+        shown = ", ".join(f"#{e['index']}" for e in other["damage"][:20])
+        parts += [f"### {name}", "",
+                  f"Its own int8 quantization: {100 * other['accuracy']:.2f} %.", "",
+                  f"- **{len(other['damage'])}** image(s) {name} gets wrong that Keras gets "
+                  f"right ({other['damage_shared_with_int8']} of them int8 gets wrong too)"
+                  + (f": {shown}" + (" ..." if len(other["damage"]) > 20 else "")
+                     if other["damage"] else "") + ".",
+                  f"- **{len(other['fixes'])}** image(s) {name} gets right that Keras gets "
+                  "wrong.",
+                  f"- The lists: `others.{name}` in [int8_damage.json](int8_damage.json).", ""]
+    parts += ["## Confusion matrices", "",
+              "Heat map: [confusion.png](confusion.png); counts: "
+              "[confusion.json](confusion.json). Rows are the true class, columns the "
+              "prediction.", ""]
     for name, counts in matrices.items():
         parts += [f"### {name}", "", confusion_markdown(counts, class_names), ""]
     parts += ["## Misclassified test images", "",

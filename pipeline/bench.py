@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline import RUNNER, PipelineError, report
+from pipeline import RUNNER, PipelineError, load_runner, report
 from pipeline.boards import Board, load_boards
 from pipeline.files import sha256_file, write_bytes, write_json
 from pipeline.floor import count_macs
@@ -59,6 +59,20 @@ def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
     from pipeline.runtimes import open_model
 
     return open_model(model_path).board_predictions(images)
+
+
+def input_quantization(model_path: Path) -> list[float] | None:
+    """[scale, zero_point] of an integer ONNX input, which onnxruntime on the board cannot
+    read from the session (a TFLite interpreter reports its own); None for other models."""
+    from pipeline.runtimes import open_model
+    from pipeline.variants import format_of
+
+    if format_of(model_path) != "onnx":
+        return None
+    contract = open_model(model_path).io_contract()["input"]
+    if "scale" not in contract:
+        return None
+    return [float(contract["scale"]), int(contract["zero_point"])]
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -100,10 +114,14 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
         samples_file = f"{Path(path).stem}_samples.npz"
         write_bytes(stage_dir / samples_file,
                     npz_bytes(x=images, y=labels, host=host_predictions(path, images)))
-        entries.append({"file": Path(path).name, "sha256": sha256_file(path),
-                        "samples": samples_file,
-                        "samples_sha256": sha256_file(stage_dir / samples_file),
-                        "host_key": "host", "key": key, **({"top1": True} if top1 else {})})
+        entry = {"file": Path(path).name, "sha256": sha256_file(path),
+                 "samples": samples_file,
+                 "samples_sha256": sha256_file(stage_dir / samples_file),
+                 "host_key": "host", "key": key, **({"top1": True} if top1 else {})}
+        quantization = input_quantization(path)
+        if quantization:
+            entry["input_quantization"] = quantization
+        entries.append(entry)
     for variant, path in (peak or {}).items():
         write_bytes(stage_dir / Path(path).name, Path(path).read_bytes())
         peak_entries.append({"file": Path(path).name, "sha256": sha256_file(path),
@@ -187,7 +205,7 @@ def explain_ssh_failure(board: Board, stderr: str) -> str:
 
 def stream_process(argv: Sequence[str], timeout: float, describe: str,
                    on_progress: Progress | None = None, stdin_data: bytes | None = None,
-                   ) -> tuple[int, bytes, str]:
+                   step: str = "the runner") -> tuple[int, bytes, str]:
     """Run `argv`, reading at most MAX_OUTPUT bytes of stdout; (status, stdout, stderr).
 
     stdin stays open while we wait (the runner stops when it closes) and is closed, and the
@@ -233,8 +251,9 @@ def stream_process(argv: Sequence[str], timeout: float, describe: str,
         try:
             status = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise BoardError(f"{describe}: no result within {timeout:.0f} s; stopped it "
-                             "(the runner stops when the connection closes)") from None
+            raise BoardError(f"{describe}: {step} gave no result within {timeout:.0f} s; "
+                             "stopped it (what it ran on the board stops when the connection "
+                             "closes)") from None
         for reader in readers:
             reader.join(timeout=10)
     finally:
@@ -253,13 +272,13 @@ def stream_process(argv: Sequence[str], timeout: float, describe: str,
 
 
 def ssh_run(board: Board, remote_command: Sequence[str], stdin: bytes | None = None,
-            timeout: float = 120, on_progress: Progress | None = None
-            ) -> tuple[int, bytes, str]:
+            timeout: float = 120, on_progress: Progress | None = None,
+            step: str = "the runner") -> tuple[int, bytes, str]:
     """Run a remote command; an SSH failure (exit 255) raises BoardError explaining it."""
     try:
         status, out, err = stream_process(ssh_argv(board, remote_command), timeout,
                                           f"board {board.name!r} ({board.where})",
-                                          on_progress, stdin)
+                                          on_progress, stdin, step)
     except FileNotFoundError:
         raise BoardError(f"board {board.name!r}: the OpenSSH client `ssh` is not on PATH; "
                          "install openssh-client") from None
@@ -293,15 +312,54 @@ if [ "${sum%% *}" != "$3" ]; then echo "$2 arrived damaged (SHA-256 ${sum%% *})"
 mv -f -- "$t" "$2" || exit 1
 trap - EXIT'''
 
-RUN = f'''cd -- "$1" || exit 97
-shift
-"$@"
+# Runs "$@" so that nothing it starts outlives the host's interest: under coreutils
+# `timeout` (its own process group, which it signals whole) with the host's own time limit,
+# so the board stops it even when the host cannot reach it any more; and a watcher that
+# stops it as soon as the host closes the connection (stdin EOF), even when the command
+# hangs before it could notice (a python stuck at start-up, a hashing stuck on a dead mount).
+# The host never writes to stdin here, so the watcher and the runner can both wait on it.
+# (A background job's stdin is /dev/null before its redirections apply, so the real stdin
+# is kept on fd 3 first.)
+GUARD = r'''guard() {
+  limit=$1; shift
+  exec 3<&0
+  if command -v timeout >/dev/null 2>&1; then timeout -k 5 "$limit" "$@" <&3 3<&- &
+  else "$@" <&3 3<&- & fi
+  pid=$!
+  ( while IFS= read -r _; do :; done; kill -TERM "$pid" 2>/dev/null ) <&3 3<&- \
+    >/dev/null 2>&1 &
+  watcher=$!
+  exec 3<&-
+  wait "$pid"; status=$?
+  kill "$watcher" 2>/dev/null
+  return "$status"
+}'''
+TIMED_OUT = 124  # coreutils timeout's status when the limit passed
+
+RUN = GUARD + f'''
+cd -- "$1" || exit 97
+limit=$2; shift 2
+guard "$limit" "$@"
 printf '\\n{EXIT_MARK}%s\\n' "$?" >&2'''
+
+GUARDED = GUARD + '''
+guard "$@"'''
+
+
+PREPARE_TIMEOUT_S = 120.0  # without timeout_s: hashing a few MB never takes this long
 
 
 def remote_sha256(board: Board, names: Sequence[str]) -> dict[str, str]:
     """Prepare remote_dir and return the SHA-256 of the named files already there."""
-    status, out, err = ssh_run(board, ["sh", "-c", PREPARE, "sh", board.remote_path, *names])
+    limit = board.timeout_s or PREPARE_TIMEOUT_S
+    status, out, err = ssh_run(
+        board, ["sh", "-c", GUARDED, "sh", f"{limit:g}", "sh", "-c", PREPARE, "sh",
+                board.remote_path, *names],
+        timeout=limit, step="the prepare step (creating remote_dir, hashing the files there)")
+    if status == TIMED_OUT:
+        raise BoardError(f"board {board.name!r} ({board.where}): the prepare step (creating "
+                         f"remote_dir, hashing the files there) took over {limit:g} s on the "
+                         "board; stopped it")
     if status != 0:
         why = report.clean_text(err).strip() or f"preparing remote_dir failed ({status})"
         raise BoardError(f"board {board.name!r} ({board.where}): {why}")
@@ -349,6 +407,9 @@ def explain_runner_exit(board: Board, status: int, stderr: str) -> str:
         return f"{name}: the runner was killed by {sig.name}{hint}. Last output: {message}"
     if status == 127:
         return f"{name}: `{board.python}` was not found on the board (set `python`)"
+    if status == TIMED_OUT:
+        return (f"{name}: the runner did not finish within the time limit on the board "
+                "(timeout_s, or the plan's deadline + 30 s); the board stopped it")
     if status == 97:
         return f"{name}: cannot enter remote_dir {board.remote_dir!r}"
     return f"{name}: the runner exited with status {status}: {text[-2000:] or '(no message)'}"
@@ -373,8 +434,8 @@ def run_on_board(board: Board, plan_path: Path, on_progress: Progress | None = N
                  *(stage / p["file"] for p in plan["peak"])]
         pushed = push(board, files)
         shell_status, out, err = ssh_run(
-            board, ["sh", "-c", RUN, "sh", board.remote_path, board.python, RUNNER.name,
-                    "--plan", plan_path.name, "--stop-on-eof"],
+            board, ["sh", "-c", RUN, "sh", board.remote_path, f"{timeout:g}", board.python,
+                    RUNNER.name, "--plan", plan_path.name, "--stop-on-eof"],
             timeout=timeout, on_progress=on_progress)
         marks = [line for line in err.splitlines() if line.startswith(EXIT_MARK)]
         status = int(marks[-1][len(EXIT_MARK):]) if marks else shell_status
@@ -402,8 +463,9 @@ def _has_type(value: Any, kind: type) -> bool:
 
 
 def check_document(document: Any, plan: dict[str, Any]
-                   ) -> tuple[list[dict], list[dict], list[str]]:
-    """Match the runner's document against the plan: (good results, good peak, problems).
+                   ) -> tuple[list[dict], list[dict], list[str], list[dict]]:
+    """Match the runner's document against the plan: (good results, good peak, problems,
+    missing), `missing` being the model cases the board has no runtime for.
 
     Every planned file x threads case must come back exactly once with the expected fields
     and types; anything else is a problem naming the case. A document without the expected
@@ -411,11 +473,11 @@ def check_document(document: Any, plan: dict[str, Any]
     """
     if not isinstance(document, dict):
         raise BoardError(f"the runner's document is a {type(document).__name__}, not an object")
-    for key, kind in (("machine", dict), ("runtime", dict), ("results", list)):
+    for key, kind in (("machine", dict), ("runtimes", dict), ("results", list)):
         if not isinstance(document.get(key), kind):
             raise BoardError(f"the runner's document has no {key!r} {kind.__name__}")
     good: dict[str, list[dict]] = {"models": [], "peak": []}
-    problems = []
+    problems, missing = [], []
     for kind in ("models", "peak"):
         planned = {(m["file"], t) for m in plan[kind] for t in plan["threads"]}
         seen: set[tuple[str, int]] = set()
@@ -430,6 +492,11 @@ def check_document(document: Any, plan: dict[str, Any]
                 problems.append(f"{label}: reported twice")
                 continue
             seen.add(case)
+            if "error" in r and str(r["error"]).startswith(load_runner().NO_RUNTIME_MARK):
+                if kind == "models":  # a missing peak twin only leaves that floor unmeasured
+                    missing.append({"model": case[0], "threads": case[1],
+                                    "error": report.clean_text(str(r["error"]))})
+                continue
             if "error" in r:
                 problems.append(f"{label}: {report.clean_text(str(r['error']))}")
                 continue
@@ -441,7 +508,7 @@ def check_document(document: Any, plan: dict[str, Any]
             good[kind].append(r)
         problems += [f"{f} x{t}: missing from the runner's results"
                      for f, t in sorted(planned - seen)]
-    return good["models"], good["peak"], problems
+    return good["models"], good["peak"], problems, missing
 
 
 def bench_board(board: Board, models: dict[str, Path],
@@ -454,29 +521,43 @@ def bench_board(board: Board, models: dict[str, Path],
     cases and `errors` naming the bad ones. Raises BoardError when nothing usable came back.
     """
     started = time.time()
-    plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name, peak)
+    # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
+    # GEMM would take minutes under emulation).
+    plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name,
+                           None if board.emulated else peak)
     plan = json.loads(plan_path.read_text())
     document, pushed = run_on_board(board, plan_path, on_progress)
     try:
-        results, peak_results, problems = check_document(document, plan)
+        results, peak_results, problems, missing = check_document(document, plan)
     except BoardError as exc:
         raise BoardError(f"board {board.name!r} ({board.where}): {exc}") from None
     if not results:
         raise BoardError(f"board {board.name!r} ({board.where}): no valid result: "
-                         + "; ".join(problems[:5]))
+                         + "; ".join([*problems, *(m["error"] for m in missing)][:5]))
     by_file = {m["file"]: m for m in plan["models"]}
-    for result in results:
+    for result in [*results, *missing]:
         entry = by_file[result["model"]]
-        path = models[entry["key"]]
         result["build"], result["variant"] = entry["key"].split("/")
         result["sha256"] = entry["sha256"]
+    for result in results:
+        path = models[f"{result['build']}/{result['variant']}"]
         result["bytes"] = path.stat().st_size
         result["macs"] = count_macs(path)
-    return {"board": board.name, "status": "partial" if problems else "ok",
-            "errors": problems, "where": board.where, "measured_utc": report.utc_now(),
-            "started": started, "seconds": time.time() - started, "pushed": pushed,
-            "machine": document["machine"], "runtime": document["runtime"],
+    return {"board": board.name, "status": "partial" if problems or missing else "ok",
+            "errors": problems, "missing": missing, "where": board.where,
+            "emulated": board.emulated, "measured_utc": report.utc_now(), "started": started,
+            "seconds": time.time() - started, "pushed": pushed,
+            "machine": document["machine"], "runtimes": document["runtimes"],
             "cpus": document.get("cpus"), "results": results, "peak": peak_results}
+
+
+def missing_summary(document: dict) -> str:
+    """One line per missing runtime: which rows were not timed, and why (with the hint)."""
+    by_error: dict[str, list[str]] = {}
+    for m in document.get("missing", []):
+        by_error.setdefault(m["error"], []).append(f"{m['build']}/{m['variant']} x{m['threads']}")
+    return "\n".join(f"board {document['board']!r}: {len(rows)} row(s) not timed "
+                     f"({', '.join(rows)}): {error}" for error, rows in by_error.items())
 
 
 def progress_printer(board: Board, stream=None) -> Progress:
@@ -485,9 +566,13 @@ def progress_printer(board: Board, stream=None) -> Progress:
         out = stream or sys.stdout
         try:
             event = json.loads(line)
+            error = str(event.get("error") or "")
+            if error.startswith(load_runner().NO_RUNTIME_MARK):  # the hint comes once, at the end
+                error = error.split(" - ")[0]
+            else:
+                error = f"ERROR {error}" if error else ""
             what = (f"{event['model']} x{event['threads']}: "
-                    + (f"ERROR {event['error']}" if event.get("error")
-                       else f"p50 {event['p50_us']:.1f} us"))
+                    + (error or f"p50 {event['p50_us']:.1f} us"))
             out.write(f"bench:{board.name} [{event['case']}/{event['of']}] "
                       f"{report.clean_text(what)}\n")
         except (ValueError, KeyError, TypeError):
@@ -517,7 +602,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
 
     result_path = layout.board_result(board.name)
     running = {"board": board.name, "status": "running", "where": board.where,
-               "started_utc": report.utc_now()}
+               "emulated": board.emulated, "started_utc": report.utc_now()}
     try:
         write_json(result_path, running)
     except BaseException:
@@ -525,8 +610,16 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         raise
 
     def rebuild_report() -> None:
-        report.write_latency_report(layout, inventory, models, max_age_hours)
+        # This board's failure is this task's error, which doit prints: not twice.
+        report.write_latency_report(layout, inventory, models, max_age_hours,
+                                    announced=board.name)
 
+    # At once, so that a run killed from here on leaves latency.* showing this board as
+    # INCOMPLETE rather than its previous figures as fresh.
+    try:
+        rebuild_report()
+    except Exception as report_exc:  # an unreadable other board must not stop this one
+        print(f"latency report not rebuilt: {report_exc}", file=sys.stderr)
     try:
         picked = {}  # builds sharing a dataset share its samples: load each .npz once
         for npz in set(datasets.values()):
@@ -548,7 +641,9 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
             raise BoardError(message) from exc
         raise
     rebuild_report()
-    if document["status"] != "ok":
+    if document["missing"]:  # what this board cannot run is a fact about it, not a failure
+        print(report.clean_text(missing_summary(document)))
+    if document["errors"]:
         raise BoardError(f"board {board.name!r} ({board.where}): "
                          f"{len(document['errors'])} case(s) failed (the good ones are in the "
                          "report): " + "; ".join(document["errors"][:5]))

@@ -3,7 +3,10 @@
 Writes `models/<build>/model_card.json` and `model_card.md`. The models take raw 0..255
 pixels of a light digit on black (the 1/255 scaling is inside the model); tutorials that
 feed [0, 1] floats get wrong answers without any error, so the card states the input
-contract, and `pipeline.predict` reads it instead of repeating it in code.
+contract, and `pipeline.predict` reads it instead of repeating it in code. For every
+variant it gives the input tensor (name, dtype, shape, quantization or value range, as the
+model file itself says: pipeline/runtimes.py's io_contract) and the exact formula a C/C++
+application applies to a raw pixel byte to fill it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from pipeline.files import outputs_together, sha256_file, write_json, write_text
 from pipeline.layout import CARD_JSON, CARD_MD, HISTORY_JSON
 from pipeline.variants import KERAS, VARIANTS
 
+# The models take raw pixel bytes: the 1/255 scaling is their first layer.
+PIXEL_RANGE = (0, 255)
+# numpy dtype name -> the C type an application fills the input tensor with.
+C_TYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t"}
+
 # How each dataset frames an image in the input (the card states it; predict does it). MNIST
 # fits the digit's ink in a 20x20 box and moves its centre of mass to the centre of the 28x28;
 # Fashion-MNIST trims the object, fits it to the whole frame and centres the box.
@@ -31,6 +39,46 @@ FRAMING = {
 }
 
 
+def input_formula(tensor: dict[str, Any]) -> str:
+    """The C expression that turns one raw pixel byte (`pixel`, 0..255) into this input
+    tensor's value: exactly board/runner.py's quantize, q = clip(round(pixel / scale +
+    zero_point)) in float32 with round half to even (C's nearbyintf); for scale 1 that is
+    plain integer arithmetic."""
+    import numpy as np
+
+    ctype = C_TYPES.get(tensor["dtype"], tensor["dtype"])
+    if "scale" not in tensor:
+        return f"x = ({ctype}) pixel  /* 0..255, do NOT divide by 255 */"
+    scale, zero_point = tensor["scale"], tensor["zero_point"]
+    info = np.iinfo(tensor["dtype"])
+    lo, hi = PIXEL_RANGE[0] + zero_point, PIXEL_RANGE[1] + zero_point
+    if scale == 1.0 and info.min <= lo and hi <= info.max:
+        shift = "" if zero_point == 0 else f" {'+' if zero_point > 0 else '-'} {abs(zero_point)}"
+        return f"q = ({ctype}) (pixel{shift})  /* {lo}..{hi} */"
+    sign = "+" if zero_point >= 0 else "-"
+    return (f"q = ({ctype}) fminf(fmaxf(nearbyintf((float) pixel / {scale!r}f {sign} "
+            f"{abs(zero_point)}.0f), {info.min}.0f), {info.max}.0f)")
+
+
+def value_range(tensor: dict[str, Any]) -> list[float]:
+    """The real input values the tensor can carry: the pixel range for a float input, the
+    dequantized range of its integer type for a quantized one."""
+    import numpy as np
+
+    if "scale" not in tensor:
+        return list(PIXEL_RANGE)
+    info = np.iinfo(tensor["dtype"])
+    return [(info.min - tensor["zero_point"]) * tensor["scale"],
+            (info.max - tensor["zero_point"]) * tensor["scale"]]
+
+
+def with_formula(contract: dict[str, Any]) -> dict[str, Any]:
+    """An io_contract with the input's value range and C formula added."""
+    inp = contract["input"]
+    return {**contract, "input": {**inp, "value_range": value_range(inp),
+                                  "formula": input_formula(inp)}}
+
+
 def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
                variant_paths: dict[str, Path], accuracy: dict[str, Any],
                history: dict[str, Any]) -> dict[str, Any]:
@@ -41,11 +89,14 @@ def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path:
     variants = [{"name": KERAS, "file": Path(keras_path).name, "format": "keras .h5",
                  "bytes": Path(keras_path).stat().st_size, "sha256": sha256_file(keras_path),
                  "accuracy": scores.get(KERAS),
-                 "input": {"dtype": "float32"}, "output": {"dtype": "float32"}}]
+                 "input": {"dtype": "float32", "value_range": list(PIXEL_RANGE),
+                           "formula": input_formula({"dtype": "float32"})},
+                 "output": {"dtype": "float32"}}]
     for name, path in variant_paths.items():
         variants.append({"name": name, "file": Path(path).name, "format": VARIANTS[name].format,
                          "bytes": Path(path).stat().st_size, "sha256": sha256_file(path),
-                         "accuracy": scores.get(name), **open_model(path).io_contract()})
+                         "accuracy": scores.get(name),
+                         **with_formula(open_model(path).io_contract())})
     shape = next(v["input"]["shape"] for v in variants if "shape" in v["input"])
     framing = FRAMING.get(dataset, FRAMING["mnist"])
     return {
@@ -53,9 +104,10 @@ def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path:
         "parameters": history.get("parameters"),
         "input": {
             "shape": shape, "layout": "NHWC, one grey channel",
-            "value_range": [0, 255],
-            "values": "raw pixel values as the variant's input dtype; the 1/255 scaling is "
-                      "inside the model, so do NOT divide by 255",
+            "value_range": list(PIXEL_RANGE),
+            "values": "raw pixel values, fed to each variant by its input formula (variants:"
+                      " input.formula); the 1/255 scaling is inside the model, so do NOT "
+                      "divide by 255",
             "polarity": "light_on_dark",
             "polarity_description": "white (255) ink on a black (0) background; invert "
                                     "dark-on-light images",
@@ -86,6 +138,15 @@ def render_markdown(card: dict[str, Any]) -> str:
     table = tabulate(rows, headers=["variant", "file", "bytes", "accuracy %", "input", "input q",
                                     "output", "output q", "sha256 (first 16)"],
                      tablefmt="github", disable_numparse=True)
+    feeding = tabulate(
+        [[v["name"], f"`{v['input']['name']}`" if "name" in v["input"] else "-",
+          v["input"]["dtype"], str(v["input"].get("shape", inp["shape"])),
+          " .. ".join(f"{x:.6g}" for x in v["input"]["value_range"]),
+          f"`{v['input']['formula']}`",
+          (f"real = (q - {v['output']['zero_point']}) * {v['output']['scale']:.9g}"
+           if "scale" in v["output"] else "as is")] for v in card["variants"]],
+        headers=["variant", "input tensor", "dtype", "shape", "value range", "input formula",
+                 "output"], tablefmt="github", disable_numparse=True)
     params = card["training"]["params"] or {}
     return "\n".join([
         f"# Model card: {card['build']}", "",
@@ -100,6 +161,11 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"{card['output']['meaning']}; classes in order: "
         + ", ".join(f"`{c}`" for c in card["output"]["class_names"]) + ".", "",
         f"## Variants (accuracy on {card['accuracy_on']})", "", table, "",
+        "## Feeding each variant from C/C++", "",
+        "`pixel` is the raw grey byte (0..255) after the framing above. The formula fills one "
+        "element of the input tensor, exactly as the on-board runner does (float32 "
+        "arithmetic, round half to even); the output column turns an output element into "
+        "the class probability.", "", feeding, "",
         "## Training", "",
         ", ".join(f"{k} = {v}" for k, v in params.items()) + ".", ""])
 

@@ -15,6 +15,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pipeline import PipelineError
+# Re-exported: the calibration draw is shared with convert_onnx (its own module, so that an
+# edit of the TFLite recipes here does not redo the ONNX models).
+from pipeline.calibration import representative_indices  # noqa: F401
 from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.files import outputs_together, write_bytes
 from pipeline.params import ConvertParams, load_params
@@ -29,22 +32,6 @@ PRODUCER = "convert"
 
 class ConvertError(PipelineError):
     pass
-
-
-def representative_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """`count` indices drawn without replacement, each class in proportion to its frequency."""
-    if not 0 < count <= len(labels):
-        # Never clip silently: the caller's params asked for more than there is.
-        raise ValueError(f"cannot draw {count} of {len(labels)} images")
-    rng = np.random.default_rng(seed)
-    classes, freq = np.unique(labels, return_counts=True)
-    # Largest-remainder apportionment: shares sum to `count` exactly.
-    exact = freq / freq.sum() * count
-    share = np.floor(exact).astype(int)
-    share[np.argsort(share - exact)[: count - share.sum()]] += 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=s, replace=False)
-              for c, s in zip(classes, share)]
-    return np.sort(np.concatenate(picked))
 
 
 def checked_sample_count(count: int, available: int, key: str, where: str, what: str) -> int:

@@ -1,8 +1,10 @@
 """Evaluate stage: accuracy drift between Keras and every model variant on the full test set.
 
 Writes `accuracy.json` and `accuracy.md` for a build, prints the table, and fails (after
-writing) when a drift-gated variant (variants.py: int8) loses more than `max_drift_pt`
-points against Keras.
+writing) when a drift-gated variant (variants.py: int8, onnx_int8) loses more than
+`max_drift_pt` points against Keras. Each variant's agreement is measured against the models
+the registry compares it with (`compared_with`: Keras for all; the ONNX variants also against
+the int8 .tflite they must stand in for).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.console import native_output_hidden, quiet_third_party, verbose_re
 from pipeline.files import outputs_together, sha256_file, write_json, write_text
 from pipeline.layout import ACCURACY_JSON, ACCURACY_MD
 from pipeline.report import utc_now
-from pipeline.variants import KERAS, drift_gated_variants
+from pipeline.variants import KERAS, VARIANTS, drift_gated_variants
 
 
 class DriftError(PipelineError):
@@ -65,30 +67,48 @@ class VariantResult:
     agreement: float
     drift_pt: float
     per_class_accuracy: dict[str, float]
+    # Top-1 agreement with each model the variant is compared with (Keras first).
+    agreement_with: dict[str, float]
 
 
 def score(name: str, path: Path, predictions: np.ndarray, reference: np.ndarray,
-          labels: np.ndarray, class_names: Sequence[str]) -> VariantResult:
-    """Compare one variant's predictions with the labels and with the Keras reference."""
+          labels: np.ndarray, class_names: Sequence[str],
+          others: dict[str, np.ndarray] | None = None) -> VariantResult:
+    """Compare one variant's predictions with the labels and with the Keras reference (its
+    drift's), and its top-1 agreement with each of `others` (name -> predictions) too."""
     correct = predictions == labels
     accuracy = float(correct.mean())
     reference_accuracy = float((reference == labels).mean())
     per_class = {class_names[c]: float(correct[labels == c].mean())
                  for c in range(len(class_names)) if np.any(labels == c)}
+    agreement = float((predictions == reference).mean())
     return VariantResult(
         name=name, path=str(path), sha256=sha256_file(path), bytes=Path(path).stat().st_size,
         accuracy=accuracy,
-        agreement=float((predictions == reference).mean()),
+        agreement=agreement,
         drift_pt=round(100 * (accuracy - reference_accuracy), 4),
-        per_class_accuracy=per_class)
+        per_class_accuracy=per_class,
+        agreement_with={KERAS: agreement, **{other: float((predictions == p).mean())
+                                             for other, p in (others or {}).items()}})
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     variants = report["variants"]
+    # One agreement column per model any variant is compared with besides Keras ("-" in
+    # the rows not compared with it).
+    others = list(dict.fromkeys(name for v in variants for name in v.get("agreement_with", {})
+                                if name != KERAS))
+
+    def agree(v: dict[str, Any], other: str) -> str:
+        value = v.get("agreement_with", {}).get(other)
+        return "-" if value is None else f"{100 * value:.2f}"
+
     rows = [[v["name"], f"{v['bytes']:,}", f"{100 * v['accuracy']:.2f}",
-             f"{100 * v['agreement']:.2f}", f"{v['drift_pt']:+.2f}"] for v in variants]
+             f"{100 * v['agreement']:.2f}", *(agree(v, o) for o in others),
+             f"{v['drift_pt']:+.2f}"] for v in variants]
     table = tabulate(rows, headers=["variant", "bytes", "accuracy %", "agree w/ Keras %",
-                                    "drift pt"], tablefmt="github", disable_numparse=True)
+                                    *(f"agree w/ {o} %" for o in others), "drift pt"],
+                     tablefmt="github", disable_numparse=True)
     classes = list(variants[0]["per_class_accuracy"])
     per_class = tabulate(
         [[c, *(f"{100 * v['per_class_accuracy'][c]:.2f}" for v in variants)] for c in classes],
@@ -123,10 +143,17 @@ def run(build: str, dataset: str, class_names: Sequence[str], model_path: Path,
     with native_output_hidden():  # TensorFlow's start-up notices
         reference = keras_predict(model_path, images, batch_size)
     results = [score(KERAS, model_path, reference, reference, labels, class_names)]
+    predictions = {}
     for name, path in variant_paths.items():
         with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-            predictions = model_predict(path, images, batch_size)
-        results.append(score(name, path, predictions, reference, labels, class_names))
+            predictions[name] = model_predict(path, images, batch_size)
+    for name, path in variant_paths.items():
+        # Keras is the drift reference; the registry's other references the build ships
+        # (an ONNX variant's int8 .tflite) are agreement columns.
+        others = {other: predictions[other] for other in VARIANTS[name].compared_with
+                  if other != KERAS and other in predictions}
+        results.append(score(name, path, predictions[name], reference, labels, class_names,
+                             others))
     report = {"build": build, "dataset": dataset, "test_samples": int(len(labels)),
               "made_utc": utc_now(),
               "variants": [vars(r) for r in results]}

@@ -5,6 +5,7 @@
     <root>/models/<build>/<build>.h5, history.json, <build>_<variant><suffix>, model_card.*
     <root>/reports/<build>/accuracy.*, training.png, analysis files, layers files
     <root>/reports/latency.{json,md,png}, reports/latency/<board>.json
+    <root>/reports/<build>/ops_<board>.{md,json}   per-op profiles (ONNX Runtime)
     <root>/reports/nightly.{json,md,png}
     <root>/bench/<board>/                          the plan staged for a board
     <root>/peak/peak_<variant><suffix>             synthetic GEMMs
@@ -129,6 +130,11 @@ class Layout:
     def latency_report(self, ext: str) -> Path:
         """reports/latency.<ext>, the report over all boards (ext in LATENCY_FORMATS)."""
         return self.reports_dir() / f"latency.{ext}"
+
+    def op_profile(self, build: str, board: str, ext: str) -> Path:
+        """reports/<build>/ops_<board>.<ext> (md, json): ONNX Runtime's per-op profile of
+        that build's ONNX models on that board."""
+        return self.report_dir(build) / f"ops_{board}.{ext}"
 
     def latency_lock(self) -> Path:
         return self.reports_dir() / LATENCY_LOCK

@@ -94,6 +94,10 @@ class ConvertParams:
     seed: int
     int8_io: str
     extra_variants: tuple[str, ...]
+    # The ONNX variants (variants.py: onnx_float32, onnx_int8, onnx_int8_tflite).
+    onnx: bool
+    # Output steps onnx_int8_tflite may differ from LiteRT's on a test image (0: bit for bit).
+    onnx_tflite_max_steps: int
 
     def __post_init__(self) -> None:
         _check(10 <= self.representative_samples <= MAX_REPRESENTATIVE_SAMPLES,
@@ -103,6 +107,8 @@ class ConvertParams:
         _check_seed(self.seed, "convert.seed")
         _check(self.int8_io in INT8_IO_TYPES, "convert.int8_io",
                f"must be 'int8' or 'uint8', got {self.int8_io!r}")
+        _check(self.onnx_tflite_max_steps >= 0, "convert.onnx_tflite_max_steps",
+               "must be >= 0 (0: bit for bit)")
         for variant in self.extra_variants:
             _check(variant in EXTRA_VARIANTS, "convert.extra_variants",
                    f"unknown variant {variant!r}; choose from {list(EXTRA_VARIANTS)}")

@@ -27,10 +27,17 @@ INT8 = "int8"
 SELECTIVE = "int8_selective"
 FLOAT16 = "float16"
 DYNAMIC_RANGE = "dynamic_range"
+# ONNX, for boards whose runtime is ONNX Runtime (the K1's): the Keras model exported as is;
+# quantized by ONNX Runtime (QDQ, calibrated on the int8 .tflite's representative images);
+# and the int8 .tflite itself translated (tf2onnx), checked to equal LiteRT bit for bit.
+ONNX_FLOAT32 = "onnx_float32"
+ONNX_INT8 = "onnx_int8"
+ONNX_INT8_TFLITE = "onnx_int8_tflite"
 
 # The params that switch an optional variant on (Variant.optional).
 EXTRA_VARIANTS_PARAM = "convert.extra_variants"  # on when its name is listed there
 FLOAT_LAYERS_PARAM = "builds.float_layers"       # on when the build names float layers
+ONNX_PARAM = "convert.onnx"                      # on when true (the default)
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,9 @@ class Variant:
     """One model variant a build can ship.
 
     `format` picks the host runtime (pipeline/runtimes.py) and the board's; `integer` means
-    integer kernels and integer input/output (quantized with a scale and zero point);
+    integer kernels, so a board must reproduce the host's predictions exactly (its graph
+    input/output are integer with a scale and zero point, or float for a QDQ .onnx that
+    quantizes inside: io_contract says which);
     `all_integer` that convert checks it holds no float tensor at all; `accuracy_floor` names
     the nightly floor that applies ("float" -> nightly.min_accuracy_float32, "int8" ->
     nightly.min_accuracy_int8); `drift_gated` that evaluate's max_drift_pt and the nightly's
@@ -68,6 +77,12 @@ class Variant:
 
 _TFLITE = {"format": "tflite", "suffix": ".tflite", "producer": "convert",
            "compared_with": (KERAS,)}
+# Compared with the int8 .tflite too: the model validated on the TFLite side is the yardstick
+# of what the board's ONNX Runtime will answer. float32 and int8 have a peak twin (the GEMM
+# as ONNX, timed by ONNX Runtime); the translated model's floor uses ONNX Runtime's fastest
+# measured rate (floor.py).
+_ONNX = {"format": "onnx", "suffix": ".onnx", "compared_with": (KERAS, INT8),
+         "optional": ONNX_PARAM}
 
 # In display order: reports, tables and charts list variants in this order.
 VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
@@ -83,6 +98,17 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
     # int8 weights, float activations and float input/output: a float model to its users.
     Variant(DYNAMIC_RANGE, integer=False, accuracy_floor="float", drift_gated=False, peak=True,
             optional=EXTRA_VARIANTS_PARAM, **_TFLITE),
+    # The three written by pipeline/convert_onnx.py: two from the .h5 (task convert_onnx),
+    # one from the int8 .tflite (task translate_onnx, which must follow convert).
+    Variant(ONNX_FLOAT32, integer=False, accuracy_floor="float", drift_gated=False,
+            producer="convert_onnx", peak=True, **_ONNX),
+    Variant(ONNX_INT8, integer=True, accuracy_floor="int8", drift_gated=True,
+            producer="convert_onnx", peak=True, **_ONNX),
+    # Not drift-gated: its outputs are the int8 .tflite's bit for bit (translate_onnx checks
+    # it on every test image), so int8's gate already covers it; a second breach line for
+    # the same numbers would say nothing new.
+    Variant(ONNX_INT8_TFLITE, integer=True, accuracy_floor="int8", drift_gated=False,
+            producer="translate_onnx", peak=False, **_ONNX),
 )})
 
 
@@ -99,6 +125,8 @@ def enabled(variant: Variant, params: ConvertParams, float_layers: Sequence[str]
         return bool(float_layers)
     if variant.optional == EXTRA_VARIANTS_PARAM:
         return variant.name in params.extra_variants
+    if variant.optional == ONNX_PARAM:
+        return params.onnx
     raise ValueError(f"variant {variant.name}: unknown optional param {variant.optional!r}")
 
 
@@ -143,6 +171,12 @@ def format_of(path: Path) -> str:
 def drift_gated_variants() -> list[str]:
     """The variants evaluate's and the nightly's drift gates apply to."""
     return [v.name for v in VARIANTS.values() if v.drift_gated]
+
+
+def other_int8_variants() -> list[str]:
+    """The drift-gated integer variants besides the reference int8 (onnx_int8: ONNX Runtime's
+    own quantization), whose damage the error analysis lists beside int8's."""
+    return [name for name in drift_gated_variants() if name != reference_int8_variant()]
 
 
 def peak_variants() -> tuple[str, ...]:

@@ -250,6 +250,28 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx_models(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """The ONNX variants of an untrained CNN and MLP, named <build>_<variant>.onnx: exported,
+    quantized by ONNX Runtime, and tiny_models' int8 .tflite translated."""
+    from pipeline.convert_onnx import export_float, quantize_int8, translate_tflite
+    from pipeline.train import build_model
+
+    out = tmp_path_factory.mktemp("tiny_onnx")
+    representative = synthetic_images(np.arange(50) % 10, 3)
+    paths = {}
+    for kind in ("cnn", "mlp"):
+        float_model = export_float(build_model(kind, (28, 28), 10))
+        contents = {"onnx_float32": float_model,
+                    "onnx_int8": quantize_int8(float_model, representative),
+                    "onnx_int8_tflite": translate_tflite(tiny_models[f"tiny_{kind}/int8"])}
+        for variant, content in contents.items():
+            path = out / f"tiny_{kind}_{variant}.onnx"
+            path.write_bytes(content)
+            paths[f"tiny_{kind}/{variant}"] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
 def peak_models(tmp_path_factory) -> dict[str, Path]:
     """The synthetic GEMM models, in every variant, with which a board measures its peak."""
     from pipeline.floor import PEAK_VARIANTS, build_peak_models

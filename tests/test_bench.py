@@ -24,6 +24,7 @@ from pipeline.layout import Layout
 from pipeline.params import ParamsError
 from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
                             wait_for)
+from tests.test_runner import exposing_only, onnx_models  # noqa: F401
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -144,7 +145,7 @@ def test_push_run_collect_then_skip_the_push(sshd, tiny_models, samples, tmp_pat
     board = sshd.board(name="fresh")  # a remote_dir no other test has filled
     first = bench.bench_board(board, tiny_models, samples, tmp_path / "work")
     assert first["status"] == "ok" and first["errors"] == []
-    assert first["runtime"]["name"] == "ai_edge_litert" and first["measured_utc"]
+    assert first["runtimes"]["tflite"]["name"] == "ai_edge_litert" and first["measured_utc"]
     # runner, plan and a model plus its samples per model
     assert len(first["pushed"]) == 2 + 2 * len(tiny_models)
     remote = Path(board.remote_dir)
@@ -300,6 +301,11 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
         proc.wait()
         result = json.loads((reports / "latency" / "loop.json").read_text())
         assert result["status"] == "running" and "results" not in result
+        # the report was rebuilt when the run started: the old rows are not shown as fresh,
+        # even before anyone rebuilds it
+        latency = json.loads((reports / "latency.json").read_text())
+        assert latency["rows"] == [] and latency["boards"][0]["status"] == "running"
+        assert "INCOMPLETE" in (reports / "latency.md").read_text()
         report.write_latency_report(Layout(tmp_path), [board], tiny_models)
         assert "INCOMPLETE" in (reports / "latency.md").read_text()
         # the host's ssh died with it, so the runner on the board stops too
@@ -624,8 +630,9 @@ def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
     proc = run_doit(project, "--continue", "bench", env={"PIPELINE_BOARDS": str(inventory)})
     assert proc.returncode != 0
     assert executed_tasks(proc.stdout) == {"bench:local", "bench:down"}
-    assert "board 'down'" in proc.stdout + proc.stderr and "Connection refused" in (
-        proc.stdout + proc.stderr)
+    assert "board 'down'" in proc.stdout + proc.stderr
+    # once (doit's TaskFailed), not a second time from the report the task rebuilt
+    assert (proc.stdout + proc.stderr).count("Connection refused") == 1, proc.stdout[-3000:]
     latency = json.loads((project / "artifacts" / "reports" / "latency.json").read_text())
     assert {r["board"] for r in latency["rows"]} == {"local"}
     assert [f["board"] for f in latency["failed_boards"]] == ["down"]
@@ -667,3 +674,163 @@ def test_parallel_boards_never_trip_over_each_other(smoke_project, sshd, tmp_pat
             "local": "ok", "par-a": "ok", "par-b": "ok"}
         assert {r["board"] for r in latency["rows"]} == {"local", "par-a", "par-b"}
     assert not list((project / "artifacts").rglob(".*partial*"))
+
+
+# --- ONNX Runtime beside TFLite ---------------------------------------------------------------
+
+
+def test_a_board_with_both_runtimes_times_every_variant(sshd, tiny_models, onnx_models, samples,
+                                                        tmp_path):
+    import onnxruntime
+
+    models = {**tiny_models, **onnx_models}
+    board = sshd.board(name="both", threads=(1, 2))
+    doc = bench.bench_board(board, models, samples, tmp_path / "work")
+    assert doc["status"] == "ok" and doc["errors"] == [] and doc["missing"] == []
+    assert doc["runtimes"]["tflite"]["name"] == "ai_edge_litert"
+    assert doc["runtimes"]["onnx"]["version"] == onnxruntime.__version__
+    assert {(r["build"], r["variant"], r["threads"]) for r in doc["results"]} == {
+        (*key.split("/"), t) for key in models for t in (1, 2)}
+    for r in doc["results"]:
+        assert r["p50_us"] > 0 and r["agreement"] == 1.0  # int8 and float alike: exact
+        if r["variant"].startswith("onnx_"):
+            assert r["runtime"]["name"] == "onnxruntime"
+            assert r["providers"] == ["CPUExecutionProvider"] and r["profile"]["nodes"]
+            assert r["macs"] == 784 * 64 + 64 * 10  # the hand count of the ONNX MLP
+        else:
+            assert r["runtime"]["name"] == "ai_edge_litert" and "providers" not in r
+    # the int8-input model got its input quantization through the plan
+    plan = json.loads((tmp_path / "work" / "both" / "plan.json").read_text())
+    quantized = {m["file"]: m.get("input_quantization") for m in plan["models"]}
+    assert quantized["tiny_mlp_onnx_int8_tflite.onnx"] == [1.0, -128]
+    assert quantized["tiny_mlp_onnx_int8.onnx"] is None  # QDQ: float input
+
+
+def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
+        sshd, tiny_models, onnx_models, datasets, tmp_path, capsys):
+    python = exposing_only(sshd.home / "ort-only-venv", "onnxruntime")
+    board = sshd.board(name="k1-like", python=str(python))
+    models = {**tiny_models, **onnx_models}
+    datasets = {**datasets, "tiny_mlp": datasets["tiny_mlp"]}
+    layout = Layout(tmp_path)
+    doc = bench.run(board, models, datasets, 10, layout, [board])  # passes: see board/README
+    assert doc["status"] == "partial" and doc["errors"] == []
+    assert {(m["build"], m["variant"]) for m in doc["missing"]} == {
+        tuple(k.split("/")) for k in tiny_models}
+    assert all(m["error"].startswith("NO RUNTIME: no TFLite runtime on this board")
+               and "pip install ai-edge-litert" in m["error"] for m in doc["missing"])
+    assert {r["variant"] for r in doc["results"]} == {k.split("/")[1] for k in onnx_models}
+    assert all(r["agreement"] == 1.0 for r in doc["results"])
+    out = capsys.readouterr().out
+    assert f"board 'k1-like': {len(tiny_models)} row(s) not timed (tiny_cnn/float32 x1" in out
+    latency = json.loads((tmp_path / "reports" / "latency.json").read_text())
+    missing = [r for r in latency["rows"] if "missing" in r]
+    assert {(r["build"], r["variant"]) for r in missing} == {
+        tuple(k.split("/")) for k in tiny_models}
+    md = (tmp_path / "reports" / "latency.md").read_text()
+    assert "NO RUNTIME: no TFLite runtime on this board" in md and "PARTIAL" in md
+    assert "TFLite: none" in md
+    # doit does not re-time it on every run: a missing runtime is a fact about the board
+    from pipeline.boards import measured_within
+
+    assert measured_within(layout.board_result(board.name), 24)
+
+
+def test_a_failed_case_beside_missing_rows_still_fails_the_task(sshd, tiny_models, onnx_models,
+                                                                datasets, tmp_path):
+    python = exposing_only(sshd.home / "ort-only-venv-2", "onnxruntime")
+    edit = ("doc['results'][-1] = {'model': doc['results'][-1]['model'], 'threads': 1, "
+            "'error': 'killed by SIGILL: x'}")
+    script = Path(edited_runner(tmp_path, edit))  # the runner under the ORT-only python
+    script.write_text(script.read_text().replace(f"REAL={sys.executable}", f"REAL={python}"))
+    board = sshd.board(name="k1-broken", python=str(script))
+    models = {**tiny_models, **onnx_models}
+    with pytest.raises(BoardError, match="1 case.s. failed.*killed by SIGILL"):
+        bench.run(board, models, datasets, 10, Layout(tmp_path), [board])
+    doc = json.loads(Layout(tmp_path).board_result(board.name).read_text())
+    assert doc["status"] == "partial" and len(doc["missing"]) == len(tiny_models)
+    from pipeline.boards import measured_within
+
+    assert not measured_within(Layout(tmp_path).board_result(board.name), 24)
+
+
+def test_a_board_failure_is_printed_once(sshd, tiny_models, datasets, tmp_path, capsys):
+    board = sshd.board(name="down", port=free_port(), connect_timeout_s=5)
+    with pytest.raises(BoardError) as err:
+        bench.run(board, tiny_models, datasets, 10, Layout(tmp_path), [board])
+    assert "Connection refused" in str(err.value)  # doit prints this, as TaskFailed
+    printed = capsys.readouterr()
+    assert "Connection refused" not in printed.out + printed.err
+    # the manual rebuild still names it
+    report.write_latency_report(Layout(tmp_path), [board], tiny_models)
+    assert "board down: FAILED" in capsys.readouterr().out
+
+
+def _processes_in(directory: Path) -> list[str]:
+    """Command lines of processes whose working directory is `directory` (the board side)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == directory:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
+def test_a_hung_board_python_is_killed_on_the_board_at_timeout_s(sshd, tiny_models, samples,
+                                                                 tmp_path):
+    board = sshd.board(name="hung", timeout_s=4, python=fake_python(tmp_path, "exec sleep 987"))
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
+    started = time.monotonic()
+    with pytest.raises(BoardError, match="the runner gave no result within 4 s"):
+        bench.bench_board(board, models, samples, tmp_path / "work")
+    assert time.monotonic() - started < 30
+    remote = Path(board.remote_dir)
+    # the hung process and the remote `sh -c` around it are gone too, within seconds
+    assert wait_for(lambda: not _processes_in(remote), 10), _processes_in(remote)
+
+
+def test_a_hung_board_is_stopped_by_the_board_itself_when_the_host_cannot_say_so(
+        sshd, tiny_models, samples, tmp_path):
+    """The remote `timeout` bounds the runner even while the host still waits."""
+    board = sshd.board(name="hung-remote", python=fake_python(tmp_path, "exec sleep 986"))
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
+    stage = bench.stage_plan(models, samples, board, tmp_path / "work" / board.name)
+    bench.push(board, [bench.RUNNER, stage, *(p for p in stage.parent.iterdir()
+                                              if p.name != "plan.json")])
+    started = time.monotonic()
+    status, _, err = bench.ssh_run(board, ["sh", "-c", bench.RUN, "sh", board.remote_path, "2",
+                                           board.python, "runner.py"], timeout=60)
+    assert time.monotonic() - started < 20 and status == 0
+    assert f"{bench.EXIT_MARK}{bench.TIMED_OUT}" in err
+    assert wait_for(lambda: not _processes_in(Path(board.remote_dir)), 10)
+
+
+def test_the_prepare_step_honours_timeout_s_and_is_named(sshd, tiny_models, samples, tmp_path):
+    board = sshd.board(name="stuck-prepare", timeout_s=3)
+    remote = Path(board.remote_dir)
+    remote.mkdir(mode=0o700, exist_ok=True)
+    os.mkfifo(remote / "runner.py")  # sha256sum blocks on it, as on a dead network mount
+    started = time.monotonic()
+    with pytest.raises(BoardError) as err:
+        bench.bench_board(board, {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}, samples,
+                          tmp_path / "work")
+    assert time.monotonic() - started < 30  # not a fixed 120 s
+    assert "the prepare step" in str(err.value) and "3 s" in str(err.value)
+    assert "runner gave" not in str(err.value)
+    assert wait_for(lambda: not _processes_in(remote), 10), _processes_in(remote)
+
+
+def test_a_hung_board_python_goes_as_soon_as_the_host_gives_up(sshd, tmp_path):
+    """The host stops waiting long before the board's own limit: the remote watcher sees the
+    connection close and stops the hung command (which never reads its stdin) at once."""
+    board = sshd.board(name="hung-eof", python=fake_python(tmp_path, "exec sleep 985"))
+    bench.push(board, [bench.RUNNER])
+    started = time.monotonic()
+    with pytest.raises(BoardError, match="no result within 3 s"):
+        bench.ssh_run(board, ["sh", "-c", bench.RUN, "sh", board.remote_path, "600",
+                              board.python, "runner.py"], timeout=3)
+    assert time.monotonic() - started < 20
+    assert wait_for(lambda: not _processes_in(Path(board.remote_dir)), 10), \
+        _processes_in(Path(board.remote_dir))

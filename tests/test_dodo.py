@@ -18,7 +18,10 @@ ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mni
              "convert:mnist_cnn", "convert:mnist_mlp", "evaluate:mnist_cnn",
              "evaluate:mnist_mlp", "curves:mnist_cnn", "curves:mnist_mlp",
              "analysis:mnist_cnn", "analysis:mnist_mlp", "layers:mnist_cnn", "layers:mnist_mlp",
-             "card:mnist_cnn", "card:mnist_mlp", "peak", "bench:local"}
+             "card:mnist_cnn", "card:mnist_mlp", "peak", "bench:local",
+             "convert_onnx:mnist_cnn", "convert_onnx:mnist_mlp", "translate_onnx:mnist_cnn",
+             "translate_onnx:mnist_mlp"}
+ONNX = ("onnx_float32", "onnx_int8", "onnx_int8_tflite")
 
 
 def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
@@ -28,12 +31,16 @@ def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
         models = art / "models" / build
         assert {p.name for p in models.iterdir()} == {
             f"{build}.h5", "history.json", f"{build}_float32.tflite", f"{build}_int8.tflite",
-            "model_card.json", "model_card.md"}
+            *(f"{build}_{v}.onnx" for v in ONNX), "model_card.json", "model_card.md"}
         report = json.loads((art / "reports" / build / "accuracy.json").read_text())
         assert report["build"] == build and report["dataset"] == "mnist"
         assert report["test_samples"] == 10_000
         rows = {v["name"]: v for v in report["variants"]}
-        assert set(rows) == {"keras", "float32", "int8"}
+        assert set(rows) == {"keras", "float32", "int8", *ONNX}
+        # the ONNX rows are compared with the int8 .tflite too
+        assert rows["onnx_int8_tflite"]["agreement_with"]["int8"] >= 0.999
+        assert rows["onnx_int8"]["agreement_with"]["int8"] >= 0.99
+        assert rows["onnx_float32"]["agreement"] >= 0.999
         assert rows["keras"]["accuracy"] > 0.7  # one epoch on 3,000 images
         assert rows["float32"]["agreement"] >= 0.999
         assert abs(rows["int8"]["drift_pt"]) <= 5.0
@@ -64,6 +71,8 @@ def test_default_build_prints_only_the_pipelines_own_lines(smoke_project):
                for line in err.splitlines()), err[-2000:]
     assert len([line for line in out.splitlines() if re.match(r"\d+/\d+ - ", line)]) == 2
     assert "mnist_cnn_int8.tflite: " in out and "# Accuracy drift: mnist_cnn" in out
+    assert re.search(r"mnist_cnn_onnx_int8_tflite\.onnx: outputs equal LiteRT's bit for bit on "
+                     r"[\d,]+ of 10,000 test images", out)
     assert "bench:local [1/" in out + err  # benchmark progress as each case finishes
 
 
@@ -78,7 +87,8 @@ def test_second_run_executes_nothing_and_never_imports_tensorflow(smoke_project)
     # Stage modules (numpy, 0.2 s) are imported only when a task runs; matplotlib and Pillow
     # only when a chart is drawn.
     # absl (TensorFlow's logger, 13 ms) too: it is set up when a stage first runs.
-    heavy = ("tensorflow", "keras", "numpy", "matplotlib", "PIL", "tabulate", "absl")
+    heavy = ("tensorflow", "keras", "numpy", "matplotlib", "PIL", "tabulate", "absl", "onnx",
+             "onnxruntime", "tf2onnx", "sympy")
     assert not [name for name in imported if name.startswith(heavy)]
 
 
@@ -91,11 +101,13 @@ def test_convert_param_change_reruns_only_convert_and_downstream(smoke_project, 
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # bench:local depends on the .tflite bytes, so it follows convert; nothing upstream runs.
+    # convert_onnx calibrates on the same draw; translate_onnx follows the int8 .tflite.
     # curves follow evaluate because the int8 rows of accuracy.json changed; layers
     # recalibrates with [convert]; analysis and card read the new .tflite files.
     assert executed_tasks(proc.stdout) == {f"{task}:{build}" for build in ("mnist_cnn", "mnist_mlp")
                                            for task in ("convert", "evaluate", "curves",
-                                                        "analysis", "layers", "card")
+                                                        "analysis", "layers", "card",
+                                                        "convert_onnx", "translate_onnx")
                                            } | {"bench:local"}
 
     proc = run_doit(project, "clean", "evaluate:mnist_cnn")
@@ -107,6 +119,52 @@ def test_convert_param_change_reruns_only_convert_and_downstream(smoke_project, 
     assert run_doit(project, "clean", "card:mnist_cnn").returncode == 0
     assert not (project / "artifacts" / "models" / "mnist_cnn" / "model_card.json").exists()
     assert (project / "artifacts" / "models" / "mnist_cnn" / "mnist_cnn_int8.tflite").exists()
+
+
+def test_tflite_and_onnx_changes_redo_only_their_own_models_and_onnx_can_be_off(
+        smoke_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    smoke = project / "params" / "smoke.toml"
+    models = project / "artifacts" / "models"
+    builds = ("mnist_cnn", "mnist_mlp")
+    # A TFLite-only change: an extra variant. The int8 bytes stay, so nothing is translated.
+    smoke.write_text(smoke.read_text().replace("extra_variants = []",
+                                               'extra_variants = ["float16"]'))
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ran = executed_tasks(proc.stdout)
+    assert {f"convert:{b}" for b in builds} <= ran
+    assert not {t for t in ran if t.startswith(("convert_onnx", "translate_onnx"))}
+    # An ONNX-only change: the converter's module. No .tflite is redone.
+    stage = project / "pipeline" / "convert_onnx.py"
+    stage.write_text(stage.read_text() + "\n# edited\n")
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ran = executed_tasks(proc.stdout)
+    assert {f"{t}:{b}" for t in ("convert_onnx", "translate_onnx") for b in builds} <= ran
+    assert not {t for t in ran if t.startswith("convert:")}
+
+    # Off: no ONNX task, no ONNX file, no ONNX row (a fresh tree has no old .onnx files).
+    for old in models.glob("*/*.onnx"):
+        old.unlink()
+    smoke.write_text(smoke.read_text().replace("onnx = true", "onnx = false"))
+    listing = run_doit(project, "list", "--all")
+    assert "onnx" not in listing.stdout
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "onnx" not in proc.stdout and not {t for t in executed_tasks(proc.stdout)
+                                              if t.startswith("convert:")}
+    assert not list(project.rglob("*.onnx"))
+    for build in builds:
+        accuracy = json.loads((project / "artifacts" / "reports" / build /
+                               "accuracy.json").read_text())
+        card = json.loads((models / build / "model_card.json").read_text())
+        for names in ([v["name"] for v in accuracy["variants"]],
+                      [v["name"] for v in card["variants"]]):
+            assert names == ["keras", "float32", "int8", "float16"]
+        assert "onnx" not in (project / "artifacts" / "reports" / build /
+                              "analysis.md").read_text()
 
 
 def test_train_param_change_retrains_without_downloading(smoke_project, tmp_path):
@@ -125,7 +183,7 @@ def test_artifacts_dir_is_movable_and_listing_reads_like_a_table_of_contents(tmp
     assert listing.returncode == 0
     assert {line.split()[0] for line in listing.stdout.splitlines()} == {
         "download", "preprocess", "train", "convert", "evaluate", "curves", "analysis",
-        "layers", "card", "peak", "bench"}
+        "layers", "card", "peak", "bench", "convert_onnx", "translate_onnx"}
     elsewhere = tmp_path / "elsewhere"
     proc = run_doit(project, "preprocess",
                     env={"PIPELINE_ARTIFACTS": str(elsewhere), "PIPELINE_MIRROR": mnist_url})

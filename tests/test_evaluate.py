@@ -69,3 +69,40 @@ def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
     assert "Ankle boot" in markdown and report["made_utc"] in markdown
     assert int8_row["sha256"] == sha256_file(tiny_models["tiny_mlp/int8"])
     assert f"`tiny_mlp_int8.tflite` {int8_row['sha256'][:12]}" in markdown
+
+
+def test_drift_gate_applies_to_onnx_int8_at_its_boundary():
+    def report(drift):
+        return {"build": "b", "variants": [
+            {"name": "keras", "drift_pt": 0.0, "accuracy": 0.99},
+            {"name": "int8", "drift_pt": 0.0, "accuracy": 0.99},
+            {"name": "onnx_int8", "drift_pt": drift, "accuracy": 0.99 + drift / 100}]}
+
+    check_drift(report(-0.8), 0.8)  # the limit itself is allowed
+    with pytest.raises(DriftError, match=r"b: onnx_int8 accuracy 98\.20 % is 0\.80 points below "
+                                         r"Keras, more than max_drift_pt = 0\.79"):
+        check_drift(report(-0.8), 0.79)
+    # onnx_int8_tflite equals int8 bit for bit (its task checks it): int8's gate covers it
+    check_drift({"build": "b", "variants": [{"name": "onnx_int8_tflite", "drift_pt": -9.0,
+                                             "accuracy": 0.9}]}, 0.0)
+
+
+def test_agreement_with_each_compared_model_and_its_column(tmp_path):
+    from pipeline.evaluate import render_markdown
+
+    labels = np.array([0, 1, 2, 3])
+    keras = np.array([0, 1, 2, 0])
+    int8 = np.array([0, 1, 0, 0])
+    onnx = np.array([0, 2, 0, 0])   # agrees with Keras on 2 of 4, with int8 on 3 of 4
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    r = score("onnx_int8", path, onnx, keras, labels, list("abcd"), {"int8": int8})
+    plain = score("int8", path, int8, keras, labels, list("abcd"))
+    assert r.agreement_with == {"keras": 0.5, "int8": 0.75} and r.agreement == 0.5
+    assert plain.agreement_with == {"keras": 0.75}
+    report = {"build": "b", "dataset": "mnist", "test_samples": 4, "made_utc": "t",
+              "variants": [vars(plain), vars(r)]}
+    table = render_markdown(report)
+    assert "| agree w/ Keras %   | agree w/ int8 %   |" in table
+    assert "| 50.00              | 75.00             |" in table  # onnx_int8's row
+    assert "| 75.00              | -                 |" in table  # int8: not compared with itself

@@ -15,6 +15,7 @@ def test_shipped_params_load():
     assert [b.name for b in params.builds] == ["mnist_cnn", "mnist_mlp"]
     assert params.datasets == ("mnist",)
     assert params.convert.int8_io == "int8"
+    assert params.convert.onnx is True  # ONNX variants by default
     smoke = load_params(REPO / "params" / "smoke.toml")
     assert smoke.train.max_train_samples > 0 and smoke.train.epochs == 1
 
@@ -34,6 +35,8 @@ def test_params_are_frozen():
     (lambda d: d["train"].pop("seed"), "train.seed: missing"),
     (lambda d: d["convert"].update(int8_io="int16"), "convert.int8_io: must be 'int8' or 'uint8'"),
     (lambda d: d["convert"].update(extra_variants=["bf16"]), "unknown variant 'bf16'"),
+    (lambda d: d["convert"].update(onnx="yes"), "convert.onnx: must be bool, got str"),
+    (lambda d: d["convert"].pop("onnx"), "convert.onnx: missing"),
     (lambda d: d["evaluate"].update(max_drift_pt=-1), "evaluate.max_drift_pt: must be >= 0"),
     (lambda d: d["builds"][0].update(dataset="cifar"), "unknown dataset 'cifar'"),
     (lambda d: d["builds"][0].update(model="resnet"), "unknown model 'resnet'"),
@@ -80,9 +83,10 @@ def test_float_layers_are_optional_per_build_and_add_the_selective_variant():
     cnn, mlp = params.builds
     assert cnn.float_layers == ("cnn_1/classes_1/MatMul;cnn_1/classes_1/BiasAdd",)
     assert mlp.float_layers == ()
+    onnx = ["onnx_float32", "onnx_int8", "onnx_int8_tflite"]
     assert variant_names(params.convert, cnn.float_layers) == ["float32", "int8",
-                                                               "int8_selective"]
-    assert variant_names(params.convert, mlp.float_layers) == ["float32", "int8"]
+                                                               "int8_selective", *onnx]
+    assert variant_names(params.convert, mlp.float_layers) == ["float32", "int8", *onnx]
 
 
 def test_fashion_mnist_is_a_valid_dataset_for_any_build():

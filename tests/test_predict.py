@@ -43,7 +43,8 @@ def build(tmp_path_factory, mnist_dir):
                                       max_train_samples=30_000, seed=1234, tensorboard=False),
               model_dir / f"{BUILD}.h5", model_dir / "history.json")
     params = ConvertParams(representative_samples=200, seed=1234, int8_io="int8",
-                           extra_variants=())
+                           extra_variants=(), onnx=False,
+                           onnx_tflite_max_steps=0)
     convert.run(model_dir / f"{BUILD}.h5", npz, params, BUILD, model_dir)
     variants = {v: convert.variant_path(model_dir, BUILD, v) for v in ("float32", "int8")}
     evaluate.run(BUILD, "mnist", MNIST.class_names, model_dir / f"{BUILD}.h5", variants, npz,

@@ -1,96 +1,19 @@
+"""report.py: rows, states, ratios, the per-op reports, the chart and the manual rebuild."""
+
 import json
-import subprocess
-import sys
+import shutil
 
 import pytest
 
-from pipeline import floor, report
-from pipeline.bench import RUNNER, stage_plan
+from pipeline import report
 from pipeline.boards import Board
 from pipeline.layout import Layout
-from tests.conftest import synthetic_images
-
-# The K1 tutorial CNN on 28x28x1, counted by hand:
-# conv 26*26*32*(3*3*1) + conv 11*11*64*(3*3*32) + conv 3*3*64*(3*3*64) + 576*64 + 64*10
-CNN_MACS = 194_688 + 2_230_272 + 331_776 + 36_864 + 640
-MLP_MACS = 784 * 128 + 128 * 10
-
-
-def test_count_macs_matches_the_hand_count(tiny_models, peak_models):
-    for variant in ("float32", "int8"):
-        assert floor.count_macs(tiny_models[f"tiny_cnn/{variant}"]) == CNN_MACS
-        assert floor.count_macs(tiny_models[f"tiny_mlp/{variant}"]) == MLP_MACS
-    for path in peak_models.values():
-        assert floor.count_macs(path) == floor.GEMM_MACS
-
-
-def test_peak_rates_are_best_per_variant_and_monotone_in_threads():
-    peak = [{"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**6},
-            {"variant": "int8", "threads": 1, "min_us": 200.0, "macs": 10**6},
-            {"variant": "int8", "threads": 2, "min_us": 400.0, "macs": 10**6},  # noisy
-            {"variant": "float32", "threads": 1, "min_us": 1000.0, "macs": 10**6},
-            {"variant": "float32", "threads": 2, "error": "timed out"}]
-    rates = floor.peak_rates(peak)
-    assert rates == {("int8", 1): 1e10, ("int8", 2): 1e10, ("float32", 1): 1e9}
-    assert floor.floor_us(10**6, "int8", 2, rates) == pytest.approx(100.0)
-    assert floor.floor_us(10**6, "float32", 1, rates) == pytest.approx(1000.0)
-    # a variant without its own GEMM gets the fastest rate measured: still a floor
-    assert floor.floor_us(10**6, "int8_custom", 1, rates) == pytest.approx(100.0)
-    assert floor.floor_us(10**6, "int8", 1, {}) is None
-
-
-@pytest.fixture(scope="module")
-def every_variant(tmp_path_factory):
-    """The CNN and MLP in every variant the converter makes, with some training signal."""
-    import keras
-    import numpy as np
-
-    from pipeline.convert import convert
-    from pipeline.train import build_model
-
-    out = tmp_path_factory.mktemp("variants")
-    labels = np.arange(300) % 10
-    images = synthetic_images(labels, 3)
-    paths = {}
-    for kind in ("cnn", "mlp"):
-        keras.utils.set_random_seed(0)
-        model = build_model(kind, (28, 28), 10)
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        model.fit(images[..., None].astype(np.float32), labels, epochs=1, verbose=0)
-        for variant in floor.PEAK_VARIANTS:
-            path = out / f"v_{kind}_{variant}.tflite"
-            path.write_bytes(convert(model, variant, images[:50]))
-            paths[f"v_{kind}/{variant}"] = path
-    return paths
-
-
-def test_no_model_runs_faster_than_the_measured_peak(tmp_path, every_variant, peak_models):
-    """p50/floor >= 0.9 for every variant: the floor is priced per the kernels really used."""
-    import numpy as np
-
-    labels = np.arange(10)
-    samples = {k.split("/")[0]: (synthetic_images(labels, 0), labels) for k in every_variant}
-    board = Board(name="t", threads=(1, 2), warmup=10, runs=100)
-    plan = stage_plan(every_variant, samples, board, tmp_path, peak_models)
-    proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    rates = floor.peak_rates(doc["peak"])
-    assert {v for v, _ in rates} == set(floor.PEAK_VARIANTS)
-    by_file = {p.name: (key, p) for key, p in every_variant.items()}
-    ratios = {}
-    for r in doc["results"]:
-        key, path = by_file[r["model"]]
-        ratios[key, r["threads"]] = r["p50_us"] / floor.floor_us(
-            floor.count_macs(path), key.split("/")[1], r["threads"], rates)
-    assert len(ratios) == len(every_variant) * 2
-    assert min(ratios.values()) >= 0.9, sorted(ratios.items(), key=lambda kv: kv[1])[:4]
+from tests.conftest import REPO
 
 
 def doc(board="b", status="ok", measured="2026-01-01T00:00:00Z", **extra):
     return {"board": board, "status": status, "measured_utc": measured,
-            "runtime": {"name": "r", "version": "1"}, "results": [], **extra}
+            "runtimes": {"tflite": {"name": "r", "version": "1"}}, "results": [], **extra}
 
 
 def test_int8_ratio_stale_and_old_rows():
@@ -136,7 +59,7 @@ HOSTILE = "<img src=x onerror=alert(1)> [click](http://evil) | \x1b[31mred\x1b[0
 
 def test_board_strings_are_escaped_in_markdown_and_stripped_on_the_terminal(capsys, tmp_path):
     machine = {"cpu_model": HOSTILE, "cores": 8, "uname": "Linux k1"}
-    d = doc(board="k1", machine=machine, runtime={"name": HOSTILE, "version": "1"},
+    d = doc(board="k1", machine=machine, runtimes={"tflite": {"name": HOSTILE, "version": "1"}},
             measured=report.utc_now(), results=[
                 {"build": "m", "variant": "int8", "threads": 1, "p50_us": 1.0, "sha256": "s",
                  "agreement": 1.0, "disagreements": []}],
@@ -203,3 +126,147 @@ def test_rows_carry_the_cpus_and_the_floor_of_their_own_variant():
     assert rows["int8"]["floor_us"] == pytest.approx(10**5 / 1e11 * 1e6)
     table = report.render_table(list(rows.values()), "github")
     assert "| 3 " in table.replace("  ", " ")
+
+
+def test_a_future_measurement_is_not_fresh():
+    future = "2999-01-01T00:00:00Z"
+    d = doc(measured=future, results=[{"build": "m", "variant": "int8", "threads": 1,
+                                       "p50_us": 1.0, "sha256": "s"}])
+    (row,) = report.latency_rows([d], {"m/int8": "s"}, max_age_hours=24)
+    assert row["old"] and report.row_state(row) == f"OLD (measured {future})"
+    assert not report.is_old(report.utc_now(), 24)  # now is fresh
+
+
+def test_a_future_measurement_does_not_skip_the_bench_task(tmp_path):
+    from pipeline.boards import measured_within
+
+    result = tmp_path / "b.json"
+    for stamp, fresh in (("2999-01-01T00:00:00Z", False), (report.utc_now(), True)):
+        result.write_text(json.dumps({"status": "ok", "measured_utc": stamp}))
+        assert measured_within(result, 24) is fresh
+
+
+def onnx_doc(**extra):
+    """A board with both runtimes: int8 .tflite, and the QDQ ONNX model with a profile."""
+    profile = {"runs": 50, "node_sum_us": 30.0, "model_run_us": 34.0,
+               "nodes_per_provider": {"SpaceMITExecutionProvider": 2, "CPUExecutionProvider": 1},
+               "nodes": [
+                   {"node": "conv1", "op": "Conv", "provider": "SpaceMITExecutionProvider",
+                    "median_us": 18.0, "share": 0.6},
+                   {"node": "conv2", "op": "Conv", "provider": "SpaceMITExecutionProvider",
+                    "median_us": 9.0, "share": 0.3},
+                   {"node": "softmax", "op": "Softmax", "provider": "CPUExecutionProvider",
+                    "median_us": 3.0, "share": 0.1}]}
+    results = [
+        {"build": "m", "variant": "int8", "threads": 1, "p50_us": 20.0, "sha256": "a",
+         "runtime": {"name": "ai_edge_litert", "version": "2.1"}, "agreement": 1.0,
+         "disagreements": []},
+        {"build": "m", "variant": "onnx_int8", "threads": 1, "p50_us": 50.0, "sha256": "b",
+         "runtime": {"name": "onnxruntime", "version": "1.21.0"}, "agreement": 1.0,
+         "disagreements": [], "providers": ["SpaceMITExecutionProvider", "CPUExecutionProvider"],
+         "profile": profile}]
+    return doc(board="k1", measured=report.utc_now(), results=results,
+               machine={"cpu_model": "Spacemit(R) X60", "cores": 8, "uname": "Linux k1"},
+               runtimes={"tflite": {"name": "ai_edge_litert", "version": "2.1"},
+                         "onnx": {"name": "onnxruntime", "version": "1.21.0",
+                                  "providers_available": ["SpaceMITExecutionProvider",
+                                                          "CPUExecutionProvider"],
+                                  "spacemit_ort": True}}, **extra)
+
+
+def test_rows_name_their_runtime_and_the_ort_over_tflite_ratio():
+    rows = {r["variant"]: r for r in report.latency_rows([onnx_doc()], {})}
+    assert rows["int8"]["runtime"] == "ai_edge_litert 2.1"
+    assert rows["onnx_int8"]["runtime"] == "onnxruntime 1.21.0 SpaceMIT+CPU"
+    assert rows["onnx_int8"]["ort_over_tflite"] == pytest.approx(50.0 / 20.0)
+    assert "ort_over_tflite" not in rows["int8"]
+    table = report.ratio_table(list(rows.values()))
+    assert "| m       | k1      | 1     | 20.0" in table and "| 2.50" in table
+    console = report.render_table(list(rows.values()), "simple", full=False)
+    assert "onnxruntime 1.21.0 SpaceMIT+CPU" in console and "2.50" in console
+
+
+def test_rows_a_board_has_no_runtime_for_say_so():
+    missing = [{"build": "m", "variant": "int8", "threads": 1, "model": "m_int8.tflite",
+                "error": "NO RUNTIME: no TFLite runtime on this board - install ..."}]
+    d = doc(status="partial", missing=missing, runtimes={"tflite": {"missing": "x"}},
+            machine={"cpu_model": "c", "cores": 1, "uname": "u"}, measured=report.utc_now())
+    (row,) = report.latency_rows([d], {})
+    assert (row["build"], row["variant"], row["threads"]) == ("m", "int8", 1)
+    assert report.row_state(row).startswith("NO RUNTIME: no TFLite runtime on this board")
+    line = report.board_line(d)
+    assert "PARTIAL - 1 row(s) not timed for lack of a runtime" in line and "TFLite: none" in line
+
+
+def test_per_op_report_is_written_linked_and_computed_from_the_profile(tmp_path):
+    layout = Layout(tmp_path)
+    layout.latency_dir().mkdir(parents=True)
+    layout.board_result("k1").write_text(json.dumps(onnx_doc()))
+    report.write_latency_report(layout, [Board(name="k1", host="k1")], {})
+    md = layout.latency_report("md").read_text()
+    assert "[m/ops\\_k1.md](m/ops_k1.md)" in md
+    ops = json.loads(layout.op_profile("m", "k1", "json").read_text())
+    (case,) = ops["cases"]
+    assert case["variant"] == "onnx_int8" and case["p50_us"] == 50.0
+    assert [o["op"] for o in case["by_op"]] == ["Conv", "Softmax"]
+    assert case["by_op"][0]["median_us"] == pytest.approx(27.0)
+    assert case["by_op"][0]["share"] == pytest.approx(0.9)
+    text = layout.op_profile("m", "k1", "md").read_text()
+    # conv1: 18 µs profiled, 60 % of the nodes, so 0.6 x 50 = 30 µs of the timed p50
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| 1 ") or line.startswith("| 3 ")]
+    assert rows == [["1", "conv1", "Conv", "SpaceMIT", "18.0", "30.0", "60.0", "60.0"],
+                    ["3", "softmax", "Softmax", "CPU", "3.0", "5.0", "10.0", "100.0"]]
+    assert "nodes per provider: SpaceMIT 2, CPU 1" in text
+
+
+def test_manual_rebuild_honours_max_age_hours(tmp_path, capsys):
+    layout = Layout(tmp_path / "artifacts")
+    layout.latency_dir().mkdir(parents=True)
+    model = layout.variant_path("m", "int8")
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"the model, unchanged since it was timed")
+    layout.board_result("local").write_text(json.dumps(doc(
+        board="local", measured="2020-01-01T00:00:00Z",
+        machine={"cpu_model": "c", "cores": 1, "uname": "u"}, results=[
+            {"build": "m", "variant": "int8", "threads": 1, "p50_us": 1.0,
+             "sha256": report.sha256_file(model)}])))
+    params = tmp_path / "params.toml"
+    shutil.copy(REPO / "params" / "smoke.toml", params)
+    report.main(["--artifacts", str(layout.root), "--boards",
+                 str(REPO / "board" / "boards.toml"), "--params", str(params)])
+    assert "OLD (measured 2020-01-01T00:00:00Z)" in layout.latency_report("md").read_text()
+    assert json.loads(layout.latency_report("json").read_text())["max_age_hours"] == 24.0
+
+
+def test_the_chart_shows_both_runtimes_with_the_board_and_date(tmp_path):
+    layout = Layout(tmp_path)
+    layout.latency_dir().mkdir(parents=True)
+    layout.board_result("k1").write_text(json.dumps(onnx_doc()))
+    report.write_latency_report(layout, [Board(name="k1", host="k1")], {})
+    assert layout.latency_report("png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_emulated_boards_figures_are_marked_everywhere(tmp_path, capsys):
+    machine = {"cpu_model": "riscv64 emulated by qemu-user", "cores": 2, "uname": "Linux v riscv64"}
+    results = [{"build": "m", "variant": "int8", "threads": 1, "p50_us": 7000.0, "sha256": "s",
+                "agreement": 1.0, "disagreements": []}]
+    real = doc(board="k1", machine=machine, measured=report.utc_now(), results=results)
+    virtual = {**real, "board": "virtual-k1", "emulated": True}
+    (tmp_path / "reports" / "latency").mkdir(parents=True)
+    for d in (real, virtual):
+        (tmp_path / "reports" / "latency" / f"{d['board']}.json").write_text(json.dumps(d))
+    report.write_latency_report(Layout(tmp_path), [Board(name="k1", host="k1"),
+                                                   Board(name="virtual-k1", host="v")], {})
+    latency = json.loads((tmp_path / "reports" / "latency.json").read_text())
+    assert [(r["board"], r["emulated"]) for r in latency["rows"]] == [
+        ("k1", False), ("virtual-k1", True)]
+    assert [b["emulated"] for b in latency["boards"]] == [False, True]
+    md = (tmp_path / "reports" / "latency.md").read_text()
+    boards = [[c.strip() for c in line.split("|")][3] for line in md.splitlines()
+              if line.startswith("| m ")]
+    assert boards == ["k1", "virtual-k1 (EMULATED)"]
+    lines = {line.split(":")[0]: line for line in md.splitlines() if line.startswith("- **")}
+    assert "EMULATED (qemu-user)" in lines["- **virtual-k1**"]
+    assert "EMULATED" not in lines["- **k1**"]
+    assert "virtual-k1 (EMULATED)" in capsys.readouterr().out

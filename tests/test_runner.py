@@ -42,7 +42,8 @@ def test_runner_times_every_model_thread_count_and_peak(tmp_path, tiny_models, p
     proc = run_runner(plan)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["runtime"]["name"] == "ai_edge_litert" and doc["runtime"]["version"]
+    assert doc["runtimes"]["tflite"]["name"] == "ai_edge_litert"
+    assert doc["runtimes"]["tflite"]["version"]
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["uname"]
     assert len(doc["results"]) == len(tiny_models) * 2
     assert {(p["variant"], p["threads"]) for p in doc["peak"]} == {
@@ -56,6 +57,7 @@ def test_runner_times_every_model_thread_count_and_peak(tmp_path, tiny_models, p
         assert r["init_ms"] > 0 and r["first_us"] > 0 and r["peak_rss_mb"] > 10
         assert 0 <= r["model_rss_mb"] < r["peak_rss_mb"]
         assert 0 <= r["accuracy"] <= 1 and r["agreement"] == 1.0  # host predicted these
+        assert r["runtime"] == doc["runtimes"]["tflite"] and "profile" not in r
     progress = [json.loads(line[9:]) for line in proc.stderr.splitlines()
                 if line.startswith("progress ")]
     assert [p["case"] for p in progress] == list(range(1, len(tiny_models) * 2
@@ -235,3 +237,291 @@ def test_no_runtime_and_no_numpy_have_their_own_messages(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "no TFLite runtime" in proc.stderr
     assert "pip install ai-edge-litert" in proc.stderr and "riscv64" in proc.stderr
+
+
+# --- ONNX models and a board python without TFLite ------------------------------------------
+
+
+def onnx_mlp(integer_input: bool = False, seed: int = 0, hidden: int = 64):
+    """A real Flatten -> Dense `hidden` -> ReLU -> Dense 10 -> Softmax ONNX graph with a static batch
+    of one, on raw pixels (the 1/255 is a Mul inside, as the pipeline's Rescaling). With
+    `integer_input` the graph input is int8 (q = pixel - 128, scale 1) and a DequantizeLinear
+    reads it, as in the int8 .tflite translated by tf2onnx."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    init = [numpy_helper.from_array(a, n) for n, a in (
+        ("shape", np.array([1, 784], np.int64)), ("inv255", np.array(1 / 255, np.float32)),
+        ("w1", (rng.standard_normal((784, hidden)) * 0.1).astype(np.float32)),
+        ("b1", (rng.standard_normal(hidden) * 0.1).astype(np.float32)),
+        ("w2", (rng.standard_normal((hidden, 10)) * 0.3).astype(np.float32)),
+        ("b2", (rng.standard_normal(10) * 0.1).astype(np.float32)))]
+    nodes = [helper.make_node("Reshape", ["pixels", "shape"], ["flat"], name="flatten"),
+             helper.make_node("Mul", ["flat", "inv255"], ["scaled"], name="rescale"),
+             helper.make_node("MatMul", ["scaled", "w1"], ["h0"], name="dense1"),
+             helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
+             helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+             helper.make_node("MatMul", ["h2", "w2"], ["l0"], name="dense2"),
+             helper.make_node("Add", ["l0", "b2"], ["logits"], name="bias2"),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax")]
+    elem = TensorProto.FLOAT
+    if integer_input:
+        init += [numpy_helper.from_array(np.array(1.0, np.float32), "in_scale"),
+                 numpy_helper.from_array(np.array(-128, np.int8), "in_zp")]
+        # (q - zero_point) * scale = q + 128 = the pixel the float graph reads
+        nodes.insert(0, helper.make_node("DequantizeLinear", ["q", "in_scale", "in_zp"],
+                                         ["pixels"], name="dequantize_input"))
+        elem = TensorProto.INT8
+    graph = helper.make_graph(
+        nodes, "tiny_mlp", [helper.make_tensor_value_info(
+            "q" if integer_input else "pixels", elem, [1, 28, 28, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 10])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime 1.21 loads
+    return model
+
+
+def write_onnx_models(directory: Path, build: str = "tiny_mlp", hidden: int = 64
+                      ) -> dict[str, Path]:
+    """<build>_onnx_float32.onnx, <build>_onnx_int8.onnx (QDQ by quantize_static) and
+    <build>_onnx_int8_tflite.onnx (int8 graph input), keyed "<build>/<variant>"."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    float_path = directory / f"{build}_onnx_float32.onnx"
+    onnx.save(onnx_mlp(hidden=hidden), str(float_path))
+    images = synthetic_images(np.arange(50) % 10, 3).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({"pixels": i[np.newaxis, ..., np.newaxis]} for i in images)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    int8_path = directory / f"{build}_onnx_int8.onnx"
+    quantize_static(str(float_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+    translated = directory / f"{build}_onnx_int8_tflite.onnx"
+    onnx.save(onnx_mlp(integer_input=True, hidden=hidden), str(translated))
+    return {f"{build}/onnx_float32": float_path, f"{build}/onnx_int8": int8_path,
+            f"{build}/onnx_int8_tflite": translated}
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory) -> dict[str, Path]:
+    return write_onnx_models(tmp_path_factory.mktemp("onnx_models"))
+
+
+def exposing_only(directory: Path, *modules: str) -> Path:
+    """A venv whose python can import numpy and exactly `modules` of this interpreter's
+    site-packages (a .pth names a directory of symlinks to them), nothing else: a board with
+    onnxruntime but no TFLite runtime, or the reverse."""
+    import importlib.util
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(directory)
+    links = directory / "exposed"
+    links.mkdir()
+    for name in ("numpy", *modules):
+        spec = importlib.util.find_spec(name)
+        source = Path(spec.origin).parent if spec.submodule_search_locations is not None \
+            else Path(spec.origin)
+        (links / source.name).symlink_to(source)
+        for extra in source.parent.glob(f"{name}.libs"):
+            if not (links / extra.name).exists():
+                (links / extra.name).symlink_to(extra)
+        # distribution metadata, for importlib.metadata.version()
+        for meta in source.parent.glob(f"{name.replace('_', '?')}*.dist-info"):
+            (links / meta.name).symlink_to(meta)
+    site = next((directory / "lib").glob("python*/site-packages"))
+    (site / "exposed.pth").write_text(str(links) + "\n")
+    return directory / "bin" / "python"
+
+
+def hand_plan(directory: Path, models: dict, threads=(1,), runs=30, labels=None,
+              quantization=None, **extra) -> Path:
+    """A plan written here, without the host's predictions (the runner needs none), so the
+    runner is tested on its own: `models` maps keys to files copied beside the plan."""
+    from pipeline.bench import npz_bytes
+    from pipeline.files import sha256_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    labels = np.arange(12) % 10 if labels is None else labels
+    samples = directory / "samples.npz"
+    samples.write_bytes(npz_bytes(x=synthetic_images(labels, 0), y=labels))
+    entries = []
+    for key, path in models.items():
+        shutil.copy(path, directory / Path(path).name)
+        entry = {"file": Path(path).name, "sha256": sha256_file(path), "key": key,
+                 "samples": samples.name, "samples_sha256": sha256_file(samples)}
+        if (quantization or {}).get(key):
+            entry["input_quantization"] = quantization[key]
+        entries.append(entry)
+    plan = {"models": entries, "peak": [], "threads": list(threads), "warmup": 5, "runs": runs,
+            "cpus": [], "case_timeout_s": 120, "deadline_s": 600, **extra}
+    (directory / "plan.json").write_text(json.dumps(plan))
+    return directory / "plan.json"
+
+
+TRANSLATED_INPUT = {"tiny_mlp/onnx_int8_tflite": [1.0, -128]}  # q = pixel - 128
+
+
+@pytest.fixture(scope="module")
+def wide_onnx_models(tmp_path_factory) -> dict[str, Path]:
+    """The same three ONNX models with 2,048 hidden units (50-100 µs here): big enough that
+    kernels, not per-run overhead, make most of an invoke."""
+    return write_onnx_models(tmp_path_factory.mktemp("wide"), "wide_mlp", hidden=2048)
+
+
+def test_onnx_models_run_under_onnxruntime_with_a_per_op_profile(tmp_path, wide_onnx_models):
+    import onnxruntime
+
+    plan = hand_plan(tmp_path, wide_onnx_models, threads=(1, 2), runs=200,
+                     quantization={"wide_mlp/onnx_int8_tflite": [1.0, -128]})
+    proc = run_runner(plan)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["runtimes"]["onnx"]["name"] == "onnxruntime"
+    assert doc["runtimes"]["onnx"]["version"] == onnxruntime.__version__
+    assert doc["runtimes"]["onnx"]["spacemit_ort"] is False
+    assert len(doc["results"]) == 3 * 2
+    accuracy = {}
+    for r in doc["results"]:
+        assert "error" not in r, r
+        assert r["runtime"] == {"name": "onnxruntime", "version": onnxruntime.__version__}
+        assert r["providers"] == ["CPUExecutionProvider"]
+        profile = r["profile"]
+        assert profile["runs"] == load_runner().PROFILE_RUNS
+        assert r["nodes_per_provider"] == {"CPUExecutionProvider": len(profile["nodes"])}
+        assert abs(sum(n["share"] for n in profile["nodes"]) - 1) < 1e-9
+        ops = {n["op"] for n in profile["nodes"]}
+        assert any("MatMul" in op or "Gemm" in op for op in ops), ops  # as ORT fused them
+        # Nodes run one after another inside run() (one inter-op thread): their sum is at
+        # most the profiled run, and most of it.
+        assert 0.5 * profile["model_run_us"] <= profile["node_sum_us"] \
+            <= profile["model_run_us"] + 1, profile
+        # Against the timed, unprofiled p50 (one thread), 0.7x-2.5x: the p50 also pays the
+        # Python call and input binding, which no node sees (a few µs, the low side), while
+        # ORT's profiler adds bookkeeping to every node it times, measured here at 1.0-1.2x
+        # on the float graph and up to 1.75x on the QDQ graph's many small nodes (the high
+        # side; with 2 threads its thread statistics cost more still, so that is not
+        # compared). Per-op µs are therefore upper bounds; their shares are the figure.
+        if r["threads"] == 1:
+            assert 0.7 <= profile["node_sum_us"] / r["p50_us"] <= 2.5, (profile, r["p50_us"])
+        accuracy[r["model"]] = r["accuracy"]
+    # the int8-input model is fed q = pixel - 128: the same answers as the float model
+    assert accuracy["wide_mlp_onnx_int8_tflite.onnx"] == accuracy["wide_mlp_onnx_float32.onnx"]
+    assert not list(tmp_path.glob(".*profile*"))  # the trace files are removed
+
+
+def test_an_integer_onnx_input_needs_its_quantization_from_the_plan(tmp_path, onnx_models):
+    key = "tiny_mlp/onnx_int8_tflite"
+    proc = run_runner(hand_plan(tmp_path, {key: onnx_models[key]}))
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)["results"]
+    assert "no input_quantization" in result["error"]
+
+
+def test_parse_profile_against_a_hand_made_trace():
+    def node(name, op, provider, ts, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op, "provider": provider}}
+
+    events = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50}]
+    # the first run is a warm-up; the last one was preempted in conv
+    for run, (a, b) in enumerate([(100, 100), (6, 2), (8, 4), (200, 3)]):
+        t = 1000 * (run + 1)
+        events += [node("conv", "Conv", "SpaceMITExecutionProvider", t + 1, a),
+                   node("fc", "Gemm", "CPUExecutionProvider", t + 1 + a, b),
+                   {"cat": "Node", "name": "fc_fence_before", "ts": t + 1, "dur": 0},
+                   {"cat": "Session", "name": "model_run", "ts": t, "dur": a + b + 3}]
+    profile = load_runner().parse_profile(events, skip_runs=1)
+    assert profile["runs"] == 3
+    conv, fc = profile["nodes"]
+    # medians over the three runs: conv 8 (not the mean, 71.3), fc 3
+    assert (conv["node"], conv["op"], conv["median_us"]) == ("conv", "Conv", 8.0)
+    assert (fc["node"], fc["provider"], fc["median_us"]) == ("fc", "CPUExecutionProvider", 3.0)
+    assert conv["share"] == pytest.approx(8 / 11) and fc["share"] == pytest.approx(3 / 11)
+    assert profile["node_sum_us"] == pytest.approx(12.0)   # median of 8, 12 and 203
+    assert profile["model_run_us"] == pytest.approx(15.0)  # median of 11, 15 and 206
+    assert profile["nodes_per_provider"] == {"SpaceMITExecutionProvider": 1,
+                                             "CPUExecutionProvider": 1}
+
+
+def test_provider_choice():
+    choose = load_runner().choose_providers
+    both = ["SpaceMITExecutionProvider", "CPUExecutionProvider"]
+    assert choose(both, True, 4) == [
+        ("SpaceMITExecutionProvider", {"SPACEMIT_EP_INTRA_THREAD_NUM": "4"}),
+        "CPUExecutionProvider"]
+    # imported but registered nothing: not asked for
+    assert choose(["CPUExecutionProvider"], True, 4) == ["CPUExecutionProvider"]
+    # registered by something else, but SpacemiT's package is not there: not asked for
+    assert choose(both, False, 1) == ["CPUExecutionProvider"]
+
+
+def test_a_spacemit_ort_that_registers_nothing_is_reported_as_it_is(tmp_path, onnx_models):
+    """A fake-but-real spacemit_ort (importable, registers no provider): the runner must
+    report the providers the session really has, and say the package gave nothing."""
+    python = exposing_only(tmp_path / "venv", "onnxruntime")
+    fake = tmp_path / "venv" / "exposed" / "spacemit_ort"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("# stands in for SpacemiT's package; registers nothing\n")
+    key = "tiny_mlp/onnx_int8"
+    plan = hand_plan(tmp_path / "plan", {key: onnx_models[key]}, threads=(2,))
+    proc = subprocess.run([str(python), str(RUNNER), "--plan", str(plan)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    onnx_info = doc["runtimes"]["onnx"]
+    assert onnx_info["spacemit_ort"] is True
+    assert "SpaceMITExecutionProvider" not in onnx_info["providers_available"]
+    (result,) = doc["results"]
+    assert result["providers"] == ["CPUExecutionProvider"]
+    assert result["nodes_per_provider"].keys() == {"CPUExecutionProvider"}
+
+
+def test_a_board_with_onnxruntime_only_times_onnx_and_marks_tflite(tmp_path, tiny_models,
+                                                                   onnx_models):
+    python = exposing_only(tmp_path / "venv", "onnxruntime")
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"], **onnx_models}
+    plan = hand_plan(tmp_path / "plan", models, quantization=TRANSLATED_INPUT)
+    proc = subprocess.run([str(python), str(RUNNER), "--plan", str(plan)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["runtimes"]["tflite"]["missing"].startswith(
+        "NO RUNTIME: no TFLite runtime on this board")
+    by_model = {r["model"]: r for r in doc["results"]}
+    tflite = by_model.pop("tiny_mlp_int8.tflite")
+    assert tflite["error"].startswith("NO RUNTIME: no TFLite runtime on this board")
+    assert "pip install ai-edge-litert" in tflite["error"] and "riscv64" in tflite["error"]
+    assert tflite["no_runtime"] == "tflite"
+    assert len(by_model) == 3 and all("p50_us" in r for r in by_model.values())
+
+
+def test_a_board_with_tflite_only_marks_the_onnx_rows(tmp_path, tiny_models, onnx_models):
+    python = exposing_only(tmp_path / "venv", "ai_edge_litert")
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"],
+              "tiny_mlp/onnx_int8": onnx_models["tiny_mlp/onnx_int8"]}
+    proc = subprocess.run([str(python), str(RUNNER), "--plan",
+                           str(hand_plan(tmp_path / "plan", models))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    by_model = {r["model"]: r for r in json.loads(proc.stdout)["results"]}
+    assert by_model["tiny_mlp_int8.tflite"]["p50_us"] > 0
+    onnx_row = by_model["tiny_mlp_onnx_int8.onnx"]
+    assert onnx_row["error"].startswith("NO RUNTIME: no ONNX runtime on this board")
+    assert "apt install python3-onnxruntime" in onnx_row["error"]
+
+
+def test_a_plan_nothing_of_which_can_run_fails_as_before(tmp_path, tiny_models):
+    python = exposing_only(tmp_path / "venv", "onnxruntime")
+    plan = hand_plan(tmp_path / "plan", {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]})
+    proc = subprocess.run([str(python), str(RUNNER), "--plan", str(plan)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and "no TFLite runtime" in proc.stderr
+    assert "progress" not in proc.stderr

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline import load_runner
-from pipeline.runtimes import BACKENDS, LiteRTModel, open_model, open_model_content
+from pipeline.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel, open_model,
+                               open_model_content)
 from tests.conftest import synthetic_images
 
 
@@ -137,11 +138,11 @@ def test_threads_are_passed_to_the_runtime(tiny_models, images):
 
 def test_the_backend_follows_the_format_and_an_unknown_one_is_named(tmp_path, tiny_models):
     assert isinstance(open_model(tiny_models["tiny_cnn/int8"]), LiteRTModel)
-    assert set(BACKENDS) == {"tflite"}
+    assert BACKENDS == {"tflite": LiteRTModel, "onnx": OnnxRuntimeModel}
     with pytest.raises(ValueError, match=r"m\.pt: no variant has the suffix '\.pt'"):
         open_model(tmp_path / "m.pt")
-    with pytest.raises(ValueError, match="no host runtime for the 'onnx' format"):
-        open_model_content(b"", "onnx")
+    with pytest.raises(ValueError, match="no host runtime for the 'pt' format"):
+        open_model_content(b"", "pt")
 
 
 def test_a_truncated_model_names_the_task_that_rebuilds_it(tiny_models, tmp_path):
@@ -157,3 +158,137 @@ def test_a_truncated_model_names_the_task_that_rebuilds_it(tiny_models, tmp_path
         f"{len(good) // 2:,} bytes - truncated or overwritten?): rebuild it with "
         "`doit forget convert:mnist_cnn && doit convert:mnist_cnn`")
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------
+
+ONNX_KEYS = [f"tiny_{kind}/{variant}" for kind in ("cnn", "mlp")
+             for variant in ("onnx_float32", "onnx_int8", "onnx_int8_tflite")]
+
+
+def onnx_graph_io(path):
+    """Input and output (name, numpy dtype name, shape) read with onnx.load alone."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path)).graph
+    return [(v.name, np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)).name,
+             [d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in (graph.input[0], graph.output[0])]
+
+
+def ort_by_hand(path, images, quantization=None):
+    """ONNX Runtime driven directly, one image per run; an int8 input quantized here with
+    numpy in float32 (q = clip(round(x / scale + zero_point))), an int8 output dequantized."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    rows = []
+    for image in images:
+        x = image.reshape(1, 28, 28, 1).astype(np.float32)
+        if inp.type == "tensor(int8)":
+            (scale, zero_point), _ = quantization
+            x = np.clip(np.round(x / np.float32(scale) + np.float32(zero_point)), -128, 127)
+            x = x.astype(np.int8)
+        y = session.run([out.name], {inp.name: x})[0][0].astype(np.float32)
+        if out.type == "tensor(int8)":
+            _, (scale, zero_point) = quantization
+            y = (y - zero_point) * np.float32(scale)
+        rows.append(y)
+    return np.array(rows)
+
+
+def tflite_quantization(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    return (interpreter.get_input_details()[0]["quantization"],
+            interpreter.get_output_details()[0]["quantization"])
+
+
+@pytest.mark.parametrize("key", ONNX_KEYS)
+def test_onnx_probabilities_equal_ort_driven_by_hand(tiny_models, tiny_onnx_models, images, key):
+    path = tiny_onnx_models[key]
+    model = open_model(path)
+    assert isinstance(model, OnnxRuntimeModel) and model.format == "onnx"
+    # The translated model's scale and zero point are the .tflite's (LiteRT reads them).
+    quantization = (tflite_quantization(tiny_models[key.replace("onnx_int8_tflite", "int8")])
+                    if key.endswith("tflite") else None)
+    # batch_size 16 over 40 images: the models' static batch of 1 takes one at a time
+    probs = model.probabilities(images, 16)
+    assert probs.shape == (40, 10) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs, ort_by_hand(path, images, quantization))
+    np.testing.assert_array_equal(model.predict(images, 16), np.argmax(probs, axis=1))
+    np.testing.assert_array_equal(model.board_predictions(images), np.argmax(probs, axis=1))
+
+
+def test_onnx_board_predictions_are_the_runners_own_loop(tiny_onnx_models, images):
+    """The runner's predict drives the session (through the interpreter calls it makes), so
+    a change of the runner's quantize changes the host's board predictions too."""
+    model = open_model(tiny_onnx_models["tiny_cnn/onnx_int8_tflite"])
+    runner = load_runner()
+    original = runner.quantize
+    try:
+        # every image fed as all-zero input: one answer for all 40
+        runner.quantize = lambda image, detail: np.zeros((1, 28, 28, 1), detail["dtype"])
+        assert len(set(model.board_predictions(images).tolist())) == 1
+        assert len(set(model.probabilities(images, 1).argmax(axis=1).tolist())) == 1
+    finally:
+        runner.quantize = original
+    assert len(set(model.board_predictions(images).tolist())) > 1
+
+
+@pytest.mark.parametrize("key", ONNX_KEYS)
+def test_onnx_io_contract_is_the_graphs(tiny_models, tiny_onnx_models, key):
+    contract = open_model(tiny_onnx_models[key]).io_contract()
+    graph_in, graph_out = onnx_graph_io(tiny_onnx_models[key])
+    for side, (name, dtype, shape) in (("input", graph_in), ("output", graph_out)):
+        tensor = contract[side]
+        assert (tensor["name"], tensor["dtype"], tensor["shape"]) == (name, dtype, shape)
+    assert contract["input"]["shape"] == [1, 28, 28, 1]  # static batch of 1
+    if key.endswith("tflite"):
+        (in_scale, in_zp), (out_scale, out_zp) = tflite_quantization(
+            tiny_models[key.replace("onnx_int8_tflite", "int8")])
+        assert (contract["input"]["scale"], contract["input"]["zero_point"]) == (
+            pytest.approx(in_scale, rel=1e-7), in_zp)
+        assert (contract["output"]["scale"], contract["output"]["zero_point"]) == (
+            pytest.approx(out_scale, rel=1e-7), out_zp)
+        assert contract["input"]["dtype"] == "int8" == contract["output"]["dtype"]
+    else:  # float I/O: the QDQ model quantizes inside
+        assert "scale" not in contract["input"] and "scale" not in contract["output"]
+        assert contract["input"]["dtype"] == "float32"
+
+
+def test_an_integer_onnx_input_without_its_quantization_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["y"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.INT8, [1, 28, 28, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 28, 28, 1])])
+    path = tmp_path / "m_onnx_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ValueError, match="pixels: an integer graph input with no per-tensor "
+                                         "DequantizeLinear"):
+        open_model(path)
+
+
+def test_onnx_threads_float_tensors_and_ops(tiny_onnx_models, images):
+    path = tiny_onnx_models["tiny_cnn/onnx_int8"]
+    two = open_model(path, threads=2)
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    assert two.session.get_providers() == ["CPUExecutionProvider"]
+    np.testing.assert_array_equal(two.probabilities(images, 1),
+                                  open_model(path, threads=1).probabilities(images, 1))
+    content = open_model_content(path.read_bytes(), "onnx")
+    assert content.path is None and content.io_contract() == two.io_contract()
+    ops = [op["op"] for op in two.ops()]
+    assert ops.count("Conv") == 3 and ops.count("MatMul") == 2 and "QuantizeLinear" in ops
+    conv = next(op for op in two.ops() if op["op"] == "Conv")
+    assert conv["outputs"] == [(1, 32, 26, 26)]  # NCHW inside, shapes inferred
+    floats = two.float_tensors()
+    assert floats["image"] == "float32" and set(floats.values()) == {"float32"}
+    translated = open_model(tiny_onnx_models["tiny_cnn/onnx_int8_tflite"]).float_tensors()
+    assert "serving_default_image:0" not in translated  # the int8 graph input

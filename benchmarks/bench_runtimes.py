@@ -1,0 +1,140 @@
+"""ORT vs LiteRT on this host: p50 of one inference per model, side by side in one run.
+
+For each build of an artifact tree (built with convert.onnx = true), times the float32 and
+int8 .tflite under LiteRT and their ONNX counterparts under ONNX Runtime's CPU provider
+(onnx_float32 against float32; onnx_int8 and onnx_int8_tflite against int8), one test image,
+batch of one, at each thread count. The models are timed in interleaved rounds (every model
+once per round, `--rounds` rounds of `--runs` inferences), so a busy moment of the machine
+falls on all of them alike; the p50 is the median over every timed inference and the ratio
+is ORT p50 / LiteRT p50 of that same run.
+
+    python benchmarks/bench_runtimes.py [--artifacts DIR] [--threads 1 2] [--rounds 20]
+
+LiteRT times `invoke()` after `set_tensor`; ONNX Runtime times `session.run(...)`, the call an
+application makes (it includes binding the input and allocating the output). Host figures
+only: the K1's are the latency report's (`doit bench:<board>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# (LiteRT variant, ORT variant): what each ratio compares.
+PAIRS = (("float32", "onnx_float32"), ("int8", "onnx_int8"), ("int8", "onnx_int8_tflite"))
+
+
+def litert_call(path: Path, image: Any, threads: int) -> Callable[[], None]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline import load_runner
+    from pipeline.console import native_output_hidden
+
+    with native_output_hidden():
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], load_runner().quantize(image, detail))
+    return interpreter.invoke
+
+
+def ort_call(path: Path, image: Any, threads: int) -> Callable[[], None]:
+    import numpy as np
+
+    from pipeline import load_runner
+    from pipeline.runtimes import open_model
+
+    model = open_model(path, threads=threads)
+    inp = model.io_contract()["input"]
+    detail = {"dtype": np.dtype(inp["dtype"]).type,
+              "quantization": (inp.get("scale", 0.0), inp.get("zero_point", 0))}
+    feed = {inp["name"]: load_runner().quantize(image, detail)}
+    session = model.session
+    return lambda: session.run(None, feed)
+
+
+def interleaved_p50s(calls: dict[str, Callable[[], None]], rounds: int, runs: int,
+                     warmup: int) -> dict[str, float]:
+    """Median µs per call of each, timed in `rounds` rounds of `runs` calls, models in turn."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                samples[name].append((time.perf_counter() - start) * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure(artifacts: Path, threads: Sequence[int], rounds: int, runs: int,
+            warmup: int) -> list[dict[str, Any]]:
+    from pipeline.layout import Layout
+    from pipeline.preprocess import load_arrays
+    from pipeline.variants import variant_of
+
+    layout = Layout(artifacts)
+    builds: dict[str, dict[str, Path]] = {}
+    for path in layout.model_files():
+        build, variant = variant_of(path)
+        builds.setdefault(build, {})[variant] = path
+    rows = []
+    for build, models in sorted(builds.items()):
+        pairs = [(a, b) for a, b in PAIRS if a in models and b in models]
+        if not pairs:
+            print(f"{build}: no ONNX variants (build with convert.onnx = true)", file=sys.stderr)
+            continue
+        # The build's dataset, as its model card says.
+        dataset = json.loads(layout.card_json(build).read_text())["dataset"]
+        image = load_arrays(layout.dataset_npz(dataset))["x_test"][0]
+        for t in threads:
+            names = sorted({n for pair in pairs for n in pair})
+            calls = {n: (ort_call if n.startswith("onnx") else litert_call)(models[n], image, t)
+                     for n in names}
+            p50 = interleaved_p50s(calls, rounds, runs, warmup)
+            for lite, ort in pairs:
+                rows.append({"build": build, "threads": t, "litert": lite, "ort": ort,
+                             "litert_p50_us": p50[lite], "ort_p50_us": p50[ort],
+                             "ratio": p50[ort] / p50[lite]})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path,
+                        default=Path(os.environ.get("PIPELINE_ARTIFACTS", REPO / "artifacts")))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=200, help="timed inferences per round")
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args(argv)
+    from tabulate import tabulate
+
+    from pipeline.console import quiet_third_party, verbose_requested
+
+    quiet_third_party(verbose_requested(os.environ))
+    rows = measure(args.artifacts, args.threads, args.rounds, args.runs, args.warmup)
+    if not rows:
+        sys.exit(f"error: no build under {args.artifacts} has both runtimes' models")
+    print(tabulate([[r["build"], r["threads"], f"{r['ort']} / {r['litert']}",
+                     f"{r['litert_p50_us']:.1f}", f"{r['ort_p50_us']:.1f}", f"{r['ratio']:.2f}"]
+                    for r in rows],
+                   headers=["build", "threads", "ORT model / LiteRT model", "LiteRT p50 µs",
+                            "ORT p50 µs", "ORT/LiteRT"], disable_numparse=True))
+    print(f"\n{args.rounds} interleaved rounds x {args.runs} inferences per model "
+          f"(medians), one test image, batch 1, this host.")
+
+
+if __name__ == "__main__":
+    main()

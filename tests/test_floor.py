@@ -1,0 +1,119 @@
+"""floor.py: MAC counts (TFLite and ONNX), the synthetic GEMMs, peak rates and floors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import floor
+from pipeline.bench import RUNNER, stage_plan
+from pipeline.boards import Board
+from pipeline.layout import Layout
+from pipeline.variants import VARIANTS
+from tests.conftest import synthetic_images
+from tests.test_runner import onnx_models, write_onnx_models  # noqa: F401
+
+# The K1 tutorial CNN on 28x28x1, counted by hand:
+# conv 26*26*32*(3*3*1) + conv 11*11*64*(3*3*32) + conv 3*3*64*(3*3*64) + 576*64 + 64*10
+CNN_MACS = 194_688 + 2_230_272 + 331_776 + 36_864 + 640
+MLP_MACS = 784 * 128 + 128 * 10
+
+
+def test_count_macs_matches_the_hand_count(tiny_models, peak_models):
+    for variant in ("float32", "int8"):
+        assert floor.count_macs(tiny_models[f"tiny_cnn/{variant}"]) == CNN_MACS
+        assert floor.count_macs(tiny_models[f"tiny_mlp/{variant}"]) == MLP_MACS
+    for path in peak_models.values():
+        assert floor.count_macs(path) == floor.GEMM_MACS
+
+
+def test_peak_rates_are_best_per_variant_and_monotone_in_threads():
+    peak = [{"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**6},
+            {"variant": "int8", "threads": 1, "min_us": 200.0, "macs": 10**6},
+            {"variant": "int8", "threads": 2, "min_us": 400.0, "macs": 10**6},  # noisy
+            {"variant": "float32", "threads": 1, "min_us": 1000.0, "macs": 10**6},
+            {"variant": "float32", "threads": 2, "error": "timed out"}]
+    rates = floor.peak_rates(peak)
+    assert rates == {("int8", 1): 1e10, ("int8", 2): 1e10, ("float32", 1): 1e9}
+    assert floor.floor_us(10**6, "int8", 2, rates) == pytest.approx(100.0)
+    assert floor.floor_us(10**6, "float32", 1, rates) == pytest.approx(1000.0)
+    # a variant without its own GEMM gets the fastest rate measured: still a floor
+    assert floor.floor_us(10**6, "int8_custom", 1, rates) == pytest.approx(100.0)
+    assert floor.floor_us(10**6, "int8", 1, {}) is None
+
+
+@pytest.fixture(scope="module")
+def every_variant(tmp_path_factory):
+    """The CNN and MLP in every .tflite variant the converter makes, with some training
+    signal, and an MLP in the three ONNX variants."""
+    import keras
+    import numpy as np
+
+    from pipeline.convert import convert
+    from pipeline.train import build_model
+
+    out = tmp_path_factory.mktemp("variants")
+    labels = np.arange(300) % 10
+    images = synthetic_images(labels, 3)
+    paths = {}
+    for kind in ("cnn", "mlp"):
+        keras.utils.set_random_seed(0)
+        model = build_model(kind, (28, 28), 10)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(images[..., None].astype(np.float32), labels, epochs=1, verbose=0)
+        for variant in floor.PEAK_VARIANTS:
+            if VARIANTS[variant].format != "tflite":
+                continue
+            path = out / f"v_{kind}_{variant}.tflite"
+            path.write_bytes(convert(model, variant, images[:50]))
+            paths[f"v_{kind}/{variant}"] = path
+    # and the ONNX variants (of an MLP wide enough to be timed against a GEMM's peak)
+    return {**paths, **write_onnx_models(out, "v_onnx", hidden=1024)}
+
+
+def test_no_model_runs_faster_than_the_measured_peak(tmp_path, every_variant, peak_models):
+    """p50/floor >= 0.9 for every variant: the floor is priced per the kernels really used."""
+    import numpy as np
+
+    labels = np.arange(10)
+    samples = {k.split("/")[0]: (synthetic_images(labels, 0), labels) for k in every_variant}
+    board = Board(name="t", threads=(1, 2), warmup=10, runs=100)
+    plan = stage_plan(every_variant, samples, board, tmp_path, peak_models)
+    proc = subprocess.run([sys.executable, str(RUNNER), "--plan", str(plan)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rates = floor.peak_rates(doc["peak"])
+    assert {v for v, _ in rates} == set(floor.PEAK_VARIANTS)
+    by_file = {p.name: (key, p) for key, p in every_variant.items()}
+    ratios = {}
+    for r in doc["results"]:
+        key, path = by_file[r["model"]]
+        ratios[key, r["threads"]] = r["p50_us"] / floor.floor_us(
+            floor.count_macs(path), key.split("/")[1], r["threads"], rates)
+    assert len(ratios) == len(every_variant) * 2
+    assert min(ratios.values()) >= 0.9, sorted(ratios.items(), key=lambda kv: kv[1])[:4]
+
+
+def test_onnx_macs_match_the_hand_count(onnx_models):
+    for path in onnx_models.values():  # Dense 784x64 + Dense 64x10, float, QDQ or int8 input
+        assert floor.count_macs(path) == 784 * 64 + 64 * 10
+
+
+def test_onnx_peak_gemms_are_reproducible_and_right_sized(tmp_path, peak_models):
+    import onnx
+
+    again = floor.build_peak_models(["onnx_float32", "onnx_int8"], Layout(tmp_path))
+    for variant in ("onnx_float32", "onnx_int8"):
+        assert again[variant].read_bytes() == peak_models[variant].read_bytes()
+        assert floor.count_macs(again[variant]) == floor.GEMM_MACS
+    ops = [n.op_type for n in onnx.load(str(again["onnx_int8"])).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # int8 QDQ, not float
+
+
+def test_a_variant_without_a_twin_takes_its_own_runtimes_fastest_rate():
+    rates = {("int8", 1): 4e11, ("onnx_int8", 1): 1e11, ("onnx_float32", 1): 5e10}
+    # ONNX Runtime's int8 rate, not LiteRT's faster one: its floor is priced by its kernels
+    assert floor.floor_us(10**6, "onnx_int8_tflite", 1, rates) == pytest.approx(10.0)
+    assert floor.floor_us(10**6, "int8_selective", 1, rates) == pytest.approx(2.5)

@@ -1,0 +1,436 @@
+"""The virtual K1: brought up once per test run through its own CLI, reached over a real sshd,
+really emulated (qemu-user via binfmt), and taken down leaving nothing behind.
+
+Where this machine cannot host it (not root, no binfmt, Debian's archive unreachable for a
+first build) the tests skip with the whole reason, except under CI=true: there a board that
+does not come up fails the run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import bench, virtual_k1
+from pipeline.bench import BoardError
+from pipeline.boards import Board, load_boards
+from pipeline.params import ParamsError
+from tests.conftest import REPO, free_port, wait_for
+
+CI = os.environ.get("CI") == "true"
+
+
+@dataclass
+class Virtual:
+    board: Board
+    layout: virtual_k1.Layout
+    up_seconds: float
+    up_output: str
+    binfmt_before: dict | None
+    binfmt_mounted_before: bool
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    # The guest must not inherit this: it would make every emulated Python start recompile.
+    full_env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return subprocess.run([sys.executable, "-m", "pipeline.virtual_k1", *args], cwd=REPO,
+                          env={**full_env, **(env or {})}, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def layout_args(layout: virtual_k1.Layout) -> list[str]:
+    return ["--cache", str(layout.cache), "--state", str(layout.state)]
+
+
+def cannot_run(reason: str) -> None:
+    if CI:
+        pytest.fail(f"CI=true: the virtual K1 must come up here: {reason}", pytrace=False)
+    pytest.skip(f"virtual K1 not available: {reason} (README: No K1 yet?)")
+
+
+def everything_left(layout: virtual_k1.Layout, tag: str) -> list[str]:
+    """Processes of the board (tagged, or its sshd) and mounts under its root file system in
+    any mount namespace of this machine."""
+    left = [f"process {p}" for p in virtual_k1.board_processes(tag)]
+    config = str(layout.state_file("sshd_config"))
+    root = str(layout.rootfs)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            mountinfo = (entry / "mountinfo").read_text()
+        except OSError:
+            continue
+        if config in cmdline:
+            left.append(f"process {entry.name}: {cmdline}")
+        left += [f"mount {line.split()[4]} (pid {entry.name})" for line in mountinfo.splitlines()
+                 if line.split()[4].startswith(root)]
+    return sorted(set(left))
+
+
+@pytest.fixture(scope="session")
+def virtual(tmp_path_factory):
+    """The virtual K1, up once per test run (root file system from the shared cache)."""
+    if os.geteuid() != 0:
+        cannot_run("needs root (binfmt_misc, chroot, namespaces, sshd)")
+    cache = Path(os.environ.get("VIRTUAL_K1_CACHE") or virtual_k1.default_cache(os.environ))
+    layout = virtual_k1.Layout(cache, tmp_path_factory.mktemp("vk1") / "state")
+    mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
+    binfmt_before = virtual_k1.binfmt_entry()
+    started = time.monotonic()
+    proc = cli("up", *layout_args(layout), "--boards", str(REPO / "board" / "boards.toml"))
+    seconds = time.monotonic() - started
+    if proc.returncode == virtual_k1.UNAVAILABLE:
+        cannot_run(proc.stderr.strip().removeprefix("error: "))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    board = next(b for b in load_boards(layout.inventory) if b.name == "virtual-k1")
+    yield Virtual(board, layout, seconds, proc.stdout, binfmt_before, mounted_before)
+    tag = str(layout.state.resolve())
+    down = cli("down", *layout_args(layout))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert everything_left(layout, tag) == []
+
+
+def on_board(virtual: Virtual, *argv: str, stdin: bytes | None = None) -> bytes:
+    status, out, err = bench.ssh_run(virtual.board, list(argv), stdin=stdin, timeout=300)
+    assert status == 0, err
+    return out
+
+
+# --- what it is -------------------------------------------------------------------------
+
+
+def test_the_board_is_riscv64_with_the_k1s_vector_unit(virtual):
+    assert on_board(virtual, "uname", "-m").strip() == b"riscv64"
+    facts = json.loads(on_board(virtual, "python3", "-c", virtual_k1.PROBE).splitlines()[-1])
+    assert facts["machine"] == "riscv64"
+    assert facts["vlmax_e8m1"] * 8 == 256  # vsetvli e8,m1 on the guest: VLEN 256
+    assert facts["numpy"].startswith("2.") and facts["onnxruntime"].startswith("1.")
+    assert facts["providers"] == ["CPUExecutionProvider"]
+    assert facts["tflite_runtimes"] == []  # as on a K1 today
+    assert "emulated" in facts["cpuinfo_model"]
+    # the host's PYTHONDONTWRITEBYTECODE=1 (set by cli()) does not reach the guest
+    assert facts["dontwritebytecode"] == 0
+    assert "riscv64, RVV VLEN 256" in virtual.up_output
+
+
+def test_child_processes_are_riscv64_too(virtual):
+    # The runner starts a child per case with sys.executable: binfmt's F flag makes that work.
+    code = ("import subprocess, sys; print(subprocess.run([sys.executable, '-c', "
+            "'import platform; print(platform.machine())'], capture_output=True, "
+            "text=True, check=True).stdout.strip())")
+    assert on_board(virtual, "python3", "-c", code).strip() == b"riscv64"
+
+
+def test_the_guest_is_an_unprivileged_user_in_its_own_home(virtual):
+    out = on_board(virtual, "sh", "-c", 'id -u; pwd; test -w /usr && echo writable || true')
+    assert out.split() == [str(virtual_k1.GUEST_UID).encode(), virtual_k1.GUEST_HOME.encode()]
+
+
+def test_the_inventory_works_unchanged_and_is_marked_emulated(virtual):
+    boards = {b.name: b for b in load_boards(virtual.layout.inventory)}
+    assert "local" in boards  # the project's inventory, so dodo's default boards exist
+    board = boards["virtual-k1"]
+    assert board.emulated and not boards["local"].emulated
+    assert (board.threads, board.warmup, board.runs) == (
+        tuple(virtual_k1.BOARD_SETTINGS["threads"]), virtual_k1.BOARD_SETTINGS["warmup"],
+        virtual_k1.BOARD_SETTINGS["runs"])
+    assert not any("StrictHostKeyChecking" in o for o in board.ssh_options)
+
+
+def test_host_key_checking_stays_on(virtual, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = tuple(f"UserKnownHostsFile={empty}" if o.startswith("UserKnownHostsFile=") else o
+                    for o in virtual.board.ssh_options)
+    stranger = Board(**{**virtual.board.settings(), "ssh_options": options})
+    with pytest.raises(BoardError, match="host key is not known"):
+        bench.ssh_run(stranger, ["true"])
+
+
+def test_push_puts_files_in_the_guest(virtual, tmp_path):
+    payload = tmp_path / "it's a model.bin"
+    payload.write_bytes(os.urandom(4096))
+    assert bench.push(virtual.board, [payload]) == [payload.name]
+    assert bench.push(virtual.board, [payload]) == []  # the board's sha256sum agrees
+    inside = (virtual.layout.rootfs / virtual_k1.GUEST_HOME.lstrip("/")
+              / virtual.board.remote_dir / payload.name)
+    assert inside.read_bytes() == payload.read_bytes()
+
+
+# --- ONNX Runtime on riscv64 against ONNX Runtime on this host ----------------------------
+
+
+def tiny_onnx_models() -> dict[str, bytes]:
+    """A float MLP layer and the same layer in int8 QDQ form, built with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w = rng.normal(0, 0.3, (64, 10)).astype(np.float32)
+    b = rng.normal(0, 0.1, 10).astype(np.float32)
+
+    def model(nodes, inits, out_type):
+        graph = helper.make_graph(
+            nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("y", out_type, [1, 10])], inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8  # Debian's onnxruntime 1.21 reads IR <= 10
+        onnx.checker.check_model(m)
+        return m.SerializeToString()
+
+    floats = model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                    helper.make_node("Add", ["h", "b"], ["z"]),
+                    helper.make_node("Softmax", ["z"], ["y"], axis=1)],
+                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+                   TensorProto.FLOAT)
+    w_scale = np.float32(np.abs(w).max() / 127)
+    w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+    scalar = lambda name, v, dtype: numpy_helper.from_array(np.array(v, dtype), name)  # noqa: E731
+    int8 = model(
+        [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+         helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+         helper.make_node("MatMul", ["xd", "wd"], ["h"]),
+         helper.make_node("QuantizeLinear", ["h", "ys", "yz"], ["y"])],
+        [numpy_helper.from_array(w_q, "wq"), scalar("xs", 1 / 127, np.float32),
+         scalar("xz", 0, np.int8), scalar("ws", w_scale, np.float32), scalar("wz", 0, np.int8),
+         scalar("ys", 0.05, np.float32), scalar("yz", 0, np.int8)],
+        TensorProto.INT8)
+    return {"float": floats, "int8": int8, "w": w, "b": b, "w_q": w_q, "w_scale": w_scale}
+
+
+GUEST_RUN = r'''
+import io, sys, numpy as np, onnxruntime as ort
+x = np.load(sys.argv[2])
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+out = np.concatenate([s.run(None, {"x": row[None]})[0] for row in x])
+buf = io.BytesIO(); np.save(buf, out); sys.stdout.buffer.write(buf.getvalue())
+'''
+
+
+def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
+    import onnxruntime as ort
+
+    models = tiny_onnx_models()
+    x = np.random.default_rng(5).uniform(-1, 1, (32, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    files = [tmp_path / "x.npy"]
+    for name in ("float", "int8"):
+        (tmp_path / f"{name}.onnx").write_bytes(models[name])
+        files.append(tmp_path / f"{name}.onnx")
+    bench.push(virtual.board, files)
+    outputs = {}
+    for name in ("float", "int8"):
+        raw = on_board(virtual, "sh", "-c", 'cd "$1" && exec python3 -c "$2" "$3" x.npy 2>/dev/null',
+                       "sh", virtual.board.remote_dir, GUEST_RUN, f"{name}.onnx")
+        board = np.load(io.BytesIO(raw))
+        session = ort.InferenceSession(models[name], providers=["CPUExecutionProvider"])
+        host = np.concatenate([session.run(None, {"x": row[None]})[0] for row in x])
+        outputs[name] = (board, host)
+    board, host = outputs["float"]
+    assert board.dtype == np.float32 and board.shape == (32, 10)
+    np.testing.assert_allclose(board, host, rtol=1e-5, atol=1e-6)
+    # an independent reference: numpy's softmax(xW + b)
+    z = x.astype(np.float64) @ models["w"] + models["b"]
+    ref = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(board, ref / ref.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+    board, host = outputs["int8"]
+    assert board.dtype == np.int8
+    assert np.array_equal(board, host)  # int8: bit for bit
+    # numpy's own QDQ arithmetic: within one step of rounding
+    xq = np.clip(np.round(x * 127), -128, 127)
+    acc = (xq / 127) @ (models["w_q"].astype(np.float64) * models["w_scale"])
+    ref = np.clip(np.round(acc / 0.05), -128, 127)
+    assert np.abs(board.astype(int) - ref).max() <= 1
+
+
+# --- down and up again --------------------------------------------------------------------
+
+
+def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
+    """Runs last in this file: takes the board down under a live session, checks that
+    nothing is left, and brings it up again (warm cache) for whatever test comes next."""
+    tag = str(virtual.layout.state.resolve())
+    session = subprocess.Popen(bench.ssh_argv(virtual.board, ["sleep", "600"]),
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(virtual_k1.board_processes(tag)) >= 2, 30)
+        down = cli("down", *layout_args(virtual.layout))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert everything_left(virtual.layout, tag) == []
+        assert session.wait(timeout=20) != 0  # its connection was cut
+        # what up changed on the host is undone
+        assert virtual_k1.binfmt_entry() == virtual.binfmt_before
+        assert (virtual_k1.BINFMT_DIR / "register").exists() == virtual.binfmt_mounted_before
+    finally:
+        session.kill()
+        session.wait()
+    again = cli("up", *layout_args(virtual.layout), "--boards",
+                str(REPO / "board" / "boards.toml"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    # the root file system came from the cache (its timings: benchmarks/bench_virtual_k1.py)
+    assert "building" not in again.stdout
+    port = json.loads(virtual.layout.record.read_text())["port"]
+    old_port = virtual.board.port
+    virtual.board = next(b for b in load_boards(virtual.layout.inventory)
+                         if b.name == "virtual-k1")
+    # the same port again, so the entry (and doit's up-to-date check of bench) is unchanged
+    assert virtual.board.port == port == old_port
+    assert on_board(virtual, "uname", "-m").strip() == b"riscv64"
+
+
+def test_without_root_up_says_so_in_one_line(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop it (this test runs `up` as nobody)")
+    code = ("import os, sys; from pipeline import virtual_k1; os.setgid(65534); os.setuid(65534); "
+            "virtual_k1.main(sys.argv[1:])")
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-c", code, "up", "--cache", str(cache)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == virtual_k1.UNAVAILABLE
+    assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
+    assert "Traceback" not in proc.stderr and not cache.exists()
+
+
+def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (up gets as far as the first build)")
+    mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
+    binfmt_before = virtual_k1.binfmt_entry()
+    closed = f"http://127.0.0.1:{free_port()}/debian"  # nothing listens there
+    layout = virtual_k1.Layout(tmp_path / "cache", tmp_path / "state")
+    proc = cli("up", *layout_args(layout), "--mirror", closed)
+    assert proc.returncode == virtual_k1.UNAVAILABLE, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"Debian's archive is unreachable at {closed}" in proc.stderr
+    assert not layout.rootfs.exists() and not list(layout.cache.glob(".rootfs.partial*"))
+    assert everything_left(layout, str(layout.state.resolve())) == []
+    assert virtual_k1.binfmt_entry() == binfmt_before
+    assert (virtual_k1.BINFMT_DIR / "register").exists() == mounted_before
+
+
+def test_an_emulated_boards_result_says_so(tiny_models, peak_models, tmp_path):
+    """bench writes the inventory's flag into the board's result, which the reports mark, and
+    times no peak GEMM there (no floor from qemu's speed); on a local board, so no emulation
+    is needed."""
+    from pipeline.layout import Layout
+    from pipeline.preprocess import save_arrays
+    from tests.conftest import synthetic_images
+
+    labels = np.arange(20) % 10
+    save_arrays(tmp_path / "d.npz", {"x_test": synthetic_images(labels, 2), "y_test": labels})
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
+    layout = Layout(tmp_path / "artifacts")
+    for emulated in (True, False):
+        board = Board(name="emu", emulated=emulated, warmup=1, runs=3)
+        document = bench.run(board, models, {"tiny_mlp": tmp_path / "d.npz"}, 10, layout,
+                             [board], peak_models)
+        assert document["emulated"] is emulated
+        assert bool(document["peak"]) is not emulated
+        saved = json.loads(layout.board_result("emu").read_text())
+        assert saved["emulated"] is emulated
+        rows = json.loads(layout.latency_report("json").read_text())["rows"]
+        assert [r["emulated"] for r in rows] == [emulated]
+        assert ("floor_us" in rows[0]) is not emulated  # no floor from an emulator's speed
+
+
+# --- pure parts: no root needed -------------------------------------------------------------
+
+
+def test_the_mirror_is_the_first_debian_archive_of_the_apt_config(tmp_path):
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "a-node.sources").write_text(
+        "Types: deb\nURIs: https://third.example/node\nSuites: nodistro\nComponents: main\n")
+    (d / "b-debian.sources").write_text(
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: main\n\n"
+        "Types: deb\n# comment\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n\n"
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\n  http://second.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main contrib\n")
+    assert virtual_k1.apt_mirror(d, tmp_path / "none") == "http://mirror.example/debian"
+    (d / "b-debian.sources").unlink()
+    assert virtual_k1.apt_mirror(d, tmp_path / "none") is None
+    listing = tmp_path / "sources.list"
+    listing.write_text("# deb http://commented.example/debian trixie main\n"
+                       "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian trixie main\n")
+    assert virtual_k1.apt_mirror(d, listing) == "http://one.example/debian"
+
+
+def test_a_cached_build_skips_apts_update(tmp_path):
+    layout = virtual_k1.Layout(tmp_path / "cache", tmp_path / "state")
+    online = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", False)
+    offline = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", True)
+    assert "--skip=update" in offline and "--skip=update" not in online
+    assert online[-3:] == ["trixie", str(tmp_path / "t"), "http://m/debian"]
+    assert "--variant=extract" in online and "--arch=riscv64" in online
+    assert f"--include={','.join(virtual_k1.PACKAGES)}" in online
+
+
+def test_binfmt_line_uses_the_f_flag():
+    line = virtual_k1.binfmt_line("/usr/bin/qemu-riscv64-static")
+    fields = line.split(":")
+    assert fields[1] == "qemu-riscv64" and fields[2] == "M" and fields[-1] == "F"
+    assert fields[-2] == "/usr/bin/qemu-riscv64-static"
+    # the magic is the riscv64 ELF header: EM_RISCV = 0xf3 at offset 18
+    magic = bytes.fromhex(fields[4].replace("\\x", ""))
+    assert magic[:4] == b"\x7fELF" and magic[18] == 0xF3 and len(magic) == len(
+        bytes.fromhex(fields[5].replace("\\x", "")))
+
+
+def test_state_directory_must_be_private_and_sshd_safe(tmp_path):
+    with pytest.raises(virtual_k1.VirtualK1Error, match="no spaces"):
+        virtual_k1.check_state_dir(tmp_path / "a b")
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    with pytest.raises(virtual_k1.VirtualK1Error, match="mode 0700"):
+        virtual_k1.check_state_dir(loose)
+    virtual_k1.check_state_dir(tmp_path / "fresh")
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+
+
+def test_mounts_under_reads_mountinfo(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 0:21 / /proc rw - proc proc rw\n"
+                    f"30 22 0:5 / {tmp_path}/root/proc rw - proc proc rw\n"
+                    f"31 30 0:5 /cpuinfo {tmp_path}/root/proc/cpuinfo ro - proc proc rw\n"
+                    f"32 1 0:6 / {tmp_path}/rootfs2 rw - tmpfs t rw\n")
+    assert virtual_k1.mounts_under(tmp_path / "root", info) == [
+        f"{tmp_path}/root/proc/cpuinfo", f"{tmp_path}/root/proc"]
+
+
+def test_cpuinfo_says_emulated_and_counts_the_cpus():
+    text = virtual_k1.cpuinfo_text(3)
+    assert text.count("processor\t:") == 3 and "not a SpacemiT X60" in text
+    assert "rv64imafdcv" in text
+
+
+def test_answers_help():
+    proc = cli("--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: virtual_k1.py ")
+    assert "{up,down,status}" in proc.stdout and "--mirror" in proc.stdout
+
+
+def test_the_inventory_flag_emulated_is_a_boolean_defaulting_to_false(tmp_path):
+    inventory = tmp_path / "boards.toml"
+    inventory.write_text('[[boards]]\nname = "real"\n\n[[boards]]\nname = "v"\nemulated = true\n')
+    assert [b.emulated for b in load_boards(inventory)] == [False, True]
+    inventory.write_text('[[boards]]\nname = "v"\nemulated = "yes"\n')
+    with pytest.raises(ParamsError, match="emulated"):
+        load_boards(inventory)
