@@ -48,13 +48,15 @@ def style(variant: str, thread_index: int = 0) -> dict[str, Any]:
 
 
 def run_dates(runs: Sequence[dict[str, Any]]) -> list[datetime] | None:
-    """Each run's start (UTC), or None when any run lacks one (then the x axis is run ids)."""
+    """Each run's start (UTC), or None when any run lacks one or has one that is not a time
+    (then the x axis is run ids: a malformed old row must not cost tonight's chart)."""
     dates = []
     for run in runs:
         stamp = run.get("started_utc")
-        if not stamp:
+        try:
+            dates.append(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")))
+        except ValueError:
             return None
-        dates.append(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")))
     return dates
 
 
