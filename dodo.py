@@ -32,7 +32,6 @@ from doit.tools import config_changed
 from pipeline import PipelineError
 from pipeline.boards import load_boards
 from pipeline.console import quiet_third_party, verbose_requested
-from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
@@ -40,7 +39,6 @@ from pipeline.variants import VARIANTS, reference_int8_variant, variant_names
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
-MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
 # Before any stage imports TensorFlow: its C++ logger reads the environment once.
@@ -50,6 +48,9 @@ try:
     PARAMS = load_params(PARAMS_PATH)
 except ParamsError as exc:
     raise SystemExit(f"error: bad params: {exc}") from None
+# The built-in datasets and those the params file declares ([[datasets]]).
+DATASETS = PARAMS.dataset_specs()
+MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 try:
     BOARDS = load_boards(BOARDS_PATH)
 except ParamsError as exc:
@@ -144,7 +145,8 @@ def task_download():
             "doc": f"fetch and verify the {name} archives",
             "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
                                     download.mirrors_for(spec, MIRRORS[name], OFFLINE),
-                                    PARAMS.download.timeout_s, download.terminal_progress()])],
+                                    PARAMS.download.timeout_s, download.terminal_progress(),
+                                    print, DATASETS])],
             "file_dep": [STAGES / "download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
             "uptodate": [config_changed(section_dict(spec))],
@@ -170,16 +172,24 @@ def task_preprocess():
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
     for build in PARAMS.builds:
+        source = PARAMS.model_source(build.name)
         yield {
             "name": build.name,
             "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
-            "actions": [(_guarded, [_stage("train.run"), build.model, dataset_npz(build.dataset),
+            "actions": [(_guarded, [_stage("train.run"), source, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
                                     LAYOUT.history_json(build.name),
-                                    LAYOUT.logs_dir(build.name)])],
-            "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
+                                    LAYOUT.logs_dir(build.name), build.fine_tune,
+                                    build.max_parameters,
+                                    len(DATASETS[build.dataset].class_names)])],
+            # The user's model file (their .py, module or saved model): editing it retrains
+            # this build and no other.
+            "file_dep": [STAGES / "train.py", STAGES / "models.py", dataset_npz(build.dataset),
+                         *([source.file] if source.file else [])],
             "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
-            "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
+            "uptodate": [config_changed({"model": build.model, "fine_tune": build.fine_tune,
+                                         "max_parameters": build.max_parameters,
+                                         **section_dict(PARAMS.train)})],
             "clean": True,
         }
 
@@ -197,8 +207,11 @@ def task_convert():
             "file_dep": [STAGES / "convert.py", keras_model(build.name),
                          dataset_npz(build.dataset)],
             "targets": list(models.values()),
+            # Every variant the build ships, whichever task makes it: convert also removes
+            # the files of variants switched off, so it reruns when that list changes.
             "uptodate": [config_changed({**section_dict(PARAMS.convert),
-                                         "float_layers": list(build.float_layers)})],
+                                         "float_layers": list(build.float_layers),
+                                         "variants": list(variant_models(build.name))})],
             "clean": True,
         }
 
