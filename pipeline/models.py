@@ -75,8 +75,8 @@ def resolve(reference: str, base_dir: Path) -> ModelSource:
         try:
             spec = importlib.util.find_spec(target)
         except (ImportError, ValueError) as exc:
-            raise ModelSourceError(f"{reference!r}: cannot find module {target!r} ({exc})") \
-                from None
+            raise ModelSourceError(f"{reference!r}: no importable module {target!r} ({exc}; is "
+                                   "its package installed, or on PYTHONPATH?)") from None
         if spec is None or not spec.origin or not Path(spec.origin).is_file():
             raise ModelSourceError(f"{reference!r}: no importable module {target!r} (is its "
                                    "package installed, or on PYTHONPATH?)")
