@@ -32,6 +32,7 @@ from doit.tools import config_changed
 from pipeline import PipelineError
 from pipeline.boards import load_boards
 from pipeline.console import quiet_third_party, verbose_requested
+from pipeline import download
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
@@ -60,15 +61,38 @@ if _missing:
     raise SystemExit(f"error: bad params: bench.default_boards names {sorted(_missing)}, "
                      f"which {BOARDS_PATH} does not declare")
 
+# A dataset that is not cached and that no mirror has (a quick look, taken only while it is
+# missing): its builds leave the default tasks and the boards' benchmarks, so the other builds
+# are still built and timed. `doit` still runs its download, which fails saying why, once.
+MISSING = {}
+for _name in PARAMS.datasets:
+    _why = download.unavailable(DATASETS[_name], LAYOUT.raw_dir(_name),
+                                download.mirrors_for(DATASETS[_name], MIRRORS[_name], OFFLINE),
+                                min(PARAMS.download.timeout_s, 5.0))
+    if _why:
+        MISSING[_name] = _why
+BLOCKED = {b.name: b.dataset for b in PARAMS.builds if b.dataset in MISSING}
 STAGES = Path("pipeline")
 RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
+
+
+def _default_tasks():
+    """What a plain `doit` runs: every stage of every build, minus the builds whose dataset
+    no mirror has (their download still runs, to say why)."""
+    stages = ["train", "convert", "evaluate", "curves", "analysis", "layers", "card"]
+    boards = [f"bench:{board}" for board in PARAMS.bench.default_boards]
+    if not BLOCKED:
+        return ["download", "preprocess", *stages, "peak", *boards]
+    return ["download", *(f"preprocess:{d}" for d in PARAMS.datasets if d not in MISSING),
+            *(f"{stage}:{b.name}" for stage in stages for b in PARAMS.builds
+              if b.name not in BLOCKED), "peak", *boards]
+
+
 DOIT_CONFIG = {
     "dep_file": str(LAYOUT.doit_db()),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", "convert", "evaluate", "curves",
-                      "analysis", "layers", "card", "peak",
-                      *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
+    "default_tasks": _default_tasks(),
 }
 
 
@@ -342,15 +366,17 @@ def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within
 
-    models = {f"{b.name}/{v}": p for b in PARAMS.builds
-              for v, p in variant_models(b.name).items()}
-    datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
+    # The builds whose dataset no mirror has are left out (and named once), not waited for.
+    built = [b for b in PARAMS.builds if b.name not in BLOCKED]
+    models = {f"{b.name}/{v}": p for b in built for v, p in variant_models(b.name).items()}
+    datasets = {b.name: dataset_npz(b.dataset) for b in built}
     for board in BOARDS:
         result = LAYOUT.board_result(board.name)
         yield {
             "name": board.name,
             "doc": f"time every model on board {board.name!r} ({board.where})",
-            "actions": [(_guarded, [_stage("bench.run"), board, models, datasets,
+            "actions": [(_say_blocked, [board.name]),
+                        (_guarded, [_stage("bench.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
             "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
@@ -366,6 +392,13 @@ def task_bench():
             "clean": [(_clean_board, [[result, LAYOUT.bench_dir(board.name)],
                                       (LAYOUT, BOARDS, models, PARAMS.bench.max_age_hours)])],
         }
+
+
+def _say_blocked(board):
+    """One line naming the builds a board is not timing, and why."""
+    if BLOCKED:
+        print(f"bench:{board}: not timing {', '.join(sorted(BLOCKED))}: "
+              + "; ".join(f"dataset {d}: {MISSING[d]}" for d in sorted(set(BLOCKED.values()))))
 
 
 def _clean_board(paths, report_args, dryrun=False):

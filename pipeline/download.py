@@ -244,6 +244,46 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
     return paths
 
 
+def unavailable(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
+                timeout_s: float) -> str | None:
+    """None when `spec` can be had as far as a quick look tells: every file is in the cache,
+    or a mirror (or the file's own location) has the first missing one; else why not, in one
+    line. A look, not a download: a mirror that serves wrong bytes passes it (the download
+    task then fails on the checksum). dodo.py calls it only for a dataset not yet cached."""
+    missing = [remote for remote in spec.files if not (Path(cache_dir) / remote.name).is_file()]
+    if not missing:
+        return None
+    remote = missing[0]
+    tried = []
+    for mirror in list(mirrors) + ([remote.location] if remote.location else []):
+        why = _look(mirror, remote.name, timeout_s)
+        if why is None:
+            return None
+        tried.append(f"{mirror}: {why}")
+    return (f"no mirror has {spec.name}/{remote.name} ("
+            + ("; ".join(tried) if tried else "no mirror to try") + ")")
+
+
+def _look(mirror: str, name: str, timeout_s: float) -> str | None:
+    """None if `mirror` has a file `name` (a HEAD request for a URL), else why not."""
+    if not mirror.startswith(("http://", "https://")):
+        directory = Path(urllib.parse.urlparse(mirror).path if mirror.startswith("file://")
+                         else mirror)
+        return None if (directory / name).is_file() else "no such file"
+    import urllib.error
+    import urllib.request
+
+    url = urllib.parse.urljoin(mirror.rstrip("/") + "/", urllib.parse.quote(name))
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),  # noqa: S310
+                                    timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"cannot connect ({getattr(exc, 'reason', exc)})"
+
+
 def mirror_hint(dataset: str) -> str:
     """How a user points the pipeline at their own copy of `dataset`."""
     return (f"To use a copy you have: PIPELINE_MIRROR=<directory or URL> holding the original "

@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import PipelineError, history, nightly_report
 from pipeline.boards import Board, load_boards
@@ -230,20 +230,49 @@ def machine() -> dict[str, Any]:
             "hostname": platform.node()}
 
 
-def dataset_hashes(run_dir: Path, datasets: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """SHA-256 of each archive's decompressed payload (None where the file is missing)."""
+def dataset_hashes(run_dir: Path, datasets: Sequence[str],
+                   specs: Mapping[str, Any] = DATASETS) -> dict[str, dict[str, str | None]]:
+    """SHA-256 of each archive's decompressed payload (None where the file is missing);
+    `specs`: the registry, with the params file's declared datasets."""
     from pipeline.download import DownloadError, payload_sha256
 
     out: dict[str, dict[str, str | None]] = {}
     for name in datasets:
         out[name] = {}
-        for remote in DATASETS[name].files:
+        for remote in specs[name].files:
             try:
                 out[name][remote.name] = payload_sha256(Layout(run_dir).raw_dir(name) /
                                                         remote.name)
             except DownloadError:
                 out[name][remote.name] = None
     return out
+
+
+def user_model_hashes(params: Any) -> dict[str, str]:
+    """SHA-256 of each build's own model file (their .py, module or saved model): an input
+    like the code, so editing it is a change of inputs, not an unreproducible artifact."""
+    out = {}
+    for build in params.builds:
+        source = params.model_source(build.name)
+        if source.file is not None and Path(source.file).is_file():
+            out[build.name] = sha256_file(source.file)
+    return out
+
+
+def unstable_names_note(run_dir: Path, builds: Sequence[str]) -> str:
+    """"; <build>: layer names depend on ..." for each build whose train stage found its
+    layer names differing between two calls (history.json), else ""."""
+    notes = []
+    for build in builds:
+        try:
+            record = json.loads(Layout(run_dir).history_json(build).read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("layer_names_stable") is False:
+            notes.append(f"{build}: its layer names depend on what the process built before, "
+                         "so its .h5/.tflite bytes are not reproducible (give every layer an "
+                         "explicit name=; README: Bring your own model)")
+    return "".join(f"; {note}" for note in notes)
 
 
 def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -317,7 +346,8 @@ def run_stamp(moment: dt.datetime, parent: Path) -> Path:
     return candidate
 
 
-def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) -> int:
+def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str],
+                  specs: Mapping[str, Any] = DATASETS) -> int:
     """Hard-link (or copy) the cached archives into the run directory; return files seeded.
 
     Safe to share inodes: the download task replaces a bad file by rename, never in place.
@@ -325,7 +355,7 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     seeded = 0
     for name in datasets:
         source = Layout(main_artifacts).raw_dir(name)
-        for remote in DATASETS[name].files:
+        for remote in specs[name].files:
             src, dest = source / remote.name, Layout(run_dir).raw_dir(name) / remote.name
             if not src.is_file():
                 continue
@@ -434,7 +464,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         code = code_hash(project)
         build_params = {k: v for k, v in asdict(params).items() if k != "nightly"}
         commit, dirty = git_state(project)
-        seeded = seed_datasets(artifacts, run_dir, params.datasets)
+        seeded = seed_datasets(artifacts, run_dir, params.datasets, params.dataset_specs())
         run_id = history.start_run(db, iso(started), commit, dirty,
                                    canonical_hash(asdict(params)), str(run_dir))
         progress(f"run {run_id} in {run_dir} ({seeded} cached archive(s) seeded; "
@@ -457,12 +487,13 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
                      + (f", {bad} failed" if bad else "") + (f": {b['error']}" if b["error"]
                                                             else ""))
         missing = [b for b in builds if not any(r["build"] == b for r in accuracy)]
-        datasets = dataset_hashes(run_dir, params.datasets)
+        datasets = dataset_hashes(run_dir, params.datasets, params.dataset_specs())
         inputs_hash = canonical_hash({"params": build_params, "code": code,
-                                      "datasets": datasets})
+                                      "datasets": datasets, "models": user_model_hashes(params)})
         artifacts_now = artifact_hashes(run_dir)
         previous = _previous_manifest(db, run_id)
         repro = reproducibility(artifacts_now, inputs_hash, previous)
+        repro["summary"] += unstable_names_note(run_dir, builds)
         current = history.as_figures(accuracy, board_rows, latency)
         assessment = nightly_report.assess(db, run_id, current, params.nightly)
         found = assessment["breaches"]

@@ -121,9 +121,11 @@ def load_callable(source: ModelSource) -> Any:
                          f"failed: {_one_line(exc)}") from None
     function = getattr(module, source.function, None)
     if not callable(function):
+        import inspect
+
         defined = sorted(name for name, value in vars(module).items()
-                         if callable(value) and not name.startswith("_")
-                         and getattr(value, "__module__", None) == module.__name__)
+                         if inspect.isfunction(value) and not name.startswith("_")
+                         and value.__module__ == module.__name__)
         raise TrainError(f"{source.reference}: {source.module or source.file} has no function "
                          f"{source.function!r}" + (f" (it defines: {', '.join(defined)})"
                                                    if defined else ""))

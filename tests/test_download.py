@@ -269,3 +269,18 @@ def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir,
     with pytest.raises(DownloadError, match="checksum mismatch.*this is letters's "
                                             "train-images-idx3-ubyte.gz"):
         download_dataset(wrong, tmp_path / "cache3", [], 5, known={"letters": spec})
+
+
+def test_unavailable_looks_without_downloading(tiny_dataset_dir, tmp_path, serve):
+    from pipeline.download import unavailable
+
+    spec = spec_for(tiny_dataset_dir)
+    assert unavailable(spec, tmp_path / "cache", [str(tiny_dataset_dir)], 2) is None
+    assert unavailable(spec, tmp_path / "cache", [serve(tiny_dataset_dir)], 2) is None
+    empty = serve(tmp_path)
+    why = unavailable(spec, tmp_path / "cache", [empty, str(tmp_path / "none")], 2)
+    assert why.startswith("no mirror has tiny/train-images-idx3-ubyte.gz")
+    assert f"{empty}: HTTP 404" in why and "none: no such file" in why
+    assert leftovers(tmp_path / "cache") == []  # nothing fetched
+    download_dataset(spec, tmp_path / "cache", [str(tiny_dataset_dir)], 5)
+    assert unavailable(spec, tmp_path / "cache", [], 2) is None  # cached: no mirror needed

@@ -115,3 +115,36 @@ def test_whole_graph_with_a_user_model_from_a_file_and_a_declared_dataset(tmp_pa
     assert "train:bars_tiny" in ran and "convert:bars_tiny" in ran
     assert not {t for t in ran if t.endswith(":bars_other")}, ran
     assert f"bars_tiny.h5: {28 * 28 * 12 + 12 + 12 * 4 + 4:,} parameters" in second.stdout
+
+
+def test_a_build_whose_dataset_no_mirror_has_does_not_block_the_others(tmp_path):
+    project = copy_project(tmp_path / "project")
+    digest = bars_npz(project / "data" / "bars.npz")
+    (project / "models").mkdir()
+    (project / "models" / "tiny.py").write_text(TINY_MODEL.format(units=8))
+    params = user_params(digest, [("bars_tiny", "models/tiny.py:build"),
+                                  ("gone_tiny", "models/tiny.py:build")])
+    params = params.replace('\n[[builds]]\nname = "gone_tiny"\ndataset = "bars"',
+                            '\n[[builds]]\nname = "gone_tiny"\ndataset = "gone"')
+    params += textwrap.dedent(f'''
+        [[datasets]]
+        name = "gone"
+        format = "npz"
+        files = ["nowhere/gone.npz"]
+        sha256 = ["{digest}"]
+        class_names = ["top", "upper", "lower", "bottom"]
+        framing = "object"
+        ''')
+    (project / "user.toml").write_text(params)
+    proc = run_doit(project, "--continue", env={"PIPELINE_PARAMS": "user.toml"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0  # the missing dataset is still a failure
+    assert "UnmetDependency" not in out, out[-3000:]
+    ran = executed_tasks(proc.stdout)
+    assert {"train:bars_tiny", "evaluate:bars_tiny", "bench:local", "download:gone"} <= ran
+    assert not {t for t in ran if t.endswith(":gone_tiny")}
+    latency = json.loads((project / "artifacts" / "reports" / "latency.json").read_text())
+    assert {r["build"] for r in latency["rows"]} == {"bars_tiny"}
+    named = [line for line in out.splitlines() if line.startswith("bench:local: not timing")]
+    assert len(named) == 1 and "gone_tiny" in named[0] and "gone.npz" in named[0]
+    assert "could not download gone/gone.npz" in out
