@@ -83,9 +83,11 @@ def _default_tasks():
     boards = [f"bench:{board}" for board in PARAMS.bench.default_boards]
     if not BLOCKED:
         return ["download", "preprocess", *stages, "peak", *boards]
-    return ["download", *(f"preprocess:{d}" for d in PARAMS.datasets if d not in MISSING),
+    # The missing downloads last: without --continue doit stops at the first failure.
+    ready = [d for d in PARAMS.datasets if d not in MISSING]
+    return [*(f"{stage}:{d}" for stage in ("download", "preprocess") for d in ready),
             *(f"{stage}:{b.name}" for stage in stages for b in PARAMS.builds
-              if b.name not in BLOCKED), "peak", *boards]
+              if b.name not in BLOCKED), "peak", *boards, *(f"download:{d}" for d in MISSING)]
 
 
 DOIT_CONFIG = {
@@ -354,7 +356,8 @@ def task_card():
             "doc": f"{build.name} model card -> {outputs[1]}",
             "actions": [(_guarded, [_stage("card.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
-                                    models, accuracy, history, model_dir(build.name)])],
+                                    models, accuracy, history, model_dir(build.name),
+                                    DATASETS[build.dataset].framing])],
             "file_dep": [STAGES / "card.py", STAGES / "runtimes.py", keras_model(build.name),
                          history, accuracy, *models.values()],
             "targets": outputs,

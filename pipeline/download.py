@@ -129,6 +129,18 @@ def verify(path: Path, expected: RemoteFile,
             + describe(path, archive_md5.hexdigest(), own_sha.hexdigest(), payload_sha, known))
 
 
+def payload_sha256(path: Path) -> str:
+    """SHA-256 of a .gz file's decompressed content (what a faithful mirror preserves)."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DownloadError(f"not a complete gzip file ({exc})") from None
+    return digest.hexdigest()
+
+
 def is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == b"\x1f\x8b"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import executed_tasks, free_port, run_doit
+from tests.conftest import REPO, executed_tasks, free_port, run_doit
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
 
