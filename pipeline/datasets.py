@@ -137,7 +137,9 @@ def known_file(md5: str, sha256: str, payload_sha256: str | None,
     pin, else None: a checksum error then says what a mirror served instead."""
     for spec in specs.values():
         for remote in spec.files:
+            # A declared .gz may pin its content's SHA-256 in `sha256`.
             if (md5 == remote.archive_md5 or sha256 == remote.sha256
-                    or (payload_sha256 is not None and payload_sha256 == remote.payload_sha256)):
+                    or (payload_sha256 is not None
+                        and payload_sha256 in (remote.payload_sha256, remote.sha256))):
                 return f"{spec.name}'s {remote.name}"
     return None

@@ -101,6 +101,15 @@ def verify(path: Path, expected: RemoteFile,
     """Raise DownloadError unless `path` holds the expected content: its archive MD5 or its
     own SHA-256 as pinned, or (a .gz) the SHA-256 of its decompressed content. A mismatch
     says what the file is instead (another pinned file of `known`, or what it looks like)."""
+    # A .gz must be whole before anything else is said about it (a truncated download).
+    payload = None
+    if expected.name.endswith(".gz"):
+        try:
+            payload = payload_sha256(path)
+        except DownloadError as exc:
+            what = ("a truncated or damaged gzip file" if is_gzip(path)
+                    else describe(path, "", "", None, known).removeprefix("this is "))
+            raise DownloadError(f"{exc}; this is {what}") from None
     archive_md5, own_sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -110,17 +119,18 @@ def verify(path: Path, expected: RemoteFile,
         return
     if expected.sha256 is not None and own_sha.hexdigest() == expected.sha256:
         return
-    gzipped = is_gzip(path)
+    gzipped = payload is not None or is_gzip(path)
     if expected.payload_sha256 is None and not (gzipped and expected.sha256):
         if expected.archive_md5 is not None:
             found = f"archive MD5 {archive_md5.hexdigest()}, expected {expected.archive_md5}"
         else:
             found = f"SHA-256 {own_sha.hexdigest()}, expected {expected.sha256}"
-        payload = payload_sha256(path) if gzipped else None
+        if gzipped and payload is None:
+            payload = payload_sha256(path)
         raise DownloadError(f"checksum mismatch: {found}; "
                             + describe(path, archive_md5.hexdigest(), own_sha.hexdigest(),
                                        payload, known))
-    payload_sha = payload_sha256(path)
+    payload_sha = payload if payload is not None else payload_sha256(path)
     wanted = [s for s in (expected.payload_sha256, expected.sha256) if s]
     if payload_sha not in wanted:
         raise DownloadError(
@@ -214,13 +224,11 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
     """Make every file of `spec` present and verified in `cache_dir`; return their paths.
 
     Files already cached are re-verified and kept when good. Each file is tried on `mirrors`
-    in order (the one that served the previous file first), then at its own declared
-    location. Raises DownloadError naming every mirror tried when a file cannot be obtained
+    in order, then at its own declared location. Raises DownloadError naming every mirror tried when a file cannot be obtained
     from any of them. `known`: the datasets a checksum error compares a wrong file with.
     """
     progress = progress or (lambda name, done, total: None)
     paths = []
-    order = list(mirrors)
     for remote in spec.files:
         dest = Path(cache_dir) / remote.name
         if dest.exists():
@@ -232,7 +240,7 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
                 log(f"cached {dest} is bad ({exc}); downloading again")
                 dest.unlink()
         failures: list[tuple[str, DownloadError]] = []
-        for mirror in order + ([remote.location] if remote.location else []):
+        for mirror in [*mirrors, *([remote.location] if remote.location else [])]:
             try:
                 _fetch(mirror, remote, dest, timeout_s, progress, known)
                 break
@@ -248,9 +256,6 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
         for failed, exc in failures:
             if not (str(exc).startswith("HTTP 404") or str(exc).endswith(": No such file")):
                 log(f"{remote.name} from {failed} failed: {exc}")
-        if mirror in order:  # the mirror that has the files is asked first for the next one
-            order.remove(mirror)
-            order.insert(0, mirror)
         log(f"{remote.name}: verified from {mirror}")
         paths.append(dest)
     return paths
