@@ -231,6 +231,10 @@ def test_user_model_trains_reproducibly_whatever_was_built_before(tiny_arrays, t
     run(source(user_file, "unnamed"), tmp_path / "d.npz", params, tmp_path / "b" / "m.h5",
         tmp_path / "b" / "history.json")
     assert (tmp_path / "a" / "m.h5").read_bytes() == (tmp_path / "b" / "m.h5").read_bytes()
+    # Default names as in a fresh session (what the user's own `build()` call would give),
+    # so the per-layer report's names, which float_layers quotes, are predictable.
+    assert [layer.name for layer in load_model(tmp_path / "a" / "m.h5").layers] == [
+        "flatten", "dense"]
     assert first["model"] == "mine.py:unnamed" and first["layer_names_stable"]
 
 
