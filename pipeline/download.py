@@ -93,7 +93,7 @@ def _open_source(mirror: str, name: str, timeout_s: float) -> tuple[BinaryIO, in
     try:
         return open(path, "rb"), path.stat().st_size
     except FileNotFoundError:
-        raise DownloadError(f"{path}: No such file") from None
+        raise DownloadError(f"No such file {path}") from None
 
 
 def verify(path: Path, expected: RemoteFile,
@@ -254,7 +254,7 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
         # "Not here" (a URL mirror's <dataset>/ folder that does not exist) is not news when
         # another mirror served the file; anything else a mirror did wrong is.
         for failed, exc in failures:
-            if not (str(exc).startswith("HTTP 404") or str(exc).endswith(": No such file")):
+            if not str(exc).startswith(("HTTP 404", "No such file")):
                 log(f"{remote.name} from {failed} failed: {exc}")
         log(f"{remote.name}: verified from {mirror}")
         paths.append(dest)

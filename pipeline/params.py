@@ -245,7 +245,9 @@ class Params:
     nightly: NightlyParams
     builds: tuple[Build, ...]
     declared_datasets: tuple[DatasetSpec, ...] = ()   # [[datasets]]
-    base_dir: Path = Path(".")  # the params file's directory: user paths are relative to it
+    # The params file's directory, which user paths are relative to (a string: the nightly
+    # manifest stores the params as JSON).
+    base_dir: str = "."
 
     def build(self, name: str) -> Build:
         return next(b for b in self.builds if b.name == name)
@@ -256,7 +258,7 @@ class Params:
 
     def model_source(self, build: str) -> ModelSource:
         """Where `build`'s model comes from (checked when the params were loaded)."""
-        return resolve(self.build(build).model, self.base_dir)
+        return resolve(self.build(build).model, Path(self.base_dir))
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -332,7 +334,7 @@ def parse_params(doc: dict[str, Any], base_dir: Path = Path(".")) -> Params:
                "false converts a saved model as it is; this build's model "
                f"{build.model!r} is not a saved model ({' or '.join(SAVED_SUFFIXES)}), so it "
                "must be trained")
-    return Params(**values, base_dir=base_dir)
+    return Params(**values, base_dir=str(base_dir))
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -246,7 +246,7 @@ def test_cli_mirror_may_be_the_parent_of_dataset_folders(mnist_dir, tmp_path):
                           "--mirror", str(empty), "--offline"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 1
-    assert f"{empty}/train-images-idx3-ubyte.gz: No such file" in bad.stderr
+    assert f"No such file {empty}/train-images-idx3-ubyte.gz" in bad.stderr
 
 
 def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir, tmp_path, serve):
