@@ -28,8 +28,8 @@ from doit.tools import config_changed
 
 from pipeline import PipelineError
 from pipeline.boards import load_boards
+from pipeline import download
 from pipeline.console import quiet_absl, quiet_third_party, verbose_requested
-from pipeline.datasets import DATASETS
 from pipeline.download import user_mirror
 from pipeline.layout import Layout
 from pipeline.params import ParamsError, load_params, section_dict
@@ -38,7 +38,6 @@ from pipeline.variants import (VARIANTS, other_int8_variants, reference_int8_var
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
-MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
 # Before any stage imports TensorFlow: its C++ logger reads the environment once. absl's
@@ -49,6 +48,9 @@ try:
     PARAMS = load_params(PARAMS_PATH)
 except ParamsError as exc:
     raise SystemExit(f"error: bad params: {exc}") from None
+# The built-in datasets and those the params file declares ([[datasets]]).
+DATASETS = PARAMS.dataset_specs()
+MIRRORS = {name: user_mirror(name, os.environ) for name in DATASETS}
 try:
     BOARDS = load_boards(BOARDS_PATH)
 except ParamsError as exc:
@@ -58,19 +60,44 @@ if _missing:
     raise SystemExit(f"error: bad params: bench.default_boards names {sorted(_missing)}, "
                      f"which {BOARDS_PATH} does not declare")
 
+# A dataset that is not cached and that no mirror has (a quick look, taken only while it is
+# missing): its builds leave the default tasks and the boards' benchmarks, so the other builds
+# are still built and timed. `doit` still runs its download, which fails saying why, once.
+MISSING = {}
+for _name in PARAMS.datasets:
+    _why = download.unavailable(DATASETS[_name], LAYOUT.raw_dir(_name),
+                                download.mirrors_for(DATASETS[_name], MIRRORS[_name], OFFLINE),
+                                min(PARAMS.download.timeout_s, 5.0))
+    if _why:
+        MISSING[_name] = _why
+BLOCKED = {b.name: b.dataset for b in PARAMS.builds if b.dataset in MISSING}
 STAGES = Path("pipeline")
 # The task families that write some build's models (variants.py's producer): convert, and,
 # with convert.onnx, convert_onnx and translate_onnx. Only these tasks exist.
 PRODUCERS = list(dict.fromkeys(VARIANTS[v].producer for b in PARAMS.builds
                                for v in variant_names(PARAMS.convert, b.float_layers)))
 RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
+
+
+def _default_tasks():
+    """What a plain `doit` runs: every stage of every build, minus the builds whose dataset
+    no mirror has (their download still runs, to say why)."""
+    stages = ["train", *PRODUCERS, "evaluate", "curves", "analysis", "layers", "card"]
+    boards = [f"bench:{board}" for board in PARAMS.bench.default_boards]
+    if not BLOCKED:
+        return ["download", "preprocess", *stages, "peak", *boards]
+    # The missing downloads last: without --continue doit stops at the first failure.
+    ready = [d for d in PARAMS.datasets if d not in MISSING]
+    return [*(f"{stage}:{d}" for stage in ("download", "preprocess") for d in ready),
+            *(f"{stage}:{b.name}" for stage in stages for b in PARAMS.builds
+              if b.name not in BLOCKED), "peak", *boards, *(f"download:{d}" for d in MISSING)]
+
+
 DOIT_CONFIG = {
     "dep_file": str(LAYOUT.doit_db()),
     "backend": "json",
     "verbosity": 2,
-    "default_tasks": ["download", "preprocess", "train", *PRODUCERS, "evaluate", "curves",
-                      "analysis", "layers", "card", "peak",
-                      *(f"bench:{board}" for board in PARAMS.bench.default_boards)],
+    "default_tasks": _default_tasks(),
 }
 
 
@@ -196,7 +223,8 @@ def task_download():
             "doc": f"fetch and verify the {name} archives",
             "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
                                     download.mirrors_for(spec, MIRRORS[name], OFFLINE),
-                                    PARAMS.download.timeout_s, download.terminal_progress()])],
+                                    PARAMS.download.timeout_s, download.terminal_progress(),
+                                    print, DATASETS])],
             "file_dep": [STAGES / "download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
             "uptodate": [config_changed(section_dict(spec))],
@@ -224,16 +252,24 @@ def task_preprocess():
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
     for build in PARAMS.builds:
+        source = PARAMS.model_source(build.name)
         yield {
             "name": build.name,
             "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
-            "actions": [(_guarded, [_stage("train.run"), build.model, dataset_npz(build.dataset),
+            "actions": [(_guarded, [_stage("train.run"), source, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
                                     LAYOUT.history_json(build.name),
-                                    LAYOUT.logs_dir(build.name)])],
-            "file_dep": [STAGES / "train.py", dataset_npz(build.dataset)],
+                                    LAYOUT.logs_dir(build.name), build.fine_tune,
+                                    build.max_parameters,
+                                    len(DATASETS[build.dataset].class_names)])],
+            # The user's model file (their .py, module or saved model): editing it retrains
+            # this build and no other.
+            "file_dep": [STAGES / "train.py", STAGES / "models.py", dataset_npz(build.dataset),
+                         *([source.file] if source.file else [])],
             "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
-            "uptodate": [config_changed({"model": build.model, **section_dict(PARAMS.train)})],
+            "uptodate": [config_changed({"model": build.model, "fine_tune": build.fine_tune,
+                                         "max_parameters": build.max_parameters,
+                                         **section_dict(PARAMS.train)})],
             "clean": True,
         }
 
@@ -252,10 +288,13 @@ def task_convert():
             "file_dep": [STAGES / "convert.py", STAGES / "calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            # Not the ONNX keys: switching the ONNX variants on or off never redoes a .tflite.
+            # Every variant the build ships, whichever task makes it: convert also removes
+            # the files of variants switched off, so it reruns when that list changes. Not
+            # the other ONNX keys: they never change a .tflite.
             "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
                                                     "onnx_tflite_max_steps"),
-                                         "float_layers": list(build.float_layers)})],
+                                         "float_layers": list(build.float_layers),
+                                         "variants": list(variant_models(build.name))})],
             "clean": True,
         }
 
@@ -441,7 +480,8 @@ def task_card():
             "doc": f"{build.name} model card -> {outputs[1]}",
             "actions": [(_guarded, [_stage("card.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
-                                    models, accuracy, history, model_dir(build.name)])],
+                                    models, accuracy, history, model_dir(build.name),
+                                    DATASETS[build.dataset].framing])],
             "file_dep": [STAGES / "card.py", STAGES / "runtimes.py", keras_model(build.name),
                          history, accuracy, *models.values()],
             "targets": outputs,
@@ -459,15 +499,18 @@ def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.boards import measured_within
 
-    models = {f"{b.name}/{v}": p for b in PARAMS.builds
+    # The builds whose dataset no mirror has are left out (and named once), not waited for.
+    built = [b for b in PARAMS.builds if b.name not in BLOCKED]
+    models = {f"{b.name}/{v}": p for b in built
               for v, p in variant_models(b.name).items() if VARIANTS[v].format in BOARD_FORMATS}
-    datasets = {b.name: dataset_npz(b.dataset) for b in PARAMS.builds}
+    datasets = {b.name: dataset_npz(b.dataset) for b in built}
     for board in BOARDS:
         result = LAYOUT.board_result(board.name)
         yield {
             "name": board.name,
             "doc": f"time every model on board {board.name!r} ({board.where})",
-            "actions": [(_guarded, [_stage("bench.run"), board, models, datasets,
+            "actions": [(_say_blocked, [board.name]),
+                        (_guarded, [_stage("bench.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
             "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
@@ -483,6 +526,13 @@ def task_bench():
             "clean": [(_clean_board, [[result, LAYOUT.bench_dir(board.name)],
                                       (LAYOUT, BOARDS, models, PARAMS.bench.max_age_hours)])],
         }
+
+
+def _say_blocked(board):
+    """One line naming the builds a board is not timing, and why."""
+    if BLOCKED:
+        print(f"bench:{board}: not timing {', '.join(sorted(BLOCKED))}: "
+              + "; ".join(f"dataset {d}: {MISSING[d]}" for d in sorted(set(BLOCKED.values()))))
 
 
 def _clean_board(paths, report_args, dryrun=False):

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from pipeline import PipelineError
 from pipeline.files import outputs_together, sha256_file, write_json, write_text
 from pipeline.layout import CARD_JSON, CARD_MD, HISTORY_JSON
+from pipeline.datasets import DATASETS, FRAMINGS
 from pipeline.variants import KERAS, VARIANTS
 
 # The models take raw pixel bytes: the 1/255 scaling is their first layer.
@@ -26,17 +27,9 @@ PIXEL_RANGE = (0, 255)
 # numpy dtype name -> the C type an application fills the input tensor with.
 C_TYPES = {"float32": "float", "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t"}
 
-# How each dataset frames an image in the input (the card states it; predict does it). MNIST
-# fits the digit's ink in a 20x20 box and moves its centre of mass to the centre of the 28x28;
-# Fashion-MNIST trims the object, fits it to the whole frame and centres the box.
-FRAMING = {
-    "mnist": {"fit_box": 20, "center_of_mass": True,
-              "description": "crop to the ink, fit a 20x20 box keeping the aspect ratio, "
-                             "place so the centre of mass is at the centre of the 28x28"},
-    "fashion_mnist": {"fit_box": 28, "center_of_mass": False,
-                      "description": "crop to the object, fit the 28x28 frame keeping the "
-                                     "aspect ratio, centre the box"},
-}
+# How each built-in dataset frames an image in the input (the card states it; predict does
+# it); a declared dataset's framing comes with the call (pipeline/datasets.py: FRAMINGS).
+FRAMING = {name: FRAMINGS[spec.framing] for name, spec in DATASETS.items()}
 
 
 def input_formula(tensor: dict[str, Any]) -> str:
@@ -81,8 +74,9 @@ def with_formula(contract: dict[str, Any]) -> dict[str, Any]:
 
 def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
                variant_paths: dict[str, Path], accuracy: dict[str, Any],
-               history: dict[str, Any]) -> dict[str, Any]:
-    """The card as a dict, from the files on disk and the evaluate/train reports."""
+               history: dict[str, Any], framing_name: str | None = None) -> dict[str, Any]:
+    """The card as a dict, from the files on disk and the evaluate/train reports;
+    `framing_name` (a FRAMINGS key) for a dataset declared in the params file."""
     from pipeline.runtimes import open_model
 
     scores = {v["name"]: v["accuracy"] for v in accuracy["variants"]}
@@ -98,7 +92,8 @@ def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path:
                          "accuracy": scores.get(name),
                          **with_formula(open_model(path).io_contract())})
     shape = next(v["input"]["shape"] for v in variants if "shape" in v["input"])
-    framing = FRAMING.get(dataset, FRAMING["mnist"])
+    framing = (FRAMINGS[framing_name] if framing_name
+               else FRAMING.get(dataset, FRAMING["mnist"]))
     return {
         "build": build, "dataset": dataset, "model": history.get("model"),
         "parameters": history.get("parameters"),
@@ -172,11 +167,11 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 def run(build: str, dataset: str, class_names: Sequence[str], keras_path: Path,
         variant_paths: dict[str, Path], accuracy_path: Path, history_path: Path,
-        out_dir: Path) -> dict[str, Any]:
+        out_dir: Path, framing_name: str | None = None) -> dict[str, Any]:
     """The doit action: write model_card.json and model_card.md into the build's model folder."""
     card = build_card(build, dataset, class_names, keras_path, variant_paths,
                       json.loads(Path(accuracy_path).read_text()),
-                      json.loads(Path(history_path).read_text()))
+                      json.loads(Path(history_path).read_text()), framing_name)
     with outputs_together():
         write_json(Path(out_dir) / CARD_JSON, card)
         write_text(Path(out_dir) / CARD_MD, render_markdown(card))

@@ -8,6 +8,7 @@ after conversion to hold no float tensor at all.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -101,12 +102,19 @@ def convert(model: Any, variant: str, representative: np.ndarray | None = None,
 
     if not float_layers:
         raise ValueError("int8_selective needs at least one float layer")
+    from tensorflow.lite.python import util as lite_util
+
+    # Quantized with float input/output (fully_quantize=False), which the converter's own
+    # I/O rewrite then turns into int8 or uint8 as convert.int8_io says: the debugger's
+    # fully_quantize ignores inference_input_type and always gives int8 (zero point -128).
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
         debug_dataset=representative_dataset(representative, add_channel_axis),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=list(float_layers), fully_quantize=True))
-    content = debugger.get_nondebug_quantized_model()
+            denylisted_nodes=list(float_layers), fully_quantize=False))
+    io_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_io]
+    content = lite_util.modify_model_io_type(debugger.get_nondebug_quantized_model(),
+                                             io_type, io_type)
     # The debugger ignores names it does not know; a typo would silently ship full int8.
     unknown = [name for name in float_layers if name not in float_tensor_dtypes(content)]
     if unknown:
@@ -127,11 +135,29 @@ def float_tensors(model_content: bytes) -> list[str]:
     return [f"{name} ({dtype})" for name, dtype in float_tensor_dtypes(model_content).items()]
 
 
-def check_integer_only(model_content: bytes, source: str) -> None:
+def check_integer_only(model_content: bytes, source: str,
+                       layer_names: Sequence[str] = ()) -> None:
+    """Raise ConvertError if the model holds a float tensor; `layer_names` (the Keras
+    model's) let the message say which layer has no int8 kernel."""
     floats = float_tensors(model_content)
     if floats:
-        raise ConvertError(f"{source} is not integer-only: {len(floats)} float tensor(s), e.g. "
-                           + ", ".join(floats[:5]))
+        layers = layers_in(floats, layer_names)
+        raise ConvertError(
+            f"{source} is not integer-only: {len(floats)} float tensor(s), e.g. "
+            + ", ".join(floats[:5])
+            + (f"; layer(s) with no int8 kernel: {', '.join(layers)} (replace them, e.g. "
+               "relu for elu, or keep them float with the build's float_layers)" if layers
+               else ""))
+
+
+def layers_in(tensor_names: Sequence[str], layer_names: Sequence[str]) -> list[str]:
+    """The Keras layers whose names appear in TFLite tensor names (the converter writes
+    them as `<model>_1/<layer>_1/<op>`), in model order."""
+    import re
+
+    return [layer for layer in layer_names
+            if any(re.search(rf"(^|/){re.escape(layer)}(_\d+)?(/|$)", name.split(" (")[0])
+                   for name in tensor_names)]
 
 
 @outputs_together()  # every variant, or none: evaluate and bench need the whole set
@@ -157,13 +183,57 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
         path = variant_path(model_dir, build, variant)
         # The converter prints its flags and MLIR notices from C++; a failure shows them.
         with native_output_hidden():
-            content = convert(model, variant, representative, params.int8_io, float_layers)
+            try:
+                content = convert(model, variant, representative, params.int8_io, float_layers)
+            except ConvertError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the converter's ConverterError and kin
+                message = " ".join(str(exc).split())
+                layers = layers_in([message.replace(" ", "/")],
+                                   [layer.name for layer in model.layers])
+                raise ConvertError(
+                    f"{path}: the converter failed: {type(exc).__name__}: {message[:600]}"
+                    + (f"; in layer(s) {', '.join(layers)}" if layers else "")) from None
             if VARIANTS[variant].all_integer:
-                check_integer_only(content, str(path))
+                check_integer_only(content, str(path), [layer.name for layer in model.layers])
         write_bytes(path, content)
         sizes[variant] = len(content)
         print(f"{path}: {len(content):,} bytes")
+    remove_stale_variants(model_dir, build, variant_names(params, float_layers))
     return sizes
+
+
+def remove_stale_variants(model_dir: Path, build: str, current: Sequence[str],
+                          log=print) -> list[Path]:
+    """Remove `build`'s variant files that it no longer ships (an extra variant, float_layers
+    or a format switched off), so its folder holds exactly its current variants; return them.
+
+    Only files the pipeline made go: named `<build>_<variant><suffix>` after a registry
+    variant, and listed with the same SHA-256 in the build's model card (the card lists
+    every file a build shipped). No task declares them as targets any more, so doit never
+    expects them back.
+    """
+    from pipeline.files import sha256_file
+    from pipeline.layout import CARD_JSON
+
+    card_path = Path(model_dir) / CARD_JSON
+    try:
+        shipped = {v["file"]: v["sha256"] for v in json.loads(card_path.read_text())["variants"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        shipped = {}
+    removed = []
+    for name in VARIANTS:
+        path = variant_path(model_dir, build, name)
+        if name in current or not path.is_file():
+            continue
+        if shipped.get(path.name) != sha256_file(path):
+            log(f"{path}: no longer a variant of {build}, kept: {card_path} does not list this "
+                "file with its content, so the pipeline did not make it; remove it yourself")
+            continue
+        path.unlink()
+        removed.append(path)
+        log(f"{path}: removed, {build} no longer ships {name}")
+    return removed
 
 
 def main(argv: Sequence[str] | None = None) -> None:

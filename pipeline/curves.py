@@ -31,13 +31,14 @@ def plot_training(build: str, history: dict[str, list[float]], test_acc: float,
     matplotlib.use("Agg")  # no display on a build host or in CI
     import matplotlib.pyplot as plt
 
-    epochs = list(range(1, len(history["loss"]) + 1))
+    # A saved model converted as it is (fine_tune = false) has no epochs: the test line only.
+    epochs = list(range(1, len(history.get("loss", [])) + 1))
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for ax, metric, label in ((loss_ax, "loss", "loss (cross-entropy)"),
                               (acc_ax, "accuracy", "accuracy (%)")):
         scale = 100 if metric == "accuracy" else 1
         # Markers: a one-epoch run (the smoke preset) has a single point per curve.
-        ax.plot(epochs, [scale * v for v in history[metric]], "o-", label="train")
+        ax.plot(epochs, [scale * v for v in history.get(metric, [])], "o-", label="train")
         if f"val_{metric}" in history:
             ax.plot(epochs, [scale * v for v in history[f"val_{metric}"]], "s--",
                     label="validation")
@@ -62,7 +63,7 @@ def run(build: str, history_path: Path, accuracy_path: Path, out_path: Path) -> 
     record = json.loads(Path(history_path).read_text())
     test_acc = keras_test_accuracy(json.loads(Path(accuracy_path).read_text()))
     plot_training(build, record["history"], test_acc, Path(out_path))
-    print(f"{out_path}: {len(record['history']['loss'])} epoch(s), "
+    print(f"{out_path}: {len(record['history'].get('loss', []))} epoch(s), "
           f"test accuracy {100 * test_acc:.2f} %")
 
 

@@ -1,36 +1,78 @@
-"""Registry of the IDX datasets the pipeline can download.
+"""Registry of the datasets the pipeline can download: the built-in ones here, and the
+user's own declared in the params file (`[[datasets]]`, turned into the same `DatasetSpec`
+by `pipeline.params`).
 
 Checksums: where the SHA-256 of a decompressed file is known we pin it, because that is what
 a faithful mirror preserves (re-compressing changes the .gz bytes, never the payload). The
 published MD5 of the canonical .gz archive is kept too and accepted on its own, which is all
-there is for Fashion-MNIST's image files.
+there is for Fashion-MNIST's image files. A user's file is pinned by the SHA-256 of its own
+bytes (for a .gz, the SHA-256 of its content is accepted as well).
+
+Imports neither numpy nor TensorFlow: dodo.py reads this registry on every `doit` call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+# The formats a dataset's files can have: "idx" is four gzipped IDX files (train images,
+# train labels, test images, test labels) like MNIST; "npz" is one NumPy .npz holding
+# x_train, y_train, x_test, y_test (images N x H x W uint8, labels integers).
+FORMATS = ("idx", "npz")
+IDX_ROLES = ("train images", "train labels", "test images", "test labels")
+
+# How an image is framed in the input: the model card states it and predict does it. "digit"
+# (MNIST) fits the ink in a 20x20 box and moves its centre of mass to the centre of the frame;
+# "object" (Fashion-MNIST) trims the object, fits it to the whole frame and centres the box.
+FRAMINGS: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "digit": {"fit_box": 20, "center_of_mass": True,
+              "description": "crop to the ink, fit a 20x20 box keeping the aspect ratio, "
+                             "place so the centre of mass is at the centre of the 28x28"},
+    "object": {"fit_box": 28, "center_of_mass": False,
+               "description": "crop to the object, fit the 28x28 frame keeping the "
+                              "aspect ratio, centre the box"},
+})
 
 
 @dataclass(frozen=True)
 class RemoteFile:
+    """One file of a dataset. `location` is where the user said it lives (a URL, or a local
+    directory), tried after PIPELINE_MIRROR; the built-ins use their dataset's mirrors."""
     name: str
-    archive_md5: str
+    archive_md5: str | None
     payload_sha256: str | None = None
+    sha256: str | None = None
+    location: str | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
     mirrors: tuple[str, ...]
-    train_images: RemoteFile
-    train_labels: RemoteFile
-    test_images: RemoteFile
-    test_labels: RemoteFile
-    class_names: tuple[str, ...]
+    train_images: RemoteFile | None = None
+    train_labels: RemoteFile | None = None
+    test_images: RemoteFile | None = None
+    test_labels: RemoteFile | None = None
+    class_names: tuple[str, ...] = ()
+    format: str = "idx"
+    archive: RemoteFile | None = None  # the one file of an "npz" dataset
+    framing: str = "digit"
+    declared: bool = False             # declared in the params file (not built in)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"dataset {self.name}: format must be one of {FORMATS}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"dataset {self.name}: framing must be one of {list(FRAMINGS)}")
 
     @property
     def files(self) -> tuple[RemoteFile, ...]:
-        return (self.train_images, self.train_labels, self.test_images, self.test_labels)
+        if self.format == "npz":
+            return (self.archive,) if self.archive else ()
+        return tuple(f for f in (self.train_images, self.train_labels, self.test_images,
+                                 self.test_labels) if f is not None)
 
 
 MNIST = DatasetSpec(
@@ -77,10 +119,27 @@ FASHION_MNIST = DatasetSpec(
         "bb300cfdad3c16e7a12a480ee83cd310",
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     ),
+    framing="object",
     class_names=(
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ),
 )
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+# The built-in datasets; a params file may declare more (Params.dataset_specs() has them all).
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
+    {spec.name: spec for spec in (MNIST, FASHION_MNIST)})
+
+
+def known_file(md5: str, sha256: str, payload_sha256: str | None,
+               specs: Mapping[str, DatasetSpec]) -> str | None:
+    """"MNIST's t10k-images-idx3-ubyte.gz" when these digests are one of the files `specs`
+    pin, else None: a checksum error then says what a mirror served instead."""
+    for spec in specs.values():
+        for remote in spec.files:
+            # A declared .gz may pin its content's SHA-256 in `sha256`.
+            if (md5 == remote.archive_md5 or sha256 == remote.sha256
+                    or (payload_sha256 is not None
+                        and payload_sha256 in (remote.payload_sha256, remote.sha256))):
+                return f"{spec.name}'s {remote.name}"
+    return None

@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import history, nightly_lock, nightly_report
 from pipeline.boards import Board, load_boards
@@ -48,7 +48,8 @@ from pipeline.files import write_json
 from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, Layout
 from pipeline.nightly_provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashes,
                                          canonical_hash, code_hash, dataset_hashes, git_state,
-                                         machine, package_versions, reproducibility)
+                                         machine, package_versions, reproducibility,
+                                         unstable_names_note, user_model_hashes)
 from pipeline.nightly_retention import prune, remove_partials, run_stamp
 from pipeline.params import Params, ParamsError, load_params
 from pipeline.report import clean_text, utc_now
@@ -69,7 +70,8 @@ class Terminated(BaseException):
     (BaseException: no `except Exception` on the way may swallow it)."""
 
 
-def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) -> int:
+def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str],
+                  specs: Mapping[str, Any] = DATASETS) -> int:
     """Hard-link (or copy) the cached archives into the run directory; return files seeded.
 
     Safe to share inodes: the download task replaces a bad file by rename, never in place.
@@ -77,7 +79,7 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str]) 
     seeded = 0
     for name in datasets:
         source = Layout(main_artifacts).raw_dir(name)
-        for remote in DATASETS[name].files:
+        for remote in specs[name].files:
             src, dest = source / remote.name, Layout(run_dir).raw_dir(name) / remote.name
             if not src.is_file():
                 continue
@@ -325,7 +327,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         commit, dirty = git_state(project)
         run.manifest = {"git": {"commit": commit, "dirty": dirty},
                         "params_hash": canonical_hash(asdict(params))}
-        seeded = seed_datasets(artifacts, run.run_dir, params.datasets)
+        seeded = seed_datasets(artifacts, run.run_dir, params.datasets, params.dataset_specs())
         try:
             run.run_id = history.start_run(run.db, started, commit, dirty,
                                            run.manifest["params_hash"], str(run.run_dir),
@@ -381,11 +383,13 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
                  + (f", {bad} failed" if bad else "")
                  + (f": {clean_text(b['error'])}" if b["error"] else ""))
     missing = missing_reports(run.run_dir, expected_reports(params))
-    datasets = dataset_hashes(run.run_dir, params.datasets)
-    inputs_hash = canonical_hash({"params": build_params, "code": code, "datasets": datasets})
+    datasets = dataset_hashes(run.run_dir, params.datasets, params.dataset_specs())
+    inputs_hash = canonical_hash({"params": build_params, "code": code, "datasets": datasets,
+                                  "models": user_model_hashes(params)})
     artifacts_now = artifact_hashes(run.run_dir)
     repro = reproducibility(artifacts_now, inputs_hash, _previous_manifest(run.db, run.run_id),
                             [b.name for b in boards])
+    repro["summary"] += unstable_names_note(run.run_dir, builds)
     current = history.as_figures(accuracy, board_rows, latency)
     assessment = _assess(run.db, run.run_id, current, params, failed=False)
     found = assessment["breaches"]

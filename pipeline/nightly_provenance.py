@@ -14,7 +14,7 @@ import subprocess
 from fnmatch import fnmatch
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline.datasets import DATASETS
 from pipeline.files import sha256_file
@@ -85,14 +85,16 @@ def machine() -> dict[str, Any]:
             "hostname": platform.node()}
 
 
-def dataset_hashes(run_dir: Path, datasets: Sequence[str]) -> dict[str, dict[str, str | None]]:
-    """SHA-256 of each archive's decompressed payload (None where the file is missing)."""
+def dataset_hashes(run_dir: Path, datasets: Sequence[str],
+                   specs: Mapping[str, Any] = DATASETS) -> dict[str, dict[str, str | None]]:
+    """SHA-256 of each archive's decompressed payload (None where the file is missing);
+    `specs`: the registry, with the params file's declared datasets."""
     from pipeline.download import DownloadError, payload_sha256
 
     out: dict[str, dict[str, str | None]] = {}
     for name in datasets:
         out[name] = {}
-        for remote in DATASETS[name].files:
+        for remote in specs[name].files:
             try:
                 out[name][remote.name] = payload_sha256(Layout(run_dir).raw_dir(name) /
                                                         remote.name)
@@ -120,6 +122,33 @@ def board_files(rel: str, board: str) -> bool:
     layout = Layout(Path("."))
     return (rel.startswith(f"{layout.bench_dir(board).as_posix()}/")
             or rel == layout.board_result(board).as_posix())
+
+
+def user_model_hashes(params: Any) -> dict[str, str]:
+    """SHA-256 of each build's own model file (their .py, module or saved model): an input
+    like the code, so editing it is a change of inputs, not an unreproducible artifact."""
+    out = {}
+    for build in params.builds:
+        source = params.model_source(build.name)
+        if source.file is not None and Path(source.file).is_file():
+            out[build.name] = sha256_file(source.file)
+    return out
+
+
+def unstable_names_note(run_dir: Path, builds: Sequence[str]) -> str:
+    """"; <build>: layer names depend on ..." for each build whose train stage found its
+    layer names differing between two calls (history.json), else ""."""
+    notes = []
+    for build in builds:
+        try:
+            record = json.loads(Layout(run_dir).history_json(build).read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("layer_names_stable") is False:
+            notes.append(f"{build}: its layer names depend on what the process built before, "
+                         "so its .h5/.tflite bytes are not reproducible (give every layer an "
+                         "explicit name=; README: Bring your own model)")
+    return "".join(f"; {note}" for note in notes)
 
 
 def reproducibility(artifacts: dict[str, dict[str, Any]], inputs_hash: str,

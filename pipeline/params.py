@@ -19,10 +19,15 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from pipeline.datasets import DATASETS
+from pipeline.datasets import DATASETS, FORMATS, FRAMINGS, IDX_ROLES, DatasetSpec, RemoteFile
+from pipeline.models import BUILTIN_MODELS, SAVED_SUFFIXES, ModelSource, ModelSourceError, resolve
 from pipeline.variants import extra_variant_names
 
-MODELS = ("cnn", "mlp")
+MODELS = BUILTIN_MODELS  # the built-in names; a build may also name its own (pipeline/models.py)
+# A build's model may have at most this many parameters unless the build says otherwise
+# (`max_parameters`): a guard against a model that would take hours on the build host and
+# not fit a small board's cache, not a limit of the pipeline.
+DEFAULT_MAX_PARAMETERS = 2_000_000
 EXTRA_VARIANTS = extra_variant_names()  # the variants convert.extra_variants may name
 INT8_IO_TYPES = ("int8", "uint8")  # dtypes of the int8 model's input and output
 # NumPy's and TensorFlow's seeds are unsigned 32-bit: anything else fails only when the
@@ -182,19 +187,82 @@ class NightlyParams:
 class Build:
     name: str
     dataset: str
+    # A built-in name, "<file.py>:<function>", "<module>:<function>" or a saved .keras/.h5
+    # file (pipeline/models.py); paths relative to the params file's directory.
     model: str
     # Tensor names (a model's own, hence per build) kept float in `int8_selective`.
     float_layers: tuple[str, ...] = ()
+    # A saved model is fine-tuned with [train] (true) or converted as it is (false).
+    fine_tune: bool = True
+    max_parameters: int = DEFAULT_MAX_PARAMETERS
 
     def __post_init__(self) -> None:
         _check(re.fullmatch(r"[a-z0-9_]+", self.name) is not None, "builds.name",
                f"{self.name!r} must use only a-z, 0-9 and _ (it names files and tasks)")
-        _check(self.dataset in DATASETS, f"builds[{self.name}].dataset",
-               f"unknown dataset {self.dataset!r}; choose from {sorted(DATASETS)}")
-        _check(self.model in MODELS, f"builds[{self.name}].model",
-               f"unknown model {self.model!r}; choose from {list(MODELS)}")
         _check(len(set(self.float_layers)) == len(self.float_layers) and all(self.float_layers),
                f"builds[{self.name}].float_layers", "names must be non-empty and unique")
+        _check(self.max_parameters >= 1, f"builds[{self.name}].max_parameters", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DatasetDecl:
+    """A dataset declared in the params file (`[[datasets]]`), besides the built-in ones."""
+    name: str
+    format: str                    # "idx" (4 gzipped IDX files) or "npz" (one file)
+    files: tuple[str, ...]         # URLs or paths (relative to the params file's directory)
+    sha256: tuple[str, ...]        # one per file: of its bytes (a .gz: or of its content)
+    class_names: tuple[str, ...]
+    framing: str                   # how predict frames a picture: "digit" or "object"
+
+    def __post_init__(self) -> None:
+        key = f"datasets[{self.name}]"
+        _check(re.fullmatch(r"[a-z0-9_]+", self.name) is not None, "datasets.name",
+               f"{self.name!r} must use only a-z, 0-9 and _ (it names files and tasks)")
+        _check(self.name not in DATASETS, f"{key}.name",
+               f"{self.name!r} is a built-in dataset; choose another name")
+        _check(self.format in FORMATS, f"{key}.format",
+               f"must be one of {list(FORMATS)}, got {self.format!r}")
+        wanted = {"idx": len(IDX_ROLES), "npz": 1}[self.format]
+        _check(len(self.files) == wanted, f"{key}.files",
+               f"format {self.format!r} takes {wanted} file(s)"
+               + (f" ({', '.join(IDX_ROLES)}, in that order)" if self.format == "idx" else
+                  " (holding x_train, y_train, x_test, y_test)") + f", got {len(self.files)}")
+        names = [_basename(f) for f in self.files]
+        _check(all(names) and len(set(names)) == len(names), f"{key}.files",
+               f"file names must be distinct and non-empty, got {names}")
+        _check(len(self.sha256) == len(self.files), f"{key}.sha256",
+               f"one SHA-256 per file: {len(self.files)} file(s), {len(self.sha256)} checksum(s)")
+        for digest in self.sha256:
+            _check(re.fullmatch(r"[0-9a-f]{64}", digest) is not None, f"{key}.sha256",
+                   f"{digest!r} is not a SHA-256 (64 lowercase hex digits; `sha256sum FILE`)")
+        _check(len(self.class_names) >= 2 and len(set(self.class_names)) == len(self.class_names)
+               and all(self.class_names), f"{key}.class_names",
+               "at least 2 distinct, non-empty names (label i is class_names[i])")
+        _check(self.framing in FRAMINGS, f"{key}.framing",
+               f"must be one of {list(FRAMINGS)}, got {self.framing!r}")
+
+    def spec(self, base_dir: Path) -> DatasetSpec:
+        """The registry entry of this dataset; each file's location is its URL's folder or
+        its directory (relative paths from `base_dir`)."""
+        remotes = [RemoteFile(_basename(f), None, sha256=digest, location=_location(f, base_dir))
+                   for f, digest in zip(self.files, self.sha256)]
+        if self.format == "npz":
+            return DatasetSpec(self.name, (), class_names=self.class_names, format="npz",
+                               archive=remotes[0], framing=self.framing, declared=True)
+        return DatasetSpec(self.name, (), *remotes, class_names=self.class_names,
+                           framing=self.framing, declared=True)
+
+
+def _basename(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1] if "://" in location else Path(location).name
+
+
+def _location(location: str, base_dir: Path) -> str:
+    """The folder a declared file is fetched from: a URL's parent, or a local directory."""
+    if location.startswith(("http://", "https://", "file://")):
+        return location.rsplit("/", 1)[0] + "/"
+    path = Path(location).expanduser()
+    return str((path if path.is_absolute() else Path(base_dir) / path).parent)
 
 
 @dataclass(frozen=True)
@@ -208,6 +276,10 @@ class Params:
     bench: BenchParams
     nightly: NightlyParams
     builds: tuple[Build, ...]
+    declared_datasets: tuple[DatasetSpec, ...] = ()   # [[datasets]]
+    # The params file's directory, which user paths are relative to (a string: the nightly
+    # manifest stores the params as JSON).
+    base_dir: str = "."
 
     def __post_init__(self) -> None:
         # dodo.py looks a build up once per task: a scan per lookup made loading quadratic
@@ -216,6 +288,14 @@ class Params:
 
     def build(self, name: str) -> Build:
         return self._by_name[name]
+
+    def dataset_specs(self) -> dict[str, DatasetSpec]:
+        """Every dataset a build may name: the built-in ones and those declared here."""
+        return {**DATASETS, **{spec.name: spec for spec in self.declared_datasets}}
+
+    def model_source(self, build: str) -> ModelSource:
+        """Where `build`'s model comes from (checked when the params were loaded)."""
+        return resolve(self.build(build).model, Path(self.base_dir))
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -250,15 +330,29 @@ def parse_section(cls: type, name: str, table: Any) -> Any:
                   for key in fields if key in table})
 
 
-def parse_params(doc: dict[str, Any]) -> Params:
-    sections = {f.name: f.type for f in dataclasses.fields(Params) if f.name != "builds"}
+# Params fields that are not a [section] of the file.
+NOT_SECTIONS = ("builds", "declared_datasets", "base_dir")
+
+
+def parse_params(doc: dict[str, Any], base_dir: Path = Path(".")) -> Params:
+    """Params from a parsed TOML document; `base_dir` is the params file's directory, which
+    a build's model file and a declared dataset's local files are relative to."""
+    sections = {f.name: f.type for f in dataclasses.fields(Params) if f.name not in NOT_SECTIONS}
     hints = typing.get_type_hints(Params)
+    known = [*sections, "builds", "datasets"]
     for key in doc:
-        _check(key in hints, key, f"unknown section (known: {', '.join(hints)})")
-    values = {}
+        _check(key in known, key, f"unknown section (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
     for name in sections:
         _check(name in doc, name, "missing section")
         values[name] = parse_section(hints[name], name, doc[name])
+    declared = doc.get("datasets", [])
+    _check(isinstance(declared, list), "datasets", "must be [[datasets]] tables")
+    decls = tuple(parse_section(DatasetDecl, "datasets", d) for d in declared)
+    names = [d.name for d in decls]
+    _check(len(set(names)) == len(names), "datasets.name", f"duplicate dataset names in {names}")
+    values["declared_datasets"] = tuple(d.spec(base_dir) for d in decls)
+    specs = {**DATASETS, **{spec.name: spec for spec in values["declared_datasets"]}}
     builds = doc.get("builds")
     _check(isinstance(builds, list) and len(builds) > 0, "builds",
            "declare at least one [[builds]] entry")
@@ -269,7 +363,19 @@ def parse_params(doc: dict[str, Any]) -> Params:
     values["builds"] = tuple(parse_section(Build, "builds", b) for b in builds)
     names = [b.name for b in values["builds"]]
     _check(len(set(names)) == len(names), "builds.name", f"duplicate build names in {names}")
-    return Params(**values)
+    for build in values["builds"]:
+        _check(build.dataset in specs, f"builds[{build.name}].dataset",
+               f"unknown dataset {build.dataset!r}; choose from {sorted(specs)} "
+               "(or declare it in a [[datasets]] table)")
+        try:
+            source = resolve(build.model, base_dir)
+        except ModelSourceError as exc:
+            raise ParamsError(f"builds[{build.name}].model: {exc}") from None
+        _check(build.fine_tune or source.kind == "saved", f"builds[{build.name}].fine_tune",
+               "false converts a saved model as it is; this build's model "
+               f"{build.model!r} is not a saved model ({' or '.join(SAVED_SUFFIXES)}), so it "
+               "must be trained")
+    return Params(**values, base_dir=str(base_dir))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -284,7 +390,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_params(path: Path) -> Params:
     doc = read_toml(path)
     try:
-        return parse_params(doc)
+        return parse_params(doc, Path(path).parent)
     except ParamsError as exc:
         raise ParamsError(f"{path}: {exc}") from None
 

@@ -1,4 +1,5 @@
-"""Preprocess stage: parse and validate the IDX files, write one compact `.npz` per dataset.
+"""Preprocess stage: parse and validate a dataset's files (IDX, or the user's own .npz),
+write one compact `.npz` per dataset.
 
 Pixels stay uint8: the 1/255 scaling is the model's first layer, so the int8 model's input
 quantization maps straight onto camera bytes on the board.
@@ -73,18 +74,69 @@ def load_split(images_path: Path, labels_path: Path,
     return images, labels
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(path: Path, num_classes: int) -> dict[str, np.ndarray]:
+    """A user's .npz checked like the IDX files: x_* uint8 N x H x W (or N x H x W x 1),
+    y_* integer labels in 0..num_classes-1, one label per image."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise IdxError(f"{path}: not a NumPy .npz without pickles ({exc})") from None
+    missing = [key for key in NPZ_KEYS if key not in found]
+    if missing:
+        raise IdxError(f"{path}: no array {', '.join(missing)} (it has {sorted(found)}); save it "
+                       "with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    arrays = {}
+    for split in ("train", "test"):
+        x, y = found[f"x_{split}"], found[f"y_{split}"]
+        if x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.dtype != np.uint8 or x.ndim != 3:
+            raise IdxError(f"{path}: x_{split} is {x.dtype} with shape {x.shape}; it must be "
+                           "uint8 images N x H x W (one grey channel; x.astype(np.uint8))")
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            raise IdxError(f"{path}: y_{split} is {y.dtype} with shape {y.shape}; it must be "
+                           "one integer label per image")
+        if len(x) != len(y):
+            raise IdxError(f"{path}: x_{split} has {len(x):,} images but y_{split} has "
+                           f"{len(y):,} labels")
+        if len(x) == 0:
+            raise IdxError(f"{path}: x_{split} holds no images")
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if bad.size:
+            raise IdxError(f"{path}: y_{split}: label {y[bad[0]]} at index {bad[0]} is outside "
+                           f"0..{num_classes - 1} (the dataset declares {num_classes} "
+                           "class_names)")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y.astype(np.uint8 if num_classes <= 256
+                                                                 else np.int64)
+    return arrays
+
+
 def preprocess(spec: DatasetSpec, raw_dir: Path) -> dict[str, np.ndarray]:
-    """Arrays x_train/y_train/x_test/y_test (uint8, images N x H x W) from the cached IDX files."""
+    """Arrays x_train/y_train/x_test/y_test (uint8, images N x H x W) from the cached files."""
     raw_dir = Path(raw_dir)
     n = len(spec.class_names)
+    if spec.format == "npz":
+        arrays = read_npz(raw_dir / spec.archive.name, n)
+        _same_image_shape(spec, arrays["x_train"], arrays["x_test"])
+        return arrays
     x_train, y_train = load_split(raw_dir / spec.train_images.name,
                                   raw_dir / spec.train_labels.name, n)
     x_test, y_test = load_split(raw_dir / spec.test_images.name,
                                 raw_dir / spec.test_labels.name, n)
+    _same_image_shape(spec, x_train, x_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _same_image_shape(spec: DatasetSpec, x_train: np.ndarray, x_test: np.ndarray) -> None:
     if x_train.shape[1:] != x_test.shape[1:]:
         raise IdxError(f"{spec.name}: train images are {x_train.shape[1:]} "
                        f"but test images are {x_test.shape[1:]}")
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -118,3 +118,82 @@ def test_variant_of():
     assert variant_of("mnist_cnn_int8_selective.tflite") == ("mnist_cnn", "int8_selective")
     with pytest.raises(ValueError):
         variant_of("model.tflite")
+
+
+def test_int8_selective_honours_int8_io():
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_model("mlp", (28, 28), 10)
+    images = synthetic_images(np.arange(30) % 10, 0)
+    # A name as the per-layer report (the int8 graph) gives it.
+    keep = next(t["name"] for t in Interpreter(model_content=convert(model, "int8", images))
+                .get_tensor_details() if t["name"].startswith("mlp_1/dense_1/MatMul;"))
+    outputs = {}
+    for io_type, zero_point in (("int8", -128), ("uint8", 0)):
+        content = convert(model, "int8_selective", images, io_type, [keep])
+        interp = Interpreter(model_content=content)
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        assert inp["dtype"] == out["dtype"] == np.dtype(io_type)
+        assert inp["quantization"][1] == zero_point  # the same as the int8 variant's
+        assert keep in {name.split(" (")[0] for name in float_tensors(content)}
+        interp.allocate_tensors()
+        x = images[:1, ..., None]
+        interp.set_tensor(inp["index"], x if io_type == "uint8"
+                          else (x.astype(np.int16) - 128).astype(np.int8))
+        interp.invoke()
+        outputs[io_type] = interp.get_tensor(out["index"]).astype(np.int16)
+    # Same model, same quantization: the uint8 output is the int8 one shifted by 128.
+    assert np.array_equal(outputs["uint8"], outputs["int8"] + 128)
+
+
+def test_switched_off_variants_are_removed_but_never_a_file_the_pipeline_did_not_make(
+        tmp_path, tiny_dataset_dir):
+    import json
+
+    from pipeline.convert import remove_stale_variants
+    from pipeline.datasets import MNIST
+    from pipeline.files import sha256_file
+    from pipeline.preprocess import preprocess, save_arrays
+
+    save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
+    save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
+    base = dataclasses.replace(load_params(REPO / "params.toml").convert,
+                               representative_samples=50)
+    run(tmp_path / "b.h5", tmp_path / "d.npz",
+        dataclasses.replace(base, extra_variants=("float16", "dynamic_range")), "b", tmp_path)
+    # The card lists what the build shipped (as card.py writes it).
+    files = [variant_path(tmp_path, "b", v) for v in ("float32", "int8", "float16",
+                                                      "dynamic_range")]
+    (tmp_path / "model_card.json").write_text(json.dumps({"variants": [
+        {"file": p.name, "sha256": sha256_file(p)} for p in files]}))
+    # Someone's own file under a variant's name: not in the card with this content.
+    variant_path(tmp_path, "b", "dynamic_range").write_bytes(b"my own model")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    log = []
+    run(tmp_path / "b.h5", tmp_path / "d.npz", base, "b", tmp_path)
+    assert not variant_path(tmp_path, "b", "float16").exists()
+    assert variant_path(tmp_path, "b", "dynamic_range").read_bytes() == b"my own model"
+    assert notes.exists() and variant_path(tmp_path, "b", "int8").exists()
+    assert remove_stale_variants(tmp_path, "b", ["float32", "int8"], log.append) == []
+    assert "did not make it" in log[0]
+
+
+def test_a_layer_with_no_int8_kernel_is_named(tmp_path, tiny_dataset_dir):
+    import keras
+
+    from pipeline.datasets import MNIST
+    from pipeline.preprocess import preprocess, save_arrays
+
+    save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((28, 28, 1), name="image"),
+                              layers.Flatten(name="flatten"), layers.Dense(8, name="dense"),
+                              layers.Activation("elu", name="smooth"),  # TFLite: no int8 ELU
+                              layers.Dense(10, activation="softmax", name="classes")], name="e")
+    save_model(model, tmp_path / "e.h5")
+    params = dataclasses.replace(load_params(REPO / "params.toml").convert,
+                                 representative_samples=50)
+    with pytest.raises(ConvertError, match=r"e_int8.tflite is not integer-only: .*layer\(s\) "
+                                           r"with no int8 kernel: smooth \("):
+        run(tmp_path / "e.h5", tmp_path / "d.npz", params, "e", tmp_path)

@@ -3,6 +3,7 @@ import gzip
 import hashlib
 import shutil
 
+import numpy as np
 import pytest
 
 from pipeline.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
@@ -188,3 +189,98 @@ def test_mirror_of_another_dataset_is_reported_and_public_mirrors_tried(tiny_dat
     with pytest.raises(DownloadError, match="checksum mismatch") as err:
         download_dataset(spec, tmp_path / "offline", mirrors_for(spec, wrong, offline=True), 5)
     assert wrong in str(err.value) and spec.mirrors[0] not in str(err.value)
+
+
+def test_url_mirror_with_dataset_subfolders(tiny_dataset_dir, tmp_path, serve):
+    # PIPELINE_MIRROR=http://host/ holding tiny/ (and mnist/) folders, like a directory mirror.
+    root = tmp_path / "mirrors"
+    shutil.copytree(tiny_dataset_dir, root / "tiny")
+    other_dataset(root / "mnist")
+    url = serve(root)
+    spec = spec_for(tiny_dataset_dir)
+    mirrors = mirrors_for(spec, user_mirror("tiny", {"PIPELINE_MIRROR": url}), offline=True)
+    assert mirrors == [url + "tiny/", url]
+    log = []
+    download_dataset(spec, tmp_path / "cache", mirrors, 5, log=log.append)
+    assert len(leftovers(tmp_path / "cache")) == 4
+    assert all(f"verified from {url}tiny/" in line for line in log), log
+    # A flat URL mirror still works; the subfolder's 404s are not reported when it does.
+    flat = serve(tiny_dataset_dir)
+    log = []
+    download_dataset(spec, tmp_path / "cache2",
+                     mirrors_for(spec, user_mirror("tiny", {"PIPELINE_MIRROR": flat}), True), 5,
+                     log=log.append)
+    assert len(leftovers(tmp_path / "cache2")) == 4 and not any("404" in line for line in log)
+
+
+def test_checksum_error_says_what_the_file_is(tiny_dataset_dir, tmp_path):
+    spec = spec_for(tiny_dataset_dir)
+    known = {"tiny": spec}
+    # The test images served under the train images' name: recognised by its pinned MD5.
+    with pytest.raises(DownloadError, match="this is tiny's t10k-images-idx3-ubyte.gz"):
+        verify(tiny_dataset_dir / "t10k-images-idx3-ubyte.gz", spec.train_images, known)
+    page = tmp_path / "train-images-idx3-ubyte.gz"
+    page.write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
+    with pytest.raises(DownloadError, match="an HTML/XML page"):
+        verify(page, spec.train_images, known)
+    unknown = write_idx_gz(tmp_path / "x.gz", np.zeros((3, 5, 7), np.uint8))
+    with pytest.raises(DownloadError, match="a gzip file holding an IDX file of 3x5x7"):
+        verify(unknown, MNIST.train_images)
+
+
+def test_cli_mirror_may_be_the_parent_of_dataset_folders(mnist_dir, tmp_path):
+    import subprocess
+    import sys
+
+    parent = tmp_path / "datasets"
+    parent.mkdir()
+    (parent / "mnist").symlink_to(mnist_dir, target_is_directory=True)
+    ok = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist", str(tmp_path / "c"),
+                         "--mirror", str(parent), "--offline"], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert len(leftovers(tmp_path / "c")) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist", str(tmp_path / "d"),
+                          "--mirror", str(empty), "--offline"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1
+    assert f"No such file {empty}/train-images-idx3-ubyte.gz" in bad.stderr
+
+
+def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir, tmp_path, serve):
+    from pipeline.params import DatasetDecl
+
+    url = serve(tiny_dataset_dir)
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    # Checksums of the decompressed content are accepted for a .gz, as for MNIST.
+    digests = [hashlib.sha256(gzip.decompress((tiny_dataset_dir / n).read_bytes())).hexdigest()
+               for n in names]
+    spec = DatasetDecl("letters", "idx", tuple(url + n for n in names), tuple(digests),
+                       tuple("abcdefghij"), "digit").spec(tmp_path)
+    assert [f.location for f in spec.files] == [url] * 4
+    download_dataset(spec, tmp_path / "cache", mirrors_for(spec, None, offline=True), 5)
+    assert leftovers(tmp_path / "cache") == sorted(names)
+    wrong = DatasetDecl("letters", "idx", tuple(url + n for n in names),
+                        (digests[2], *digests[1:]), tuple("abcdefghij"), "digit").spec(tmp_path)
+    # The first checksum is the test images' by mistake: the file is named for what it is.
+    with pytest.raises(DownloadError, match="checksum mismatch.*this is letters's "
+                                            "train-images-idx3-ubyte.gz"):
+        download_dataset(wrong, tmp_path / "cache3", [], 5, known={"letters": spec})
+
+
+def test_unavailable_looks_without_downloading(tiny_dataset_dir, tmp_path, serve):
+    from pipeline.download import unavailable
+
+    spec = spec_for(tiny_dataset_dir)
+    assert unavailable(spec, tmp_path / "cache", [str(tiny_dataset_dir)], 2) is None
+    assert unavailable(spec, tmp_path / "cache", [serve(tiny_dataset_dir)], 2) is None
+    empty = serve(tmp_path)
+    why = unavailable(spec, tmp_path / "cache", [empty, str(tmp_path / "none")], 2)
+    assert why.startswith("no mirror has tiny/train-images-idx3-ubyte.gz")
+    assert f"{empty}: HTTP 404" in why and "none: no such file" in why
+    assert leftovers(tmp_path / "cache") == []  # nothing fetched
+    download_dataset(spec, tmp_path / "cache", [str(tiny_dataset_dir)], 5)
+    assert unavailable(spec, tmp_path / "cache", [], 2) is None  # cached: no mirror needed

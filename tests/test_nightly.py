@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import executed_tasks, free_port, run_doit
+from tests.conftest import REPO, executed_tasks, free_port, run_doit
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
 
@@ -790,3 +790,29 @@ def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp
     assert said.read_text().endswith(" interrupted")  # SIGINT came first
     assert wait_until(lambda: not alive(grandchild), 5)
     assert time.monotonic() - started < 30
+
+
+def test_user_model_files_are_inputs_and_unstable_names_are_reported(tmp_path):
+    import json as json_module
+
+    from pipeline.layout import Layout
+    from pipeline.nightly_provenance import unstable_names_note, user_model_hashes
+    from pipeline.params import load_params
+
+    (tmp_path / "mine.py").write_text("def build(s, n): pass\n")
+    text = (REPO / "params" / "smoke.toml").read_text().replace(
+        'name = "mnist_mlp"\ndataset = "mnist"\nmodel = "mlp"',
+        'name = "mnist_mine"\ndataset = "mnist"\nmodel = "mine.py:build"')
+    (tmp_path / "p.toml").write_text(text)
+    params = load_params(tmp_path / "p.toml")
+    before = user_model_hashes(params)
+    assert set(before) == {"mnist_mine"}
+    (tmp_path / "mine.py").write_text("def build(s, n): return None\n")
+    assert user_model_hashes(params) != before  # an edit is a change of inputs
+    history = Layout(tmp_path / "run").history_json("mnist_mine")
+    history.parent.mkdir(parents=True)
+    history.write_text(json_module.dumps({"layer_names_stable": True}))
+    assert unstable_names_note(tmp_path / "run", ["mnist_cnn", "mnist_mine"]) == ""
+    history.write_text(json_module.dumps({"layer_names_stable": False}))
+    note = unstable_names_note(tmp_path / "run", ["mnist_cnn", "mnist_mine"])
+    assert note.startswith("; mnist_mine: its layer names depend on") and "name=" in note

@@ -160,3 +160,52 @@ def test_builds_are_capped_and_looked_up_by_name():
     d["builds"].append({**template, "name": "one_too_many"})
     with pytest.raises(ParamsError, match=f"builds: 1,001 .*at most {MAX_BUILDS:,} per params"):
         parse_params(d)
+DECLARED = {"name": "bars", "format": "npz", "files": ["data/bars.npz"], "sha256": ["a" * 64],
+            "class_names": ["x", "y"], "framing": "object"}
+
+
+def test_declared_dataset_and_user_models(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "kws.py").write_text("def build(s, n): pass\n")
+    (tmp_path / "given.h5").write_bytes(b"")
+    d = doc()
+    d["datasets"] = [dict(DECLARED)]
+    d["builds"] = [{"name": "own", "dataset": "bars", "model": "models/kws.py:build"},
+                   {"name": "given", "dataset": "mnist", "model": "given.h5",
+                    "fine_tune": False, "max_parameters": 10}]
+    params = parse_params(d, tmp_path)
+    spec = params.dataset_specs()["bars"]
+    assert spec.format == "npz" and spec.archive.name == "bars.npz"
+    assert spec.archive.location == str(tmp_path / "data") and spec.framing == "object"
+    assert params.datasets == ("bars", "mnist")
+    assert params.model_source("own").file == tmp_path / "models" / "kws.py"
+    assert params.model_source("given").kind == "saved"
+    assert params.build("given").max_parameters == 10
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["datasets"][0].update(format="csv"), r"datasets\[bars\].format: must be one of"),
+    (lambda d: d["datasets"][0].update(files=["a.npz", "b.npz"]),
+     r"datasets\[bars\].files: format 'npz' takes 1 file"),
+    (lambda d: d["datasets"][0].update(format="idx"),
+     r"takes 4 file\(s\) \(train images, train labels, test images, test labels"),
+    (lambda d: d["datasets"][0].update(sha256=["abc"]), "'abc' is not a SHA-256"),
+    (lambda d: d["datasets"][0].update(sha256=[]), "1 file.s., 0 checksum"),
+    (lambda d: d["datasets"][0].update(class_names=["x"]), "at least 2 distinct"),
+    (lambda d: d["datasets"][0].update(framing="centre"), r"framing: must be one of \['digit'"),
+    (lambda d: d["datasets"][0].update(name="mnist"), "'mnist' is a built-in dataset"),
+    (lambda d: d["datasets"][0].update(labels=[]), r"datasets.labels: unknown key"),
+    (lambda d: d["builds"][0].update(dataset="barz"),
+     r"unknown dataset 'barz'; choose from \['bars', 'fashion_mnist', 'mnist'\]"),
+    (lambda d: d["builds"][0].update(model="models/none.py:build"), r"builds\[mnist_cnn\].model: "
+     r"'models/none.py:build': no file"),
+    (lambda d: d["builds"][0].update(fine_tune=False), r"builds\[mnist_cnn\].fine_tune: false "
+     "converts a saved model"),
+    (lambda d: d["builds"][0].update(max_parameters=0), "max_parameters: must be >= 1"),
+])
+def test_bad_declarations_name_the_key(mutate, message, tmp_path):
+    d = doc()
+    d["datasets"] = [dict(DECLARED)]
+    mutate(d)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(d, tmp_path)

@@ -75,3 +75,34 @@ def test_real_mnist_matches_its_published_facts(mnist_dir):
     assert list(arrays["y_train"][:10]) == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert list(arrays["y_test"][:10]) == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert arrays["x_train"].mean() / 255 == pytest.approx(0.1306604762738429, abs=1e-9)
+
+
+def test_user_npz_dataset_is_validated_like_idx(tmp_path):
+    from pipeline.params import DatasetDecl
+    from pipeline.preprocess import IdxError, preprocess
+
+    spec = DatasetDecl("bars", "npz", ("bars.npz",), ("0" * 64,), ("a", "b", "c"),
+                       "object").spec(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    good = {"x_train": rng.integers(0, 255, (20, 8, 6, 1), dtype=np.uint8),
+            "y_train": np.arange(20) % 3, "x_test": rng.integers(0, 255, (5, 8, 6), np.uint8),
+            "y_test": np.array([0, 1, 2, 2, 1])}
+    np.savez(raw / "bars.npz", **good)
+    arrays = preprocess(spec, raw)
+    assert arrays["x_train"].shape == (20, 8, 6) and arrays["x_train"].dtype == np.uint8
+    assert np.array_equal(arrays["x_train"], good["x_train"][..., 0])
+    assert np.array_equal(arrays["y_test"], good["y_test"])
+    for change, message in [
+        ({"y_test": np.array([0, 1, 2, 3, 1])}, "y_test: label 3 at index 3 is outside 0..2"),
+        ({"x_train": good["x_train"].astype(np.float32)}, "x_train is float32"),
+        ({"y_train": np.arange(19) % 3}, "x_train has 20 images but y_train has 19 labels"),
+        ({"x_test": rng.integers(0, 255, (5, 8, 7), np.uint8)}, "train images are"),
+    ]:
+        np.savez(raw / "bars.npz", **{**good, **change})
+        with pytest.raises(IdxError, match=message):
+            preprocess(spec, raw)
+    np.savez(raw / "bars.npz", x=good["x_train"], y=good["y_train"])
+    with pytest.raises(IdxError, match=r"no array x_train, y_train, x_test, y_test \(it has"):
+        preprocess(spec, raw)

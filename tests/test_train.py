@@ -138,3 +138,151 @@ def test_a_truncated_h5_names_the_task_that_rebuilds_it(tmp_path):
         load_model(cut)
     with pytest.raises(FileNotFoundError):  # a missing file stays what it is
         load_model(tmp_path / "missing.h5")
+
+
+# --- the user's own model -------------------------------------------------------------------
+
+USER_MODEL = '''
+import keras
+from keras import layers
+COUNTER = [0]
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape, name="image"),
+                             layers.Rescaling(1 / 255, name="rescale"),
+                             layers.Flatten(name="flatten"),
+                             layers.Dense(num_classes, activation="softmax", name="classes")])
+
+
+def unnamed(input_shape, num_classes):
+    # Default names: Keras numbers them from a process-wide counter.
+    return keras.Sequential([keras.Input(input_shape), layers.Flatten(),
+                             layers.Dense(num_classes, activation="softmax")])
+
+
+def drifting(input_shape, num_classes):
+    COUNTER[0] += 1  # the user's own process state in a name
+    return keras.Sequential([keras.Input(input_shape), layers.Flatten(name="f"),
+                             layers.Dense(num_classes, activation="softmax",
+                                          name=f"out{COUNTER[0]}")])
+
+
+def not_a_model(input_shape, num_classes):
+    return "a string"
+
+
+def wide_input(input_shape, num_classes):
+    return keras.Sequential([keras.Input((32, 32, 1)), layers.Flatten(),
+                             layers.Dense(num_classes, activation="softmax")])
+
+
+def three_classes(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), layers.Flatten(),
+                             layers.Dense(3, activation="softmax")])
+
+
+def logits(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), layers.Flatten(),
+                             layers.Dense(num_classes)])
+
+
+def big(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), layers.Flatten(),
+                             layers.Dense(2, name="d"),
+                             layers.Dense(num_classes, activation="softmax", name="c")])
+
+
+class Doubling(keras.layers.Layer):
+    def call(self, x):
+        return 2 * x
+
+
+def custom_layer(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), Doubling(name="twice"), layers.Flatten(),
+                             layers.Dense(num_classes, activation="softmax")])
+'''
+
+
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("user") / "mine.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def source(user_file, function):
+    from pipeline.models import resolve
+
+    return resolve(f"mine.py:{function}", user_file.parent)
+
+
+@pytest.mark.parametrize("function, limit, message", [
+    ("nope", 10**6, r"has no function 'nope' \(it defines: big, build, custom_layer"),
+    ("not_a_model", 10**6, "returned str, not a keras.Model"),
+    ("wide_input", 10**6, r"input shape \(32, 32, 1\) does not match the dataset's images "
+                          r"\(28, 28, 1\)"),
+    ("three_classes", 10**6, r"output shape \(3,\) does not match the dataset's 10 classes"),
+    ("logits", 10**6, "not probabilities .* end the model with a softmax"),
+    ("custom_layer", 10**6, r"layer\(s\) twice \(.*Doubling\) are not built-in Keras layers"),
+    # 784*2+2 + 2*10+10 = 1,600 parameters: the limit's boundary.
+    ("big", 1599, "1,600 parameters, more than this build's limit max_parameters = 1,599"),
+])
+def test_user_model_errors_name_the_cause(user_file, function, limit, message):
+    from pipeline.train import TrainError, make_model
+
+    with pytest.raises(TrainError, match=message):
+        make_model(source(user_file, function), (28, 28), 10, limit)
+
+
+def test_user_model_at_its_limit_and_name_stability(user_file):
+    from pipeline.train import make_model
+
+    model, stable = make_model(source(user_file, "big"), (28, 28), 10, 1600)
+    assert model.count_params() == 1600 and stable
+    # Default names are stable too: each call gets a fresh Keras session.
+    assert make_model(source(user_file, "unnamed"), (28, 28), 10)[1]
+    # A name from the user's own counter is not, and is reported.
+    assert not make_model(source(user_file, "drifting"), (28, 28), 10)[1]
+
+
+def test_user_model_trains_reproducibly_whatever_was_built_before(tiny_arrays, tmp_path,
+                                                                  user_file):
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, batch_size=64)
+    first = run(source(user_file, "unnamed"), tmp_path / "d.npz", params, tmp_path / "a" / "m.h5",
+                tmp_path / "a" / "history.json")
+    build_model("cnn", (28, 28), 10)  # what this process built before must not matter
+    run(source(user_file, "unnamed"), tmp_path / "d.npz", params, tmp_path / "b" / "m.h5",
+        tmp_path / "b" / "history.json")
+    assert (tmp_path / "a" / "m.h5").read_bytes() == (tmp_path / "b" / "m.h5").read_bytes()
+    # Default names as in a fresh session (what the user's own `build()` call would give),
+    # so the per-layer report's names, which float_layers quotes, are predictable.
+    assert [layer.name for layer in load_model(tmp_path / "a" / "m.h5").layers] == [
+        "flatten", "dense"]
+    assert first["model"] == "mine.py:unnamed" and first["layer_names_stable"]
+
+
+def test_saved_model_is_converted_as_it_is_or_fine_tuned(tiny_arrays, tmp_path):
+    from pipeline.models import resolve
+    from pipeline.preprocess import save_arrays
+
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    saved = build_model("mlp", (28, 28), 10)
+    saved.save(tmp_path / "given.keras")
+    params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
+                                 max_train_samples=0, batch_size=64)
+    given = resolve("given.keras", tmp_path)
+    record = run(given, tmp_path / "d.npz", params, tmp_path / "as_is" / "m.h5",
+                 tmp_path / "as_is" / "history.json", fine_tune=False)
+    assert record["history"] == {} and not record["trained"]
+    kept = load_model(tmp_path / "as_is" / "m.h5").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, saved.get_weights()))
+    tuned = run(given, tmp_path / "d.npz", params, tmp_path / "tuned" / "m.h5",
+                tmp_path / "tuned" / "history.json")
+    assert len(tuned["history"]["loss"]) == params.epochs
+    changed = load_model(tmp_path / "tuned" / "m.h5").get_weights()
+    assert not np.array_equal(changed[0], saved.get_weights()[0])
