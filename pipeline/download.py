@@ -283,12 +283,14 @@ def unavailable(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
 
 def _look(mirror: str, name: str, timeout_s: float) -> str | None:
     """None if `mirror` has a file `name` (a HEAD request for a URL), else why not."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     if not mirror.startswith(("http://", "https://")):
         directory = Path(urllib.parse.urlparse(mirror).path if mirror.startswith("file://")
                          else mirror)
         return None if (directory / name).is_file() else "no such file"
-    import urllib.error
-    import urllib.request
 
     url = urllib.parse.urljoin(mirror.rstrip("/") + "/", urllib.parse.quote(name))
     try:

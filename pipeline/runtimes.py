@@ -22,6 +22,11 @@ from pipeline import PipelineError, load_runner
 from pipeline.variants import VARIANTS, format_of, variant_of
 
 
+class UnsupportedModelError(ValueError):
+    """A model that loads but breaks this seam's contract (e.g. an integer input whose
+    quantization the graph does not state): not damage, so no rebuild hint."""
+
+
 class DamagedModelError(PipelineError):
     """A model file the runtime cannot read (truncated, overwritten, not a model)."""
 
@@ -209,9 +214,10 @@ def onnx_detail(graph: Any, value: Any, side: str) -> dict[str, Any]:
     if np.issubdtype(dtype, np.integer):
         found = onnx_quantization(graph, value.name, side)
         if found is None:
-            raise ValueError(f"{value.name}: an integer graph {side} with no per-tensor "
-                             f"{'Dequantize' if side == 'input' else 'Quantize'}Linear "
-                             "beside it: its scale and zero point are unknown")
+            raise UnsupportedModelError(
+                f"{value.name}: an integer graph {side} with no per-tensor "
+                f"{'Dequantize' if side == 'input' else 'Quantize'}Linear "
+                "beside it: its scale and zero point are unknown")
         quantization = found
     return {"name": value.name, "index": 0, "dtype": dtype.type, "shape": shape,
             "quantization": quantization}
@@ -340,6 +346,8 @@ def open_model(path: Path, threads: int | None = None) -> HostModel:
     backend = _backend(format_of(path))
     try:
         return backend(path=Path(path), threads=threads)
+    except UnsupportedModelError:
+        raise
     except (ValueError, RuntimeError) as exc:
         # LiteRT: "The model is not a valid Flatbuffer buffer"; ONNX Runtime: InvalidProtobuf.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
