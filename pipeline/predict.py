@@ -127,14 +127,19 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
         raise BoardError(f"board {board.name!r} ({board.where}): the runner reported no "
                          "per-image answers; update board/runner.py there (it is pushed "
                          "with the plan)")
-    return [(int(label), float(probability)) for label, probability in answers]
+    try:  # text from a board is checked like any other input
+        return [(int(label), float(probability)) for label, probability in answers]
+    except (TypeError, ValueError):
+        raise BoardError(f"board {board.name!r} ({board.where}): the runner's per-image "
+                         "answers are not [class, probability] pairs") from None
 
 
 def board_prediction(host: dict[str, Any], answer: tuple[int, float],
                      class_names: Sequence[str]) -> dict[str, Any]:
     """The board's answer as a prediction, and whether its class is this host's int8 class."""
     label, probability = answer
-    return {"class": label, "name": class_names[label], "probability": round(probability, 4),
+    name = class_names[label] if 0 <= label < len(class_names) else f"class {label}?"
+    return {"class": label, "name": name, "probability": round(probability, 4),
             "same_as_host": label == host["class"]}
 
 
