@@ -1,7 +1,7 @@
 """Virtual K1 timings: `up` and `down` (warm cache, and cold with --cold), and what a login costs.
 
     python benchmarks/bench_virtual_k1.py --repeats 5          # as root
-    python benchmarks/bench_virtual_k1.py --repeats 3 --cold   # also builds a fresh cache (downloads)
+    python benchmarks/bench_virtual_k1.py --repeats 3 --cold   # + a fresh cache (downloads)
 
 Runs the real CLI (`python -m pipeline.virtual_k1`) in a state directory of its own under the
 cache, so a board you have up is not touched. Prints the median and range of each figure:

@@ -316,11 +316,13 @@ def mmdebstrap_argv(target: Path, layout: Layout, mirror: str, suite: str,
     """
     debs, lists = shlex.quote(str(layout.debs)), shlex.quote(str(layout.lists))
     setup = (f'mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists" && '
-             f'find {debs} -maxdepth 1 -name "*.deb" -exec cp -t "$1/var/cache/apt/archives" {{}} +')
+             f'find {debs} -maxdepth 1 -name "*.deb" '
+             '-exec cp -t "$1/var/cache/apt/archives" {} +')
     if offline:
         setup += f' && cp -a {lists}/. "$1/var/lib/apt/lists/"'
     save = (f'find "$1/var/cache/apt/archives" -maxdepth 1 -name "*.deb" -exec cp -t {debs} {{}} + '
-            f'&& find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock -exec cp -t {lists} {{}} +')
+            f'&& find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock '
+            f'-exec cp -t {lists} {{}} +')
     argv = ["mmdebstrap", "--mode=root", "--arch=riscv64", "--variant=extract",
             f"--include={','.join(PACKAGES)}", "--aptopt=APT::Install-Recommends \"false\"",
             f"--setup-hook={setup}", f"--extract-hook={save}"]
@@ -406,7 +408,8 @@ def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bo
             shutil.rmtree(stale, ignore_errors=True)
         layout.debs.mkdir(parents=True, exist_ok=True)
         layout.lists.mkdir(parents=True, exist_ok=True)
-        log(f"building the riscv64 root file system ({suite}, {'cached packages' if offline else mirror}) "
+        source = "cached packages" if offline else mirror
+        log(f"building the riscv64 root file system ({suite}, {source}) "
             f"into {layout.rootfs}")
         started = time.monotonic()
         try:
@@ -717,7 +720,8 @@ def write_inventory(layout: Layout, name: str, port: int, base: Path | None,
     # Host-key checking stays on: the board's own, freshly generated host key is the only
     # one trusted for this address.
     host_key = layout.state_file("ssh_host_ed25519_key.pub").read_text().split()
-    write_text(layout.state_file("known_hosts"), f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    write_text(layout.state_file("known_hosts"),
+               f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
 
 
 def ssh_argv(layout: Layout, port: int, command: str) -> list[str]:
@@ -950,7 +954,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(UNAVAILABLE)
     except KeyboardInterrupt:
-        sys.exit(f"interrupted; {'the board was taken down' if args.command == 'up' else 'stopped'}")
+        done = "the board was taken down" if args.command == "up" else "stopped"
+        sys.exit(f"interrupted; {done}")
     except PipelineError as exc:
         sys.exit(f"error: {exc}")
 

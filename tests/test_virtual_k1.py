@@ -233,7 +233,8 @@ def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
     bench.push(virtual.board, files)
     outputs = {}
     for name in ("float", "int8"):
-        raw = on_board(virtual, "sh", "-c", 'cd "$1" && exec python3 -c "$2" "$3" x.npy 2>/dev/null',
+        raw = on_board(virtual, "sh", "-c",
+                       'cd "$1" && exec python3 -c "$2" "$3" x.npy 2>/dev/null',
                        "sh", virtual.board.remote_dir, GUEST_RUN, f"{name}.onnx")
         board = np.load(io.BytesIO(raw))
         session = ort.InferenceSession(models[name], providers=["CPUExecutionProvider"])
