@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.rmtree(cold, ignore_errors=True)
     timed(cli("up", *where), cwd=REPO)   # the root file system is built (if needed) here
     timed(cli("down", *where), cwd=REPO)
-    layout = virtual_k1.Layout(cache, cache / "bench-state")
+    layout = virtual_k1.BoardPaths(cache, cache / "bench-state")
     for _ in range(args.repeats):
         figures.setdefault("up, warm cache", []).append(timed(cli("up", *where), cwd=REPO))
         port = json.loads(layout.record.read_text())["port"]

@@ -106,7 +106,7 @@ def default_cache(env: Mapping[str, str]) -> Path:
 
 
 @dataclass(frozen=True)
-class Layout:
+class BoardPaths:
     """Where everything lives. The cache (root file system, packages) is shared by every
     board; a state directory (keys, sshd, inventory) belongs to one running board."""
     cache: Path
@@ -307,7 +307,7 @@ def cache_lock(cache: Path) -> Iterator[None]:
         yield
 
 
-def mmdebstrap_argv(target: Path, layout: Layout, mirror: str, suite: str,
+def mmdebstrap_argv(target: Path, layout: BoardPaths, mirror: str, suite: str,
                     offline: bool) -> list[str]:
     """mmdebstrap extracting PACKAGES (no maintainer scripts, so no emulation needed).
 
@@ -387,7 +387,7 @@ def ready_recipe(root: Path) -> str | None:
         return None
 
 
-def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bool:
+def build_rootfs(layout: BoardPaths, mirror: str | None, suite: str, log: Log) -> bool:
     """Build the root file system into the cache unless it is there, made by the same
     recipe; True if it was built."""
     with cache_lock(layout.cache):
@@ -563,7 +563,7 @@ exec {tool("env")} -i PATH=/usr/local/bin:/usr/bin:/bin HOME={GUEST_HOME} USER={
 """
 
 
-def sshd_config(layout: Layout, port: int, login_user: str) -> str:
+def sshd_config(layout: BoardPaths, port: int, login_user: str) -> str:
     s = layout.state
     # StrictModes no: a state directory under a sticky /tmp (tests) fails sshd's path check;
     # the state directory itself is made 0700 and checked by `check_state_dir`.
@@ -625,7 +625,7 @@ def alive(pid: int) -> bool:
     return pid > 0 and Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
-def previous_port(layout: Layout) -> int:
+def previous_port(layout: BoardPaths) -> int:
     """The port of this state directory's last sshd (from its sshd_config), or 0."""
     try:
         text = layout.state_file("sshd_config").read_text()
@@ -635,7 +635,7 @@ def previous_port(layout: Layout) -> int:
     return int(found.group(1)) if found else 0
 
 
-def read_record(layout: Layout) -> dict:
+def read_record(layout: BoardPaths) -> dict:
     try:
         return json.loads(layout.record.read_text())
     except (OSError, ValueError):
@@ -653,7 +653,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def start_sshd(layout: Layout, log: Log, previous_port: int = 0) -> tuple[int, int]:
+def start_sshd(layout: BoardPaths, log: Log, previous_port: int = 0) -> tuple[int, int]:
     """Start the sshd on 127.0.0.1: on its previous port if that is free (the inventory
     entry, and so doit's up-to-date check of bench, stays the same from one `up` to the
     next), else on a free one (a few tries: a port can be taken between choosing and
@@ -689,7 +689,7 @@ def start_sshd(layout: Layout, log: Log, previous_port: int = 0) -> tuple[int, i
     raise VirtualK1Error(f"sshd did not start: {last}")
 
 
-def board_entry(name: str, port: int, layout: Layout, login_user: str) -> str:
+def board_entry(name: str, port: int, layout: BoardPaths, login_user: str) -> str:
     s = layout.state
     options = ["-i", str(s / "client_key"), "-o", "IdentitiesOnly=yes",
                "-o", f"UserKnownHostsFile={s / 'known_hosts'}",
@@ -704,7 +704,7 @@ def board_entry(name: str, port: int, layout: Layout, login_user: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_inventory(layout: Layout, name: str, port: int, base: Path | None,
+def write_inventory(layout: BoardPaths, name: str, port: int, base: Path | None,
                     login_user: str) -> None:
     """The project's inventory (its `local` board and others) plus this board: a file that
     `PIPELINE_BOARDS=<it> doit bench:<name>` uses as it is."""
@@ -724,7 +724,7 @@ def write_inventory(layout: Layout, name: str, port: int, base: Path | None,
                f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
 
 
-def ssh_argv(layout: Layout, port: int, command: str) -> list[str]:
+def ssh_argv(layout: BoardPaths, port: int, command: str) -> list[str]:
     s = layout.state
     return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             "-i", str(s / "client_key"), "-o", "IdentitiesOnly=yes",
@@ -761,7 +761,7 @@ print(json.dumps(out))
 '''
 
 
-def probe(layout: Layout, port: int) -> dict:
+def probe(layout: BoardPaths, port: int) -> dict:
     proc = subprocess.run(ssh_argv(layout, port, "python3 -c " + shlex.quote(PROBE)),
                           capture_output=True, text=True, timeout=120, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -784,7 +784,7 @@ def describe(facts: dict) -> str:
 # --- up, down, status ---------------------------------------------------------------------
 
 
-def up(layout: Layout, name: str, mirror: str | None, suite: str, base_inventory: Path | None,
+def up(layout: BoardPaths, name: str, mirror: str | None, suite: str, base_inventory: Path | None,
        log: Log) -> dict:
     """Bring the board up (idempotent: a running board is left as it is); its record."""
     if not BOARD_NAME.fullmatch(name):
@@ -828,7 +828,7 @@ def up(layout: Layout, name: str, mirror: str | None, suite: str, base_inventory
     return record
 
 
-def other_boards_up(layout: Layout) -> list[str]:
+def other_boards_up(layout: BoardPaths) -> list[str]:
     """State directories of other virtual K1s whose sshd runs (they need binfmt too)."""
     mine = str(layout.state_file("sshd_config").resolve())
     found = []
@@ -849,7 +849,7 @@ def other_boards_up(layout: Layout) -> list[str]:
     return found
 
 
-def down(layout: Layout, log: Log) -> list[str]:
+def down(layout: BoardPaths, log: Log) -> list[str]:
     """Stop the board; undo what `up` changed on the host. What is still left (empty = all
     clean) is returned."""
     record = read_record(layout)
@@ -882,7 +882,7 @@ def down(layout: Layout, log: Log) -> list[str]:
     return left
 
 
-def status(layout: Layout) -> dict:
+def status(layout: BoardPaths) -> dict:
     record = read_record(layout)
     ready = layout.rootfs / READY
     out = {"up": alive(record.get("sshd_pid", 0)), "state": str(layout.state),
@@ -914,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = os.environ
     cache = (args.cache or Path(env.get("VIRTUAL_K1_CACHE") or default_cache(env))).absolute()
-    layout = Layout(cache, (args.state or cache / "state").absolute())
+    layout = BoardPaths(cache, (args.state or cache / "state").absolute())
     log = lambda line: print(f"virtual_k1: {line}", flush=True)  # noqa: E731
     started = time.monotonic()
     try:
