@@ -1,7 +1,7 @@
 """Virtual K1 timings: `up` and `down` (warm cache, and cold with --cold), and what a login costs.
 
     python benchmarks/bench_virtual_k1.py --repeats 5          # as root
-    python benchmarks/bench_virtual_k1.py --repeats 3 --cold   # also builds a fresh cache (downloads)
+    python benchmarks/bench_virtual_k1.py --repeats 3 --cold   # + a fresh cache (downloads)
 
 Runs the real CLI (`python -m pipeline.virtual_k1`) in a state directory of its own under the
 cache, so a board you have up is not touched. Prints the median and range of each figure:
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.rmtree(cold, ignore_errors=True)
     timed(cli("up", *where), cwd=REPO)   # the root file system is built (if needed) here
     timed(cli("down", *where), cwd=REPO)
-    layout = virtual_k1.Layout(cache, cache / "bench-state")
+    layout = virtual_k1.BoardPaths(cache, cache / "bench-state")
     for _ in range(args.repeats):
         figures.setdefault("up, warm cache", []).append(timed(cli("up", *where), cwd=REPO))
         port = json.loads(layout.record.read_text())["port"]

@@ -106,7 +106,7 @@ def default_cache(env: Mapping[str, str]) -> Path:
 
 
 @dataclass(frozen=True)
-class Layout:
+class BoardPaths:
     """Where everything lives. The cache (root file system, packages) is shared by every
     board; a state directory (keys, sshd, inventory) belongs to one running board."""
     cache: Path
@@ -307,7 +307,7 @@ def cache_lock(cache: Path) -> Iterator[None]:
         yield
 
 
-def mmdebstrap_argv(target: Path, layout: Layout, mirror: str, suite: str,
+def mmdebstrap_argv(target: Path, layout: BoardPaths, mirror: str, suite: str,
                     offline: bool) -> list[str]:
     """mmdebstrap extracting PACKAGES (no maintainer scripts, so no emulation needed).
 
@@ -316,11 +316,13 @@ def mmdebstrap_argv(target: Path, layout: Layout, mirror: str, suite: str,
     """
     debs, lists = shlex.quote(str(layout.debs)), shlex.quote(str(layout.lists))
     setup = (f'mkdir -p "$1/var/cache/apt/archives" "$1/var/lib/apt/lists" && '
-             f'find {debs} -maxdepth 1 -name "*.deb" -exec cp -t "$1/var/cache/apt/archives" {{}} +')
+             f'find {debs} -maxdepth 1 -name "*.deb" '
+             '-exec cp -t "$1/var/cache/apt/archives" {} +')
     if offline:
         setup += f' && cp -a {lists}/. "$1/var/lib/apt/lists/"'
     save = (f'find "$1/var/cache/apt/archives" -maxdepth 1 -name "*.deb" -exec cp -t {debs} {{}} + '
-            f'&& find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock -exec cp -t {lists} {{}} +')
+            f'&& find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock '
+            f'-exec cp -t {lists} {{}} +')
     argv = ["mmdebstrap", "--mode=root", "--arch=riscv64", "--variant=extract",
             f"--include={','.join(PACKAGES)}", "--aptopt=APT::Install-Recommends \"false\"",
             f"--setup-hook={setup}", f"--extract-hook={save}"]
@@ -385,7 +387,7 @@ def ready_recipe(root: Path) -> str | None:
         return None
 
 
-def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bool:
+def build_rootfs(layout: BoardPaths, mirror: str | None, suite: str, log: Log) -> bool:
     """Build the root file system into the cache unless it is there, made by the same
     recipe; True if it was built."""
     with cache_lock(layout.cache):
@@ -406,7 +408,8 @@ def build_rootfs(layout: Layout, mirror: str | None, suite: str, log: Log) -> bo
             shutil.rmtree(stale, ignore_errors=True)
         layout.debs.mkdir(parents=True, exist_ok=True)
         layout.lists.mkdir(parents=True, exist_ok=True)
-        log(f"building the riscv64 root file system ({suite}, {'cached packages' if offline else mirror}) "
+        source = "cached packages" if offline else mirror
+        log(f"building the riscv64 root file system ({suite}, {source}) "
             f"into {layout.rootfs}")
         started = time.monotonic()
         try:
@@ -560,7 +563,7 @@ exec {tool("env")} -i PATH=/usr/local/bin:/usr/bin:/bin HOME={GUEST_HOME} USER={
 """
 
 
-def sshd_config(layout: Layout, port: int, login_user: str) -> str:
+def sshd_config(layout: BoardPaths, port: int, login_user: str) -> str:
     s = layout.state
     # StrictModes no: a state directory under a sticky /tmp (tests) fails sshd's path check;
     # the state directory itself is made 0700 and checked by `check_state_dir`.
@@ -622,7 +625,7 @@ def alive(pid: int) -> bool:
     return pid > 0 and Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
-def previous_port(layout: Layout) -> int:
+def previous_port(layout: BoardPaths) -> int:
     """The port of this state directory's last sshd (from its sshd_config), or 0."""
     try:
         text = layout.state_file("sshd_config").read_text()
@@ -632,7 +635,7 @@ def previous_port(layout: Layout) -> int:
     return int(found.group(1)) if found else 0
 
 
-def read_record(layout: Layout) -> dict:
+def read_record(layout: BoardPaths) -> dict:
     try:
         return json.loads(layout.record.read_text())
     except (OSError, ValueError):
@@ -650,7 +653,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def start_sshd(layout: Layout, log: Log, previous_port: int = 0) -> tuple[int, int]:
+def start_sshd(layout: BoardPaths, log: Log, previous_port: int = 0) -> tuple[int, int]:
     """Start the sshd on 127.0.0.1: on its previous port if that is free (the inventory
     entry, and so doit's up-to-date check of bench, stays the same from one `up` to the
     next), else on a free one (a few tries: a port can be taken between choosing and
@@ -686,7 +689,7 @@ def start_sshd(layout: Layout, log: Log, previous_port: int = 0) -> tuple[int, i
     raise VirtualK1Error(f"sshd did not start: {last}")
 
 
-def board_entry(name: str, port: int, layout: Layout, login_user: str) -> str:
+def board_entry(name: str, port: int, layout: BoardPaths, login_user: str) -> str:
     s = layout.state
     options = ["-i", str(s / "client_key"), "-o", "IdentitiesOnly=yes",
                "-o", f"UserKnownHostsFile={s / 'known_hosts'}",
@@ -701,7 +704,7 @@ def board_entry(name: str, port: int, layout: Layout, login_user: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_inventory(layout: Layout, name: str, port: int, base: Path | None,
+def write_inventory(layout: BoardPaths, name: str, port: int, base: Path | None,
                     login_user: str) -> None:
     """The project's inventory (its `local` board and others) plus this board: a file that
     `PIPELINE_BOARDS=<it> doit bench:<name>` uses as it is."""
@@ -717,10 +720,11 @@ def write_inventory(layout: Layout, name: str, port: int, base: Path | None,
     # Host-key checking stays on: the board's own, freshly generated host key is the only
     # one trusted for this address.
     host_key = layout.state_file("ssh_host_ed25519_key.pub").read_text().split()
-    write_text(layout.state_file("known_hosts"), f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    write_text(layout.state_file("known_hosts"),
+               f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
 
 
-def ssh_argv(layout: Layout, port: int, command: str) -> list[str]:
+def ssh_argv(layout: BoardPaths, port: int, command: str) -> list[str]:
     s = layout.state
     return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             "-i", str(s / "client_key"), "-o", "IdentitiesOnly=yes",
@@ -757,7 +761,7 @@ print(json.dumps(out))
 '''
 
 
-def probe(layout: Layout, port: int) -> dict:
+def probe(layout: BoardPaths, port: int) -> dict:
     proc = subprocess.run(ssh_argv(layout, port, "python3 -c " + shlex.quote(PROBE)),
                           capture_output=True, text=True, timeout=120, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -780,7 +784,7 @@ def describe(facts: dict) -> str:
 # --- up, down, status ---------------------------------------------------------------------
 
 
-def up(layout: Layout, name: str, mirror: str | None, suite: str, base_inventory: Path | None,
+def up(layout: BoardPaths, name: str, mirror: str | None, suite: str, base_inventory: Path | None,
        log: Log) -> dict:
     """Bring the board up (idempotent: a running board is left as it is); its record."""
     if not BOARD_NAME.fullmatch(name):
@@ -824,7 +828,7 @@ def up(layout: Layout, name: str, mirror: str | None, suite: str, base_inventory
     return record
 
 
-def other_boards_up(layout: Layout) -> list[str]:
+def other_boards_up(layout: BoardPaths) -> list[str]:
     """State directories of other virtual K1s whose sshd runs (they need binfmt too)."""
     mine = str(layout.state_file("sshd_config").resolve())
     found = []
@@ -845,7 +849,7 @@ def other_boards_up(layout: Layout) -> list[str]:
     return found
 
 
-def down(layout: Layout, log: Log) -> list[str]:
+def down(layout: BoardPaths, log: Log) -> list[str]:
     """Stop the board; undo what `up` changed on the host. What is still left (empty = all
     clean) is returned."""
     record = read_record(layout)
@@ -878,7 +882,7 @@ def down(layout: Layout, log: Log) -> list[str]:
     return left
 
 
-def status(layout: Layout) -> dict:
+def status(layout: BoardPaths) -> dict:
     record = read_record(layout)
     ready = layout.rootfs / READY
     out = {"up": alive(record.get("sshd_pid", 0)), "state": str(layout.state),
@@ -910,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     env = os.environ
     cache = (args.cache or Path(env.get("VIRTUAL_K1_CACHE") or default_cache(env))).absolute()
-    layout = Layout(cache, (args.state or cache / "state").absolute())
+    layout = BoardPaths(cache, (args.state or cache / "state").absolute())
     log = lambda line: print(f"virtual_k1: {line}", flush=True)  # noqa: E731
     started = time.monotonic()
     try:
@@ -950,7 +954,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(UNAVAILABLE)
     except KeyboardInterrupt:
-        sys.exit(f"interrupted; {'the board was taken down' if args.command == 'up' else 'stopped'}")
+        done = "the board was taken down" if args.command == "up" else "stopped"
+        sys.exit(f"interrupted; {done}")
     except PipelineError as exc:
         sys.exit(f"error: {exc}")
 

@@ -32,7 +32,7 @@ CI = os.environ.get("CI") == "true"
 @dataclass
 class Virtual:
     board: Board
-    layout: virtual_k1.Layout
+    layout: virtual_k1.BoardPaths
     up_seconds: float
     up_output: str
     binfmt_before: dict | None
@@ -48,7 +48,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=1800)
 
 
-def layout_args(layout: virtual_k1.Layout) -> list[str]:
+def layout_args(layout: virtual_k1.BoardPaths) -> list[str]:
     return ["--cache", str(layout.cache), "--state", str(layout.state)]
 
 
@@ -58,7 +58,7 @@ def cannot_run(reason: str) -> None:
     pytest.skip(f"virtual K1 not available: {reason} (README: No K1 yet?)")
 
 
-def everything_left(layout: virtual_k1.Layout, tag: str) -> list[str]:
+def everything_left(layout: virtual_k1.BoardPaths, tag: str) -> list[str]:
     """Processes of the board (tagged, or its sshd) and mounts under its root file system in
     any mount namespace of this machine."""
     left = [f"process {p}" for p in virtual_k1.board_processes(tag)]
@@ -85,7 +85,7 @@ def virtual(tmp_path_factory):
     if os.geteuid() != 0:
         cannot_run("needs root (binfmt_misc, chroot, namespaces, sshd)")
     cache = Path(os.environ.get("VIRTUAL_K1_CACHE") or virtual_k1.default_cache(os.environ))
-    layout = virtual_k1.Layout(cache, tmp_path_factory.mktemp("vk1") / "state")
+    layout = virtual_k1.BoardPaths(cache, tmp_path_factory.mktemp("vk1") / "state")
     mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
     binfmt_before = virtual_k1.binfmt_entry()
     started = time.monotonic()
@@ -233,7 +233,8 @@ def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
     bench.push(virtual.board, files)
     outputs = {}
     for name in ("float", "int8"):
-        raw = on_board(virtual, "sh", "-c", 'cd "$1" && exec python3 -c "$2" "$3" x.npy 2>/dev/null',
+        raw = on_board(virtual, "sh", "-c",
+                       'cd "$1" && exec python3 -c "$2" "$3" x.npy 2>/dev/null',
                        "sh", virtual.board.remote_dir, GUEST_RUN, f"{name}.onnx")
         board = np.load(io.BytesIO(raw))
         session = ort.InferenceSession(models[name], providers=["CPUExecutionProvider"])
@@ -311,7 +312,7 @@ def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_pa
     mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
     binfmt_before = virtual_k1.binfmt_entry()
     closed = f"http://127.0.0.1:{free_port()}/debian"  # nothing listens there
-    layout = virtual_k1.Layout(tmp_path / "cache", tmp_path / "state")
+    layout = virtual_k1.BoardPaths(tmp_path / "cache", tmp_path / "state")
     proc = cli("up", *layout_args(layout), "--mirror", closed)
     assert proc.returncode == virtual_k1.UNAVAILABLE, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -373,7 +374,7 @@ def test_the_mirror_is_the_first_debian_archive_of_the_apt_config(tmp_path):
 
 
 def test_a_cached_build_skips_apts_update(tmp_path):
-    layout = virtual_k1.Layout(tmp_path / "cache", tmp_path / "state")
+    layout = virtual_k1.BoardPaths(tmp_path / "cache", tmp_path / "state")
     online = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", False)
     offline = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", True)
     assert "--skip=update" in offline and "--skip=update" not in online
