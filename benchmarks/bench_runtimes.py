@@ -39,11 +39,12 @@ def litert_call(path: Path, image: Any, threads: int) -> Callable[[], None]:
     from pipeline import load_runner
     from pipeline.console import native_output_hidden
 
-    with native_output_hidden():
+    with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], load_runner().quantize(image, detail))
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], load_runner().quantize(image, detail))
+        interpreter.invoke()
     return interpreter.invoke
 
 

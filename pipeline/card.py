@@ -119,6 +119,15 @@ def build_card(build: str, dataset: str, class_names: Sequence[str], keras_path:
     }
 
 
+def _dequantize_formula(tensor: dict[str, Any]) -> str:
+    if "scale" not in tensor:
+        return "as is"
+    zero_point = tensor["zero_point"]
+    shifted = "q" if zero_point == 0 else \
+        f"(q {'-' if zero_point > 0 else '+'} {abs(zero_point)})"
+    return f"real = {shifted} * {tensor['scale']:.9g}"
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     from tabulate import tabulate
 
@@ -138,8 +147,7 @@ def render_markdown(card: dict[str, Any]) -> str:
           v["input"]["dtype"], str(v["input"].get("shape", inp["shape"])),
           " .. ".join(f"{x:.6g}" for x in v["input"]["value_range"]),
           f"`{v['input']['formula']}`",
-          (f"real = (q - {v['output']['zero_point']}) * {v['output']['scale']:.9g}"
-           if "scale" in v["output"] else "as is")] for v in card["variants"]],
+          _dequantize_formula(v["output"])] for v in card["variants"]],
         headers=["variant", "input tensor", "dtype", "shape", "value range", "input formula",
                  "output"], tablefmt="github", disable_numparse=True)
     params = card["training"]["params"] or {}

@@ -35,11 +35,12 @@ from pipeline.preprocess import load_arrays
 from pipeline.variants import (INT8, ONNX_FLOAT32, ONNX_INT8, ONNX_INT8_TFLITE, VARIANTS,
                                variant_names, variant_path)
 
-# The doit task families (variants.Variant.producer) whose variants this stage writes.
+# The doit task family (variants.Variant.producer) of the variants `run` writes; the
+# translation's is "translate_onnx".
 PRODUCER = "convert_onnx"
-TRANSLATE_PRODUCER = "translate_onnx"
-# tf2onnx's TFLite path at opset 17 translates every op of the int8 models (measured: its
-# outputs equal LiteRT's bit for bit) and Debian's riscv64 onnxruntime 1.21 runs it.
+# tf2onnx's TFLite path at opset 17 translates every op of the int8 models (measured for the
+# default builds: outputs equal LiteRT's bit for bit on all 10,000 test images); issue 12
+# measured Debian's riscv64 onnxruntime 1.21 running it.
 TRANSLATE_OPSET = 17
 
 # The counter suffix tf2onnx appends to the names it makes (see `canonical`).

@@ -118,3 +118,35 @@ def test_a_full_disk_leaves_no_analysis_file_without_its_siblings(smoke_project,
             models / "mnist_mlp_int8.tflite", art / "data" / "mnist" / "mnist.npz", 500, 12,
             report_dir)
     assert list(report_dir.iterdir()) == []  # no confusion.json without analysis.md
+
+
+def test_onnx_int8_damage_is_listed_beside_int8s(smoke_analysis):
+    """onnx_int8's damage and fixes against Keras predictions computed here, with ONNX
+    Runtime driven by hand (float input: the raw pixels as float32)."""
+    import onnxruntime as ort
+
+    from pipeline.preprocess import load_arrays
+    from pipeline.train import load_model
+
+    art, reports = smoke_analysis
+    arrays = load_arrays(art / "data" / "mnist" / "mnist.npz")
+    images, labels = arrays["x_test"], arrays["y_test"]
+    models = art / "models" / "mnist_cnn"
+    keras_pred = np.argmax(load_model(models / "mnist_cnn.h5").predict(
+        images[..., None].astype(np.float32), batch_size=1000, verbose=0), axis=1)
+    session = ort.InferenceSession(str(models / "mnist_cnn_onnx_int8.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    onnx_pred = np.array([np.argmax(session.run(None, {name: image[None, ..., None].astype(
+        np.float32)})[0]) for image in images])
+    listed = json.loads((reports / "int8_damage.json").read_text())["others"]["onnx_int8"]
+    keras_right, onnx_right = keras_pred == labels, onnx_pred == labels
+    assert [e["index"] for e in listed["damage"]] == \
+        np.flatnonzero(keras_right & ~onnx_right).tolist()
+    assert [e["index"] for e in listed["fixes"]] == \
+        np.flatnonzero(~keras_right & onnx_right).tolist()
+    assert all(e["onnx_int8"]["class"] == onnx_pred[e["index"]] for e in listed["damage"])
+    assert listed["accuracy"] == pytest.approx(onnx_right.mean(), abs=1e-12)
+    markdown = (reports / "analysis.md").read_text()
+    assert f"- **{len(listed['damage'])}** image(s) onnx_int8 gets wrong that Keras gets " \
+           "right" in markdown

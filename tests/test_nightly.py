@@ -35,6 +35,10 @@ import pytest
 from tests.conftest import REPO, executed_tasks, free_port, run_doit
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
+# The ONNX variants (convert.onnx): history rows and gates from the registry like the rest;
+# the two integer ones get the int8 floor.
+ONNX = ("onnx_float32", "onnx_int8", "onnx_int8_tflite")
+INT8_FLOORED = ("int8", "onnx_int8", "onnx_int8_tflite")
 
 
 def nightly_env(mnist_url: str, params: str = "params/smoke.toml") -> dict[str, str]:
@@ -199,7 +203,7 @@ def test_the_runs_are_recorded_with_a_row_per_case(nightly_runs):
     accuracy = db_rows(project, "SELECT build, variant, COUNT(*) FROM accuracy "
                                 "GROUP BY build, variant")
     assert {(b, v) for b, v, _ in accuracy} == {
-        (b, v) for b in BUILDS for v in ("keras", "float32", "int8")}
+        (b, v) for b in BUILDS for v in ("keras", "float32", "int8", *ONNX)}
     assert {n for *_, n in accuracy} == {3}
     latency = db_rows(project, "SELECT build, variant, board, threads, COUNT(*), "
                                "MIN(p50_us) > 0 FROM latency GROUP BY 1, 2, 3, 4")
@@ -224,12 +228,13 @@ def test_impossible_gate_exits_non_zero_after_every_report_is_written(nightly_ru
     assert report["run"]["id"] == 3 and report["run"]["status"] == "breached"
     assert {(b["build"], b["variant"], b["board"], b["figure"], b["limit"])
             for b in report["breaches"]} == {
-        *((b, "int8", "", "accuracy", ">= 1.0") for b in BUILDS),
+        *((b, v, "", "accuracy", ">= 1.0") for b in BUILDS for v in INT8_FLOORED),
         ("", "", "ghost", "board", "status ok")}
     assert "GATE BREACHED: board ghost: FAILED: board 'ghost'" in run2.stdout
     assert "board ghost: failed, 0 case(s)" in run2.stdout  # the per-board progress line
     md = nightly_runs["run2_md"]
-    assert "3 gate(s) BREACHED" in md and "board **ghost** FAILED" in md
+    assert f"{1 + len(BUILDS) * len(INT8_FLOORED)} gate(s) BREACHED" in md
+    assert "board **ghost** FAILED" in md
 
 
 def test_nightly_md_compares_the_run_with_the_previous_one(nightly_runs):
@@ -285,7 +290,8 @@ def test_manifest_is_complete_and_says_the_second_run_is_byte_identical(nightly_
     assert "bench/ghost/plan.json" in repro["new"]
     assert second["artifacts"]["bench/ghost/plan.json"]["identical_to_previous"] is None
     for build in BUILDS:
-        for name in (f"{build}.h5", f"{build}_float32.tflite", f"{build}_int8.tflite"):
+        for name in (f"{build}.h5", f"{build}_float32.tflite", f"{build}_int8.tflite",
+                     *(f"{build}_{v}.onnx" for v in ONNX)):
             entry = second["artifacts"][f"models/{build}/{name}"]
             assert entry["identical_to_previous"] is True
             assert entry["sha256"] == first["artifacts"][f"models/{build}/{name}"]["sha256"]
