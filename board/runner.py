@@ -318,7 +318,8 @@ def predict(interpreter, images) -> list[int]:
 
 
 def top1(interpreter, images) -> list[tuple[int, float]]:
-    """(class, probability) of each image's top-1; an integer output is dequantized."""
+    """(class, probability) of each image's top-1; an integer output is dequantized (its
+    probability is None when the runtime reports no quantization for it)."""
     import numpy as np
 
     inp = interpreter.get_input_details()[0]
@@ -327,12 +328,16 @@ def top1(interpreter, images) -> list[tuple[int, float]]:
     for image in images:
         interpreter.set_tensor(inp["index"], quantize(image, inp))
         interpreter.invoke()
-        scores = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        raw = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        # The class from the raw output: dequantizing (scale > 0) keeps the order. An
+        # integer output whose quantization the runtime does not report (onnxruntime: scale
+        # 0) has a class but no probability.
+        label = int(np.argmax(raw))
+        probability = float(raw[label])
         if np.issubdtype(out["dtype"], np.integer):
             scale, zero_point = out["quantization"]
-            scores = (scores - zero_point) * scale
-        label = int(np.argmax(scores))
-        answers.append((label, float(scores[label])))
+            probability = float((raw[label] - zero_point) * scale) if scale > 0 else None
+        answers.append((label, probability))
     return answers
 
 
