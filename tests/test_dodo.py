@@ -48,8 +48,11 @@ def test_first_build_runs_every_task_and_writes_the_artifacts(smoke_project):
         assert (art / "reports" / build / "accuracy.md").read_text().startswith("# Accuracy")
     latency = json.loads((art / "reports" / "latency.json").read_text())
     assert {(r["build"], r["variant"]) for r in latency["rows"]} == {
-        (b, v) for b in ("mnist_cnn", "mnist_mlp") for v in ("float32", "int8")}
+        (b, v) for b in ("mnist_cnn", "mnist_mlp") for v in ("float32", "int8", *ONNX)}
     assert all(r["agreement"] == 1.0 for r in latency["rows"])
+    runtimes = {r["variant"]: r["runtime"] for r in latency["rows"]}
+    assert all(runtimes[v].startswith("onnxruntime") for v in ONNX)
+    assert runtimes["int8"].startswith("ai_edge_litert")
     assert not list(art.rglob(".*partial*"))
     from PIL import Image
 
