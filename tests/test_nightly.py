@@ -649,10 +649,10 @@ def test_an_unusable_database_or_lock_is_one_line_and_exit_2(standin, damage):
     assert not (standin.art / "nightly").exists()  # nothing was run
 
 
-def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(standin, tmpfs):
+def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(standin, small_disk):
     from tests.test_history import fill_disk
 
-    where = tmpfs("256k")
+    where = small_disk(256)
     db = where / "h.sqlite"
     proc, log = standin.start("--db", str(db), "--db-timeout", "1", STANDIN_SLEEP="2")
     try:
@@ -688,32 +688,11 @@ def test_expected_reports_follow_every_stage_and_variant():
         assert rel in cnn, rel
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """tmpfs(size) -> a small tmpfs mounted in tmp_path, unmounted at the end (root only)."""
-    mounts = []
-
-    def mount(size: str) -> Path:
-        where = tmp_path / f"tmpfs{len(mounts)}"
-        where.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode != 0:
-            pytest.skip("cannot mount a tmpfs here: needs root")
-        mounts.append(where)
-        return where
-
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    yield mount
-    for where in reversed(mounts):
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file(standin, tmp_path,
-                                                                           tmpfs):
+                                                                           small_disk):
     from tests.test_history import fill_disk
 
-    where = tmpfs("32m")
+    where = small_disk(32 * 1024)
     db = tmp_path / "h.sqlite"
     proc, log = standin.start("--db", str(db), STANDIN_SLEEP="2",
                               PIPELINE_ARTIFACTS=str(where / "art"))
