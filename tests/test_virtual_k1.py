@@ -257,6 +257,61 @@ def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
     assert np.abs(board.astype(int) - ref).max() <= 1
 
 
+# --- end to end: `doit bench:virtual-k1` on the smoke build -------------------------------
+
+
+def test_doit_bench_on_the_virtual_k1(virtual, smoke_project):
+    """The whole board path through doit, unchanged: push over SSH, the runner on riscv64
+    under Debian's onnxruntime, predictions checked against the host's, the TFLite rows
+    marked as having no runtime, every figure marked emulated."""
+    from pipeline.layout import Layout
+    from pipeline.variants import VARIANTS
+    from tests.conftest import run_doit
+
+    started = time.monotonic()
+    proc = run_doit(smoke_project, "bench:virtual-k1",
+                    env={"PIPELINE_BOARDS": str(virtual.layout.inventory)})
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The figure the issue asks for (runs/warm-up keep one bench under ~2 minutes); printed,
+    # not asserted: a timed test would measure the machine's load, not the code.
+    print(f"\nbench:virtual-k1 wall time {seconds:.1f} s")
+    print("\n".join(line for line in proc.stdout.splitlines()
+                    if "virtual-k1" in line or "machine" in line.lower()))
+    layout = Layout(smoke_project / "artifacts")
+    doc = json.loads(layout.board_result("virtual-k1").read_text())
+    assert doc["machine"]["uname"].split()[-1] == "riscv64"
+    assert "emulated" in doc["machine"]["cpu_model"] and doc["emulated"] is True
+    assert doc["peak"] == []  # no floor from qemu's speed
+    builds = ("mnist_cnn", "mnist_mlp")
+    onnx = {(r["build"], r["variant"]): r for r in doc["results"]}
+    assert set(onnx) == {(b, v) for b in builds for v, spec in VARIANTS.items()
+                         if spec.format == "onnx"}, sorted(onnx)
+    for (build, variant), r in onnx.items():
+        assert r["runtime"]["name"] == "onnxruntime", (build, variant, r["runtime"])
+        assert r["providers"] == ["CPUExecutionProvider"]
+        assert r["samples"] > 0 and r["p50_us"] > 0
+        if VARIANTS[variant].integer:  # int8: every prediction equals the host's
+            assert r["agreement"] == 1.0 and r["disagreements"] == [], (build, variant)
+    assert any(VARIANTS[v].integer for _, v in onnx)  # the exact check above did run
+    # every TFLite model is there, each saying why it has no figures
+    missing = {(m["build"], m["variant"]): m["error"] for m in doc["missing"]}
+    tflite = {(b, v) for b in builds for v, spec in VARIANTS.items()
+              if spec.format == "tflite" and layout.variant_path(b, v).exists()}
+    assert tflite and set(missing) == tflite, sorted(missing)
+    assert all(e.startswith("NO RUNTIME: no TFLite runtime on this board")
+               for e in missing.values()), set(missing.values())
+    rows = json.loads(layout.latency_report("json").read_text())["rows"]
+    mine = [r for r in rows if r["board"] == "virtual-k1"]
+    assert mine and all(r["emulated"] for r in mine)
+    assert "virtual-k1 (EMULATED)" in layout.latency_report("md").read_text()
+    assert "virtual-k1 (EMULATED)" in proc.stdout
+    for build in builds:  # ONNX Runtime's per-op profile, from the board
+        assert layout.op_profile(build, "virtual-k1", "md").stat().st_size > 0
+        ops = json.loads(layout.op_profile(build, "virtual-k1", "json").read_text())
+        assert ops, build
+
+
 # --- down and up again --------------------------------------------------------------------
 
 
