@@ -7,7 +7,9 @@ Schema (artifacts/history.sqlite unless --db says otherwise; times are UTC ISO 8
               wall_s, run_dir, message
     accuracy  run_id, build, variant ('keras', 'float32', 'int8', ...),
               accuracy, agreement, drift_pt, bytes, train_s   -- per run x build x variant
-    boards    run_id, board, status ('ok' | 'failed'), error -- per run x board
+    boards    run_id, board, status ('ok' | 'failed'), error, emulated (0/1: the board is
+              an emulator, pipeline/virtual_k1.py; its latency is gated by nothing)
+                                                              -- per run x board
     latency   run_id, build, variant, board, threads,
               p50_us, p90_us, init_ms, status ('ok' | 'failed'), error
                                                               -- per run x build x variant
@@ -37,7 +39,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from pipeline import PipelineError
+from pipeline import PipelineError, load_runner
 from pipeline.files import write_json
 from pipeline.layout import Layout
 
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS boards (
     board TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error TEXT,
+    emulated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, board)
 );
 CREATE TABLE IF NOT EXISTS latency (
@@ -91,12 +94,16 @@ TABLES = {"runs": {"id", "started_utc", "ended_utc", "status", "commit_sha", "di
                    "params_hash", "inputs_hash", "wall_s", "run_dir", "message"},
           "accuracy": {"run_id", "build", "variant", "accuracy", "agreement", "drift_pt",
                        "bytes", "train_s"},
-          "boards": {"run_id", "board", "status", "error"},
+          "boards": {"run_id", "board", "status", "error", "emulated"},
           "latency": {"run_id", "build", "variant", "board", "threads", "p50_us", "p90_us",
                       "init_ms", "status", "error"}}
 # Columns holding figures: a value of another type there (a hand-edited row) is no figure.
 NUMERIC = {"accuracy", "agreement", "drift_pt", "bytes", "train_s", "p50_us", "p90_us",
            "init_ms", "wall_s"}
+# Columns added after the first schema: an older database lacks them until the nightly's
+# connect() adds them (a read-only reader sees their rows without them: callers use .get),
+# and an older pending record.json lacks them (inserted with the default).
+ADDED_COLUMNS = {("boards", "emulated"): "INTEGER NOT NULL DEFAULT 0"}
 FINAL_STATUSES = ("ok", "failed", "breached")
 COMPLETED = ("ok", "breached")  # runs whose figures are whole and count for trends
 # How long the nightly waits for a database that another connection holds (a sqlite3 shell
@@ -150,7 +157,8 @@ def _check_schema(db: HistoryDB, allow_empty: bool) -> bool:
             return False
         raise HistoryError(f"{db.path} holds no nightly history (an empty database): run "
                            "python -m pipeline.nightly, or give the right --db")
-    missing = {t: cols - tables.get(t, set()) for t, cols in TABLES.items()}
+    missing = {t: cols - tables.get(t, set()) - {c for (at, c) in ADDED_COLUMNS if at == t}
+               for t, cols in TABLES.items()}
     missing = {t: cols for t, cols in missing.items() if cols}
     if missing:
         what = ", ".join(f"{t} ({', '.join(sorted(c))})" if t in tables else t
@@ -159,6 +167,14 @@ def _check_schema(db: HistoryDB, allow_empty: bool) -> bool:
                            f"tables found: {', '.join(sorted(tables))}): give the right --db; "
                            "the nightly never adds its tables to another database")
     return True
+
+
+def _migrations(db: HistoryDB) -> list[str]:
+    """The ALTER TABLE statements that bring an older database to this schema."""
+    have = {(table, c[1]) for table, _ in ADDED_COLUMNS
+            for c in db.execute(f"PRAGMA table_info({table})")}
+    return [f"ALTER TABLE {table} ADD COLUMN {column} {decl}"
+            for (table, column), decl in ADDED_COLUMNS.items() if (table, column) not in have]
 
 
 def _open(path: Path, uri: str) -> HistoryDB:
@@ -204,6 +220,8 @@ def connect(path: Path, timeout_s: float = WRITE_TIMEOUT_S) -> HistoryDB:
             # Statement by statement: executescript() would commit the transaction first.
             write(db, lambda: [db.execute(statement) for statement in SCHEMA.split(";")
                                if statement.strip()], timeout_s)
+        elif migrations := _migrations(db):
+            write(db, lambda: [db.execute(statement) for statement in migrations], timeout_s)
     except sqlite3.Error as exc:
         db.close()
         raise HistoryError(explain(exc, path)) from None
@@ -273,11 +291,23 @@ def read_accuracy(run_dir: Path, builds: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _only_no_runtime(doc: dict[str, Any]) -> bool:
+    """True if a partial document's only gaps are cases the board has no runtime for."""
+    errors, missing = doc.get("errors"), doc.get("missing")
+    if errors != [] or not isinstance(missing, list) or not missing:
+        return False
+    mark = load_runner().NO_RUNTIME_MARK  # the runner's own word for it: one place
+    return all(isinstance(m, dict) and str(m.get("error", "")).startswith(mark) for m in missing)
+
+
 def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list[dict]]:
     """(board rows, case rows) from reports/latency/<board>.json, read defensively.
 
     A board with no document, or a status other than "ok", is a failed board (its partial
-    results, if any, are still recorded). A case with an "error" or without a p50 is failed.
+    results, if any, are still recorded) — except a "partial" board whose only gaps are
+    NO RUNTIME rows (the virtual K1, a K1 without TFLite): the board did all it can, so it is
+    ok. A case with an "error" or without a p50 is failed. `emulated` (0/1) comes from the
+    document (the inventory's flag, pipeline/bench.py).
     """
     board_rows, cases = [], []
     for board in boards:
@@ -286,10 +316,14 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
             board_rows.append({"board": board, "status": "failed",
                                "error": "no latency report (bench did not finish)"})
             continue
-        ok = doc.get("status") == "ok"
+        ok = doc.get("status") == "ok" or (doc.get("status") == "partial"
+                                           and _only_no_runtime(doc))
+        errors = doc.get("errors")
+        first = errors[0] if isinstance(errors, list) and errors else None
         board_rows.append({"board": board, "status": "ok" if ok else "failed",
-                           "error": None if ok else str(doc.get("error") or
-                                                        f"status {doc.get('status')!r}")})
+                           "error": None if ok else str(doc.get("error") or first or
+                                                        f"status {doc.get('status')!r}"),
+                           "emulated": 1 if doc.get("emulated") is True else 0})
         results = doc.get("results")
         for r in results if isinstance(results, list) else []:
             if not isinstance(r, dict) or not r.get("build") or not r.get("variant"):
@@ -326,8 +360,9 @@ def _insert_run(db: HistoryDB, record: dict[str, Any]) -> None:
         " train_s) VALUES (:run_id, :build, :variant, :accuracy, :agreement, :drift_pt,"
         " :bytes, :train_s)", [{"run_id": run_id, **r} for r in record["accuracy"]])
     db.executemany(
-        "INSERT INTO boards (run_id, board, status, error) VALUES (:run_id, :board, :status,"
-        " :error)", [{"run_id": run_id, **r} for r in record["boards"]])
+        "INSERT INTO boards (run_id, board, status, error, emulated) VALUES (:run_id, :board,"
+        " :status, :error, :emulated)",
+        [{"run_id": run_id, "emulated": 0, **r} for r in record["boards"]])
     db.executemany(
         "INSERT INTO latency (run_id, build, variant, board, threads, p50_us, p90_us,"
         " init_ms, status, error) VALUES (:run_id, :build, :variant, :board, :threads,"
@@ -377,7 +412,8 @@ def _valid_record(record: Any, run_id: int) -> bool:
     keys = {"accuracy": TABLES["accuracy"], "boards": TABLES["boards"],
             "latency": TABLES["latency"]}
     return all(isinstance(record.get(t), list) and all(
-        isinstance(r, dict) and set(r) == cols - {"run_id"} for r in record[t])
+        isinstance(r, dict) and set(r) - {c for (at, c) in ADDED_COLUMNS if at == t}
+        == cols - {"run_id"} - {c for (at, c) in ADDED_COLUMNS if at == t} for r in record[t])
         for t, cols in keys.items())
 
 

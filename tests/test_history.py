@@ -63,6 +63,53 @@ def test_board_documents_are_read_defensively(tmp_path):
     assert len(cases) == 5
 
 
+NO_RUNTIME = {"model": "m.tflite", "threads": 1, "build": "b", "variant": "int8",
+              "error": "NO RUNTIME: no TFLite runtime on this board (install ...)"}
+
+
+def test_a_board_partial_only_by_no_runtime_rows_is_ok_and_carries_emulated(tmp_path):
+    latency = tmp_path / "reports" / "latency"
+    case = {"build": "b", "variant": "int8_onnx", "threads": 1, "p50_us": 5.0}
+    base = {"status": "partial", "results": [case], "errors": [], "missing": [NO_RUNTIME]}
+    write_json(latency / "virtual.json", {**base, "board": "virtual", "emulated": True})
+    # The boundary: one genuine problem besides the NO RUNTIME rows makes it a failed board.
+    write_json(latency / "broken.json", {**base, "board": "broken",
+                                         "errors": ["b/int8_onnx x2: invoke failed"]})
+    write_json(latency / "other.json", {**base, "board": "other", "missing": [
+        NO_RUNTIME, {**NO_RUNTIME, "error": "timed out"}]})
+    write_json(latency / "real.json", {"board": "real", "status": "ok", "results": [case]})
+    boards, cases = history.read_latency(tmp_path, ["virtual", "broken", "other", "real"])
+    assert [(b["board"], b["status"], b["emulated"]) for b in boards] == [
+        ("virtual", "ok", 1), ("broken", "failed", 0), ("other", "failed", 0), ("real", "ok", 0)]
+    assert boards[0]["error"] is None
+    assert boards[1]["error"] == "b/int8_onnx x2: invoke failed"
+    assert [c["status"] for c in cases] == ["ok"] * 4
+
+
+def test_an_old_database_gains_emulated_from_the_writer_and_stays_readable(tmp_path):
+    path = tmp_path / "h.sqlite"
+    old_schema = history.SCHEMA.replace("    emulated INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != history.SCHEMA
+    old = sqlite3.connect(path)
+    old.executescript(old_schema)
+    old.execute("INSERT INTO runs (id, started_utc, status) VALUES (1, 'x', 'ok')")
+    old.execute("INSERT INTO boards VALUES (1, 'k1', 'ok', NULL)")
+    old.commit()
+    old.close()
+    reader = history.connect_reader(path)  # read-only: no migration, and no refusal
+    assert history.figures(reader, [1])[1]["boards"]["k1"].get("emulated") is None
+    reader.close()
+    db = history.connect(path)
+    run = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path))
+    history.finish_run(db, run, "ok", "y", 1.0, ACC, [
+        {"board": "k1", "status": "ok", "error": None, "emulated": 0},
+        {"board": "virtual", "status": "ok", "error": None, "emulated": 1}], [CASE])
+    assert {(r, b["board"], b["emulated"]) for r, f in history.figures(db, [1, run]).items()
+            for b in f["boards"].values()} == {(1, "k1", 0), (run, "k1", 0), (run, "virtual", 1)}
+    # A second connect finds nothing left to migrate.
+    assert history._migrations(db) == []
+
+
 def test_accuracy_reports_are_read_defensively(tmp_path):
     write_json(tmp_path / "reports" / "a" / "accuracy.json", {"variants": [
         {"name": "int8", "accuracy": "0.9", "drift_pt": -0.1, "bytes": 10}, ["not", "a", "dict"],
