@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.files import atomic_path
+from pipeline.report import EMULATED
 from pipeline.variants import KERAS, drift_gated_variants, rank
 
 # At most this many build columns: beyond it the panels become unreadable; nightly.md has
@@ -112,7 +113,10 @@ def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, 
             for key in keys:
                 ax.plot(xs, [_nan(figures[i]["latency"].get(key, {}).get("p50_us")) for i in ids],
                         label=f"{key[1]} ×{key[3]}", **style(key[1], threads.index(key[3])))
-            ax.set_title(f"{build} on {board}: p50 latency")
+            # The label the reports use (pipeline/report.py): emulated in any run shown.
+            emulated = any((figures[i]["boards"].get(board) or {}).get("emulated") for i in ids)
+            ax.set_title(f"{build} on {board}{f' ({EMULATED})' if emulated else ''}: "
+                         "p50 latency")
             ax.set_ylabel("µs (log)")
             if ax.lines:
                 ax.set_yscale("log")  # variants differ several-fold; log keeps all readable

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from pipeline.files import write_json, write_text
 from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG, Layout
 from pipeline.params import NightlyParams, load_params, section_dict
-from pipeline.report import clean_text, escape_md, fmt_value
+from pipeline.report import EMULATED, clean_text, escape_md, fmt_value
 from pipeline.variants import accuracy_floor, drift_gated_variants, rank
 
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
@@ -82,7 +82,7 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
     for key, now in sorted(current["latency"].items(), key=_variant_order):
         prev = (previous or {}).get("latency", {}).get(key, {})
         row = {"build": key[0], "variant": key[1], "board": key[2], "threads": key[3],
-               "status": now["status"], "error": now.get("error"), "p50_us": now.get("p50_us"),
+               "emulated": emulated(current, key[2]), "status": now["status"], "error": now.get("error"), "p50_us": now.get("p50_us"),
                "p50_prev": prev.get("p50_us"),
                "p50_median": _median([h["latency"].get(key, {}).get("p50_us")
                                       for h in history]),
@@ -93,6 +93,8 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
         change = row["change_vs_median_pct"]
         row["mark"] = ("" if change is None or abs(change) <= params.max_latency_regression_pct
                        else f"p50 {change:+.1f} % vs median")
+        if row["mark"] and row["emulated"]:
+            row["mark"] += " (emulated: not gated)"
         latency.append(row)
     # A board of the previous run that this run's inventory no longer has: its rows stay in
     # the table, marked, rather than vanishing; it is no failure and no gate.
@@ -100,7 +102,8 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
     for key, prev in sorted((previous or {}).get("latency", {}).items(), key=_variant_order):
         if key[2] in dropped:
             latency.append({"build": key[0], "variant": key[1], "board": key[2],
-                            "threads": key[3], "status": "dropped", "error": None,
+                            "threads": key[3], "emulated": emulated(previous, key[2]),
+                            "status": "dropped", "error": None,
                             "p50_us": None, "p50_prev": prev.get("p50_us"), "p50_median": None,
                             "runs_in_median": 0, "change_vs_prev_pct": None,
                             "change_vs_median_pct": None,
@@ -113,9 +116,21 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
 NO_COMPARISON: dict[str, list] = {"accuracy": [], "latency": [], "boards": []}
 
 
+def emulated(figures: Figures | None, board: str) -> bool:
+    """Whether `board` is an emulator in these figures (history's boards.emulated; a row of
+    an older database has no such column: a real board)."""
+    return bool(((figures or {}).get("boards", {}).get(board) or {}).get("emulated"))
+
+
+def board_label(board: str, is_emulated: bool) -> str:
+    return f"{board} ({EMULATED})" if is_emulated else board
+
+
 def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str, Any]]:
     """Every gate the run breaches: accuracy floors, int8 drift, latency regression against
-    the median of earlier runs, failed boards and failed cases."""
+    the median of earlier runs, failed boards and failed cases. An emulated board's latency is
+    the emulator's, so it has no regression gate; its board and case gates (which include its
+    predictions equalling the host's) count fully."""
     found = []
 
     def breach(build: str, variant: str, board: str, figure: str, value: Any, limit: str,
@@ -149,6 +164,8 @@ def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str
                    f"{where}: case FAILED: {clean_text(r['error'])}")
             continue
         change = r["change_vs_median_pct"]
+        if r.get("emulated"):
+            continue
         if change is not None and change > params.max_latency_regression_pct:
             breach(r["build"], r["variant"], r["board"], "p50_us", r["p50_us"],
                    f"<= median {r['p50_median']:.1f} µs + {params.max_latency_regression_pct} %",
@@ -206,7 +223,8 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
         headers=["build", "variant", "acc %", "prev", "median", "drift pt", "prev", "bytes",
                  "prev", "mark"], tablefmt="github", disable_numparse=True), ""]
     lines += ["## p50 latency per board (µs)", "", tabulate(
-        [[r["build"], r["variant"], escape_md(r["board"]), r["threads"],
+        [[r["build"], r["variant"], escape_md(board_label(r["board"], r.get("emulated"))),
+          r["threads"],
           fmt_value(r["p50_us"], ".1f"),
           fmt_value(r["p50_prev"], ".1f"), fmt_value(r["change_vs_prev_pct"], "+.1f"),
           fmt_value(r["p50_median"], ".1f"), fmt_value(r["change_vs_median_pct"], "+.1f"),
@@ -215,10 +233,14 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
         headers=["build", "variant", "board", "thr", "p50", "prev", "Δ% prev", "median",
                  "Δ% median", "mark"], tablefmt="github", disable_numparse=True), ""]
     for b in comparison["boards"]:
+        name = escape_md(board_label(b["board"], bool(b.get("emulated"))))
+        if b.get("emulated") and b["status"] != "dropped":
+            lines.append(f"- board **{name}**: its latency is the emulator's, never a board's: "
+                         "no p50 gate; its board, case and correctness gates count")
         if b["status"] == "failed":
-            lines.append(f"- board **{escape_md(b['board'])}** FAILED: {escape_md(b['error'])}")
+            lines.append(f"- board **{name}** FAILED: {escape_md(b['error'])}")
         elif b["status"] == "dropped":
-            lines.append(f"- board **{escape_md(b['board'])}** dropped from the inventory since "
+            lines.append(f"- board **{name}** dropped from the inventory since "
                          f"run {previous['id'] if previous else '?'} (its last figures are "
                          "shown as prev)")
     lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]

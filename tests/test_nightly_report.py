@@ -13,7 +13,8 @@ GATES = dataclasses.replace(load_params(REPO / "params.toml").nightly,
                             max_int8_drift_pt=1.0, max_latency_regression_pct=50.0)
 
 
-def figures(p50: float, int8_acc: float = 0.975, board_ok: bool = True, case_ok: bool = True):
+def figures(p50: float, int8_acc: float = 0.975, board_ok: bool = True, case_ok: bool = True,
+            emulated: bool = False):
     accuracy = [{"build": "b", "variant": "keras", "accuracy": 0.98, "drift_pt": 0.0,
                  "bytes": 100},
                 {"build": "b", "variant": "float32", "accuracy": 0.98, "drift_pt": 0.0,
@@ -24,7 +25,7 @@ def figures(p50: float, int8_acc: float = 0.975, board_ok: bool = True, case_ok:
                 "p50_us": p50 if case_ok else None, "status": "ok" if case_ok else "failed",
                 "error": None if case_ok else "invoke failed"}]
     boards = [{"board": "k1", "status": "ok" if board_ok else "failed",
-               "error": None if board_ok else "unreachable"}]
+               "error": None if board_ok else "unreachable", "emulated": int(emulated)}]
     return history.as_figures(accuracy, boards, latency)
 
 
@@ -128,6 +129,38 @@ def test_latency_exactly_at_the_regression_limit_passes_and_just_beyond_breaches
     assert gate(figures(150.0), past) == []  # +50.0 % exactly
     [found] = gate(figures(150.001), past)
     assert found["figure"] == "p50_us" and found["limit"] == "<= median 100.0 µs + 50.0 %"
+
+
+def test_an_emulated_board_has_no_p50_gate_but_keeps_its_board_and_case_gates():
+    past = [figures(100.0, emulated=True), figures(100.0, emulated=True)]
+    # Just beyond the limit (and far beyond): a real board breaches, the emulated one not.
+    assert [b["figure"] for b in gate(figures(150.001), past)] == ["p50_us"]
+    assert gate(figures(150.001, emulated=True), past) == []
+    assert gate(figures(1e6, emulated=True), past) == []
+    # A genuinely failed case (a prediction unlike the host's fails it) and a failed board
+    # still breach on the emulated board.
+    found = gate(figures(100.0, emulated=True, case_ok=False, board_ok=False), past)
+    assert {(b["board"], b["figure"]) for b in found} == {("k1", "case"), ("k1", "board")}
+
+
+def test_nightly_md_and_png_label_an_emulated_board():
+    from pipeline.charts import nightly_figure
+
+    past = [figures(100.0, emulated=True)]
+    comparison = compare(figures(300.0, emulated=True), past[-1], past, GATES)
+    text = render_markdown({"id": 2, "status": "ok", "started_utc": "x"}, {"id": 1,
+                           "started_utc": "y"}, [1], comparison, [], None)
+    assert "| k1 (EMULATED) |" in text
+    assert "p50 +200.0 % vs median (emulated: not gated)" in text
+    assert "- board **k1 (EMULATED)**: its latency is the emulator's" in text
+    real = render_markdown({"id": 2, "status": "ok", "started_utc": "x"}, None, [],
+                           compare(figures(300.0), None, [], GATES), [], None)
+    assert "EMULATED" not in real
+    fig = nightly_figure([{"id": 1}, {"id": 2}], {1: past[0], 2: figures(300.0, emulated=True)})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "b on k1 (EMULATED): p50 latency" in titles, titles
+    fig = nightly_figure([{"id": 1}], {1: figures(100.0)})
+    assert "b on k1: p50 latency" in [ax.get_title() for ax in fig.axes]
 
 
 def test_comparison_values_against_a_direct_computation():
