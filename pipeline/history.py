@@ -306,7 +306,8 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
     A board with no document, or a status other than "ok", is a failed board (its partial
     results, if any, are still recorded) — except a "partial" board whose only gaps are
     NO RUNTIME rows (the virtual K1, a K1 without TFLite): the board did all it can, so it is
-    ok. A case with an "error" or without a p50 is failed. `emulated` (0/1) comes from the
+    ok. A case with an "error", without a p50 or whose predictions differ from the host's
+    (agreement below 1) is failed. `emulated` (0/1) comes from the
     document (the inventory's flag, pipeline/bench.py).
     """
     board_rows, cases = [], []
@@ -330,6 +331,15 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
                 continue  # a case the host could not attribute to a model: nothing to key it by
             r = _figure(r)
             failed = "error" in r or r.get("p50_us") is None
+            # Correctness: a board's predictions unlike the host's fail the case, as they
+            # fail the bench (pipeline/bench.py) -- on an emulated board too, whose latency
+            # is gated by nothing.
+            agreement = r.get("agreement")
+            if not failed and agreement is not None and agreement < 1:
+                shown = r.get("disagreements")
+                r["error"] = (f"predictions differ from the host's (agreement {agreement:.4f}; "
+                              f"samples {shown if isinstance(shown, list) else '?'})")
+                failed = True
             threads = r.get("threads")
             cases.append({"build": str(r["build"]), "variant": str(r["variant"]), "board": board,
                           "threads": threads if isinstance(threads, int) else 0,

@@ -86,6 +86,20 @@ def test_a_board_partial_only_by_no_runtime_rows_is_ok_and_carries_emulated(tmp_
     assert [c["status"] for c in cases] == ["ok"] * 4
 
 
+def test_a_case_whose_predictions_differ_from_the_hosts_is_failed_at_the_boundary(tmp_path):
+    case = {"build": "b", "variant": "int8_onnx", "threads": 1, "p50_us": 5.0}
+    write_json(tmp_path / "reports" / "latency" / "v.json", {
+        "board": "v", "status": "ok", "emulated": True, "results": [
+            {**case, "agreement": 1.0, "disagreements": []},
+            {**case, "threads": 2, "agreement": 1 - 1 / 1000, "disagreements": [7]},
+            {**case, "threads": 3}]})  # no agreement figure (a peak-like row): no verdict
+    _, cases = history.read_latency(tmp_path, ["v"])
+    assert [(c["threads"], c["status"]) for c in cases] == [(1, "ok"), (2, "failed"), (3, "ok")]
+    assert cases[1]["error"] == ("predictions differ from the host's (agreement 0.9990; "
+                                 "samples [7])")
+    assert cases[1]["p50_us"] is None  # a wrong answer's latency is no figure
+
+
 def test_an_old_database_gains_emulated_from_the_writer_and_stays_readable(tmp_path):
     path = tmp_path / "h.sqlite"
     old_schema = history.SCHEMA.replace("    emulated INTEGER NOT NULL DEFAULT 0,\n", "")
