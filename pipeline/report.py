@@ -122,11 +122,13 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
             rows.append({"build": m.get("build", ""), "variant": m.get("variant", ""),
                          "board": doc["board"], "threads": m.get("threads", ""),
                          "runtime": "", "missing": clean_text(str(m.get("error"))),
-                         "fresh": True, "old": old, "measured_utc": doc.get("measured_utc")})
+                         "fresh": True, "old": old, "measured_utc": doc.get("measured_utc"),
+                         "emulated": bool(doc.get("emulated"))})
         for error in doc.get("errors", []):
             rows.append({"build": "", "variant": "", "board": doc["board"], "threads": "",
                          "runtime": "", "error": error, "fresh": True, "old": old,
-                         "measured_utc": doc.get("measured_utc")})
+                         "measured_utc": doc.get("measured_utc"),
+                         "emulated": bool(doc.get("emulated"))})
     by_case = {(r["build"], r["variant"], r["board"], r["threads"]): r for r in rows}
     # The field keeps its name ("int8_over_float32"): it is the reference variants' ratio.
     int8, float32 = reference_int8_variant(), reference_float_variant()
