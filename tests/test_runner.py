@@ -525,3 +525,33 @@ def test_a_plan_nothing_of_which_can_run_fails_as_before(tmp_path, tiny_models):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3 and "no TFLite runtime" in proc.stderr
     assert "progress" not in proc.stderr
+
+
+def test_an_integer_onnx_output_gives_the_top1_of_its_integers(tmp_path):
+    """onnxruntime does not tell an int8 output's scale: the runner must not dequantize it with
+    0 (every answer was class 0); its top-1 is that of the integers."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    runner = load_runner()
+    model = onnx_mlp(seed=3)
+    float_path = tmp_path / "float.onnx"
+    onnx.save(model, float_path)
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.array(1 / 256, np.float32), "o_scale"),
+                              numpy_helper.from_array(np.array(-128, np.int8), "o_zp")])
+    graph.node.append(helper.make_node("QuantizeLinear", ["probs", "o_scale", "o_zp"], ["q_out"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("q_out", TensorProto.INT8, [1, 10]))
+    int8_path = tmp_path / "int8_output.onnx"
+    onnx.save(model, int8_path)
+    images = synthetic_images(np.arange(40) % 10, seed=5)
+    session = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    # Independent: the float graph's probabilities quantized here, then their argmax.
+    expected = [int(np.argmax(np.clip(np.round(session.run(None, {"pixels": image[
+        np.newaxis, ..., np.newaxis].astype(np.float32)})[0][0] * 256) - 128, -128, 127)))
+        for image in images]
+    labels = runner.predict(runner.OrtInterpreter(int8_path, 1), images)
+    assert labels == expected
+    assert len(set(expected)) > 1  # not one class for all: the old bug would pass otherwise
