@@ -280,6 +280,9 @@ def test_doit_bench_on_the_virtual_k1(virtual, smoke_project):
                     if "virtual-k1" in line or "machine" in line.lower()))
     layout = Layout(smoke_project / "artifacts")
     doc = json.loads(layout.board_result("virtual-k1").read_text())
+    print(f"machine: {doc['machine']}")
+    print("\n".join(line for line in layout.latency_report("md").read_text().splitlines()
+                    if "virtual-k1 (EMULATED)" in line and not line.startswith("|")))
     assert doc["machine"]["uname"].split()[-1] == "riscv64"
     assert "emulated" in doc["machine"]["cpu_model"] and doc["emulated"] is True
     assert doc["peak"] == []  # no floor from qemu's speed
