@@ -82,7 +82,8 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
     for key, now in sorted(current["latency"].items(), key=_variant_order):
         prev = (previous or {}).get("latency", {}).get(key, {})
         row = {"build": key[0], "variant": key[1], "board": key[2], "threads": key[3],
-               "emulated": emulated(current, key[2]), "status": now["status"], "error": now.get("error"), "p50_us": now.get("p50_us"),
+               "emulated": emulated(current, key[2]), "status": now["status"],
+               "error": now.get("error"), "p50_us": now.get("p50_us"),
                "p50_prev": prev.get("p50_us"),
                "p50_median": _median([h["latency"].get(key, {}).get("p50_us")
                                       for h in history]),
