@@ -190,7 +190,8 @@ def test_progress_per_stage_and_board_and_total_wall_time(nightly_runs):
     out = nightly_runs["run1"].stdout
     for line in ("stage download", "stage preprocess", "stage train", "stage convert",
                  "stage evaluate", "stage bench", "bench:local (board)",
-                 "board local: ok, 8 case(s)", "cached archive(s) seeded"):
+                 f"board local: ok, {len(BUILDS) * (2 + len(ONNX)) * 2} case(s)",
+                 "cached archive(s) seeded"):
         assert line in out, line
     assert "4 cached archive(s) seeded" in out
     assert out.strip().splitlines()[-1].startswith("nightly run 2: OK, total wall time")
@@ -208,7 +209,7 @@ def test_the_runs_are_recorded_with_a_row_per_case(nightly_runs):
     latency = db_rows(project, "SELECT build, variant, board, threads, COUNT(*), "
                                "MIN(p50_us) > 0 FROM latency GROUP BY 1, 2, 3, 4")
     assert {(b, v, t) for b, v, _, t, *_ in latency} == {
-        (b, v, t) for b in BUILDS for v in ("float32", "int8") for t in (1, 2)}
+        (b, v, t) for b in BUILDS for v in ("float32", "int8", *ONNX) for t in (1, 2)}
     assert {(board, n, positive) for _, _, board, _, n, positive in latency} == {("local", 3, 1)}
     assert set(db_rows(project, "SELECT run_id, board, status FROM boards")) == {
         (2, "local", "ok"), (3, "local", "ok"), (3, "ghost", "failed"), (4, "local", "ok")}
