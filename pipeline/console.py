@@ -13,6 +13,7 @@ Imports neither numpy nor TensorFlow: dodo.py calls `quiet_third_party` on every
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -76,6 +77,14 @@ def quiet_absl(stream: TextIO | None = None) -> None:
         sys.stderr = saved
     if _quiet:
         absl.logging.set_verbosity(absl.logging.ERROR)
+    # Python's own root logger likewise: a library's module-level logging.warning()
+    # (onnxruntime's quantizer: "consider to run pre-processing") would otherwise bind
+    # doit's capture object for good and print "--- Logging error ---" in later tasks.
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(stream or sys.__stderr__)
+        handler.setLevel(logging.ERROR if _quiet else logging.WARNING)
+        root.addHandler(handler)
 
 
 @contextlib.contextmanager

@@ -105,7 +105,9 @@ def test_whole_graph_with_a_user_model_from_a_file_and_a_declared_dataset(tmp_pa
     assert history["parameters"] == 28 * 28 * 16 + 16 + 16 * 4 + 4
     latency = json.loads((art / "reports" / "latency.json").read_text())
     assert {(r["build"], r["variant"]) for r in latency["rows"]} == {
-        (b, v) for b in ("bars_tiny", "bars_other") for v in ("float32", "int8")}
+        (b, v) for b in ("bars_tiny", "bars_other")
+        for v in ("float32", "int8", "onnx_float32", "onnx_int8", "onnx_int8_tflite")}
+    assert all(r["agreement"] == 1.0 for r in latency["rows"])
     # The declared file was verified and cached like MNIST's archives.
     assert (art / "data" / "bars" / "raw" / "bars.npz").read_bytes() == (
         project / "data" / "bars.npz").read_bytes()
