@@ -36,9 +36,10 @@ def analysed(tmp_path_factory):
     cnn, mlp = build_model("cnn", (28, 28), 10), build_model("mlp", (28, 28), 10)
     keras_path = out / "cnn.h5"
     cnn.save(keras_path)
-    int8_path, other_path = out / "mlp_int8.tflite", out / "mlp_float32.tflite"
+    int8_path, other_path = out / "mlp_int8.tflite", out / "cnn_int8.tflite"
     int8_path.write_bytes(convert(mlp, "int8", representative))
-    other_path.write_bytes(convert(mlp, "float32", representative))
+    # The CNN's own int8 model: it agrees with Keras almost everywhere, the MLP almost nowhere.
+    other_path.write_bytes(convert(cnn, "int8", representative))
     images = synthetic_images(np.arange(120) % 10, 5)
     keras_probs = keras_probabilities(keras_path, images, BATCH)
     # Labels: Keras is right on the first half, wrong on the second (label shifted by one),
@@ -50,11 +51,16 @@ def analysed(tmp_path_factory):
              y_test=labels.astype(np.uint8))
     report = out / "reports"
     report.mkdir()
-    run("b", CLASSES, keras_path, int8_path, data, BATCH, MAX_PER_CLASS, report,
-        other_int8={"other": other_path})
+    run("b", CLASSES, keras_path, int8_path, data, BATCH, MAX_PER_CLASS, report)
+    # A second run with the roles swapped: the faithful CNN int8 as "int8" (little damage),
+    # the MLP as the other int8 model (much damage), so the overlap is neither list.
+    swapped = out / "swapped"
+    swapped.mkdir()
+    run("b", CLASSES, keras_path, other_path, data, BATCH, MAX_PER_CLASS, swapped,
+        other_int8={"other": int8_path})
     ref = {"keras": keras_probs, "int8": open_model(int8_path).probabilities(images, BATCH),
            "other": open_model(other_path).probabilities(images, BATCH)}
-    return report, labels, ref
+    return report, labels, ref, swapped
 
 
 def reference_confusion(labels, preds):
@@ -65,7 +71,7 @@ def reference_confusion(labels, preds):
 
 
 def test_confusion_json_equals_a_direct_count(analysed):
-    report, labels, ref = analysed
+    report, labels, ref, _ = analysed
     doc = json.loads((report / "confusion.json").read_text())
     assert doc["test_samples"] == len(labels) == 120
     for name in ("keras", "int8"):
@@ -73,7 +79,7 @@ def test_confusion_json_equals_a_direct_count(analysed):
 
 
 def test_damage_entries_carry_each_models_own_answer(analysed):
-    report, labels, ref = analysed
+    report, labels, ref, _ = analysed
     doc = json.loads((report / "int8_damage.json").read_text())
     k, q = np.argmax(ref["keras"], axis=1), np.argmax(ref["int8"], axis=1)
     damage = np.flatnonzero((k == labels) & (q != labels))
@@ -86,14 +92,22 @@ def test_damage_entries_carry_each_models_own_answer(analysed):
         assert e["keras"]["class"] == k[i] and e["int8"]["class"] == q[i]
         assert e["keras"]["probability"] == pytest.approx(ref["keras"][i, k[i]], abs=1e-4)
         assert e["int8"]["probability"] == pytest.approx(ref["int8"][i, q[i]], abs=1e-4)
-    # The other model's lists come from its own predictions, and the overlap with int8's is
-    # a real intersection.
-    o = np.argmax(ref["other"], axis=1)
+
+
+def test_another_int8_models_damage_is_its_own_and_the_overlap_is_counted(analysed):
+    _, labels, ref, swapped = analysed
+    doc = json.loads((swapped / "int8_damage.json").read_text())
+    k = np.argmax(ref["keras"], axis=1)
+    q, o = np.argmax(ref["other"], axis=1), np.argmax(ref["int8"], axis=1)  # roles swapped
+    damage = np.flatnonzero((k == labels) & (q != labels))
     hurt = np.flatnonzero((k == labels) & (o != labels))
+    assert [e["index"] for e in doc["damage"]] == damage.tolist()
+    shared = len(np.intersect1d(hurt, damage))
+    assert shared != len(hurt) and hurt.size  # else this test could not tell them apart
     other = doc["others"]["other"]
     assert [e["index"] for e in other["damage"]] == hurt.tolist()
     assert [e["other"]["class"] for e in other["damage"]] == o[hurt].tolist()
-    assert other["damage_shared_with_int8"] == len(np.intersect1d(hurt, damage))
+    assert other["damage_shared_with_int8"] == shared
     assert other["accuracy"] == pytest.approx(float((o == labels).mean()))
 
 
@@ -104,7 +118,7 @@ def grid_rows(path) -> int:
 
 
 def test_each_misclassified_grid_shows_its_own_models_errors(analysed):
-    report, labels, ref = analysed
+    report, labels, ref, _ = analysed
     rows = {}
     for name in ("keras", "int8"):
         wrong = np.argmax(ref[name], axis=1) != labels

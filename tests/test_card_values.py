@@ -40,7 +40,12 @@ def test_input_formula_equals_numpy_quantization_for_every_pixel(tensor):
     f = c_formula_as_python(formula)
     assert [f(int(p)) for p in pixels] == want.astype(int).tolist(), formula
     comment = re.search(r"/\* (-?\d+)\.\.(-?\d+) \*/", formula)
-    if comment:  # the stated range is the one the formula produces
+    # Scale 1 with every pixel in the type's range: the plain integer form, whose comment
+    # states the range the formula produces.
+    plain = tensor["scale"] == 1.0 and info.min <= tensor["zero_point"] and \
+        255 + tensor["zero_point"] <= info.max
+    assert bool(comment) == plain, formula
+    if comment:
         assert (int(comment[1]), int(comment[2])) == (int(want[0]), int(want[-1]))
     lo, hi = value_range(tensor)
     assert lo == pytest.approx((info.min - tensor["zero_point"]) * tensor["scale"])
