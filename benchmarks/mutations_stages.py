@@ -186,6 +186,11 @@ CASES = [
          "    return pixels", PH + PR, "dark-on-light card polarity ignored"),
     Case("pipeline/photo.py", "    return float(edges[int(np.argmax(between)) + 1])",
          "    return float(edges[int(np.argmax(between))])", PH, "Otsu threshold one bin low"),
+    Case("pipeline/photo.py", "        cy, cx = (ys * patch).sum() / mass, (xs * patch).sum() / mass",
+         "        cy, cx = (xs * patch).sum() / mass, (ys * patch).sum() / mass", PH,
+         "centre of mass with its axes swapped"),
+    Case("pipeline/photo.py", "                limit = MAX_JPEG_PIXELS if baseline_jpeg else MAX_PIXELS",
+         "                limit = MAX_PIXELS", PH, "baseline JPEG limit not applied"),
     Case("pipeline/photo.py", "    scale = fit_box / max(h, w)", "    scale = fit_box / min(h, w)", PH,
          "fit box by the short side"),
 ]
