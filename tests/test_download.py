@@ -121,6 +121,18 @@ def test_bad_cached_file_is_replaced(tiny_dataset_dir, tmp_path):
     verify(tmp_path / "train-images-idx3-ubyte.gz", spec.train_images)
 
 
+def test_bad_cached_file_is_removed_even_when_no_mirror_replaces_it(tiny_dataset_dir,
+                                                                     tmp_path):
+    spec = spec_for(tiny_dataset_dir)
+    download_dataset(spec, tmp_path, [str(tiny_dataset_dir)], 5)
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DownloadError, match="could not download tiny/train-images"):
+        download_dataset(spec, tmp_path, [str(tmp_path / "no-such-mirror")], 5)
+    # A file known to be bad is never left in the cache to be found again.
+    assert not bad.exists()
+
+
 def test_fashion_registry_refuses_files_that_are_not_fashion_mnist(tiny_dataset_dir, tmp_path):
     # Fashion-MNIST's image archives are pinned by MD5 only; a look-alike is still refused.
     with pytest.raises(DownloadError, match="checksum mismatch: archive MD5"):

@@ -193,3 +193,34 @@ def test_noisy_photo_input_is_a_centred_digit_not_a_grey_square(seven, tmp_path)
     assert pixels.max() == 255 and (pixels > 0).mean() < 0.4  # strokes, not a blob
     # Not binarised: the strokes keep soft edges as MNIST's do.
     assert ((pixels > 0) & (pixels < 200)).sum() >= 0.2 * (pixels > 0).sum()
+
+
+def test_otsu_is_the_best_bin_edge_of_a_brute_force_search():
+    rng = np.random.default_rng(11)
+    values = np.clip(np.concatenate([rng.normal(0.2, 0.08, 2000), rng.normal(0.75, 0.05, 600)]),
+                     0, 1)
+
+    def between(threshold):
+        low, high = values[values < threshold], values[values >= threshold]
+        if not len(low) or not len(high):
+            return 0.0
+        return len(low) * len(high) * (low.mean() - high.mean()) ** 2
+
+    edges = np.arange(1, 256) / 256
+    assert between(photo.otsu(values)) == pytest.approx(max(between(e) for e in edges), rel=1e-9)
+    # Two levels only: the threshold splits them (a threshold one bin low would put the
+    # lower level on the ink side).
+    two = np.array([0.1] * 50 + [0.9] * 10)
+    t = photo.otsu(two)
+    assert 0.1 < t <= 0.9
+
+
+def test_a_dark_on_light_card_gets_the_inverted_input():
+    page = np.full((60, 60), 235, np.uint8)
+    page[15:45, 27:33] = 20  # a dark stroke on paper
+    image = Image.fromarray(page)
+    framing = {"height": 28, "width": 28, "fit_box": 20, "center_of_mass": True}
+    light = photo.prepare(image, {"input": {"framing": framing, "polarity": "light_on_dark"}})
+    dark = photo.prepare(image, {"input": {"framing": framing, "polarity": "dark_on_light"}})
+    assert light.max() == 255 and light[0, 0] == 0  # light ink on black
+    np.testing.assert_array_equal(dark, 255 - light)

@@ -61,6 +61,24 @@ def test_label_out_of_range(tmp_path):
         preprocess(MNIST, tmp_path)
 
 
+def test_idx_with_one_trailing_byte_is_refused():
+    # The boundary of the size check: one byte more than the header declares.
+    raw = idx_bytes(np.zeros((2, 3, 3), np.uint8)) + b"\0"
+    with pytest.raises(IdxError, match=r"images.gz: header says \(2, 3, 3\) = 18 bytes of data, "
+                                       r"file holds 19"):
+        parse_idx(raw, 3, "images.gz")
+
+
+def test_a_label_equal_to_the_class_count_is_refused_and_one_below_accepted(tmp_path):
+    labels = np.full(20, 9, np.uint8)  # 9 = the last of 10 classes: accepted
+    _dataset(tmp_path, labels=labels)
+    assert preprocess(MNIST, tmp_path)["y_train"].max() == 9
+    labels[4] = 10  # == len(class_names): outside
+    _dataset(tmp_path, labels=labels)
+    with pytest.raises(IdxError, match=r"label 10 at index 4 is outside 0..9"):
+        preprocess(MNIST, tmp_path)
+
+
 def test_corrupt_gzip_is_named(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(np.random.default_rng(0).bytes(1000))[:500])
@@ -99,6 +117,8 @@ def test_user_npz_dataset_is_validated_like_idx(tmp_path):
         ({"x_train": good["x_train"].astype(np.float32)}, "x_train is float32"),
         ({"y_train": np.arange(19) % 3}, "x_train has 20 images but y_train has 19 labels"),
         ({"x_test": rng.integers(0, 255, (5, 8, 7), np.uint8)}, "train images are"),
+        ({"x_test": rng.integers(0, 255, (0, 8, 6), np.uint8), "y_test": np.array([], int)},
+         "x_test holds no images"),
     ]:
         np.savez(raw / "bars.npz", **{**good, **change})
         with pytest.raises(IdxError, match=message):
