@@ -158,7 +158,7 @@ def test_tflite_and_onnx_changes_redo_only_their_own_models_and_onnx_can_be_off(
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     removed = [line for line in proc.stdout.splitlines() if ".onnx: removed" in line]
     assert len(removed) == 3 * len(builds), proc.stdout[-3000:]
-    assert not list(project.rglob("*.onnx"))
+    assert not list(models.rglob("*.onnx"))
     assert {p: p.read_bytes() for p in models.glob("*/*.tflite")} == tflite
     again = run_doit(project)
     assert "onnx" not in again.stdout and executed_tasks(again.stdout) == set()
