@@ -224,8 +224,8 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
     """Make every file of `spec` present and verified in `cache_dir`; return their paths.
 
     Files already cached are re-verified and kept when good. Each file is tried on `mirrors`
-    in order, then at its own declared location. Raises DownloadError naming every mirror tried when a file cannot be obtained
-    from any of them. `known`: the datasets a checksum error compares a wrong file with.
+    in order, then at its own declared location. Raises DownloadError naming every mirror
+    tried when a file cannot be obtained from any of them. `known`: the datasets a checksum error compares a wrong file with.
     """
     progress = progress or (lambda name, done, total: None)
     paths = []

@@ -163,6 +163,12 @@ def fmt_value(value: Any, spec: str, scale: float = 1.0) -> str:
 EMULATED = "EMULATED"
 
 
+def runtime_family(variant: str) -> str:
+    """The runtime family a variant's rows are timed under, for chart labels."""
+    known = VARIANTS.get(variant)
+    return "ONNX Runtime" if known and known.format == "onnx" else "TFLite"
+
+
 def board_label(r: dict) -> str:
     return f"{r['board']} ({EMULATED})" if r.get("emulated") else r["board"]
 
@@ -285,7 +291,8 @@ def ratio_table(rows: Sequence[dict]) -> str:
         line = [build, board, threads, fmt_value(base and base["p50_us"], ".1f")]
         for v in onnx_int8:
             r = by_case.get((build, v, board, threads))
-            line += [fmt_value(r and r["p50_us"], ".1f"), fmt_value(r and r.get("ort_over_tflite"), ".2f")]
+            line += [fmt_value(r and r["p50_us"], ".1f"),
+                     fmt_value(r and r.get("ort_over_tflite"), ".2f")]
         if any(line[4:]):  # only where an ONNX int8 model was timed
             label = board_label(base or next(r for r in rows if r.get("board") == board))
             body.append([escape_md(c) for c in [line[0], label, *line[2:]]])
@@ -475,8 +482,7 @@ def render_chart(rows: Sequence[dict], path: Path,
                 ax.annotate(text, (r.get("p90_us") or r["p50_us"], yy),
                             textcoords="offset points", xytext=(6, -3), fontsize=7.5)
         ax.set_yticks(range(len(variants)),
-                      [f"{v}\n({'ONNX Runtime' if (VARIANTS.get(v) and VARIANTS[v].format == 'onnx') else 'TFLite'})"
-                       for v in variants], fontsize=8)
+                      [f"{v}\n({runtime_family(v)})" for v in variants], fontsize=8)
         ax.set_ylim(len(variants) - 0.5, -0.5)  # registry order, top to bottom
         ax.set_xlim(0, top * 1.45)  # room for the labels right of the whiskers
         ax.set_xlabel("latency per invoke, µs (p50, whiskers p10-p90; lower is better)",
