@@ -225,7 +225,8 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
 
     Files already cached are re-verified and kept when good. Each file is tried on `mirrors`
     in order, then at its own declared location. Raises DownloadError naming every mirror
-    tried when a file cannot be obtained from any of them. `known`: the datasets a checksum error compares a wrong file with.
+    tried when a file cannot be obtained from any of them. `known`: the datasets a checksum
+    error compares a wrong file with.
     """
     progress = progress or (lambda name, done, total: None)
     paths = []
