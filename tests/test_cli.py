@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 
-STAGE_MODULES = ("download", "preprocess", "train", "convert", "evaluate", "curves", "analysis",
-                 "layers", "card", "bench", "report")
+STAGE_MODULES = ("download", "preprocess", "train", "convert", "convert_onnx", "evaluate",
+                 "curves", "analysis", "layers", "card", "bench", "report")
 NIGHTLY_MODULES = ("nightly", "history", "nightly_report")
 
 

@@ -98,7 +98,8 @@ def test_float_layers_build_flows_through_evaluate_card_and_bench(smoke_project,
     art = project / "artifacts"
     rows = {v["name"]: v for v in json.loads(
         (art / "reports" / "mnist_cnn" / "accuracy.json").read_text())["variants"]}
-    assert set(rows) == {"keras", "float32", "int8", "int8_selective"}
+    assert set(rows) == {"keras", "float32", "int8", "int8_selective", "onnx_float32",
+                         "onnx_int8", "onnx_int8_tflite"}
     selective, int8 = rows["int8_selective"], rows["int8"]
     assert int8["bytes"] < selective["bytes"] < rows["float32"]["bytes"]
     assert abs(selective["drift_pt"]) <= 5.0

@@ -320,8 +320,8 @@ def test_history_cli_reads_the_runs(nightly_runs):
                           cwd=nightly_runs["project"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    # Runs 3 and 4, mnist_cnn x {float32, int8} x {1, 2} threads on local.
-    assert sum("mnist_cnn" in line and "local" in line for line in lines) == 8
+    # Runs 3 and 4, mnist_cnn x {float32, int8, 3 ONNX variants} x {1, 2} threads on local.
+    assert sum("mnist_cnn" in line and "local" in line for line in lines) == 20
     assert {line.split()[0] for line in lines[2:]} == {"3", "4"}
     assert not any("mnist_mlp" in line for line in lines)
 
@@ -469,7 +469,7 @@ def test_a_reader_holding_the_database_at_the_record_step_loses_nothing(standin)
     manifest = json.loads((standin.run_dir(2) / "manifest.json").read_text())
     assert (manifest["run_id"], manifest["status"]) == (2, "ok")
     kept = json.loads(pending.read_text())
-    assert kept["status"] == "ok" and len(kept["accuracy"]) == 6 and len(kept["latency"]) == 8
+    assert kept["status"] == "ok" and len(kept["accuracy"]) == 12 and len(kept["latency"]) == 20
     assert standin.rows("SELECT status FROM runs WHERE id = 2") == [("running",)]
 
     # The next nightly records run 2 from its record.json, then runs and compares with it.
