@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import errno
 import os
 import shutil
 import signal
@@ -44,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pipeline import history, nightly_lock, nightly_report
 from pipeline.boards import Board, load_boards
 from pipeline.datasets import DATASETS
-from pipeline.files import write_json
+from pipeline.files import DiskFullError, write_json
 from pipeline.layout import NIGHTLY_JSON, NIGHTLY_MD, Layout
 from pipeline.nightly_provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashes,
                                          canonical_hash, code_hash, dataset_hashes, git_state,
@@ -419,7 +420,9 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
             (pending, lambda: history.keep_pending(run.run_dir, record))):
         try:
             write()
-        except OSError as exc:  # a full disk, most likely: the run cannot be kept whole
+        # A full disk, most likely (files.py turns ENOSPC into DiskFullError): the run
+        # cannot be kept whole.
+        except (OSError, DiskFullError) as exc:
             return _unwritable(run, target, exc, t0, log, db_timeout_s)
     progress(f"writing run {run.run_id} to {run.db.path} (waits up to {db_timeout_s:.0f} s "
              "for a busy database)")
@@ -449,12 +452,13 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
 
 
-def _unwritable(run: Run, target: Path, exc: OSError, t0: float, log: Callable[[str], None],
-                db_timeout_s: float) -> int:
+def _unwritable(run: Run, target: Path, exc: OSError | DiskFullError, t0: float,
+                log: Callable[[str], None], db_timeout_s: float) -> int:
     """The run's files could not be written: record it as failed, naming the file."""
     assert run.db is not None and run.run_id is not None
     free = shutil.disk_usage(target.parent).free if target.parent.exists() else 0
-    message = (f"could not write {target}: {exc.strerror} ({free // 2**20} MiB free there; "
+    reason = exc.strerror if isinstance(exc, OSError) else os.strerror(errno.ENOSPC)
+    message = (f"could not write {target}: {reason} ({free // 2**20} MiB free there; "
                "free some space and run the nightly again)")
     try:
         history.finish_run(run.db, run.run_id, "failed", utc_now(), time.monotonic() - t0,
@@ -511,6 +515,8 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
                                      params.nightly, Layout(artifacts).reports_dir())
     except OSError as exc:
         log(f"error: could not write {exc.filename or 'the reports'}: {exc.strerror}")
+    except DiskFullError as exc:
+        log(f"error: {exc}")
     if run.run_id is not None and run.db is not None:
         try:
             history.finish_run(run.db, run.run_id, "failed", ended, wall, message=message,
