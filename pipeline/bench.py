@@ -520,6 +520,9 @@ def bench_board(board: Board, models: dict[str, Path],
     Its status is "ok" when every planned case came back valid, else "partial" with the good
     cases and `errors` naming the bad ones. Raises BoardError when nothing usable came back.
     """
+    if not models:  # every build blocked (see the task's "not timing" line): time nothing
+        raise BoardError(f"board {board.name!r} ({board.where}): no model to time; "
+                         "build them first (`doit`)")
     started = time.time()
     # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
     # GEMM would take minutes under emulation).

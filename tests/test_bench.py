@@ -265,6 +265,17 @@ def test_any_exception_is_recorded(sshd, tiny_models, datasets, tmp_path):
     assert json.loads((reports / "latency" / "loop.json").read_text())["status"] == "failed"
 
 
+def test_no_model_to_time_fails_at_once_without_timing_the_peak(peak_models, tmp_path):
+    # Every build blocked (no mirror has its dataset): the board is not contacted at all.
+    with pytest.raises(BoardError, match=r"^board 'local' \(this machine\): no model to time; "
+                                         r"build them first \(`doit`\)$"):
+        bench.run(Board(name="local"), {}, {}, 8, Layout(tmp_path), [Board(name="local")],
+                  peak_models)
+    result = json.loads((tmp_path / "reports" / "latency" / "local.json").read_text())
+    assert result["status"] == "failed" and "no model to time" in result["error"]
+    assert not (tmp_path / "bench").exists()  # no plan staged, no peak timed
+
+
 def test_ssh_missing_from_path_is_recorded(sshd, tiny_models, datasets, tmp_path, monkeypatch):
     board = sshd.board()
     reports = tmp_path / "reports"
