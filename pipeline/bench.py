@@ -521,8 +521,8 @@ def bench_board(board: Board, models: dict[str, Path],
     cases and `errors` naming the bad ones. Raises BoardError when nothing usable came back.
     """
     if not models:  # every build blocked (see the task's "not timing" line): time nothing
-        raise BoardError(f"board {board.name!r} ({board.where}): no model to time; "
-                         "build them first (`doit`)")
+        raise BoardError(f"board {board.name!r} ({board.where}): no model to time: "
+                         "every build's dataset is missing (named above)")
     started = time.time()
     # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
     # GEMM would take minutes under emulation).

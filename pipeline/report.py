@@ -569,7 +569,8 @@ def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str
         op_links = write_op_reports(layout, documents)
         write_text(md_path, render_markdown(rows, documents, current_sha, made, op_links))
         render_chart(rows, png_path, documents, made)
-    print(render_table(rows, "simple", full=False))
+    if rows:  # an empty table's header says nothing
+        print(render_table(rows, "simple", full=False))
     for f in failed:
         if f["board"] != announced:
             print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
