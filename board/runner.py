@@ -131,26 +131,33 @@ def no_numpy_message() -> str:
             "for this interpreter: `pip install numpy` or `apt install python3-numpy`.")
 
 
+TFLITE_INSTALL = (
+    "Install one for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels) or "
+    "`pip install tflite-runtime`; on riscv64 (SpacemiT K1) no package of either exists: build "
+    "one from source (board/README.md) or time the .onnx models with onnxruntime.")
+ONNX_INSTALL = (
+    "Install it for this interpreter: `apt install python3-onnxruntime` (Debian trixie, Bianbu; "
+    "SpacemiT's `spacemit-ort` adds its execution provider) or `pip install onnxruntime` "
+    "(x86_64/aarch64 wheels).")
+
+
 def no_runtime_message() -> str:
-    return (
-        f"no TFLite runtime importable by {_where()}; tried {', '.join(RUNTIMES)}. Install one "
-        "for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels) or `pip "
-        "install tflite-runtime`; on riscv64 (SpacemiT K1) no package of either exists - build "
-        "one from source (board/README.md) or time the .onnx models with onnxruntime.")
+    return (f"no TFLite runtime importable by {_where()}; tried {', '.join(RUNTIMES)}. "
+            + TFLITE_INSTALL)
 
 
 def no_onnxruntime_message() -> str:
-    return (f"no ONNX runtime importable by {_where()}. Install it for this interpreter: "
-            "`apt install python3-onnxruntime` (Debian trixie, Bianbu; SpacemiT's "
-            "`spacemit-ort` adds its execution provider) or `pip install onnxruntime` "
-            "(x86_64/aarch64 wheels).")
+    return f"no ONNX runtime importable by {_where()}. " + ONNX_INSTALL
 
 
 def missing_message(fmt: str) -> str:
-    """The one state a model's rows get when the board has no runtime for its format."""
+    """The one state a model's rows get when the board has no runtime for its format: the
+    state, " - ", then what was tried and the install hint (reports show the hint once)."""
     if fmt == "tflite":
-        return f"{NO_RUNTIME_MARK}no TFLite runtime on this board - {no_runtime_message()}"
-    return f"{NO_RUNTIME_MARK}no ONNX runtime on this board - {no_onnxruntime_message()}"
+        return (f"{NO_RUNTIME_MARK}no TFLite runtime on this board - {_where()} imports none "
+                f"of {', '.join(RUNTIMES)}. {TFLITE_INSTALL}")
+    return (f"{NO_RUNTIME_MARK}no ONNX runtime on this board - {_where()} cannot import "
+            f"onnxruntime. {ONNX_INSTALL}")
 
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",

@@ -571,7 +571,7 @@ def progress_printer(board: Board, stream=None) -> Progress:
             event = json.loads(line)
             error = str(event.get("error") or "")
             if error.startswith(load_runner().NO_RUNTIME_MARK):  # the hint comes once, at the end
-                error = error.split(" - ")[0]
+                error = report.missing_state(error)
             else:
                 error = f"ERROR {error}" if error else ""
             what = (f"{event['model']} x{event['threads']}: "
@@ -612,15 +612,15 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         result_path.unlink(missing_ok=True)  # never leave the old numbers in place
         raise
 
-    def rebuild_report() -> None:
+    def rebuild_report(show: bool = True) -> None:
         # This board's failure is this task's error, which doit prints: not twice.
         report.write_latency_report(layout, inventory, models, max_age_hours,
-                                    announced=board.name)
+                                    announced=board.name, show=show)
 
     # At once, so that a run killed from here on leaves latency.* showing this board as
     # INCOMPLETE rather than its previous figures as fresh.
     try:
-        rebuild_report()
+        rebuild_report(show=False)  # the console gets the table once, at the end
     except Exception as report_exc:  # an unreadable other board must not stop this one
         print(f"latency report not rebuilt: {report_exc}", file=sys.stderr)
     try:

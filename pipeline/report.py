@@ -173,9 +173,14 @@ def board_label(r: dict) -> str:
     return f"{r['board']} ({EMULATED})" if r.get("emulated") else r["board"]
 
 
+def missing_state(text: str) -> str:
+    """A NO RUNTIME row's state without its install hint, which is said once per board."""
+    return text.split(" - ", 1)[0]
+
+
 def row_state(r: dict) -> str:
     if "missing" in r:
-        return r["missing"]
+        return missing_state(r["missing"])
     if "error" in r:
         return f"ERROR {r['error']}"
     if not r["fresh"]:
@@ -242,8 +247,9 @@ def board_line(doc: dict[str, Any]) -> str:
         if doc.get("errors"):
             parts.append(f"{len(doc['errors'])} case(s) failed (rows marked ERROR)")
         if doc.get("missing"):
+            hints = dict.fromkeys(str(m["error"]) for m in doc["missing"])
             parts.append(f"{len(doc['missing'])} row(s) not timed for lack of a runtime "
-                         "(rows marked NO RUNTIME)")
+                         "(rows marked NO RUNTIME): " + " ".join(escape_md(h) for h in hints))
         line += "; PARTIAL - " + ", ".join(parts)
     if doc.get("emulated"):
         line += (f"; {EMULATED} (qemu-user): its latency is the emulator's, not the board's; "
@@ -540,10 +546,10 @@ def _report_lock(layout: Layout) -> Iterator[None]:
 
 def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str, Path],
                          max_age_hours: float | None = None,
-                         announced: str | None = None) -> list[dict]:
+                         announced: str | None = None, show: bool = True) -> list[dict]:
     """Rebuild latency.{json,md,png} from reports/latency/<board>.json for the given boards,
-    and each build x board's per-op profile. The console gets the table and one line per
-    board that did not succeed, except `announced` (the caller reports that one itself)."""
+    and each build x board's per-op profile. The console gets (if `show`) the table and one
+    line per board that did not succeed, except `announced` (the caller reports that one)."""
     with _report_lock(layout):
         documents = []
         for board in boards:
@@ -569,6 +575,8 @@ def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str
         op_links = write_op_reports(layout, documents)
         write_text(md_path, render_markdown(rows, documents, current_sha, made, op_links))
         render_chart(rows, png_path, documents, made)
+    if not show:
+        return rows
     if rows:  # an empty table's header says nothing
         print(render_table(rows, "simple", full=False))
     for f in failed:

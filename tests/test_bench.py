@@ -744,6 +744,10 @@ def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
     md = (tmp_path / "reports" / "latency.md").read_text()
     assert "NO RUNTIME: no TFLite runtime on this board" in md and "PARTIAL" in md
     assert "TFLite: none" in md
+    # Each row says the state; the install hint is said once, on the board's line.
+    assert md.count("pip install ai-edge-litert") == 1
+    assert out.count("pip install ai-edge-litert") == 1
+    assert out.count("p50 µs") == 1  # the table once, at the end, not also at the start
     # doit does not re-time it on every run: a missing runtime is a fact about the board
     from pipeline.boards import measured_within
 
