@@ -538,6 +538,9 @@ def table_rows(db: HistoryDB, last: int, build: str | None = None,
             (run["id"],))]
         failed_boards = _read(db, "SELECT * FROM boards WHERE run_id = ? AND status = 'failed'",
                               (run["id"],))
+        # SELECT *: a database from before `boards.emulated` is read as it is (never migrated)
+        emulated = {r["board"] for r in _read(db, "SELECT * FROM boards WHERE run_id = ?",
+                                                (run["id"],)) if r.get("emulated")}
         base = {"run": run["id"], "started": run["started_utc"], "status": run["status"],
                 "commit": (run["commit_sha"] or "")[:10] + ("+dirty" if run["dirty"] else "")}
         cases = [dict(base, build=b, variant=v, board="", threads=None, **{
@@ -549,7 +552,7 @@ def table_rows(db: HistoryDB, last: int, build: str | None = None,
                               threads=r["threads"], accuracy=a.get("accuracy"),
                               drift_pt=a.get("drift_pt"), bytes=a.get("bytes"),
                               p50_us=r["p50_us"], init_ms=r["init_ms"],
-                              case=r["status"] if r["status"] == "ok" else f"FAILED {r['error']}"))
+                              emulated=r["board"] in emulated, case=r["status"] if r["status"] == "ok" else f"FAILED {r['error']}"))
         cases += [dict(base, build="", variant="", board=f["board"], threads=None,
                        case=f"BOARD FAILED {f['error']}") for f in failed_boards]
         if not acc and not lat and not failed_boards:
@@ -572,10 +575,10 @@ def recorded_names(db: HistoryDB) -> tuple[list[str], list[str]]:
 def render(rows: Sequence[dict[str, Any]]) -> str:
     from tabulate import tabulate
 
-    from pipeline.report import fmt_value
+    from pipeline.report import board_label, fmt_value
 
     body = [[r["run"], r["started"], r["status"], r["commit"], r["build"], r["variant"],
-             r["board"], fmt_value(r.get("threads"), "d"), fmt_value(r.get("accuracy"), ".2f", 100),
+             board_label(r), fmt_value(r.get("threads"), "d"), fmt_value(r.get("accuracy"), ".2f", 100),
              fmt_value(r.get("drift_pt"), "+.2f"), fmt_value(r.get("bytes"), ","),
              fmt_value(r.get("p50_us"), ".1f"), fmt_value(r.get("init_ms"), ".2f"),
              r.get("case", "")]

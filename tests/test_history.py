@@ -112,6 +112,7 @@ def test_an_old_database_gains_emulated_from_the_writer_and_stays_readable(tmp_p
     old.close()
     reader = history.connect_reader(path)  # read-only: no migration, and no refusal
     assert history.figures(reader, [1])[1]["boards"]["k1"].get("emulated") is None
+    assert "k1" not in history.render(history.table_rows(reader, 5))  # and no error either
     reader.close()
     db = history.connect(path)
     run = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path))
@@ -122,6 +123,21 @@ def test_an_old_database_gains_emulated_from_the_writer_and_stays_readable(tmp_p
             for b in f["boards"].values()} == {(1, "k1", 0), (run, "k1", 0), (run, "virtual", 1)}
     # A second connect finds nothing left to migrate.
     assert history._migrations(db) == []
+
+
+def test_the_history_table_marks_an_emulated_boards_rows(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    run = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path))
+    history.finish_run(db, run, "ok", "y", 1.0, ACC, [
+        {"board": "local", "status": "ok", "error": None, "emulated": 0},
+        {"board": "virtual", "status": "ok", "error": None, "emulated": 1}],
+        [CASE, {**CASE, "board": "virtual", "p50_us": 5000.0}])
+    lines = history.render(history.table_rows(db, 5)).splitlines()
+    int8 = [line for line in lines if " int8 " in line]
+    assert len(int8) == 2 and " local " in int8[0] and "EMULATED" not in int8[0]
+    assert " virtual (EMULATED) " in int8[1]
+    assert [r["board"] for r in history.table_rows(db, 5, board="virtual")
+            if r["board"]] == ["virtual"]  # the filter takes the board's own name
 
 
 def test_accuracy_reports_are_read_defensively(tmp_path):
