@@ -74,7 +74,8 @@ def main() -> None:
                             Path(work))
         print(f"build {args.build}, {args.digits} test digits per family "
               f"(seed {args.seed}), variants {', '.join(models)}")
-        print(f"{'family':<20}" + "".join(f"{v:>10}" for v in models)
+        width = {v: max(10, len(v) + 2) for v in models}  # "onnx_int8_tflite" is 16 wide
+        print(f"{'family':<20}" + "".join(f"{v:>{width[v]}}" for v in models)
               + f"{'uncertain':>11}{'int8 rest':>11}")
         totals = {v: [0, 0] for v in models}
         answers: list[tuple[float, bool]] = []  # int8 (probability, right) on the families
@@ -95,7 +96,7 @@ def main() -> None:
                 if family in FAMILIES:
                     totals[variant][0] += right
                     totals[variant][1] += len(files)
-                cells.append(f"{100 * right / len(files):>9.1f}%")
+                cells.append(f"{100 * right / len(files):>{width[variant] - 1}.1f}%")
             doubted = [bool(r.get("uncertain")) for r in results]
             rest = [r.get("predictions", {}).get("int8", {}).get("class") == label
                     for r, label, d in zip(results, labels, doubted) if not d]
@@ -104,7 +105,7 @@ def main() -> None:
             extra = "  (extra)" if family in EXTRA_FAMILIES else ""
             print(f"{family:<20}" + "".join(cells) + extra)
         print(f"{'all issue families':<20}" + "".join(
-            f"{100 * r / n:>9.1f}%" for r, n in totals.values()))
+            f"{100 * r / n:>{width[v] - 1}.1f}%" for v, (r, n) in totals.items()))
         print("int8 top-1 probability below t on the issue's families: share of answers, "
               "and how many of those are right")
         for t in (0.5, 0.6, 0.7, 0.8, 0.9):
