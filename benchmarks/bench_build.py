@@ -69,6 +69,9 @@ def main() -> None:
         print_rows(many_builds(args.repeats))
         return
 
+    if "://" not in args.mirror and not Path(args.mirror).is_dir():
+        sys.exit(f"error: no MNIST mirror at {args.mirror}: give --mirror DIR_OR_URL or "
+                 "PIPELINE_MIRROR (a directory or URL holding the 4 MNIST .gz files)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(PIPELINE_MIRROR=args.mirror, PIPELINE_OFFLINE="1")
     if args.only == "noop":
