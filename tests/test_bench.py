@@ -710,6 +710,7 @@ def test_a_board_with_both_runtimes_times_every_variant(sshd, tiny_models, onnx_
         if r["variant"].startswith("onnx_"):
             assert r["runtime"]["name"] == "onnxruntime"
             assert r["providers"] == ["CPUExecutionProvider"] and r["profile"]["nodes"]
+            assert r["ort_spinning"] is (1 < r["threads"] < len(os.sched_getaffinity(0)))
             assert r["macs"] == 784 * 64 + 64 * 10  # the hand count of the ONNX MLP
         else:
             assert r["runtime"]["name"] == "ai_edge_litert" and "providers" not in r

@@ -451,6 +451,21 @@ def test_parse_profile_against_a_hand_made_trace():
                                              "CPUExecutionProvider": 1}
 
 
+def test_ort_threads_spin_only_with_a_cpu_to_spare(tiny_onnx_models):
+    runner = load_runner()
+    # threads x CPUs: a pool thread may spin only if a CPU is left for it
+    assert [runner.ort_spinning(t, c) for t, c in ((1, 8), (2, 2), (2, 3), (4, 8), (8, 8),
+                                                  (3, 2))] == [
+        False, False, True, True, False, False]
+    model = next(iter(tiny_onnx_models.values()))
+    for threads in (1, 2, runner.usable_cpus() + 1):
+        session = runner.OrtInterpreter(model, threads, input_quantization=(1.0, -128))
+        entry = session.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning")
+        assert (entry, session.spinning) == (
+            ("1", True) if 1 < threads < runner.usable_cpus() else ("0", False)), threads
+
+
 def test_provider_choice():
     choose = load_runner().choose_providers
     both = ["SpaceMITExecutionProvider", "CPUExecutionProvider"]
