@@ -552,7 +552,8 @@ def table_rows(db: HistoryDB, last: int, build: str | None = None,
                               threads=r["threads"], accuracy=a.get("accuracy"),
                               drift_pt=a.get("drift_pt"), bytes=a.get("bytes"),
                               p50_us=r["p50_us"], init_ms=r["init_ms"],
-                              emulated=r["board"] in emulated, case=r["status"] if r["status"] == "ok" else f"FAILED {r['error']}"))
+                              emulated=r["board"] in emulated,
+                              case=r["status"] if r["status"] == "ok" else f"FAILED {r['error']}"))
         cases += [dict(base, build="", variant="", board=f["board"], threads=None,
                        case=f"BOARD FAILED {f['error']}") for f in failed_boards]
         if not acc and not lat and not failed_boards:
@@ -578,7 +579,8 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     from pipeline.report import board_label, fmt_value
 
     body = [[r["run"], r["started"], r["status"], r["commit"], r["build"], r["variant"],
-             board_label(r), fmt_value(r.get("threads"), "d"), fmt_value(r.get("accuracy"), ".2f", 100),
+             board_label(r), fmt_value(r.get("threads"), "d"),
+             fmt_value(r.get("accuracy"), ".2f", 100),
              fmt_value(r.get("drift_pt"), "+.2f"), fmt_value(r.get("bytes"), ","),
              fmt_value(r.get("p50_us"), ".1f"), fmt_value(r.get("init_ms"), ".2f"),
              r.get("case", "")]

@@ -247,7 +247,7 @@ def board_line(doc: dict[str, Any]) -> str:
         if doc.get("errors"):
             parts.append(f"{len(doc['errors'])} case(s) failed (rows marked ERROR)")
         if doc.get("missing"):
-            hints = dict.fromkeys(str(m["error"]) for m in doc["missing"])
+            hints = dict.fromkeys(str(m.get("error")) for m in doc["missing"])
             parts.append(f"{len(doc['missing'])} row(s) not timed for lack of a runtime "
                          "(rows marked NO RUNTIME): " + " ".join(escape_md(h) for h in hints))
         line += "; PARTIAL - " + ", ".join(parts)
