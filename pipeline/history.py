@@ -300,6 +300,14 @@ def _only_no_runtime(doc: dict[str, Any]) -> bool:
     return all(isinstance(m, dict) and str(m.get("error", "")).startswith(mark) for m in missing)
 
 
+def no_runtime_rows(run_dir: Path, board: str) -> int:
+    """How many of a board's rows it has no runtime for (NO RUNTIME), for the progress line;
+    not a column: the rows themselves are in latency.json."""
+    doc = _load_json(Layout(run_dir).board_result(board))
+    missing = doc.get("missing") if isinstance(doc, dict) else None
+    return len(missing) if isinstance(missing, list) and _only_no_runtime(doc) else 0
+
+
 def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list[dict]]:
     """(board rows, case rows) from reports/latency/<board>.json, read defensively.
 

@@ -380,8 +380,10 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     for b in board_rows:
         cases = [c for c in latency if c["board"] == b["board"]]
         bad = sum(c["status"] != "ok" for c in cases)
+        no_runtime = history.no_runtime_rows(run.run_dir, b["board"])
         progress(f"board {b['board']}: {b['status']}, {len(cases)} case(s)"
                  + (f", {bad} failed" if bad else "")
+                 + (f", {no_runtime} row(s) NO RUNTIME (see latency.md)" if no_runtime else "")
                  + (f": {clean_text(b['error'])}" if b["error"] else ""))
     missing = missing_reports(run.run_dir, expected_reports(params))
     datasets = dataset_hashes(run.run_dir, params.datasets, params.dataset_specs())

@@ -84,6 +84,9 @@ def test_a_board_partial_only_by_no_runtime_rows_is_ok_and_carries_emulated(tmp_
     assert boards[0]["error"] is None
     assert boards[1]["error"] == "b/int8_onnx x2: invoke failed"
     assert [c["status"] for c in cases] == ["ok"] * 4
+    # The nightly's progress line counts the NO RUNTIME rows of a board that is ok by them.
+    assert [history.no_runtime_rows(tmp_path, b) for b in ("virtual", "broken", "other", "real",
+                                                           "absent")] == [1, 0, 0, 0, 0]
 
 
 def test_a_case_whose_predictions_differ_from_the_hosts_is_failed_at_the_boundary(tmp_path):
