@@ -612,15 +612,17 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         result_path.unlink(missing_ok=True)  # never leave the old numbers in place
         raise
 
-    def rebuild_report(show: bool = True) -> None:
-        # This board's failure is this task's error, which doit prints: not twice.
+    def rebuild_report(table: bool = True) -> None:
+        # No board failures: this board's is this task's error, which doit prints, and
+        # another board's is that task's, in this doit run or the one that timed it (in
+        # whatever order doit ran them); latency.md and `python -m pipeline.report` show all.
         report.write_latency_report(layout, inventory, models, max_age_hours,
-                                    announced=board.name, show=show)
+                                    table=table, failures=False)
 
     # At once, so that a run killed from here on leaves latency.* showing this board as
     # INCOMPLETE rather than its previous figures as fresh.
     try:
-        rebuild_report(show=False)  # the console gets the table once, at the end
+        rebuild_report(table=False)  # the console gets the table once, at the end
     except Exception as report_exc:  # an unreadable other board must not stop this one
         print(f"latency report not rebuilt: {report_exc}", file=sys.stderr)
     try:

@@ -546,10 +546,10 @@ def _report_lock(layout: Layout) -> Iterator[None]:
 
 def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str, Path],
                          max_age_hours: float | None = None,
-                         announced: str | None = None, show: bool = True) -> list[dict]:
+                         table: bool = True, failures: bool = True) -> list[dict]:
     """Rebuild latency.{json,md,png} from reports/latency/<board>.json for the given boards,
-    and each build x board's per-op profile. The console gets (if `show`) the table and one
-    line per board that did not succeed, except `announced` (the caller reports that one)."""
+    and each build x board's per-op profile. The console gets the table (if `table`) and one
+    line per board that did not succeed (if `failures`)."""
     with _report_lock(layout):
         documents = []
         for board in boards:
@@ -575,13 +575,10 @@ def write_latency_report(layout: Layout, boards: Sequence[Any], models: dict[str
         op_links = write_op_reports(layout, documents)
         write_text(md_path, render_markdown(rows, documents, current_sha, made, op_links))
         render_chart(rows, png_path, documents, made)
-    if not show:
-        return rows
-    if rows:  # an empty table's header says nothing
+    if table and rows:  # an empty table's header says nothing
         print(render_table(rows, "simple", full=False))
-    for f in failed:
-        if f["board"] != announced:
-            print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
+    for f in failed if failures else []:
+        print(clean_text(f"board {f['board']}: {str(f['status']).upper()}: {f['error']}"))
     return rows
 
 
