@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, executed_tasks, free_port, run_doit
+from tests.conftest import wait_for as wait_until  # this file's wait_for waits for a log line
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
 # The ONNX variants (convert.onnx): history rows and gates from the registry like the rest;
@@ -524,15 +525,6 @@ def test_sigterm_while_a_reader_holds_the_database_exits_143_at_once_and_says_fa
 
 def wait_for_text(path: Path, text: str, seconds: float) -> bool:
     return wait_until(lambda: path.exists() and text in path.read_text(), seconds)
-
-
-def wait_until(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 def sigterm_during_doit(standin: Standin, run_id: int) -> tuple[int, str, int, Path]:
