@@ -265,7 +265,7 @@ def test_any_exception_is_recorded(sshd, tiny_models, datasets, tmp_path):
     assert json.loads((reports / "latency" / "loop.json").read_text())["status"] == "failed"
 
 
-def test_no_model_to_time_fails_at_once_without_timing_the_peak(peak_models, tmp_path):
+def test_no_model_to_time_fails_at_once_without_timing_the_peak(peak_models, tmp_path, capsys):
     # Every build blocked (no mirror has its dataset): the board is not contacted at all.
     with pytest.raises(BoardError, match=r"^board 'local' \(this machine\): no model to time: "
                                          r"every build's dataset is missing \(named above\)$"):
@@ -274,6 +274,7 @@ def test_no_model_to_time_fails_at_once_without_timing_the_peak(peak_models, tmp
     result = json.loads((tmp_path / "reports" / "latency" / "local.json").read_text())
     assert result["status"] == "failed" and "no model to time" in result["error"]
     assert not (tmp_path / "bench").exists()  # no plan staged, no peak timed
+    assert "p50 µs" not in capsys.readouterr().out  # no empty table either
 
 
 def test_ssh_missing_from_path_is_recorded(sshd, tiny_models, datasets, tmp_path, monkeypatch):
@@ -749,6 +750,9 @@ def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
     assert md.count("pip install ai-edge-litert") == 1
     assert out.count("pip install ai-edge-litert") == 1
     assert out.count("p50 µs") == 1  # the table once, at the end, not also at the start
+    local = Board(name="local", warmup=1, runs=5)  # another board, with k1-like's rows to show
+    bench.run(local, models, datasets, 10, layout, [local, board])
+    assert capsys.readouterr().out.count("p50 µs") == 1
     # doit does not re-time it on every run: a missing runtime is a fact about the board
     from pipeline.boards import measured_within
 
