@@ -27,13 +27,13 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from pipeline import PipelineError
-from pipeline.boards import load_boards
-from pipeline import download
-from pipeline.console import quiet_absl, quiet_third_party, verbose_requested
-from pipeline.download import user_mirror
-from pipeline.layout import Layout
-from pipeline.params import ParamsError, load_params, section_dict
-from pipeline.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
+from pipeline.core.boards import load_boards
+from pipeline.stages import download
+from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
+from pipeline.stages.download import user_mirror
+from pipeline.core.layout import Layout
+from pipeline.core.params import ParamsError, load_params, section_dict
+from pipeline.core.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
                                variant_names)
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
@@ -148,7 +148,7 @@ def _guarded(fn, *args):
         if not interrupted:
             return TaskFailed(str(exc))
     except OSError as exc:
-        # A full disk outside pipeline.files' writers (TensorBoard logs, a library's own
+        # A full disk outside pipeline.core.files' writers (TensorBoard logs, a library's own
         # temporary file): one line, not a traceback.
         if interrupted or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -174,7 +174,7 @@ def _main_thread():
 
 def _stamp_targets(targets):
     """The last action of a task with targets: what it wrote, kept in doit's database."""
-    from pipeline.files import target_stamps
+    from pipeline.core.files import target_stamps
 
     return {"targets": target_stamps(targets)}
 
@@ -183,7 +183,7 @@ def _targets_as_written(task, values):
     """Up to date only while every target is what the task wrote (doit itself only checks
     that a target exists): a truncated or replaced .h5/.tflite reruns the task that makes
     it, instead of failing every later task on a damaged file."""
-    from pipeline.files import changed_targets
+    from pipeline.core.files import changed_targets
 
     changed = changed_targets(values.get("targets", {}), task.targets)
     for line in changed:
@@ -214,7 +214,7 @@ def checked_targets(task_creator):
 @checked_targets
 def task_download():
     """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
-    from pipeline import download
+    from pipeline.stages import download
 
     for name in PARAMS.datasets:
         spec = DATASETS[name]
@@ -225,7 +225,7 @@ def task_download():
                                     download.mirrors_for(spec, MIRRORS[name], OFFLINE),
                                     PARAMS.download.timeout_s, download.terminal_progress(),
                                     print, DATASETS])],
-            "file_dep": [STAGES / "download.py"],
+            "file_dep": [STAGES / "stages/download.py"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
             "uptodate": [config_changed(section_dict(spec))],
             "clean": True,
@@ -240,9 +240,9 @@ def task_preprocess():
         yield {
             "name": name,
             "doc": f"pack {name} into {dataset_npz(name)}",
-            "actions": [(_guarded, [_stage("preprocess.run"), spec, raw_dir(name),
+            "actions": [(_guarded, [_stage("stages.preprocess.run"), spec, raw_dir(name),
                                     dataset_npz(name)])],
-            "file_dep": [STAGES / "preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
+            "file_dep": [STAGES / "stages/preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
             "targets": [dataset_npz(name)],
             "clean": True,
         }
@@ -256,7 +256,7 @@ def task_train():
         yield {
             "name": build.name,
             "doc": f"train the {build.model} on {build.dataset} -> {keras_model(build.name)}",
-            "actions": [(_guarded, [_stage("train.run"), source, dataset_npz(build.dataset),
+            "actions": [(_guarded, [_stage("stages.train.run"), source, dataset_npz(build.dataset),
                                     PARAMS.train, keras_model(build.name),
                                     LAYOUT.history_json(build.name),
                                     LAYOUT.logs_dir(build.name), build.fine_tune,
@@ -264,7 +264,7 @@ def task_train():
                                     len(DATASETS[build.dataset].class_names)])],
             # The user's model file (their .py, module or saved model): editing it retrains
             # this build and no other.
-            "file_dep": [STAGES / "train.py", STAGES / "models.py", dataset_npz(build.dataset),
+            "file_dep": [STAGES / "stages/train.py", STAGES / "core/models.py", dataset_npz(build.dataset),
                          *([source.file] if source.file else [])],
             "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
             "uptodate": [config_changed({"model": build.model, "fine_tune": build.fine_tune,
@@ -282,10 +282,10 @@ def task_convert():
         yield {
             "name": build.name,
             "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
-            "actions": [(_guarded, [_stage("convert.run"), keras_model(build.name),
+            "actions": [(_guarded, [_stage("stages.convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.float_layers])],
-            "file_dep": [STAGES / "convert.py", STAGES / "calibration.py",
+            "file_dep": [STAGES / "stages/convert.py", STAGES / "stages/calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # Every variant the build ships, whichever task makes it: convert also removes
@@ -310,12 +310,12 @@ def _task_convert_onnx():
         yield {
             "name": build.name,
             "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
-            "actions": [(_guarded, [_stage("convert_onnx.run"), keras_model(build.name),
+            "actions": [(_guarded, [_stage("stages.convert_onnx.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name)])],
             # Its own module and the shared calibration draw, not convert.py: a change to
             # the TFLite recipes does not redo these, and the reverse.
-            "file_dep": [STAGES / "convert_onnx.py", STAGES / "calibration.py",
+            "file_dep": [STAGES / "stages/convert_onnx.py", STAGES / "stages/calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # The calibration draw is all of [convert] these models depend on.
@@ -333,14 +333,14 @@ def _task_translate_onnx():
         yield {
             "name": build.name,
             "doc": f"{int8.name} -> {', '.join(p.name for p in models.values())}",
-            "actions": [(_guarded, [_stage("convert_onnx.run_translate"), int8,
+            "actions": [(_guarded, [_stage("stages.convert_onnx.run_translate"), int8,
                                     dataset_npz(build.dataset), build.name,
                                     model_dir(build.name),
                                     PARAMS.convert.onnx_tflite_max_steps])],
             # The int8 .tflite necessarily (it is the input), not the .h5: when convert
             # rewrites the same int8 bytes, nothing is translated again. runtimes.py and the
             # runner: the bit-for-bit check runs both models through them.
-            "file_dep": [STAGES / "convert_onnx.py", STAGES / "runtimes.py", RUNNER, int8,
+            "file_dep": [STAGES / "stages/convert_onnx.py", STAGES / "core/runtimes.py", RUNNER, int8,
                          dataset_npz(build.dataset)],
             "targets": list(models.values()),
             "uptodate": [config_changed({"onnx_tflite_max_steps":
@@ -365,12 +365,12 @@ def task_evaluate():
         yield {
             "name": build.name,
             "doc": f"accuracy drift of {build.name} -> {LAYOUT.accuracy_md(build.name)}",
-            "actions": [(_guarded, [_stage("evaluate.run"), build.name, build.dataset,
+            "actions": [(_guarded, [_stage("stages.evaluate.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
                                     report_dir])],
-            "file_dep": [STAGES / "evaluate.py", STAGES / "runtimes.py", RUNNER,
+            "file_dep": [STAGES / "stages/evaluate.py", STAGES / "core/runtimes.py", RUNNER,
                          keras_model(build.name), dataset_npz(build.dataset), *models.values()],
             "targets": [LAYOUT.accuracy_json(build.name), LAYOUT.accuracy_md(build.name)],
             "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
@@ -385,11 +385,11 @@ def peak_models():
 @checked_targets
 def task_peak():
     """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
-    from pipeline import floor
+    from pipeline.bench import floor
 
     return {
         "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), LAYOUT])],
-        "file_dep": [STAGES / "floor.py", STAGES / "convert.py"],
+        "file_dep": [STAGES / "bench/floor.py", STAGES / "stages/convert.py"],
         "targets": list(peak_models().values()),
         "uptodate": [config_changed({"variants": list(peak_models())})],
         "clean": True,
@@ -399,7 +399,7 @@ def task_peak():
 @checked_targets
 def task_curves():
     """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
-    from pipeline import curves
+    from pipeline.stages import curves
 
     for build in PARAMS.builds:
         history = LAYOUT.history_json(build.name)
@@ -408,7 +408,7 @@ def task_curves():
             "name": build.name,
             "doc": f"{build.name} training curves -> {png}",
             "actions": [(_guarded, [curves.run, build.name, history, accuracy, png])],
-            "file_dep": [STAGES / "curves.py", history, accuracy],
+            "file_dep": [STAGES / "stages/curves.py", history, accuracy],
             "targets": [png],
             "clean": True,
         }
@@ -427,13 +427,13 @@ def task_analysis():
         yield {
             "name": build.name,
             "doc": f"{build.name} errors, Keras and int8 -> {report_dir / 'analysis.md'}",
-            "actions": [(_guarded, [_stage("analysis.run"), build.name,
+            "actions": [(_guarded, [_stage("stages.analysis.run"), build.name,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     int8, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size,
                                     PARAMS.analysis.max_per_class, report_dir, others])],
             # evaluate.py: the predictions come from its helpers.
-            "file_dep": [STAGES / "analysis.py", STAGES / "evaluate.py", STAGES / "runtimes.py",
+            "file_dep": [STAGES / "stages/analysis.py", STAGES / "stages/evaluate.py", STAGES / "core/runtimes.py",
                          RUNNER, keras_model(build.name), int8, *others.values(),
                          dataset_npz(build.dataset)],
             "targets": outputs,
@@ -452,11 +452,11 @@ def task_layers():
         yield {
             "name": build.name,
             "doc": f"{build.name} int8 error per tensor -> {report_dir / 'layers.md'}",
-            "actions": [(_guarded, [_stage("layers.run"), build.name, keras_model(build.name),
+            "actions": [(_guarded, [_stage("stages.layers.run"), build.name, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
                                     report_dir])],
             # convert.py: the debugger converts with convert's own int8 settings.
-            "file_dep": [STAGES / "layers.py", STAGES / "convert.py", STAGES / "calibration.py",
+            "file_dep": [STAGES / "stages/layers.py", STAGES / "stages/convert.py", STAGES / "stages/calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": outputs,
             # The debugger calibrates as convert does: those three keys, not extra_variants.
@@ -478,11 +478,11 @@ def task_card():
         yield {
             "name": build.name,
             "doc": f"{build.name} model card -> {outputs[1]}",
-            "actions": [(_guarded, [_stage("card.run"), build.name, build.dataset,
+            "actions": [(_guarded, [_stage("stages.card.run"), build.name, build.dataset,
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, accuracy, history, model_dir(build.name),
                                     DATASETS[build.dataset].framing])],
-            "file_dep": [STAGES / "card.py", STAGES / "runtimes.py", keras_model(build.name),
+            "file_dep": [STAGES / "stages/card.py", STAGES / "core/runtimes.py", keras_model(build.name),
                          history, accuracy, *models.values()],
             "targets": outputs,
             "clean": [(_remove, [outputs])],
@@ -497,7 +497,7 @@ BOARD_FORMATS = ("tflite", "onnx")
 @checked_targets
 def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
-    from pipeline.boards import measured_within
+    from pipeline.core.boards import measured_within
 
     # The builds whose dataset no mirror has are left out (and named once), not waited for.
     built = [b for b in PARAMS.builds if b.name not in BLOCKED]
@@ -510,11 +510,11 @@ def task_bench():
             "name": board.name,
             "doc": f"time every model on board {board.name!r} ({board.where})",
             "actions": [(_say_blocked, [board.name]),
-                        (_guarded, [_stage("bench.run"), board, models, datasets,
+                        (_guarded, [_stage("bench.session.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
-            "file_dep": [STAGES / "bench.py", STAGES / "report.py", STAGES / "floor.py",
-                         STAGES / "boards.py", STAGES / "runtimes.py", RUNNER, *models.values(),
+            "file_dep": [STAGES / "bench/session.py", STAGES / "bench/report.py", STAGES / "bench/floor.py",
+                         STAGES / "core/boards.py", STAGES / "core/runtimes.py", RUNNER, *models.values(),
                          *peak_models().values(), *set(datasets.values())],
             "targets": [result],
             # Out of date when the board's last figures are older than max_age_hours, so a
@@ -538,7 +538,7 @@ def _say_blocked(board):
 def _clean_board(paths, report_args, dryrun=False):
     """Remove one board's files, then rebuild latency.{json,md,png} from the boards left
     (or remove them when no board has a result)."""
-    from pipeline.layout import LATENCY_FORMATS
+    from pipeline.core.layout import LATENCY_FORMATS
 
     _remove(paths, dryrun)
     layout = report_args[0]
@@ -547,7 +547,7 @@ def _clean_board(paths, report_args, dryrun=False):
         print(f"{'would rebuild' if dryrun else 'rebuilding'} {layout.latency_report('md')} "
               "from the other boards' results")
         if not dryrun:
-            _stage("report.write_latency_report")(*report_args)
+            _stage("bench.report.write_latency_report")(*report_args)
     else:
         _remove([layout.latency_report(ext) for ext in LATENCY_FORMATS], dryrun)
 

@@ -112,12 +112,12 @@ def main() -> None:
         recipe_params.write_text(params[:start] + RECIPE_TRAIN + "\n" + params[end:])
         data = art / "data" / "mnist" / "mnist.npz"
         recipe_h5 = Path(tmp) / "recipe" / "recipe.h5"
-        _, out = timed([sys.executable, "-m", "pipeline.train", "cnn", str(data), str(recipe_h5),
+        _, out = timed([sys.executable, "-m", "pipeline.stages.train", "cnn", str(data), str(recipe_h5),
                         "--params", str(recipe_params)], project, env)
         recipe = json.loads(out.strip().splitlines()[-1])
 
-        from pipeline.evaluate import keras_predict
-        from pipeline.preprocess import load_arrays
+        from pipeline.stages.evaluate import keras_predict
+        from pipeline.stages.preprocess import load_arrays
 
         test = load_arrays(data)
         recipe_acc = float((keras_predict(recipe_h5, test["x_test"], 500)

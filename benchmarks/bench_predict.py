@@ -2,7 +2,7 @@
 
 Renders seeded real MNIST test digits (the build's own test split) with tests/photo_digits.py
 (an independent model of a photo: paper x light + noise, then the file format), writes them as
-files and classifies them with `pipeline.predict.predict_files`, the function the CLI uses:
+files and classifies them with `pipeline.predict.classify.predict_files`, the function the CLI uses:
 
 1. accuracy of each TFLite variant on each rendering family (all families in one run), and
    how many int8 answers predict marks `uncertain`, with int8's accuracy on the others;
@@ -30,8 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import predict  # noqa: E402
-from pipeline.card import load_card  # noqa: E402
+from pipeline.predict import classify as predict  # noqa: E402
+from pipeline.stages.card import load_card  # noqa: E402
 from tests.photo_digits import EXTRA_FAMILIES, FAMILIES, render_all, write_all  # noqa: E402
 
 

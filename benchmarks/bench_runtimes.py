@@ -37,7 +37,7 @@ def litert_call(path: Path, image: Any, threads: int) -> Callable[[], None]:
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline import load_runner
-    from pipeline.console import native_output_hidden
+    from pipeline.core.console import native_output_hidden
 
     with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
@@ -52,7 +52,7 @@ def ort_call(path: Path, image: Any, threads: int) -> Callable[[], None]:
     import numpy as np
 
     from pipeline import load_runner
-    from pipeline.runtimes import open_model
+    from pipeline.core.runtimes import open_model
 
     model = open_model(path, threads=threads)
     inp = model.io_contract()["input"]
@@ -81,9 +81,9 @@ def interleaved_p50s(calls: dict[str, Callable[[], None]], rounds: int, runs: in
 
 def measure(artifacts: Path, threads: Sequence[int], rounds: int, runs: int,
             warmup: int) -> list[dict[str, Any]]:
-    from pipeline.layout import Layout
-    from pipeline.preprocess import load_arrays
-    from pipeline.variants import variant_of
+    from pipeline.core.layout import Layout
+    from pipeline.stages.preprocess import load_arrays
+    from pipeline.core.variants import variant_of
 
     layout = Layout(artifacts)
     builds: dict[str, dict[str, Path]] = {}
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from tabulate import tabulate
 
-    from pipeline.console import quiet_third_party, verbose_requested
+    from pipeline.core.console import quiet_third_party, verbose_requested
 
     quiet_third_party(verbose_requested(os.environ))
     rows = measure(args.artifacts, args.threads, args.rounds, args.runs, args.warmup)

@@ -26,7 +26,7 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import virtual_k1  # noqa: E402
+from pipeline.virtual_k1 import manage as virtual_k1  # noqa: E402
 
 
 def timed(argv: Sequence[str], **kwargs) -> float:

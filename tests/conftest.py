@@ -85,9 +85,9 @@ def find_mnist(env: dict[str, str], shared: Path, artifacts: Path, cache: Path,
     one-time download into `cache` from `public_mirrors` (not with PIPELINE_OFFLINE=1).
     Raises NoData with one line per cause; a failed download leaves no empty `cache` behind.
     """
-    from pipeline.datasets import MNIST
-    from pipeline.download import DownloadError, download_dataset, user_mirror
-    from pipeline.layout import Layout
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.download import DownloadError, download_dataset, user_mirror
+    from pipeline.core.layout import Layout
 
     quiet = {"log": lambda line: None}
     mirror = user_mirror("mnist", env)
@@ -134,7 +134,7 @@ def find_mnist(env: dict[str, str], shared: Path, artifacts: Path, cache: Path,
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:  # DATA_SKIP_LINE
     """The real MNIST .gz files (find_mnist's sources, in its order); a skip saying why not."""
-    from pipeline.datasets import MNIST
+    from pipeline.core.datasets import MNIST
 
     env = dict(os.environ)
     artifacts = Path(env.get("PIPELINE_ARTIFACTS", REPO / "artifacts"))
@@ -234,8 +234,8 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Untrained CNN and MLP converted to float32 and int8 .tflite, named <build>_<variant>."""
-    from pipeline.convert import convert
-    from pipeline.train import build_model
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model
 
     out = tmp_path_factory.mktemp("tiny_models")
     representative = synthetic_images(np.arange(50) % 10, 3)
@@ -253,8 +253,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def tiny_onnx_models(tmp_path_factory, tiny_models) -> dict[str, Path]:
     """The ONNX variants of an untrained CNN and MLP, named <build>_<variant>.onnx: exported,
     quantized by ONNX Runtime, and tiny_models' int8 .tflite translated."""
-    from pipeline.convert_onnx import export_float, quantize_int8, translate_tflite
-    from pipeline.train import build_model
+    from pipeline.stages.convert_onnx import export_float, quantize_int8, translate_tflite
+    from pipeline.stages.train import build_model
 
     out = tmp_path_factory.mktemp("tiny_onnx")
     representative = synthetic_images(np.arange(50) % 10, 3)
@@ -274,8 +274,8 @@ def tiny_onnx_models(tmp_path_factory, tiny_models) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def peak_models(tmp_path_factory) -> dict[str, Path]:
     """The synthetic GEMM models, in every variant, with which a board measures its peak."""
-    from pipeline.floor import PEAK_VARIANTS, build_peak_models
-    from pipeline.layout import Layout
+    from pipeline.bench.floor import PEAK_VARIANTS, build_peak_models
+    from pipeline.core.layout import Layout
 
     return build_peak_models(PEAK_VARIANTS, Layout(tmp_path_factory.mktemp("peak")))
 

@@ -1,7 +1,7 @@
 """Photo-like renderings of real MNIST digits: what a user photographs or scans, as files.
 
 A seeded generator used by tests/test_predict.py and benchmarks/bench_predict.py. It shares
-no code with pipeline/predict.py or pipeline/photo.py on purpose: it is an independent model
+no code with pipeline/predict/classify.py or pipeline/predict/photo.py on purpose: it is an independent model
 of a picture (paper reflectance x illumination + sensor noise, then the file format), so the
 tests check predict's preprocessing against the world, not against a mirror of itself. Only
 numpy and Pillow are used (no pytest: the benchmark imports this module too).

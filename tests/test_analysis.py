@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.analysis import (OUTPUTS, by_true_class, confusion_matrix, damage_and_fixes,
+from pipeline.stages.analysis import (OUTPUTS, by_true_class, confusion_matrix, damage_and_fixes,
                                render_grid)
 
 
@@ -67,8 +67,8 @@ def test_damage_list_equals_the_set_difference_computed_here(smoke_analysis):
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline import load_runner
-    from pipeline.preprocess import load_arrays
-    from pipeline.train import load_model
+    from pipeline.stages.preprocess import load_arrays
+    from pipeline.stages.train import load_model
 
     art, reports = smoke_analysis
     arrays = load_arrays(art / "data" / "mnist" / "mnist.npz")
@@ -105,9 +105,9 @@ def test_report_links_every_file_and_the_pngs_are_images(smoke_analysis):
 
 
 def test_a_full_disk_leaves_no_analysis_file_without_its_siblings(smoke_project, small_disk):
-    from pipeline.analysis import run
-    from pipeline.datasets import MNIST
-    from pipeline.files import DiskFullError
+    from pipeline.stages.analysis import run
+    from pipeline.core.datasets import MNIST
+    from pipeline.core.files import DiskFullError
 
     art = smoke_project / "artifacts"
     models = art / "models" / "mnist_mlp"
@@ -125,8 +125,8 @@ def test_onnx_int8_damage_is_listed_beside_int8s(smoke_analysis):
     Runtime driven by hand (float input: the raw pixels as float32)."""
     import onnxruntime as ort
 
-    from pipeline.preprocess import load_arrays
-    from pipeline.train import load_model
+    from pipeline.stages.preprocess import load_arrays
+    from pipeline.stages.train import load_model
 
     art, reports = smoke_analysis
     arrays = load_arrays(art / "data" / "mnist" / "mnist.npz")

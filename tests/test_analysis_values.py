@@ -1,6 +1,6 @@
 """Error analysis run end to end on untrained models, every figure checked against a numpy
 computation made here from the models' probabilities. The probabilities come from the
-runtimes analysis reads (Keras predict, pipeline.runtimes: itself checked against LiteRT driven
+runtimes analysis reads (Keras predict, pipeline.core.runtimes: itself checked against LiteRT driven
 by hand in tests/test_runtimes.py) with the same batch size: untrained models answer close to
 uniform, and a one-step rounding difference between batched and one-image int8 invokes would
 flip near-tied argmaxes. What is tested is analysis's own bookkeeping. No smoke build: seconds.
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.analysis import CAPTION_H, TILE_SCALE, run
+from pipeline.stages.analysis import CAPTION_H, TILE_SCALE, run
 from tests.conftest import synthetic_images
-from pipeline.evaluate import keras_probabilities
-from pipeline.runtimes import open_model
+from pipeline.stages.evaluate import keras_probabilities
+from pipeline.core.runtimes import open_model
 
 CLASSES = [f"c{i}" for i in range(10)]
 MAX_PER_CLASS = 4
@@ -28,8 +28,8 @@ BATCH = 32
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    from pipeline.convert import convert
-    from pipeline.train import build_model
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model
 
     out = tmp_path_factory.mktemp("analysis_values")
     representative = synthetic_images(np.arange(50) % 10, 3)

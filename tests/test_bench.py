@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import bench, report
-from pipeline.bench import BoardError
-from pipeline.boards import Board, load_boards
-from pipeline.layout import Layout
-from pipeline.params import ParamsError
+from pipeline.bench import session as bench
+from pipeline.bench import report
+from pipeline.bench.session import BoardError
+from pipeline.core.boards import Board, load_boards
+from pipeline.core.layout import Layout
+from pipeline.core.params import ParamsError
 from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
                             wait_for)
 from tests.test_runner import exposing_only, onnx_models  # noqa: F401
@@ -97,7 +98,7 @@ def samples():
 
 @pytest.fixture()
 def datasets(tmp_path):
-    from pipeline.preprocess import save_arrays
+    from pipeline.stages.preprocess import save_arrays
 
     labels = np.arange(40) % 10
     data = tmp_path / "d.npz"
@@ -298,7 +299,7 @@ def test_a_killed_task_leaves_the_board_marked_running_not_ok(sshd, tiny_models,
     bench.run(quick, tiny_models, datasets, 8, Layout(tmp_path), [quick])
     code = textwrap.dedent("""
         import pickle, sys
-        from pipeline import bench
+        from pipeline.bench import session as bench
         args = pickle.loads(bytes.fromhex(sys.argv[1]))
         bench.run(*args)
     """)
@@ -339,7 +340,7 @@ def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_
         # As in a terminal: a test runner started in the background (`cmd &`) hands its
         # children SIGINT ignored, and Ctrl-C would never arrive.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from pipeline import bench
+        from pipeline.bench import session as bench
         args = pickle.loads(bytes.fromhex(sys.argv[1]))
         try:
             bench.bench_board(*args)
@@ -754,7 +755,7 @@ def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
     bench.run(local, models, datasets, 10, layout, [local, board])
     assert capsys.readouterr().out.count("p50 µs") == 1
     # doit does not re-time it on every run: a missing runtime is a fact about the board
-    from pipeline.boards import measured_within
+    from pipeline.core.boards import measured_within
 
     assert measured_within(layout.board_result(board.name), 24)
 
@@ -772,7 +773,7 @@ def test_a_failed_case_beside_missing_rows_still_fails_the_task(sshd, tiny_model
         bench.run(board, models, datasets, 10, Layout(tmp_path), [board])
     doc = json.loads(Layout(tmp_path).board_result(board.name).read_text())
     assert doc["status"] == "partial" and len(doc["missing"]) == len(tiny_models)
-    from pipeline.boards import measured_within
+    from pipeline.core.boards import measured_within
 
     assert not measured_within(Layout(tmp_path).board_result(board.name), 24)
 

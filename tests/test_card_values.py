@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from pipeline.card import build_card, input_formula, value_range
-from pipeline.datasets import DATASETS, FRAMINGS
+from pipeline.stages.card import build_card, input_formula, value_range
+from pipeline.core.datasets import DATASETS, FRAMINGS
 
 
 def c_formula_as_python(formula: str):

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.charts import MAX_BUILD_COLUMNS, nightly_figure, run_dates
+from pipeline.nightly.charts import MAX_BUILD_COLUMNS, nightly_figure, run_dates
 
 BUILDS, BOARDS, THREADS = ("b_cnn", "b_mlp"), ("k1", "local"), (1, 4)
 VARIANTS = ("keras", "float32", "int8", "float16", "dynamic_range")

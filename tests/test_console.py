@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 SCRIPT = """
 import os, sys, warnings
-from pipeline.console import native_output_hidden, quiet_third_party, verbose_requested
+from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
 quiet_third_party(verbose_requested(os.environ))
 print("pipeline line", flush=True)
 with native_output_hidden():

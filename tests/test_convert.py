@@ -3,11 +3,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.convert import (ConvertError, check_integer_only, convert, float_tensors,
+from pipeline.stages.convert import (ConvertError, check_integer_only, convert, float_tensors,
                               representative_indices, run, variant_of, variant_path)
-from pipeline.evaluate import model_predict
-from pipeline.params import load_params
-from pipeline.train import build_model, save_model
+from pipeline.stages.evaluate import model_predict
+from pipeline.core.params import load_params
+from pipeline.stages.train import build_model, save_model
 from tests.conftest import REPO, synthetic_images
 
 
@@ -78,8 +78,8 @@ def test_tflite_variants_agree_with_keras(tmp_path):
 
 
 def test_run_converts_from_the_saved_h5(tmp_path, tiny_dataset_dir):
-    from pipeline.datasets import MNIST
-    from pipeline.preprocess import preprocess, save_arrays
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.preprocess import preprocess, save_arrays
 
     save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
     save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
@@ -95,9 +95,9 @@ def test_run_converts_from_the_saved_h5(tmp_path, tiny_dataset_dir):
 
 def test_run_refuses_an_int8_model_with_float_tensors(tmp_path, tiny_dataset_dir, monkeypatch):
     """convert.run itself applies the integer-only check before writing the int8 file."""
-    from pipeline import convert as convert_module
-    from pipeline.datasets import MNIST
-    from pipeline.preprocess import preprocess, save_arrays
+    from pipeline.stages import convert as convert_module
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.preprocess import preprocess, save_arrays
 
     save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
     save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
@@ -150,10 +150,10 @@ def test_switched_off_variants_are_removed_but_never_a_file_the_pipeline_did_not
         tmp_path, tiny_dataset_dir):
     import json
 
-    from pipeline.convert import remove_stale_variants
-    from pipeline.datasets import MNIST
-    from pipeline.files import sha256_file
-    from pipeline.preprocess import preprocess, save_arrays
+    from pipeline.stages.convert import remove_stale_variants
+    from pipeline.core.datasets import MNIST
+    from pipeline.core.files import sha256_file
+    from pipeline.stages.preprocess import preprocess, save_arrays
 
     save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
     save_model(build_model("mlp", (28, 28), 10), tmp_path / "b.h5")
@@ -182,8 +182,8 @@ def test_switched_off_variants_are_removed_but_never_a_file_the_pipeline_did_not
 def test_a_layer_with_no_int8_kernel_is_named(tmp_path, tiny_dataset_dir):
     import keras
 
-    from pipeline.datasets import MNIST
-    from pipeline.preprocess import preprocess, save_arrays
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.preprocess import preprocess, save_arrays
 
     save_arrays(tmp_path / "d.npz", preprocess(MNIST, tiny_dataset_dir))
     layers = keras.layers

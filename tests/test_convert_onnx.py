@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.convert_onnx import (OnnxConvertError, check_same_outputs, export_float,
+from pipeline.stages.convert_onnx import (OnnxConvertError, check_same_outputs, export_float,
                                    quantize_int8, run, run_translate, translate_tflite)
-from pipeline.params import ConvertParams
+from pipeline.core.params import ConvertParams
 from tests.conftest import REPO, synthetic_images
 
 
@@ -65,8 +65,8 @@ def seeded_int8(tmp_path_factory):
     so the bit-for-bit case needs fixed ones; seeds 1 and 2 are bit for bit."""
     import keras
 
-    from pipeline.convert import convert
-    from pipeline.train import build_model
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model
 
     out = tmp_path_factory.mktemp("seeded")
     paths = {}
@@ -150,7 +150,7 @@ def test_float_export_is_static_batch_one_and_equals_keras(test_images):
     import onnx
     import onnxruntime as ort
 
-    from pipeline.train import build_model
+    from pipeline.stages.train import build_model
 
     keras.utils.set_random_seed(3)
     model = build_model("cnn", (28, 28), 10)
@@ -169,7 +169,7 @@ def test_same_inputs_give_the_same_bytes_in_any_process(tiny_models):
     """tf2onnx names nodes from a process-wide counter in an order that depends on string
     hashes: a conversion after another one, or in a process with another hash seed, must
     still give the same bytes."""
-    from pipeline.train import build_model
+    from pipeline.stages.train import build_model
 
     tflite = tiny_models["tiny_cnn/int8"]
     first = translate_tflite(tflite)
@@ -181,7 +181,7 @@ def test_same_inputs_give_the_same_bytes_in_any_process(tiny_models):
     representative = synthetic_images(np.arange(30) % 10, 5)
     assert sha256(quantize_int8(exported, representative)) == \
         sha256(quantize_int8(exported, representative))
-    code = ("import sys, hashlib; from pipeline.convert_onnx import translate_tflite; "
+    code = ("import sys, hashlib; from pipeline.stages.convert_onnx import translate_tflite; "
             "print(hashlib.sha256(translate_tflite(sys.argv[1])).hexdigest())")
     for seed in ("1", "2"):
         proc = subprocess.run([sys.executable, "-c", code, str(tflite)], cwd=REPO,
@@ -197,8 +197,8 @@ def calibration_data(tmp_path_factory):
     pixel value: a calibration range then tells which images calibrated it."""
     import keras
 
-    from pipeline.preprocess import save_arrays
-    from pipeline.train import build_model, save_model
+    from pipeline.stages.preprocess import save_arrays
+    from pipeline.stages.train import build_model, save_model
 
     out = tmp_path_factory.mktemp("calibration")
     labels = np.arange(400) % 10
@@ -228,7 +228,7 @@ def onnx_input_scale(path):
 def test_onnx_int8_is_calibrated_on_the_int8_tflites_images(calibration_data):
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline import convert
+    from pipeline.stages import convert
 
     params = ConvertParams(representative_samples=20, seed=7, int8_io="int8",
                            extra_variants=(), onnx=True, onnx_tflite_max_steps=0)
@@ -251,7 +251,7 @@ def test_onnx_int8_is_calibrated_on_the_int8_tflites_images(calibration_data):
 
 def test_run_translate_writes_only_a_model_that_passed(calibration_data, capsys):
     out = calibration_data
-    from pipeline import convert
+    from pipeline.stages import convert
 
     params = ConvertParams(representative_samples=20, seed=7, int8_io="int8",
                            extra_variants=(), onnx=True, onnx_tflite_max_steps=0)

@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from pipeline import curves
+from pipeline.stages import curves
 
 HISTORY = {"loss": [1.2, 0.5, 0.3], "accuracy": [0.6, 0.85, 0.9],
            "val_loss": [0.6, 0.4, 0.35], "val_accuracy": [0.82, 0.88, 0.9]}

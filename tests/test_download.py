@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
-from pipeline.download import (DownloadError, download_dataset, mirrors_for, user_mirror,
+from pipeline.core.datasets import DATASETS, FASHION_MNIST, MNIST, DatasetSpec, RemoteFile
+from pipeline.stages.download import (DownloadError, download_dataset, mirrors_for, user_mirror,
                                verify)
 from tests.conftest import free_port, synthetic_images, write_idx_gz
 
@@ -247,14 +247,14 @@ def test_cli_mirror_may_be_the_parent_of_dataset_folders(mnist_dir, tmp_path):
     parent = tmp_path / "datasets"
     parent.mkdir()
     (parent / "mnist").symlink_to(mnist_dir, target_is_directory=True)
-    ok = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist", str(tmp_path / "c"),
+    ok = subprocess.run([sys.executable, "-m", "pipeline.stages.download", "mnist", str(tmp_path / "c"),
                          "--mirror", str(parent), "--offline"], capture_output=True, text=True,
                         timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert len(leftovers(tmp_path / "c")) == 4
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist", str(tmp_path / "d"),
+    bad = subprocess.run([sys.executable, "-m", "pipeline.stages.download", "mnist", str(tmp_path / "d"),
                           "--mirror", str(empty), "--offline"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 1
@@ -262,7 +262,7 @@ def test_cli_mirror_may_be_the_parent_of_dataset_folders(mnist_dir, tmp_path):
 
 
 def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir, tmp_path, serve):
-    from pipeline.params import DatasetDecl
+    from pipeline.core.params import DatasetDecl
 
     url = serve(tiny_dataset_dir)
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -284,7 +284,7 @@ def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir,
 
 
 def test_unavailable_looks_without_downloading(tiny_dataset_dir, tmp_path, serve):
-    from pipeline.download import unavailable
+    from pipeline.stages.download import unavailable
 
     spec = spec_for(tiny_dataset_dir)
     assert unavailable(spec, tmp_path / "cache", [str(tiny_dataset_dir)], 2) is None

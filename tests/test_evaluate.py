@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluate import DriftError, check_drift, run, score
-from pipeline.files import sha256_file
-from pipeline.train import build_model, save_model
+from pipeline.stages.evaluate import DriftError, check_drift, run, score
+from pipeline.core.files import sha256_file
+from pipeline.stages.train import build_model, save_model
 from tests.conftest import synthetic_images
 
 
@@ -40,9 +40,9 @@ def test_drift_gate():
 def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
     import keras
 
-    from pipeline.convert import convert
-    from pipeline.datasets import FASHION_MNIST
-    from pipeline.preprocess import save_arrays
+    from pipeline.stages.convert import convert
+    from pipeline.core.datasets import FASHION_MNIST
+    from pipeline.stages.preprocess import save_arrays
 
     labels = np.arange(600) % 10
     images = synthetic_images(labels, 4)
@@ -88,7 +88,7 @@ def test_drift_gate_applies_to_onnx_int8_at_its_boundary():
 
 
 def test_agreement_with_each_compared_model_and_its_column(tmp_path):
-    from pipeline.evaluate import render_markdown
+    from pipeline.stages.evaluate import render_markdown
 
     labels = np.array([0, 1, 2, 3])
     keras = np.array([0, 1, 2, 0])

@@ -7,10 +7,14 @@ doit tasks call run from preprocess to evaluate with dataset "fashion_mnist"."""
 import dataclasses
 import json
 
-from pipeline import analysis, card, convert, evaluate, train
-from pipeline.datasets import FASHION_MNIST
-from pipeline.params import load_params, parse_params
-from pipeline.preprocess import preprocess, save_arrays
+from pipeline.stages import analysis
+from pipeline.stages import card
+from pipeline.stages import convert
+from pipeline.stages import evaluate
+from pipeline.stages import train
+from pipeline.core.datasets import FASHION_MNIST
+from pipeline.core.params import load_params, parse_params
+from pipeline.stages.preprocess import preprocess, save_arrays
 from tests.conftest import REPO
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.files import atomic_path, sha256_file, write_json
+from pipeline.core.files import atomic_path, sha256_file, write_json
 
 
 def test_atomic_path_renames_only_on_success(tmp_path):
@@ -45,7 +45,7 @@ def test_temporary_names_are_unique_and_never_follow_a_planted_symlink(tmp_path)
 
 
 def test_outputs_together_appear_all_or_none(tmp_path):
-    from pipeline.files import outputs_together, write_text
+    from pipeline.core.files import outputs_together, write_text
 
     a, b = tmp_path / "a.md", tmp_path / "b.csv"
     with outputs_together():
@@ -64,7 +64,7 @@ def test_outputs_together_appear_all_or_none(tmp_path):
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_space_needed(small_disk):
-    from pipeline.files import DiskFullError, outputs_together, write_bytes, write_text
+    from pipeline.core.files import DiskFullError, outputs_together, write_bytes, write_text
 
     disk = small_disk(64)
     write_text(disk / "old.md", "previous report")
@@ -88,7 +88,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_needed(small_disk
 def test_changed_targets_notice_truncation_and_other_bytes_but_not_a_touch(tmp_path):
     import os
 
-    from pipeline.files import changed_targets, target_stamps
+    from pipeline.core.files import changed_targets, target_stamps
 
     model, other = tmp_path / "m.tflite", tmp_path / "n.tflite"
     model.write_bytes(b"0123456789")

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from pipeline import floor
-from pipeline.bench import RUNNER, stage_plan
-from pipeline.boards import Board
-from pipeline.layout import Layout
-from pipeline.variants import VARIANTS
+from pipeline.bench import floor
+from pipeline.bench.session import RUNNER, stage_plan
+from pipeline.core.boards import Board
+from pipeline.core.layout import Layout
+from pipeline.core.variants import VARIANTS
 from tests.conftest import synthetic_images
 from tests.test_runner import onnx_models, write_onnx_models  # noqa: F401
 
@@ -50,8 +50,8 @@ def every_variant(tmp_path_factory):
     import keras
     import numpy as np
 
-    from pipeline.convert import convert
-    from pipeline.train import build_model
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model
 
     out = tmp_path_factory.mktemp("variants")
     labels = np.arange(300) % 10

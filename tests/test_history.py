@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import history
-from pipeline.files import write_json
+from pipeline.nightly import history
+from pipeline.core.files import write_json
 from tests.conftest import REPO
 
 ACC = [{"build": "b", "variant": v, "accuracy": 0.9, "agreement": 1.0, "drift_pt": 0.0,

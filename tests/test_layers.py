@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.convert import ConvertError, convert, float_tensor_dtypes
-from pipeline.layers import layer_errors
+from pipeline.stages.convert import ConvertError, convert, float_tensor_dtypes
+from pipeline.stages.layers import layer_errors
 from tests.conftest import executed_tasks, run_doit
 
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -25,8 +25,8 @@ def _rows(reports):
 
 @pytest.fixture(scope="module")
 def smoke(smoke_project):
-    from pipeline.preprocess import load_arrays
-    from pipeline.train import load_model
+    from pipeline.stages.preprocess import load_arrays
+    from pipeline.stages.train import load_model
 
     art = smoke_project / "artifacts"
     arrays = load_arrays(art / "data" / "mnist" / "mnist.npz")
@@ -58,7 +58,7 @@ def test_one_row_per_quantized_tensor_ranked_worst_first(smoke):
 
 
 def test_calibrating_on_a_blank_image_moves_the_worst_error_up(smoke):
-    from pipeline.convert import representative_indices
+    from pipeline.stages.convert import representative_indices
 
     _, model, arrays = smoke
     representative = arrays["x_train"][representative_indices(arrays["y_train"], 100, 1234)]
@@ -116,9 +116,9 @@ def test_float_layers_build_flows_through_evaluate_card_and_bench(smoke_project,
 def test_a_full_disk_leaves_no_layers_file_without_its_siblings(smoke_project, small_disk):
     import dataclasses
 
-    from pipeline.files import DiskFullError
-    from pipeline.layers import run
-    from pipeline.params import load_params
+    from pipeline.core.files import DiskFullError
+    from pipeline.stages.layers import run
+    from pipeline.core.params import load_params
 
     art = smoke_project / "artifacts"
     params = load_params(smoke_project / "params" / "smoke.toml")

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.layers import layer_errors
+from pipeline.stages.layers import layer_errors
 from tests.conftest import synthetic_images
 
 
@@ -19,7 +19,7 @@ from tests.conftest import synthetic_images
 def rows_and_reference():
     import tensorflow as tf
 
-    from pipeline.train import build_model
+    from pipeline.stages.train import build_model
 
     model = build_model("cnn", (28, 28), 10)
     representative = synthetic_images(np.arange(30) % 10, 3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.layout import ANALYSIS_FILES, LAYERS_FILES, Layout
+from pipeline.core.layout import ANALYSIS_FILES, LAYERS_FILES, Layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def test_the_layout_module_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.layout, pipeline.variants; "
+    code = ("import sys, pipeline.core.layout, pipeline.core.variants; "
             "print(sorted(m for m in ('numpy', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout

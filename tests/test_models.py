@@ -1,4 +1,4 @@
-"""Your own model and your own data: model references (pipeline/models.py), the checks the
+"""Your own model and your own data: model references (pipeline/core/models.py), the checks the
 train stage makes on a user's model, and one real `doit` run of the whole graph with a user
 model from a file and a dataset declared in the params file."""
 
@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.models import ModelSourceError, resolve
+from pipeline.core.models import ModelSourceError, resolve
 from tests.conftest import REPO, copy_project, executed_tasks, run_doit, synthetic_images
 
 TINY_MODEL = '''
@@ -65,7 +65,7 @@ def test_references_resolve_to_their_files(tmp_path):
     own = resolve("models/kws.py:build", tmp_path)
     assert (own.kind, own.file, own.function) == ("callable", tmp_path / "models" / "kws.py",
                                                   "build")
-    module = resolve("pipeline.train:build_model", tmp_path)
+    module = resolve("pipeline.stages.train:build_model", tmp_path)
     assert module.kind == "callable" and module.file == REPO / "pipeline" / "train.py"
     assert resolve("net.keras", tmp_path).file == tmp_path / "net.keras"
     for bad, why in [("models/nope.py:build", "no file"), ("models/kws.py:9x", "function name"),

@@ -667,8 +667,8 @@ def test_a_full_disk_under_the_database_keeps_the_run_for_the_next_nightly(stand
 
 
 def test_expected_reports_follow_every_stage_and_variant():
-    from pipeline.nightly import expected_reports
-    from pipeline.params import load_params
+    from pipeline.nightly.run import expected_reports
+    from pipeline.core.params import load_params
 
     params = load_params(Path(__file__).parent.parent / "params" / "smoke.toml")
     expected = expected_reports(params)
@@ -711,9 +711,10 @@ def test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file(stand
 def test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too(tmp_path):
     """SIGKILL after the manifest and the reports but before record.json: the next nightly
     marks it failed, and its manifest and the reports (which named it) say so too."""
-    from pipeline import history, nightly_report
-    from pipeline.nightly import _fix_abandoned
-    from pipeline.params import load_params
+    from pipeline.nightly import history
+    from pipeline.nightly import report as nightly_report
+    from pipeline.nightly.run import _fix_abandoned
+    from pipeline.core.params import load_params
 
     params = load_params(Path(__file__).parent.parent / "params" / "smoke.toml")
     db = history.connect(tmp_path / "h.sqlite")
@@ -741,7 +742,7 @@ def test_a_run_killed_after_its_reports_is_failed_in_manifest_and_reports_too(tm
 
 def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp_path):
     """SIGINT to the group (doit's stages clean up on it), SIGKILL for whatever ignores it."""
-    from pipeline.nightly import stop_child
+    from pipeline.nightly.run import stop_child
 
     said = tmp_path / "said.txt"
     child_code = (
@@ -773,9 +774,9 @@ def test_stop_child_interrupts_doits_whole_process_group_first_then_kills_it(tmp
 def test_user_model_files_are_inputs_and_unstable_names_are_reported(tmp_path):
     import json as json_module
 
-    from pipeline.layout import Layout
-    from pipeline.nightly_provenance import unstable_names_note, user_model_hashes
-    from pipeline.params import load_params
+    from pipeline.core.layout import Layout
+    from pipeline.nightly.provenance import unstable_names_note, user_model_hashes
+    from pipeline.core.params import load_params
 
     (tmp_path / "mine.py").write_text("def build(s, n): pass\n")
     text = (REPO / "params" / "smoke.toml").read_text().replace(

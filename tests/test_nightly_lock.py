@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.nightly_lock import LockUnusable, NightlyLocked, acquire, release
+from pipeline.nightly.lock import LockUnusable, NightlyLocked, acquire, release
 from tests.conftest import REPO
 
 INFO = {"pid": 4242, "started_utc": "2026-01-01T02:00:00Z",
@@ -21,7 +21,7 @@ INFO = {"pid": 4242, "started_utc": "2026-01-01T02:00:00Z",
 # A holder in another process: takes the lock, says so, then sleeps until killed.
 HOLDER = ("import sys, time\n"
           "from pathlib import Path\n"
-          "from pipeline.nightly_lock import acquire\n"
+          "from pipeline.nightly.lock import acquire\n"
           "fd = acquire(Path(sys.argv[1]), {'pid': 99, 'started_utc': 'then', 'run_dir': 'd'})\n"
           "print('held', flush=True)\n"
           "time.sleep(60)\n")
@@ -118,7 +118,7 @@ def test_of_processes_racing_for_the_lock_exactly_one_wins(tmp_path):
     lock.write_bytes(os.urandom(50))  # a stale, unreadable file: no obstacle
     racer = ("import sys, time\n"
              "from pathlib import Path\n"
-             "from pipeline.nightly_lock import NightlyLocked, acquire\n"
+             "from pipeline.nightly.lock import NightlyLocked, acquire\n"
              "try:\n"
              f"    acquire(Path({str(lock)!r}), {{'pid': 1}})\n"
              "except NightlyLocked:\n"

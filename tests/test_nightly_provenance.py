@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.nightly_provenance import (artifact_hashes, board_files, canonical_hash,
+from pipeline.nightly.provenance import (artifact_hashes, board_files, canonical_hash,
                                          code_hash, reproducibility)
 
 

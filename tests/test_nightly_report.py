@@ -3,9 +3,9 @@
 import dataclasses
 import json
 
-from pipeline import history
-from pipeline.nightly_report import assess, breaches, compare, main, render_chart, render_markdown
-from pipeline.params import load_params
+from pipeline.nightly import history
+from pipeline.nightly.report import assess, breaches, compare, main, render_chart, render_markdown
+from pipeline.core.params import load_params
 from tests.conftest import REPO
 
 GATES = dataclasses.replace(load_params(REPO / "params.toml").nightly,
@@ -144,7 +144,7 @@ def test_an_emulated_board_has_no_p50_gate_but_keeps_its_board_and_case_gates():
 
 
 def test_nightly_md_and_png_label_an_emulated_board():
-    from pipeline.charts import nightly_figure
+    from pipeline.nightly.charts import nightly_figure
 
     past = [figures(100.0, emulated=True)]
     comparison = compare(figures(300.0, emulated=True), past[-1], past, GATES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.nightly_retention import prune, remove_partials, run_stamp
+from pipeline.nightly.retention import prune, remove_partials, run_stamp
 
 
 def test_retention_prunes_only_its_own_run_directories_in_run_order(tmp_path):

@@ -2,7 +2,7 @@ import tomllib
 
 import pytest
 
-from pipeline.params import ParamsError, load_params, parse_params
+from pipeline.core.params import ParamsError, load_params, parse_params
 from tests.conftest import REPO, copy_project, run_doit
 
 
@@ -75,7 +75,7 @@ def test_int_is_accepted_for_float():
 
 
 def test_float_layers_are_optional_per_build_and_add_the_selective_variant():
-    from pipeline.convert import variant_names
+    from pipeline.stages.convert import variant_names
 
     d = doc()
     d["builds"][0]["float_layers"] = ["cnn_1/classes_1/MatMul;cnn_1/classes_1/BiasAdd"]
@@ -149,7 +149,7 @@ def test_numeric_ranges_hold_at_their_boundaries(section, key, ok, bad, message)
 
 
 def test_builds_are_capped_and_looked_up_by_name():
-    from pipeline.params import MAX_BUILDS
+    from pipeline.core.params import MAX_BUILDS
 
     d = doc()
     template = d["builds"][0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import photo
+from pipeline.predict import photo
 from tests import photo_digits
 
 
@@ -170,8 +170,8 @@ def test_ruled_lines_and_a_desk_at_the_edge_are_not_the_digit():
 @pytest.fixture(scope="module")
 def seven(mnist_dir):
     """The first MNIST test digit (a 7), white on black."""
-    from pipeline.datasets import MNIST
-    from pipeline.preprocess import preprocess
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.preprocess import preprocess
 
     return preprocess(MNIST, mnist_dir)["x_test"][0]
 

@@ -1,7 +1,7 @@
 """predict on real MNIST test digits rendered the ways users draw and photograph them, with a
 CNN trained here (the smoke build is too weak to demand 95 %), and on files that are not
 images or are too big. The photo-like renderings come from tests/photo_digits.py, which shares
-no code with pipeline/photo.py."""
+no code with pipeline/predict/photo.py."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import photo, predict
-from pipeline.params import ConvertParams, TrainParams
+from pipeline.predict import photo
+from pipeline.predict import classify as predict
+from pipeline.core.params import ConvertParams, TrainParams
 from tests import photo_digits
 from tests.conftest import REPO
 
@@ -30,9 +31,12 @@ TFLITE = ("float32", "int8")
 def build(tmp_path_factory, mnist_dir):
     """A real build tree: CNN trained 2 epochs on 30,000 images (98.6 % on the test set),
     converted, evaluated, with its model card, through the pipeline's own stage functions."""
-    from pipeline import card, convert, evaluate, train
-    from pipeline.datasets import MNIST
-    from pipeline.preprocess import preprocess, save_arrays
+    from pipeline.stages import card
+    from pipeline.stages import convert
+    from pipeline.stages import evaluate
+    from pipeline.stages import train
+    from pipeline.core.datasets import MNIST
+    from pipeline.stages.preprocess import preprocess, save_arrays
 
     art = tmp_path_factory.mktemp("predict_artifacts")
     npz = art / "data" / "mnist" / "mnist.npz"
@@ -56,7 +60,7 @@ def build(tmp_path_factory, mnist_dir):
 
 @pytest.fixture(scope="module")
 def card(build):
-    from pipeline.card import load_card
+    from pipeline.stages.card import load_card
 
     return load_card(build / "models" / BUILD, BUILD)
 
@@ -421,7 +425,7 @@ def test_a_board_that_answers_differently_is_named_and_fails(build, card, digits
                                                              tmp_path):
     """The real local runner with another model (an untrained CNN) stands for a board whose
     int8 model or runtime differs: its own answers come back and every difference is named."""
-    from pipeline.boards import load_boards
+    from pipeline.core.boards import load_boards
 
     images, labels = digits
     board = {b.name: b for b in load_boards(REPO / "board" / "boards.toml")}["local"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import predict
+from pipeline.predict import classify as predict
 
 
 def test_ink_limits_are_the_least_and_most_inked_test_images(tmp_path):

@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from pipeline.datasets import MNIST
-from pipeline.preprocess import (IdxError, load_arrays, parse_idx, preprocess, read_idx_gz,
+from pipeline.core.datasets import MNIST
+from pipeline.stages.preprocess import (IdxError, load_arrays, parse_idx, preprocess, read_idx_gz,
                                  save_arrays)
 from tests.conftest import idx_bytes, write_idx_gz
 
@@ -96,8 +96,8 @@ def test_real_mnist_matches_its_published_facts(mnist_dir):
 
 
 def test_user_npz_dataset_is_validated_like_idx(tmp_path):
-    from pipeline.params import DatasetDecl
-    from pipeline.preprocess import IdxError, preprocess
+    from pipeline.core.params import DatasetDecl
+    from pipeline.stages.preprocess import IdxError, preprocess
 
     spec = DatasetDecl("bars", "npz", ("bars.npz",), ("0" * 64,), ("a", "b", "c"),
                        "object").spec(tmp_path)

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from pipeline import report
-from pipeline.boards import Board
-from pipeline.layout import Layout
+from pipeline.bench import report
+from pipeline.core.boards import Board
+from pipeline.core.layout import Layout
 from tests.conftest import REPO
 
 
@@ -138,7 +138,7 @@ def test_a_future_measurement_is_not_fresh():
 
 
 def test_a_future_measurement_does_not_skip_the_bench_task(tmp_path):
-    from pipeline.boards import measured_within
+    from pipeline.core.boards import measured_within
 
     result = tmp_path / "b.json"
     for stamp, fresh in (("2999-01-01T00:00:00Z", False), (report.utc_now(), True)):

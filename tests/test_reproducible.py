@@ -40,8 +40,8 @@ def test_building_saving_and_converting_twice_in_one_process_gives_the_same_byte
     import keras
     import numpy as np
 
-    from pipeline.convert import convert
-    from pipeline.train import build_model, load_model, save_model
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model, load_model, save_model
 
     representative = np.random.default_rng(0).integers(0, 256, (20, 28, 28)).astype(np.uint8)
     files = []

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline import load_runner
-from pipeline.bench import RUNNER, stage_plan
-from pipeline.boards import Board
+from pipeline.bench.session import RUNNER, stage_plan
+from pipeline.core.boards import Board
 from tests.conftest import synthetic_images, wait_for
 
 
@@ -150,7 +150,7 @@ def test_the_case_dies_with_a_killed_runner(tmp_path, tiny_models):
 def test_runner_predictions_match_the_batched_host_path(tiny_models):
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.evaluate import model_predict
+    from pipeline.stages.evaluate import model_predict
 
     images = synthetic_images(np.arange(30) % 10, 9)
     runner = load_runner()
@@ -345,8 +345,8 @@ def hand_plan(directory: Path, models: dict, threads=(1,), runs=30, labels=None,
               quantization=None, **extra) -> Path:
     """A plan written here, without the host's predictions (the runner needs none), so the
     runner is tested on its own: `models` maps keys to files copied beside the plan."""
-    from pipeline.bench import npz_bytes
-    from pipeline.files import sha256_file
+    from pipeline.bench.session import npz_bytes
+    from pipeline.core.files import sha256_file
 
     directory.mkdir(parents=True, exist_ok=True)
     labels = np.arange(12) % 10 if labels is None else labels

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import load_runner
-from pipeline.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel, open_model,
+from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel, open_model,
                                open_model_content)
 from tests.conftest import synthetic_images
 
@@ -146,7 +146,7 @@ def test_the_backend_follows_the_format_and_an_unknown_one_is_named(tmp_path, ti
 
 
 def test_a_truncated_model_names_the_task_that_rebuilds_it(tiny_models, tmp_path):
-    from pipeline.runtimes import DamagedModelError, open_model
+    from pipeline.core.runtimes import DamagedModelError, open_model
 
     good = tiny_models["tiny_cnn/int8"].read_bytes()
     cut = tmp_path / "mnist_cnn_int8.tflite"

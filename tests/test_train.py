@@ -3,10 +3,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.params import load_params
-from pipeline.preprocess import preprocess
-from pipeline.datasets import MNIST
-from pipeline.train import (build_model, load_model, run, save_model, split_train_validation,
+from pipeline.core.params import load_params
+from pipeline.stages.preprocess import preprocess
+from pipeline.core.datasets import MNIST
+from pipeline.stages.train import (build_model, load_model, run, save_model, split_train_validation,
                             train_model)
 from tests.conftest import REPO
 
@@ -54,7 +54,7 @@ def test_same_params_give_the_same_weights(tiny_arrays):
 
 
 def test_run_writes_h5_and_history_and_reloads(tiny_arrays, tmp_path):
-    from pipeline.preprocess import save_arrays
+    from pipeline.stages.preprocess import save_arrays
 
     save_arrays(tmp_path / "d.npz", tiny_arrays)
     params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
@@ -82,7 +82,7 @@ def test_save_writes_the_whole_file_at_once_and_the_same_bytes_each_time(tmp_pat
 
 
 def test_tensorboard_logs_are_written_and_leave_the_weights_unchanged(tiny_arrays, tmp_path):
-    from pipeline.preprocess import save_arrays
+    from pipeline.stages.preprocess import save_arrays
 
     save_arrays(tmp_path / "d.npz", tiny_arrays)
     params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
@@ -113,8 +113,8 @@ def test_layer_names_do_not_depend_on_what_was_built_before():
 
 
 def test_a_full_disk_keeps_no_history_without_its_model(tiny_arrays, tmp_path, small_disk):
-    from pipeline.files import DiskFullError
-    from pipeline.preprocess import save_arrays
+    from pipeline.core.files import DiskFullError
+    from pipeline.stages.preprocess import save_arrays
 
     save_arrays(tmp_path / "d.npz", tiny_arrays)
     params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
@@ -128,7 +128,7 @@ def test_a_full_disk_keeps_no_history_without_its_model(tiny_arrays, tmp_path, s
 
 
 def test_a_truncated_h5_names_the_task_that_rebuilds_it(tmp_path):
-    from pipeline.train import TrainError
+    from pipeline.stages.train import TrainError
 
     good = tmp_path / "good.h5"
     save_model(build_model("mlp", (28, 28), 10), good)
@@ -214,7 +214,7 @@ def user_file(tmp_path_factory):
 
 
 def source(user_file, function):
-    from pipeline.models import resolve
+    from pipeline.core.models import resolve
 
     return resolve(f"mine.py:{function}", user_file.parent)
 
@@ -231,14 +231,14 @@ def source(user_file, function):
     ("big", 1599, "1,600 parameters, more than this build's limit max_parameters = 1,599"),
 ])
 def test_user_model_errors_name_the_cause(user_file, function, limit, message):
-    from pipeline.train import TrainError, make_model
+    from pipeline.stages.train import TrainError, make_model
 
     with pytest.raises(TrainError, match=message):
         make_model(source(user_file, function), (28, 28), 10, limit)
 
 
 def test_user_model_at_its_limit_and_name_stability(user_file):
-    from pipeline.train import make_model
+    from pipeline.stages.train import make_model
 
     model, stable = make_model(source(user_file, "big"), (28, 28), 10, 1600)
     assert model.count_params() == 1600 and stable
@@ -250,7 +250,7 @@ def test_user_model_at_its_limit_and_name_stability(user_file):
 
 def test_user_model_trains_reproducibly_whatever_was_built_before(tiny_arrays, tmp_path,
                                                                   user_file):
-    from pipeline.preprocess import save_arrays
+    from pipeline.stages.preprocess import save_arrays
 
     save_arrays(tmp_path / "d.npz", tiny_arrays)
     params = dataclasses.replace(load_params(REPO / "params" / "smoke.toml").train,
@@ -269,8 +269,8 @@ def test_user_model_trains_reproducibly_whatever_was_built_before(tiny_arrays, t
 
 
 def test_saved_model_is_converted_as_it_is_or_fine_tuned(tiny_arrays, tmp_path):
-    from pipeline.models import resolve
-    from pipeline.preprocess import save_arrays
+    from pipeline.core.models import resolve
+    from pipeline.stages.preprocess import save_arrays
 
     save_arrays(tmp_path / "d.npz", tiny_arrays)
     saved = build_model("mlp", (28, 28), 10)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import variants
-from pipeline.params import ConvertParams, EXTRA_VARIANTS
-from pipeline.variants import (VARIANTS, accuracy_floor, drift_gated_variants, format_of,
+from pipeline.core import variants
+from pipeline.core.params import ConvertParams, EXTRA_VARIANTS
+from pipeline.core.variants import (VARIANTS, accuracy_floor, drift_gated_variants, format_of,
                                peak_variants, rank, reference_float_variant,
                                reference_int8_variant, variant_names, variant_of, variant_path)
 

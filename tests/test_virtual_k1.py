@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import bench, virtual_k1
-from pipeline.bench import BoardError
-from pipeline.boards import Board, load_boards
-from pipeline.params import ParamsError
+from pipeline.bench import session as bench
+from pipeline.virtual_k1 import manage as virtual_k1
+from pipeline.bench.session import BoardError
+from pipeline.core.boards import Board, load_boards
+from pipeline.core.params import ParamsError
 from tests.conftest import REPO, free_port, wait_for
 
 CI = os.environ.get("CI") == "true"
@@ -264,8 +265,8 @@ def test_doit_bench_on_the_virtual_k1(virtual, smoke_project):
     """The whole board path through doit, unchanged: push over SSH, the runner on riscv64
     under Debian's onnxruntime, predictions checked against the host's, the TFLite rows
     marked as having no runtime, every figure marked emulated."""
-    from pipeline.layout import Layout
-    from pipeline.variants import VARIANTS
+    from pipeline.core.layout import Layout
+    from pipeline.core.variants import VARIANTS
     from tests.conftest import run_doit
 
     started = time.monotonic()
@@ -385,8 +386,8 @@ def test_an_emulated_boards_result_says_so(tiny_models, peak_models, tmp_path):
     """bench writes the inventory's flag into the board's result, which the reports mark, and
     times no peak GEMM there (no floor from qemu's speed); on a local board, so no emulation
     is needed."""
-    from pipeline.layout import Layout
-    from pipeline.preprocess import save_arrays
+    from pipeline.core.layout import Layout
+    from pipeline.stages.preprocess import save_arrays
     from tests.conftest import synthetic_images
 
     labels = np.arange(20) % 10

@@ -1,0 +1,2 @@
+"""Timing models on boards: staging and pushing (session), the compute floor and MAC counts
+(floor), and the latency report (report)."""

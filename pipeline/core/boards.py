@@ -1,0 +1,123 @@
+"""The board inventory (board/boards.toml): schema, validation and loading.
+
+Imports neither numpy nor TensorFlow: dodo.py loads the inventory on every `doit` call,
+including no-op builds and `doit list`, which must pay only for doit itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.params import ParamsError, parse_section, read_toml
+
+# Board names become task names and file names: keep them short and shell- and path-safe.
+BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    host: str = ""                 # ssh alias or address; empty = run here without SSH
+    user: str = ""
+    port: int = 0                  # 0 = ssh's own default / ~/.ssh/config
+    ssh_options: tuple[str, ...] = ()
+    remote_dir: str = "tflite-bench"   # relative to the remote home unless absolute
+    python: str = "python3"
+    threads: tuple[int, ...] = (1,)
+    cpus: tuple[int, ...] = ()
+    warmup: int = 10
+    runs: int = 100
+    connect_timeout_s: int = 10
+    timeout_s: float = 0.0         # 0 = derived from the plan (see bench.plan_deadline_s)
+    # An emulated board (the virtual K1, pipeline/virtual_k1/manage.py): its correctness counts, its
+    # latency is qemu's and never enters a gate, a ratio against a real board or a floor.
+    emulated: bool = False
+
+    def __post_init__(self) -> None:
+        if not BOARD_NAME.fullmatch(self.name):
+            shown = self.name if len(self.name) <= 40 else self.name[:40] + "..."
+            raise ParamsError(f"boards.name: {shown!r} must be 1-64 ASCII letters, digits, "
+                              "- and _, not starting with - (it names a task and files)")
+        key = f"boards[{self.name}]"
+        if not self.remote_dir.strip():
+            raise ParamsError(f"{key}.remote_dir: must not be empty")
+        if self.remote_dir.startswith("~") and not self.remote_dir.startswith("~/"):
+            raise ParamsError(f"{key}.remote_dir: {self.remote_dir!r}: only ~/ (the login "
+                              "user's home) is understood; give an absolute path instead")
+        if self.remote_dir.rstrip("/") in ("~", "") or self.remote_dir in ("/", "."):
+            raise ParamsError(f"{key}.remote_dir: {self.remote_dir!r} is a home or root "
+                              "directory; name a directory of its own, e.g. tflite-bench")
+        if self.timeout_s < 0 or self.connect_timeout_s < 1:
+            raise ParamsError(f"{key}: timeout_s must be >= 0 (0 = from the plan) and "
+                              "connect_timeout_s >= 1")
+        if not self.threads or min(self.threads) < 1:
+            raise ParamsError(f"{key}.threads: a non-empty list of counts >= 1")
+        if any(c < 0 for c in self.cpus):
+            raise ParamsError(f"{key}.cpus: CPU ids are >= 0")
+        if self.warmup < 0 or self.runs < 1:
+            raise ParamsError(f"{key}: warmup must be >= 0 and runs >= 1")
+        if not 0 <= self.port < 65536:
+            raise ParamsError(f"{key}.port: must be in 0..65535")
+        if self.host.startswith("-"):
+            raise ParamsError(f"{key}.host: must not start with '-'")
+
+    @property
+    def is_local(self) -> bool:
+        return not self.host
+
+    @property
+    def where(self) -> str:
+        """How errors name the board: host and port, never the user."""
+        if self.is_local:
+            return "this machine"
+        return f"host {self.host}" + (f" port {self.port}" if self.port else "")
+
+    @property
+    def remote_path(self) -> str:
+        """remote_dir as the remote shell should see it: ~/x is x under the login home
+        (ssh starts commands there), because a quoted ~ is never expanded."""
+        return self.remote_dir[2:] if self.remote_dir.startswith("~/") else self.remote_dir
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measured_within(result_path: Path, hours: float) -> bool:
+    """doit `uptodate` check: the board's last result is a success measured < `hours` ago.
+
+    A success is `ok`, or `partial` only because the board lacks a runtime for some models
+    (no case failed): timing it again would not change that. A time in the future is not
+    fresh (a clock set wrong would otherwise keep old figures for as long as it is wrong).
+    Reads one small JSON and imports nothing heavy (dodo.py calls it on every `doit`).
+    """
+    try:
+        doc = json.loads(Path(result_path).read_text())
+        when = dt.datetime.strptime(doc["measured_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    age = dt.datetime.now(dt.timezone.utc) - when.replace(tzinfo=dt.timezone.utc)
+    success = doc.get("status") == "ok" or (doc.get("status") == "partial"
+                                            and not doc.get("errors") and doc.get("missing"))
+    return bool(success) and 0 <= age.total_seconds() < hours * 3600
+
+
+def load_boards(path: Path) -> tuple[Board, ...]:
+    doc = read_toml(path)
+    try:
+        unknown = set(doc) - {"boards"}
+        if unknown:
+            raise ParamsError(f"unknown key(s) {sorted(unknown)}; declare [[boards]] entries")
+        boards = tuple(parse_section(Board, "boards", b) for b in doc.get("boards", []))
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    names = [b.name for b in boards]
+    if len(set(names)) != len(names):
+        raise ParamsError(f"{path}: duplicate board names in {names}")
+    return boards
+
+

@@ -1,0 +1,3 @@
+from pipeline.nightly.run import main
+
+main()

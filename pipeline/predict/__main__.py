@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.predict.classify import main
+
+sys.exit(main())

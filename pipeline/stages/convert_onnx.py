@@ -1,0 +1,319 @@
+"""ONNX variants: the Keras model exported, quantized by ONNX Runtime, and the int8 .tflite
+translated, for boards whose runtime is ONNX Runtime (the K1's).
+
+Two doit task families (variants.py's `producer`), so a TFLite-only change never redoes the
+models exported from the `.h5` and an ONNX change never redoes a `.tflite`:
+
+- `convert_onnx:<build>` reads the `.h5`: `onnx_float32` (Keras' own `model.export`, static
+  batch of 1) and `onnx_int8` (`onnxruntime.quantization.quantize_static` on that float model:
+  QDQ, per-channel, MinMax, calibrated on exactly the int8 .tflite's representative images).
+- `translate_onnx:<build>` reads the int8 `.tflite` (it must follow `convert`): tf2onnx's
+  TFLite path, opset 17, static batch of 1. It is written only if ONNX Runtime's outputs equal
+  LiteRT's bit for bit on every test image; otherwise the task fails naming the first image
+  that differs. This is the proof that a board without TFLite runs the model you validated.
+
+Same inputs, same bytes: see `canonical`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline import PipelineError
+from pipeline.stages.calibration import representative_indices
+from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
+from pipeline.core.files import write_bytes
+from pipeline.core.params import ConvertParams, load_params
+from pipeline.stages.preprocess import load_arrays
+from pipeline.core.variants import (INT8, ONNX_FLOAT32, ONNX_INT8, ONNX_INT8_TFLITE, VARIANTS,
+                               variant_names, variant_path)
+
+# The doit task family (variants.Variant.producer) of the variants `run` writes; the
+# translation's is "translate_onnx".
+PRODUCER = "convert_onnx"
+# tf2onnx's TFLite path at opset 17 translates every op of the int8 models (measured for the
+# default builds: outputs equal LiteRT's bit for bit on all 10,000 test images); issue 12
+# measured Debian's riscv64 onnxruntime 1.21 running it.
+TRANSLATE_OPSET = 17
+
+# The counter suffix tf2onnx appends to the names it makes (see `canonical`).
+_COUNTER = re.compile(r"__(\d+)")
+
+
+class OnnxConvertError(PipelineError):
+    pass
+
+
+def canonical(model: Any) -> bytes:
+    """The model's bytes without the process-dependent details tf2onnx leaves in them.
+
+    tf2onnx (inside Keras' export, and the translation) names the nodes it adds from a
+    process-wide counter ("Reshape__37") in an order that depends on set iteration (string
+    hashes differ per process), lists nodes that do not depend on each other in either order,
+    and its duplicate-constant merge keeps whichever equal constant it meets first. So: the
+    nodes are put in the order a depth-first walk from the graph outputs meets them (inputs
+    in slot order; that order depends on the graph's edges alone), each initializer is named
+    after the first node that reads it ("<node>:<input slot>"), every remaining counter
+    number is renumbered in order of first use, initializers and value_info are sorted by
+    name, doc strings cleared, and the proto serialized deterministically. Nodes and
+    initializers no output depends on are dropped. Graph input and output names are kept:
+    they are the contract.
+    """
+    graph = model.graph
+    if any(a.HasField("g") or len(a.graphs) for n in graph.node for a in n.attribute):
+        raise ValueError("canonical: subgraphs (If/Loop/Scan) are not handled")
+    ordered_nodes = _walk_from_outputs(graph)
+    del graph.node[:]
+    graph.node.extend(ordered_nodes)
+    initializers = {t.name for t in graph.initializer}
+    numbers: dict[str, int] = {}
+
+    def renumber(name: str) -> str:
+        return _COUNTER.sub(lambda m: f"__{numbers.setdefault(m.group(1), len(numbers))}",
+                            name)
+
+    def rename_value(value: Any) -> None:
+        value.name = renumber(value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = renumber(dim.dim_param)
+
+    for value in graph.input:
+        rename_value(value)
+    constants: dict[str, str] = {}
+    for node in graph.node:
+        node.name = renumber(node.name)
+        names = []
+        for slot, name in enumerate(node.input):
+            if name in initializers:
+                names.append(constants.setdefault(name, f"{node.name}:{slot}"))
+            else:
+                names.append(renumber(name))
+        node.input[:] = names
+        node.output[:] = [renumber(o) for o in node.output]
+        node.doc_string = ""
+    for value in (*graph.output, *graph.value_info):
+        rename_value(value)
+    for tensor in graph.initializer:
+        tensor.name = constants.get(tensor.name, "")
+    for field, keep in ((graph.initializer, lambda t: bool(t.name)),
+                        (graph.value_info, lambda v: True)):
+        ordered = sorted((item for item in field if keep(item)), key=lambda item: item.name)
+        copies = [type(item)() for item in ordered]
+        for copy, item in zip(copies, ordered):
+            copy.CopyFrom(item)
+        del field[:]
+        field.extend(copies)
+    model.doc_string = graph.doc_string = ""
+    return model.SerializeToString(deterministic=True)
+
+
+def _walk_from_outputs(graph: Any) -> list[Any]:
+    """Copies of the graph's nodes in depth-first post-order from its outputs (each node after
+    the producers of its inputs, taken in slot order): a topological order fixed by the
+    edges alone."""
+    producer = {out: node for node in graph.node for out in node.output}
+    order, done = [], set()
+    for output in graph.output:
+        # An explicit stack (node, next input slot) instead of recursion: no depth limit.
+        start = producer.get(output.name)
+        stack = [(start, 0)] if start is not None and id(start) not in done else []
+        while stack:
+            node, slot = stack.pop()
+            if slot < len(node.input):
+                stack.append((node, slot + 1))
+                source = producer.get(node.input[slot])
+                if source is not None and id(source) not in done and \
+                        all(source is not n for n, _ in stack):
+                    stack.append((source, 0))
+            elif id(node) not in done:
+                done.add(id(node))
+                copy = type(node)()
+                copy.CopyFrom(node)
+                order.append(copy)
+    return order
+
+
+def export_float(model: Any) -> bytes:
+    """The Keras model as a float32 ONNX graph with a static batch of 1: a dynamic batch adds
+    Shape/Slice/Concat nodes that are slower in ONNX Runtime and that SpacemiT's execution
+    provider does not take. Input: raw 0..255 pixels as float32 (the 1/255 is inside)."""
+    import onnx
+    import tensorflow as tf
+
+    shape = (1, *model.input_shape[1:])
+    with tempfile.TemporaryDirectory(prefix="onnx-export.") as tmp:
+        path = Path(tmp) / "model.onnx"
+        model.export(str(path), format="onnx", verbose=False,
+                     input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+        exported = onnx.load(str(path))
+    onnx.checker.check_model(exported)
+    return canonical(exported)
+
+
+def quantize_int8(float_model: bytes, representative: np.ndarray) -> bytes:
+    """ONNX Runtime's static int8 quantization of the float model: QDQ (the form SpacemiT's
+    execution provider and its model zoo use), int8 weights per channel and int8 activations,
+    MinMax ranges over `representative` (H x W uint8 images)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                          QuantFormat, QuantType, quantize_static)
+
+    class Calibration(CalibrationDataReader):
+        """Each representative image as the float model takes it: 1 x H x W x 1 raw pixels
+        as float32, as convert.py feeds the TFLite converter."""
+
+        def __init__(self, input_name: str) -> None:
+            self._feeds = iter([{input_name: image[np.newaxis, ..., np.newaxis]
+                                 .astype(np.float32)} for image in representative])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    input_name = onnx.load_from_string(float_model).graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="onnx-quantize.") as tmp:
+        # A path, not the ModelProto: quantize_static rewrites a proto it is given in place.
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(float_model)
+        quantize_static(str(source), str(target), Calibration(input_name),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        quantized = onnx.load(str(target))
+    onnx.checker.check_model(quantized)
+    return canonical(quantized)
+
+
+def translate_tflite(tflite_path: Path) -> bytes:
+    """The .tflite translated by tf2onnx (opset 17), its graph input and output given the
+    .tflite's own static shape (tf2onnx writes the batch as a symbol)."""
+    import onnx
+    import tf2onnx
+
+    from pipeline.core.runtimes import open_model
+
+    model, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=TRANSLATE_OPSET)
+    contract = open_model(tflite_path).io_contract()
+    for value, side in ((model.graph.input[0], "input"), (model.graph.output[0], "output")):
+        shape = contract[side]["shape"]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise OnnxConvertError(f"{tflite_path}: tf2onnx gave the {side} {len(dims)} "
+                                   f"dimensions, the .tflite {len(shape)}")
+        for dim, size in zip(dims, shape):
+            if dim.HasField("dim_param"):
+                dim.dim_value = size  # clears dim_param (a oneof)
+    onnx.checker.check_model(model)
+    return canonical(model)
+
+
+def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarray,
+                       onnx_name: str, max_steps: int = 0) -> tuple[int, int]:
+    """Fail unless ONNX Runtime gives the .tflite's LiteRT outputs on every image: the same
+    input and output quantization, and integer outputs that differ by at most `max_steps`
+    output quantization steps (0: bit for bit). One image per run, as both models' static
+    batch of 1 takes them, through the same input quantization (the runner's).
+
+    Returns (images whose outputs are bit-identical, largest difference in steps).
+    """
+    from pipeline.core.runtimes import open_model, open_model_content
+
+    onnx_model = open_model_content(onnx_content, VARIANTS[ONNX_INT8_TFLITE].format)
+    lite = open_model(tflite_path)
+    ours, theirs = onnx_model.io_contract(), lite.io_contract()
+    for side in ("input", "output"):
+        keys = ("dtype", "shape", "scale", "zero_point")
+        mine, ref = ({k: c[side].get(k) for k in keys} for c in (ours, theirs))
+        if mine != ref:
+            raise OnnxConvertError(f"{onnx_name}: its {side} is {mine}, the .tflite's {ref}; "
+                                   "not written")
+    with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        expected = lite.probabilities(images, 1)
+    got = onnx_model.probabilities(images, 1)
+    # Both are dequantized with the same scale and zero point: the difference is an exact
+    # multiple of the scale, so this is the integer outputs' difference.
+    steps = np.rint(np.abs(got - expected) / np.float32(theirs["output"]["scale"])).max(axis=1)
+    beyond = np.flatnonzero(steps > max_steps)
+    if beyond.size:
+        first = int(beyond[0])
+        raise OnnxConvertError(
+            f"{onnx_name}: ONNX Runtime's output differs from LiteRT's for "
+            f"{Path(tflite_path).name} by {steps[first]:.0f} output steps on test image "
+            f"{first} (more than convert.onnx_tflite_max_steps = {max_steps}; "
+            f"{beyond.size} of {len(images):,} images beyond it, at most {steps.max():.0f} "
+            "steps); not written. A board running it would not answer as the validated "
+            ".tflite does: raise onnx_tflite_max_steps only if that is acceptable, or set "
+            "convert.onnx = false to build TFLite only")
+    return int((steps == 0).sum()), int(steps.max(initial=0))
+
+
+def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
+        model_dir: Path) -> dict[str, int]:
+    """The convert_onnx action: onnx_float32 and onnx_int8 of `build` from its saved `.h5`;
+    returns bytes per variant. Both are computed before either is written."""
+    from pipeline.stages.train import load_model
+
+    arrays = load_arrays(data_path)
+    representative = arrays["x_train"][representative_indices(
+        arrays["y_train"], params.representative_samples, params.seed)]
+    with native_output_hidden():  # TensorFlow and tf2onnx notices; a failure shows them
+        model = load_model(model_path)
+        contents = {ONNX_FLOAT32: export_float(model)}
+        contents[ONNX_INT8] = quantize_int8(contents[ONNX_FLOAT32], representative)
+    wanted = variant_names(params, producer=PRODUCER)
+    return _write({v: c for v, c in contents.items() if v in wanted}, model_dir, build)
+
+
+def run_translate(tflite_path: Path, data_path: Path, build: str, model_dir: Path,
+                  max_steps: int = 0) -> int:
+    """The translate_onnx action: onnx_int8_tflite from the int8 .tflite, written only when
+    its outputs equal LiteRT's on every test image (within `max_steps` output steps)."""
+    path = variant_path(model_dir, build, ONNX_INT8_TFLITE)
+    with native_output_hidden():
+        content = translate_tflite(tflite_path)
+    images = load_arrays(data_path)["x_test"]
+    identical, worst = check_same_outputs(content, tflite_path, images, str(path), max_steps)
+    size = _write({ONNX_INT8_TFLITE: content}, model_dir, build)[ONNX_INT8_TFLITE]
+    print(f"{path.name}: outputs equal LiteRT's bit for bit on {identical:,} of "
+          f"{len(images):,} test images" + (f" (the others within {worst} output steps)"
+                                            if identical < len(images) else ""))
+    return size
+
+
+def _write(contents: dict[str, bytes], model_dir: Path, build: str) -> dict[str, int]:
+    sizes = {}
+    for variant, content in contents.items():
+        path = variant_path(model_dir, build, variant)
+        write_bytes(path, content)
+        sizes[variant] = len(content)
+        print(f"{path}: {len(content):,} bytes")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build")
+    parser.add_argument("model", type=Path, help="the .h5 written by train (the int8 .tflite "
+                        "written by convert beside it is translated too)")
+    parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
+    parser.add_argument("--params", type=Path, default=Path("params.toml"))
+    args = parser.parse_args(argv)
+    quiet_third_party(verbose_requested(os.environ))
+    try:
+        params = load_params(args.params).convert
+        run(args.model, args.data, params, args.build, args.model.parent)
+        run_translate(variant_path(args.model.parent, args.build, INT8), args.data,
+                      args.build, args.model.parent, params.onnx_tflite_max_steps)
+    except PipelineError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from pipeline.virtual_k1.manage import main
+
+main()
