@@ -77,16 +77,43 @@ def test_transparent_layer_keeps_light_strokes_too():
     assert gray[20, 20] == 255 and gray[0, 0] == 0
 
 
-def test_running_max_and_min_equal_a_sliding_window():
+def _window(a, k, op):
+    """The k x k sliding-window max or min of `a`, edges repeated: the reference."""
     from numpy.lib.stride_tricks import sliding_window_view
 
+    padded = np.pad(a, k // 2, mode="edge")
+    return op(sliding_window_view(padded, (k, k)), axis=(-2, -1))
+
+
+def test_the_paper_level_is_the_grey_closing_or_opening_of_a_sliding_window():
     rng = np.random.default_rng(4)
     a = rng.normal(size=(23, 37))
-    for k in (1, 3, 5, 9, 23, 41):
-        padded = np.pad(a, ((0, 0), (k // 2, k // 2)), mode="edge")
-        windows = sliding_window_view(padded, k, axis=1)
-        assert np.array_equal(photo._running(a, k, 1, np.maximum), windows.max(axis=-1)), k
-        assert np.array_equal(photo._running(a, k, 1, np.minimum), windows.min(axis=-1)), k
+    for k in (3, 5, 9, 23):  # below 48 no pooling: the closing itself
+        closing = _window(_window(a, k, np.max), k, np.min)
+        opening = _window(_window(a, k, np.min), k, np.max)
+        assert np.array_equal(photo.background(a, k, dark_ink=True), closing), k
+        assert np.array_equal(photo.background(a, k, dark_ink=False), opening), k
+
+
+def test_smoothing_is_a_3x3_mean_with_edges_repeated():
+    rng = np.random.default_rng(7)
+    a = rng.random((11, 13))
+    padded = np.pad(a, 1, mode="edge")
+    mean = sum(padded[1 + dy:12 + dy, 1 + dx:14 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    assert np.allclose(photo.smoothed(a, 1), mean, rtol=0, atol=1e-12)
+
+
+def test_parts_have_the_mass_and_box_of_a_rescan_per_label():
+    rng = np.random.default_rng(8)
+    mask = rng.random((30, 40)) < 0.4
+    weights = rng.random((30, 40))
+    labels = photo._components(mask)
+    parts = photo._parts(labels, weights)
+    assert [p["label"] for p in parts] == sorted(set(labels[labels > 0].tolist()))
+    for part in parts:
+        ys, xs = np.nonzero(labels == part["label"])
+        assert part["box"] == (ys.min(), ys.max(), xs.min(), xs.max())
+        assert part["mass"] == pytest.approx(weights[ys, xs].sum(), rel=1e-12)
 
 
 def test_otsu_maximises_the_between_class_variance():

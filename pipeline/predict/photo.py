@@ -15,7 +15,8 @@ images at all. This module
 4. frames the ink as the model card says (MNIST: 20x20 box, centre of mass at the centre of
    28x28), light on black, with the strokes' own intensities (not binarised).
 
-Everything here is numpy and Pillow; no TensorFlow.
+Everything here is numpy, scipy.ndimage (filters and connected components, in C) and
+Pillow; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -181,32 +182,13 @@ def to_gray(image: Any) -> np.ndarray:
 # --- finding the ink ---------------------------------------------------------------------
 
 
-def _running(a: np.ndarray, k: int, axis: int, op: np.ufunc) -> np.ndarray:
-    """Max or min (`op`) over a centred window of odd width k along `axis`; edges repeated.
-
-    van Herk / Gil-Werman: two cumulative passes per block of k, so the cost does not grow
-    with k (the windows here are a third of the picture).
-    """
-    a = np.moveaxis(a, axis, -1)
-    n, r = a.shape[-1], k // 2
-    extra = (-(n + 2 * r)) % k
-    padded = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r + extra)], mode="edge")
-    blocks = padded.reshape(*a.shape[:-1], -1, k)
-    forward = op.accumulate(blocks, axis=-1).reshape(padded.shape)
-    backward = op.accumulate(blocks[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)
-    return np.moveaxis(op(backward[..., :n], forward[..., k - 1:k - 1 + n]), -1, axis)
-
-
-def _filter2d(a: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
-    return _running(_running(a, k, 0, op), k, 1, op)
-
-
 def smoothed(a: np.ndarray, passes: int = 2) -> np.ndarray:
-    """3x3 means applied `passes` times (close to a Gaussian of sigma ~0.8 px per pass)."""
+    """3x3 means applied `passes` times (close to a Gaussian of sigma ~0.8 px per pass);
+    edges repeated."""
+    from scipy import ndimage
+
     for _ in range(passes):
-        p = np.pad(a, 1, mode="edge")
-        rows = p[:-2] + p[1:-1] + p[2:]
-        a = (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9.0
+        a = ndimage.uniform_filter(np.asarray(a, dtype=np.float64), 3, mode="nearest")
     return a
 
 
@@ -232,11 +214,13 @@ def background(a: np.ndarray, k: int, dark_ink: bool) -> np.ndarray:
     Computed on block means of about k/24 pixels and interpolated back: the background is
     smooth at the window's scale anyway, and this keeps the cost to a few milliseconds.
     """
+    from scipy import ndimage
+
     f = max(1, k // 24)
     small = _pooled(a, f) if f > 1 else a
     ks = max(3, k // f) | 1
-    first, second = (np.maximum, np.minimum) if dark_ink else (np.minimum, np.maximum)
-    small = _filter2d(_filter2d(small, ks, first), ks, second)
+    morph = ndimage.grey_closing if dark_ink else ndimage.grey_opening
+    small = morph(small, size=(ks, ks), mode="nearest")
     return _upsampled(small, a.shape) if f > 1 else small
 
 
@@ -289,27 +273,11 @@ def _enclosed_dark(level: np.ndarray) -> bool:
     return bool(set(np.unique(labels).tolist()) - edge - {0})
 
 
-def _components(mask: np.ndarray, max_rounds: int = 10_000) -> np.ndarray:
-    """Labels of the 8-connected components of `mask` (0 = background, else a pixel index).
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Labels 1..n of the 8-connected components of `mask` (0 = background)."""
+    from scipy import ndimage
 
-    Each round takes the smallest label among the neighbours and then follows labels to the
-    labels they name (pointer jumping), so it settles in a few dozen rounds.
-    """
-    h, w = mask.shape
-    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
-    big = h * w + 1
-    for _ in range(max_rounds):  # bounded; a mask settles long before
-        padded = np.pad(np.where(mask, labels, big), 1, constant_values=big)
-        neighbours = np.minimum.reduce([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-                                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-        new = np.where(mask, neighbours, 0)
-        flat = np.concatenate([[0], new.ravel()])
-        for _ in range(4):
-            new = flat[new]
-            flat = np.concatenate([[0], new.ravel()])
-        if np.array_equal(new, labels):
-            break
-        labels = new
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     return labels
 
 
@@ -346,16 +314,20 @@ def _pooled_any(mask: np.ndarray, block: int) -> np.ndarray:
 
 def _parts(labels: np.ndarray, weights: np.ndarray) -> list[dict[str, Any]]:
     """Each component's label, ink mass, box and whether it lies along a border like a desk."""
+    from scipy import ndimage
+
     h, w = labels.shape
+    count = int(labels.max())
+    masses = ndimage.sum_labels(weights, labels, np.arange(1, count + 1)) if count else []
     parts = []
-    for label in np.unique(labels[labels > 0]):
-        ys, xs = np.nonzero(labels == label)
-        top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    for label, (rows, cols), mass in zip(range(1, count + 1), ndimage.find_objects(labels),
+                                         masses):
+        top, bottom, left, right = rows.start, rows.stop - 1, cols.start, cols.stop - 1
         # Along a side it touches, a desk or a page edge runs most of the picture's length;
         # a digit that touches the border (a tight crop) is most often the only part.
         edge = ((top == 0 or bottom == h - 1) and right - left + 1 >= 0.7 * w) or \
                ((left == 0 or right == w - 1) and bottom - top + 1 >= 0.7 * h)
-        parts.append({"label": label, "mass": float(weights[ys, xs].sum()),
+        parts.append({"label": label, "mass": float(mass),
                       "box": (top, bottom, left, right), "edge": bool(edge)})
     return parts
 
@@ -384,6 +356,8 @@ def _digit_parts(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def digit_ink(gray: np.ndarray) -> np.ndarray:
     """The digit's ink (0..1) cropped to its box; everything that is not the digit is 0."""
+    from scipy import ndimage
+
     ink = ink_map(gray)
     smooth = smoothed(ink, 1) if min(ink.shape) >= 16 else ink
     # Blank: nothing stands out of the paper's own noise (8 robust sigmas) or, on clean paper,
@@ -407,7 +381,7 @@ def digit_ink(gray: np.ndarray) -> np.ndarray:
     if not parts:
         raise ImageError("no digit found: the image is blank")
     region = np.isin(labels, [p["label"] for p in _digit_parts(parts)])
-    region = _filter2d(region.astype(np.uint8), 3, np.maximum).astype(bool)  # soft edges
+    region = ndimage.maximum_filter(region, size=3, mode="nearest")  # soft edges
     region = np.repeat(np.repeat(region, block, 0), block, 1)[:ink.shape[0], :ink.shape[1]]
     # Keep the strokes' intensities: only what the paper's noise reaches is cut, and the rest
     # is scaled so that the strokes' cores are full ink.
