@@ -17,7 +17,11 @@ plan.json (written by the host, file names relative to it):
      (an integer-input .onnx model's entry also has "input_quantization": [scale, zero_point],
       which ONNX Runtime does not expose),
      "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
-     "case_timeout_s": 120, "deadline_s": 900}
+     "case_timeout_s": 120, "deadline_s": 900, "min_rounds": 20, "min_seconds": 1.0}
+    (a model entry may name a "reference": {"file": ..., "sha256": ...}: the model it is timed
+     side by side with, interleaved in rounds until min_rounds and min_seconds per model; its
+     result then has "pair" with each round's median per model. A reference that is absent or
+     has other bytes is not compared: the case is timed alone, with "pair_skipped" saying why.)
 
 Before timing anything the runner checks every file's SHA-256 against the plan and the
 requested CPUs against the ones it may run on. Each model x threads case then runs in a
@@ -62,6 +66,8 @@ FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 # Profiled invokes per ONNX case (after PROFILE_WARMUP untimed ones): enough for a stable
 # per-node mean, few enough that profiling costs well under a second on a K1 core.
 PROFILE_RUNS, PROFILE_WARMUP = 50, 5
+# Rounds of a side-by-side case at most, whatever its minimum duration asks for.
+MAX_ROUNDS = 2000
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
 
 _current_child: subprocess.Popen | None = None
@@ -384,7 +390,8 @@ def rss_mb() -> float:
 
 def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | None,
              host_key: str | None, Interpreter, min_seconds: float = 0.0,
-             with_top1: bool = False, profile: bool = False) -> dict:
+             with_top1: bool = False, profile: bool = False, reference: Path | None = None,
+             pairing: dict | None = None) -> dict:
     """Load, allocate, first invoke, warm-up and timed invokes of one model at one thread count.
 
     With `min_seconds`, timing goes on past `runs` until that much time was timed (at most
@@ -392,7 +399,9 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
     With `with_top1`, the result also holds every sample's [class, probability] ("top1"):
     `predict --board` shows the board's own answer, not only whether it equals the host's.
     `Interpreter(model_path=, num_threads=)` is a TFLite interpreter class or OrtInterpreter;
-    with `profile` (ONNX only) a second, profiled session adds the per-node profile.
+    with `profile` (ONNX only) a second, profiled session adds the per-node profile. With
+    `reference`, that model is timed side by side with this one (time_pair; `pairing` holds
+    min_rounds, min_seconds and seed) and the timed figures are this model's invokes there.
     """
     import numpy as np
 
@@ -415,15 +424,29 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
     first_us = (time.perf_counter() - start) * 1e6
     for _ in range(warmup):  # not timed: caches, thread pools and lazily packed weights settle
         interpreter.invoke()
-    timings: list[float] = []
-    budget_us, cap = min_seconds * 1e6, 100 * runs
-    while len(timings) < runs or (sum(timings) < budget_us and len(timings) < cap):
-        start = time.perf_counter()
-        interpreter.invoke()
-        timings.append((time.perf_counter() - start) * 1e6)
+    pair, skipped = None, None
+    if reference is not None:
+        try:
+            pair = time_pair(interpreter, reference, threads, Interpreter, first_input, warmup,
+                             runs, pairing)
+        except (ValueError, RuntimeError, OSError) as exc:  # timed alone, saying why
+            skipped = f"reference not compared: {str(exc).splitlines()[0][:300]}"
+    if pair is not None:
+        timings = pair.pop("candidate_all_us")
+    else:
+        timings = []
+        budget_us, cap = min_seconds * 1e6, 100 * runs
+        while len(timings) < runs or (sum(timings) < budget_us and len(timings) < cap):
+            start = time.perf_counter()
+            interpreter.invoke()
+            timings.append((time.perf_counter() - start) * 1e6)
 
     result = {"model": model.name, "threads": threads, "init_ms": init_ms, "first_us": first_us,
               "warmup": warmup, "runs": len(timings), **percentile_stats(timings)}
+    if pair is not None:
+        result["pair"] = pair
+    if skipped:
+        result["pair_skipped"] = skipped
     if hasattr(interpreter, "providers"):
         result["providers"] = interpreter.providers()
         result["ort_spinning"] = interpreter.spinning
@@ -450,6 +473,80 @@ def run_case(model: Path, threads: int, warmup: int, runs: int, samples: Path | 
             first_input, model.parent / f".{model.stem}.x{threads}.{os.getpid()}.profile")
         result["nodes_per_provider"] = result["profile"]["nodes_per_provider"]
     return result
+
+
+def round_invokes(pilot_us: float, runs: int, min_rounds: int, min_seconds: float) -> int:
+    """Invokes per model per round: enough that `min_rounds` rounds hold `runs` invokes and
+    `min_seconds` of timing, so a microsecond model gets many invokes per round rather than
+    thousands of rounds (whose medians would each be one noisy invoke)."""
+    import math
+
+    by_runs = math.ceil(runs / max(min_rounds, 1))
+    by_time = math.ceil(min_seconds * 1e6 / max(min_rounds, 1) / max(pilot_us, 1e-3))
+    return int(min(max(by_runs, by_time, 1), 100_000))
+
+
+def time_pair(candidate, reference_path: Path, threads: int, Interpreter, first_input,
+              warmup: int, runs: int, pairing: dict | None) -> dict:
+    """Tonight's model and its reference in this one process, interleaved in rounds.
+
+    Both get the same warm-up; each round times `round_invokes` invokes of one, then of the
+    other, in an order drawn per round from a seeded generator (so neither always runs first,
+    right after the other warmed the caches). Rounds go on until both `min_rounds` rounds and
+    `min_seconds` of timed invokes per model are reached (at most MAX_ROUNDS). Each round's
+    median per model is kept: the verdict's samples. Raises ValueError when the reference
+    takes another input than the candidate (another contract: not comparable).
+    """
+    import random
+    import numpy as np
+
+    pairing = pairing or {}
+    min_rounds, min_seconds = int(pairing.get("min_rounds", 20)), float(
+        pairing.get("min_seconds", 1.0))
+    other = Interpreter(model_path=str(reference_path), num_threads=threads)
+    other.allocate_tensors()
+    mine, theirs = candidate.get_input_details()[0], other.get_input_details()[0]
+    if (list(mine["shape"]) != list(theirs["shape"]) or mine["dtype"] != theirs["dtype"]
+            or tuple(mine["quantization"]) != tuple(theirs["quantization"])):
+        raise ValueError(f"reference {reference_path.name} takes {list(theirs['shape'])} "
+                         f"{np.dtype(theirs['dtype']).name} {tuple(theirs['quantization'])}, "
+                         f"this model {list(mine['shape'])} {np.dtype(mine['dtype']).name} "
+                         f"{tuple(mine['quantization'])}")
+    other.set_tensor(theirs["index"], first_input)
+    other.invoke()
+    for _ in range(warmup):
+        other.invoke()
+    models = {"candidate": candidate, "reference": other}
+
+    def timed(interpreter, count: int) -> list[float]:
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            interpreter.invoke()
+            out.append((time.perf_counter() - start) * 1e6)
+        return out
+
+    pilot = float(np.median(timed(candidate, 3) + timed(other, 3)))
+    per_round = round_invokes(pilot, runs, min_rounds, min_seconds)
+    order_rng = random.Random(int(pairing.get("seed", 0)))
+    all_us = {"candidate": [], "reference": []}
+    medians = {"candidate": [], "reference": []}
+    orders = []
+    budget_us = min_seconds * 1e6
+    while (len(orders) < min_rounds or min(sum(v) for v in all_us.values()) < budget_us) \
+            and len(orders) < MAX_ROUNDS:
+        order = ["candidate", "reference"]
+        order_rng.shuffle(order)
+        orders.append(order[0][0])  # "c" or "r": which ran first this round
+        for name in order:
+            samples_us = timed(models[name], per_round)
+            all_us[name].extend(samples_us)
+            medians[name].append(float(np.median(samples_us)))
+    return {"reference": reference_path.name, "rounds": len(orders),
+            "round_invokes": per_round, "first": "".join(orders),
+            "candidate_us": medians["candidate"], "reference_us": medians["reference"],
+            "reference_p50_us": float(np.median(all_us["reference"])),
+            "candidate_all_us": all_us["candidate"]}
 
 
 def sha256_file(path: Path) -> str:
@@ -593,9 +690,16 @@ def run_plan(plan_path: Path, runtimes: dict) -> dict:
                          ",".join(str(v) for v in entry["input_quantization"])]
             if fmt == "onnx" and kind == "models":
                 argv += ["--profile"]
+            reference, skipped = usable_reference(entry, plan_path.parent)
+            if reference:
+                argv += ["--reference", str(reference), "--min-rounds",
+                         str(plan.get("min_rounds", 20)), "--pair-seconds",
+                         str(plan.get("min_seconds", 1.0)), "--seed", str(number)]
             timeout = min(case_timeout, remaining, MAX_WAIT_S)
             status, out, err = run_child(argv, timeout)
             result = _case_result(base, status, out, err, timeout)
+            if skipped and "error" not in result:
+                result["pair_skipped"] = skipped
         if kind == "peak":
             result.update(variant=entry.get("variant"), macs=entry.get("macs"))
         (peak if kind == "peak" else results).append(result)
@@ -603,6 +707,23 @@ def run_plan(plan_path: Path, runtimes: dict) -> dict:
             k: result.get(k) for k in ("model", "threads", "p50_us", "error")}})
     return {"machine": machine_info(), "runtimes": runtimes_info(runtimes),
             "cpus": plan.get("cpus") or None, "results": results, "peak": peak}
+
+
+def usable_reference(entry: dict, base: Path) -> tuple[Path | None, str | None]:
+    """(the reference model to time beside `entry`'s, or why not). A reference whose bytes are
+    absent or not the plan's is not compared; the case is still timed, alone."""
+    ref = entry.get("reference")
+    if not ref:
+        return None, None
+    path = base / str(ref.get("file", ""))
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return None, f"reference not compared: {path.name}: {exc.strerror or exc}"
+    if actual != ref.get("sha256"):
+        return None, (f"reference not compared: {path.name}: SHA-256 {actual[:16]}... is not "
+                      f"the plan's {str(ref.get('sha256'))[:16]}...")
+    return path, None
 
 
 def _case_result(base: dict, status: int | None, out: str, err: str, timeout: float) -> dict:
@@ -639,6 +760,12 @@ def main(argv=None) -> int:
                         "integer ONNX input")
     parser.add_argument("--profile", action="store_true",
                         help="(internal) add onnxruntime's per-node profile")
+    parser.add_argument("--reference", type=Path,
+                        help="(internal) time this model side by side with --case")
+    parser.add_argument("--min-rounds", type=int, default=20)
+    parser.add_argument("--pair-seconds", type=float, default=1.0,
+                        help="(internal) minimum timed seconds per model of a pair")
+    parser.add_argument("--seed", type=int, default=0, help="(internal) round order seed")
     args = parser.parse_args(argv)
     if args.case and args.parent_pid:  # first: importing the runtime below takes a while
         die_with_parent(args.parent_pid)
@@ -665,7 +792,9 @@ def main(argv=None) -> int:
             make = found[2]
         result = run_case(args.case, args.threads, args.warmup, args.runs, args.samples,
                           args.host_key, make, args.min_seconds, args.top1,
-                          args.profile and fmt == "onnx")
+                          args.profile and fmt == "onnx", args.reference,
+                          {"min_rounds": args.min_rounds, "min_seconds": args.pair_seconds,
+                           "seed": args.seed})
         result["runtime"] = {"name": found[0], "version": found[1]}
         print(json.dumps(result))
         return 0

@@ -570,3 +570,95 @@ def test_an_integer_onnx_output_gives_the_top1_of_its_integers(tmp_path):
     labels = runner.predict(runner.OrtInterpreter(int8_path, 1), images)
     assert labels == expected
     assert len(set(expected)) > 1  # not one class for all: the old bug would pass otherwise
+
+
+class BusyInterpreter:
+    """Each invoke busy-waits a time set by its file name ('<µs>us_....tflite'): a model of
+    known cost, so the side-by-side figures can be checked against the clock."""
+
+    def __init__(self, model_path, num_threads):
+        self.cost_s = float(Path(model_path).name.split("us_")[0]) * 1e-6
+        self.shape = [1, 4] if "wide" in Path(model_path).name else [1, 2]
+
+    def allocate_tensors(self):
+        pass
+
+    def get_input_details(self):
+        return [{"index": 0, "shape": self.shape, "dtype": np.float32, "quantization": (0, 0)}]
+
+    def set_tensor(self, index, value):
+        pass
+
+    def invoke(self):
+        end = time.perf_counter() + self.cost_s
+        while time.perf_counter() < end:
+            pass
+
+
+def test_a_pair_is_timed_interleaved_until_rounds_and_seconds_are_reached(tmp_path):
+    runner = load_runner()
+    start = time.perf_counter()
+    result = runner.run_case(tmp_path / "1500us_new.tflite", 1, 3, 10, None, None,
+                             BusyInterpreter, reference=tmp_path / "1000us_old.tflite",
+                             pairing={"min_rounds": 12, "min_seconds": 0.3, "seed": 5})
+    wall = time.perf_counter() - start
+    pair = result["pair"]
+    assert pair["reference"] == "1000us_old.tflite" and pair["rounds"] >= 12
+    # 0.3 s / 12 rounds / ~1.25 ms pilot: 20 invokes per round per model
+    assert pair["round_invokes"] == pytest.approx(20, abs=3)
+    assert result["runs"] == pair["rounds"] * pair["round_invokes"]
+    assert len(pair["candidate_us"]) == len(pair["reference_us"]) == pair["rounds"]
+    # both models ran first in some rounds (the order is drawn per round)
+    assert set(pair["first"]) == {"c", "r"} and len(pair["first"]) == pair["rounds"]
+    # clock bounds: each invoke lasts at least its cost; the whole case at least both budgets
+    assert min(pair["candidate_us"]) >= 1500 and min(pair["reference_us"]) >= 1000
+    assert wall >= result["runs"] * 2.5e-3
+    ratio = np.median(pair["candidate_us"]) / np.median(pair["reference_us"])
+    assert ratio == pytest.approx(1.5, rel=0.1)
+    assert pair["reference_p50_us"] == pytest.approx(1000, rel=0.1)
+
+
+def test_round_invokes_for_slow_and_microsecond_models():
+    invokes = load_runner().round_invokes
+    assert invokes(10.0, 100, 20, 1.0) == 5000        # 1 s / 20 rounds / 10 µs
+    assert invokes(100_000.0, 100, 20, 1.0) == 5      # 100 runs over 20 rounds
+    assert invokes(0.0, 100, 20, 1.0) == 100_000      # capped
+
+
+def test_a_reference_of_another_contract_or_bytes_is_not_compared(tmp_path, tiny_models):
+    result = load_runner().run_case(tmp_path / "100us_new.tflite", 1, 1, 10, None, None,
+                                    BusyInterpreter, reference=tmp_path / "100us_wide.tflite")
+    assert "pair" not in result and result["runs"] == 10
+    assert result["pair_skipped"].startswith("reference not compared: reference "
+                                             "100us_wide.tflite takes [1, 4] float32")
+    plan = make_plan(tmp_path, {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}, runs=5)
+    doc = json.loads(plan.read_text())
+    doc["models"][0]["reference"] = {"file": "gone.tflite", "sha256": "0" * 64}
+    plan.write_text(json.dumps(doc))
+    proc = run_runner(plan)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["results"]
+    assert row["runs"] == 5 and "pair" not in row
+    assert row["pair_skipped"] == ("reference not compared: gone.tflite: "
+                                   "No such file or directory")
+
+
+def test_a_real_model_and_its_copy_are_timed_as_a_pair(tmp_path, tiny_models):
+    model = tiny_models["tiny_mlp/int8"]
+    plan = make_plan(tmp_path, {"tiny_mlp/int8": model}, runs=5, min_rounds=10,
+                     min_seconds=0.2)
+    shutil.copy(model, tmp_path / "reference.tflite")
+    doc = json.loads(plan.read_text())
+    doc["models"][0]["reference"] = {"file": "reference.tflite",
+                                     "sha256": doc["models"][0]["sha256"]}
+    plan.write_text(json.dumps(doc))
+    proc = run_runner(plan)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["results"]
+    pair = row["pair"]
+    assert pair["rounds"] >= 10 and row["runs"] == pair["rounds"] * pair["round_invokes"]
+    # at least 0.2 s of each model's invokes: rounds x invokes x the smallest round median
+    assert pair["rounds"] * pair["round_invokes"] * min(pair["reference_us"]) >= 0.2e6 * 0.5
+    ratio = np.median(pair["candidate_us"]) / np.median(pair["reference_us"])
+    assert 0.8 < ratio < 1.25  # the same bytes
+    assert row["agreement"] == 1.0 and "pair_skipped" not in row
