@@ -140,7 +140,7 @@ def no_numpy_message() -> str:
 TFLITE_INSTALL = (
     "Install one for this interpreter: `pip install ai-edge-litert` (x86_64/aarch64 wheels) or "
     "`pip install tflite-runtime`; on riscv64 (SpacemiT K1) no package of either exists: build "
-    "one from source (board/README.md) or time the .onnx models with onnxruntime.")
+    "one from source (docs/k1.md) or time the .onnx models with onnxruntime.")
 ONNX_INSTALL = (
     "Install it for this interpreter: `apt install python3-onnxruntime` (Debian trixie, Bianbu; "
     "SpacemiT's `spacemit-ort` adds its execution provider) or `pip install onnxruntime` "

@@ -55,7 +55,7 @@ def serve():
 
 # One line, whole in `pytest -rs`: how a user's clone gets the real data.
 MNIST_HINT = ("needs the real MNIST: set PIPELINE_MIRROR=<directory or URL of its 4 .gz files> "
-              "or put them in ../shared/datasets/mnist beside the clone (README: Two commands for a new machine)")
+              "or put them in ../shared/datasets/mnist beside the clone (docs/development.md: Running the tests)")
 
 
 class NoData(Exception):

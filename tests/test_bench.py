@@ -730,7 +730,7 @@ def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
     models = {**tiny_models, **onnx_models}
     datasets = {**datasets, "tiny_mlp": datasets["tiny_mlp"]}
     layout = Layout(tmp_path)
-    doc = bench.run(board, models, datasets, 10, layout, [board])  # passes: see board/README
+    doc = bench.run(board, models, datasets, 10, layout, [board])  # passes: see docs/k1.md
     assert doc["status"] == "partial" and doc["errors"] == []
     assert {(m["build"], m["variant"]) for m in doc["missing"]} == {
         tuple(k.split("/")) for k in tiny_models}

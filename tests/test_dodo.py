@@ -409,7 +409,7 @@ def test_a_full_disk_outside_the_pipelines_writers_fails_the_task_in_one_line(mo
 
 
 def test_forgetting_a_board_re_times_it_and_nothing_else(smoke_project, tmp_path):
-    """README: `doit forget bench:<board> && doit bench:<board>` re-times an up-to-date board."""
+    """docs/nightly.md: `doit forget bench:<board> && doit bench:<board>` re-times an up-to-date board."""
     project = tmp_path / "p"
     shutil.copytree(smoke_project, project, symlinks=True)
     result = project / "artifacts" / "reports" / "latency" / "local.json"

@@ -106,7 +106,7 @@ def test_no_reachable_mirror_names_every_mirror_and_the_fix(tiny_dataset_dir, tm
     # The hint names the user's own options, not a path that exists only beside our checkout.
     assert "PIPELINE_MIRROR=<directory or URL>" in text
     assert "PIPELINE_MIRROR_TINY=<directory or URL>" in text and "tiny/ subfolder" in text
-    assert "'Building offline from a local mirror' in README.md" in text
+    assert "see docs/offline.md" in text
     assert "../shared" not in text
     assert leftovers(cache) == []
 

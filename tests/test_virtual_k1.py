@@ -56,7 +56,7 @@ def layout_args(layout: virtual_k1.BoardPaths) -> list[str]:
 def cannot_run(reason: str) -> None:
     if CI:
         pytest.fail(f"CI=true: the virtual K1 must come up here: {reason}", pytrace=False)
-    pytest.skip(f"virtual K1 not available: {reason} (README: No K1 yet?)")
+    pytest.skip(f"virtual K1 not available: {reason} (docs/virtual-k1.md)")
 
 
 def everything_left(layout: virtual_k1.BoardPaths, tag: str) -> list[str]:

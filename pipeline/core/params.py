@@ -41,7 +41,7 @@ MAX_EPOCHS = 1000
 # training split's size; convert refuses a draw larger than the split it draws from.
 MAX_REPRESENTATIVE_SAMPLES = 10_000
 # One params file's builds: each is ~10 doit tasks, and 1,000 builds already take ~1 s
-# for every `doit` call to load (README: Params).
+# for every `doit` call to load (docs/params.md).
 MAX_BUILDS = 1000
 
 

@@ -147,7 +147,7 @@ def unstable_names_note(run_dir: Path, builds: Sequence[str]) -> str:
         if record.get("layer_names_stable") is False:
             notes.append(f"{build}: its layer names depend on what the process built before, "
                          "so its .h5/.tflite bytes are not reproducible (give every layer an "
-                         "explicit name=; README: Bring your own model)")
+                         "explicit name=; docs/own-model-and-data.md)")
     return "".join(f"; {note}" for note in notes)
 
 

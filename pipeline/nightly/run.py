@@ -553,8 +553,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__.splitlines()[0],
         epilog="Exit status: 0 ok, 1 gate breached, 2 run failed, 3 not recorded (the "
                "database was busy or broken; the next nightly records it), 75 another "
-               "nightly is running, 143/130 terminated by SIGTERM/SIGINT. See README.md, "
-               "Nightly regeneration.")
+               "nightly is running, 143/130 terminated by SIGTERM/SIGINT. See "
+               "docs/nightly.md.")
     parser.add_argument("--project", type=Path, default=Path("."),
                         help="project root holding dodo.py (default: .)")
     parser.add_argument("--db", type=Path, help="history database "

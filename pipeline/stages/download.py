@@ -309,7 +309,7 @@ def mirror_hint(dataset: str) -> str:
     return (f"To use a copy you have: PIPELINE_MIRROR=<directory or URL> holding the original "
             f".gz files (or a directory with a {dataset}/ subfolder of them), or "
             f"{mirror_variable(dataset)}=<directory or URL> for {dataset} alone; see "
-            "'Building offline from a local mirror' in README.md.")
+            "docs/offline.md.")
 
 
 def terminal_progress(stream=sys.stderr) -> Progress:

@@ -344,7 +344,7 @@ def run(model_ref: str | ModelSource, data_path: Path, params: TrainParams, mode
         # Not an error: the model is fine, only its bytes are not reproducible.
         print(f"warning: {source.reference}: layer names differ between two calls in one "
               "process, so the .h5 and .tflite bytes depend on what the process built before; "
-              "give every layer an explicit name= (README: Bring your own model)")
+              "give every layer an explicit name= (docs/own-model-and-data.md)")
     done = (f"trained in {seconds:.1f} s" if history
             else f"converted as it is ({source.file}, fine_tune = false)")
     print(f"{model_path}: {record['parameters']:,} parameters, {done}"
