@@ -2,7 +2,8 @@
 layers, card, bench.
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
-PIPELINE_PARAMS (params file, default params.toml), PIPELINE_ARTIFACTS (artifact tree and
+PIPELINE_PARAMS (params file, default params.toml), PIPELINE_SET (a one-off override,
+"train.epochs=1;convert.onnx=false", see pipeline/core/params.py), PIPELINE_ARTIFACTS (artifact tree and
 doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first; a
 directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE_MIRROR_<DATASET>
 (one dataset's mirror, e.g. PIPELINE_MIRROR_FASHION_MNIST), PIPELINE_OFFLINE=1 (never try the
@@ -32,11 +33,13 @@ from pipeline.stages import download
 from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
 from pipeline.stages.download import user_mirror
 from pipeline.core.layout import Layout
-from pipeline.core.params import ParamsError, load_params, section_dict
+from pipeline.core.params import (OVERRIDE_ENV, ParamsError, load_params, resolved,
+                                  section_dict, write_resolved)
 from pipeline.core.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
                                variant_names)
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
+OVERRIDES = os.environ.get(OVERRIDE_ENV, "")
 LAYOUT = Layout(Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")))
 OFFLINE = os.environ.get("PIPELINE_OFFLINE") == "1"
 BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
@@ -45,7 +48,7 @@ BOARDS_PATH = Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml"))
 quiet_third_party(verbose_requested(os.environ), absl=False)
 
 try:
-    PARAMS = load_params(PARAMS_PATH)
+    PARAMS = load_params(PARAMS_PATH, OVERRIDES)
 except ParamsError as exc:
     raise SystemExit(f"error: bad params: {exc}") from None
 # The built-in datasets and those the params file declares ([[datasets]]).
@@ -85,12 +88,13 @@ def _default_tasks():
     stages = ["train", *PRODUCERS, "evaluate", "curves", "analysis", "layers", "card"]
     boards = [f"bench:{board}" for board in PARAMS.bench.default_boards]
     if not BLOCKED:
-        return ["download", "preprocess", *stages, "peak", *boards]
+        return ["download", "params", "preprocess", *stages, "peak", *boards]
     # The missing downloads last: without --continue doit stops at the first failure.
     ready = [d for d in PARAMS.datasets if d not in MISSING]
     return [*(f"{stage}:{d}" for stage in ("download", "preprocess") for d in ready),
             *(f"{stage}:{b.name}" for stage in stages for b in PARAMS.builds
-              if b.name not in BLOCKED), "peak", *boards, *(f"download:{d}" for d in MISSING)]
+              if b.name not in BLOCKED), "params", "peak", *boards,
+            *(f"download:{d}" for d in MISSING)]
 
 
 DOIT_CONFIG = {
@@ -230,6 +234,19 @@ def task_download():
             "uptodate": [config_changed(section_dict(spec))],
             "clean": True,
         }
+
+
+def task_params():
+    """Save the resolved params (defaults, params file, PIPELINE_SET) to artifacts/params.json."""
+    out = LAYOUT.resolved_params()
+    made_with = resolved(PARAMS, PARAMS_PATH, OVERRIDES)
+    return {
+        "actions": [(_guarded, [write_resolved, out, PARAMS, PARAMS_PATH, OVERRIDES])],
+        "file_dep": [STAGES / "core/params.py"],
+        "targets": [out],
+        "uptodate": [config_changed(made_with)],
+        "clean": True,
+    }
 
 
 @checked_targets

@@ -19,3 +19,46 @@ def copy_project(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     return dest
+
+
+def _toml_value(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def dump_toml(doc: dict) -> str:
+    """A params document (tables of scalars and lists, arrays of tables) as TOML text."""
+    lines = []
+    for name, table in doc.items():
+        if isinstance(table, list):
+            for entry in table:
+                lines += [f"\n[[{name}]]", *(f"{k} = {_toml_value(v)}" for k, v in entry.items())]
+        else:
+            lines += [f"\n[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def edit_params(path: Path, changes: dict | None = None, builds: list | None = None,
+                **tables: list) -> None:
+    """Rewrite the params file at `path` with `changes` ({"section.key": value}) set and,
+    if given, its [[builds]] (or any other array of tables, e.g. datasets=[...]) replaced.
+    Params files hold only their differences from the defaults, so a test sets a key
+    instead of replacing its text."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    doc = tomllib.loads(path.read_text())
+    for key, value in (changes or {}).items():
+        section, name = key.split(".", 1)
+        doc.setdefault(section, {})[name] = value
+    if builds is not None:
+        tables["builds"] = builds
+    doc.update(tables)
+    path.write_text(dump_toml(doc))

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import copy_project, executed_tasks, run_doit
+from tests.project import edit_params
 
 ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mnist_mlp",
              "convert:mnist_cnn", "convert:mnist_mlp", "evaluate:mnist_cnn",
@@ -20,7 +21,7 @@ ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mni
              "analysis:mnist_cnn", "analysis:mnist_mlp", "layers:mnist_cnn", "layers:mnist_mlp",
              "card:mnist_cnn", "card:mnist_mlp", "peak", "bench:local",
              "convert_onnx:mnist_cnn", "convert_onnx:mnist_mlp", "translate_onnx:mnist_cnn",
-             "translate_onnx:mnist_mlp"}
+             "translate_onnx:mnist_mlp", "params"}
 ONNX = ("onnx_float32", "onnx_int8", "onnx_int8_tflite")
 
 
@@ -111,7 +112,7 @@ def test_convert_param_change_reruns_only_convert_and_downstream(smoke_project, 
                                            for task in ("convert", "evaluate", "curves",
                                                         "analysis", "layers", "card",
                                                         "convert_onnx", "translate_onnx")
-                                           } | {"bench:local"}
+                                           } | {"bench:local", "params"}
 
     proc = run_doit(project, "clean", "evaluate:mnist_cnn")
     assert proc.returncode == 0
@@ -132,15 +133,14 @@ def test_tflite_and_onnx_changes_redo_only_their_own_models_and_onnx_can_be_off(
     models = project / "artifacts" / "models"
     builds = ("mnist_cnn", "mnist_mlp")
     # A TFLite-only change: an extra variant. The int8 bytes stay, so nothing is translated.
-    smoke.write_text(smoke.read_text().replace("extra_variants = []",
-                                               'extra_variants = ["float16"]'))
+    edit_params(smoke, {"convert.extra_variants": ["float16"]})
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     ran = executed_tasks(proc.stdout)
     assert {f"convert:{b}" for b in builds} <= ran
     assert not {t for t in ran if t.startswith(("convert_onnx", "translate_onnx"))}
     # An ONNX-only change: the converter's module. No .tflite is redone.
-    stage = project / "pipeline" / "convert_onnx.py"
+    stage = project / "pipeline" / "stages" / "convert_onnx.py"
     stage.write_text(stage.read_text() + "\n# edited\n")
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -151,7 +151,7 @@ def test_tflite_and_onnx_changes_redo_only_their_own_models_and_onnx_can_be_off(
     # Off: no ONNX task, no ONNX file, no ONNX row. convert removes the .onnx files the
     # build no longer ships (its variant list changed) and writes the same .tflite bytes.
     tflite = {p: p.read_bytes() for p in models.glob("*/*.tflite")}
-    smoke.write_text(smoke.read_text().replace("onnx = true", "onnx = false"))
+    edit_params(smoke, {"convert.onnx": False})
     listing = run_doit(project, "list", "--all")
     assert "onnx" not in listing.stdout
     proc = run_doit(project)
@@ -177,7 +177,7 @@ def test_train_param_change_retrains_without_downloading(smoke_project, tmp_path
     project = tmp_path / "p"
     shutil.copytree(smoke_project, project, symlinks=True)
     smoke = project / "params" / "smoke.toml"
-    smoke.write_text(smoke.read_text().replace("seed = 1234", "seed = 99", 1))
+    edit_params(smoke, {"train.seed": 99})
     proc = run_doit(project, "train")
     assert executed_tasks(proc.stdout) == {"train:mnist_cnn", "train:mnist_mlp"}
 
@@ -189,7 +189,7 @@ def test_artifacts_dir_is_movable_and_listing_reads_like_a_table_of_contents(tmp
     assert listing.returncode == 0
     assert {line.split()[0] for line in listing.stdout.splitlines()} == {
         "download", "preprocess", "train", "convert", "evaluate", "curves", "analysis",
-        "layers", "card", "peak", "bench", "convert_onnx", "translate_onnx"}
+        "layers", "card", "peak", "bench", "convert_onnx", "translate_onnx", "params"}
     elsewhere = tmp_path / "elsewhere"
     proc = run_doit(project, "preprocess",
                     env={"PIPELINE_ARTIFACTS": str(elsewhere), "PIPELINE_MIRROR": mnist_url})

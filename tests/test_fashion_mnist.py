@@ -64,8 +64,11 @@ def test_fashion_build_declares_its_own_download_and_preprocess_tasks(tmp_path):
 
     project = copy_project(tmp_path / "p")
     smoke = project / "params" / "smoke.toml"
-    smoke.write_text(smoke.read_text() + '\n[[builds]]\nname = "fashion_cnn"\n'
-                     'dataset = "fashion_mnist"\nmodel = "cnn"\n')
+    from tests.project import edit_params
+
+    edit_params(smoke, builds=[{"name": "mnist_cnn", "dataset": "mnist", "model": "cnn"},
+                               {"name": "fashion_cnn", "dataset": "fashion_mnist",
+                                "model": "cnn"}])
     parse_params(tomllib.loads(smoke.read_text()))
     listing = run_doit(project, "list", "--all")
     names = {line.split()[0] for line in listing.stdout.splitlines()}

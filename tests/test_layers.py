@@ -14,6 +14,7 @@ import pytest
 from pipeline.stages.convert import ConvertError, convert, float_tensor_dtypes
 from pipeline.stages.layers import layer_errors
 from tests.conftest import executed_tasks, run_doit
+from tests.project import edit_params
 
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
@@ -88,8 +89,9 @@ def test_float_layers_build_flows_through_evaluate_card_and_bench(smoke_project,
     shutil.copytree(smoke_project, project, symlinks=True)
     worst = _rows(project / "artifacts" / "reports" / "mnist_cnn")[0]["tensor"]
     smoke = project / "params" / "smoke.toml"
-    smoke.write_text(smoke.read_text().replace(
-        'model = "cnn"', f'model = "cnn"\nfloat_layers = ["{worst}"]'))
+    edit_params(smoke, builds=[
+        {"name": "mnist_cnn", "dataset": "mnist", "model": "cnn", "float_layers": [worst]},
+        {"name": "mnist_mlp", "dataset": "mnist", "model": "mlp"}])
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = executed_tasks(proc.stdout)

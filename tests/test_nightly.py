@@ -779,9 +779,9 @@ def test_user_model_files_are_inputs_and_unstable_names_are_reported(tmp_path):
     from pipeline.core.params import load_params
 
     (tmp_path / "mine.py").write_text("def build(s, n): pass\n")
-    text = (REPO / "params" / "smoke.toml").read_text().replace(
-        'name = "mnist_mlp"\ndataset = "mnist"\nmodel = "mlp"',
-        'name = "mnist_mine"\ndataset = "mnist"\nmodel = "mine.py:build"')
+    text = (REPO / "params" / "smoke.toml").read_text() + (
+        '\n[[builds]]\nname = "mnist_cnn"\ndataset = "mnist"\nmodel = "cnn"\n'
+        '\n[[builds]]\nname = "mnist_mine"\ndataset = "mnist"\nmodel = "mine.py:build"\n')
     (tmp_path / "p.toml").write_text(text)
     params = load_params(tmp_path / "p.toml")
     before = user_model_hashes(params)

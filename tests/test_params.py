@@ -1,17 +1,35 @@
+import dataclasses
+import json
+import math
 import tomllib
+import typing
 
 import pytest
 
-from pipeline.core.params import ParamsError, load_params, parse_params
+from pipeline.core.params import (Build, Params, ParamsError, load_params, parse_params,
+                                  rule_of, sections)
 from tests.conftest import REPO, copy_project, run_doit
+from tests.project import edit_params
 
 
-def doc(path=REPO / "params.toml"):
-    return tomllib.loads(path.read_text())
+def full_doc():
+    """Every key written out with its default, as a user's complete file would be."""
+    params = Params()
+    out = {name: {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in dataclasses.asdict(getattr(params, name)).items()}
+           for name in sections()}
+    out["builds"] = [{"name": b.name, "dataset": b.dataset, "model": b.model}
+                     for b in params.builds]
+    return out
+
+
+def doc(path=None):
+    return full_doc() if path is None else tomllib.loads(path.read_text())
 
 
 def test_shipped_params_load():
     params = load_params(REPO / "params.toml")
+    assert params == Params(base_dir=str(REPO))  # the shipped file changes nothing
     assert [b.name for b in params.builds] == ["mnist_cnn", "mnist_mlp"]
     assert params.datasets == ("mnist",)
     assert params.convert.int8_io == "int8"
@@ -32,29 +50,28 @@ def test_params_are_frozen():
     (lambda d: d["train"].update(epochs="2"), "train.epochs: must be int, got str"),
     (lambda d: d["train"].update(epochs=True), "train.epochs: must be int, got bool"),
     (lambda d: d["train"].update(epochs=0), "train.epochs: must be in 1..1000"),
-    (lambda d: d["train"].pop("seed"), "train.seed: missing"),
-    (lambda d: d["convert"].update(int8_io="int16"), "convert.int8_io: must be 'int8' or 'uint8'"),
-    (lambda d: d["convert"].update(extra_variants=["bf16"]), "unknown variant 'bf16'"),
+    (lambda d: d["convert"].update(int8_io="int16"),
+     "convert.int8_io: must be one of ['int8', 'uint8'], got 'int16'"),
+    (lambda d: d["convert"].update(extra_variants=["bf16"]),
+     "convert.extra_variants: item 'bf16': must be one of ['float16', 'dynamic_range']"),
     (lambda d: d["convert"].update(onnx="yes"), "convert.onnx: must be bool, got str"),
-    (lambda d: d["convert"].pop("onnx"), "convert.onnx: missing"),
     (lambda d: d["evaluate"].update(max_drift_pt=-1), "evaluate.max_drift_pt: must be >= 0"),
     (lambda d: d["builds"][0].update(dataset="cifar"), "unknown dataset 'cifar'"),
     (lambda d: d["builds"][0].update(model="resnet"), "unknown model 'resnet'"),
     (lambda d: d["builds"][1].update(name="mnist_cnn"), "duplicate build names"),
     (lambda d: d.update(builds=[]), "declare at least one [[builds]]"),
     (lambda d: d["analysis"].update(max_per_class=0), "analysis.max_per_class: must be in"),
-    (lambda d: d["layers"].pop("samples"), "layers.samples: missing"),
     (lambda d: d["layers"].update(sample=5), "layers.sample: unknown key"),
-    (lambda d: d.pop("layers"), "layers: missing section"),
     (lambda d: d["builds"][0].update(float_layers="dense"), "builds.float_layers: must be a list"),
     (lambda d: d["builds"][0].update(float_layers=["a", "a"]),
-     "builds[mnist_cnn].float_layers: names must be non-empty and unique"),
+     "builds[mnist_cnn].float_layers: items must be distinct, repeated: ['a']"),
+    (lambda d: d["builds"][0].update(float_layers=[""]),
+     "builds[mnist_cnn].float_layers: list items must not be empty"),
+    (lambda d: d["builds"][0].pop("model"), "builds.model: missing"),
     (lambda d: d["builds"][0].update(float_layer=["a"]), "builds.float_layer: unknown key"),
     (lambda d: d["nightly"].update(min_accuracy=0.9), "nightly.min_accuracy: unknown key"),
     (lambda d: d["nightly"].update(min_accuracy_int8=97), "nightly.min_accuracy_int8: must be "
-                                                          "a fraction in [0, 1]"),
-    (lambda d: d["nightly"].pop("keep_runs"), "nightly.keep_runs: missing"),
-    (lambda d: d.pop("nightly"), "nightly: missing section"),
+                                                          "in [0.0, 1.0] (a fraction), got 97"),
 ])
 def test_bad_params_are_rejected_naming_the_key(mutate, message):
     d = doc()
@@ -106,8 +123,7 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 def test_doit_refuses_bad_params_before_any_work(tmp_path):
     project = copy_project(tmp_path / "p")
-    text = (project / "params" / "smoke.toml").read_text()
-    (project / "params" / "smoke.toml").write_text(text.replace("[train]", "[train]\nepoch = 3"))
+    edit_params(project / "params" / "smoke.toml", {"train.epoch": 3})
     proc = run_doit(project)
     assert proc.returncode != 0
     assert "train.epoch: unknown key" in proc.stderr
@@ -117,35 +133,10 @@ def test_doit_refuses_bad_params_before_any_work(tmp_path):
 def test_doit_refuses_a_default_board_missing_from_the_inventory(tmp_path):
     project = copy_project(tmp_path / "p")
     smoke = project / "params" / "smoke.toml"
-    smoke.write_text(smoke.read_text().replace('default_boards = ["local"]',
-                                               'default_boards = ["k9"]'))
+    edit_params(smoke, {"bench.default_boards": ["k9"]})
     proc = run_doit(project)
     assert proc.returncode != 0
     assert "bench.default_boards names ['k9']" in proc.stderr
-
-
-# Every numeric range at its boundary: the last accepted value and the first refused one.
-@pytest.mark.parametrize("section, key, ok, bad, message", [
-    ("train", "seed", 0, -1, "train.seed: must be in 0..4294967295"),
-    ("train", "seed", 2**32 - 1, 2**32, "train.seed: must be in 0..4294967295"),
-    ("convert", "seed", 0, -5, "convert.seed: must be in 0..4294967295"),
-    ("convert", "seed", 2**32 - 1, 2**63 - 1, "convert.seed: must be in 0..4294967295"),
-    ("layers", "seed", 2**32 - 1, 2**32, "layers.seed: must be in 0..4294967295"),
-    ("train", "epochs", 1000, 1001, "train.epochs: must be in 1..1000"),
-    ("train", "epochs", 1, 0, "train.epochs: must be in 1..1000"),
-    ("convert", "representative_samples", 10_000, 10_001,
-     "convert.representative_samples: must be in 10..10000"),
-    ("convert", "representative_samples", 10, 9,
-     "convert.representative_samples: must be in 10..10000"),
-])
-def test_numeric_ranges_hold_at_their_boundaries(section, key, ok, bad, message):
-    d = doc()
-    d[section][key] = ok
-    assert getattr(getattr(parse_params(d), section), key) == ok
-    d[section][key] = bad
-    with pytest.raises(ParamsError) as err:
-        parse_params(d)
-    assert message in str(err.value) and str(bad) in str(err.value)
 
 
 def test_builds_are_capped_and_looked_up_by_name():
@@ -209,3 +200,215 @@ def test_bad_declarations_name_the_key(mutate, message, tmp_path):
     mutate(d)
     with pytest.raises(ParamsError, match=message):
         parse_params(d, tmp_path)
+
+
+# --- boundaries generated from the schema: a new key or rule gets these without anyone
+# remembering. Each case is (value, accepted), computed here from the rule's bounds and
+# choices by the test's own arithmetic, not by Rule.allows.
+
+def _number_type(hint):
+    item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+    return item if item in (int, float) else None
+
+
+def _beyond(value, kind, direction):
+    """The next representable value past `value` in `direction` (+1 or -1)."""
+    return value + direction if kind is int else math.nextafter(float(value), direction * math.inf)
+
+
+def boundary_cases(rule, kind):
+    """(value, accepted) at every bound of `rule` for a number field of type `kind`."""
+    for bound, is_open, outward in ((rule.low, rule.low_open, -1),
+                                    (rule.high, rule.high_open, +1)):
+        if bound is None:
+            continue
+        yield bound, not is_open                                   # the limit itself
+        yield _beyond(bound, kind, outward), False                 # one step beyond
+        yield _beyond(bound, kind, -outward), True                 # one step inside
+    if rule.choices:
+        yield from ((choice, True) for choice in rule.choices)
+        yield "not_" + str(rule.choices[0]), False
+
+
+def _inside(rule, value):
+    """Whether `value` satisfies `rule`'s bounds, written out independently of Rule.allows."""
+    low_ok = rule.low is None or (value > rule.low if rule.low_open else value >= rule.low)
+    high_ok = rule.high is None or (value < rule.high if rule.high_open else value <= rule.high)
+    return low_ok and high_ok
+
+
+def schema_fields():
+    """(section, field, type hint) for every key of every [section] and of a [[builds]] entry."""
+    for name, cls in sections().items():
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            yield pytest.param(name, spec, hints[spec.name], id=f"{name}.{spec.name}")
+    hints = typing.get_type_hints(Build)
+    for spec in dataclasses.fields(Build):
+        if spec.default is not dataclasses.MISSING:
+            yield pytest.param("builds", spec, hints[spec.name], id=f"builds.{spec.name}")
+
+
+def parse_one(section, key, value):
+    """Params with one key set (in the first build for builds.*); the rest are defaults."""
+    if section == "builds":
+        return parse_params({"builds": [{"name": "b", "dataset": "mnist", "model": "cnn",
+                                         key: value}]}).builds[0]
+    return getattr(parse_params({section: {key: value}}), section)
+
+
+def shown_key(section, key):
+    return f"builds[b].{key}" if section == "builds" else f"{section}.{key}"
+
+
+@pytest.mark.parametrize("section, spec, hint", list(schema_fields()))
+def test_every_rule_holds_at_its_boundaries(section, spec, hint):
+    rule, kind = rule_of(spec), _number_type(hint)
+    listed = typing.get_origin(hint) is tuple
+    cases = list(boundary_cases(rule, kind))
+    for value, accepted in cases:
+        given = [value] if listed else value
+        if accepted:
+            got = getattr(parse_one(section, spec.name, given), spec.name)
+            assert got == ((value,) if listed else value)
+        else:
+            with pytest.raises(ParamsError) as err:
+                parse_one(section, spec.name, given)
+            message = str(err.value)
+            assert shown_key(section, spec.name) in message and rule.describe() in message
+            assert repr(value) in message
+    if kind is not None and rule.choices is None:
+        # Zero: accepted exactly when the bounds hold it.
+        zero = [0] if listed else 0
+        if _inside(rule, 0):
+            assert getattr(parse_one(section, spec.name, zero), spec.name) == (
+                (0,) if listed else 0)
+        else:
+            with pytest.raises(ParamsError, match=shown_key(section, spec.name).replace(
+                    "[", r"\[").replace("]", r"\]")):
+                parse_one(section, spec.name, zero)
+    if rule.low is not None or rule.high is not None or rule.choices:
+        assert cases, f"{section}.{spec.name}: a rule without boundary cases"
+
+
+@pytest.mark.parametrize("section, spec, hint", list(schema_fields()))
+def test_every_key_refuses_the_wrong_type_and_a_bool_for_a_number(section, spec, hint):
+    kind = _number_type(hint)
+    listed = typing.get_origin(hint) is tuple
+    wrong = [True] if (kind and listed) else True if kind else ({"a": 1} if hint is str else "x")
+    if hint is bool:
+        wrong = 1  # a number is not a bool either
+    with pytest.raises(ParamsError) as err:
+        parse_one(section, spec.name, wrong)
+    assert shown_key(section, spec.name).replace("builds[b]", "builds") in str(err.value)
+    assert "must be" in str(err.value)
+
+
+@pytest.mark.parametrize("section, spec, hint", list(schema_fields()))
+def test_every_list_with_distinct_items_refuses_a_duplicate(section, spec, hint):
+    rule = rule_of(spec)
+    if not (typing.get_origin(hint) is tuple and rule.distinct):
+        pytest.skip("not a list of distinct items")
+    item = rule.choices[0] if rule.choices else (1 if _number_type(hint) else "a")
+    if section == "bench":
+        item = "local"
+    with pytest.raises(ParamsError, match="items must be distinct"):
+        parse_one(section, spec.name, [item, item])
+
+
+@pytest.mark.parametrize("section, spec, hint", list(schema_fields()))
+def test_every_default_satisfies_its_own_type_and_rule_and_says_what_it_means(section, spec,
+                                                                               hint):
+    default = spec.default
+    written = list(default) if isinstance(default, tuple) else default
+    assert getattr(parse_one(section, spec.name, written), spec.name) == default
+    assert type(default) is (tuple if typing.get_origin(hint) is tuple else hint)
+    assert spec.metadata.get("doc"), f"{section}.{spec.name}: say what the key means"
+
+
+@pytest.mark.parametrize("section", list(sections()))
+def test_every_section_refuses_an_unknown_key(section):
+    with pytest.raises(ParamsError, match=rf"{section}\.nonsense: unknown key"):
+        parse_params({section: {"nonsense": 1}})
+
+
+# --- defaults in one place, files with only their changes, one-off overrides --------------
+
+def test_a_file_with_one_key_takes_every_other_default(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    params = load_params(path)
+    assert params.train.epochs == 3
+    assert dataclasses.replace(params.train, epochs=Params().train.epochs) == Params().train
+    assert [b.name for b in params.builds] == ["mnist_cnn", "mnist_mlp"]
+    assert params.convert == Params().convert and params.nightly == Params().nightly
+    path.write_text("")
+    assert load_params(path) == Params(base_dir=str(tmp_path))
+
+
+def test_smoke_holds_only_its_differences():
+    smoke = tomllib.loads((REPO / "params" / "smoke.toml").read_text())
+    defaults = full_doc()
+    repeated = [f"{s}.{k}" for s, table in smoke.items() if isinstance(table, dict)
+                for k, v in table.items() if defaults[s][k] == v]
+    assert not repeated, f"params/smoke.toml repeats defaults: {repeated}"
+    shipped = tomllib.loads((REPO / "params.toml").read_text())
+    assert shipped == {}, "params.toml holds only what a user changes; the defaults are changed"
+
+
+def test_resolved_params_are_unchanged_in_json_for_config_changed(tmp_path):
+    """doit's config_changed hashes each section's JSON: a default written as 150 where the
+    file said 150.0 would rerun tasks. Defaults of float keys are floats."""
+    path = tmp_path / "p.toml"
+    path.write_text(json.dumps(1) and "[bench]\nmax_age_hours = 24\n[download]\ntimeout_s = 60\n")
+    given, default = load_params(path), Params()
+    for name in sections():
+        assert json.dumps(dataclasses.asdict(getattr(given, name)), sort_keys=True) == \
+            json.dumps(dataclasses.asdict(getattr(default, name)), sort_keys=True)
+
+
+@pytest.mark.parametrize("text, check", [
+    ("train.epochs=1;convert.onnx=false",
+     lambda p: p.train.epochs == 1 and p.convert.onnx is False),
+    (" convert.int8_io = uint8 ; ", lambda p: p.convert.int8_io == "uint8"),
+    ('convert.extra_variants=["float16"]', lambda p: p.convert.extra_variants == ("float16",)),
+    ("evaluate.max_drift_pt=2", lambda p: p.evaluate.max_drift_pt == 2.0),
+    ("", lambda p: p == load_params(REPO / "params" / "smoke.toml")),
+])
+def test_override_sets_keys_over_the_file(text, check):
+    params = load_params(REPO / "params" / "smoke.toml", text)
+    assert check(params)
+    assert params.train.max_train_samples == 3000  # the file still counts
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train.epochs=abc", "PIPELINE_SET: train.epochs: must be int, got str 'abc'"),
+    ("train.epochs=true", "PIPELINE_SET: train.epochs: must be int, got bool"),
+    ("train.epochs=0", "PIPELINE_SET: train.epochs: must be in 1..1000"),
+    ("train.epoch=1", "PIPELINE_SET: train.epoch: unknown key"),
+    ("trian.epochs=1", "PIPELINE_SET: trian: unknown section"),
+    ("train.epochs", "PIPELINE_SET: 'train.epochs': write section.key=value"),
+    ("epochs=1", "PIPELINE_SET: 'epochs=1': write section.key=value"),
+    ("convert.onnx=1", "PIPELINE_SET: convert.onnx: must be bool, got int"),
+])
+def test_override_refuses_naming_the_variable_and_key(text, message):
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.toml", text)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_reference_prints_every_key_with_its_resolved_value(capsys):
+    from pipeline.core.params import main
+
+    assert main(["--params", str(REPO / "params" / "smoke.toml"),
+                 "--set", "train.epochs=7"]) == 0
+    text = capsys.readouterr().out
+    printed = parse_params(tomllib.loads(text))  # the printout is a complete params file
+    wanted = load_params(REPO / "params" / "smoke.toml", "train.epochs=7")
+    assert dataclasses.replace(printed, base_dir=wanted.base_dir) == wanted
+    assert "epochs = 7" in text and "# Passes over the training images. Must be in 1..1000." \
+        in text
+    assert main(["--params", str(REPO / "params.toml"), "--set", "train.epochs=0"]) == 2
+    assert "error: bad params: PIPELINE_SET: train.epochs: must be in 1..1000" in \
+        capsys.readouterr().err

@@ -672,7 +672,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant> model files")
     parser.add_argument("--boards", type=Path, default=Path("board/boards.toml"))
-    parser.add_argument("--samples", type=int, default=100)
+    from pipeline.core.params import BenchParams
+
+    # The schema's default (pipeline/core/params.py), as the bench task's: never a second copy.
+    parser.add_argument("--samples", type=int, default=BenchParams().correctness_samples,
+                        help="default: bench.correctness_samples's, %(default)s")
     args = parser.parse_args(argv)
     board = next((b for b in load_boards(args.boards) if b.name == args.board), None)
     if board is None:

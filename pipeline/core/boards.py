@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.params import ParamsError, parse_section, read_toml
+from pipeline.core.params import ParamsError, check_fields, param, parse_section, read_toml
 
 # Board names become task names and file names: keep them short and shell- and path-safe.
 BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
@@ -24,18 +24,19 @@ class Board:
     name: str
     host: str = ""                 # ssh alias or address; empty = run here without SSH
     user: str = ""
-    port: int = 0                  # 0 = ssh's own default / ~/.ssh/config
+    port: int = param(0, "0 = ssh's own default / ~/.ssh/config.", low=0, high=65535)
     ssh_options: tuple[str, ...] = ()
     remote_dir: str = "tflite-bench"   # relative to the remote home unless absolute
     python: str = "python3"
-    threads: tuple[int, ...] = (1,)
-    cpus: tuple[int, ...] = ()
-    warmup: int = 10
-    runs: int = 100
-    connect_timeout_s: int = 10
-    timeout_s: float = 0.0         # 0 = derived from the plan (see bench.plan_deadline_s)
-    # An emulated board (the virtual K1, pipeline/virtual_k1/manage.py): its correctness counts, its
-    # latency is qemu's and never enters a gate, a ratio against a real board or a floor.
+    threads: tuple[int, ...] = param((1,), "Thread counts each model is timed at.", low=1,
+                                     distinct=True)
+    cpus: tuple[int, ...] = param((), "CPU ids the runner is pinned to (empty: any).", low=0,
+                                  distinct=True)
+    warmup: int = param(10, "Untimed invocations before timing.", low=0)
+    runs: int = param(100, "Timed invocations per model and thread count.", low=1)
+    connect_timeout_s: int = param(10, "Seconds ssh waits for the connection.", low=1)
+    timeout_s: float = param(0.0, "0 = derived from the plan (see bench.plan_deadline_s).",
+                             low=0)
     emulated: bool = False
 
     def __post_init__(self) -> None:
@@ -52,17 +53,9 @@ class Board:
         if self.remote_dir.rstrip("/") in ("~", "") or self.remote_dir in ("/", "."):
             raise ParamsError(f"{key}.remote_dir: {self.remote_dir!r} is a home or root "
                               "directory; name a directory of its own, e.g. tflite-bench")
-        if self.timeout_s < 0 or self.connect_timeout_s < 1:
-            raise ParamsError(f"{key}: timeout_s must be >= 0 (0 = from the plan) and "
-                              "connect_timeout_s >= 1")
-        if not self.threads or min(self.threads) < 1:
+        if not self.threads:
             raise ParamsError(f"{key}.threads: a non-empty list of counts >= 1")
-        if any(c < 0 for c in self.cpus):
-            raise ParamsError(f"{key}.cpus: CPU ids are >= 0")
-        if self.warmup < 0 or self.runs < 1:
-            raise ParamsError(f"{key}: warmup must be >= 0 and runs >= 1")
-        if not 0 <= self.port < 65536:
-            raise ParamsError(f"{key}.port: must be in 0..65535")
+        check_fields(self, key)
         if self.host.startswith("-"):
             raise ParamsError(f"{key}.host: must not start with '-'")
 

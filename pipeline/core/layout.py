@@ -11,6 +11,7 @@
     <root>/peak/peak_<variant><suffix>             synthetic GEMMs
     <root>/logs/<build>/                           TensorBoard logs
     <root>/nightly/<UTC stamp>/, nightly.lock, history.sqlite, .doit.db
+    <root>/params.json                             the resolved params of the last build
 
 A stage that is handed a directory (a report directory, a model directory) names the files
 in it with the constants below, so each name is spelled once.
@@ -44,6 +45,8 @@ LATENCY_FORMATS = ("json", "md", "png")
 NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG = "nightly.json", "nightly.md", "nightly.png"
 LATENCY_LOCK = ".latency.lock"
 PLAN_JSON = "plan.json"
+# The resolved params, in artifacts/ (the params task) and in each nightly run directory.
+PARAMS_JSON = "params.json"
 
 
 @dataclass(frozen=True)
@@ -172,3 +175,7 @@ class Layout:
 
     def doit_db(self) -> Path:
         return self.root / ".doit.db"
+
+    def resolved_params(self) -> Path:
+        """The params a build was made with (defaults, file, PIPELINE_SET): the params task."""
+        return self.root / PARAMS_JSON

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.core.datasets import DATASETS
 from pipeline.core.files import sha256_file
 from pipeline.nightly.history import PENDING
-from pipeline.core.layout import Layout
+from pipeline.core.layout import PARAMS_JSON, Layout
 
 PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
             "ai-edge-litert": ("ai-edge-litert",), "numpy": ("numpy",), "doit": ("doit",)}
@@ -29,9 +29,10 @@ PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
 EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "reports/*/*/*",
                       "bench/*/plan.json")
 # The nightly's own files in a run directory (pipeline/nightly/run.py writes them, history.py
-# the record): not artifacts of the build.
+# the record): not artifacts of the build. The resolved params (PARAMS_JSON) hold the
+# nightly's gates too, which are no input of the build (the inputs hash leaves them out).
 MANIFEST_JSON, DOIT_LOG = "manifest.json", "doit.log"
-NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, PENDING)
+NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, PENDING, PARAMS_JSON)
 
 
 

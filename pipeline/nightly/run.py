@@ -23,7 +23,8 @@ failed (a stage did not produce its reports, bad params, an unusable lock or dat
 3 the run finished but the history database could not be written (its figures wait in
 <run dir>/record.json for the next nightly); 75 another nightly holds a lock; 143
 terminated by SIGTERM (130 by SIGINT). Environment as for doit: PIPELINE_PARAMS,
-PIPELINE_ARTIFACTS, PIPELINE_BOARDS, PIPELINE_MIRROR, PIPELINE_OFFLINE.
+PIPELINE_SET (or --set), PIPELINE_ARTIFACTS, PIPELINE_BOARDS, PIPELINE_MIRROR,
+PIPELINE_OFFLINE.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from pipeline.nightly.provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashe
                                          machine, package_versions, reproducibility,
                                          unstable_names_note, user_model_hashes)
 from pipeline.nightly.retention import prune, remove_partials, run_stamp
-from pipeline.core.params import Params, ParamsError, load_params
+from pipeline.core.params import OVERRIDE_ENV, Params, ParamsError, load_params, write_resolved
 from pipeline.core.text import clean_text, utc_now
 from pipeline.core.variants import variant_names
 
@@ -279,7 +280,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         log(f"[nightly {time.monotonic() - t0:7.1f} s] {message}")
 
     try:
-        params: Params = load_params(params_path)
+        params: Params = load_params(params_path, env.get(OVERRIDE_ENV, ""))
         boards: tuple[Board, ...] = load_boards(boards_path)
     except ParamsError as exc:
         log(f"error: {exc}")
@@ -325,6 +326,10 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
             log(f"error: history database: {exc}")
             return EXIT_FAILED
         run.run_dir.mkdir(parents=True)
+        # What this run was made with, whatever happens next (the build's own params task
+        # writes the same file once doit gets that far).
+        write_resolved(Layout(run.run_dir).resolved_params(), params, params_path,
+                       env.get(OVERRIDE_ENV, ""))
         code = code_hash(project)
         build_params = {k: v for k, v in asdict(params).items() if k != "nightly"}
         commit, dirty = git_state(project)
@@ -562,11 +567,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--db-timeout", type=float, default=history.WRITE_TIMEOUT_S,
                         metavar="SECONDS", help="how long to wait for a history database "
                         f"another connection holds (default {history.WRITE_TIMEOUT_S:.0f})")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE;...",
+                        help=f"a one-off params override (default: ${OVERRIDE_ENV}), passed "
+                        "on to the build")
     args = parser.parse_args(argv)
     if not 0 <= args.db_timeout <= 3600:
         parser.error("--db-timeout must be between 0 and 3600 seconds")
     project = args.project.resolve()
     env = dict(os.environ)
+    if args.set is not None:
+        env[OVERRIDE_ENV] = args.set
 
     def from_env(name: str, default: str) -> Path:
         path = Path(env.get(name) or default)

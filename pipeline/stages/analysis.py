@@ -303,8 +303,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("int8", type=Path, help="the build's int8 model written by convert")
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("--report-dir", type=Path, default=Path("."))
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--max-per-class", type=int, default=12)
+    from pipeline.core.params import AnalysisParams, EvaluateParams
+
+    # The defaults are the schema's (pipeline/core/params.py), never a second copy.
+    parser.add_argument("--batch-size", type=int, default=EvaluateParams().batch_size,
+                        help="default: evaluate.batch_size's, %(default)s")
+    parser.add_argument("--max-per-class", type=int, default=AnalysisParams().max_per_class,
+                        help="default: analysis.max_per_class's, %(default)s")
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     run(args.build, DATASETS[args.dataset].class_names, args.model, args.int8, args.data,

@@ -341,7 +341,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "PIPELINE_MIRROR)")
     parser.add_argument("--params", type=Path, help="a params file whose [[datasets]] "
                         "declare more datasets")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    from pipeline.core.params import DownloadParams
+
+    parser.add_argument("--timeout", type=float, default=DownloadParams().timeout_s,
+                        help="seconds (default: download.timeout_s's, %(default)s)")
     parser.add_argument("--offline", action="store_true",
                         default=os.environ.get("PIPELINE_OFFLINE") == "1",
                         help="try only --mirror (and a declared file's own location), never "

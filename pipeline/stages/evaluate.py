@@ -177,8 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("models", type=Path, nargs="+", help="<build>_<variant> model files")
     parser.add_argument("--report-dir", type=Path, default=Path("."))
-    parser.add_argument("--max-drift-pt", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=500)
+    from pipeline.core.params import EvaluateParams
+
+    # The defaults are the schema's (pipeline/core/params.py), never a second copy.
+    defaults = EvaluateParams()
+    parser.add_argument("--max-drift-pt", type=float, default=defaults.max_drift_pt,
+                        help="default: evaluate.max_drift_pt's, %(default)s")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="default: evaluate.batch_size's, %(default)s")
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     variants = {variant_of(p)[1]: p for p in args.models}
