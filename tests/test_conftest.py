@@ -30,7 +30,9 @@ def clone(tmp_path_factory):
 def run_tests(clone, tmp_path, env_extra, *tests):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     # No public download from a test: an empty cache and offline.
-    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PIPELINE_OFFLINE="1", **env_extra)
+    # COLUMNS: pytest 9 cuts summary lines at the terminal's width (a subprocess has 80).
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PIPELINE_OFFLINE="1", COLUMNS="400",
+               **env_extra)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                            *(tests or [REAL_MNIST_TEST])], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=600)
