@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.stages.analysis import (OUTPUTS, by_true_class, confusion_matrix, damage_and_fixes,
-                               render_grid)
+from pipeline.stages.analysis import (CAPTION_H, CELL_W, LABEL_W, OUTPUTS, RIGHT, TILE_SCALE,
+                                      WRONG, by_true_class, confusion_matrix, damage_and_fixes,
+                                      grid_image, prediction_line, render_grid)
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():
@@ -38,10 +39,36 @@ def test_grid_tiles_are_upscaled_and_long_names_fit(tmp_path):
     digit = np.zeros((28, 28), np.uint8)
     digit[4:24, 12:16] = 255
     render_grid("t", [("true Ankle boot\n3 image(s)",
-                       [(digit, ["#1", "as T-shirt/top 99%"])] * 3)], tmp_path / "g.png")
+                       [(digit, [("#1", None), ("99% as T-shirt/top", False)])] * 3)],
+                tmp_path / "g.png")
     image = np.asarray(Image.open(tmp_path / "g.png").convert("L"))
     ink = np.argwhere(image[40:] < 50)  # the stroke, drawn dark on white
     assert ink[:, 0].max() - ink[:, 0].min() >= 3 * 20 - 1  # 20 px of stroke, 3x
+
+
+def line_colours(image: np.ndarray, row: int, line: int, tiles: int) -> tuple[int, int]:
+    """Green and red pixels in caption line `line` of a grid row's tiles
+    (the layout render_grid draws: rows of 28 * TILE_SCALE tiles, 15 px caption lines)."""
+    tile = 28 * TILE_SCALE
+    top = 40 + row * (tile + CAPTION_H + 6) + tile + 2 + 15 * line
+    band = image[top:top + 15, LABEL_W:LABEL_W + tiles * CELL_W].astype(int)
+    r, g, b = band[..., 0], band[..., 1], band[..., 2]
+    # By hue, since text is antialiased towards white: RIGHT is green, WRONG red.
+    assert RIGHT[1] > max(RIGHT[0], RIGHT[2]) and WRONG[0] > max(WRONG[1], WRONG[2])
+    return int((g - np.maximum(r, b) > 25).sum()), int((r - np.maximum(g, b) > 40).sum())
+
+
+def test_right_is_green_and_wrong_red_whatever_the_line():
+    probs = np.array([0.1, 0.7, 0.2])
+    assert prediction_line("K ", probs, 1, ["a", "b", "c"]) == ("K 70% b", True)
+    assert prediction_line("", probs, 2, ["a", "b", "c"], " as ") == ("70% as b", False)
+    digit = np.zeros((28, 28), np.uint8)
+    fix = [("#7", None), ("K 90% 3", False), ("Q 80% 5", True)]
+    image = np.asarray(grid_image("t", [("true 5", [(digit, fix)] * 2)]).convert("RGB"))
+    index, keras, int8 = (line_colours(image, 0, line, 2) for line in range(3))
+    assert index == (0, 0)
+    assert keras[0] == 0 and keras[1] > 20    # wrong: red only
+    assert int8[1] == 0 and int8[0] > 20      # right: green only
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +177,20 @@ def test_onnx_int8_damage_is_listed_beside_int8s(smoke_analysis):
     markdown = (reports / "analysis.md").read_text()
     assert f"- **{len(listed['damage'])}** image(s) onnx_int8 gets wrong that Keras gets " \
            "right" in markdown
+
+
+def test_fixes_grid_draws_the_right_int8_answer_green(smoke_analysis):
+    """int8_fixes.png: Keras wrong (red), int8 right (green) on every row; int8_damage.png
+    the other way round. Rows and tiles per row from int8_damage.json."""
+    _, reports = smoke_analysis
+    damage = json.loads((reports / "int8_damage.json").read_text())
+    for kind, keras_right in (("fixes", False), ("damage", True)):
+        per_class = {}  # tiles per true class, at most smoke.toml's analysis.max_per_class
+        for item in damage[kind]:
+            per_class[item["label"]] = min(per_class.get(item["label"], 0) + 1, 12)
+        image = np.asarray(Image.open(reports / f"int8_{kind}.png").convert("RGB"))
+        for row, tiles in enumerate(per_class[c] for c in sorted(per_class)):
+            (k_right, k_wrong), (q_right, q_wrong) = (line_colours(image, row, line, tiles)
+                                                      for line in (1, 2))
+            assert (k_right > 0, k_wrong > 0) == (keras_right, not keras_right), (kind, row)
+            assert (q_right > 0, q_wrong > 0) == (not keras_right, keras_right), (kind, row)

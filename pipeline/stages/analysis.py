@@ -26,6 +26,11 @@ from pipeline.core.variants import KERAS, reference_int8_variant
 # Each 28x28 tile is drawn 3x larger (84 px): big enough to see the strokes at normal zoom.
 TILE_SCALE = 3
 CELL_W, CAPTION_H, LABEL_W = 112, 50, 150  # caption: up to three 15 px lines
+# A caption line about a prediction is coloured by whether it is the true class, the same on
+# every grid (misclassified, damage, fixes); other lines (the test index) are black.
+RIGHT, WRONG, PLAIN = (0, 120, 60), (200, 0, 0), (0, 0, 0)
+# A caption line: its text, and whether the prediction it names is right (None: no prediction).
+CaptionLine = tuple[str, "bool | None"]
 
 # Every file `run` writes into the report directory (dodo.py's targets and clean list).
 OUTPUTS = layout.ANALYSIS_FILES
@@ -78,9 +83,33 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     return text
 
 
-def render_grid(title: str, rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequence[str]]]]],
+def caption_colour(right: bool | None) -> tuple[int, int, int]:
+    return PLAIN if right is None else RIGHT if right else WRONG
+
+
+def prediction_line(prefix: str, probs: np.ndarray, label: int, class_names: Sequence[str],
+                    joiner: str = " ") -> CaptionLine:
+    """`K 97% 3`: a model's probability and class for one image, and whether it is right.
+    The probability comes before the name: a long (Fashion-MNIST) name is cut, never it."""
+    predicted = int(np.argmax(probs))
+    return (f"{prefix}{100 * probs.max():.0f}%{joiner}{class_names[predicted]}",
+            predicted == label)
+
+
+def render_grid(title: str,
+                rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequence[CaptionLine]]]]],
                 path: Path) -> None:
-    """A PNG of labelled rows of captioned 28x28 tiles (dark ink on white, as on paper)."""
+    """Write `grid_image` to `path` as PNG."""
+    image = grid_image(title, rows)
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+
+
+def grid_image(title: str,
+               rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequence[CaptionLine]]]]]
+               ) -> Any:
+    """Labelled rows of captioned 28x28 tiles (dark ink on white, as on paper), as a PIL
+    image; each caption line in `caption_colour` of its rightness."""
     from PIL import Image, ImageDraw
 
     tile = 28 * TILE_SCALE
@@ -104,13 +133,12 @@ def render_grid(title: str, rows: Sequence[tuple[str, Sequence[tuple[np.ndarray,
                 (tile, tile), Image.Resampling.NEAREST)
             image.paste(digit, (x, y))
             draw.rectangle([x, y, x + tile - 1, y + tile - 1], outline=(160, 160, 160))
-            for i, line in enumerate(caption):
+            for i, (line, right) in enumerate(caption):
                 draw.text((x, y + tile + 2 + 15 * i), _fit(draw, line, small, CELL_W - 6),
-                          fill=(200, 0, 0) if i == len(caption) - 1 else "black", font=small)
+                          fill=caption_colour(right), font=small)
     if not rows:
         draw.text((10, 60), "none", fill=(120, 120, 120), font=big)
-    with atomic_path(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
+    return image
 
 
 def render_confusion(matrices: dict[str, np.ndarray], class_names: Sequence[str],
@@ -191,10 +219,11 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
         wrong = np.flatnonzero(preds[name] != labels)
         groups = by_true_class(wrong, labels, n, max_per_class)
         render_grid(f"{build}: test images {name} gets wrong (caption: test index, probability and"
-                    " predicted class;"
+                    " predicted class in red: wrong;"
                     f" at most {max_per_class} per class)",
                     _class_rows(groups, images, lambda i, m=name: [
-                        f"#{i}", f"{100 * probs[m][i].max():.0f}% as {class_names[preds[m][i]]}"],
+                        (f"#{i}", None), prediction_line("", probs[m][i], labels[i], class_names,
+                                                         " as ")],
                         class_names),
                     report_dir / f"misclassified_{name}.png")
 
@@ -220,14 +249,14 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
         # The other int8 models' lists, keyed by variant (entries name it instead of int8).
         **({"others": others} if others else {})})
 
-    def both(i: int) -> list[str]:
-        # Probability before the name: a long (Fashion-MNIST) name is cut, never the number.
-        return [f"#{i}", f"K {100 * probs[KERAS][i].max():.0f}% {class_names[preds[KERAS][i]]}",
-                f"Q {100 * probs[int8][i].max():.0f}% {class_names[preds[int8][i]]}"]
+    def both(i: int) -> list[CaptionLine]:
+        return [(f"#{i}", None), prediction_line("K ", probs[KERAS][i], labels[i], class_names),
+                prediction_line("Q ", probs[int8][i], labels[i], class_names)]
     for kind, indices in (("damage", damage), ("fixes", fixes)):
         what = ("int8 gets wrong, Keras right" if kind == "damage"
                 else "int8 gets right, Keras wrong")
-        render_grid(f"{build}: {len(indices)} test image(s) {what} (K = Keras, Q = int8)",
+        render_grid(f"{build}: {len(indices)} test image(s) {what} (K = Keras, Q = int8; "
+                    "green: right, red: wrong)",
                     _class_rows(by_true_class(indices, labels, n, max_per_class), images, both,
                                 class_names),
                     report_dir / f"int8_{kind}.png")
