@@ -88,9 +88,9 @@ def test_the_translation_equals_litert_bit_for_bit(seeded_int8, test_images):
         assert check_same_outputs(content, tflite, test_images, "t.onnx") == (200, 0)
 
 
-def perturbed(content: bytes, steps: int) -> bytes:
-    """The translated model with the output layer's int8 weights moved by `steps` where
-    they have room: a model that is almost, not quite, the .tflite."""
+def perturbed(content: bytes, steps: int, column: int = 0) -> bytes:
+    """The translated model with the output layer's int8 weights of class `column` moved by
+    `steps` where they have room: a model that is almost, not quite, the .tflite."""
     import onnx
     from onnx import numpy_helper
 
@@ -101,30 +101,73 @@ def perturbed(content: bytes, steps: int) -> bytes:
             and n.input[0] in initializers and len(initializers[n.input[0]].dims) == 2][-1]
     tensor = initializers[node.input[0]]
     weights = numpy_helper.to_array(tensor).astype(np.int32)
-    weights[:, 0] = np.clip(weights[:, 0] + steps, -127, 127)
+    weights[:, column] = np.clip(weights[:, column] + steps, -127, 127)
     tensor.CopyFrom(numpy_helper.from_array(weights.astype(np.int8), tensor.name))
     return model.SerializeToString()
 
 
-def test_a_different_model_is_caught_naming_the_first_differing_image(tiny_models,
+@pytest.fixture(scope="module")
+def trained_int8(tmp_path_factory):
+    """The CNN trained briefly on the learnable synthetic images: confident outputs (an
+    untrained network's are near uniform, ties everywhere, and any changed output step can
+    change its top-1)."""
+    import keras
+
+    from pipeline.stages.convert import convert
+    from pipeline.stages.train import build_model
+
+    keras.utils.set_random_seed(3)
+    labels = np.arange(600) % 10
+    model = build_model("cnn", (28, 28), 10)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(synthetic_images(labels, 4)[..., None].astype(np.float32), labels, epochs=2,
+              batch_size=60, verbose=0)
+    path = tmp_path_factory.mktemp("trained") / "trained_cnn_int8.tflite"
+    path.write_bytes(convert(model, "int8", synthetic_images(np.arange(50) % 10, 3)))
+    return path
+
+
+def test_a_different_model_is_caught_naming_the_first_differing_image(trained_int8,
                                                                       test_images):
-    tflite = tiny_models["tiny_cnn/int8"]
-    wrong = perturbed(translate_tflite(tflite), 40)
+    tflite = trained_int8
     expected, quantization = litert_raw(tflite, test_images)
-    steps = np.abs(ort_raw(wrong, test_images, quantization) - expected).max(axis=1)
+    wrong = perturbed(translate_tflite(tflite), 40, 9)
+    got = ort_raw(wrong, test_images, quantization)
+    # The step gate alone: the images whose top-1 the change leaves alone.
+    same_top1 = got.argmax(axis=1) == expected.argmax(axis=1)
+    test_images, got, expected = test_images[same_top1], got[same_top1], expected[same_top1]
+    steps = np.abs(got - expected).max(axis=1)
     first, worst = int(np.flatnonzero(steps)[0]), int(steps.max())
     assert worst > 1  # the test needs a model that really differs
+    identical = int((steps == 0).sum())
     with pytest.raises(OnnxConvertError, match=(
-            rf"^m\.onnx: ONNX Runtime's output differs from LiteRT's for tiny_cnn_int8\.tflite "
+            rf"^m\.onnx: ONNX Runtime's output differs from LiteRT's for trained_cnn_int8\.tflite "
             rf"by {steps[first]} output steps on test image {first} \(more than "
-            rf"convert\.onnx_tflite_max_steps = 0; {np.count_nonzero(steps)} of 200 images")):
+            rf"convert\.onnx_tflite_max_steps = 0; {np.count_nonzero(steps)} of "
+            rf"{len(test_images)} images "
+            rf"beyond it, at most {worst} steps, {identical} bit-identical\)")):
         check_same_outputs(wrong, tflite, test_images, "m.onnx")
     # The tolerance at its boundary: `worst` steps pass, one fewer does not.
-    identical = int((steps == 0).sum())
     assert check_same_outputs(wrong, tflite, test_images, "m.onnx", worst) == (identical, worst)
     with pytest.raises(OnnxConvertError, match=f"more than convert.onnx_tflite_max_steps = "
                                                f"{worst - 1}"):
         check_same_outputs(wrong, tflite, test_images, "m.onnx", worst - 1)
+
+
+def test_a_changed_top1_fails_whatever_the_step_tolerance(trained_int8, test_images):
+    tflite = trained_int8
+    expected, quantization = litert_raw(tflite, test_images)
+    wrong = perturbed(translate_tflite(tflite), 127, 0)
+    got = ort_raw(wrong, test_images, quantization)
+    changed = np.flatnonzero(got.argmax(axis=1) != expected.argmax(axis=1))
+    assert changed.size  # raising class 0 makes it first somewhere
+    identical = int((np.abs(got - expected).max(axis=1) == 0).sum())
+    with pytest.raises(OnnxConvertError, match=(
+            rf"^m\.onnx: ONNX Runtime's top-1 class differs from LiteRT's for "
+            rf"trained_cnn_int8\.tflite on test image {changed[0]} \({changed.size} of 200 images; "
+            rf"{identical} bit-identical")):
+        check_same_outputs(wrong, tflite, test_images, "m.onnx", 255)
 
 
 def test_another_networks_translation_is_caught(tiny_models, test_images):

@@ -22,12 +22,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from pipeline import PipelineError
 from pipeline.stages.calibration import representative_indices
+from pipeline.stages.onnx_graph import RewriteSummary, integer_form
 from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.core.files import write_bytes
 from pipeline.core.params import ConvertParams, load_params
@@ -191,9 +193,10 @@ def quantize_int8(float_model: bytes, representative: np.ndarray) -> bytes:
     return canonical(quantized)
 
 
-def translate_tflite(tflite_path: Path) -> bytes:
+def translate_tflite(tflite_path: Path, integer: bool = True) -> bytes:
     """The .tflite translated by tf2onnx (opset 17), its graph input and output given the
-    .tflite's own static shape (tf2onnx writes the batch as a symbol)."""
+    .tflite's own static shape (tf2onnx writes the batch as a symbol); with `integer`, put
+    in the form ONNX Runtime runs in integer kernels (onnx_graph.integer_form)."""
     import onnx
     import tf2onnx
 
@@ -211,18 +214,41 @@ def translate_tflite(tflite_path: Path) -> bytes:
             if dim.HasField("dim_param"):
                 dim.dim_value = size  # clears dim_param (a oneof)
     onnx.checker.check_model(model)
-    return canonical(model)
+    content = canonical(model)
+    return rewrite_integer(content)[0] if integer else content
 
 
-def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarray,
-                       onnx_name: str, max_steps: int = 0) -> tuple[int, int]:
-    """Fail unless ONNX Runtime gives the .tflite's LiteRT outputs on every image: the same
-    input and output quantization, and integer outputs that differ by at most `max_steps`
-    output quantization steps (0: bit for bit). One image per run, as both models' static
-    batch of 1 takes them, through the same input quantization (the runner's).
+def rewrite_integer(content: bytes) -> tuple[bytes, RewriteSummary]:
+    """The translated model in ONNX Runtime's integer form, canonical, and what was done."""
+    import onnx
 
-    Returns (images whose outputs are bit-identical, largest difference in steps).
-    """
+    model = onnx.load_from_string(content)
+    summary = integer_form(model)
+    rewritten = canonical(model)
+    onnx.checker.check_model(onnx.load_from_string(rewritten))
+    return rewritten, summary
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an ONNX model's outputs compare with the .tflite's under LiteRT, per test image."""
+    steps: np.ndarray          # largest difference in output quantization steps
+    top1_differs: np.ndarray   # indices of images whose top-1 class differs
+
+    @property
+    def identical(self) -> int:
+        return int((self.steps == 0).sum())
+
+    @property
+    def worst(self) -> int:
+        return int(self.steps.max(initial=0))
+
+
+def compare_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarray,
+                    onnx_name: str) -> Agreement:
+    """ONNX Runtime's outputs against LiteRT's, one image per run as both models' static
+    batch of 1 takes them, through the same input quantization (the runner's). Fails unless
+    both have the same input and output quantization."""
     from pipeline.core.runtimes import open_model, open_model_content
 
     onnx_model = open_model_content(onnx_content, VARIANTS[ONNX_INT8_TFLITE].format)
@@ -240,7 +266,32 @@ def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarra
     # Both are dequantized with the same scale and zero point: the difference is an exact
     # multiple of the scale, so this is the integer outputs' difference.
     steps = np.rint(np.abs(got - expected) / np.float32(theirs["output"]["scale"])).max(axis=1)
+    return Agreement(steps.astype(np.int64),
+                     np.flatnonzero(got.argmax(axis=1) != expected.argmax(axis=1)))
+
+
+def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarray,
+                       onnx_name: str, max_steps: int = 0) -> tuple[int, int]:
+    """Fail unless ONNX Runtime answers as LiteRT does on every image: the same input and
+    output quantization, the same top-1 class, and integer outputs that differ by at most
+    `max_steps` output quantization steps (0: bit for bit).
+
+    Returns (images whose outputs are bit-identical, largest difference in steps).
+    """
+    agreement = compare_outputs(onnx_content, tflite_path, images, onnx_name)
+    steps = agreement.steps
     beyond = np.flatnonzero(steps > max_steps)
+    advice = ("not written. A board running it would not answer as the validated .tflite "
+              "does: raise convert.onnx_tflite_max_steps only if that is acceptable, or set "
+              "convert.onnx = false to build TFLite only")
+    if agreement.top1_differs.size:
+        first = int(agreement.top1_differs[0])
+        raise OnnxConvertError(
+            f"{onnx_name}: ONNX Runtime's top-1 class differs from LiteRT's for "
+            f"{Path(tflite_path).name} on test image {first} ({agreement.top1_differs.size} "
+            f"of {len(images):,} images; {agreement.identical:,} bit-identical, at most "
+            f"{agreement.worst} output steps apart); " + advice.replace(
+                "raise convert.onnx_tflite_max_steps only if that is acceptable, or ", ""))
     if beyond.size:
         first = int(beyond[0])
         raise OnnxConvertError(
@@ -248,10 +299,8 @@ def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarra
             f"{Path(tflite_path).name} by {steps[first]:.0f} output steps on test image "
             f"{first} (more than convert.onnx_tflite_max_steps = {max_steps}; "
             f"{beyond.size} of {len(images):,} images beyond it, at most {steps.max():.0f} "
-            "steps); not written. A board running it would not answer as the validated "
-            ".tflite does: raise onnx_tflite_max_steps only if that is acceptable, or set "
-            "convert.onnx = false to build TFLite only")
-    return int((steps == 0).sum()), int(steps.max(initial=0))
+            f"steps, {agreement.identical:,} bit-identical); " + advice)
+    return agreement.identical, agreement.worst
 
 
 def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
@@ -273,17 +322,23 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
 
 def run_translate(tflite_path: Path, data_path: Path, build: str, model_dir: Path,
                   max_steps: int = 0) -> int:
-    """The translate_onnx action: onnx_int8_tflite from the int8 .tflite, written only when
-    its outputs equal LiteRT's on every test image (within `max_steps` output steps)."""
+    """The translate_onnx action: onnx_int8_tflite from the int8 .tflite, in ONNX Runtime's
+    integer form, written only when it answers as LiteRT does on every test image (same
+    top-1, within `max_steps` output steps). Prints how many images are bit-identical before
+    and after the integer rewrite."""
     path = variant_path(model_dir, build, ONNX_INT8_TFLITE)
     with native_output_hidden():
-        content = translate_tflite(tflite_path)
+        plain = translate_tflite(tflite_path, integer=False)
+    content, summary = rewrite_integer(plain)
     images = load_arrays(data_path)["x_test"]
+    before = compare_outputs(plain, tflite_path, images, str(path))
     identical, worst = check_same_outputs(content, tflite_path, images, str(path), max_steps)
     size = _write({ONNX_INT8_TFLITE: content}, model_dir, build)[ONNX_INT8_TFLITE]
+    print(f"{path.name}: {summary.describe()}")
     print(f"{path.name}: outputs equal LiteRT's bit for bit on {identical:,} of "
           f"{len(images):,} test images" + (f" (the others within {worst} output steps)"
-                                            if identical < len(images) else ""))
+                                            if identical < len(images) else "")
+          + f"; before the integer rewrite {before.identical:,}")
     return size
 
 

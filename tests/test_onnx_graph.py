@@ -1,0 +1,133 @@
+"""The integer-form pass on real translations (ONNX Runtime's optimized graph is the judge)
+and on small graphs built here by hand, each rule at its boundary."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline.stages.convert_onnx import translate_tflite
+from pipeline.stages.onnx_graph import integer_form
+
+
+def optimized_ops(content: bytes, tmp_path) -> tuple[Counter, int]:
+    """ORT's optimized graph of `content`: op counts, and how many DequantizeLinear read a
+    constant (a weight dequantized on every run)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3  # the "hardware specific optimizations" warning
+    ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    constants = {t.name for t in graph.initializer}
+    weight_dqs = sum(n.op_type == "DequantizeLinear" and n.input[0] in constants
+                     for n in graph.node)
+    return Counter(n.op_type for n in graph.node), weight_dqs
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_ort_runs_the_translation_in_integer_kernels(tiny_models, kind, tmp_path):
+    tflite = tiny_models[f"tiny_{kind}/int8"]
+    ops, weight_dqs = optimized_ops(translate_tflite(tflite), tmp_path)
+    assert not {"Conv", "Gemm", "MatMul"} & set(ops), ops
+    assert weight_dqs == 0
+    # Untrained, the dense layers' biases are 0 and tf2onnx leaves out the Add: QLinearMatMul.
+    assert ops["QGemm"] + ops["QLinearMatMul"] == 2, ops
+    assert ops["QLinearConv"] == (3 if kind == "cnn" else 0), ops
+    # Without the pass ORT keeps float layers: what the pass is for.
+    plain_ops, plain_weight_dqs = optimized_ops(translate_tflite(tflite, integer=False),
+                                                tmp_path)
+    assert {"Conv", "Gemm", "MatMul"} & set(plain_ops) and plain_weight_dqs > 0
+
+
+def graph(nodes, inputs, outputs, initializers):
+    from onnx import TensorProto, helper
+
+    return helper.make_model(
+        helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                           for n, s in inputs],
+                          [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+                          initializer=initializers),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+
+def clamp_then_quantize(op: str, scale: float, zero_point: int):
+    """x -> Relu or Clip(0, 6) -> QuantizeLinear(scale, zero_point) -> int8 output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(scale), "s"),
+             numpy_helper.from_array(np.int8(zero_point), "z"),
+             numpy_helper.from_array(np.float32(0), "lo"),
+             numpy_helper.from_array(np.float32(6), "hi")]
+    clamp = helper.make_node(op, ["x", "lo", "hi"] if op == "Clip" else ["x"], ["c"])
+    quantize = helper.make_node("QuantizeLinear", ["c", "s", "z"], ["y"])
+    return graph([clamp, quantize], [("x", [64])], [("y", TensorProto.INT8, [64])], inits)
+
+
+def run(model, feeds):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("op, scale, zero_point, folds", [
+    ("Relu", 0.05, -128, True),       # q(0) = -128: the type's minimum already clamps at 0
+    ("Relu", 0.05, -127, False),      # q(0) = -127: Relu clamps what Q would not
+    ("Clip", 6 / 255, -128, True),    # q(6) = 255 - 128 = 127
+    ("Clip", 6 / 254.4, -128, False),  # q(6) = rint(254.4) - 128 = 126: the 6 clamps
+])
+def test_a_clamp_is_folded_exactly_when_quantization_already_clamps(op, scale, zero_point,
+                                                                     folds):
+    model = clamp_then_quantize(op, scale, zero_point)
+    # Values across and beyond both bounds, and the bounds themselves.
+    x = {"x": np.concatenate([np.linspace(-2, 9, 62), [0, 6]]).astype(np.float32)}
+    expected = np.clip(np.rint(np.clip(x["x"], 0, 6 if op == "Clip" else np.inf)
+                               / np.float32(scale)) + zero_point, -128, 127)
+    assert np.array_equal(run(model, x), expected)  # the hand-built model is what we think
+    summary = integer_form(model)
+    assert summary.clamps_removed == int(folds)
+    assert [n.op_type for n in model.graph.node] == \
+        (["QuantizeLinear"] if folds else [op, "QuantizeLinear"])
+    assert np.array_equal(run(model, x), expected)
+
+
+def dense(weight_is_constant: bool):
+    """x [1, 4] -> MatMul(W [4, 3]) -> Add(b [3]) -> y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    inits = [numpy_helper.from_array(b, "b")]
+    inputs = [("x", [1, 4])]
+    if weight_is_constant:
+        inits.append(numpy_helper.from_array(w, "w"))
+    else:
+        inputs.append(("w", [4, 3]))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])]
+    return graph(nodes, inputs, [("y", TensorProto.FLOAT, [1, 3])], inits), w, b
+
+
+def test_matmul_and_add_of_constants_become_one_gemm():
+    model, w, b = dense(weight_is_constant=True)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    summary = integer_form(model)
+    assert summary.gemms == 1
+    assert [n.op_type for n in model.graph.node] == ["Gemm"]
+    np.testing.assert_allclose(run(model, {"x": x}), x @ w + b, rtol=1e-6)
+
+
+def test_a_graph_the_pass_does_not_recognise_is_left_as_it_was_and_named():
+    model, w, _ = dense(weight_is_constant=False)
+    before = model.SerializeToString()
+    summary = integer_form(model)
+    assert model.SerializeToString() == before
+    assert (summary.gemms, summary.clamps_removed, summary.requantized_layouts) == (0, 0, 0)
+    assert summary.left_in_float == ["MatMul m"]
+    assert "not recognised, left as translated (float in ONNX Runtime): MatMul" in \
+        summary.describe()
