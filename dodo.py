@@ -309,7 +309,8 @@ def task_convert():
             # the files of variants switched off, so it reruns when that list changes. Not
             # the other ONNX keys: they never change a .tflite.
             "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
-                                                    "onnx_tflite_max_steps"),
+                                                    "onnx_tflite_max_steps",
+                                                    "onnx_calibration", "onnx_preprocess"),
                                          "float_layers": list(build.float_layers),
                                          "variants": list(variant_models(build.name))})],
             "clean": True,
@@ -335,9 +336,10 @@ def _task_convert_onnx():
             "file_dep": [STAGES / "stages/convert_onnx.py", STAGES / "stages/calibration.py",
                          keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            # The calibration draw is all of [convert] these models depend on.
+            # The calibration draw and method are all of [convert] these models depend on.
             "uptodate": [config_changed({key: getattr(PARAMS.convert, key)
-                                         for key in ("representative_samples", "seed")})],
+                                         for key in ("representative_samples", "seed",
+                                                     "onnx_calibration", "onnx_preprocess")})],
             "clean": True,
         }
 

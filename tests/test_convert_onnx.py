@@ -173,6 +173,7 @@ def test_a_changed_top1_fails_whatever_the_step_tolerance(trained_int8, test_ima
 def test_another_networks_translation_is_caught(tiny_models, test_images):
     mlp = translate_tflite(tiny_models["tiny_mlp/int8"])
     with pytest.raises(OnnxConvertError, match=r"^m\.onnx: (its output is .* the \.tflite's|"
+                                               r"ONNX Runtime's top-1 class differs|"
                                                r"ONNX Runtime's output differs)"):
         check_same_outputs(mlp, tiny_models["tiny_cnn/int8"], test_images, "m.onnx")
 
@@ -304,3 +305,21 @@ def test_run_translate_writes_only_a_model_that_passed(calibration_data, capsys)
     assert ("b_onnx_int8_tflite.onnx: outputs equal LiteRT's bit for bit on 50 of 50 test "
             "images") in capsys.readouterr().out
     assert not list(out.glob(".*partial*"))
+
+
+def test_an_unknown_calibration_method_is_one_line_naming_the_key(tiny_onnx_models):
+    content = tiny_onnx_models["tiny_mlp/onnx_float32"].read_bytes()
+    with pytest.raises(OnnxConvertError, match=r"^convert\.onnx_calibration: unknown method "
+                                               r"'Histogram'; choose from \['MinMax', "
+                                               r"'Entropy', 'Percentile'\]$"):
+        quantize_int8(content, synthetic_images(np.arange(10), 1), "Histogram")
+
+
+def test_each_calibration_method_gives_reproducible_bytes_of_its_own(tiny_onnx_models):
+    content = tiny_onnx_models["tiny_cnn/onnx_float32"].read_bytes()
+    representative = synthetic_images(np.arange(30) % 10, 5)
+    made = {(method, pre): quantize_int8(content, representative, method, pre)
+            for method in ("MinMax", "Entropy", "Percentile") for pre in (False, True)}
+    assert len({sha256(c) for c in made.values()}) >= 3  # each method its own ranges
+    assert sha256(quantize_int8(content, representative, "Entropy", True)) == \
+        sha256(made["Entropy", True])

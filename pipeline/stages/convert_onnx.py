@@ -32,7 +32,8 @@ from pipeline.stages.calibration import representative_indices
 from pipeline.stages.onnx_graph import RewriteSummary, integer_form
 from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.core.files import write_bytes
-from pipeline.core.params import ConvertParams, load_params
+from pipeline.core.params import (ONNX_CALIBRATION_METHODS as CALIBRATION_METHODS,
+                                  ConvertParams, load_params)
 from pipeline.stages.preprocess import load_arrays
 from pipeline.core.variants import (INT8, ONNX_FLOAT32, ONNX_INT8, ONNX_INT8_TFLITE, VARIANTS,
                                variant_names, variant_path)
@@ -160,13 +161,21 @@ def export_float(model: Any) -> bytes:
     return canonical(exported)
 
 
-def quantize_int8(float_model: bytes, representative: np.ndarray) -> bytes:
+def quantize_int8(float_model: bytes, representative: np.ndarray,
+                  calibration: str = "MinMax", preprocess: bool = False,
+                  nodes_to_exclude: Sequence[str] = ()) -> bytes:
     """ONNX Runtime's static int8 quantization of the float model: QDQ (the form SpacemiT's
     execution provider and its model zoo use), int8 weights per channel and int8 activations,
-    MinMax ranges over `representative` (H x W uint8 images)."""
+    ranges by `calibration` (one of CALIBRATION_METHODS) over `representative` (H x W uint8
+    images). `preprocess`: ORT's quant_pre_process first (shape inference and graph
+    optimization, as ORT recommends). `nodes_to_exclude` stay float."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                           QuantFormat, QuantType, quantize_static)
+
+    if calibration not in CALIBRATION_METHODS:
+        raise OnnxConvertError(f"convert.onnx_calibration: unknown method {calibration!r}; "
+                               f"choose from {list(CALIBRATION_METHODS)}")
 
     class Calibration(CalibrationDataReader):
         """Each representative image as the float model takes it: 1 x H x W x 1 raw pixels
@@ -184,10 +193,17 @@ def quantize_int8(float_model: bytes, representative: np.ndarray) -> bytes:
         # A path, not the ModelProto: quantize_static rewrites a proto it is given in place.
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(float_model)
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared))
+            source = prepared
         quantize_static(str(source), str(target), Calibration(input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        calibrate_method=getattr(CalibrationMethod, calibration),
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(nodes_to_exclude))
         quantized = onnx.load(str(target))
     onnx.checker.check_model(quantized)
     return canonical(quantized)
@@ -315,7 +331,8 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     with native_output_hidden():  # TensorFlow and tf2onnx notices; a failure shows them
         model = load_model(model_path)
         contents = {ONNX_FLOAT32: export_float(model)}
-        contents[ONNX_INT8] = quantize_int8(contents[ONNX_FLOAT32], representative)
+        contents[ONNX_INT8] = quantize_int8(contents[ONNX_FLOAT32], representative,
+                                            params.onnx_calibration, params.onnx_preprocess)
     wanted = variant_names(params, producer=PRODUCER)
     return _write({v: c for v, c in contents.items() if v in wanted}, model_dir, build)
 
