@@ -1,19 +1,22 @@
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.nightly.charts import MAX_BUILD_COLUMNS, nightly_figure, run_dates
+from pipeline.nightly.charts import (MAX_BUILD_COLUMNS, MAX_RUN_TICKS, MIN_SPAN_PT, Gates,
+                                     nightly_figure, run_dates)
 
 BUILDS, BOARDS, THREADS = ("b_cnn", "b_mlp"), ("k1", "local"), (1, 4)
 VARIANTS = ("keras", "float32", "int8", "float16", "dynamic_range")
 
 
 def history(n_runs=3, builds=BUILDS, dated=True):
-    """Runs whose every figure is a distinct, known number (p50 = 1000 b + 100 v + 10 t + run)."""
+    """Runs whose every figure is a distinct, known number (p50 = 1000 b + 100 v + 10 t + run),
+    one night apart from 2026-11-21 02:01 on (run r at 02:0r for the first nine)."""
     runs, figures = [], {}
     for run in range(1, n_runs + 1):
-        runs.append({"id": run, **({"started_utc": f"2026-11-2{run}T02:0{run}:00Z"}
+        day = datetime(2026, 11, 20, 2, run % 10, tzinfo=timezone.utc) + timedelta(days=run)
+        runs.append({"id": run, **({"started_utc": day.strftime("%Y-%m-%dT%H:%M:%SZ")}
                                    if dated else {})})
         acc, lat = {}, {}
         for b, build in enumerate(builds):
@@ -110,3 +113,58 @@ def test_many_builds_are_capped_and_the_title_says_so():
     fig = nightly_figure(*history(2, builds))
     assert len(fig.axes) == (2 + len(BOARDS)) * MAX_BUILD_COLUMNS
     assert f"first {MAX_BUILD_COLUMNS} of {len(builds)} builds" in fig._suptitle.get_text()
+
+
+def panel(fig, title):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def flat_history(n_runs, accuracy=0.9923, drift=-0.02):
+    """Nights on which nothing changed: the same accuracy and drift every run."""
+    runs, figures = history(n_runs, builds=("b",))
+    for run in figures.values():
+        for key in run["accuracy"]:
+            run["accuracy"][key] = {"accuracy": accuracy, "drift_pt": drift}
+    return runs, figures
+
+
+def test_an_unchanged_model_is_a_flat_line_not_a_cliff():
+    fig = nightly_figure(*flat_history(5))
+    for title, value in (("b: test accuracy", 99.23), ("b: int8 drift vs Keras", -0.02)):
+        lo, hi = panel(fig, title).get_ylim()
+        assert hi - lo >= MIN_SPAN_PT  # at least ±0.5 points, whatever the data's spread
+        assert lo < value - 0.4 and value + 0.4 < hi  # the flat line in the middle
+
+
+def test_gate_lines_are_drawn_where_the_gates_are():
+    gates = Gates({"float": 98.5, "int8": 98.0}, max_drift_pt=1.0)
+    fig = nightly_figure(*flat_history(5), gates)
+    acc, drift = panel(fig, "b: test accuracy"), panel(fig, "b: int8 drift vs Keras")
+    assert sorted(line.get_ydata()[0] for line in acc.lines if line.get_gid() == "gate") \
+        == [98.0, 98.5]
+    assert [line.get_ydata()[0] for line in drift.lines if line.get_gid() == "gate"] == [-1.0]
+    # Within reach of the data (99.23 %, -0.02 pt): inside the panel.
+    assert acc.get_ylim()[0] < 98.0 and drift.get_ylim()[0] < -1.0
+
+
+def test_a_far_gate_is_named_at_the_edge_and_does_not_squash_the_data():
+    fig = nightly_figure(*flat_history(5), Gates({"float": 70.0, "int8": 70.0}, 5.0))
+    acc = panel(fig, "b: test accuracy")
+    lo, hi = acc.get_ylim()
+    assert hi - lo < 5  # the data's scale, not 70..100
+    labels = [t.get_text() for t in acc.texts if t.get_gid() == "gate-label"]
+    assert labels == ["float and int8 floor 70 % (below)"]  # equal floors: one line
+
+
+def test_many_nights_keep_the_run_axis_readable():
+    runs, figures = history(40, builds=("b",))
+    fig = nightly_figure(runs, figures)
+    fig.canvas.draw()
+    bottom = fig.axes[-1]
+    labels = [t for t in bottom.get_xticklabels() if t.get_text()]
+    assert 2 <= len(labels) <= MAX_RUN_TICKS
+    assert labels[-1].get_text().endswith("#40")  # the latest night is always labelled
+    boxes = [t.get_window_extent() for t in labels]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # no two labels overlap
+    line = next(line for line in bottom.lines if line.get_gid() != "gate")
+    assert len(line.get_xdata()) == 40  # every night keeps its point

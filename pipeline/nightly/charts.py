@@ -4,7 +4,8 @@ One column per build: its test accuracy per variant, then its int8 drift; below,
 board: that build's p50 latency per variant and thread count. Every series in a panel has
 its own colour and marker (by variant, the same in every panel) and line style (by thread
 count), so no two share a look; Keras is a wide pale band under float32, so the two stay
-visible when they coincide (they usually do). The x axis is the runs' start dates.
+visible when they coincide (they usually do). The accuracy and drift panels span at least a
+point and draw the gate lines; the x axis is the runs' start dates, a few of them labelled.
 
 `nightly_figure` builds the matplotlib figure (tests inspect it); `write_nightly_chart` saves
 it through pipeline.core.files. Matplotlib is imported inside the functions.
@@ -12,13 +13,16 @@ it through pipeline.core.files. Matplotlib is imported inside the functions.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.core.files import atomic_path
 from pipeline.core.text import EMULATED
-from pipeline.core.variants import KERAS, drift_gated_variants, rank
+from pipeline.core.variants import (KERAS, VARIANTS, accuracy_floor, drift_gated_variants,
+                                     rank)
 
 # At most this many build columns: beyond it the panels become unreadable; nightly.md has
 # every build, and the chart's title says how many are left out.
@@ -30,8 +34,14 @@ COLOURS = ("#999999", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#5
 MARKERS = ("o", "o", "s", "^", "D", "v", "P", "X", "*")
 # Per thread count, in ascending order within a panel.
 LINE_STYLES = ("-", "--", ":", "-.")
-# Label the ticks with each run's date and number while there is room for them.
-MAX_RUN_TICKS = 12
+# At most this many runs get a date label on the run axis: about as many as fit under a
+# 5.2-inch panel at 7 pt (every run keeps its point).
+MAX_RUN_TICKS = 6
+# An accuracy or drift panel spans at least this many points (±0.5 around the data)...
+MIN_SPAN_PT = 1.0
+# ...and reaches a gate line this close to the data; a farther one is named at the edge.
+GATE_REACH_PT = 3.0
+GATE_COLOUR = "#C00000"
 
 
 def style(variant: str, thread_index: int = 0) -> dict[str, Any]:
@@ -65,15 +75,141 @@ def _nan(value: float | None, scale: float = 1.0) -> float:
     return float("nan") if value is None else value * scale
 
 
-def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, Any]]) -> Any:
-    """The trend chart over `runs` (oldest first; runs-table rows) as a matplotlib Figure."""
+@dataclass(frozen=True)
+class Gates:
+    """The gate lines the accuracy and drift panels draw: the accuracy floor per floor kind
+    ("float", "int8"; see pipeline/core/variants.py) in percent, and the int8 drift limit in
+    points (a breach is a drift below minus it)."""
+    min_accuracy_pct: dict[str, float]
+    max_drift_pt: float
+
+
+def gates_of(params: Any) -> Gates:
+    """The chart's gates from the `[nightly]` params (pipeline.core.params.NightlyParams)."""
+    return Gates({"float": 100 * params.min_accuracy_float32,
+                  "int8": 100 * params.min_accuracy_int8}, params.max_int8_drift_pt)
+
+
+def value_limits(values: Sequence[float], gates: Sequence[float] = ()) -> tuple[float, float]:
+    """y limits of an accuracy or drift panel: the data with a margin, at least MIN_SPAN_PT
+    wide (an unchanged model is a flat line, not a cliff over a 0.01-point axis), and
+    stretched to each gate line within GATE_REACH_PT of the data."""
+    finite = [v for v in values if not math.isnan(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    for gate in gates:
+        if lo - GATE_REACH_PT <= gate <= hi + GATE_REACH_PT:
+            lo, hi = min(lo, gate), max(hi, gate)
+    middle, half = (lo + hi) / 2, max((hi - lo) / 2, MIN_SPAN_PT / 2)
+    half *= 1.15  # room for the markers at the extremes
+    return middle - half, middle + half
+
+
+def draw_gate(ax: Any, y: float, label: str) -> None:
+    """A gate as a dashed red line labelled at its right end; a gate outside the panel's
+    limits is named at the edge it lies beyond, so it is never silently off-screen."""
+    lo, hi = ax.get_ylim()
+    ax.axhline(y, color=GATE_COLOUR, linestyle=(0, (5, 3)), linewidth=1.1, zorder=3, gid="gate")
+    inside = lo <= y <= hi
+    where = y if inside else (lo if y < lo else hi)
+    text = label if inside else f"{label} ({'below' if y < lo else 'above'})"
+    ax.annotate(text, (1.0, where), xycoords=("axes fraction", "data"), xytext=(-3, 3 if
+                inside or y > hi else -10), textcoords="offset points", ha="right",
+                fontsize=7, color=GATE_COLOUR, gid="gate-label")
+    ax.set_ylim(lo, hi)
+
+
+def accuracy_panels(ax_acc: Any, ax_drift: Any, build: str, ids: Sequence[int], xs: Sequence,
+                    figures: dict[int, dict[str, Any]], gates: Gates | None) -> None:
+    """A build's accuracy per variant and int8 drift, with their gate lines."""
+    variants = sorted({k[1] for i in ids for k in figures[i]["accuracy"] if k[0] == build},
+                      key=lambda v: (rank(v), v))
+    drifted = set(drift_gated_variants())
+    accuracy, drift = [], []
+    for variant in variants:
+        rows = [figures[i]["accuracy"].get((build, variant), {}) for i in ids]
+        ys = [_nan(r.get("accuracy"), 100) for r in rows]
+        accuracy += ys
+        ax_acc.plot(xs, ys, label=f"{variant} (wide band)" if variant == KERAS else variant,
+                    **style(variant))
+        if variant in drifted:
+            ys = [_nan(r.get("drift_pt")) for r in rows]
+            drift += ys
+            ax_drift.plot(xs, ys, label=variant, **style(variant))
+    floors = {kind: pct for kind, pct in (gates.min_accuracy_pct if gates else {}).items()
+              if any(accuracy_floor(v) == kind for v in variants if v in VARIANTS)}
+    ax_acc.set_ylim(*value_limits(accuracy, list(floors.values())))
+    for pct in sorted(set(floors.values())):  # equal floors: one line, one label
+        kinds = " and ".join(sorted(kind for kind, p in floors.items() if p == pct))
+        draw_gate(ax_acc, pct, f"{kinds} floor {pct:g} %")
+    ax_drift.axhline(0, color="#bbbbbb", linewidth=0.8, zorder=0)
+    ax_drift.set_ylim(*value_limits([0.0, *drift], [-gates.max_drift_pt] if gates else []))
+    if gates:
+        draw_gate(ax_drift, -gates.max_drift_pt, f"drift limit −{gates.max_drift_pt:g} pt")
+    ax_acc.set_title(f"{build}: test accuracy")
+    ax_acc.set_ylabel("%")
+    ax_drift.set_title(f"{build}: int8 drift vs Keras")
+    ax_drift.set_ylabel("points")
+
+
+def latency_panel(ax: Any, build: str, board: str, ids: Sequence[int], xs: Sequence,
+                  figures: dict[int, dict[str, Any]]) -> None:
+    """A build's p50 on one board per variant and thread count, on a log axis. Each board has
+    its own panel, so an emulated board's milliseconds never squash a real board's µs."""
+    from pipeline.core.plot import plain_log_labels
+
+    keys = sorted({k for i in ids for k in figures[i]["latency"]
+                   if k[0] == build and k[2] == board},
+                  key=lambda k: (rank(k[1]), k[1], k[3]))
+    threads = sorted({k[3] for k in keys})
+    for key in keys:
+        ax.plot(xs, [_nan(figures[i]["latency"].get(key, {}).get("p50_us")) for i in ids],
+                label=f"{key[1]} ×{key[3]}", **style(key[1], threads.index(key[3])))
+    # The label the reports use (pipeline/bench/report.py): emulated in any run shown.
+    emulated = any((figures[i]["boards"].get(board) or {}).get("emulated") for i in ids)
+    ax.set_title(f"{build} on {board}{f' ({EMULATED})' if emulated else ''}: p50 latency")
+    ax.set_ylabel("µs (log)")
+    if ax.lines:
+        ax.set_yscale("log")  # variants differ several-fold; log keeps all readable
+        plain_log_labels(ax.yaxis)
+
+
+def legends(axes: Any) -> None:
+    """One legend per row, beside its last panel: inside a panel it hides the lines it
+    names. The row's panels share their series' looks (by variant and thread count)."""
+    for row in axes:
+        handles = {}
+        for ax in row:
+            ax.grid(alpha=0.3)
+            if not [line for line in ax.lines if line.get_gid() != "gate"]:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
+                        color="#888888")
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        if handles:
+            row[-1].legend(handles.values(), handles.keys(), fontsize=8, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def run_ticks(ids: Sequence[int], dates: Sequence[datetime] | None) -> tuple[list, list[str]]:
+    """Tick positions and labels for the run axis: at most MAX_RUN_TICKS runs labelled
+    (every k-th, the latest always), each with its date and number, so many nights never
+    crowd the axis."""
+    step = max(1, math.ceil(len(ids) / MAX_RUN_TICKS))
+    chosen = list(range(len(ids) - 1, -1, -step))[::-1]
+    xs = [dates[i] if dates else ids[i] for i in chosen]
+    labels = [f"{dates[i]:%Y-%m-%d}\n{dates[i]:%H:%M} #{ids[i]}" if dates else str(ids[i])
+              for i in chosen]
+    return xs, labels
+
+
+def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, Any]],
+                   gates: Gates | None = None) -> Any:
+    """The trend chart over `runs` (oldest first; runs-table rows) as a matplotlib Figure,
+    with the gate lines of `gates` on the accuracy and drift panels."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a build server
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-
-    from pipeline.core.plot import plain_log_labels
 
     ids = [r["id"] for r in runs]
     dates = run_dates(runs)
@@ -86,69 +222,15 @@ def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, 
     fig, axes = plt.subplots(n_rows, len(builds), figsize=(5.2 * len(builds) + 2.2,
                                                             2.9 * n_rows + 0.8),
                              squeeze=False, sharex=True)
-    drifted = set(drift_gated_variants())
     for col, build in enumerate(builds):
-        ax_acc, ax_drift = axes[0][col], axes[1][col]
-        variants = sorted({k[1] for i in ids for k in figures[i]["accuracy"] if k[0] == build},
-                          key=lambda v: (rank(v), v))
-        for variant in variants:
-            rows = [figures[i]["accuracy"].get((build, variant), {}) for i in ids]
-            ax_acc.plot(xs, [_nan(r.get("accuracy"), 100) for r in rows],
-                        label=f"{variant} (wide band)" if variant == KERAS else variant,
-                        **style(variant))
-            if variant in drifted:
-                ax_drift.plot(xs, [_nan(r.get("drift_pt")) for r in rows], label=variant,
-                              **style(variant))
-        ax_acc.set_title(f"{build}: test accuracy")
-        ax_acc.set_ylabel("%")
-        ax_drift.axhline(0, color="#bbbbbb", linewidth=0.8, zorder=0)
-        ax_drift.set_title(f"{build}: int8 drift vs Keras")
-        ax_drift.set_ylabel("points")
+        accuracy_panels(axes[0][col], axes[1][col], build, ids, xs, figures, gates)
         for row, board in enumerate(boards, start=2):
-            ax = axes[row][col]
-            keys = sorted({k for i in ids for k in figures[i]["latency"]
-                           if k[0] == build and k[2] == board},
-                          key=lambda k: (rank(k[1]), k[1], k[3]))
-            threads = sorted({k[3] for k in keys})
-            for key in keys:
-                ax.plot(xs, [_nan(figures[i]["latency"].get(key, {}).get("p50_us")) for i in ids],
-                        label=f"{key[1]} ×{key[3]}", **style(key[1], threads.index(key[3])))
-            # The label the reports use (pipeline/bench/report.py): emulated in any run shown.
-            emulated = any((figures[i]["boards"].get(board) or {}).get("emulated") for i in ids)
-            ax.set_title(f"{build} on {board}{f' ({EMULATED})' if emulated else ''}: "
-                         "p50 latency")
-            ax.set_ylabel("µs (log)")
-            if ax.lines:
-                ax.set_yscale("log")  # variants differ several-fold; log keeps all readable
-                plain_log_labels(ax.yaxis)
-    for row in axes:
-        # One legend per row, beside its last panel: inside a panel it hides the lines it
-        # names. The row's panels share their series' looks (by variant and thread count).
-        handles = {}
-        for ax in row:
-            ax.grid(alpha=0.3)
-            if not ax.lines:
-                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
-                        color="#888888")
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, handle)
-        if handles:
-            row[-1].legend(handles.values(), handles.keys(), fontsize=8, loc="upper left",
-                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    bottom = axes[-1]
-    for ax in bottom:
-        if dates:
-            if len(dates) <= MAX_RUN_TICKS:
-                ax.set_xticks(dates, [f"{d:%Y-%m-%d}\n{d:%H:%M} #{i}"
-                                      for d, i in zip(dates, ids)], fontsize=7)
-            else:
-                locator = mdates.AutoDateLocator()
-                ax.xaxis.set_major_locator(locator)
-                ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-            ax.set_xlabel("run start (UTC) and run number")
-        else:
-            ax.set_xticks(ids)
-            ax.set_xlabel("run")
+            latency_panel(axes[row][col], build, board, ids, xs, figures)
+    legends(axes)
+    ticks, labels = run_ticks(ids, dates)
+    for ax in axes[-1]:
+        ax.set_xticks(ticks, labels, fontsize=7)
+        ax.set_xlabel("run start (UTC) and run number" if dates else "run")
     left_out = len(all_builds) - len(builds)
     title = ("Nightly trends" if not ids else f"Nightly run {ids[0]}" if len(ids) == 1
              else f"Nightly trends over runs {ids[0]}–{ids[-1]}")
@@ -160,11 +242,11 @@ def nightly_figure(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, 
 
 
 def write_nightly_chart(runs: Sequence[dict[str, Any]], figures: dict[int, dict[str, Any]],
-                        path: Path) -> None:
+                        path: Path, gates: Gates | None = None) -> None:
     """Draw `nightly_figure` to `path` (PNG), written under a temporary name."""
     import matplotlib.pyplot as plt
 
-    fig = nightly_figure(runs, figures)
+    fig = nightly_figure(runs, figures, gates)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)

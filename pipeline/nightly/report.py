@@ -248,12 +248,13 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
     return "\n".join(lines) + "\n"
 
 
-def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], path: Path) -> None:
-    """Trend chart over `runs` (oldest first): small multiples per build and board
-    (pipeline/nightly/charts.py draws it)."""
-    from pipeline.nightly.charts import write_nightly_chart
+def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], path: Path,
+                 params: NightlyParams | None = None) -> None:
+    """Trend chart over `runs` (oldest first): small multiples per build and board, with the
+    gate lines of `params` (pipeline/nightly/charts.py draws it)."""
+    from pipeline.nightly.charts import gates_of, write_nightly_chart
 
-    write_nightly_chart(runs, figures, path)
+    write_nightly_chart(runs, figures, path, gates_of(params) if params else None)
 
 
 def assess(db: Any, run_id: int | None, current: Figures, params: NightlyParams,
@@ -297,7 +298,7 @@ def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, A
         reproducibility, note))
     shown = [*earlier, run] if run.get("id") is not None else list(earlier)
     render_chart(shown, {**assessment["figures"], run.get("id"): current},
-                 reports_dir / NIGHTLY_PNG)
+                 reports_dir / NIGHTLY_PNG, params)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
