@@ -23,7 +23,6 @@ from tabulate import tabulate
 
 from pipeline.core.text import (EMULATED, age_hours, board_label, clean_text, escape_md,
                                 fmt_value, is_old, utc_now)
-from pipeline.core.plot import plain_log_labels
 from pipeline.core.files import atomic_path, sha256_file, write_json, write_text
 from pipeline.bench.floor import floor_us, peak_rates
 from pipeline.core.layout import LATENCY_FORMATS, Layout
@@ -109,12 +108,6 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
             if base and base.get("p50_us"):
                 r["ort_over_tflite"] = r["p50_us"] / base["p50_us"]
     return rows
-
-
-def runtime_family(variant: str) -> str:
-    """The runtime family a variant's rows are timed under, for chart labels."""
-    known = VARIANTS.get(variant)
-    return "ONNX Runtime" if known and known.format == "onnx" else "TFLite"
 
 
 def missing_state(text: str) -> str:
@@ -378,93 +371,11 @@ def write_op_reports(layout: Layout, documents: Sequence[dict[str, Any]]
 
 def render_chart(rows: Sequence[dict], path: Path,
                  documents: Sequence[dict[str, Any]] = (), made_utc: str = "") -> None:
-    """A panel per build on its own linear axis from 0: for each variant (TFLite ones, then
-    ONNX Runtime ones) a point at p50 with p10-p90 whiskers per board x threads, its value
-    (and ORT/TFLite or int8/f32 ratio) written beside it; boards' CPUs and dates in the title.
+    """latency.png: real and emulated boards on separate axes, NO RUNTIME rows as marked gaps
+    (pipeline/bench/latency_chart.py draws it)."""
+    from pipeline.bench.latency_chart import write_latency_chart
 
-    Horizontal, so long variant names and value labels never collide; points, not bars, so
-    no bar length is read against an arbitrary log floor.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r.get("p50_us")]
-    builds = sorted({r["build"] for r in rows}) or ["(no results)"]
-    series = sorted({(r["board"], r["threads"]) for r in rows}, key=str)
-    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    # One colour per runtime family, so ORT beside TFLite reads at a glance.
-    colours = {"tflite": "#4c72b0", "onnx": "#dd8452"}
-    heights = []
-    for build in builds:
-        heights.append(max(2, len({r["variant"] for r in rows if r["build"] == build})))
-    fig, axes = plt.subplots(len(builds), 1, squeeze=False,
-                             figsize=(10, 1.6 + sum(0.34 * (h + 0.8) * max(1, len(series) * 0.6)
-                                                    for h in heights)),
-                             gridspec_kw={"height_ratios": heights})
-    step = 0.8 / max(len(series), 1)
-    for ax, build in zip(axes[:, 0], builds):
-        mine = [r for r in rows if r["build"] == build]
-        variants = sorted({r["variant"] for r in mine}, key=lambda v: (rank(v), v))
-        if not variants:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, "no timed results", ha="center", va="center")
-            continue
-        top = max((r.get("p90_us") or r["p50_us"] for r in mine), default=1.0)
-        for y, variant in enumerate(variants):
-            fmt = VARIANTS[variant].format if variant in VARIANTS else "tflite"
-            for k, group in enumerate(series):
-                r = next((r for r in mine if (r["board"], r["threads"]) == group
-                          and r["variant"] == variant), None)
-                if r is None:
-                    continue
-                yy = y + (k - (len(series) - 1) / 2) * step
-                low = r["p50_us"] - (r.get("p10_us") or r["p50_us"])
-                high = (r.get("p90_us") or r["p50_us"]) - r["p50_us"]
-                ax.errorbar(r["p50_us"], yy, xerr=[[low], [high]], fmt=markers[k % len(markers)],
-                            color=colours.get(fmt, "#55a868"), capsize=3, markersize=6)
-                text = f"{r['p50_us']:.1f} µs"
-                if r.get("ort_over_tflite"):
-                    text += f"  ({r['ort_over_tflite']:.2f}x TFLite int8)"
-                elif r.get("int8_over_float32"):
-                    text += f"  ({r['int8_over_float32']:.2f}x float32)"
-                ax.annotate(text, (r.get("p90_us") or r["p50_us"], yy),
-                            textcoords="offset points", xytext=(6, -3), fontsize=7.5)
-        ax.set_yticks(range(len(variants)),
-                      [f"{v}\n({runtime_family(v)})" for v in variants], fontsize=8)
-        ax.set_ylim(len(variants) - 0.5, -0.5)  # registry order, top to bottom
-        ax.set_xlim(0, top * 1.45)  # room for the labels right of the whiskers
-        ax.set_xlabel("latency per invoke, µs (p50, whiskers p10-p90; lower is better)",
-                      fontsize=8)
-        ax.set_title(build, fontsize=10, loc="left")
-        ax.grid(axis="x", alpha=0.3)
-    # One legend for all panels (the series are the same), above them, clear of any point;
-    # grey markers, since the colour says the runtime.
-    from matplotlib.lines import Line2D
-
-    emulated = {r["board"] for r in rows if r.get("emulated")}
-    legend_entries = {f"{clean_text(b)}{f' ({EMULATED})' if b in emulated else ''}, "
-                      f"{t} thread(s)": Line2D(
-        [], [], marker=markers[k % len(markers)], color="#555555", linestyle="none")
-        for k, (b, t) in enumerate(series)}
-    boards = [f"{clean_text(d['board'])}{f' ({EMULATED})' if d.get('emulated') else ''}: "
-              f"{clean_text((d.get('machine') or {}).get('cpu_model', '?'))}, "
-              f"measured {d.get('measured_utc')}" for d in documents
-              if d.get("status") in ("ok", "partial")]
-    top_lines = 1 + len(boards)
-    fig.suptitle("On-device latency" + (f", report of {made_utc}" if made_utc else "") + "\n"
-                 + "\n".join(boards), fontsize=9, x=0.01, ha="left")
-    if legend_entries:
-        fig.legend(legend_entries.values(), legend_entries.keys(), fontsize=7.5,
-                            loc="upper right", ncol=min(len(legend_entries), 4),
-                            title="board, threads (blue: TFLite, orange: ONNX Runtime)",
-                            title_fontsize=7.5, frameon=False)
-    height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.16 * top_lines) / height))
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    write_latency_chart(rows, path, documents, made_utc)
 
 
 @contextlib.contextmanager
