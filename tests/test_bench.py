@@ -269,7 +269,10 @@ def test_any_exception_is_recorded(sshd, tiny_models, datasets, tmp_path):
 def test_no_model_to_time_fails_at_once_without_timing_the_peak(peak_models, tmp_path, capsys):
     # Every build blocked (no mirror has its dataset): the board is not contacted at all.
     with pytest.raises(BoardError, match=r"^board 'local' \(this machine\): no model to time: "
-                                         r"every build's dataset is missing \(named above\)$"):
+                                         r"no build has its dataset, so no model was built; "
+                                         r"give the pipeline a copy of the data "
+                                         r"\(PIPELINE_MIRROR=<dir or URL>, docs/offline.md\) "
+                                         r"and run doit again$"):
         bench.run(Board(name="local"), {}, {}, 8, Layout(tmp_path), [Board(name="local")],
                   peak_models)
     result = json.loads((tmp_path / "reports" / "latency" / "local.json").read_text())

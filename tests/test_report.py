@@ -270,3 +270,26 @@ def test_an_emulated_boards_figures_are_marked_everywhere(tmp_path, capsys):
     assert "EMULATED (qemu-user)" in lines["- **virtual-k1**"]
     assert "EMULATED" not in lines["- **k1**"]
     assert "virtual-k1 (EMULATED)" in capsys.readouterr().out
+
+
+def test_latency_md_after_a_failed_first_run_says_what_happened(tmp_path):
+    """No model built, the only board failed: every sentence ends in something, no table
+    is a header without rows, and nothing refers to console text the file does not hold."""
+    layout = Layout(tmp_path)
+    layout.latency_dir().mkdir(parents=True)
+    error = ("board 'local' (this machine): no model to time: no build has its dataset, so no "
+             "model was built; give the pipeline a copy of the data")
+    layout.board_result("local").write_text(json.dumps(
+        {"board": "local", "status": "failed", "measured_utc": "2026-12-06T06:00:00Z",
+         "error": error}))
+    report.write_latency_report(layout, [Board(name="local")], {}, table=False, failures=False)
+    text = layout.latency_report("md").read_text()
+    assert "(SHA-256 prefix): ." not in text and "no model file exists yet" in text
+    assert "above)" not in text.replace("line above says why)", "")
+    assert f"- **local**: FAILED at 2026-12-06T06:00:00Z - {error}" in text
+    assert "No row: no board returned any result" in text
+    lines = text.splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("|")
+               and i + 1 < len(lines) and lines[i + 1].startswith("|-")]
+    assert all(i + 2 < len(lines) and lines[i + 2].startswith("|") for i in headers), text
+    assert "## ONNX Runtime against TFLite" not in text  # no ONNX int8 row was timed

@@ -248,9 +248,11 @@ def ratio_table(rows: Sequence[dict]) -> str:
 def render_markdown(rows: Sequence[dict], documents: Sequence[dict],
                     models: dict[str, str], made_utc: str,
                     op_reports: Sequence[tuple[str, str, str]] = ()) -> str:
-    lines = ["# On-device latency", "",
-             f"Made {made_utc} from these models (SHA-256 prefix): "
-             + ", ".join(f"`{key}` {sha[:12]}" for key, sha in sorted(models.items())) + ".", "",
+    made = (f"Made {made_utc} from these models (SHA-256 prefix): "
+            + ", ".join(f"`{key}` {sha[:12]}" for key, sha in sorted(models.items())) + "."
+            if models else f"Made {made_utc}; no model file exists yet (the build stopped "
+            "before its models were converted: see each board's line below).")
+    lines = ["# On-device latency", "", made, "",
              "Per build x variant x board x threads: interpreter load + allocate (init), first "
              "invoke, then timed invokes after warm-up. int8/f32 is the int8 p50 over the "
              "float32 p50 on the same board and thread count. model MB is what loading the "
@@ -258,13 +260,18 @@ def render_markdown(rows: Sequence[dict], documents: Sequence[dict],
              "floor µs is the model's MACs at the board's measured peak rate for its variant. "
              "acc/agree: the board's top-1 on labelled test images, and agreement with the "
              "host's predictions.", ""]
-    lines += [board_line(doc) for doc in documents]
-    lines += ["", render_table(rows, "github"), "",
-              "## ONNX Runtime against TFLite, int8", "",
-              "The same build's integer models on the same board and thread count: "
-              f"{reference_int8_variant()} under its TFLite runtime, the ONNX int8 variants "
-              "under ONNX Runtime (the provider is in the runtime column above). "
-              "ORT/TFLite > 1 means ONNX Runtime is slower there.", "", ratio_table(rows), ""]
+    lines += [board_line(doc) for doc in documents] or ["No board has results yet."]
+    # A table with no row says nothing: a sentence says why instead.
+    lines += ["", render_table(rows, "github") if rows else
+              "No row: no board returned any result (each board's line above says why).", ""]
+    onnx_int8 = set(ort_int8_variants())
+    if any(r["variant"] in onnx_int8 and "p50_us" in r for r in rows):
+        lines += ["## ONNX Runtime against TFLite, int8", "",
+                  "The same build's integer models on the same board and thread count: "
+                  f"{reference_int8_variant()} under its TFLite runtime, the ONNX int8 "
+                  "variants under ONNX Runtime (the provider is in the runtime column above). "
+                  "ORT/TFLite > 1 means ONNX Runtime is slower there.", "", ratio_table(rows),
+                  ""]
     if op_reports:
         lines += ["## Per-op profiles (ONNX Runtime)", "",
                   *(f"- {escape_md(build)} on {escape_md(board)}: [{escape_md(link)}]({link})"

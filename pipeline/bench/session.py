@@ -523,7 +523,9 @@ def bench_board(board: Board, models: dict[str, Path],
     """
     if not models:  # every build blocked (see the task's "not timing" line): time nothing
         raise BoardError(f"board {board.name!r} ({board.where}): no model to time: "
-                         "every build's dataset is missing (named above)")
+                         "no build has its dataset, so no model was built; give the "
+                         "pipeline a copy of the data (PIPELINE_MIRROR=<dir or URL>, "
+                         "docs/offline.md) and run doit again")
     started = time.time()
     # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
     # GEMM would take minutes under emulation).
