@@ -511,6 +511,8 @@ def task_card():
 # The model formats board/runner.py runs (.tflite under a TFLite runtime, .onnx under ONNX
 # Runtime; a board without one of them reports those rows as NO RUNTIME).
 BOARD_FORMATS = ("tflite", "onnx")
+# The bench stage's own code (a change in any of them times the boards again).
+BENCH_MODULES = ("session", "plan", "transport", "local", "ssh", "validate", "report", "floor")
 
 
 @checked_targets
@@ -527,12 +529,12 @@ def task_bench():
         result = LAYOUT.board_result(board.name)
         yield {
             "name": board.name,
-            "doc": f"time every model on board {board.name!r} ({board.where})",
+            "doc": f"time every model on {board.label}",
             "actions": [(_say_blocked, [board.name]),
                         (_guarded, [_stage("bench.session.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
-            "file_dep": [STAGES / "bench/session.py", STAGES / "bench/report.py", STAGES / "bench/floor.py",
+            "file_dep": [*(STAGES / "bench" / f"{m}.py" for m in BENCH_MODULES),
                          STAGES / "core/boards.py", STAGES / "core/runtimes.py", RUNNER, *models.values(),
                          *peak_models().values(), *set(datasets.values())],
             "targets": [result],

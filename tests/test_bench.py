@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -17,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.bench import plan as bench_plan
+from pipeline.bench import report, ssh
 from pipeline.bench import session as bench
-from pipeline.bench import report
-from pipeline.bench.session import BoardError
+from pipeline.bench.ssh import SshTransport
+from pipeline.bench.transport import BoardError, stream_process
+from pipeline.core.files import sha256_file
 from pipeline.core.boards import Board, load_boards
 from pipeline.core.layout import Layout
 from pipeline.core.params import ParamsError
@@ -126,6 +130,12 @@ def edited_runner(directory: Path, edit: str) -> str:
         "$REAL" {directory / "edit.py"} < "$0.out"''')
 
 
+def push(board: Board, files) -> list[str]:
+    """Push `files` to the test board over a connection of their own."""
+    with SshTransport(board) as transport:
+        return transport.push(files)
+
+
 def remote_processes(marker: str) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -155,24 +165,70 @@ def test_push_run_collect_then_skip_the_push(sshd, tiny_models, samples, tmp_pat
     assert not list(remote.glob(".*partial*"))
     for r in first["results"]:
         assert r["agreement"] == 1.0 and r["p50_us"] > 0 and r["macs"] > 0
-        assert r["sha256"] == bench.sha256_file(tiny_models[f"{r['build']}/{r['variant']}"])
+        assert r["sha256"] == sha256_file(tiny_models[f"{r['build']}/{r['variant']}"])
     second = bench.bench_board(board, tiny_models, samples, tmp_path / "work")
     assert second["pushed"] == []
     assert len(second["results"]) == len(first["results"])
+
+
+def accepted(sshd) -> int:
+    """Connections the test sshd accepted so far (one "Accepted publickey" line each)."""
+    return (sshd.dir / "sshd.log").read_text().count("Accepted publickey")
+
+
+def masters(directory: Path) -> list[str]:
+    """ssh processes whose control socket is in `directory` (a master left running)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and cmdline.startswith("ssh ") and str(directory) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_one_bench_opens_one_ssh_connection_and_leaves_nothing(sshd, tiny_models, samples,
+                                                               tmp_path):
+    """A fresh remote_dir gets 10 files: without sharing that is 12 connections (prepare, 10
+    pushes, run), with it one; the master and its private socket directory go at the end."""
+    board = sshd.board(name="one-connection")
+    stage = bench_plan.stage_plan(tiny_models, samples, board, tmp_path / "stage")
+    files = bench.plan_files(stage)
+    assert len(files) == 2 + 2 * len(tiny_models)
+
+    before = accepted(sshd)
+    with SshTransport(sshd.board(name="unshared"), share=False) as transport:
+        assert transport.control is None
+        assert len(transport.push(files)) == len(files)
+    assert wait_for(lambda: accepted(sshd) - before == 1 + len(files), 5), accepted(sshd) - before
+
+    before = accepted(sshd)
+    with SshTransport(board) as transport:
+        directory = transport.control.parent
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        document, pushed = bench.run_on_board(board, stage, transport=transport)
+        assert transport.control.is_socket() and masters(directory)
+    assert len(pushed) == len(files) and len(document["results"]) == len(tiny_models)
+    assert not directory.exists()
+    assert wait_for(lambda: not masters(directory), 10), masters(directory)
+    time.sleep(0.5)  # a late log line would show a second connection
+    assert accepted(sshd) - before == 1
 
 
 def test_quoting_survives_hostile_names(sshd, tmp_path):
     board = sshd.board(remote_dir=str(sshd.home / "a dir; touch pwned"))
     odd = tmp_path / "it's $(touch pwned2).bin"
     odd.write_bytes(b"payload")
-    assert bench.push(board, [odd]) == [odd.name]
+    assert push(board, [odd]) == [odd.name]
     assert (sshd.home / "a dir; touch pwned" / odd.name).read_bytes() == b"payload"
     assert not list(sshd.home.glob("pwned*")) and not list(Path.home().glob("pwned*"))
 
 
 def test_ssh_command_keeps_host_key_checking_keepalives_and_quotes():
     board = Board(name="k1", host="k1", port=2222, user="bianbu")
-    argv = bench.ssh_argv(board, ["ls", "a b", "$(x)"])
+    argv = ssh.ssh_argv(board, ["ls", "a b", "$(x)"])
     assert "BatchMode=yes" in argv and not any("StrictHostKeyChecking" in a for a in argv)
     assert "ServerAliveInterval=5" in argv and "ServerAliveCountMax=3" in argv
     assert argv[-1] == "ls 'a b' '$(x)'" and argv[-2] == "k1" and argv[-3] == "--"
@@ -381,18 +437,18 @@ def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_
 
 
 def test_default_deadline_comes_from_the_plan(tiny_models, samples, tmp_path):
-    case, deadline = bench.plan_deadline_s(cases=8, warmup=20, runs=300, samples=200)
+    case, deadline = bench_plan.plan_deadline_s(cases=8, warmup=20, runs=300, samples=200)
     assert case == pytest.approx(60 + 521 * 0.1) and deadline == pytest.approx(8 * case + 60)
     board = Board(name="b", threads=(1, 2), warmup=20, runs=300)
-    plan = json.loads(bench.stage_plan(tiny_models, samples, board, tmp_path).read_text())
-    assert (plan["case_timeout_s"], plan["deadline_s"]) == bench.plan_deadline_s(
+    plan = json.loads(bench_plan.stage_plan(tiny_models, samples, board, tmp_path).read_text())
+    assert (plan["case_timeout_s"], plan["deadline_s"]) == bench_plan.plan_deadline_s(
         len(tiny_models) * 2, 20, 300, 16)
 
 
 def test_a_process_that_outlives_its_timeout_is_killed():
     started = time.monotonic()
     with pytest.raises(BoardError, match="no result within 1 s"):
-        bench.stream_process(["sh", "-c", "echo $$ >&2; exec sleep 1000"], 1, "t")
+        stream_process(["sh", "-c", "echo $$ >&2; exec sleep 1000"], 1, "t")
     assert time.monotonic() - started < 15
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit()
                 and (p / "cmdline").exists() and (p / "cmdline").read_bytes() == b"sleep\x001000\x00"]
@@ -412,37 +468,37 @@ def test_progress_is_printed_per_case(sshd, tiny_models, samples, tmp_path, caps
 
 def test_remote_dir_is_created_private_and_unsafe_ones_refused(sshd, tmp_path):
     board = sshd.board(name="safe")
-    bench.push(board, [bench.RUNNER])
+    push(board, [bench.RUNNER])
     assert Path(board.remote_dir).stat().st_mode & 0o777 == 0o700
 
     shared = sshd.home / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     with pytest.raises(BoardError, match="writable by group or others"):
-        bench.push(sshd.board(remote_dir=str(shared)), [bench.RUNNER])
+        push(sshd.board(remote_dir=str(shared)), [bench.RUNNER])
     link = sshd.home / "link"
     link.symlink_to(shared)
     with pytest.raises(BoardError, match="is a symbolic link"):
-        bench.push(sshd.board(remote_dir=str(link)), [bench.RUNNER])
+        push(sshd.board(remote_dir=str(link)), [bench.RUNNER])
     if os.geteuid() == 0:  # only root can hand a directory to someone else
         theirs = sshd.home / "theirs"
         theirs.mkdir(mode=0o755)
         os.chown(theirs, 65534, 65534)
         with pytest.raises(BoardError, match="is not owned by"):
-            bench.push(sshd.board(remote_dir=str(theirs)), [bench.RUNNER])
+            push(sshd.board(remote_dir=str(theirs)), [bench.RUNNER])
     assert not list(shared.iterdir())
 
 
 def test_a_planted_symlink_is_never_followed(sshd, tmp_path):
     board = sshd.board(name="planted")
-    bench.push(board, [bench.RUNNER])
+    push(board, [bench.RUNNER])
     remote = Path(board.remote_dir)
     victim = tmp_path / "victim"
     victim.write_text("precious")
     for name in (".runner.py.partial", "runner.py"):
         (remote / name).unlink(missing_ok=True)
         (remote / name).symlink_to(victim)
-    assert bench.push(board, [bench.RUNNER]) == ["runner.py"]
+    assert push(board, [bench.RUNNER]) == ["runner.py"]
     assert victim.read_text() == "precious"
     assert not (remote / "runner.py").is_symlink()
     assert (remote / "runner.py").read_bytes() == bench.RUNNER.read_bytes()
@@ -450,9 +506,9 @@ def test_a_planted_symlink_is_never_followed(sshd, tmp_path):
 
 def test_a_failed_push_leaves_no_temporary_file(sshd, tmp_path):
     board = sshd.board(name="damaged")
-    bench.push(board, [bench.RUNNER])
+    push(board, [bench.RUNNER])
     with pytest.raises(BoardError, match="arrived damaged"):
-        bench.push_file(board, bench.RUNNER, "0" * 64)
+        SshTransport(board).push_file(bench.RUNNER, "0" * 64)
     assert sorted(p.name for p in Path(board.remote_dir).iterdir()) == ["runner.py"]
 
 
@@ -469,7 +525,7 @@ def test_a_full_disk_leaves_no_temporary_file(sshd, tmp_path):
         big.write_bytes(os.urandom(1 << 20))
         board = sshd.board(remote_dir=str(small / "bench"))
         with pytest.raises(BoardError, match="copying big.bin failed: .*No space left on device"):
-            bench.push(board, [big])
+            push(board, [big])
         assert list((small / "bench").iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
@@ -483,7 +539,7 @@ def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path):
     empty.write_text("")
     board = sshd.board(known_hosts=empty, remote_dir=str(sshd.home / "never"))
     with pytest.raises(BoardError) as err:
-        bench.push(board, [bench.RUNNER])
+        push(board, [bench.RUNNER])
     text = str(err.value)
     assert "host key is not known" in text
     assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in text
@@ -497,7 +553,7 @@ def test_a_changed_host_key_shows_ssh_warning_and_the_right_fix(sshd, tmp_path):
     known.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
     board = sshd.board(known_hosts=known, remote_dir=str(sshd.home / "never"))
     with pytest.raises(BoardError) as err:
-        bench.push(board, [bench.RUNNER])
+        push(board, [bench.RUNNER])
     text = str(err.value)
     assert "host key CHANGED" in text and "REMOTE HOST IDENTIFICATION HAS CHANGED" in text
     assert "SHA256:" in text  # ssh's own lines, with the new fingerprint
@@ -512,7 +568,7 @@ def test_keyscan_advice_resolves_an_ssh_config_alias(sshd, tmp_path):
     board = Board(name="alias", host="myboard", ssh_options=("-F", str(config)),
                   remote_dir=str(sshd.home / "never"))
     with pytest.raises(BoardError) as err:
-        bench.push(board, [bench.RUNNER])
+        push(board, [bench.RUNNER])
     assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {tmp_path / 'kh'}" in str(err.value)
 
 
@@ -566,7 +622,7 @@ def test_tilde_remote_dir_is_the_login_home(sshd, tmp_path):
     name = f"tflite-test-{os.getpid()}"
     board = sshd.board(remote_dir=f"~/{name}")
     try:
-        bench.push(board, [bench.RUNNER])
+        push(board, [bench.RUNNER])
         assert (Path.home() / name / "runner.py").exists()
         assert not (Path.home() / "~" / name).exists()
     finally:
@@ -828,14 +884,14 @@ def test_a_hung_board_is_stopped_by_the_board_itself_when_the_host_cannot_say_so
     """The remote `timeout` bounds the runner even while the host still waits."""
     board = sshd.board(name="hung-remote", python=fake_python(tmp_path, "exec sleep 986"))
     models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}
-    stage = bench.stage_plan(models, samples, board, tmp_path / "work" / board.name)
-    bench.push(board, [bench.RUNNER, stage, *(p for p in stage.parent.iterdir()
+    stage = bench_plan.stage_plan(models, samples, board, tmp_path / "work" / board.name)
+    push(board, [bench.RUNNER, stage, *(p for p in stage.parent.iterdir()
                                               if p.name != "plan.json")])
     started = time.monotonic()
-    status, _, err = bench.ssh_run(board, ["sh", "-c", bench.RUN, "sh", board.remote_path, "2",
+    status, _, err = ssh.ssh_run(board, ["sh", "-c", ssh.RUN, "sh", board.remote_path, "2",
                                            board.python, "runner.py"], timeout=60)
     assert time.monotonic() - started < 20 and status == 0
-    assert f"{bench.EXIT_MARK}{bench.TIMED_OUT}" in err
+    assert f"{ssh.EXIT_MARK}{ssh.TIMED_OUT}" in err
     assert wait_for(lambda: not _processes_in(Path(board.remote_dir)), 10)
 
 
@@ -858,10 +914,10 @@ def test_a_hung_board_python_goes_as_soon_as_the_host_gives_up(sshd, tmp_path):
     """The host stops waiting long before the board's own limit: the remote watcher sees the
     connection close and stops the hung command (which never reads its stdin) at once."""
     board = sshd.board(name="hung-eof", python=fake_python(tmp_path, "exec sleep 985"))
-    bench.push(board, [bench.RUNNER])
+    push(board, [bench.RUNNER])
     started = time.monotonic()
     with pytest.raises(BoardError, match="no result within 3 s"):
-        bench.ssh_run(board, ["sh", "-c", bench.RUN, "sh", board.remote_path, "600",
+        ssh.ssh_run(board, ["sh", "-c", ssh.RUN, "sh", board.remote_path, "600",
                               board.python, "runner.py"], timeout=3)
     assert time.monotonic() - started < 20
     assert wait_for(lambda: not _processes_in(Path(board.remote_dir)), 10), \

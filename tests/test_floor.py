@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from pipeline.bench import floor
-from pipeline.bench.session import RUNNER, stage_plan
+from pipeline import RUNNER
+from pipeline.bench.plan import stage_plan
 from pipeline.core.boards import Board
 from pipeline.core.layout import Layout
 from pipeline.core.variants import VARIANTS

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline import load_runner
-from pipeline.bench.session import RUNNER, stage_plan
+from pipeline import RUNNER
+from pipeline.bench.plan import stage_plan
 from pipeline.core.boards import Board
 from tests.conftest import synthetic_images, wait_for
 
@@ -345,7 +346,7 @@ def hand_plan(directory: Path, models: dict, threads=(1,), runs=30, labels=None,
               quantization=None, **extra) -> Path:
     """A plan written here, without the host's predictions (the runner needs none), so the
     runner is tested on its own: `models` maps keys to files copied beside the plan."""
-    from pipeline.bench.session import npz_bytes
+    from pipeline.bench.plan import npz_bytes
     from pipeline.core.files import sha256_file
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ import pytest
 
 from pipeline.bench import session as bench
 from pipeline.virtual_k1 import manage as virtual_k1
-from pipeline.bench.session import BoardError
+from pipeline.bench.ssh import SshTransport, ssh_argv, ssh_run
+from pipeline.bench.transport import BoardError
 from pipeline.core.boards import Board, load_boards
 from pipeline.core.params import ParamsError
 from tests.conftest import REPO, free_port, wait_for
@@ -103,8 +104,13 @@ def virtual(tmp_path_factory):
     assert everything_left(layout, tag) == []
 
 
+def push(board: Board, files: list[Path]) -> list[str]:
+    with SshTransport(board) as transport:
+        return transport.push(files)
+
+
 def on_board(virtual: Virtual, *argv: str, stdin: bytes | None = None) -> bytes:
-    status, out, err = bench.ssh_run(virtual.board, list(argv), stdin=stdin, timeout=300)
+    status, out, err = ssh_run(virtual.board, list(argv), stdin=stdin, timeout=300)
     assert status == 0, err
     return out
 
@@ -157,14 +163,14 @@ def test_host_key_checking_stays_on(virtual, tmp_path):
                     for o in virtual.board.ssh_options)
     stranger = Board(**{**virtual.board.settings(), "ssh_options": options})
     with pytest.raises(BoardError, match="host key is not known"):
-        bench.ssh_run(stranger, ["true"])
+        ssh_run(stranger, ["true"])
 
 
 def test_push_puts_files_in_the_guest(virtual, tmp_path):
     payload = tmp_path / "it's a model.bin"
     payload.write_bytes(os.urandom(4096))
-    assert bench.push(virtual.board, [payload]) == [payload.name]
-    assert bench.push(virtual.board, [payload]) == []  # the board's sha256sum agrees
+    assert push(virtual.board, [payload]) == [payload.name]
+    assert push(virtual.board, [payload]) == []  # the board's sha256sum agrees
     inside = (virtual.layout.rootfs / virtual_k1.GUEST_HOME.lstrip("/")
               / virtual.board.remote_dir / payload.name)
     assert inside.read_bytes() == payload.read_bytes()
@@ -231,7 +237,7 @@ def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
     for name in ("float", "int8"):
         (tmp_path / f"{name}.onnx").write_bytes(models[name])
         files.append(tmp_path / f"{name}.onnx")
-    bench.push(virtual.board, files)
+    push(virtual.board, files)
     outputs = {}
     for name in ("float", "int8"):
         raw = on_board(virtual, "sh", "-c",
@@ -323,7 +329,7 @@ def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
     """Runs last in this file: takes the board down under a live session, checks that
     nothing is left, and brings it up again (warm cache) for whatever test comes next."""
     tag = str(virtual.layout.state.resolve())
-    session = subprocess.Popen(bench.ssh_argv(virtual.board, ["sleep", "600"]),
+    session = subprocess.Popen(ssh_argv(virtual.board, ["sleep", "600"]),
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:

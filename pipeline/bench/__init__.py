@@ -1,2 +1,3 @@
-"""Timing models on boards: staging and pushing (session), the compute floor and MAC counts
-(floor), and the latency report (report)."""
+"""Timing models on boards: the staging plan (plan), how a board is reached (transport, with
+local and ssh), the check of the runner's output (validate), the orchestration (session),
+the compute floor and MAC counts (floor), and the latency report (report)."""

@@ -71,6 +71,11 @@ class Board:
         return f"host {self.host}" + (f" port {self.port}" if self.port else "")
 
     @property
+    def label(self) -> str:
+        """How every message names the board: `board 'k1' (host k1.lan port 2222)`."""
+        return f"board {self.name!r} ({self.where})"
+
+    @property
     def remote_path(self) -> str:
         """remote_dir as the remote shell should see it: ~/x is x under the login home
         (ssh starts commands there), because a quoted ~ is never expanded."""

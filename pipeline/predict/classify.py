@@ -111,7 +111,9 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
     """`board`'s own (class, probability) for each image, through the bench runner."""
     import dataclasses
 
-    from pipeline.bench.session import BoardError, host_predictions, run_on_board, stage_plan
+    from pipeline.bench.plan import host_predictions, stage_plan
+    from pipeline.bench.session import run_on_board
+    from pipeline.bench.transport import BoardError
 
     # One thread, one timed invoke: this is a classification, not a benchmark.
     board = dataclasses.replace(board, threads=(1,), warmup=0, runs=1)
@@ -121,16 +123,16 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
     document, _ = run_on_board(board, plan)
     result = document["results"][0]
     if "error" in result:
-        raise BoardError(f"board {board.name!r} ({board.where}): {result['error']}")
+        raise BoardError(f"{board.label}: {result['error']}")
     answers = result.get("top1")
     if not isinstance(answers, list) or len(answers) != len(images):
-        raise BoardError(f"board {board.name!r} ({board.where}): the runner reported no "
+        raise BoardError(f"{board.label}: the runner reported no "
                          "per-image answers; update board/runner.py there (it is pushed "
                          "with the plan)")
     try:  # text from a board is checked like any other input
         return [(int(label), float(probability)) for label, probability in answers]
     except (TypeError, ValueError):
-        raise BoardError(f"board {board.name!r} ({board.where}): the runner's per-image "
+        raise BoardError(f"{board.label}: the runner's per-image "
                          "answers are not [class, probability] pairs") from None
 
 
@@ -236,7 +238,7 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
     if board is not None:
         import tempfile
 
-        from pipeline.bench.session import BoardError
+        from pipeline.bench.transport import BoardError
 
         column = board_column(board.name)
         try:
