@@ -177,14 +177,15 @@ def accepted(sshd) -> int:
 
 
 def masters(directory: Path) -> list[str]:
-    """ssh processes whose control socket is in `directory` (a master left running)."""
+    """ssh processes whose control socket is in `directory` (a master left running: ssh
+    retitles it `ssh: <ControlPath> [mux]`)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if proc.name.isdigit() and cmdline.startswith("ssh ") and str(directory) in cmdline:
+        if proc.name.isdigit() and cmdline.startswith("ssh") and str(directory) in cmdline:
             found.append(cmdline)
     return found
 
