@@ -1,15 +1,17 @@
 """SSH connection sharing: connections and wall time of one board's bench, without and with.
 
     python benchmarks/bench_ssh.py --repeats 5                 # a throwaway sshd on 127.0.0.1
-    python benchmarks/bench_ssh.py --board k1 --repeats 5      # a board of board/boards.toml
+    python benchmarks/bench_ssh.py --boards /path/boards.toml --board virtual-k1 \
+        --log /path/state/sshd.log --repeats 3                 # e.g. the virtual K1
 
 Stages one plan (four tiny untrained models: float32 and int8 of a CNN and an MLP, 16
 samples each), then runs it on the board alternately through an SshTransport without sharing
 (one connection per command: the bench before) and with it (one connection per bench), each
 time into a fresh remote_dir (`cold`: every file pushed) and again into the same one
-(`warm`: nothing pushed). Connections are counted from the sshd's log ("Accepted publickey")
-when the benchmark runs the sshd itself. Prints per mode the median wall time and range and
-the ratio of medians unshared/shared, all measured interleaved in this one process.
+(`warm`: nothing pushed); the fresh directories are removed at the end. Connections are
+counted from the sshd's log ("Accepted publickey"): the benchmark's own sshd, or --log.
+Prints per mode the median wall time and range and the ratio of medians unshared/shared,
+all measured interleaved in this one process.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.bench.plan import stage_plan  # noqa: E402
 from pipeline.bench.session import run_on_board  # noqa: E402
-from pipeline.bench.ssh import SshTransport  # noqa: E402
+from pipeline.bench.ssh import SshTransport, ssh_run  # noqa: E402
 from pipeline.core.boards import Board, load_boards  # noqa: E402
 
 
@@ -109,10 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--board", help="a board of --boards (default: a throwaway sshd)")
     parser.add_argument("--boards", type=Path, default=REPO / "board" / "boards.toml")
+    parser.add_argument("--log", type=Path, help="the board's sshd log, to count connections")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as tmp:
         d = Path(tmp)
-        server, log = None, None
+        server, log = None, args.log
         if args.board:
             board = next(b for b in load_boards(args.boards) if b.name == args.board)
         else:
@@ -120,13 +123,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             plan = tiny_plan(board, d / "stage")
             figures: dict[str, list[tuple[float, int | None]]] = {}
+            made = []
             for i in range(args.repeats):
                 for share in ((False, True) if i % 2 == 0 else (True, False)):
                     fresh = dataclasses.replace(
                         board, remote_dir=f"{board.remote_dir}-{os.getpid()}-{i}-{share}")
+                    made.append(fresh.remote_path)
                     for when in ("cold", "warm"):
                         key = f"{when} {'shared' if share else 'unshared'}"
                         figures.setdefault(key, []).append(once(fresh, plan, share, log))
+            ssh_run(board, ["rm", "-rf", "--", *made])
         finally:
             if server:
                 server.terminate()
