@@ -512,7 +512,8 @@ def task_card():
 # Runtime; a board without one of them reports those rows as NO RUNTIME).
 BOARD_FORMATS = ("tflite", "onnx")
 # The bench stage's own code (a change in any of them times the boards again).
-BENCH_MODULES = ("session", "plan", "transport", "local", "ssh", "validate", "report", "floor")
+BENCH_MODULES = ("session", "plan", "transport", "local", "ssh", "validate", "report",
+                 "latency_chart", "floor")
 
 
 @checked_targets
