@@ -18,10 +18,18 @@ with native_output_hidden():
     print("python chatter")
     warnings.warn("Statistics for quantized inputs were expected, but not specified", UserWarning)
 print("tf log level", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), flush=True)
-if len(sys.argv) > 1:
+if sys.argv[1:] == ["fail"]:
     with native_output_hidden():
         os.write(2, b"converter: the reason it failed\\n")
         raise SystemExit("error: conversion failed")
+if sys.argv[1:] == ["ctrl-c"]:
+    try:
+        with native_output_hidden():
+            os.write(2, b"oneDNN custom operations are on\\n")
+            print("absl: WARNING: All log messages before absl::InitializeLog()")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was kept", file=sys.stderr)
 """
 
 
@@ -51,3 +59,10 @@ def test_a_failure_shows_what_was_hidden():
     proc = run("fail")
     assert proc.returncode == 1
     assert proc.stderr == "converter: the reason it failed\nerror: conversion failed\n"
+
+
+def test_ctrl_c_keeps_the_hidden_notices_hidden():
+    proc = run("ctrl-c")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "interrupted; nothing partial was kept\n"
+    assert proc.stdout == "pipeline line\ntf log level 3\n"

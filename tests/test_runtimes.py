@@ -1,12 +1,16 @@
 """The host inference seam against LiteRT driven by hand, on real converted models."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from pipeline import load_runner
 from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel, open_model,
                                open_model_content)
-from tests.conftest import synthetic_images
+from tests.conftest import REPO, synthetic_images
 
 
 def direct_probabilities(path, images):
@@ -292,3 +296,31 @@ def test_onnx_threads_float_tensors_and_ops(tiny_onnx_models, images):
     assert floats["image"] == "float32" and set(floats.values()) == {"float32"}
     translated = open_model(tiny_onnx_models["tiny_cnn/onnx_int8_tflite"]).float_tensors()
     assert "serving_default_image:0" not in translated  # the int8 graph input
+
+
+NOTICE_SCRIPT = """
+import sys
+import numpy as np
+from pipeline.core.console import quiet_third_party
+quiet_third_party(verbose=sys.argv[2] == "verbose")
+from pipeline.core.runtimes import open_model
+model = open_model(sys.argv[1])
+images = np.zeros((3, 28, 28), np.uint8)
+model.board_predictions(images)
+model.probabilities(images, 2)
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_opening_a_tflite_model_prints_nothing_unless_verbose(tiny_models, mode):
+    """The XNNPACK notice comes from C++ once per process, at the first allocation: a fresh
+    process shows whether it reaches the console (bench of the virtual K1 printed it)."""
+    done = subprocess.run([sys.executable, "-c", NOTICE_SCRIPT, str(tiny_models["tiny_cnn/int8"]),
+                           mode], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={k: v for k, v in os.environ.items() if k != "PIPELINE_VERBOSE"})
+    assert done.returncode == 0, done.stderr
+    notice = "Created TensorFlow Lite XNNPACK delegate"
+    if mode == "quiet":
+        assert done.stdout + done.stderr == ""
+    else:  # the check can see the notice at all
+        assert notice in done.stdout + done.stderr

@@ -94,7 +94,8 @@ def native_output_hidden() -> Iterator[None]:
     The TFLite converter and interpreter print from C++ ("fully_quantize: 0, ...", "Created
     TensorFlow Lite XNNPACK delegate") where no logger setting reaches them, so the file
     descriptors themselves point at a temporary file for the block. If the block raises,
-    what was hidden is written to stderr first: a failure keeps its explanation.
+    what was hidden is written to stderr first: a failure keeps its explanation (Ctrl-C, not
+    a failure, keeps it hidden).
     """
     if not _quiet:
         yield
@@ -110,6 +111,10 @@ def native_output_hidden() -> Iterator[None]:
                 os.dup2(sink.fileno(), fd)
             with contextlib.redirect_stdout(text_sink), contextlib.redirect_stderr(text_sink):
                 yield
+        except KeyboardInterrupt:
+            # Ctrl-C is not a failure of the block: what it hid (oneDNN, absl start-up
+            # notices) explains nothing, and the build says "interrupted" in one line.
+            raise
         except BaseException:
             text_sink.flush()
             _restore(saved)

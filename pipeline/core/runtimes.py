@@ -89,6 +89,16 @@ def dequantize(output: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return output
 
 
+def _allocate(interpreter: Any) -> None:
+    """allocate_tensors without its native notice: LiteRT applies the XNNPACK delegate there
+    and prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ (once per
+    process, into the console of whatever command opened the first model)."""
+    from pipeline.core.console import native_output_hidden
+
+    with native_output_hidden():
+        interpreter.allocate_tensors()
+
+
 class LiteRTModel:
     """A .tflite model under the LiteRT interpreter (ai_edge_litert)."""
 
@@ -107,7 +117,7 @@ class LiteRTModel:
                   else {"model_content": content})
 
         def make() -> Any:
-            with native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            with native_output_hidden():
                 return Interpreter(**source, num_threads=threads)
 
         self._make = make
@@ -117,7 +127,7 @@ class LiteRTModel:
     def _ready(self) -> Any:
         """The interpreter with its own (batch of one) input shape, allocated."""
         if not self._allocated:
-            self._interpreter.allocate_tensors()
+            _allocate(self._interpreter)
             self._allocated = True
         return self._interpreter
 
@@ -129,7 +139,7 @@ class LiteRTModel:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size, ..., np.newaxis]
             interpreter.resize_tensor_input(index, batch.shape)
-            interpreter.allocate_tensors()
+            _allocate(interpreter)
             detail = interpreter.get_input_details()[0]
             # The board's own input quantization, so host and board feed identical tensors.
             interpreter.set_tensor(index, load_runner().quantize(batch, detail))
