@@ -215,31 +215,11 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
         **{name: m.tolist() for name, m in matrices.items()}})
     render_confusion(matrices, class_names, report_dir / "confusion.png")
 
-    for name in (KERAS, int8):
-        wrong = np.flatnonzero(preds[name] != labels)
-        groups = by_true_class(wrong, labels, n, max_per_class)
-        render_grid(f"{build}: test images {name} gets wrong (caption: test index, probability and"
-                    " predicted class in red: wrong;"
-                    f" at most {max_per_class} per class)",
-                    _class_rows(groups, images, lambda i, m=name: [
-                        (f"#{i}", None), prediction_line("", probs[m][i], labels[i], class_names,
-                                                         " as ")],
-                        class_names),
-                    report_dir / f"misclassified_{name}.png")
-
+    _render_misclassified(build, images, labels, probs, class_names, max_per_class, report_dir)
     damage, fixes = damage_and_fixes(labels, preds[KERAS], preds[int8])
-    others: dict[str, dict[str, Any]] = {}
-    for name, path in (other_int8 or {}).items():
-        with native_output_hidden():
-            other_probs = model_probabilities(path, images, batch_size)
-        hurt, helped = damage_and_fixes(labels, preds[KERAS], np.argmax(other_probs, axis=1))
-        others[name] = {
-            "accuracy": float((np.argmax(other_probs, axis=1) == labels).mean()),
-            "damage": [_as(name, entry(i, labels[i], probs[KERAS], other_probs, class_names))
-                       for i in hurt],
-            "fixes": [_as(name, entry(i, labels[i], probs[KERAS], other_probs, class_names))
-                      for i in helped],
-            "damage_shared_with_int8": int(len(np.intersect1d(hurt, damage)))}
+    others = {name: _other_int8(name, path, images, labels, probs[KERAS], damage, class_names,
+                                batch_size)
+              for name, path in (other_int8 or {}).items()}
     write_json(report_dir / "int8_damage.json", {
         "build": build, "test_samples": int(len(labels)),
         "damage": [entry(i, labels[i], probs[KERAS], probs[int8], class_names)
@@ -249,18 +229,8 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
         # The other int8 models' lists, keyed by variant (entries name it instead of int8).
         **({"others": others} if others else {})})
 
-    def both(i: int) -> list[CaptionLine]:
-        return [(f"#{i}", None), prediction_line("K ", probs[KERAS][i], labels[i], class_names),
-                prediction_line("Q ", probs[int8][i], labels[i], class_names)]
-    for kind, indices in (("damage", damage), ("fixes", fixes)):
-        what = ("int8 gets wrong, Keras right" if kind == "damage"
-                else "int8 gets right, Keras wrong")
-        render_grid(f"{build}: {len(indices)} test image(s) {what} (K = Keras, Q = int8; "
-                    "green: right, red: wrong)",
-                    _class_rows(by_true_class(indices, labels, n, max_per_class), images, both,
-                                class_names),
-                    report_dir / f"int8_{kind}.png")
-
+    _render_damage_grids(build, images, labels, probs, {"damage": damage, "fixes": fixes},
+                         class_names, max_per_class, report_dir)
     accuracy = {name: float(np.trace(m) / len(labels)) for name, m in matrices.items()}
     markdown = render_markdown(build, class_names, matrices, accuracy, len(damage), len(fixes),
                                others)
@@ -274,6 +244,62 @@ def run(build: str, class_names: Sequence[str], model_path: Path, int8_path: Pat
             "others": {name: {"damage": [e["index"] for e in o["damage"]],
                               "fixes": [e["index"] for e in o["fixes"]]}
                        for name, o in others.items()}}
+
+
+def _render_misclassified(build: str, images: np.ndarray, labels: np.ndarray,
+                          probs: dict[str, np.ndarray], class_names: Sequence[str],
+                          max_per_class: int, report_dir: Path) -> None:
+    """misclassified_<model>.png: the test images each model gets wrong, by true class."""
+    for name, p in probs.items():
+        wrong = np.flatnonzero(np.argmax(p, axis=1) != labels)
+        groups = by_true_class(wrong, labels, len(class_names), max_per_class)
+        render_grid(f"{build}: test images {name} gets wrong (caption: test index, probability and"
+                    " predicted class in red: wrong;"
+                    f" at most {max_per_class} per class)",
+                    _class_rows(groups, images, lambda i, p=p: [
+                        (f"#{i}", None), prediction_line("", p[i], labels[i], class_names,
+                                                         " as ")],
+                        class_names),
+                    report_dir / f"misclassified_{name}.png")
+
+
+def _other_int8(name: str, path: Path, images: np.ndarray, labels: np.ndarray,
+                keras_probs: np.ndarray, int8_damage: np.ndarray, class_names: Sequence[str],
+                batch_size: int) -> dict[str, Any]:
+    """Another int8 model's accuracy, damage and fixes against Keras (int8_damage.json's
+    `others` entry), and how much of its damage the reference int8 shares."""
+    from pipeline.stages.evaluate import model_probabilities
+
+    with native_output_hidden():
+        probs = model_probabilities(path, images, batch_size)
+    hurt, helped = damage_and_fixes(labels, np.argmax(keras_probs, axis=1),
+                                    np.argmax(probs, axis=1))
+    return {"accuracy": float((np.argmax(probs, axis=1) == labels).mean()),
+            "damage": [_as(name, entry(i, labels[i], keras_probs, probs, class_names))
+                       for i in hurt],
+            "fixes": [_as(name, entry(i, labels[i], keras_probs, probs, class_names))
+                      for i in helped],
+            "damage_shared_with_int8": int(len(np.intersect1d(hurt, int8_damage)))}
+
+
+def _render_damage_grids(build: str, images: np.ndarray, labels: np.ndarray,
+                         probs: dict[str, np.ndarray], indices: dict[str, np.ndarray],
+                         class_names: Sequence[str], max_per_class: int,
+                         report_dir: Path) -> None:
+    """int8_damage.png and int8_fixes.png: the images int8 and Keras disagree on, by class."""
+    int8 = reference_int8_variant()
+
+    def both(i: int) -> list[CaptionLine]:
+        return [(f"#{i}", None), prediction_line("K ", probs[KERAS][i], labels[i], class_names),
+                prediction_line("Q ", probs[int8][i], labels[i], class_names)]
+    for kind, chosen in indices.items():
+        what = ("int8 gets wrong, Keras right" if kind == "damage"
+                else "int8 gets right, Keras wrong")
+        render_grid(f"{build}: {len(chosen)} test image(s) {what} (K = Keras, Q = int8; "
+                    "green: right, red: wrong)",
+                    _class_rows(by_true_class(chosen, labels, len(class_names), max_per_class),
+                                images, both, class_names),
+                    report_dir / f"int8_{kind}.png")
 
 
 def _as(variant: str, item: dict[str, Any]) -> dict[str, Any]:
