@@ -176,8 +176,6 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     before anything else happens and is replaced by the result or the failure on every way
     out, so old figures are never shown as fresh.
     """
-    from pipeline.stages.preprocess import load_arrays
-
     result_path = layout.board_result(board.name)
     running = {"board": board.name, "status": "running", "where": board.where,
                "emulated": board.emulated, "started_utc": utc_now()}
@@ -201,11 +199,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     except Exception as report_exc:  # an unreadable other board must not stop this one
         print(f"latency report not rebuilt: {report_exc}", file=sys.stderr)
     try:
-        picked = {}  # builds sharing a dataset share its samples: load each .npz once
-        for npz in set(datasets.values()):
-            arrays = load_arrays(npz)
-            picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], correctness_samples)
-        samples = {build: picked[npz] for build, npz in datasets.items()}
+        samples = labelled_samples(datasets, correctness_samples)
         document = bench_board(board, models, samples, layout.bench_root(), peak,
                                progress_printer(board))
         write_json(result_path, document)
@@ -223,6 +217,26 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     rebuild_report()
     if document["missing"]:  # what this board cannot run is a fact about it, not a failure
         print(clean_text(missing_summary(document)))
+    raise_on_bad_cases(board, document)
+    return document
+
+
+def labelled_samples(datasets: dict[str, Path], count: int
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each build's correctness samples; builds sharing a dataset share its draw (and each
+    .npz is loaded once)."""
+    from pipeline.stages.preprocess import load_arrays
+
+    picked = {}
+    for npz in set(datasets.values()):
+        arrays = load_arrays(npz)
+        picked[npz] = pick_samples(arrays["x_test"], arrays["y_test"], count)
+    return {build: picked[npz] for build, npz in datasets.items()}
+
+
+def raise_on_bad_cases(board: Board, document: dict) -> None:
+    """The task fails, after the report is written, for a failed case or a prediction that
+    differs from the host's."""
     if document["errors"]:
         raise BoardError(f"{board.label}: "
                          f"{len(document['errors'])} case(s) failed (the good ones are in the "
@@ -232,7 +246,6 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     if disagree:
         raise BoardError(f"{board.label}: predictions differ from the "
                          "host's for " + "; ".join(disagree) + " (report written)")
-    return document
 
 
 def main(argv: Sequence[str] | None = None) -> None:

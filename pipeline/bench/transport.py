@@ -78,6 +78,39 @@ def stream_process(argv: Sequence[str], timeout: float, describe: str,
     """
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
+    out, err_tail, overflow, readers = _read_outputs(proc, on_progress)
+    try:
+        if stdin_data is not None:
+            proc.stdin.write(stdin_data)
+            proc.stdin.close()
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"{describe}: {step} gave no result within {timeout:.0f} s; "
+                             "stopped it (what it ran on the board stops when the connection "
+                             "closes)") from None
+        for reader in readers:
+            reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+    if overflow:
+        raise BoardError(f"{describe}: printed more than {MAX_OUTPUT >> 20} MiB on "
+                         f"{overflow[0]}; stopped it")
+    return status, bytes(out), "\n".join(err_tail)
+
+
+def _read_outputs(proc: subprocess.Popen, on_progress: Progress | None
+                  ) -> tuple[bytearray, deque[str], list[str], list[threading.Thread]]:
+    """Threads reading `proc`'s stdout (at most MAX_OUTPUT bytes) and stderr (its last 200
+    lines, `progress` lines to `on_progress`), killing it when either says too much:
+    (stdout so far, stderr tail, which stream overflowed, the started threads)."""
     out = bytearray()
     err_tail: deque[str] = deque(maxlen=200)
     overflow: list[str] = []
@@ -108,28 +141,4 @@ def stream_process(argv: Sequence[str], timeout: float, describe: str,
                threading.Thread(target=read_stderr, daemon=True)]
     for reader in readers:
         reader.start()
-    try:
-        if stdin_data is not None:
-            proc.stdin.write(stdin_data)
-            proc.stdin.close()
-        try:
-            status = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise BoardError(f"{describe}: {step} gave no result within {timeout:.0f} s; "
-                             "stopped it (what it ran on the board stops when the connection "
-                             "closes)") from None
-        for reader in readers:
-            reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if not proc.stdin.closed:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-    if overflow:
-        raise BoardError(f"{describe}: printed more than {MAX_OUTPUT >> 20} MiB on "
-                         f"{overflow[0]}; stopped it")
-    return status, bytes(out), "\n".join(err_tail)
+    return out, err_tail, overflow, readers
