@@ -3,7 +3,7 @@ and every point sits at its row's p50 (read back from the Figure before it is sa
 
 import pytest
 
-from pipeline.bench.latency_chart import LABEL_ROOM, chart_panels, latency_figure
+from pipeline.bench.latency_chart import LABEL_ROOM, WHISKER_REACH, chart_panels, latency_figure
 
 
 def row(variant, board, threads, p50, emulated=False):
@@ -79,3 +79,13 @@ def test_panels_hold_only_rows_with_a_build():
 def test_no_results_is_said():
     fig = latency_figure([])
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["no timed results"]
+
+
+def test_one_noisy_p90_does_not_squash_the_panel():
+    noisy = {**row("onnx_int8", "local", 2, 200.0), "p90_us": 4400.0}
+    real = panels_of(latency_figure([row("int8", "local", 1, 2.0), noisy]))["b real"]
+    # The axis reaches 3x the slowest p50 (600 us), not the 4,400 us whisker...
+    assert real.get_xlim() == pytest.approx((0, WHISKER_REACH * 200.0 * LABEL_ROOM))
+    # ...and the cut whisker says where it ends.
+    cut = [t.get_text() for t in real.texts if t.get_gid() == "cut-whisker"]
+    assert cut == ["200.0 µs  (p90 4400.0 µs, off the axis ▸)"]

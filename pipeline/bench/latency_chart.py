@@ -28,6 +28,10 @@ COLOURS = {"tflite": "#4c72b0", "onnx": "#dd8452"}
 GAP_COLOUR = "#888888"
 # Room right of the longest whisker for its value label, as a share of the axis.
 LABEL_ROOM = 1.45
+# A panel's axis reaches the longest p90 whisker, but at most this many times the slowest p50:
+# one noisy p90 on a busy host must not squash every point of the panel onto 0. A whisker cut
+# there says where it ends.
+WHISKER_REACH = 3.0
 
 
 def runtime_family(variant: str) -> str:
@@ -58,18 +62,23 @@ def value_text(r: dict) -> str:
     return text
 
 
-def draw_row(ax: Any, r: dict, y: float, marker: str) -> None:
-    """One board x threads of one variant: a point with whiskers, or a marked gap."""
+def draw_row(ax: Any, r: dict, y: float, marker: str, top: float) -> None:
+    """One board x threads of one variant: a point with whiskers, or a marked gap. `top` is
+    where the panel's axis cuts whiskers: a longer one is labelled with its p90."""
     case = f"{r['variant']} {r['board']} x{r['threads']}"
     if "missing" not in r:
-        low = r["p50_us"] - (r.get("p10_us") or r["p50_us"])
-        high = (r.get("p90_us") or r["p50_us"]) - r["p50_us"]
+        p90 = r.get("p90_us") or r["p50_us"]
         fmt = VARIANTS[r["variant"]].format if r["variant"] in VARIANTS else "tflite"
-        bars = ax.errorbar(r["p50_us"], y, xerr=[[low], [high]], fmt=marker, capsize=3,
-                           color=COLOURS.get(fmt, "#55a868"), markersize=6)
+        bars = ax.errorbar(r["p50_us"], y, capsize=3, markersize=6, fmt=marker,
+                           xerr=[[r["p50_us"] - (r.get("p10_us") or r["p50_us"])],
+                                 [p90 - r["p50_us"]]], color=COLOURS.get(fmt, "#55a868"))
         bars[0].set_gid(case)
-        ax.annotate(value_text(r), (r.get("p90_us") or r["p50_us"], y),
-                    textcoords="offset points", xytext=(6, -3), fontsize=7.5)
+        cut = p90 > top
+        # A cut whisker's label sits above its end, inside the axis.
+        ax.annotate(value_text(r) + (f"  (p90 {p90:.1f} µs, off the axis ▸)" if cut else ""),
+                    (min(p90, top * LABEL_ROOM), y), textcoords="offset points",
+                    xytext=(-4, 4) if cut else (6, -3), ha="right" if cut else "left",
+                    fontsize=7.5, gid="cut-whisker" if cut else None)
         return
     ax.plot([0], [y], marker=marker, markerfacecolor="none", color=GAP_COLOUR, markersize=6,
             linestyle="none", clip_on=False, gid=f"gap {case}")
@@ -83,6 +92,9 @@ def draw_panel(ax: Any, build: str, emulated: bool, mine: Sequence[dict],
     """A build's rows on one kind of board, on a linear axis from 0 sized by its own rows.
     `series` is every panel's (board, threads): its index picks the marker, as in the legend."""
     variants = sorted({r["variant"] for r in mine}, key=lambda v: (rank(v), v))
+    timed = [r for r in mine if "missing" not in r]
+    top = min(max((r.get("p90_us") or r["p50_us"] for r in timed), default=1.0),
+              WHISKER_REACH * max((r["p50_us"] for r in timed), default=1.0))
     here = [s for s in series if any((r["board"], r["threads"]) == s for r in mine)]
     step = 0.8 / max(len(here), 1)
     for y, variant in enumerate(variants):
@@ -91,8 +103,7 @@ def draw_panel(ax: Any, build: str, emulated: bool, mine: Sequence[dict],
                       and r["variant"] == variant), None)
             if r is not None:
                 draw_row(ax, r, y + (k - (len(here) - 1) / 2) * step,
-                         MARKERS[series.index(group) % len(MARKERS)])
-    top = max((r.get("p90_us") or r["p50_us"] for r in mine if "missing" not in r), default=1.0)
+                         MARKERS[series.index(group) % len(MARKERS)], top)
     ax.set_yticks(range(len(variants)),
                   [f"{v}\n({runtime_family(v)})" for v in variants], fontsize=8)
     ax.set_ylim(len(variants) - 0.5, -0.5)  # registry order, top to bottom
