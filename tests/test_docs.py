@@ -378,3 +378,45 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def table_defaults(path: Path) -> dict[str, list[str]]:
+    """`section.key` -> the other cells of its row, from every table of a page."""
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        key = re.fullmatch(r"`([a-z_]+\.[a-z0-9_]+)`", cells[0]) if line.startswith("|") else None
+        if key:
+            rows[key.group(1)] = cells[1:]
+    return rows
+
+
+def toml_value(cell: str) -> object:
+    """A table cell's value, as TOML reads it (`"cosine"`, `[]`, 0.965)."""
+    return tomllib.loads(f"v = {cell.strip('`')}")["v"]
+
+
+def test_params_tables_match_the_schema():
+    """Every key of the schema is in docs/params.md (nightly's in the Gates table of
+    docs/nightly.md, with the smoke preset's value beside it) with the default the schema
+    gives it, and no table names a key the schema lacks."""
+    import dataclasses
+
+    from pipeline.core.params import load_params, sections
+
+    smoke = load_params(ROOT / "params" / "smoke.toml")
+    documented = {**table_defaults(ROOT / "docs" / "params.md"),
+                  **table_defaults(ROOT / "docs" / "nightly.md")}
+    schema = {}
+    for name, cls in sections().items():
+        for spec in dataclasses.fields(cls):
+            default = (spec.default if spec.default is not dataclasses.MISSING
+                       else spec.default_factory())
+            schema[f"{name}.{spec.name}"] = (default, getattr(getattr(smoke, name), spec.name))
+    assert set(documented) == set(schema), set(documented) ^ set(schema)
+    for key, (default, smoke_value) in schema.items():
+        cells = documented[key]
+        expected = list(default) if isinstance(default, tuple) else default
+        assert toml_value(cells[0]) == expected, (key, cells[0], default)
+        if key.startswith("nightly."):  # the Gates table: default, smoke, meaning
+            assert toml_value(cells[1]) == pytest.approx(smoke_value), (key, cells[1])
