@@ -420,3 +420,14 @@ def test_params_tables_match_the_schema():
         assert toml_value(cells[0]) == expected, (key, cells[0], default)
         if key.startswith("nightly."):  # the Gates table: default, smoke, meaning
             assert toml_value(cells[1]) == pytest.approx(smoke_value), (key, cells[1])
+
+
+def test_the_task_table_lists_every_task():
+    """docs/pipeline.md's table has a row for each task `doit list` shows, and no other."""
+    tasks = {line.split()[0] for line in doit_output("list").splitlines() if line.strip()}
+    documented = set()
+    for line in (ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8").splitlines():
+        task = re.match(r"^\| `([a-z_]+)(:<[a-z]+>|:mnist)?` \|", line)
+        if task:
+            documented.add(task.group(1))
+    assert documented == tasks, documented ^ tasks
