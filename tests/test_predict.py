@@ -474,3 +474,55 @@ def test_a_board_that_fails_leaves_every_host_answer_printed(build, digits, tmp_
     assert err.splitlines() == [line for line in err.splitlines()
                                 if line.startswith("error: board 'gone' (host 127.0.0.1")]
     assert len(err.splitlines()) == 1
+
+
+# --- a board without TFLite (a K1): the ONNX model that answers as the int8 .tflite does ------
+
+from tests.test_bench import sshd  # noqa: E402,F401  (a real OpenSSH server as the board)
+from tests.test_runner import exposing_only  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def translated(build):
+    """The build's int8 .tflite translated and checked on every test image, as translate_onnx
+    makes it: the ONNX model a board without TFLite runs."""
+    from pipeline.stages.convert_onnx import run_translate
+
+    model_dir = build / "models" / BUILD
+    run_translate(model_dir / f"{BUILD}_int8.tflite", build / "data" / "mnist" / "mnist.npz",
+                  BUILD, model_dir)
+    return model_dir / f"{BUILD}_onnx_int8_tflite.onnx"
+
+
+def test_a_board_without_tflite_answers_with_the_translated_onnx_model(
+        build, card, digits, translated, sshd, tmp_path, capsys):
+    python = exposing_only(tmp_path / "ort-only", "onnxruntime")
+    board = sshd.board(name="k1-like", python=str(python))
+    images, labels = digits
+    paths = [_write(tmp_path / f"d{i}.png", inverted(images[i])) for i in range(4)]
+    pixels = np.stack([photo.prepare(photo.load_image(p), card) for p in paths])
+    int8 = build / "models" / BUILD / f"{BUILD}_int8.tflite"
+    models = {"int8": int8, "onnx_int8_tflite": translated}
+    results = predict.predict_files(paths, card, models, board=board)
+    # This host's answers with each model, computed apart from predict_files.
+    host = predict.classify(models, pixels)
+    for r, label, int8_probs, onnx_probs in zip(results, labels, host["int8"],
+                                                 host["onnx_int8_tflite"]):
+        assert set(r["predictions"]) == {"int8", "onnx_int8_tflite",
+                                         "onnx_int8_tflite@k1-like"}, r["predictions"]
+        answer = r["predictions"]["onnx_int8_tflite@k1-like"]
+        assert answer["class"] == int(onnx_probs.argmax()) == int(int8_probs.argmax())
+        assert answer["same_as_host"] is True
+        # ORT reports no quantization for an integer output: the runner cannot dequantize.
+        assert answer["probability"] is None
+    assert predict.problems(results, "k1-like") == []
+    assert predict.exit_status(results, "k1-like") == 0
+    table = predict.render_table(results, ["int8", "onnx_int8_tflite",
+                                           "onnx_int8_tflite@k1-like"])
+    assert "DIFFERS" not in table and "board failed" not in table
+    assert f"{results[0]['predictions']['int8']['name']}  probability not reported" in table
+    # Asked for the .tflite by name, the board says it has no runtime for it: one line.
+    failed = predict.predict_files(paths[:1], card, models, board=board, board_variant="int8")
+    [line] = predict.problems(failed, "k1-like")
+    assert line.startswith("board 'k1-like' (") and "NO RUNTIME: no TFLite runtime" in line
+    assert predict.exit_status(failed, "k1-like") == predict.EXIT_MISSING

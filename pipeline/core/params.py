@@ -212,11 +212,15 @@ class ConvertParams(Section):
         ".tflite translated, checked against LiteRT). false: TFLite only. Changing it never "
         "redoes the .tflite files.")
     onnx_tflite_max_steps: int = param(
-        2, "translate_onnx fails unless onnx_int8_tflite answers as LiteRT does on every test "
+        16, "translate_onnx fails unless onnx_int8_tflite answers as LiteRT does on every test "
         "image: the same top-1 class, and int8 outputs within this many output quantization "
         "steps; 0 = bit for bit. The two runtimes requantize differently (TFLite a fixed-point "
-        "multiplier, ONNX a float scale rounded half to even), so a model near a rounding "
-        "boundary can differ by a step on a few images (benchmarks/onnx_accuracy.py).", low=0,
+        "multiplier, ONNX a float scale rounded half to even; TFLite's integer mean against "
+        "ORT's float ReduceMean), so exact equality cannot be promised for every model. "
+        "Measured (benchmarks/onnx_accuracy.py, MNIST, 10,000 test images): the built-in "
+        "builds, a small CNN and a depthwise-separable CNN bit for bit; a global-average-"
+        "pooling head 12 steps on 33 images, no top-1 changed; the smoke models 7 steps.",
+        low=0,
         why="0: bit for bit")
     onnx_calibration: str = param(
         "MinMax", "How ONNX Runtime calibrates onnx_int8's activation ranges on the "

@@ -19,7 +19,10 @@ error while every other picture is still classified and printed. The TFLite vari
 default; `--keras` adds the Keras model (it imports TensorFlow, which takes 5-20 s).
 `--board NAME` also runs the int8 model on that board of the inventory, through the same
 runner and staging as `bench`, and shows the board's own class and probability; an answer
-that differs from this host's int8 is named and sets exit status 3.
+that differs from this host's answer with the same model is named and sets exit status 3.
+A board without a TFLite runtime (a K1) runs instead the ONNX model that answers as the int8
+.tflite does (onnx_int8_tflite: its build checked that on every test image); `--variant NAME`
+picks the model the board runs.
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.predict.photo import ImageError, load_image, prepare
-from pipeline.core.variants import KERAS, VARIANTS, reference_int8_variant
+from pipeline.core.variants import KERAS, ONNX_INT8_TFLITE, VARIANTS, reference_int8_variant
 
 SHOW_SCALE = 10
 # The variant --board runs, and whose answer its column compares with: the shipped int8.
 INT8 = reference_int8_variant()
+# The state the runner gives a model whose format the board has no runtime for.
+NO_RUNTIME_MARK = "NO RUNTIME: "
+# What a board without INT8's runtime runs instead, in order of preference: the model whose
+# answers the build checked against INT8's on every test image.
+BOARD_FALLBACKS = (ONNX_INT8_TFLITE,)
 # An answer below this top-1 probability is marked uncertain. Measured with
 # benchmarks/bench_predict.py (int8 CNN, photo-like renderings of test digits): 4 % of the
 # answers fall below 0.9 and a third of those are wrong, while 99.9 % of the rest are right;
@@ -106,9 +114,14 @@ def doubts(predictions: dict[str, dict[str, Any]], ink: float,
     return reasons
 
 
+class NoRuntime(PipelineError):
+    """The board has no runtime for the model's format (the runner's NO RUNTIME)."""
+
+
 def board_top1(board: Any, model_path: Path, images: np.ndarray,
-               work_dir: Path) -> list[tuple[int, float]]:
-    """`board`'s own (class, probability) for each image, through the bench runner."""
+               work_dir: Path, variant: str = INT8) -> list[tuple[int, float | None]]:
+    """`board`'s own (class, probability) for each image, through the bench runner. Raises
+    NoRuntime when the board cannot run the model's format."""
     import dataclasses
 
     from pipeline.bench.plan import host_predictions, stage_plan
@@ -117,11 +130,18 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
 
     # One thread, one timed invoke: this is a classification, not a benchmark.
     board = dataclasses.replace(board, threads=(1,), warmup=0, runs=1)
-    plan = stage_plan({f"predict/{INT8}": Path(model_path)},
+    plan = stage_plan({f"predict/{variant}": Path(model_path)},
                       {"predict": (images, host_predictions(model_path, images))},
                       board, Path(work_dir), top1=True)
-    document, _ = run_on_board(board, plan)
+    try:
+        document, _ = run_on_board(board, plan)
+    except BoardError as exc:  # the runner stops with NO RUNTIME when no model of it can run
+        if f"): {NO_RUNTIME_MARK}" in str(exc):
+            raise NoRuntime(str(exc)) from None
+        raise
     result = document["results"][0]
+    if str(result.get("error", "")).startswith(NO_RUNTIME_MARK):
+        raise NoRuntime(f"board {board.name!r} ({board.where}): {result['error']}")
     if "error" in result:
         raise BoardError(f"{board.label}: {result['error']}")
     answers = result.get("top1")
@@ -130,18 +150,37 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
                          "per-image answers; update board/runner.py there (it is pushed "
                          "with the plan)")
     try:  # text from a board is checked like any other input
-        return [(int(label), float(probability)) for label, probability in answers]
+        # No probability: an integer ONNX output, whose quantization ORT does not report.
+        return [(int(label), None if probability is None else float(probability))
+                for label, probability in answers]
     except (TypeError, ValueError):
         raise BoardError(f"{board.label}: the runner's per-image "
                          "answers are not [class, probability] pairs") from None
 
 
-def board_prediction(host: dict[str, Any], answer: tuple[int, float],
+def board_answers(board: Any, models: dict[str, Path], images: np.ndarray, work_dir: Path,
+                  variant: str | None = None) -> tuple[str, list[tuple[int, float | None]]]:
+    """The variant `board` ran and its answers: `variant` if given, else INT8, or on a board
+    without INT8's runtime the first of BOARD_FALLBACKS the build has."""
+    candidates = [variant] if variant else \
+        [INT8, *(v for v in BOARD_FALLBACKS if v in models)]
+    for i, name in enumerate(candidates):
+        try:
+            return name, board_top1(board, models[name], images, work_dir / name, name)
+        except NoRuntime:
+            if i == len(candidates) - 1:
+                raise
+    raise AssertionError("unreachable: candidates is never empty")
+
+
+def board_prediction(host: dict[str, Any], answer: tuple[int, float | None],
                      class_names: Sequence[str]) -> dict[str, Any]:
-    """The board's answer as a prediction, and whether its class is this host's int8 class."""
+    """The board's answer as a prediction, and whether its class is the host's with the same
+    model (probability None: the board's runtime did not report it)."""
     label, probability = answer
     name = class_names[label] if 0 <= label < len(class_names) else f"class {label}?"
-    return {"class": label, "name": name, "probability": round(probability, 4),
+    return {"class": label, "name": name,
+            "probability": None if probability is None else round(probability, 4),
             "same_as_host": label == host["class"]}
 
 
@@ -150,14 +189,19 @@ def top1(probs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     return {"class": c, "name": class_names[c], "probability": round(float(probs[c]), 4)}
 
 
+def _percent(probability: float | None, space: str = "") -> str:
+    return "probability not reported" if probability is None else \
+        f"{100 * probability:.1f}{space}%"
+
+
 def render_table(results: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
     from tabulate import tabulate
 
     def cell(p: dict[str, Any], host: dict[str, Any] | None) -> str:
         if "error" in p:  # a board that failed
             return "board failed"
-        text = f"{p['name']}  {100 * p['probability']:.1f}%"
-        if p["probability"] < MIN_PROBABILITY:
+        text = f"{p['name']}  {_percent(p['probability'])}"
+        if p["probability"] is not None and p["probability"] < MIN_PROBABILITY:
             text += " ?"
         if p.get("same_as_host") is False:
             text += f"  DIFFERS (host {host['name'] if host else '?'})"
@@ -166,7 +210,8 @@ def render_table(results: Sequence[dict[str, Any]], variants: Sequence[str]) -> 
     show = any("input_png" in r for r in results)
     note = any(r.get("uncertain") for r in results)
     rows = [[r["image"],
-             *(cell(r["predictions"][v], r["predictions"].get(INT8)) for v in variants),
+             *(cell(r["predictions"][v], r["predictions"].get(v.split("@")[0]))
+               for v in variants),
              *(["uncertain: " + "; ".join(r["doubts"]) if r.get("uncertain") else ""]
                if note else []),
              *([r.get("input_png", "")] if show else [])]
@@ -202,13 +247,15 @@ def prepared(path: Path, card: dict[str, Any]) -> np.ndarray:
 
 def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str, Path],
                   show: bool = False, board: Any = None,
-                  limits: tuple[float, float] | None = None) -> list[dict[str, Any]]:
+                  limits: tuple[float, float] | None = None,
+                  board_variant: str | None = None) -> list[dict[str, Any]]:
     """One result per path, in order: predictions per variant, or the one-line error.
 
     Each result says whether it is `uncertain` and why (`doubts`), against `limits` (the
     least and most ink of the training data's test digits) and MIN_PROBABILITY. With `board`,
-    a column `int8@<board>` holds the board's own answer and whether it equals the host's;
-    a board that fails leaves {"error": ...} in that column.
+    a column `<variant>@<board>` holds the board's own answer and whether it equals the
+    host's with that variant (board_answers picks the variant); a board that fails leaves
+    {"error": ...} in an `int8@<board>` column.
     """
     results: list[dict[str, Any]] = []
     ready = []
@@ -240,34 +287,42 @@ def predict_files(paths: Sequence[Path], card: dict[str, Any], models: dict[str,
 
         from pipeline.bench.transport import BoardError
 
-        column = board_column(board.name)
         try:
             with tempfile.TemporaryDirectory(prefix="predict-board-") as work:
-                answers = board_top1(board, models[INT8], batch, Path(work))
-        except (BoardError, OSError) as exc:
+                ran, answers = board_answers(board, models, batch, Path(work), board_variant)
+        except (BoardError, NoRuntime, OSError) as exc:
             for result, _ in ready:
-                result["predictions"][column] = {"error": str(exc)}
+                result["predictions"][board_column(board.name, board_variant or INT8)] = \
+                    {"error": str(exc)}
         else:
             for (result, _), answer in zip(ready, answers):
-                result["predictions"][column] = board_prediction(
-                    result["predictions"][INT8], answer, names)
+                result["predictions"][board_column(board.name, ran)] = board_prediction(
+                    result["predictions"][ran], answer, names)
     return results
 
 
-def board_column(board: str) -> str:
-    """The column of the int8 model's run on a board: `int8@<board>`."""
-    return f"{INT8}@{board}"
+def board_column(board: str, variant: str = INT8) -> str:
+    """The column of a model's run on a board: `<variant>@<board>`."""
+    return f"{variant}@{board}"
+
+
+def _board_cell(result: dict[str, Any], board: str) -> tuple[str, dict[str, Any]]:
+    """(variant, answer) of `board`'s column in a result, ({}, INT8) when it has none."""
+    for column, answer in result.get("predictions", {}).items():
+        if column.endswith(f"@{board}"):
+            return column[:-len(f"@{board}")], answer
+    return INT8, {}
 
 
 def board_differences(results: Sequence[dict[str, Any]], board: str) -> list[str]:
-    """One line per image whose board answer differs from this host's int8 answer."""
+    """One line per image whose board answer differs from this host's with the same model."""
     lines = []
     for r in results:
-        answer = r.get("predictions", {}).get(board_column(board), {})
+        variant, answer = _board_cell(r, board)
         if answer.get("same_as_host") is False:
-            host = r["predictions"][INT8]
+            host = r["predictions"][variant]
             lines.append(f"{r['image']}: board {board!r} answers {answer['name']} "
-                         f"({100 * answer['probability']:.1f} %), this host's {INT8} "
+                         f"({_percent(answer['probability'], ' ')}), this host's {variant} "
                          f"{host['name']} ({100 * host['probability']:.1f} %)")
     return lines
 
@@ -286,17 +341,16 @@ def problems(results: Sequence[dict[str, Any]], board: str | None = None) -> lis
     """The lines predict prints on stderr: bad images, a failed board, board differences."""
     lines = [r["error"] for r in results if "error" in r]
     if board is not None:
-        column = board_column(board)
-        lines += sorted({r["predictions"][column]["error"] for r in results
-                         if "error" in r.get("predictions", {}).get(column, {})})
+        lines += sorted({_board_cell(r, board)[1]["error"] for r in results
+                         if "error" in _board_cell(r, board)[1]})
         lines += board_differences(results, board)
     return lines
 
 
 def exit_status(results: Sequence[dict[str, Any]], board: str | None = None) -> int:
     """3 if the board answered differently, else 2 if it failed, else 1 if an image failed."""
-    column = board_column(board) if board is not None else None
-    answers = [r["predictions"].get(column, {}) for r in results if "predictions" in r]
+    answers = [_board_cell(r, board)[1] for r in results
+               if "predictions" in r and board is not None]
     if board is not None and any(a.get("same_as_host") is False for a in answers):
         return EXIT_BOARD_DIFFERS
     if board is not None and any("error" in a for a in answers):
@@ -321,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write the model's input beside each image as <image>.input.png")
     parser.add_argument("--keras", action="store_true",
                         help="also run the Keras model (imports TensorFlow: 5-20 s more)")
-    parser.add_argument("--board", help="also run the int8 model on this board of the inventory")
+    parser.add_argument("--board", help="also run the int8 model on this board of the inventory "
+                        "(on a board without TFLite: the ONNX model that answers as it does)")
+    parser.add_argument("--variant", help="the variant the board runs (default: as above)")
     parser.add_argument("--boards", type=Path,
                         default=Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml")),
                         help="board inventory (default $PIPELINE_BOARDS or board/boards.toml)")
@@ -338,13 +394,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = {name: path for name, path in model_files(card, model_dir, args.build).items()
                   if args.keras or name != KERAS}
         board = find_board(args.boards, args.board) if args.board else None
+        if args.variant and args.variant not in models:
+            raise PipelineError(f"--variant {args.variant}: the build {args.build} has no such "
+                                f"model (it has: {', '.join(models)})")
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MISSING
     dataset = card.get("dataset", "mnist")
     limits = ink_limits(layout.dataset_npz(dataset))
-    results = predict_files(args.images, card, models, args.show, board, limits)
-    columns = [*models, *([board_column(board.name)] if board else [])]
+    results = predict_files(args.images, card, models, args.show, board, limits, args.variant)
+    ran = next((column for r in results for column in r.get("predictions", {})
+                if board and column.endswith(f"@{board.name}")), None)
+    columns = [*models, *([ran] if ran else [])]
     if args.json:
         print(json.dumps({"build": args.build, "results": results}, indent=2))
     elif any("predictions" in r for r in results):
