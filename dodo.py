@@ -32,6 +32,7 @@ from pipeline.core.boards import load_boards
 from pipeline.stages import download
 from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
 from pipeline.stages.download import user_mirror
+from pipeline.core.formats import FORMATS
 from pipeline.core.layout import Layout
 from pipeline.core.params import (OVERRIDE_ENV, ParamsError, load_params, resolved,
                                   section_dict, write_resolved)
@@ -510,7 +511,7 @@ def task_card():
 
 # The model formats board/runner.py runs (.tflite under a TFLite runtime, .onnx under ONNX
 # Runtime; a board without one of them reports those rows as NO RUNTIME).
-BOARD_FORMATS = ("tflite", "onnx")
+BOARD_FORMATS = tuple(FORMATS)
 # The bench stage's own code (a change in any of them times the boards again).
 BENCH_MODULES = ("session", "plan", "transport", "local", "ssh", "validate", "report",
                  "latency_chart", "floor")

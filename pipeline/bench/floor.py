@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pipeline.core.formats import FORMATS
 from pipeline.core.layout import Layout
 from pipeline.core.variants import VARIANTS, peak_variants
 
@@ -29,15 +30,18 @@ PEAK_VARIANTS = peak_variants()
 
 
 def count_macs(model_path: Path) -> int:
-    """Multiply-accumulates of one inference: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED
-    (.tflite); Conv, Gemm, MatMul and their quantized forms (.onnx)."""
+    """Multiply-accumulates of one inference, by the counter of the model's format
+    (core/formats.py names it: a function of this module)."""
+    from pipeline.core.variants import format_of
+
+    return globals()[FORMATS[format_of(model_path)].mac_counter](model_path)
+
+
+def count_tflite_macs(model_path: Path) -> int:
+    """MACs of a .tflite graph: CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED."""
     import numpy as np
 
     from pipeline.core.runtimes import open_model
-    from pipeline.core.variants import format_of
-
-    if format_of(model_path) == "onnx":
-        return count_onnx_macs(model_path)
 
     macs = 0
     for op in open_model(model_path).ops():

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.core.files import atomic_path
+from pipeline.core.formats import FORMATS
 from pipeline.core.text import EMULATED, clean_text
 from pipeline.core.variants import VARIANTS, rank
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# One colour per runtime family, so ORT beside TFLite reads at a glance.
-COLOURS = {"tflite": "#4c72b0", "onnx": "#dd8452"}
+# One colour per runtime family (core/formats.py), so ORT beside TFLite reads at a glance.
+COLOURS = {f.key: f.colour for f in FORMATS.values()}
 GAP_COLOUR = "#888888"
 # Room right of the longest whisker for its value label, as a share of the axis.
 LABEL_ROOM = 1.45
@@ -37,7 +38,7 @@ WHISKER_REACH = 3.0
 def runtime_family(variant: str) -> str:
     """The runtime family a variant's rows are timed under, for chart labels."""
     known = VARIANTS.get(variant)
-    return "ONNX Runtime" if known and known.format == "onnx" else "TFLite"
+    return FORMATS[known.format if known else "tflite"].runtime
 
 
 def chart_panels(rows: Sequence[dict]) -> list[tuple[str, bool, list[dict]]]:

@@ -25,6 +25,7 @@ from pipeline.core.text import (EMULATED, age_hours, board_label, clean_text, es
                                 fmt_value, is_old, utc_now)
 from pipeline.core.files import atomic_path, sha256_file, write_json, write_text
 from pipeline.bench.floor import floor_us, peak_rates
+from pipeline.core.formats import FORMATS
 from pipeline.core.layout import LATENCY_FORMATS, Layout
 from pipeline.core.variants import (VARIANTS, rank, reference_float_variant,
                                reference_int8_variant)
@@ -51,7 +52,8 @@ def runtime_label(result: dict[str, Any]) -> str:
 
 def ort_int8_variants() -> list[str]:
     """The integer ONNX variants, compared with the reference int8 .tflite (ORT/TFLite)."""
-    return [v.name for v in VARIANTS.values() if v.format == "onnx" and v.integer]
+    reference = VARIANTS[reference_int8_variant()].format
+    return [v.name for v in VARIANTS.values() if v.format != reference and v.integer]
 
 
 def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str],
@@ -202,7 +204,7 @@ def board_line(doc: dict[str, Any]) -> str:
 def runtimes_text(runtimes: dict[str, Any]) -> str:
     """`TFLite: ai_edge_litert 1.4; ONNX: onnxruntime 1.21.0 (providers ...)` or NONE."""
     parts = []
-    for fmt, label in (("tflite", "TFLite"), ("onnx", "ONNX")):
+    for fmt, label in ((f.key, f.display) for f in FORMATS.values()):
         info = runtimes.get(fmt)
         if not isinstance(info, dict):
             continue

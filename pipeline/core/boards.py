@@ -88,8 +88,8 @@ class Board:
 def measured_within(result_path: Path, hours: float) -> bool:
     """doit `uptodate` check: the board's last result is a success measured < `hours` ago.
 
-    A success is `ok`, or `partial` only because the board lacks a runtime for some models
-    (no case failed): timing it again would not change that. A time in the future is not
+    A success is what `bench_succeeded` says: timing it again would not change a board
+    that lacks a runtime for some models. A time in the future is not
     fresh (a clock set wrong would otherwise keep old figures for as long as it is wrong).
     Reads one small JSON and imports nothing heavy (dodo.py calls it on every `doit`).
     """
@@ -99,9 +99,25 @@ def measured_within(result_path: Path, hours: float) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     age = dt.datetime.now(dt.timezone.utc) - when.replace(tzinfo=dt.timezone.utc)
-    success = doc.get("status") == "ok" or (doc.get("status") == "partial"
-                                            and not doc.get("errors") and doc.get("missing"))
-    return bool(success) and 0 <= age.total_seconds() < hours * 3600
+    return bench_succeeded(doc) and 0 <= age.total_seconds() < hours * 3600
+
+
+def bench_succeeded(doc: Any) -> bool:
+    """Whether a board's bench document is a success: `ok`, or `partial` only because the
+    board has no runtime for some rows (NO RUNTIME: the virtual K1, a K1 without TFLite) and
+    no case failed, so the board did all it can. The bench's freshness check, the nightly's
+    board status and its NO RUNTIME count all ask this one function."""
+    if not isinstance(doc, dict) or doc.get("status") not in ("ok", "partial"):
+        return False
+    if doc["status"] == "ok":
+        return True
+    errors, missing = doc.get("errors"), doc.get("missing")
+    if errors != [] or not isinstance(missing, list) or not missing:
+        return False
+    from pipeline import load_runner  # standard library only: cheap on dodo.py's path
+
+    mark = load_runner().NO_RUNTIME_MARK  # the runner's own word for it: one place
+    return all(isinstance(m, dict) and str(m.get("error", "")).startswith(mark) for m in missing)
 
 
 def load_boards(path: Path) -> tuple[Board, ...]:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline import PipelineError, load_runner
+from pipeline.core.formats import FORMATS
 from pipeline.core.variants import VARIANTS, format_of, variant_of
 
 
@@ -347,8 +348,8 @@ class OnnxRuntimeModel:
                  "outputs": [shape(o) for o in node.output]} for node in self._proto.graph.node]
 
 
-# Model format (variants.py's Variant.format) -> the backend that opens it on the host.
-BACKENDS: dict[str, type] = {"tflite": LiteRTModel, "onnx": OnnxRuntimeModel}
+# Model format -> the backend that opens it on the host (core/formats.py names the class).
+BACKENDS: dict[str, type] = {f.key: globals()[f.backend] for f in FORMATS.values()}
 
 
 def open_model(path: Path, threads: int | None = None) -> HostModel:

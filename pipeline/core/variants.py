@@ -15,6 +15,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from pipeline.core.formats import FORMATS
+
 if TYPE_CHECKING:  # params imports this module (its list of optional variants)
     from pipeline.core.params import ConvertParams
 
@@ -57,8 +59,7 @@ class Variant:
     the param that switches it on (None: always built).
     """
     name: str
-    format: str
-    suffix: str
+    format: str      # a key of core/formats.py's FORMATS (which gives the suffix)
     integer: bool
     accuracy_floor: str
     drift_gated: bool
@@ -71,17 +72,21 @@ class Variant:
     def __post_init__(self) -> None:
         if self.accuracy_floor not in ("float", "int8"):
             raise ValueError(f"variant {self.name}: accuracy_floor must be 'float' or 'int8'")
-        if not self.suffix.startswith("."):
-            raise ValueError(f"variant {self.name}: suffix must start with '.'")
+        if self.format not in FORMATS:
+            raise ValueError(f"variant {self.name}: format must be one of {sorted(FORMATS)}")
+
+    @property
+    def suffix(self) -> str:
+        return FORMATS[self.format].suffix
 
 
-_TFLITE = {"format": "tflite", "suffix": ".tflite", "producer": "convert",
+_TFLITE = {"format": "tflite", "producer": "convert",
            "compared_with": (KERAS,)}
 # Compared with the int8 .tflite too: the model validated on the TFLite side is the yardstick
 # of what the board's ONNX Runtime will answer. float32 and int8 have a peak twin (the GEMM
 # as ONNX, timed by ONNX Runtime); the translated model's floor uses ONNX Runtime's fastest
 # measured rate (floor.py).
-_ONNX = {"format": "onnx", "suffix": ".onnx", "compared_with": (KERAS, INT8),
+_ONNX = {"format": "onnx", "compared_with": (KERAS, INT8),
          "optional": ONNX_PARAM}
 
 # In display order: reports, tables and charts list variants in this order.
@@ -154,16 +159,16 @@ def variant_of(path: Path) -> tuple[str, str]:
 
 
 def model_suffixes() -> set[str]:
-    """The file suffixes of every variant's model files (".tflite", ...)."""
-    return {v.suffix for v in VARIANTS.values()}
+    """The file suffixes of every model format (".tflite", ...)."""
+    return {f.suffix for f in FORMATS.values()}
 
 
 def format_of(path: Path) -> str:
     """The model format of a file, from its suffix (any variant's, or a peak model's)."""
     suffix = Path(path).suffix
-    for v in VARIANTS.values():
-        if v.suffix == suffix:
-            return v.format
+    for fmt in FORMATS.values():
+        if fmt.suffix == suffix:
+            return fmt.key
     raise ValueError(f"{path}: no variant has the suffix {suffix!r} (known: "
                      f"{', '.join(sorted(model_suffixes()))})")
 

@@ -39,7 +39,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from pipeline import PipelineError, load_runner
+from pipeline import PipelineError
+from pipeline.core.boards import bench_succeeded
 from pipeline.core.files import write_json
 from pipeline.core.layout import Layout
 
@@ -291,21 +292,13 @@ def read_accuracy(run_dir: Path, builds: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _only_no_runtime(doc: dict[str, Any]) -> bool:
-    """True if a partial document's only gaps are cases the board has no runtime for."""
-    errors, missing = doc.get("errors"), doc.get("missing")
-    if errors != [] or not isinstance(missing, list) or not missing:
-        return False
-    mark = load_runner().NO_RUNTIME_MARK  # the runner's own word for it: one place
-    return all(isinstance(m, dict) and str(m.get("error", "")).startswith(mark) for m in missing)
-
-
 def no_runtime_rows(run_dir: Path, board: str) -> int:
     """How many of a board's rows it has no runtime for (NO RUNTIME), for the progress line;
     not a column: the rows themselves are in latency.json."""
     doc = _load_json(Layout(run_dir).board_result(board))
     missing = doc.get("missing") if isinstance(doc, dict) else None
-    return len(missing) if isinstance(missing, list) and _only_no_runtime(doc) else 0
+    partial = isinstance(missing, list) and doc.get("status") == "partial"
+    return len(missing) if partial and bench_succeeded(doc) else 0
 
 
 def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list[dict]]:
@@ -325,8 +318,7 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
             board_rows.append({"board": board, "status": "failed",
                                "error": "no latency report (bench did not finish)"})
             continue
-        ok = doc.get("status") == "ok" or (doc.get("status") == "partial"
-                                           and _only_no_runtime(doc))
+        ok = bench_succeeded(doc)
         errors = doc.get("errors")
         first = errors[0] if isinstance(errors, list) and errors else None
         board_rows.append({"board": board, "status": "ok" if ok else "failed",

@@ -50,10 +50,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 from pipeline import PipelineError
 from pipeline.core.boards import BOARD_NAME
 from pipeline.core.files import write_json, write_text
+from pipeline.core.formats import FORMATS
 
 SUITE = "trixie"   # the first Debian release with riscv64 as an official architecture
-PACKAGES = ("python3", "python3-numpy", "python3-onnxruntime", "base-files", "base-passwd",
-            "bash", "coreutils", "dash", "libc-bin")
+# The runtimes are those of core/formats.py (only ONNX Runtime is packaged for riscv64).
+PACKAGES = ("python3", "python3-numpy",
+            *(p for f in FORMATS.values() for p in f.board_packages),
+            "base-files", "base-passwd", "bash", "coreutils", "dash", "libc-bin")
 # The K1's X60 cores: RV64GCV with RVV 1.0 and 256-bit vectors. Without vext_spec qemu 7.2
 # prints a warning in every process.
 QEMU_CPU = "rv64,v=true,vlen=256,elen=64,vext_spec=v1.0"
