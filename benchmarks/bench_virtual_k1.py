@@ -26,7 +26,8 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.virtual_k1 import manage as virtual_k1  # noqa: E402
+from pipeline.virtual_k1 import inventory as vk_inventory  # noqa: E402
+from pipeline.virtual_k1 import paths as vk_paths  # noqa: E402
 
 
 def timed(argv: Sequence[str], **kwargs) -> float:
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true", help="also time one cold-cache up")
     args = parser.parse_args(argv)
     cache = (args.cache or Path(os.environ.get("VIRTUAL_K1_CACHE")
-                                or virtual_k1.default_cache(os.environ))).absolute()
+                                or vk_paths.default_cache(os.environ))).absolute()
     where = ["--cache", str(cache), "--state", str(cache / "bench-state")]
     figures: dict[str, list[float]] = {}
     if args.cold:
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.rmtree(cold, ignore_errors=True)
     timed(cli("up", *where), cwd=REPO)   # the root file system is built (if needed) here
     timed(cli("down", *where), cwd=REPO)
-    layout = virtual_k1.BoardPaths(cache, cache / "bench-state")
+    layout = vk_paths.BoardPaths(cache, cache / "bench-state")
     for _ in range(args.repeats):
         figures.setdefault("up, warm cache", []).append(timed(cli("up", *where), cwd=REPO))
         port = json.loads(layout.record.read_text())["port"]
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               ("ssh import numpy, onnxruntime",
                                "python3 -c 'import numpy, onnxruntime' 2>/dev/null")):
             figures.setdefault(name, []).append(
-                timed(virtual_k1.ssh_argv(layout, port, command)))
+                timed(vk_inventory.ssh_argv(layout, port, command)))
         figures.setdefault("down", []).append(timed(cli("down", *where), cwd=REPO))
     for name, values in figures.items():
         print(summary(name, values))

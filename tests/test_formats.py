@@ -7,7 +7,7 @@ from pipeline.bench import floor, latency_chart, report
 from pipeline.core import runtimes
 from pipeline.core.formats import FORMATS
 from pipeline.core.variants import VARIANTS, format_of, model_suffixes
-from pipeline.virtual_k1 import manage
+from pipeline.virtual_k1 import rootfs as vk_rootfs
 
 
 def test_the_runner_reads_the_same_suffixes_as_the_host():
@@ -36,4 +36,4 @@ def test_every_module_reads_the_table():
     assert latency_chart.COLOURS == {"tflite": "#4c72b0", "onnx": "#dd8452"}
     assert report.runtimes_text({"tflite": {"missing": "x"}, "onnx": {"missing": "x"}}) \
         == "TFLite: none; ONNX: none"
-    assert "python3-onnxruntime" in manage.PACKAGES
+    assert "python3-onnxruntime" in vk_rootfs.PACKAGES

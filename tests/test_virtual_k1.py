@@ -21,7 +21,12 @@ import numpy as np
 import pytest
 
 from pipeline.bench import session as bench
-from pipeline.virtual_k1 import manage as virtual_k1
+from pipeline.virtual_k1 import host as vk_host
+from pipeline.virtual_k1 import inventory as vk_inventory
+from pipeline.virtual_k1 import paths as vk_paths
+from pipeline.virtual_k1 import processes as vk_processes
+from pipeline.virtual_k1 import rootfs as vk_rootfs
+from pipeline.virtual_k1 import sshd as vk_sshd
 from pipeline.bench.ssh import SshTransport, ssh_argv, ssh_run
 from pipeline.bench.transport import BoardError
 from pipeline.core.boards import Board, load_boards
@@ -34,7 +39,7 @@ CI = os.environ.get("CI") == "true"
 @dataclass
 class Virtual:
     board: Board
-    layout: virtual_k1.BoardPaths
+    layout: vk_paths.BoardPaths
     up_seconds: float
     up_output: str
     binfmt_before: dict | None
@@ -50,7 +55,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=1800)
 
 
-def layout_args(layout: virtual_k1.BoardPaths) -> list[str]:
+def layout_args(layout: vk_paths.BoardPaths) -> list[str]:
     return ["--cache", str(layout.cache), "--state", str(layout.state)]
 
 
@@ -60,10 +65,10 @@ def cannot_run(reason: str) -> None:
     pytest.skip(f"virtual K1 not available: {reason} (docs/virtual-k1.md)")
 
 
-def everything_left(layout: virtual_k1.BoardPaths, tag: str) -> list[str]:
+def everything_left(layout: vk_paths.BoardPaths, tag: str) -> list[str]:
     """Processes of the board (tagged, or its sshd) and mounts under its root file system in
     any mount namespace of this machine."""
-    left = [f"process {p}" for p in virtual_k1.board_processes(tag)]
+    left = [f"process {p}" for p in vk_processes.board_processes(tag)]
     config = str(layout.state_file("sshd_config"))
     root = str(layout.rootfs)
     for entry in Path("/proc").iterdir():
@@ -86,14 +91,14 @@ def virtual(tmp_path_factory):
     """The virtual K1, up once per test run (root file system from the shared cache)."""
     if os.geteuid() != 0:
         cannot_run("needs root (binfmt_misc, chroot, namespaces, sshd)")
-    cache = Path(os.environ.get("VIRTUAL_K1_CACHE") or virtual_k1.default_cache(os.environ))
-    layout = virtual_k1.BoardPaths(cache, tmp_path_factory.mktemp("vk1") / "state")
-    mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
-    binfmt_before = virtual_k1.binfmt_entry()
+    cache = Path(os.environ.get("VIRTUAL_K1_CACHE") or vk_paths.default_cache(os.environ))
+    layout = vk_paths.BoardPaths(cache, tmp_path_factory.mktemp("vk1") / "state")
+    mounted_before = (vk_host.BINFMT_DIR / "register").exists()
+    binfmt_before = vk_host.binfmt_entry()
     started = time.monotonic()
     proc = cli("up", *layout_args(layout), "--boards", str(REPO / "board" / "boards.toml"))
     seconds = time.monotonic() - started
-    if proc.returncode == virtual_k1.UNAVAILABLE:
+    if proc.returncode == vk_paths.UNAVAILABLE:
         cannot_run(proc.stderr.strip().removeprefix("error: "))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     board = next(b for b in load_boards(layout.inventory) if b.name == "virtual-k1")
@@ -120,7 +125,7 @@ def on_board(virtual: Virtual, *argv: str, stdin: bytes | None = None) -> bytes:
 
 def test_the_board_is_riscv64_with_the_k1s_vector_unit(virtual):
     assert on_board(virtual, "uname", "-m").strip() == b"riscv64"
-    facts = json.loads(on_board(virtual, "python3", "-c", virtual_k1.PROBE).splitlines()[-1])
+    facts = json.loads(on_board(virtual, "python3", "-c", vk_inventory.PROBE).splitlines()[-1])
     assert facts["machine"] == "riscv64"
     assert facts["vlmax_e8m1"] * 8 == 256  # vsetvli e8,m1 on the guest: VLEN 256
     assert facts["numpy"].startswith("2.") and facts["onnxruntime"].startswith("1.")
@@ -142,7 +147,7 @@ def test_child_processes_are_riscv64_too(virtual):
 
 def test_the_guest_is_an_unprivileged_user_in_its_own_home(virtual):
     out = on_board(virtual, "sh", "-c", 'id -u; pwd; test -w /usr && echo writable || true')
-    assert out.split() == [str(virtual_k1.GUEST_UID).encode(), virtual_k1.GUEST_HOME.encode()]
+    assert out.split() == [str(vk_paths.GUEST_UID).encode(), vk_paths.GUEST_HOME.encode()]
 
 
 def test_the_inventory_works_unchanged_and_is_marked_emulated(virtual):
@@ -151,8 +156,8 @@ def test_the_inventory_works_unchanged_and_is_marked_emulated(virtual):
     board = boards["virtual-k1"]
     assert board.emulated and not boards["local"].emulated
     assert (board.threads, board.warmup, board.runs) == (
-        tuple(virtual_k1.BOARD_SETTINGS["threads"]), virtual_k1.BOARD_SETTINGS["warmup"],
-        virtual_k1.BOARD_SETTINGS["runs"])
+        tuple(vk_inventory.BOARD_SETTINGS["threads"]), vk_inventory.BOARD_SETTINGS["warmup"],
+        vk_inventory.BOARD_SETTINGS["runs"])
     assert not any("StrictHostKeyChecking" in o for o in board.ssh_options)
 
 
@@ -171,7 +176,7 @@ def test_push_puts_files_in_the_guest(virtual, tmp_path):
     payload.write_bytes(os.urandom(4096))
     assert push(virtual.board, [payload]) == [payload.name]
     assert push(virtual.board, [payload]) == []  # the board's sha256sum agrees
-    inside = (virtual.layout.rootfs / virtual_k1.GUEST_HOME.lstrip("/")
+    inside = (virtual.layout.rootfs / vk_paths.GUEST_HOME.lstrip("/")
               / virtual.board.remote_dir / payload.name)
     assert inside.read_bytes() == payload.read_bytes()
 
@@ -333,14 +338,14 @@ def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: len(virtual_k1.board_processes(tag)) >= 2, 30)
+        assert wait_for(lambda: len(vk_processes.board_processes(tag)) >= 2, 30)
         down = cli("down", *layout_args(virtual.layout))
         assert down.returncode == 0, down.stdout + down.stderr
         assert everything_left(virtual.layout, tag) == []
         assert session.wait(timeout=20) != 0  # its connection was cut
         # what up changed on the host is undone
-        assert virtual_k1.binfmt_entry() == virtual.binfmt_before
-        assert (virtual_k1.BINFMT_DIR / "register").exists() == virtual.binfmt_mounted_before
+        assert vk_host.binfmt_entry() == virtual.binfmt_before
+        assert (vk_host.BINFMT_DIR / "register").exists() == virtual.binfmt_mounted_before
     finally:
         session.kill()
         session.wait()
@@ -361,12 +366,12 @@ def test_down_stops_a_running_session_then_up_again_is_warm(virtual):
 def test_without_root_up_says_so_in_one_line(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to drop it (this test runs `up` as nobody)")
-    code = ("import os, sys; from pipeline import virtual_k1; os.setgid(65534); os.setuid(65534); "
-            "virtual_k1.main(sys.argv[1:])")
+    code = ("import os, sys; from pipeline.virtual_k1.manage import main; os.setgid(65534); "
+            "os.setuid(65534); main(sys.argv[1:])")
     cache = tmp_path / "cache"
     proc = subprocess.run([sys.executable, "-c", code, "up", "--cache", str(cache)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == virtual_k1.UNAVAILABLE
+    assert proc.returncode == vk_paths.UNAVAILABLE
     assert proc.stderr.count("\n") == 1 and "needs root" in proc.stderr
     assert "Traceback" not in proc.stderr and not cache.exists()
 
@@ -374,18 +379,18 @@ def test_without_root_up_says_so_in_one_line(tmp_path):
 def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root (up gets as far as the first build)")
-    mounted_before = (virtual_k1.BINFMT_DIR / "register").exists()
-    binfmt_before = virtual_k1.binfmt_entry()
+    mounted_before = (vk_host.BINFMT_DIR / "register").exists()
+    binfmt_before = vk_host.binfmt_entry()
     closed = f"http://127.0.0.1:{free_port()}/debian"  # nothing listens there
-    layout = virtual_k1.BoardPaths(tmp_path / "cache", tmp_path / "state")
+    layout = vk_paths.BoardPaths(tmp_path / "cache", tmp_path / "state")
     proc = cli("up", *layout_args(layout), "--mirror", closed)
-    assert proc.returncode == virtual_k1.UNAVAILABLE, proc.stdout + proc.stderr
+    assert proc.returncode == vk_paths.UNAVAILABLE, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"Debian's archive is unreachable at {closed}" in proc.stderr
     assert not layout.rootfs.exists() and not list(layout.cache.glob(".rootfs.partial*"))
     assert everything_left(layout, str(layout.state.resolve())) == []
-    assert virtual_k1.binfmt_entry() == binfmt_before
-    assert (virtual_k1.BINFMT_DIR / "register").exists() == mounted_before
+    assert vk_host.binfmt_entry() == binfmt_before
+    assert (vk_host.BINFMT_DIR / "register").exists() == mounted_before
 
 
 def test_an_emulated_boards_result_says_so(tiny_models, peak_models, tmp_path):
@@ -429,27 +434,27 @@ def test_the_mirror_is_the_first_debian_archive_of_the_apt_config(tmp_path):
         "Components: main\n\n"
         "Types: deb\nURIs: http://mirror.example/debian\n  http://second.example/debian\n"
         "Suites: bookworm bookworm-updates\nComponents: main contrib\n")
-    assert virtual_k1.apt_mirror(d, tmp_path / "none") == "http://mirror.example/debian"
+    assert vk_host.apt_mirror(d, tmp_path / "none") == "http://mirror.example/debian"
     (d / "b-debian.sources").unlink()
-    assert virtual_k1.apt_mirror(d, tmp_path / "none") is None
+    assert vk_host.apt_mirror(d, tmp_path / "none") is None
     listing = tmp_path / "sources.list"
     listing.write_text("# deb http://commented.example/debian trixie main\n"
                        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian trixie main\n")
-    assert virtual_k1.apt_mirror(d, listing) == "http://one.example/debian"
+    assert vk_host.apt_mirror(d, listing) == "http://one.example/debian"
 
 
 def test_a_cached_build_skips_apts_update(tmp_path):
-    layout = virtual_k1.BoardPaths(tmp_path / "cache", tmp_path / "state")
-    online = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", False)
-    offline = virtual_k1.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", True)
+    layout = vk_paths.BoardPaths(tmp_path / "cache", tmp_path / "state")
+    online = vk_rootfs.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", False)
+    offline = vk_rootfs.mmdebstrap_argv(tmp_path / "t", layout, "http://m/debian", "trixie", True)
     assert "--skip=update" in offline and "--skip=update" not in online
     assert online[-3:] == ["trixie", str(tmp_path / "t"), "http://m/debian"]
     assert "--variant=extract" in online and "--arch=riscv64" in online
-    assert f"--include={','.join(virtual_k1.PACKAGES)}" in online
+    assert f"--include={','.join(vk_rootfs.PACKAGES)}" in online
 
 
 def test_binfmt_line_uses_the_f_flag():
-    line = virtual_k1.binfmt_line("/usr/bin/qemu-riscv64-static")
+    line = vk_host.binfmt_line("/usr/bin/qemu-riscv64-static")
     fields = line.split(":")
     assert fields[1] == "qemu-riscv64" and fields[2] == "M" and fields[-1] == "F"
     assert fields[-2] == "/usr/bin/qemu-riscv64-static"
@@ -460,14 +465,14 @@ def test_binfmt_line_uses_the_f_flag():
 
 
 def test_state_directory_must_be_private_and_sshd_safe(tmp_path):
-    with pytest.raises(virtual_k1.VirtualK1Error, match="no spaces"):
-        virtual_k1.check_state_dir(tmp_path / "a b")
+    with pytest.raises(vk_paths.VirtualK1Error, match="no spaces"):
+        vk_sshd.check_state_dir(tmp_path / "a b")
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
-    with pytest.raises(virtual_k1.VirtualK1Error, match="mode 0700"):
-        virtual_k1.check_state_dir(loose)
-    virtual_k1.check_state_dir(tmp_path / "fresh")
+    with pytest.raises(vk_paths.VirtualK1Error, match="mode 0700"):
+        vk_sshd.check_state_dir(loose)
+    vk_sshd.check_state_dir(tmp_path / "fresh")
     assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
 
 
@@ -477,12 +482,12 @@ def test_mounts_under_reads_mountinfo(tmp_path):
                     f"30 22 0:5 / {tmp_path}/root/proc rw - proc proc rw\n"
                     f"31 30 0:5 /cpuinfo {tmp_path}/root/proc/cpuinfo ro - proc proc rw\n"
                     f"32 1 0:6 / {tmp_path}/rootfs2 rw - tmpfs t rw\n")
-    assert virtual_k1.mounts_under(tmp_path / "root", info) == [
+    assert vk_processes.mounts_under(tmp_path / "root", info) == [
         f"{tmp_path}/root/proc/cpuinfo", f"{tmp_path}/root/proc"]
 
 
 def test_cpuinfo_says_emulated_and_counts_the_cpus():
-    text = virtual_k1.cpuinfo_text(3)
+    text = vk_sshd.cpuinfo_text(3)
     assert text.count("processor\t:") == 3 and "not a SpacemiT X60" in text
     assert "rv64imafdcv" in text
 
