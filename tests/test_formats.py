@@ -29,7 +29,7 @@ def test_every_module_reads_the_table():
     """Variants, the suffix lookup, the report's labels and the virtual K1 follow the rows."""
     assert {v.format for v in VARIANTS.values()} <= set(FORMATS)
     assert all(v.suffix == FORMATS[v.format].suffix for v in VARIANTS.values())
-    assert model_suffixes() == {".tflite", ".onnx"}
+    assert model_suffixes() == {f.suffix for f in FORMATS.values()}
     assert [format_of(f"m{f.suffix}") for f in FORMATS.values()] == list(FORMATS)
     assert latency_chart.runtime_family("onnx_int8") == "ONNX Runtime"
     assert latency_chart.runtime_family("int8") == "TFLite"
