@@ -8,7 +8,8 @@ doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried firs
 directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE_MIRROR_<DATASET>
 (one dataset's mirror, e.g. PIPELINE_MIRROR_FASHION_MNIST), PIPELINE_OFFLINE=1 (never try the
 public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),
-PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default).
+PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default), PIPELINE_EVENTS
+(a file that also gets each task event as a JSON line, pipeline/core/events.py).
 
 This file only declares tasks, and never imports a stage module that needs numpy: actions
 name their stage function (`_stage`) and it is imported when the task runs. Loading this
@@ -29,6 +30,8 @@ from doit.tools import config_changed
 
 from pipeline import PipelineError
 from pipeline.core.boards import load_boards
+from pipeline.core.codedeps import CodeDeps
+from pipeline.core.events import EVENTS_ENV, reporter_writing
 from pipeline.stages import download
 from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
 from pipeline.stages.download import user_mirror
@@ -64,23 +67,37 @@ if _missing:
     raise SystemExit(f"error: bad params: bench.default_boards names {sorted(_missing)}, "
                      f"which {BOARDS_PATH} does not declare")
 
-# A dataset that is not cached and that no mirror has (a quick look, taken only while it is
-# missing): its builds leave the default tasks and the boards' benchmarks, so the other builds
-# are still built and timed. `doit` still runs its download, which fails saying why, once.
+# A dataset that is not cached and that no place has, as far as local directories tell (no
+# network at load time: a URL mirror counts as available and its download task finds out):
+# its builds leave the default tasks and the boards' benchmarks, so the other builds are
+# still built and timed. `doit` still runs its download, which fails saying why, once.
 MISSING = {}
 for _name in PARAMS.datasets:
-    _why = download.unavailable(DATASETS[_name], LAYOUT.raw_dir(_name),
-                                download.mirrors_for(DATASETS[_name], MIRRORS[_name], OFFLINE),
-                                min(PARAMS.download.timeout_s, 5.0))
+    _why = download.unavailable_here(DATASETS[_name], LAYOUT.raw_dir(_name),
+                                     download.mirrors_for(DATASETS[_name], MIRRORS[_name],
+                                                          OFFLINE))
     if _why:
         MISSING[_name] = _why
 BLOCKED = {b.name: b.dataset for b in PARAMS.builds if b.dataset in MISSING}
-STAGES = Path("pipeline")
+# Each task's code: its action's module and every project module that one imports,
+# transitively (pipeline/core/codedeps.py: an AST walk cached by mtime, relative paths so a
+# moved checkout is not a change). Computed here, once per module, so the cache is written
+# once per load.
+CODE_DEPS = CodeDeps(Path("."), LAYOUT.root / ".code-deps.json")
+CODE = {task: CODE_DEPS.of(*(f"pipeline.{m}" for m in modules)) for task, modules in {
+    "download": ["stages.download"], "params": ["core.params"],
+    "preprocess": ["stages.preprocess"], "train": ["stages.train"],
+    "convert": ["stages.convert"], "convert_onnx": ["stages.convert_onnx"],
+    "evaluate": ["stages.evaluate"], "peak": ["bench.floor"], "curves": ["stages.curves"],
+    "analysis": ["stages.analysis"], "layers": ["stages.layers"], "card": ["stages.card"],
+    "bench": ["bench.session", "bench.report"]}.items()}
+CODE_DEPS.save()
 # The task families that write some build's models (variants.py's producer): convert, and,
 # with convert.onnx, convert_onnx and translate_onnx. Only these tasks exist.
 PRODUCERS = list(dict.fromkeys(VARIANTS[v].producer for b in PARAMS.builds
                                for v in variant_names(PARAMS.convert, b.float_layers)))
-RUNNER = Path("board") / "runner.py"  # relative, like STAGES: a moved checkout is not a change
+# Loaded by path, not imported (so not in CODE); relative: a moved checkout is not a change.
+RUNNER = Path("board") / "runner.py"
 
 
 def _default_tasks():
@@ -88,7 +105,9 @@ def _default_tasks():
     no mirror has (their download still runs, to say why)."""
     stages = ["train", *PRODUCERS, "evaluate", "curves", "analysis", "layers", "card"]
     boards = [f"bench:{board}" for board in PARAMS.bench.default_boards]
-    if not BLOCKED:
+    # Nothing to build without the missing data (a first run offline): the download runs
+    # first, so the first thing said is that the dataset is missing and how to give one.
+    if not BLOCKED or len(BLOCKED) == len(PARAMS.builds):
         return ["download", "params", "preprocess", *stages, "peak", *boards]
     # The missing downloads last: without --continue doit stops at the first failure.
     ready = [d for d in PARAMS.datasets if d not in MISSING]
@@ -104,6 +123,10 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "default_tasks": _default_tasks(),
 }
+# PIPELINE_EVENTS=<file>: each task event also goes to the file as a JSON line (the nightly
+# follows doit through it, not through the console text; pipeline/core/events.py).
+if os.environ.get(EVENTS_ENV):
+    DOIT_CONFIG["reporter"] = reporter_writing(Path(os.environ[EVENTS_ENV]))
 
 
 raw_dir, dataset_npz = LAYOUT.raw_dir, LAYOUT.dataset_npz
@@ -230,7 +253,7 @@ def task_download():
                                     download.mirrors_for(spec, MIRRORS[name], OFFLINE),
                                     PARAMS.download.timeout_s, download.terminal_progress(),
                                     print, DATASETS])],
-            "file_dep": [STAGES / "stages/download.py"],
+            "file_dep": CODE["download"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
             "uptodate": [config_changed(section_dict(spec))],
             "clean": True,
@@ -243,7 +266,7 @@ def task_params():
     made_with = resolved(PARAMS, PARAMS_PATH, OVERRIDES)
     return {
         "actions": [(_guarded, [write_resolved, out, PARAMS, PARAMS_PATH, OVERRIDES])],
-        "file_dep": [STAGES / "core/params.py"],
+        "file_dep": CODE["params"],
         "targets": [out],
         "uptodate": [config_changed(made_with)],
         "clean": True,
@@ -260,7 +283,7 @@ def task_preprocess():
             "doc": f"pack {name} into {dataset_npz(name)}",
             "actions": [(_guarded, [_stage("stages.preprocess.run"), spec, raw_dir(name),
                                     dataset_npz(name)])],
-            "file_dep": [STAGES / "stages/preprocess.py", *(raw_dir(name) / f.name for f in spec.files)],
+            "file_dep": [*CODE["preprocess"], *(raw_dir(name) / f.name for f in spec.files)],
             "targets": [dataset_npz(name)],
             "clean": True,
         }
@@ -282,7 +305,7 @@ def task_train():
                                     len(DATASETS[build.dataset].class_names)])],
             # The user's model file (their .py, module or saved model): editing it retrains
             # this build and no other.
-            "file_dep": [STAGES / "stages/train.py", STAGES / "core/models.py", dataset_npz(build.dataset),
+            "file_dep": [*CODE["train"], dataset_npz(build.dataset),
                          *([source.file] if source.file else [])],
             "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
             "uptodate": [config_changed({"model": build.model, "fine_tune": build.fine_tune,
@@ -303,8 +326,7 @@ def task_convert():
             "actions": [(_guarded, [_stage("stages.convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.float_layers])],
-            "file_dep": [STAGES / "stages/convert.py", STAGES / "stages/calibration.py",
-                         keras_model(build.name), dataset_npz(build.dataset)],
+            "file_dep": [*CODE["convert"], keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # Every variant the build ships, whichever task makes it: convert also removes
             # the files of variants switched off, so it reruns when that list changes. Not
@@ -332,10 +354,8 @@ def _task_convert_onnx():
             "actions": [(_guarded, [_stage("stages.convert_onnx.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name)])],
-            # Its own module and the shared calibration draw, not convert.py: a change to
-            # the TFLite recipes does not redo these, and the reverse.
-            "file_dep": [STAGES / "stages/convert_onnx.py", STAGES / "stages/calibration.py",
-                         keras_model(build.name), dataset_npz(build.dataset)],
+            "file_dep": [*CODE["convert_onnx"], keras_model(build.name),
+                         dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # The calibration draw and method are all of [convert] these models depend on.
             "uptodate": [config_changed({key: getattr(PARAMS.convert, key)
@@ -358,10 +378,9 @@ def _task_translate_onnx():
                                     model_dir(build.name),
                                     PARAMS.convert.onnx_tflite_max_steps])],
             # The int8 .tflite necessarily (it is the input), not the .h5: when convert
-            # rewrites the same int8 bytes, nothing is translated again. runtimes.py and the
-            # runner: the bit-for-bit check runs both models through them.
-            "file_dep": [STAGES / "stages/convert_onnx.py", STAGES / "stages/onnx_graph.py",
-                         STAGES / "core/runtimes.py", RUNNER, int8, dataset_npz(build.dataset)],
+            # rewrites the same int8 bytes, nothing is translated again. The runner (loaded
+            # by path, not imported): the bit-for-bit check runs both models through it.
+            "file_dep": [*CODE["convert_onnx"], RUNNER, int8, dataset_npz(build.dataset)],
             "targets": list(models.values()),
             "uptodate": [config_changed({"onnx_tflite_max_steps":
                                          PARAMS.convert.onnx_tflite_max_steps})],
@@ -390,8 +409,8 @@ def task_evaluate():
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
                                     report_dir])],
-            "file_dep": [STAGES / "stages/evaluate.py", STAGES / "core/runtimes.py", RUNNER,
-                         keras_model(build.name), dataset_npz(build.dataset), *models.values()],
+            "file_dep": [*CODE["evaluate"], RUNNER, keras_model(build.name),
+                         dataset_npz(build.dataset), *models.values()],
             "targets": [LAYOUT.accuracy_json(build.name), LAYOUT.accuracy_md(build.name)],
             "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
             "clean": True,
@@ -409,7 +428,7 @@ def task_peak():
 
     return {
         "actions": [(_guarded, [floor.build_peak_models, list(peak_models()), LAYOUT])],
-        "file_dep": [STAGES / "bench/floor.py", STAGES / "stages/convert.py"],
+        "file_dep": CODE["peak"],
         "targets": list(peak_models().values()),
         "uptodate": [config_changed({"variants": list(peak_models())})],
         "clean": True,
@@ -428,7 +447,7 @@ def task_curves():
             "name": build.name,
             "doc": f"{build.name} training curves -> {png}",
             "actions": [(_guarded, [curves.run, build.name, history, accuracy, png])],
-            "file_dep": [STAGES / "stages/curves.py", history, accuracy],
+            "file_dep": [*CODE["curves"], history, accuracy],
             "targets": [png],
             "clean": True,
         }
@@ -452,10 +471,8 @@ def task_analysis():
                                     int8, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size,
                                     PARAMS.analysis.max_per_class, report_dir, others])],
-            # evaluate.py: the predictions come from its helpers.
-            "file_dep": [STAGES / "stages/analysis.py", STAGES / "stages/evaluate.py", STAGES / "core/runtimes.py",
-                         RUNNER, keras_model(build.name), int8, *others.values(),
-                         dataset_npz(build.dataset)],
+            "file_dep": [*CODE["analysis"], RUNNER, keras_model(build.name), int8,
+                         *others.values(), dataset_npz(build.dataset)],
             "targets": outputs,
             "uptodate": [config_changed({**section_dict(PARAMS.analysis),
                                          "batch_size": PARAMS.evaluate.batch_size})],
@@ -475,9 +492,7 @@ def task_layers():
             "actions": [(_guarded, [_stage("stages.layers.run"), build.name, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
                                     report_dir])],
-            # convert.py: the debugger converts with convert's own int8 settings.
-            "file_dep": [STAGES / "stages/layers.py", STAGES / "stages/convert.py", STAGES / "stages/calibration.py",
-                         keras_model(build.name), dataset_npz(build.dataset)],
+            "file_dep": [*CODE["layers"], keras_model(build.name), dataset_npz(build.dataset)],
             "targets": outputs,
             # The debugger calibrates as convert does: those three keys, not extra_variants.
             "uptodate": [config_changed({"layers": section_dict(PARAMS.layers), "convert": {
@@ -502,8 +517,8 @@ def task_card():
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, accuracy, history, model_dir(build.name),
                                     DATASETS[build.dataset].framing])],
-            "file_dep": [STAGES / "stages/card.py", STAGES / "core/runtimes.py", keras_model(build.name),
-                         history, accuracy, *models.values()],
+            "file_dep": [*CODE["card"], keras_model(build.name), history, accuracy,
+                         *models.values()],
             "targets": outputs,
             "clean": [(_remove, [outputs])],
         }
@@ -512,9 +527,6 @@ def task_card():
 # The model formats board/runner.py runs (.tflite under a TFLite runtime, .onnx under ONNX
 # Runtime; a board without one of them reports those rows as NO RUNTIME).
 BOARD_FORMATS = tuple(FORMATS)
-# The bench stage's own code (a change in any of them times the boards again).
-BENCH_MODULES = ("session", "plan", "transport", "local", "ssh", "validate", "report",
-                 "latency_chart", "floor")
 
 
 @checked_targets
@@ -536,9 +548,8 @@ def task_bench():
                         (_guarded, [_stage("bench.session.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
-            "file_dep": [*(STAGES / "bench" / f"{m}.py" for m in BENCH_MODULES),
-                         STAGES / "core/boards.py", STAGES / "core/runtimes.py", RUNNER, *models.values(),
-                         *peak_models().values(), *set(datasets.values())],
+            "file_dep": [*CODE["bench"], RUNNER, *models.values(), *peak_models().values(),
+                         *set(datasets.values())],
             "targets": [result],
             # Out of date when the board's last figures are older than max_age_hours, so a
             # board that died since it was last timed is noticed.

@@ -2,13 +2,13 @@
 
 1. no-op `doit` wall time (median of N) on a built project, as a ratio to bare doit on an
    empty dodo.py (the floor any doit project pays), the two measured alternately in this run
-   so a busy machine slows both alike; goal <= 1.5x;
+   so a busy machine slows both alike; goal <= 1.4x (issue 22);
 2. cold build time of the whole default build (`doit`, params.toml) from a local mirror;
 3. training time and test accuracy of mnist_cnn with the pipeline's params next to the K1
    tutorial's recipe (same CNN, 5 epochs, batch 32, constant Adam 1e-3) trained here on the
    same data split through the same code path.
 
-Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 7]
+Usage: python benchmarks/bench_build.py [--mirror DIR_OR_URL] [--repeats 9]
                                         [--only noop|builds]
 The mirror defaults to $PIPELINE_MIRROR, else ../shared/datasets/mnist beside the
 repository. `--only noop` measures 1. alone, on a project built with the smoke preset (the same task graph, built in
@@ -60,7 +60,7 @@ def main() -> None:
                         "$PIPELINE_MIRROR, else ../shared/datasets/mnist beside the repository)",
                         default=os.environ.get("PIPELINE_MIRROR")
                         or str(REPO.parent / "shared" / "datasets" / "mnist"))
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--only", choices=["noop", "builds"],
                         help="noop: only the no-op ratio, on a smoke-preset build; builds: "
                         "`doit list` time against the number of builds")
@@ -94,7 +94,7 @@ def main() -> None:
             ("bare doit (empty dodo.py), median", f"{statistics.median(bare):.3f} s",
              f"min {min(bare):.3f} s, max {max(bare):.3f} s"),
             ("no-op / bare doit", f"{statistics.median(noop) / statistics.median(bare):.2f}x",
-             "goal: <= 1.5x"),
+             "goal: <= 1.4x"),
         ]
         if args.only == "noop":
             print_rows(noop_rows)

@@ -211,10 +211,9 @@ def test_unreachable_mirror_fails_download_with_the_fix(tmp_path):
     assert not list((project / "artifacts" / "data" / "mnist" / "raw").glob("*"))
 
 
-def test_every_task_depends_on_its_own_stage_module(monkeypatch):
-    """Editing a stage's module reruns its tasks: each task lists that module in file_dep."""
+def load_dodo(monkeypatch):
+    """dodo.py loaded in-process with the smoke preset (its task_* functions give the dicts)."""
     import importlib
-    from pathlib import Path
 
     from tests.conftest import REPO
 
@@ -222,12 +221,28 @@ def test_every_task_depends_on_its_own_stage_module(monkeypatch):
     monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
     import dodo
 
-    dodo = importlib.reload(dodo)
-    checked = set()
+    return importlib.reload(dodo)
+
+
+def dodo_tasks(dodo):
+    """Task family -> its task dicts."""
+    out = {}
     for name in [n for n in dir(dodo) if n.startswith("task_")]:
-        stage = name.removeprefix("task_")
         produced = getattr(dodo, name)()
-        for task in [produced] if isinstance(produced, dict) else list(produced):
+        out[name.removeprefix("task_")] = [produced] if isinstance(produced, dict) else list(
+            produced)
+    return out
+
+
+def test_every_task_depends_on_the_code_it_runs(monkeypatch):
+    """Each task's file_dep holds its action's module (computed from the imports, so it
+    cannot drift from the code)."""
+    from pathlib import Path
+
+    dodo = load_dodo(monkeypatch)
+    checked = set()
+    for family, tasks in dodo_tasks(dodo).items():
+        for task in tasks:
             functions = [args[0] for action, args in
                          (a for a in task["actions"] if isinstance(a, tuple)) if args]
             # dodo's _stage names its module without importing it; others are functions
@@ -235,18 +250,53 @@ def test_every_task_depends_on_its_own_stage_module(monkeypatch):
                        for fn in functions if callable(fn)]
             expected = {Path(*m.split(".")).with_suffix(".py") for m in modules
                         if m.startswith("pipeline.")}
-            if (REPO / "pipeline" / f"{stage}.py").exists():
-                expected.add(Path("pipeline") / f"{stage}.py")
             deps = {Path(d) for d in task["file_dep"]}
-            assert expected and expected <= deps, (name, task.get("name"), expected - deps)
-            checked.add(stage)
-    assert {"download", "preprocess", "train", "convert", "evaluate", "bench", "peak"} <= checked
-    # bench's result depends on more code than its own module: the runner and the report
+            assert expected and expected <= deps, (family, task.get("name"), expected - deps)
+            checked.add(family)
+    assert {"download", "preprocess", "train", "convert", "evaluate", "bench", "peak",
+            "params"} <= checked
     bench = next(t for t in dodo.task_bench() if t["name"] == "local")
-    assert {Path("pipeline") / f"{m}.py" for m in ("bench", "report", "floor", "boards")} | {
+    assert {Path("pipeline", *m.split(".")).with_suffix(".py") for m in (
+        "bench.session", "bench.report", "bench.floor", "core.boards", "core.runtimes")} | {
         Path("board") / "runner.py"} <= {Path(d) for d in bench["file_dep"]}
-    evaluate = next(iter(dodo.task_evaluate()))
-    assert Path("board") / "runner.py" in {Path(d) for d in evaluate["file_dep"]}
+
+
+def test_the_keras_loaders_users_depend_on_it_and_curves_on_no_training(monkeypatch):
+    """The edges the hand-written lists had lost (issue 22): convert, layers and evaluate
+    call stages.train.load_model; and no training depends on the curves module."""
+    from pathlib import Path
+
+    tasks = dodo_tasks(load_dodo(monkeypatch))
+    loader = Path("pipeline/stages/train.py")
+    for family in ("convert", "layers", "evaluate", "analysis", "convert_onnx"):
+        for task in tasks[family]:
+            assert loader in {Path(d) for d in task["file_dep"]}, (family, task["name"])
+    curves = Path("pipeline/stages/curves.py")
+    for family, family_tasks in tasks.items():
+        if family != "curves":
+            assert all(curves not in {Path(d) for d in t["file_dep"]} for t in family_tasks), \
+                family
+
+
+def test_editing_the_keras_loader_outdates_its_users_and_curves_retrains_nothing(
+        smoke_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    curves = project / "pipeline" / "stages" / "curves.py"
+    curves.write_text(curves.read_text() + "\n# edited\n")
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert executed_tasks(proc.stdout) == {"curves:mnist_cnn", "curves:mnist_mlp"}
+
+    train = project / "pipeline" / "stages" / "train.py"
+    train.write_text(train.read_text() + "\n# edited\n")
+    for task in ("train", "convert", "layers", "evaluate"):
+        info = run_doit(project, "info", f"{task}:mnist_cnn")
+        assert info.returncode == 0, info.stderr[-2000:]
+        assert "out-of-date" in info.stdout and "pipeline/stages/train.py" in info.stdout, \
+            info.stdout
+    info = run_doit(project, "info", "curves:mnist_cnn")
+    assert "up-to-date" in info.stdout, info.stdout
 
 
 def test_ctrl_c_during_training_prints_one_line_and_exits_130(smoke_project, tmp_path):
@@ -445,3 +495,27 @@ def test_a_full_disk_fails_train_in_one_line_and_keeps_nothing(smoke_project, tm
                            "need more than 1.")  # the .h5 is 1.1 MiB
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert list(h5.parent.iterdir()) == []  # no history.json without its model, no partial
+
+
+@pytest.mark.parametrize("mirror", ["none", "unreachable"])
+def test_a_first_run_without_the_dataset_says_first_what_to_do_and_fails(tmp_path, mirror):
+    """`pip install -e . && doit` with no dataset and no reachable mirror (issue 23): the
+    first lines say the dataset is missing and how to give one; nothing else runs first."""
+    from tests.conftest import free_port
+
+    project = copy_project(tmp_path / "p")  # no artifacts/ at all, as with PIPELINE_ARTIFACTS
+    # The shipped params.toml, as a new user runs it; run_doit sets PIPELINE_OFFLINE=1, so
+    # the public mirrors are never tried (no internet here either way).
+    env = {"PIPELINE_PARAMS": "params.toml"}
+    if mirror == "unreachable":
+        env["PIPELINE_MIRROR"] = f"http://127.0.0.1:{free_port()}/"
+    proc = run_doit(project, env=env)
+    assert proc.returncode != 0
+    assert executed_tasks(proc.stdout) == {"download:mnist"}
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert lines[:2] == [".  download:mnist", "TaskFailed - taskid:download:mnist"]
+    assert lines[2] == ("dataset mnist is missing: it is not in the cache and no mirror has it. "
+                        "Give a copy with PIPELINE_MIRROR=<directory or URL> (see "
+                        "docs/offline.md).")
+    assert "Traceback" not in proc.stderr
+    assert not (project / "artifacts" / "models").exists()

@@ -107,6 +107,9 @@ def test_no_reachable_mirror_names_every_mirror_and_the_fix(tiny_dataset_dir, tm
     assert "PIPELINE_MIRROR=<directory or URL>" in text
     assert "PIPELINE_MIRROR_TINY=<directory or URL>" in text and "tiny/ subfolder" in text
     assert "see docs/offline.md" in text
+    assert text.splitlines()[0] == ("dataset tiny is missing: it is not in the cache and no "
+                                    "mirror has it. Give a copy with PIPELINE_MIRROR=<directory "
+                                    "or URL> (see docs/offline.md).")
     assert "../shared" not in text
     assert leftovers(cache) == []
 

@@ -136,6 +136,9 @@ def nightly_runs(smoke_project, tmp_path_factory, mnist_url):
         "SELECT id, run_dir FROM runs").fetchall())
     out["manifests"] = {i: json.loads((Path(run_dirs[i]) / "manifest.json").read_text())
                         for i in (2, 3)}
+    out["train_seconds"] = {build: json.loads((Path(run_dirs[2]) / "models" / build /
+                                               "history.json").read_text())["train_seconds"]
+                            for build in BUILDS}
 
     # 4. The ghost board dropped from the inventory again, the gates back to normal.
     out["run3"] = run_nightly(project, env)
@@ -269,6 +272,28 @@ def test_a_board_dropped_from_the_inventory_is_dropped_not_unreproducible(nightl
     assert "- board **ghost** dropped from the inventory since run 3" in nightly_runs["run3_md"]
     assert {b["board"]: b["status"] for b in nightly_runs["run3_json"]["boards"]} == {
         "local": "ok", "ghost": "dropped"}
+
+
+def test_manifest_has_each_tasks_outcome_and_wall_time_from_doits_events(nightly_runs):
+    """Followed through doit's task events (pipeline/core/events.py), not its console text.
+    Wall times are checked against clocks that do not share their code: the training time
+    train.py measured inside the task, and the run's own wall time (doit runs one task at a
+    time, so their sum cannot exceed it)."""
+    manifest = nightly_runs["manifests"][2]
+    tasks = manifest["tasks"]
+    for build in BUILDS:
+        for family in ("train", "convert", "evaluate", "curves", "card"):
+            assert tasks[f"{family}:{build}"]["status"] == "success", (family, build)
+        train = tasks[f"train:{build}"]["wall_s"]
+        assert nightly_runs["train_seconds"][build] <= train <= manifest["wall_s"]
+    assert tasks["download:mnist"]["status"] in ("success", "up-to-date")
+    assert tasks["bench:local"]["status"] == "success"
+    ran = [t["wall_s"] for t in tasks.values() if t["status"] in ("success", "failure")]
+    assert all(w is not None and w >= 0 for w in ran)
+    assert sum(ran) <= manifest["wall_s"]
+    # The board that is down failed, with the first line of its error.
+    ghost = nightly_runs["manifests"][3]["tasks"]["bench:ghost"]
+    assert ghost["status"] == "failure" and "ghost" in ghost["message"], ghost
 
 
 def test_manifest_is_complete_and_says_the_second_run_is_byte_identical(nightly_runs):

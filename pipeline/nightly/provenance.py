@@ -32,7 +32,8 @@ EXPECTED_TO_DIFFER = ("models/*/history.json", "reports/*", "reports/*/*", "repo
 # the record): not artifacts of the build. The resolved params (PARAMS_JSON) hold the
 # nightly's gates too, which are no input of the build (the inputs hash leaves them out).
 MANIFEST_JSON, DOIT_LOG = "manifest.json", "doit.log"
-NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, PENDING, PARAMS_JSON)
+EVENTS_JSONL = "doit-events.jsonl"   # doit's task events (pipeline/core/events.py)
+NOT_ARTIFACTS = (MANIFEST_JSON, DOIT_LOG, EVENTS_JSONL, PENDING, PARAMS_JSON)
 
 
 

@@ -48,9 +48,10 @@ from pipeline.nightly import lock as nightly_lock
 from pipeline.nightly import report as nightly_report
 from pipeline.core.boards import Board, load_boards
 from pipeline.core.datasets import DATASETS
+from pipeline.core.events import EVENTS_ENV, EventFollower, task_times
 from pipeline.core.files import DiskFullError, write_json
 from pipeline.core.layout import NIGHTLY_JSON, NIGHTLY_MD, Layout
-from pipeline.nightly.provenance import (DOIT_LOG, MANIFEST_JSON, artifact_hashes,
+from pipeline.nightly.provenance import (DOIT_LOG, EVENTS_JSONL, MANIFEST_JSON, artifact_hashes,
                                          canonical_hash, code_hash, dataset_hashes, git_state,
                                          machine, package_versions, reproducibility,
                                          unstable_names_note, user_model_hashes)
@@ -139,25 +140,34 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 def run_graph(project: Path, run_dir: Path, env: dict[str, str],
               progress: Callable[[str], None],
-              started: Callable[[subprocess.Popen], None]) -> int:
-    """Run the whole doit graph for `run_dir` (see DOIT_RUNS); log everything to
-    run_dir/doit.log and print a line per stage and per task (each board is a task).
-    Returns the worst doit exit status. A log that cannot be written (a full disk) is
-    said once; doit's output is still read, so doit is never blocked on it."""
-    stage, worst = None, 0
+              started: Callable[[subprocess.Popen], None],
+              events: list[dict[str, Any]] | None = None) -> int:
+    """Run the whole doit graph for `run_dir` (see DOIT_RUNS); log doit's output to
+    run_dir/doit.log and print a line per stage and per task (each board is a task),
+    following doit through its task events (pipeline/core/events.py, run_dir/EVENTS_JSONL),
+    never its console text; each event is appended to `events`. Returns the worst doit exit
+    status. A log that cannot be written (a full disk) is said once; doit's output is still
+    read, so doit is never blocked on it."""
+    events = [] if events is None else events
+    follower = EventFollower(run_dir / EVENTS_JSONL)
+    announce = _announcer(progress)
+    worst = 0
     log = open(run_dir / DOIT_LOG, "w", encoding="utf-8")
     logging = True
     try:
         for args in DOIT_RUNS:
             # Its own process group: stop_child() signals doit and everything it started.
             child = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**env, EVENTS_ENV: str(run_dir / EVENTS_JSONL)},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, errors="replace", start_new_session=True,
                                      preexec_fn=_die_with_parent(os.getpid()))
             started(child)
             progress(f"doit {' '.join(args)} started (PID {child.pid}), full log: "
                      f"{run_dir / DOIT_LOG}")
             assert child.stdout is not None
+            # doit writes each event before its console line: polling per line keeps the
+            # progress as current as the console, without parsing it.
             for line in child.stdout:
                 if logging:
                     try:
@@ -167,21 +177,48 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                         logging = False
                         progress(f"cannot write {run_dir / DOIT_LOG}: {exc.strerror}; the "
                                  "rest of doit's output is not kept")
-                if line.startswith(".  "):
-                    task = line[3:].strip()
-                    if task.split(":")[0] != stage:
-                        stage = task.split(":")[0]
-                        progress(f"stage {stage}")
-                    progress(f"  {task}" + (" (board)" if stage == "bench" else ""))
-                elif line.startswith(("TaskFailed", "TaskError")):
-                    progress(f"  {line.strip()}")
+                _follow(follower, events, announce)
             worst = max(worst, child.wait())
+            _follow(follower, events, announce)
     finally:
+        follower.close()
         try:
             log.close()
         except OSError:
             pass  # said above; what it could not flush is lost, nothing else
     return worst
+
+
+def _follow(follower: EventFollower, events: list[dict[str, Any]],
+            announce: Callable[[dict[str, Any]], None]) -> None:
+    try:
+        new = follower.poll()
+    except (OSError, ValueError):
+        return  # an unreadable events file costs the progress lines, not the run
+    events.extend(new)
+    for event in new:
+        announce(event)
+
+
+def _announcer(progress: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """The progress lines of task events: a line per new stage, per task that starts, and
+    per failure (with its first line)."""
+    stage: list[str | None] = [None]
+
+    def announce(event: dict[str, Any]) -> None:
+        task = event.get("task")
+        if event["event"] == "start":
+            family = task.split(":")[0]
+            if family != stage[0]:
+                stage[0] = family
+                progress(f"stage {family}")
+            progress(f"  {task}" + (" (board)" if family == "bench" else ""))
+        elif event["event"] == "failure":
+            progress(f"  {task} failed: {event.get('message', '')}")
+        elif event["event"] == "error":
+            progress(f"  doit: {event.get('message', '')}")
+
+    return announce
 
 
 def stop_child(child: subprocess.Popen | None) -> None:
@@ -212,6 +249,7 @@ class Run:
     run_id: int | None = None
     db: history.HistoryDB | None = None
     child: subprocess.Popen | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)   # doit's task events
     locked: bool = False
     recorded: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -351,7 +389,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
                      "PIPELINE_BOARDS": str(boards_path.resolve())}
         run.stage = "doit"
         status = run_graph(project, run.run_dir, child_env, progress,
-                           lambda child: setattr(run, "child", child))
+                           lambda child: setattr(run, "child", child), run.events)
         run.stage = "record"
         progress(f"doit finished with exit status {status}; recording")
         return _record(run, params, boards, project, artifacts, code, build_params, status,
@@ -414,7 +452,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         "packages": package_versions(), "machine": machine(), "datasets": datasets,
         "params": asdict(params), "inputs_hash": inputs_hash, "code_hash": code,
         "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
-        "reproducibility": repro}
+        "reproducibility": repro, "tasks": task_times(run.events)}
     row = _row(run, outcome, ended, wall, message)
     reports = Layout(artifacts).reports_dir()
     record = history.run_record(run.run_id, outcome, ended, wall, accuracy, board_rows, latency,
@@ -518,7 +556,8 @@ def _terminated(run: Run, sig: signal.Signals, params: Params, artifacts: Path, 
             history.keep_pending(run.run_dir, record)
             write_json(run.run_dir / MANIFEST_JSON, {
                 **run.manifest, "run_id": run.run_id, "status": "failed", "message": message,
-                "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall})
+                "started_utc": run.started_utc, "ended_utc": ended, "wall_s": wall,
+                "tasks": task_times(run.events)})
         nightly_report.write_reports(_row(run, "failed", ended, wall, message), empty,
                                      _assess(run.db, run.run_id, empty, params, True),
                                      params.nightly, Layout(artifacts).reports_dir())

@@ -229,6 +229,10 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
     error compares a wrong file with.
     """
     progress = progress or (lambda name, done, total: None)
+    # Made even when nothing can be fetched: doit writes its database into the artifact
+    # tree after this task, and a first run offline must end with the message, not with
+    # doit's traceback about a missing directory.
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for remote in spec.files:
         dest = Path(cache_dir) / remote.name
@@ -249,6 +253,7 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
                 failures.append((mirror, exc))
         else:
             raise DownloadError(
+                missing_headline(spec.name) + "\n"
                 f"could not download {spec.name}/{remote.name} from any mirror:\n"
                 + "\n".join([f"  {m}: {e}" for m, e in failures] or ["  (no mirror to try)"])
                 + "\n" + mirror_hint(spec.name))
@@ -260,6 +265,16 @@ def download_dataset(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
         log(f"{remote.name}: verified from {mirror}")
         paths.append(dest)
     return paths
+
+
+def unavailable_here(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str]) -> str | None:
+    """As `unavailable`, without the network, for dodo.py's every load: a dataset counts as
+    available while any place to get it is a URL (its download task finds out, and says
+    so); only when every place is a local directory is the answer known here."""
+    places = [*mirrors, *(remote.location for remote in spec.files if remote.location)]
+    if any(place.startswith(("http://", "https://")) for place in places):
+        return None
+    return unavailable(spec, cache_dir, mirrors, timeout_s=0)
 
 
 def unavailable(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
@@ -304,12 +319,22 @@ def _look(mirror: str, name: str, timeout_s: float) -> str | None:
         return f"cannot connect ({getattr(exc, 'reason', exc)})"
 
 
+# The docs page on giving the pipeline a dataset without internet.
+OFFLINE_DOC = "docs/offline.md"
+
+
+def missing_headline(dataset: str) -> str:
+    """The first line a build without the dataset prints: what is missing and what to do."""
+    return (f"dataset {dataset} is missing: it is not in the cache and no mirror has it. "
+            f"Give a copy with PIPELINE_MIRROR=<directory or URL> (see {OFFLINE_DOC}).")
+
+
 def mirror_hint(dataset: str) -> str:
     """How a user points the pipeline at their own copy of `dataset`."""
     return (f"To use a copy you have: PIPELINE_MIRROR=<directory or URL> holding the original "
             f".gz files (or a directory with a {dataset}/ subfolder of them), or "
             f"{mirror_variable(dataset)}=<directory or URL> for {dataset} alone; see "
-            "docs/offline.md.")
+            f"{OFFLINE_DOC}.")
 
 
 def terminal_progress(stream=sys.stderr) -> Progress:

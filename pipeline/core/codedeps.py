@@ -1,0 +1,155 @@
+"""Each doit task's code dependencies, computed from the imports instead of written by hand.
+
+A task depends on its stage module and every project module that module imports,
+transitively (issue 22: hand lists drifted, so editing the Keras loader left converted
+models marked up to date). The imports are read with an AST walk (nothing is imported: no
+numpy, no TensorFlow, no network) and cached by each file's mtime and size, so a no-op
+`doit` parses nothing.
+
+Not followed: imports inside a function named `main` or under `if __name__ == "__main__":`
+(they serve the module's command line, which a task never runs) and under
+`if TYPE_CHECKING:`. Code loaded by path rather than imported (board/runner.py, a user's
+model file) is declared by dodo.py where it is used.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+# Bump when what the walk records changes: an old cache is then ignored, not misread.
+CACHE_VERSION = 1
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+class _Imports(ast.NodeVisitor):
+    """Dotted names a module imports (for `from a import b`: `a` and `a.b`, since `b` may
+    be a submodule), outside its command line and type-checking blocks."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.names: set[str] = set()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if node.name != "main":
+            self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_If(self, node: ast.If) -> None:
+        if _is_main_guard(node.test) or _is_type_checking(node.test):
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.names.update(alias.name for alias in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:  # relative: from the module's own package upwards
+            parts = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
+            base = ".".join([*parts, *([node.module] if node.module else [])])
+        self.names.add(base)
+        self.names.update(f"{base}.{alias.name}" for alias in node.names)
+
+
+def imported_names(source: str, package: str) -> set[str]:
+    """Every dotted name the module text `source` (in package `package`) imports."""
+    visitor = _Imports(package)
+    visitor.visit(ast.parse(source))
+    return visitor.names
+
+
+class CodeDeps:
+    """The import graph of the project's packages under `root`, with a cache file."""
+
+    def __init__(self, root: Path, cache: Path | None, packages: tuple[str, ...] = ("pipeline",)):
+        self.root, self.cache_path, self.packages = Path(root), cache, packages
+        self._cache = self._load()
+        self._changed = False
+        self._closures: dict[str, tuple[Path, ...]] = {}
+
+    def _load(self) -> dict[str, list]:
+        try:
+            doc = json.loads(self.cache_path.read_text()) if self.cache_path else {}
+        except (OSError, ValueError):
+            return {}  # no cache yet, or a damaged one: parse again
+        return doc.get("files", {}) if doc.get("version") == CACHE_VERSION else {}
+
+    def module_file(self, name: str) -> Path | None:
+        """The file of module `name`, relative to the root, or None (not a project module)."""
+        if name.split(".")[0] not in self.packages:
+            return None
+        rel = Path(*name.split("."))
+        for candidate in (rel.with_suffix(".py"), rel / "__init__.py"):
+            if (self.root / candidate).is_file():
+                return candidate
+        return None
+
+    def _imports(self, rel: Path) -> list[str]:
+        """The project modules `rel` imports (from the cache while the file is unchanged)."""
+        stat = (self.root / rel).stat()
+        stamp = [stat.st_mtime_ns, stat.st_size]
+        cached = self._cache.get(rel.as_posix())
+        if cached and cached[:2] == stamp:
+            return cached[2]
+        package = ".".join(rel.with_suffix("").parts[:-1] if rel.name != "__init__.py"
+                           else rel.parts[:-1])
+        names = imported_names((self.root / rel).read_text(encoding="utf-8"), package)
+        found = sorted({name for name in names if self.module_file(name) is not None})
+        self._cache[rel.as_posix()] = [*stamp, found]
+        self._changed = True
+        return found
+
+    def _with_packages(self, name: str) -> list[Path]:
+        """Module `name`'s file and its packages' __init__.py files (importing a.b.c runs
+        a/__init__.py and a/b/__init__.py first)."""
+        parts = name.split(".")
+        files = [self.module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)]
+        return [f for f in files if f is not None]
+
+    def of(self, *modules: str) -> list[Path]:
+        """The files `modules` need, transitively: themselves, what they import, and the
+        packages on the way; sorted, relative to the root."""
+        out: set[Path] = set()
+        for module in modules:
+            if module not in self._closures:
+                seen: set[Path] = set()
+                todo = self._with_packages(module)
+                while todo:
+                    rel = todo.pop()
+                    if rel not in seen:
+                        seen.add(rel)
+                        for name in self._imports(rel):
+                            todo.extend(self._with_packages(name))
+                self._closures[module] = tuple(sorted(seen))
+            out.update(self._closures[module])
+        return sorted(out)
+
+    def save(self) -> None:
+        """Write the cache if a file was parsed, into an existing directory only (a `doit
+        list` must not create the artifact tree). Best effort: a cache that cannot be
+        written (a read-only tree) only costs the parse next time."""
+        if not (self._changed and self.cache_path and self.cache_path.parent.is_dir()):
+            return
+        partial = self.cache_path.with_name(f"{self.cache_path.name}.partial.{os.getpid()}")
+        try:
+            partial.write_text(json.dumps({"version": CACHE_VERSION, "files": self._cache}))
+            os.replace(partial, self.cache_path)
+        except OSError:
+            partial.unlink(missing_ok=True)
