@@ -1,5 +1,6 @@
-"""The project's own files, copied where a test or a benchmark builds it. Standard library
-only: benchmarks/bench_build.py imports this after a plain `pip install -e .` (no pytest)."""
+"""The project's own files, copied where a test or a benchmark builds it. The standard library
+and the pipeline only: benchmarks/bench_build.py imports this after a plain `pip install -e .`
+(no pytest)."""
 
 from __future__ import annotations
 
@@ -21,18 +22,10 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def _toml_value(value: object) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
 def dump_toml(doc: dict) -> str:
     """A params document (tables of scalars and lists, arrays of tables) as TOML text."""
+    from pipeline.core.params import toml_value as _toml_value
+
     lines = []
     for name, table in doc.items():
         if isinstance(table, list):

@@ -590,11 +590,12 @@ def write_resolved(out: Path, params: Params, path: Path, overrides: str = "") -
     write_json(out, resolved(params, path, overrides))
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A scalar or list as TOML text (what the reference and the tests' params writer need)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
@@ -609,11 +610,11 @@ def reference(params: Params) -> str:
             rule = rule_of(spec).describe()
             lines.append(f"# {spec.metadata.get('doc', '')}" + (f" Must be {rule}." if rule
                                                                   else ""))
-            lines.append(f"{spec.name} = {_toml(getattr(section, spec.name))}")
+            lines.append(f"{spec.name} = {toml_value(getattr(section, spec.name))}")
         lines.append("")
     for build in params.builds:
         lines.append("[[builds]]")
-        lines += [f"{k} = {_toml(v)}" for k, v in dataclasses.asdict(build).items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(build).items()]
         lines.append("")
     return "\n".join(lines)
 
