@@ -3,8 +3,8 @@ layers, card, bench.
 
 Run `doit` for the whole build, `doit list` for the tasks. Environment:
 PIPELINE_PARAMS (params file, default params.toml), PIPELINE_SET (a one-off override,
-"train.epochs=1;convert.onnx=false", see pipeline/core/params.py), PIPELINE_ARTIFACTS (artifact tree and
-doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first; a
+"train.epochs=1;convert.onnx=false", see pipeline/core/params.py), PIPELINE_ARTIFACTS
+(artifact tree and doit's database, default artifacts/), PIPELINE_MIRROR (dataset mirror tried first; a
 directory with <dataset>/ subfolders serves each dataset from its own), PIPELINE_MIRROR_<DATASET>
 (one dataset's mirror, e.g. PIPELINE_MIRROR_FASHION_MNIST), PIPELINE_OFFLINE=1 (never try the
 public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),

@@ -463,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ParamsError as exc:
         raise SystemExit(f"error: bad board inventory: {exc}") from None
     try:
-        max_age_hours = load_params(args.params).bench.max_age_hours
+        params = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
+        max_age_hours = params.bench.max_age_hours
     except ParamsError as exc:
         raise SystemExit(f"error: bad params: {exc}") from None
     # Current model hashes mark rows whose model changed since the board ran as STALE.

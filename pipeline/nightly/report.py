@@ -9,6 +9,7 @@ nightly.json. `python -m pipeline.nightly.report` rebuilds them from the databas
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if run is None:
             raise SystemExit(f"error: no run {run_id} in {args.db} "
                              "(python -m pipeline.history lists the runs)")
-        params = load_params(args.params).nightly
+        params = load_params(args.params, os.environ.get("PIPELINE_SET", "")).nightly
         current = history.figures(db, [run_id])[run_id]
         assessment = assess(db, run_id, current, params, failed=run["status"] == "failed")
     except history.HistoryError as exc:

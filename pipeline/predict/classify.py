@@ -366,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Exit status: 0 all classified, 1 an image failed, 2 models, model card or "
                "board missing or failing, 3 the board's int8 answer differs from this host's.")
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
-    parser.add_argument("--build", default="mnist_cnn", help="build name (default mnist_cnn)")
+    from pipeline.core.params import DEFAULT_BUILDS
+
+    # The first default build (pipeline/core/params.py), not a name of its own.
+    parser.add_argument("--build", default=DEFAULT_BUILDS[0].name,
+                        help="build name (default %(default)s)")
     parser.add_argument("--artifacts", type=Path,
                         default=Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")),
                         help="artifact tree (default $PIPELINE_ARTIFACTS or artifacts/)")

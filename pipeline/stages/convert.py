@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
-    run(args.model, args.data, load_params(args.params).convert, args.build, args.model.parent)
+    params = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
+    run(args.model, args.data, params.convert, args.build, args.model.parent)
 
 
 if __name__ == "__main__":

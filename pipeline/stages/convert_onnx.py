@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     try:
-        params = load_params(args.params).convert
+        params = load_params(args.params, os.environ.get("PIPELINE_SET", "")).convert
         run(args.model, args.data, params, args.build, args.model.parent)
         run_translate(variant_path(args.model.parent, args.build, INT8), args.data,
                       args.build, args.model.parent, params.onnx_tflite_max_steps)

@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from pipeline.core.params import ParamsError, load_params
 
         try:
-            specs = load_params(args.params).dataset_specs()
+            specs = load_params(args.params, os.environ.get("PIPELINE_SET", "")).dataset_specs()
         except ParamsError as exc:
             sys.exit(f"error: bad params: {exc}")
     if args.dataset not in specs:

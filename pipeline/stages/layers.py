@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report-dir", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
-    params = load_params(args.params)
+    params = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
     run(args.build, args.model, args.data, params.convert, params.layers, args.report_dir)
 
 

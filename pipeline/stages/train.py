@@ -368,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         source = resolve(args.model, Path("."))
     except PipelineError as exc:
         sys.exit(f"error: {exc}")
-    record = run(source, args.data, load_params(args.params).train, args.out,
+    params = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
+    record = run(source, args.data, params.train, args.out,
                  args.out.with_name(HISTORY_JSON), args.log_dir or args.out.parent / "logs")
     print(json.dumps({k: v for k, v in record.items() if k != "history"}))
 
