@@ -83,6 +83,10 @@ class CodeDeps:
         self._cache = self._load()
         self._changed = False
         self._closures: dict[str, tuple[Path, ...]] = {}
+        # Per load: each file is stat'ed (and perhaps parsed) once, each name looked up
+        # once, however many tasks' closures share them (a no-op `doit` pays for this).
+        self._files: dict[str, Path | None] = {}
+        self._imported: dict[Path, list[str]] = {}
 
     def _load(self) -> dict[str, list]:
         try:
@@ -93,16 +97,22 @@ class CodeDeps:
 
     def module_file(self, name: str) -> Path | None:
         """The file of module `name`, relative to the root, or None (not a project module)."""
-        if name.split(".")[0] not in self.packages:
-            return None
-        rel = Path(*name.split("."))
-        for candidate in (rel.with_suffix(".py"), rel / "__init__.py"):
-            if (self.root / candidate).is_file():
-                return candidate
-        return None
+        if name not in self._files:
+            self._files[name] = None
+            if name.split(".")[0] in self.packages:
+                rel = Path(*name.split("."))
+                self._files[name] = next(
+                    (candidate for candidate in (rel.with_suffix(".py"), rel / "__init__.py")
+                     if (self.root / candidate).is_file()), None)
+        return self._files[name]
 
     def _imports(self, rel: Path) -> list[str]:
         """The project modules `rel` imports (from the cache while the file is unchanged)."""
+        if rel not in self._imported:
+            self._imported[rel] = self._read_imports(rel)
+        return self._imported[rel]
+
+    def _read_imports(self, rel: Path) -> list[str]:
         stat = (self.root / rel).stat()
         stamp = [stat.st_mtime_ns, stat.st_size]
         cached = self._cache.get(rel.as_posix())

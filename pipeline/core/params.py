@@ -23,7 +23,6 @@ and with every nightly (its run directory's params.json and manifest.json).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -620,6 +619,7 @@ def reference(params: Params) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     import os
 
     parser = argparse.ArgumentParser(description="Print every params key with its resolved "
