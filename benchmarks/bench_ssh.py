@@ -2,13 +2,14 @@
 
     python benchmarks/bench_ssh.py --repeats 5                 # a throwaway sshd on 127.0.0.1
     python benchmarks/bench_ssh.py --boards /path/boards.toml --board virtual-k1 \
-        --log /path/state/sshd.log --repeats 3                 # e.g. the virtual K1
+        --log /path/state/sshd.log --format onnx --repeats 3   # e.g. the virtual K1
 
-Stages one plan (four tiny untrained models: float32 and int8 of a CNN and an MLP, 16
-samples each), then runs it on the board alternately through an SshTransport without sharing
-(one connection per command: the bench before) and with it (one connection per bench), each
-time into a fresh remote_dir (`cold`: every file pushed) and again into the same one
-(`warm`: nothing pushed); the fresh directories are removed at the end. Connections are
+Stages one plan (four tiny untrained models: float32 and int8 of a CNN and an MLP, as
+.tflite or with --format onnx as .onnx, 16 samples each), then runs it on the board
+alternately through an SshTransport without sharing (one connection per command: the bench
+before) and with it (one connection per bench), each time into a fresh remote_dir (`cold`:
+every file pushed) and again into the same one (`warm`: nothing pushed); the fresh
+directories are removed at the end. Connections are
 counted from the sshd's log ("Accepted publickey"): the benchmark's own sshd, or --log.
 Prints per mode the median wall time and range and the ratio of medians unshared/shared,
 all measured interleaved in this one process.
@@ -74,8 +75,10 @@ def start_sshd(d: Path) -> tuple[subprocess.Popen, Board, Path]:
     return server, board, d / "sshd.log"
 
 
-def tiny_plan(board: Board, stage: Path) -> Path:
+def tiny_plan(board: Board, stage: Path, fmt: str) -> Path:
+    """The plan: 4 models of `fmt` (.tflite; .onnx for a board without TFLite)."""
     from pipeline.stages.convert import convert
+    from pipeline.stages.convert_onnx import export_float, quantize_int8
     from pipeline.stages.train import build_model
 
     rng = np.random.default_rng(0)
@@ -84,10 +87,16 @@ def tiny_plan(board: Board, stage: Path) -> Path:
     models = {}
     for kind in ("cnn", "mlp"):
         model = build_model(kind, (28, 28), 10)
-        for variant in ("float32", "int8"):
-            path = stage.parent / "models" / f"tiny_{kind}_{variant}.tflite"
+        if fmt == "onnx":
+            exported = export_float(model)
+            contents = {"onnx_float32": exported,
+                        "onnx_int8": quantize_int8(exported, images[:8])}
+        else:
+            contents = {v: convert(model, v, images[:8]) for v in ("float32", "int8")}
+        for variant, content in contents.items():
+            path = stage.parent / "models" / f"tiny_{kind}_{variant}.{fmt}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(convert(model, variant, images[:8]))
+            path.write_bytes(content)
             models[f"tiny_{kind}/{variant}"] = path
     samples = {b: (images, labels) for b in ("tiny_cnn", "tiny_mlp")}
     return stage_plan(models, samples, board, stage)
@@ -112,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--board", help="a board of --boards (default: a throwaway sshd)")
     parser.add_argument("--boards", type=Path, default=REPO / "board" / "boards.toml")
     parser.add_argument("--log", type=Path, help="the board's sshd log, to count connections")
+    parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite",
+                        help="the models' format (onnx for the virtual K1: no TFLite there)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as tmp:
         d = Path(tmp)
@@ -121,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             server, board, log = start_sshd(d)
         try:
-            plan = tiny_plan(board, d / "stage")
+            plan = tiny_plan(board, d / "stage", args.format)
             figures: dict[str, list[tuple[float, int | None]]] = {}
             made = []
             for i in range(args.repeats):
