@@ -131,3 +131,44 @@ def test_a_graph_the_pass_does_not_recognise_is_left_as_it_was_and_named():
     assert summary.left_in_float == ["MatMul m"]
     assert "not recognised, left as translated (float in ONNX Runtime): MatMul" in \
         summary.describe()
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_onnx_int8_dequantizes_no_constant_at_run_time_and_answers_as_ort_quantized_it(
+        tiny_onnx_models, kind, tmp_path):
+    """ORT's quantizer leaves the Rescaling layer's int8 constants behind DequantizeLinear;
+    the pass stores them dequantized. Reference: quantize_static called here directly."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                          QuantFormat, QuantType, quantize_static)
+
+    from pipeline.stages.convert_onnx import quantize_int8
+    from tests.conftest import synthetic_images
+
+    float_path = tiny_onnx_models[f"tiny_{kind}/onnx_float32"]
+    representative = synthetic_images(np.arange(50) % 10, 3)  # as tiny_onnx_models'
+    ours = quantize_int8(float_path.read_bytes(), representative)
+    ops, weight_dqs = optimized_ops(ours, tmp_path)
+    assert weight_dqs == 0 and not {"Conv", "Gemm", "MatMul"} & set(ops), ops
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"image": i[None, ..., None].astype(np.float32)}
+                               for i in representative])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(float_path), str(tmp_path / "ort.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    _, their_dqs = optimized_ops((tmp_path / "ort.onnx").read_bytes(), tmp_path)
+    assert their_dqs > 0  # what the pass is for
+    x = synthetic_images(np.arange(100) % 10, 12)[..., None].astype(np.float32)
+    outputs = []
+    for model in (ours, str(tmp_path / "ort.onnx")):
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        outputs.append(np.concatenate([session.run(None, {"image": x[i:i + 1]})[0]
+                                       for i in range(len(x))]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])

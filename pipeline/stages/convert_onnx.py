@@ -168,7 +168,8 @@ def quantize_int8(float_model: bytes, representative: np.ndarray,
     execution provider and its model zoo use), int8 weights per channel and int8 activations,
     ranges by `calibration` (one of CALIBRATION_METHODS) over `representative` (H x W uint8
     images). `preprocess`: ORT's quant_pre_process first (shape inference and graph
-    optimization, as ORT recommends). `nodes_to_exclude` stay float."""
+    optimization, as ORT recommends). `nodes_to_exclude` stay float. Then
+    onnx_graph.integer_form, for what ORT's quantizer leaves in float."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                           QuantFormat, QuantType, quantize_static)
@@ -205,6 +206,11 @@ def quantize_int8(float_model: bytes, representative: np.ndarray,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(nodes_to_exclude))
         quantized = onnx.load(str(target))
+    # The Rescaling layer's constants as ORT's quantizer leaves them (DequantizeLinear of an
+    # int8 1/255 and 0 on every run): stored dequantized, same arithmetic, about a third
+    # faster on the host (docs/measured/onnx_runtimes.md); outputs measured identical on
+    # all 10,000 MNIST test images.
+    integer_form(quantized)
     onnx.checker.check_model(quantized)
     return canonical(quantized)
 
