@@ -31,6 +31,8 @@ EVENTS_ENV = "PIPELINE_EVENTS"
 def reporter_writing(path: Path) -> type:
     """A doit reporter class: doit's console reporter, plus one JSON line per task event
     appended to `path` (flushed per line, so a follower sees each event as it happens)."""
+    # Over 60 lines because it is one class of short methods, defined here so that doit's
+    # reporter module is imported only when events are wanted.
     from doit.reporter import ConsoleReporter
 
     class EventReporter(ConsoleReporter):
