@@ -1,19 +1,28 @@
 """Shared fixtures: real HTTP mirrors on 127.0.0.1, tiny IDX datasets, tiny .tflite models,
-and one smoke build of the whole project run through `doit` in a temporary directory."""
+and one smoke build of the whole project run through `doit` in a temporary directory.
+
+Worker-safe under pytest-xdist (the README's command runs `-n auto --dist loadfile`): the
+expensive session fixtures (models, the smoke build) are built once per run by whichever
+worker asks first, under a file lock, and the other workers reuse the result (`built_once`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import gzip
 import http.server
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -33,6 +42,35 @@ def free_port() -> int:
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep test output readable
         pass
+
+
+def xdist_worker(config) -> bool:
+    """Whether this process is an xdist worker (not the environment variable, which a
+    pytest started by a test inherits)."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.fixture(scope="session")
+def run_root(request, tmp_path_factory) -> Path:
+    """The directory all xdist workers of this run share (the base temp of a plain run)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if xdist_worker(request.config) else base
+
+
+def built_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """`run_root()/name`, filled by `build(directory)` once per test run whichever worker
+    asks first; the others wait on a file lock and reuse it. A build that raised leaves no
+    done-marker, so the next asker builds again (and fails the same way, with its own
+    message) instead of reading half a result."""
+    target = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (target / ".built").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target / ".built").write_text("")
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -232,52 +270,67 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Untrained CNN and MLP converted to float32 and int8 .tflite, named <build>_<variant>."""
-    from pipeline.stages.convert import convert
-    from pipeline.stages.train import build_model
+def tiny_models(run_root) -> dict[str, Path]:
+    """Untrained CNN and MLP converted to float32 and int8 .tflite, named <build>_<variant>
+    (built once per run, shared by the workers)."""
+    names = {f"tiny_{kind}/{variant}": f"tiny_{kind}_{variant}.tflite"
+             for kind in ("cnn", "mlp") for variant in ("float32", "int8")}
 
-    out = tmp_path_factory.mktemp("tiny_models")
-    representative = synthetic_images(np.arange(50) % 10, 3)
-    paths = {}
-    for kind in ("cnn", "mlp"):
-        model = build_model(kind, (28, 28), 10)
-        for variant in ("float32", "int8"):
-            path = out / f"tiny_{kind}_{variant}.tflite"
-            path.write_bytes(convert(model, variant, representative))
-            paths[f"tiny_{kind}/{variant}"] = path
-    return paths
+    def build(out: Path) -> None:
+        from pipeline.stages.convert import convert
+        from pipeline.stages.train import build_model
+
+        representative = synthetic_images(np.arange(50) % 10, 3)
+        for kind in ("cnn", "mlp"):
+            model = build_model(kind, (28, 28), 10)
+            for variant in ("float32", "int8"):
+                path = out / names[f"tiny_{kind}/{variant}"]
+                path.write_bytes(convert(model, variant, representative))
+
+    out = built_once(run_root, "tiny_models", build)
+    return {key: out / name for key, name in names.items()}
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_models(tmp_path_factory, tiny_models) -> dict[str, Path]:
+def tiny_onnx_models(run_root, tiny_models) -> dict[str, Path]:
     """The ONNX variants of an untrained CNN and MLP, named <build>_<variant>.onnx: exported,
-    quantized by ONNX Runtime, and tiny_models' int8 .tflite translated."""
-    from pipeline.stages.convert_onnx import export_float, quantize_int8, translate_tflite
-    from pipeline.stages.train import build_model
+    quantized by ONNX Runtime, and tiny_models' int8 .tflite translated (built once per run)."""
+    variants = ("onnx_float32", "onnx_int8", "onnx_int8_tflite")
 
-    out = tmp_path_factory.mktemp("tiny_onnx")
-    representative = synthetic_images(np.arange(50) % 10, 3)
-    paths = {}
-    for kind in ("cnn", "mlp"):
-        float_model = export_float(build_model(kind, (28, 28), 10))
-        contents = {"onnx_float32": float_model,
-                    "onnx_int8": quantize_int8(float_model, representative),
-                    "onnx_int8_tflite": translate_tflite(tiny_models[f"tiny_{kind}/int8"])}
-        for variant, content in contents.items():
-            path = out / f"tiny_{kind}_{variant}.onnx"
-            path.write_bytes(content)
-            paths[f"tiny_{kind}/{variant}"] = path
-    return paths
+    def build(out: Path) -> None:
+        from pipeline.stages.convert_onnx import export_float, quantize_int8, translate_tflite
+        from pipeline.stages.train import build_model
+
+        representative = synthetic_images(np.arange(50) % 10, 3)
+        for kind in ("cnn", "mlp"):
+            float_model = export_float(build_model(kind, (28, 28), 10))
+            contents = {"onnx_float32": float_model,
+                        "onnx_int8": quantize_int8(float_model, representative),
+                        "onnx_int8_tflite": translate_tflite(tiny_models[f"tiny_{kind}/int8"])}
+            for variant, content in contents.items():
+                (out / f"tiny_{kind}_{variant}.onnx").write_bytes(content)
+
+    out = built_once(run_root, "tiny_onnx_models", build)
+    return {f"tiny_{kind}/{variant}": out / f"tiny_{kind}_{variant}.onnx"
+            for kind in ("cnn", "mlp") for variant in variants}
 
 
 @pytest.fixture(scope="session")
-def peak_models(tmp_path_factory) -> dict[str, Path]:
-    """The synthetic GEMM models, in every variant, with which a board measures its peak."""
+def peak_models(run_root) -> dict[str, Path]:
+    """The synthetic GEMM models, in every variant, with which a board measures its peak
+    (built once per run, shared by the workers)."""
     from pipeline.bench.floor import PEAK_VARIANTS, build_peak_models
     from pipeline.core.layout import Layout
 
-    return build_peak_models(PEAK_VARIANTS, Layout(tmp_path_factory.mktemp("peak")))
+    made: dict[str, Path] = {}
+
+    def build(out: Path) -> None:
+        made.update(build_peak_models(PEAK_VARIANTS, Layout(out)))
+        (out / "index.json").write_text(json.dumps(
+            {key: str(path.relative_to(out)) for key, path in made.items()}))
+
+    out = built_once(run_root, "peak_models", build)
+    return {key: out / rel for key, rel in json.loads((out / "index.json").read_text()).items()}
 
 
 def run_doit(project: Path, *args: str, env: dict | None = None,
@@ -297,13 +350,23 @@ def executed_tasks(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def smoke_project(tmp_path_factory, mnist_url) -> Path:
-    """The project copied to a temporary directory and built once with the smoke preset."""
-    project = copy_project(tmp_path_factory.mktemp("smoke") / "project")
-    proc = run_doit(project, env={"PIPELINE_MIRROR": mnist_url})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (project / "first_run.log").write_text(proc.stdout)
-    (project / "first_run.err").write_text(proc.stderr)
+def smoke_project(request, tmp_path_factory, run_root, mnist_url) -> Path:
+    """The project copied to a temporary directory and built once with the smoke preset.
+    One build per test run; each xdist worker gets its own copy of it (mtimes kept, so doit
+    sees it up to date), since some tests run doit in it."""
+
+    def build(out: Path) -> None:
+        project = copy_project(out / "project")
+        proc = run_doit(project, env={"PIPELINE_MIRROR": mnist_url})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (project / "first_run.log").write_text(proc.stdout)
+        (project / "first_run.err").write_text(proc.stderr)
+
+    built = built_once(run_root, "smoke_project", build) / "project"
+    if not xdist_worker(request.config):
+        return built
+    project = tmp_path_factory.mktemp("smoke") / "project"
+    shutil.copytree(built, project, symlinks=True)
     return project
 
 
