@@ -288,3 +288,36 @@ def test_saved_model_is_converted_as_it_is_or_fine_tuned(tiny_arrays, tmp_path):
     assert len(tuned["history"]["loss"]) == params.epochs
     changed = load_model(tmp_path / "tuned" / "m.h5").get_weights()
     assert not np.array_equal(changed[0], saved.get_weights()[0])
+
+
+EXITING_MODEL = '''
+import os
+import sys
+
+
+def exits(input_shape, num_classes):
+    sys.exit(0)
+
+
+def ends(input_shape, num_classes):
+    os._exit(3)
+'''
+
+
+@pytest.mark.parametrize("function, how", [("exits", r"called sys.exit\(0\)"),
+                                            ("ends", r"ended its process \(exit status 3\)")])
+def test_a_user_model_that_exits_fails_the_task_naming_its_file(tiny_arrays, tmp_path,
+                                                               function, how):
+    # In doit's own process sys.exit(0) ended the build with status 0 and nothing built.
+    from pipeline.core.models import resolve
+    from pipeline.stages.preprocess import save_arrays
+    from pipeline.stages.train import TrainError
+
+    (tmp_path / "quits.py").write_text(EXITING_MODEL)
+    save_arrays(tmp_path / "d.npz", tiny_arrays)
+    params = load_params(REPO / "params" / "smoke.toml").train
+    with pytest.raises(TrainError, match=rf"^{tmp_path / 'quits.py'}: importing it or calling "
+                                         rf"{function}\(\) {how} instead of returning"):
+        run(resolve(f"quits.py:{function}", tmp_path), tmp_path / "d.npz", params,
+            tmp_path / "m" / "m.h5", tmp_path / "m" / "history.json")
+    assert not (tmp_path / "m").exists()  # nothing written

@@ -311,11 +311,76 @@ def run(model_ref: str | ModelSource, data_path: Path, params: TrainParams, mode
 
     `model_ref`, `fine_tune`, `max_parameters`, `num_classes`: as in `train_model`. With
     `params.tensorboard`, TensorBoard logs go to `log_dir` (emptied first, so the logs show
-    this training only).
+    this training only). A user's own function runs in a child process (`run_isolated`).
     """
+    source = model_ref if isinstance(model_ref, ModelSource) else resolve(model_ref, Path("."))
+    args = (source, data_path, params, model_path, history_path, log_dir, fine_tune,
+            max_parameters, num_classes)
+    return run_isolated(*args) if source.kind == "callable" else _run_here(*args)
+
+
+def run_isolated(source: ModelSource, *args: Any) -> dict[str, Any]:
+    """`_run_here(source, *args)` in a child process, because the user's code can end the
+    process it runs in (`sys.exit`, `os._exit`): in doit's own process that would end the
+    build with status 0, nothing built and every later task silently skipped. Here it fails
+    this task with one line naming the user's file; a PipelineError keeps its message."""
+    import multiprocessing
+
+    # spawn, not fork: TensorFlow's threads may already run in this process.
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(send, source, args), daemon=True)
+    child.start()
+    send.close()
+    try:
+        kind, value = receive.recv()
+    except EOFError:  # the child ended without a word: os._exit, a signal, a crash
+        kind, value = "gone", None
+    finally:
+        child.join(60)  # it has answered (or is gone); bounded, then ended for sure
+        if child.is_alive():
+            child.kill()
+            child.join()
+        receive.close()
+    if kind == "done":
+        return value
+    if kind == "error":
+        raise TrainError(value)
+    if kind == "raised":  # not the user's exit: an unexpected error, shown whole
+        raise RuntimeError(f"training {source.reference} failed in its child process:\n{value}")
+    how = (f"called sys.exit({value!r})" if kind == "exit"
+           else f"ended its process (exit status {child.exitcode})")
+    raise TrainError(f"{source.file}: importing it or calling {source.function}() {how} "
+                     f"instead of returning a keras.Model; nothing was trained (a model file "
+                     "must not exit the process)")
+
+
+def _child_main(send: Any, source: ModelSource, args: tuple) -> None:
+    """The child of `run_isolated`: one message, (kind, value), then exit."""
+    import traceback
+
+    quiet_third_party(verbose_requested(os.environ))
+    try:
+        message: tuple[str, Any] = ("done", _run_here(source, *args))
+    except PipelineError as exc:
+        message = ("error", str(exc))
+    except SystemExit as exc:
+        message = ("exit", exc.code)
+    except KeyboardInterrupt:
+        return  # Ctrl-C reached the whole process group: the parent reports it
+    except BaseException:  # noqa: BLE001 - anything else is passed on whole
+        message = ("raised", traceback.format_exc())
+    send.send(message)
+    send.close()
+
+
+def _run_here(source: ModelSource, data_path: Path, params: TrainParams, model_path: Path,
+              history_path: Path, log_dir: Path | None = None, fine_tune: bool = True,
+              max_parameters: int = DEFAULT_MAX_PARAMETERS,
+              num_classes: int | None = None) -> dict[str, Any]:
+    """`run` in this process."""
     with native_output_hidden():  # TensorFlow's import-time notices (oneDNN, absl pre-init)
         import tensorflow  # noqa: F401
-    source = model_ref if isinstance(model_ref, ModelSource) else resolve(model_ref, Path("."))
     arrays = load_arrays(data_path)
     if params.tensorboard:
         if importlib.util.find_spec("tensorboard") is None:
