@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -391,6 +392,86 @@ def test_an_unreachable_archive_is_one_line_and_leaves_the_host_as_it_was(tmp_pa
     assert everything_left(layout, str(layout.state.resolve())) == []
     assert vk_host.binfmt_entry() == binfmt_before
     assert (vk_host.BINFMT_DIR / "register").exists() == mounted_before
+
+
+# Stands in for mmdebstrap where the test is about `up`'s handling of it, not about Debian:
+# like mmdebstrap it ignores SIGTERM and runs as several processes (its apt and tar) that keep
+# writing into the partial tree until they are killed.
+STANDIN_MMDEBSTRAP = f"""#!{sys.executable}
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+target = sys.argv[-2]
+os.makedirs(target, exist_ok=True)
+for _ in range(3):
+    if os.fork() == 0:
+        break
+with open(os.environ["STANDIN_PIDS"], "a") as fh:
+    fh.write(f"{{os.getpid()}}\\n")
+while True:
+    with open(os.path.join(target, f"file{{os.getpid()}}"), "a") as fh:
+        fh.write("x")
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_up_during_the_build_leaves_no_build_process(tmp_path, sig):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (up gets as far as the root file system build)")
+    binfmt_before = vk_host.binfmt_entry()
+    standin = tmp_path / "bin" / "mmdebstrap"
+    standin.parent.mkdir()
+    standin.write_text(STANDIN_MMDEBSTRAP)
+    standin.chmod(0o755)
+    pids = tmp_path / "build.pids"
+    layout = vk_paths.BoardPaths(tmp_path / "cache", tmp_path / "state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(PATH=f"{standin.parent}:{env['PATH']}", STANDIN_PIDS=str(pids))
+    up = subprocess.Popen([sys.executable, "-m", "pipeline.virtual_k1", "up",
+                           *layout_args(layout), "--mirror", "http://127.0.0.1:9/debian"],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def running() -> list[int]:
+        listed = pids.read_text().split() if pids.exists() else []
+        return [pid for pid in map(int, listed) if vk_processes.alive(pid)]
+
+    try:
+        assert wait_for(lambda: len(running()) == 4, 120), up.stderr.read1().decode()
+        up.send_signal(sig)
+        up.communicate(timeout=60)
+        if sig == signal.SIGKILL:  # nothing of `up` ran after it: `down` must find the build
+            down = cli("down", *layout_args(layout))
+            assert down.returncode == 0, down.stdout + down.stderr
+        # PDEATHSIG reaches the first process at once; `down` (or `up`'s own SIGTERM
+        # handling) stops the rest: 10 s is three times stop_processes' grace.
+        assert wait_for(lambda: not running(), 10), f"still writing: {running()}"
+    finally:
+        for pid in running():
+            os.kill(pid, signal.SIGKILL)
+        cli("down", *layout_args(layout))
+    assert vk_host.binfmt_entry() == binfmt_before
+
+
+def test_a_read_only_cache_is_one_line_naming_it(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a read-only mount; root writes through file modes)")
+    binfmt_before = vk_host.binfmt_entry()
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                              str(readonly)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
+    try:
+        layout = vk_paths.BoardPaths(readonly / "cache", tmp_path / "state")
+        proc = cli("up", *layout_args(layout), "--mirror", "http://127.0.0.1:9/debian")
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == (f"error: {readonly / 'cache'}: cannot write the virtual K1's cache "
+                           "there (Read-only file system); give a writable directory with "
+                           "--cache or VIRTUAL_K1_CACHE\n")
+    assert vk_host.binfmt_entry() == binfmt_before  # up undid what it had done
 
 
 def test_an_emulated_boards_result_says_so(tiny_models, peak_models, tmp_path):

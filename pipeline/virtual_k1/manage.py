@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -46,8 +47,8 @@ from pipeline.virtual_k1.host import (BINFMT_DIR, BINFMT_NAME, apt_mirror, binfm
 from pipeline.virtual_k1.inventory import describe, probe, write_inventory
 from pipeline.virtual_k1.paths import (DEFAULT_NAME, UNAVAILABLE, BoardPaths, Log, Unavailable,
                                        VirtualK1Error, default_cache)
-from pipeline.virtual_k1.processes import (alive, board_processes, descendants, mounts_under,
-                                           stop_processes)
+from pipeline.virtual_k1.processes import (alive, board_processes, build_processes, descendants,
+                                           mounts_under, stop_processes)
 from pipeline.virtual_k1.rootfs import READY, SUITE, build_rootfs
 from pipeline.virtual_k1.sshd import (check_state_dir, cpuinfo_text, keygen, login_name,
                                       login_script, previous_port, read_record, start_sshd)
@@ -131,6 +132,7 @@ def down(layout: BoardPaths, log: Log) -> list[str]:
     if alive(pid):
         stop_processes([pid])
     stop_processes(board_processes(tag, sessions))
+    stop_processes(build_processes(layout.cache))  # a build its killed `up` left running
     for point in mounts_under(layout.rootfs) if layout.rootfs.exists() else []:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     binfmt = record.get("binfmt", {})
@@ -147,6 +149,7 @@ def down(layout: BoardPaths, log: Log) -> list[str]:
             log(f"unmounted {BINFMT_DIR} (up had mounted it)")
     layout.record.unlink(missing_ok=True)
     left = [f"process {p}" for p in board_processes(tag, [pid] if pid else [])]
+    left += [f"root file system build process {p}" for p in build_processes(layout.cache)]
     left += [f"mount {m}" for m in (mounts_under(layout.rootfs) if layout.rootfs.exists() else [])]
     return left
 
@@ -167,7 +170,8 @@ def status(layout: BoardPaths) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.virtual_k1",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--cache", type=Path, help="root file system and package cache "
                         "(default $VIRTUAL_K1_CACHE or ~/.cache/tflite-pipeline/virtual-k1)")
@@ -186,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     layout = BoardPaths(cache, (args.state or cache / "state").absolute())
     log = lambda line: print(f"virtual_k1: {line}", flush=True)  # noqa: E731
     started = time.monotonic()
+    # SIGTERM ends `up` the way Ctrl-C does: the board (and a root file system build) is
+    # taken down, instead of the process vanishing with its children still running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.command == "up":
             mirror = args.mirror or env.get("VIRTUAL_K1_MIRROR") or apt_mirror(

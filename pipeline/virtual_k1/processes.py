@@ -47,6 +47,20 @@ def board_processes(tag: str, extra: Sequence[int] = ()) -> list[int]:
     return sorted(found)
 
 
+# In the environment of the root file system build (mmdebstrap and everything it starts):
+# how `down` and the next `up` find a build whose `up` was killed (mmdebstrap ignores
+# SIGTERM and outlives its parent, still writing into its partial tree).
+BUILD_MARKER = "VIRTUAL_K1_BUILD"
+
+
+def build_processes(cache: Path) -> list[int]:
+    """PIDs of root file system builds into `cache` (their environment carries its path)."""
+    marker = f"{BUILD_MARKER}={Path(cache).absolute()}".encode() + b"\0"
+    return sorted(int(entry.name) for entry in Path("/proc").iterdir()
+                  if entry.name.isdigit() and int(entry.name) != os.getpid()
+                  and not is_zombie(int(entry.name)) and marker in _environ(entry.name) + b"\0")
+
+
 def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

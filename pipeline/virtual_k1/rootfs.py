@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ from pipeline.core.formats import FORMATS
 from pipeline.virtual_k1.host import QEMU_CPU, tool
 from pipeline.virtual_k1.paths import (GUEST_HOME, GUEST_UID, GUEST_USER, BoardPaths, Log,
                                        Unavailable, VirtualK1Error)
-from pipeline.virtual_k1.processes import unmount_under
+from pipeline.virtual_k1.processes import (BUILD_MARKER, build_processes, stop_processes,
+                                           unmount_under)
 
 SUITE = "trixie"   # the first Debian release with riscv64 as an official architecture
 # The runtimes are those of core/formats.py (only ONNX Runtime is packaged for riscv64).
@@ -48,10 +50,42 @@ np.percentile(np.load(buffer)["x"], [10, 50])
 @contextlib.contextmanager
 def cache_lock(cache: Path) -> Iterator[None]:
     """Serialises builds of the shared cache (two `up` at once build it once)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as fh:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fh = open(cache / ".lock", "w")
+    except OSError as exc:  # a read-only or foreign cache: one line, not a traceback
+        raise VirtualK1Error(f"{cache}: cannot write the virtual K1's cache there "
+                             f"({exc.strerror}); give a writable directory with --cache or "
+                             "VIRTUAL_K1_CACHE") from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
+
+
+def _die_with_parent() -> None:
+    """In the build's first process: SIGKILL when `up` dies, however it dies (Linux prctl
+    PR_SET_PDEATHSIG); its own children are found by BUILD_MARKER."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def run_build(argv: list[str], cache: Path, timeout_s: float) -> subprocess.CompletedProcess:
+    """`argv` (mmdebstrap) in its own process group, marked with BUILD_MARKER; whatever ends
+    this (an error, Ctrl-C, SIGTERM turned into KeyboardInterrupt by main) stops every
+    process of the build before returning."""
+    env = {**os.environ, BUILD_MARKER: str(cache.absolute())}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop_processes(build_processes(cache))
+        proc.wait()
 
 
 def mmdebstrap_argv(target: Path, layout: BoardPaths, mirror: str, suite: str,
@@ -148,6 +182,8 @@ def build_rootfs(layout: BoardPaths, mirror: str | None, suite: str, log: Log) -
             raise Unavailable("no Debian mirror: none in /etc/apt/sources.list(.d) and none "
                               "given; pass --mirror URI or set VIRTUAL_K1_MIRROR")
         target = layout.cache / f".rootfs.partial.{os.getpid()}"
+        # A build whose `up` was killed may still write its partial tree: stopped first.
+        stop_processes(build_processes(layout.cache))
         shutil.rmtree(target, ignore_errors=True)
         partials = [p for p in layout.cache.glob(".rootfs.partial.*") if p != target]
         for stale in partials:  # a build killed earlier (the lock says nobody builds now)
@@ -160,8 +196,8 @@ def build_rootfs(layout: BoardPaths, mirror: str | None, suite: str, log: Log) -
             f"into {layout.rootfs}")
         started = time.monotonic()
         try:
-            proc = subprocess.run(mmdebstrap_argv(target, layout, mirror, suite, offline),
-                                  capture_output=True, text=True, check=False, timeout=1800)
+            proc = run_build(mmdebstrap_argv(target, layout, mirror, suite, offline),
+                             layout.cache, 1800)
             if proc.returncode != 0:
                 tail = [line for line in proc.stderr.splitlines() if line.startswith("E:")]
                 why = (tail or proc.stderr.strip().splitlines() or ["no message"])[0]
