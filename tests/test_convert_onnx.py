@@ -323,3 +323,24 @@ def test_each_calibration_method_gives_reproducible_bytes_of_its_own(tiny_onnx_m
     assert len({sha256(c) for c in made.values()}) >= 3  # each method its own ranges
     assert sha256(quantize_int8(content, representative, "Entropy", True)) == \
         sha256(made["Entropy", True])
+
+
+def test_a_translation_that_fails_its_check_leaves_no_older_model_nor_its_card(
+        calibration_data):
+    # What a translation made under a looser convert.onnx_tflite_max_steps left: the model,
+    # and the card that describes it. A limit below every difference (-1: even identical
+    # outputs are "beyond" it) fails the check whatever the model, as a tightened one does.
+    from pipeline.stages import convert
+
+    out = calibration_data
+    params = ConvertParams(representative_samples=20, seed=7, int8_io="int8",
+                           extra_variants=(), onnx=True, onnx_tflite_max_steps=0)
+    convert.run(out / "b.h5", out / "d.npz", params, "b", out)
+    older = {name: out / name for name in ("b_onnx_int8_tflite.onnx", "model_card.md",
+                                           "model_card.json")}
+    for path in older.values():
+        path.write_text("made under the looser limit")
+    with pytest.raises(OnnxConvertError, match="more than convert.onnx_tflite_max_steps = -1"):
+        run_translate(out / "b_int8.tflite", out / "d.npz", "b", out, -1)
+    assert [name for name, path in older.items() if path.exists()] == []
+    assert (out / "b_int8.tflite").exists()  # the translation's input stays

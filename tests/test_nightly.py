@@ -374,6 +374,14 @@ def build():
         shutil.copytree(SOURCE / part, ART / part, dirs_exist_ok=True)
     for rel in filter(None, os.environ.get("STANDIN_DROP", "").split(",")):
         (ART / rel).unlink()
+    if os.environ.get("STANDIN_BIG"):
+        # An output larger than the disk, written (and given up) the pipeline's way.
+        from doit.exceptions import TaskFailed
+        from pipeline.core.files import DiskFullError, write_bytes
+        try:
+            write_bytes(ART / "models" / "big.bin", bytes(int(os.environ["STANDIN_BIG"])))
+        except DiskFullError as exc:  # what dodo.py's _guarded does with it
+            return TaskFailed(str(exc))
     pause = float(os.environ.get("STANDIN_SLEEP", "0"))
     if pause:
         # What an interrupted atomic write leaves: a temporary sibling of the file.
@@ -620,6 +628,45 @@ def test_a_stage_that_produced_no_report_fails_the_run_naming_the_files(standin)
     assert f"NIGHTLY FAILED: {message}" in proc.stdout
     assert standin.rows("SELECT status, message FROM runs") == [("failed", message)]
     assert standin.report()[0].startswith("# Nightly run 1 — failed")
+
+
+def test_a_full_disk_during_the_build_is_said_on_the_console_and_in_the_report(standin,
+                                                                              small_disk):
+    where = small_disk(32 * 1024)
+    proc = standin.run("--db", str(standin.db), PIPELINE_ARTIFACTS=str(where / "art"),
+                       STANDIN_DROP="reports/mnist_cnn/layers.md", STANDIN_BIG=str(64 << 20))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr
+    run_dir = standin.run_dir(1)
+    said = f"no space left on the device writing {run_dir / 'models' / 'big.bin'}"
+    # The line doit printed reaches the console, the failure message and nightly.md.
+    assert f"  {said}" in proc.stdout
+    [(status, message)] = standin.rows("SELECT status, message FROM runs")
+    assert status == "failed" and message.startswith(said), message
+    assert message.endswith(f"; mnist_cnn: no reports/mnist_cnn/layers.md "
+                            f"(see {run_dir / 'doit.log'})")
+    assert f"NIGHTLY FAILED: {message}" in proc.stdout
+    md = (where / "art" / "reports" / "nightly.md").read_text()
+    assert said in md
+
+
+def test_the_manifest_keeps_no_login_nor_key_of_a_board(standin, tmp_path):
+    secret_key, login = "/home/someone/.ssh/k1_secret_key", "someone_private"
+    boards = tmp_path / "boards.toml"
+    boards.write_text(f"""[[boards]]
+name = "far"
+host = "{login}@k1.example"
+user = "{login}"
+ssh_options = ["-i", "{secret_key}", "-o", "IdentityFile={secret_key}", "-l{login}",
+               "-o", "StrictHostKeyChecking=yes"]
+""")
+    standin.run("--db", str(standin.db), PIPELINE_BOARDS=str(boards))
+    manifest = standin.run_dir(1) / "manifest.json"
+    text = manifest.read_text()
+    assert secret_key not in text and login not in text
+    [far] = json.loads(text)["boards"]
+    assert far["host"] == "<redacted>@k1.example" and far["user"] == "<redacted>"
+    assert far["ssh_options"] == ["-i", "<redacted>", "-o", "IdentityFile=<redacted>",
+                                  "-l<redacted>", "-o", "StrictHostKeyChecking=yes"]
 
 
 def test_two_artifact_trees_sharing_one_database_never_run_together(standin, tmp_path):

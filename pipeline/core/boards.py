@@ -84,6 +84,46 @@ class Board:
     def settings(self) -> dict[str, Any]:
         return asdict(self)
 
+    def public_settings(self) -> dict[str, Any]:
+        """`settings()` for a record other people read (a nightly's manifest.json): who logs
+        in and with which key or config file are replaced by REDACTED."""
+        user, at, host = self.host.rpartition("@")
+        return {**asdict(self), "host": f"{REDACTED}@{host}" if at else self.host,
+                "user": REDACTED if self.user else "",
+                "ssh_options": redacted_ssh_options(self.ssh_options)}
+
+
+REDACTED = "<redacted>"
+# ssh(1) flags and -o keywords whose value names a login, a key, a certificate, a config
+# file or an agent socket. Only the values go: the option itself still shows how ssh ran.
+_SECRET_FLAGS = ("-i", "-l", "-F", "-S", "-J")
+_SECRET_KEYWORDS = {"identityfile", "user", "certificatefile", "identityagent",
+                    "controlpath", "proxyjump", "proxycommand", "userknownhostsfile",
+                    "globalknownhostsfile", "pkcs11provider", "securitykeyprovider"}
+
+
+def redacted_ssh_options(options: tuple[str, ...] | list[str]) -> list[str]:
+    """`options` with the value of every option in _SECRET_FLAGS/_SECRET_KEYWORDS replaced by
+    REDACTED, in each spelling ssh accepts: `-i X`, `-iX`, `-o K=X`, `-o "K X"`, `-oK=X`."""
+    out: list[str] = []
+    hide_next = False
+    for word in options:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif word in _SECRET_FLAGS:
+            out.append(word)
+            hide_next = True
+        elif word[:2] in _SECRET_FLAGS:
+            out.append(word[:2] + REDACTED)
+        else:
+            prefix = "-o" if word.startswith("-o") else ""
+            body = word[len(prefix):]
+            keyword = re.split(r"[=\s]", body.strip(), maxsplit=1)[0]
+            secret = keyword.lower() in _SECRET_KEYWORDS and keyword != body.strip()
+            out.append(f"{prefix}{keyword}={REDACTED}" if secret else word)
+    return out
+
 
 def measured_within(result_path: Path, hours: float) -> bool:
     """doit `uptodate` check: the board's last result is a success measured < `hours` ago.

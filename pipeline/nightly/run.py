@@ -138,16 +138,25 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+# How a task's failure says that the disk is full: pipeline.core.files' DiskFullError and
+# dodo.py's one line for other writers, or the system's own words in a traceback.
+DISK_FULL_WORDS = ("no space left on the device", "No space left on device",
+                   "Disk quota exceeded")
+
+
 def run_graph(project: Path, run_dir: Path, env: dict[str, str],
               progress: Callable[[str], None],
               started: Callable[[subprocess.Popen], None],
-              events: list[dict[str, Any]] | None = None) -> int:
+              events: list[dict[str, Any]] | None = None,
+              disk_full: list[str] | None = None) -> int:
     """Run the whole doit graph for `run_dir` (see DOIT_RUNS); log doit's output to
     run_dir/doit.log and print a line per stage and per task (each board is a task),
     following doit through its task events (pipeline/core/events.py, run_dir/EVENTS_JSONL),
     never its console text; each event is appended to `events`. Returns the worst doit exit
     status. A log that cannot be written (a full disk) is said once; doit's output is still
-    read, so doit is never blocked on it."""
+    read, so doit is never blocked on it. A line of doit's saying that the disk is full is
+    printed too and appended to `disk_full`: it is the cause of whatever fails next, and
+    must not stay in doit.log alone."""
     events = [] if events is None else events
     follower = EventFollower(run_dir / EVENTS_JSONL)
     announce = _announcer(progress)
@@ -177,6 +186,10 @@ def run_graph(project: Path, run_dir: Path, env: dict[str, str],
                         logging = False
                         progress(f"cannot write {run_dir / DOIT_LOG}: {exc.strerror}; the "
                                  "rest of doit's output is not kept")
+                if any(words in line for words in DISK_FULL_WORDS):
+                    progress(f"  {line.strip()}")
+                    if disk_full is not None:
+                        disk_full.append(line.strip())
                 _follow(follower, events, announce)
             worst = max(worst, child.wait())
             _follow(follower, events, announce)
@@ -252,6 +265,7 @@ class Run:
     events: list[dict[str, Any]] = field(default_factory=list)   # doit's task events
     locked: bool = False
     recorded: bool = False
+    disk_full: list[str] = field(default_factory=list)  # doit's lines saying so
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -389,7 +403,8 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
                      "PIPELINE_BOARDS": str(boards_path.resolve())}
         run.stage = "doit"
         status = run_graph(project, run.run_dir, child_env, progress,
-                           lambda child: setattr(run, "child", child), run.events)
+                           lambda child: setattr(run, "child", child), run.events,
+                           run.disk_full)
         run.stage = "record"
         progress(f"doit finished with exit status {status}; recording")
         return _record(run, params, boards, project, artifacts, code, build_params, status,
@@ -442,7 +457,10 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     assessment = _assess(run.db, run.run_id, current, params, failed=False)
     found = assessment["breaches"]
     outcome = "failed" if missing else ("breached" if found else "ok")
-    message = ("; ".join(f"{build}: no {', '.join(files)}" for build, files in missing.items())
+    # The cause first when doit said the disk was full: "no models/..." alone hides it.
+    cause = f"{run.disk_full[0]}; " if run.disk_full else ""
+    message = (cause + "; ".join(f"{build}: no {', '.join(files)}"
+                                 for build, files in missing.items())
                + f" (see {run.run_dir / DOIT_LOG})") if missing else None
     ended, wall = utc_now(), time.monotonic() - t0
     run.manifest = {
@@ -451,7 +469,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         "doit_exit_status": status, **run.manifest, "python": sys.version,
         "packages": package_versions(), "machine": machine(), "datasets": datasets,
         "params": asdict(params), "inputs_hash": inputs_hash, "code_hash": code,
-        "boards": [b.settings() for b in boards], "artifacts": artifacts_now,
+        "boards": [b.public_settings() for b in boards], "artifacts": artifacts_now,
         "reproducibility": repro, "tasks": task_times(run.events)}
     row = _row(run, outcome, ended, wall, message)
     reports = Layout(artifacts).reports_dir()

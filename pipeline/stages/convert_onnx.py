@@ -32,6 +32,7 @@ from pipeline.stages.calibration import representative_indices
 from pipeline.stages.onnx_graph import RewriteSummary, integer_form
 from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.core.files import write_bytes
+from pipeline.core.layout import CARD_JSON, CARD_MD
 from pipeline.core.params import (ONNX_CALIBRATION_METHODS as CALIBRATION_METHODS,
                                   ConvertParams, load_params)
 from pipeline.stages.preprocess import load_arrays
@@ -355,7 +356,15 @@ def run_translate(tflite_path: Path, data_path: Path, build: str, model_dir: Pat
     content, summary = rewrite_integer(plain)
     images = load_arrays(data_path)["x_test"]
     before = compare_outputs(plain, tflite_path, images, str(path))
-    identical, worst = check_same_outputs(content, tflite_path, images, str(path), max_steps)
+    try:
+        identical, worst = check_same_outputs(content, tflite_path, images, str(path),
+                                              max_steps)
+    except OnnxConvertError:
+        # A model translated under a looser limit fails this one too: it must not stay in
+        # models/ nor in the card, which describes it (the card task rebuilds the card).
+        for stale in (path, model_dir / CARD_MD, model_dir / CARD_JSON):
+            stale.unlink(missing_ok=True)
+        raise
     size = _write({ONNX_INT8_TFLITE: content}, model_dir, build)[ONNX_INT8_TFLITE]
     print(f"{path.name}: {summary.describe()}")
     print(f"{path.name}: outputs equal LiteRT's bit for bit on {identical:,} of "
