@@ -109,3 +109,86 @@ def test_changed_targets_notice_truncation_and_other_bytes_but_not_a_touch(tmp_p
     other.unlink()  # missing: doit itself reruns the task for that
     assert changed_targets(stamps, [other]) == []
     assert changed_targets({}, [model]) == []  # never recorded (an older build): no verdict
+
+
+# --- the figures of the disk-full message, against statvfs and hand sums ------------------
+# Sizes sit at a rounding boundary of the message's 0.1 MiB: 52,428 bytes print "0.0 MiB" and
+# 52,429 print "0.1 MiB", so a count that is off by one byte changes the message.
+EDGE = 52_428
+
+
+def _free(where) -> int:
+    import os
+
+    st = os.statvfs(where)
+    return st.f_bavail * st.f_frsize
+
+
+def _message(path, needed: int, free: int) -> str:
+    return (f"no space left on the device writing {path}: this task's files need more than "
+            f"{needed / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free there; free some space "
+            "and rerun (nothing partial was kept, the previous files are unchanged)")
+
+
+def test_free_bytes_is_statvfs_of_the_nearest_existing_directory(small_disk):
+    from pipeline.core.files import free_bytes
+
+    disk = small_disk(1024)
+    (disk / "filler").write_bytes(bytes(100_000))  # a tmpfs: nobody else writes there
+    assert free_bytes(disk / "not" / "yet" / "made.bin") == _free(disk)
+    assert free_bytes(disk) == _free(disk) < 1024 * 1024 - 100_000 + 4096
+
+
+def test_disk_full_message_counts_each_input_exactly(small_disk):
+    from pipeline.core.files import disk_full_message
+
+    disk = small_disk(1024)
+    done = disk / ".done.partial"
+    done.write_bytes(bytes(EDGE))
+    out = disk / "out.bin"
+    # Finished temporaries only (no payload, no current file, nothing replaced): EDGE bytes.
+    assert disk_full_message(out, [done]) == _message(out, EDGE, _free(disk) + EDGE)
+    # A current temporary that is gone counts 0 bytes, as does a finished one that is gone.
+    assert disk_full_message(out, [done, disk / "gone"], disk / "gone too") == _message(
+        out, EDGE, _free(disk) + EDGE)
+    # What the current temporary reached, or the payload when larger.
+    current = disk / ".out.bin.partial"
+    current.write_bytes(bytes(1000))
+    assert disk_full_message(out, [done], current) == _message(
+        out, EDGE + 1000, _free(disk) + EDGE + 1000)
+    assert disk_full_message(out, [done], current, payload=300_000) == _message(
+        out, EDGE + 300_000, _free(disk) + EDGE + 1000)
+    # The file it would replace, when larger than everything written.
+    out.write_bytes(bytes(400_000))
+    assert disk_full_message(out, [done]) == _message(out, 400_000, _free(disk) + EDGE)
+
+
+def test_disk_full_message_counts_the_files_a_set_would_replace(small_disk):
+    from pipeline.core import files
+
+    disk = small_disk(1024)
+    (disk / "report.md").write_bytes(bytes(300_000))  # the previous set's file
+    with files.outputs_together():
+        files.write_text(disk / "report.md", "new")
+        temporary = files._pending.get()[disk / "report.md"]
+        # report.md's temporary is finished: the file it replaces (300,000 bytes) counts.
+        assert files.disk_full_message(disk / "x.bin", [temporary]) == _message(
+            disk / "x.bin", 300_000, _free(disk) + 3)
+
+
+def test_write_json_writes_indented_json_in_the_objects_order(tmp_path):
+    write_json(tmp_path / "a.json", {"b": 1, "a": [1]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "b": 1,\n  "a": [\n    1\n  ]\n}\n'
+
+
+def test_changed_targets_reads_past_unrecorded_and_missing_files(tmp_path):
+    from pipeline.core.files import changed_targets, target_stamps
+
+    kept, changed, gone = tmp_path / "k", tmp_path / "c", tmp_path / "g"
+    for path in (kept, changed, gone):
+        path.write_bytes(b"12345")
+    stamps = target_stamps([changed, gone])
+    gone.unlink()
+    changed.write_bytes(b"123")
+    assert changed_targets(stamps, [kept, gone, changed]) == [
+        f"{changed} is 3 bytes, 5 when it was written"]

@@ -118,3 +118,46 @@ def test_a_variant_without_a_twin_takes_its_own_runtimes_fastest_rate():
     # ONNX Runtime's int8 rate, not LiteRT's faster one: its floor is priced by its kernels
     assert floor.floor_us(10**6, "onnx_int8_tflite", 1, rates) == pytest.approx(10.0)
     assert floor.floor_us(10**6, "int8_selective", 1, rates) == pytest.approx(2.5)
+
+
+def test_depthwise_strided_and_onnx_convolutions_match_the_hand_count(tmp_path):
+    """Layer kinds the tutorial models lack: a depthwise convolution (depth multiplier 2), a
+    strided same-padded convolution, and the same network as ONNX (the depthwise one becomes a
+    grouped Conv)."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.stages.convert_onnx import export_float
+
+    model = keras.Sequential([
+        keras.Input((10, 12, 3)),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2),            # -> 8 x 10 x 6
+        keras.layers.Conv2D(4, 3, strides=2, padding="same"),           # -> 4 x 5 x 4
+        keras.layers.Flatten(),
+        keras.layers.Dense(7)])
+    hand = (8 * 10 * 6) * (3 * 3) + (4 * 5 * 4) * (3 * 3 * 6) + 80 * 7
+    assert hand == 9200
+    tflite = tmp_path / "m_float32.tflite"
+    tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    assert floor.count_macs(tflite) == hand
+    onnx_path = tmp_path / "m_onnx_float32.onnx"
+    onnx_path.write_bytes(export_float(model))
+    assert floor.count_macs(onnx_path) == hand
+
+
+def test_a_transposed_gemm_input_reduces_over_its_first_axis(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # Y (3 x 4) = A^T (3 x 5) B (5 x 4): 3 * 4 outputs, 5 MACs each; and a plain MatMul.
+    b = numpy_helper.from_array(np.ones((5, 4), np.float32), "B")
+    c = numpy_helper.from_array(np.ones((4, 6), np.float32), "C")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["A", "B"], ["Y"], transA=1),
+         helper.make_node("MatMul", ["Y", "C"], ["Z"])], "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [5, 3])],
+        [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [3, 6])], [b, c])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert floor.count_macs(path) == 3 * 4 * 5 + 3 * 6 * 4
