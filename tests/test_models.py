@@ -65,7 +65,7 @@ def test_references_resolve_to_their_files(tmp_path):
     assert (own.kind, own.file, own.function) == ("callable", tmp_path / "models" / "kws.py",
                                                   "build")
     module = resolve("pipeline.stages.train:build_model", tmp_path)
-    assert module.kind == "callable" and module.file == REPO / "pipeline" / "train.py"
+    assert module.kind == "callable" and module.file == REPO / "pipeline" / "stages" / "train.py"
     assert resolve("net.keras", tmp_path).file == tmp_path / "net.keras"
     for bad, why in [("models/nope.py:build", "no file"), ("models/kws.py:9x", "function name"),
                      ("no_such_pkg.models:build", "no importable module"),

@@ -293,3 +293,31 @@ def test_latency_md_after_a_failed_first_run_says_what_happened(tmp_path):
                and i + 1 < len(lines) and lines[i + 1].startswith("|-")]
     assert all(i + 2 < len(lines) and lines[i + 2].startswith("|") for i in headers), text
     assert "## ONNX Runtime against TFLite" not in text  # no ONNX int8 row was timed
+
+
+def test_each_thread_counts_ratios_divide_by_the_same_thread_counts_rows():
+    """Multi-thread rows and ONNX rows: every ratio is this row's p50 over the p50 of its
+    reference variant at the same build, board and thread count (numpy divides the same
+    figures independently; exact, the same two floats)."""
+    import numpy as np
+
+    p50 = {("float32", 1): 400.0, ("float32", 2): 250.0, ("float32", 4): 160.0,
+           ("int8", 1): 100.0, ("int8", 2): 70.0, ("int8", 4): 40.0,
+           ("onnx_int8", 1): 300.0, ("onnx_int8", 2): 210.0, ("onnx_int8", 4): 130.0}
+    results = [{"build": "m", "variant": v, "threads": t, "p50_us": us, "sha256": v}
+               for (v, t), us in p50.items()]
+    rows = report.latency_rows([doc(results=results, measured=report.utc_now())], {})
+    by = {(r["variant"], r["threads"]): r for r in rows}
+    for threads in (1, 2, 4):
+        assert by["int8", threads]["int8_over_float32"] == float(
+            np.float64(p50["int8", threads]) / np.float64(p50["float32", threads]))
+        assert by["onnx_int8", threads]["ort_over_tflite"] == float(
+            np.float64(p50["onnx_int8", threads]) / np.float64(p50["int8", threads]))
+        assert "int8_over_float32" not in by["float32", threads]
+        assert "ort_over_tflite" not in by["int8", threads]
+    # A thread count the reference lacks has no ratio (never another count's).
+    lonely = results + [{"build": "m", "variant": "int8", "threads": 8, "p50_us": 30.0,
+                         "sha256": "int8"}]
+    rows = report.latency_rows([doc(results=lonely, measured=report.utc_now())], {})
+    [eight] = [r for r in rows if r["threads"] == 8]
+    assert "int8_over_float32" not in eight
