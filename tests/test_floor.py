@@ -161,3 +161,11 @@ def test_a_transposed_gemm_input_reduces_over_its_first_axis(tmp_path):
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert floor.count_macs(path) == 3 * 4 * 5 + 3 * 6 * 4
+
+
+def test_the_onnx_cnn_and_mlp_macs_match_the_hand_count(tiny_onnx_models):
+    """Every ONNX form of the K1 CNN and the MLP: exported, ORT's QDQ, and the int8 .tflite
+    translated and rewritten (Gemm, requantized reshapes): the same MACs as the .tflite."""
+    for variant in ("onnx_float32", "onnx_int8", "onnx_int8_tflite"):
+        assert floor.count_macs(tiny_onnx_models[f"tiny_cnn/{variant}"]) == CNN_MACS, variant
+        assert floor.count_macs(tiny_onnx_models[f"tiny_mlp/{variant}"]) == MLP_MACS, variant
