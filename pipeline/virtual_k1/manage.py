@@ -169,7 +169,7 @@ def status(layout: BoardPaths) -> dict:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.virtual_k1",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status"))
@@ -184,7 +184,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--boards", type=Path, help="inventory the generated one extends "
                         "(default $PIPELINE_BOARDS or board/boards.toml)")
     parser.add_argument("--json", action="store_true", help="status as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def print_status(info: dict, as_json: bool, log: Log) -> None:
+    """`status`: up or down, the root file system, binfmt, and the guest when up."""
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    log(("up on 127.0.0.1:%s (sshd pid %s)" % (info["port"], info["sshd_pid"]))
+        if info["up"] else "down")
+    log(f"root file system: {info['rootfs'] or 'not built yet'}")
+    entry = info["binfmt"]
+    log(f"binfmt {BINFMT_NAME}: " + (f"{entry['enabled']}, {entry.get('interpreter')}, "
+                                   f"flags {entry.get('flags')}" if entry
+                                   else "not registered"))
+    if info["up"] and info["facts"]:
+        log(f"guest: {describe(info['facts'])}")
+        log(f"inventory: {info['inventory']}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = command_line().parse_args(argv)
     env = os.environ
     cache = (args.cache or Path(env.get("VIRTUAL_K1_CACHE") or default_cache(env))).absolute()
     layout = BoardPaths(cache, (args.state or cache / "state").absolute())
@@ -212,20 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sys.exit(f"error: still left after down: {', '.join(left)}")
             log(f"down in {time.monotonic() - started:.1f} s: nothing of it runs or is mounted")
         else:
-            info = status(layout)
-            if args.json:
-                print(json.dumps(info, indent=1))
-            else:
-                log(("up on 127.0.0.1:%s (sshd pid %s)" % (info["port"], info["sshd_pid"]))
-                    if info["up"] else "down")
-                log(f"root file system: {info['rootfs'] or 'not built yet'}")
-                entry = info["binfmt"]
-                log(f"binfmt {BINFMT_NAME}: " + (f"{entry['enabled']}, {entry.get('interpreter')}, "
-                                               f"flags {entry.get('flags')}" if entry
-                                               else "not registered"))
-                if info["up"] and info["facts"]:
-                    log(f"guest: {describe(info['facts'])}")
-                    log(f"inventory: {info['inventory']}")
+            print_status(status(layout), args.json, log)
     except Unavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(UNAVAILABLE)
