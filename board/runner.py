@@ -505,13 +505,17 @@ def time_pair(candidate, reference_path: Path, threads: int, Interpreter, first_
         pairing.get("min_seconds", 1.0))
     other = Interpreter(model_path=str(reference_path), num_threads=threads)
     other.allocate_tensors()
-    mine, theirs = candidate.get_input_details()[0], other.get_input_details()[0]
-    if (list(mine["shape"]) != list(theirs["shape"]) or mine["dtype"] != theirs["dtype"]
-            or tuple(mine["quantization"]) != tuple(theirs["quantization"])):
-        raise ValueError(f"reference {reference_path.name} takes {list(theirs['shape'])} "
-                         f"{np.dtype(theirs['dtype']).name} {tuple(theirs['quantization'])}, "
-                         f"this model {list(mine['shape'])} {np.dtype(mine['dtype']).name} "
-                         f"{tuple(mine['quantization'])}")
+    def contract(detail) -> str:
+        scale, zero_point = detail.get("quantization") or (0.0, 0)
+        text = f"{[int(d) for d in detail['shape']]} {np.dtype(detail['dtype']).name}"
+        return text + (f" (scale {float(scale):.6g}, zero point {int(zero_point)})"
+                       if scale else "")
+
+    mine, theirs = contract(candidate.get_input_details()[0]), contract(
+        other.get_input_details()[0])
+    if mine != theirs:
+        raise ValueError(f"reference {reference_path.name} takes {theirs}, this model {mine}")
+    theirs = other.get_input_details()[0]
     other.set_tensor(theirs["index"], first_input)
     other.invoke()
     for _ in range(warmup):

@@ -29,19 +29,25 @@ def test_count_macs_matches_the_hand_count(tiny_models, peak_models):
         assert floor.count_macs(path) == floor.GEMM_MACS
 
 
-def test_peak_rates_are_best_per_variant_and_monotone_in_threads():
+def test_peak_rates_are_best_per_variant_and_thread_count():
     peak = [{"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**6},
             {"variant": "int8", "threads": 1, "min_us": 200.0, "macs": 10**6},
-            {"variant": "int8", "threads": 2, "min_us": 400.0, "macs": 10**6},  # noisy
+            {"variant": "int8", "threads": 2, "min_us": 400.0, "macs": 10**6},  # slower
             {"variant": "float32", "threads": 1, "min_us": 1000.0, "macs": 10**6},
             {"variant": "float32", "threads": 2, "error": "timed out"}]
     rates = floor.peak_rates(peak)
-    assert rates == {("int8", 1): 1e10, ("int8", 2): 1e10, ("float32", 1): 1e9}
-    assert floor.floor_us(10**6, "int8", 2, rates) == pytest.approx(100.0)
+    # each thread count its own measured figure: x2 is what two threads did (10^6 / 400 µs)
+    assert rates == {("int8", 1): 1e10, ("int8", 2): 2.5e9, ("float32", 1): 1e9}
+    assert floor.floor_us(10**6, "int8", 2, rates) == pytest.approx(400.0)
+    assert floor.floor_us(10**6, "int8", 1, rates) == pytest.approx(100.0)
+    # float32 x2 was not measured: its best at fewer threads stands in
+    assert floor.floor_us(10**6, "float32", 2, rates) == pytest.approx(1000.0)
     assert floor.floor_us(10**6, "float32", 1, rates) == pytest.approx(1000.0)
     # a variant without its own GEMM gets the fastest rate measured: still a floor
     assert floor.floor_us(10**6, "int8_custom", 1, rates) == pytest.approx(100.0)
     assert floor.floor_us(10**6, "int8", 1, {}) is None
+    assert floor.slower_with_more_threads(rates) == [("int8", 2, 1, 0.25)]
+    assert floor.slower_with_more_threads({("int8", 1): 1e9, ("int8", 2): 1e9}) == []
 
 
 @pytest.fixture(scope="module")

@@ -251,7 +251,9 @@ def test_a_run_kept_in_record_json_is_recorded_by_the_next_settle_exactly_as_kep
     assert {part: {k: {c: v for c, v in row.items() if c != "run_id"}
                    for k, row in rows.items()} for part, rows in figs[first].items()} == \
         history.as_figures(ACC, [{"board": "local", "status": "ok", "error": None,
-                                  "emulated": 0}], [CASE])  # an older record: the default
+                                  "emulated": 0}],  # an older record: the defaults
+                           [{**CASE, **{c: None for c in (*history.VERDICT_COLUMNS, "sha256",
+                                                          "reference_sha256")}}])
     assert figs[second] == history.as_figures([], [], [])
     assert history.settle_unfinished_runs(db, "2026-01-05T00:00:00Z") == []  # nothing left
 
@@ -551,3 +553,27 @@ def test_cli_unknown_build_or_board_fails_naming_what_is_recorded(tmp_path):
     assert proc.returncode == 1 and "(boards recorded: local)" in proc.stderr
     proc = cli("--db", str(path), "--build", "b")
     assert proc.returncode == 0 and "terminated by SIGTERM during doit" in proc.stdout
+
+
+def test_a_verdict_is_read_into_its_columns_and_a_garbled_one_is_none():
+    good = {"ratio": 1.1, "low": 1.05, "high": 1.15, "p": 0.001, "word": "slower"}
+    row = {"sha256": "a" * 64, "reference_sha256": "b" * 64, "verdict": good}
+    assert history.verdict_columns(row, False) == {
+        "ratio": 1.1, "ratio_low": 1.05, "ratio_high": 1.15, "p_value": 0.001,
+        "word": "slower", "sha256": "a" * 64, "reference_sha256": "b" * 64}
+    for bad in ({**good, "word": "worse"}, {**good, "p": "0.001"}, {**good, "high": True},
+                "slower", None):
+        cols = history.verdict_columns({**row, "verdict": bad}, False)
+        assert cols["ratio"] is None and cols["word"] is None and cols["sha256"] == "a" * 64
+    assert history.verdict_columns(row, True)["word"] is None  # a failed case: no verdict
+
+
+def test_verdict_columns_round_trip_through_the_database(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    run = history.start_run(db, "2026-01-01T00:00:00Z", None, None, "p", str(tmp_path))
+    case = {**CASE, "ratio": 1.1, "ratio_low": 1.05, "ratio_high": 1.15, "p_value": 0.001,
+            "word": "slower", "sha256": "a" * 64, "reference_sha256": "b" * 64}
+    history.finish_run(db, run, "ok", "e", 1.0, ACC, [{"board": "local", "status": "ok",
+                                                       "error": None}], [case])
+    [(key, row)] = history.figures(db, [run])[run]["latency"].items()
+    assert {k: row[k] for k in case} == case

@@ -14,7 +14,7 @@ GATES = dataclasses.replace(load_params(REPO / "params.toml").nightly,
 
 
 def figures(p50: float, int8_acc: float = 0.975, board_ok: bool = True, case_ok: bool = True,
-            emulated: bool = False):
+            emulated: bool = False, verdict: dict | None = None):
     accuracy = [{"build": "b", "variant": "keras", "accuracy": 0.98, "drift_pt": 0.0,
                  "bytes": 100},
                 {"build": "b", "variant": "float32", "accuracy": 0.98, "drift_pt": 0.0,
@@ -23,28 +23,52 @@ def figures(p50: float, int8_acc: float = 0.975, board_ok: bool = True, case_ok:
                  "drift_pt": (int8_acc - 0.98) * 100, "bytes": 10}]
     latency = [{"build": "b", "variant": "int8", "board": "k1", "threads": 1,
                 "p50_us": p50 if case_ok else None, "status": "ok" if case_ok else "failed",
-                "error": None if case_ok else "invoke failed"}]
+                "error": None if case_ok else "invoke failed", **verdict_row(verdict)}]
     boards = [{"board": "k1", "status": "ok" if board_ok else "failed",
                "error": None if board_ok else "unreachable", "emulated": int(emulated)}]
     return history.as_figures(accuracy, boards, latency)
 
 
+def verdict_row(v: dict | None) -> dict:
+    """A verdict as the history database's latency columns give it."""
+    if v is None:
+        return {}
+    return {"ratio": v["ratio"], "ratio_low": v["low"], "ratio_high": v["high"],
+            "p_value": v["p"], "word": v["word"], "sha256": "new" * 10,
+            "reference_sha256": ("new" if v["word"] == "environment" else "old") * 10}
+
+
+# Slower, and its interval reaches GATES' 1 + 50 %: a breach.
+SLOWER = {"ratio": 1.45, "low": 1.3, "high": 1.6, "p": 1e-5, "word": "slower"}
+
+
 def gate(current, past):
-    return breaches(compare(current, past[-1], past, GATES), GATES)
+    return breaches(compare(current, past[-1] if past else None, past, GATES), GATES)
 
 
-def test_latency_within_the_threshold_of_the_median_passes():
-    past = [figures(100.0), figures(300.0), figures(110.0)]  # median 110: one outlier ignored
-    assert gate(figures(164.0), past) == []
-
-
-def test_latency_beyond_the_threshold_of_the_median_is_a_breach_naming_the_case():
+def test_cross_night_p50_is_a_trend_not_a_gate():
     past = [figures(100.0), figures(300.0), figures(110.0)]
-    [found] = gate(figures(166.0), past)
+    assert gate(figures(1000.0), past) == []  # +809 % vs the median: shown, never gated
+    [row] = compare(figures(1000.0), past[-1], past, GATES)["latency"]
+    assert row["change_vs_median_pct"] == (1000 / 110 - 1) * 100 and row["mark"] == ""
+
+
+def test_a_slower_verdict_is_a_breach_naming_the_case_and_its_reference():
+    [found] = gate(figures(100.0, verdict=SLOWER), [figures(100.0)])
     assert (found["build"], found["variant"], found["board"], found["figure"]) == (
-        "b", "int8", "k1", "p50_us")
-    assert "50.9 % above the median 110.0 µs of the last 3 run(s)" in found["message"]
-    assert "max_latency_regression_pct = 50.0" in found["message"]
+        "b", "int8", "k1", "latency_ratio")
+    assert found["value"] == 1.45
+    assert ("b int8 on k1 x1: 1.450x its reference oldoldoldold timed side by side (99 % "
+            "interval 1.300-1.600, p=1e-05)") in found["message"]
+    assert "nightly.max_latency_regression_pct = 50.0 %" in found["message"]
+    # the first night has a verdict too when the reference came from elsewhere
+    assert len(breaches(compare(figures(1.0, verdict=SLOWER), None, [], GATES), GATES)) == 1
+
+
+def test_same_faster_and_environment_verdicts_never_breach():
+    for word in ("same", "faster", "environment"):
+        assert gate(figures(100.0, verdict={**SLOWER, "word": word, "high": 9.0}),
+                    [figures(100.0)]) == [], word
 
 
 def test_the_first_run_has_no_latency_gate():
@@ -124,18 +148,21 @@ def test_drift_exactly_at_the_limit_passes_and_just_beyond_breaches():
     assert (found["figure"], found["limit"]) == ("drift_pt", ">= -1.0")
 
 
-def test_latency_exactly_at_the_regression_limit_passes_and_just_beyond_breaches():
-    past = [figures(100.0), figures(100.0)]
-    assert gate(figures(150.0), past) == []  # +50.0 % exactly
-    [found] = gate(figures(150.001), past)
-    assert found["figure"] == "p50_us" and found["limit"] == "<= median 100.0 µs + 50.0 %"
+def test_the_gate_at_its_interval_boundary():
+    import math
+
+    edge = 1 + GATES.max_latency_regression_pct / 100
+    at = {**SLOWER, "ratio": 1.3, "low": 1.1, "high": edge}
+    assert [b["figure"] for b in gate(figures(100.0, verdict=at), [])] == ["latency_ratio"]
+    below = {**at, "high": math.nextafter(edge, 0)}
+    assert gate(figures(100.0, verdict=below), []) == []
 
 
-def test_an_emulated_board_has_no_p50_gate_but_keeps_its_board_and_case_gates():
+def test_an_emulated_board_has_no_latency_gate_but_keeps_its_board_and_case_gates():
     past = [figures(100.0, emulated=True), figures(100.0, emulated=True)]
-    # Just beyond the limit (and far beyond): a real board breaches, the emulated one not.
-    assert [b["figure"] for b in gate(figures(150.001), past)] == ["p50_us"]
-    assert gate(figures(150.001, emulated=True), past) == []
+    assert [b["figure"] for b in gate(figures(100.0, verdict=SLOWER), past)] == [
+        "latency_ratio"]
+    assert gate(figures(100.0, emulated=True, verdict=SLOWER), past) == []
     assert gate(figures(1e6, emulated=True), past) == []
     # A genuinely failed case (a prediction unlike the host's fails it) and a failed board
     # still breach on the emulated board.
@@ -147,11 +174,12 @@ def test_nightly_md_and_png_label_an_emulated_board():
     from pipeline.nightly.charts import nightly_figure
 
     past = [figures(100.0, emulated=True)]
-    comparison = compare(figures(300.0, emulated=True), past[-1], past, GATES)
+    comparison = compare(figures(300.0, emulated=True, verdict=SLOWER), past[-1], past, GATES)
     text = render_markdown({"id": 2, "status": "ok", "started_utc": "x"}, {"id": 1,
                            "started_utc": "y"}, [1], comparison, [], None)
     assert "| k1 (EMULATED) |" in text
-    assert "p50 +200.0 % vs median (emulated: not gated)" in text
+    assert "| 1.450 [1.300, 1.600] p=1e-05 slower | slower than its reference (emulated: " \
+        "not gated) |" in text
     assert "- board **k1 (EMULATED)**: its latency is the emulator's" in text
     real = render_markdown({"id": 2, "status": "ok", "started_utc": "x"}, None, [],
                            compare(figures(300.0), None, [], GATES), [], None)
@@ -247,12 +275,12 @@ def test_assess_compares_with_the_latest_run_and_the_median_of_the_last_n(tmp_pa
     ids.append(record(db, figures(120.0)))
     current_id = history.start_run(db, "t", None, None, "p", "d")
     params = dataclasses.replace(GATES, history_runs=3)
-    result = assess(db, current_id, figures(200.0), params)
+    result = assess(db, current_id, figures(200.0, verdict=SLOWER), params)
     assert [r["id"] for r in result["earlier"]] == ids[1:]
     [lat] = result["comparison"]["latency"]
     assert (lat["p50_prev"], lat["p50_median"], lat["runs_in_median"]) == (120.0, 110.0, 3)
-    [found] = result["breaches"]  # 200 is 81.8 % above 110
-    assert "81.8 % above the median 110.0 µs of the last 3 run(s)" in found["message"]
+    [found] = result["breaches"]  # the verdict, not the p50 81.8 % above the median
+    assert found["figure"] == "latency_ratio"
 
 
 def test_a_failed_run_is_neither_compared_nor_gated(tmp_path):

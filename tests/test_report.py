@@ -128,6 +128,19 @@ def test_rows_carry_the_cpus_and_the_floor_of_their_own_variant():
     assert "| 3 " in table.replace("  ", " ")
 
 
+def test_the_board_line_says_where_more_threads_were_slower():
+    peak = [{"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**7},
+            {"variant": "int8", "threads": 2, "min_us": 125.0, "macs": 10**7},
+            {"variant": "float32", "threads": 1, "min_us": 1000.0, "macs": 10**7},
+            {"variant": "float32", "threads": 2, "min_us": 500.0, "macs": 10**7}]
+    line = report.board_line(doc(peak=peak, measured=report.utc_now(),
+                                 machine={"cpu_model": "c", "cores": 2, "uname": "u"}))
+    # 10^7 MACs in 100 µs = 100 GMAC/s at x1; in 125 µs = 80 at x2, 0.80x
+    assert "int8 x1: 100.0, int8 x2: 80.0" in line
+    assert "SLOWER WITH MORE THREADS: int8 x2 is 0.80x the rate of x1" in line
+    assert "float32 x2" not in line.split("SLOWER")[1]  # 2 threads doubled float32's rate
+
+
 def test_a_future_measurement_is_not_fresh():
     future = "2999-01-01T00:00:00Z"
     d = doc(measured=future, results=[{"build": "m", "variant": "int8", "threads": 1,

@@ -631,7 +631,7 @@ def test_a_reference_of_another_contract_or_bytes_is_not_compared(tmp_path, tiny
                                     BusyInterpreter, reference=tmp_path / "100us_wide.tflite")
     assert "pair" not in result and result["runs"] == 10
     assert result["pair_skipped"].startswith("reference not compared: reference "
-                                             "100us_wide.tflite takes [1, 4] float32")
+                                             "100us_wide.tflite takes [1, 4] float32, this model [1, 2] float32")
     plan = make_plan(tmp_path, {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]}, runs=5)
     doc = json.loads(plan.read_text())
     doc["models"][0]["reference"] = {"file": "gone.tflite", "sha256": "0" * 64}

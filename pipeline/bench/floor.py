@@ -172,10 +172,11 @@ def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path
 
 
 def peak_rates(peak_results: Sequence[dict[str, Any]]) -> dict[tuple[str, int], float]:
-    """Best achieved MACs/s per (variant, threads), monotone in threads.
+    """Best achieved MACs/s per (variant, threads), each thread count its own measurement.
 
-    A run at t threads could always use fewer, so the rate at t is the best at any t' <= t:
-    a noisy 2-thread measurement never makes the floor slower than the 1-thread one.
+    A 2-thread GEMM slower than the 1-thread one is a finding (two threads contending for a
+    loaded machine, or a runtime's pool overhead), shown by `slower_with_more_threads`, not
+    hidden by carrying the 1-thread rate forward.
     """
     measured: dict[tuple[str, int], float] = {}
     for r in peak_results:
@@ -183,16 +184,27 @@ def peak_rates(peak_results: Sequence[dict[str, Any]]) -> dict[tuple[str, int], 
             continue
         key = (r["variant"], int(r["threads"]))
         measured[key] = max(measured.get(key, 0.0), r["macs"] / (r["min_us"] * 1e-6))
-    rates = {}
-    for variant, threads in measured:
-        rates[variant, threads] = max(rate for (v, t), rate in measured.items()
-                                      if v == variant and t <= threads)
-    return rates
+    return measured
+
+
+def slower_with_more_threads(rates: dict[tuple[str, int], float]
+                             ) -> list[tuple[str, int, int, float]]:
+    """(variant, threads, fewer threads, rate ratio < 1) wherever a variant's measured peak at
+    more threads is below its best at fewer: the report says so."""
+    found = []
+    for (variant, threads), rate in sorted(rates.items()):
+        fewer = {t: r for (v, t), r in rates.items() if v == variant and t < threads}
+        if fewer:
+            best_t = max(fewer, key=lambda t: fewer[t])
+            if rate < fewer[best_t]:
+                found.append((variant, threads, best_t, rate / fewer[best_t]))
+    return found
 
 
 def floor_us(macs: int, variant: str, threads: int,
              rates: dict[tuple[str, int], float]) -> float | None:
-    """The model's MACs at the measured peak of its variant's kernels (None if unmeasured).
+    """The model's MACs at the measured peak of its variant's kernels at its thread count
+    (None if unmeasured).
 
     A variant without its own measurement (a custom one) gets the fastest rate measured on
     that board, so its floor stays a floor.
@@ -200,7 +212,9 @@ def floor_us(macs: int, variant: str, threads: int,
     usable = [rate for (v, t), rate in rates.items() if t <= threads]
     if not usable or not macs:
         return None
-    own = [rate for (v, t), rate in rates.items() if v == variant and t <= threads]
+    # Its own thread count's measurement; only where that is missing, its best at fewer.
+    own = ([rates[variant, threads]] if (variant, threads) in rates else
+           [rate for (v, t), rate in rates.items() if v == variant and t < threads])
     # Else the fastest rate of its own runtime (an ONNX model without a twin is priced by
     # ONNX Runtime's kernels, not LiteRT's), else the fastest of any.
     fmt = VARIANTS[variant].format if variant in VARIANTS else None

@@ -60,13 +60,14 @@ def plan_deadline_s(cases: int, warmup: int, runs: int, samples: int) -> tuple[f
 
 def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.ndarray]],
                board: Board, stage_dir: Path, peak: dict[str, Path] | None = None,
-               top1: bool = False) -> Path:
+               top1: bool = False, references: dict[str, Path] | None = None) -> Path:
     """Write plan.json, the models and one samples .npz per model into `stage_dir`.
 
     `models` maps "<build>/<variant>" to a model file; `samples` maps a build to its
     labelled images; `peak` maps a variant to its synthetic GEMM model. The runner finds
     everything by file name next to plan.json and checks each file's SHA-256 first. With
     `top1`, the runner reports every sample's class and probability (predict --board).
+    `references` maps "<build>/<variant>" to the model to time it beside (reference.py).
     """
     stage_dir.mkdir(parents=True, exist_ok=True)
     for stale in stage_dir.iterdir():  # only this plan's files get pushed
@@ -86,6 +87,12 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
         quantization = input_quantization(path)
         if quantization:
             entry["input_quantization"] = quantization
+        if key in (references or {}):  # named by its bytes: pushed once, whatever it was
+            ref = Path(references[key])
+            ref_sha = sha256_file(ref)
+            ref_name = f"reference_{ref_sha[:16]}{ref.suffix}"
+            write_bytes(stage_dir / ref_name, ref.read_bytes())
+            entry["reference"] = {"file": ref_name, "sha256": ref_sha}
         entries.append(entry)
     for variant, path in (peak or {}).items():
         write_bytes(stage_dir / Path(path).name, Path(path).read_bytes())
@@ -94,9 +101,14 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
     cases = (len(entries) + len(peak_entries)) * len(board.threads)
     n_samples = max((len(s[1]) for s in samples.values()), default=0)
     case_timeout, deadline = plan_deadline_s(cases, board.warmup, board.runs, n_samples)
+    if references:  # a pair times two models for at least min_seconds each
+        pair_s = 2 * (board.warmup + board.runs) * INVOKE_S + 4 * board.min_seconds
+        case_timeout += pair_s
+        deadline += pair_s * len(board.threads) * len(references)
     plan = {"models": entries, "peak": peak_entries, "threads": list(board.threads),
             "warmup": board.warmup, "runs": board.runs, "cpus": list(board.cpus),
-            "case_timeout_s": case_timeout, "deadline_s": deadline}
+            "case_timeout_s": case_timeout, "deadline_s": deadline,
+            "min_rounds": board.min_rounds, "min_seconds": board.min_seconds}
     write_json(stage_dir / PLAN_JSON, plan)
     return stage_dir / PLAN_JSON
 

@@ -24,16 +24,17 @@ from tabulate import tabulate
 from pipeline.core.text import (EMULATED, age_hours, board_label, clean_text, escape_md,
                                 fmt_value, is_old, utc_now)
 from pipeline.core.files import atomic_path, sha256_file, write_json, write_text
-from pipeline.bench.floor import floor_us, peak_rates
+from pipeline.bench.floor import floor_us, peak_rates, slower_with_more_threads
 from pipeline.core.formats import FORMATS
 from pipeline.core.layout import LATENCY_FORMATS, Layout
+from pipeline.core.verdict import describe
 from pipeline.core.variants import (VARIANTS, rank, reference_float_variant,
                                reference_int8_variant)
 
 SPACEMIT = "SpaceMITExecutionProvider"
 TOP_OPS = 15  # nodes listed per case in a per-op report (the JSON has them all)
 CONSOLE_HEADERS = ["build", "variant", "board", "thr", "runtime", "p50 µs", "p90 µs",
-                   "int8/f32", "ORT/TFLite", "agree %", "state"]
+                   "vs reference", "int8/f32", "ORT/TFLite", "agree %", "state"]
 
 
 def short_provider(name: str) -> str:
@@ -77,7 +78,8 @@ def latency_rows(documents: Sequence[dict[str, Any]], current_sha: dict[str, str
             row.update({k: r.get(k) for k in (
                 "init_ms", "first_us", "mean_us", "std_us", "p10_us", "p50_us", "p90_us",
                 "p99_us", "model_rss_mb", "peak_rss_mb", "accuracy", "agreement", "samples",
-                "disagreements", "macs", "cpus", "providers", "nodes_per_provider")})
+                "disagreements", "macs", "cpus", "providers", "nodes_per_provider",
+                "verdict", "reference_sha256", "pair_skipped")})
             floor = floor_us(r.get("macs") or 0, r["variant"], r["threads"], rates)
             if floor:
                 row["floor_us"] = floor
@@ -131,6 +133,14 @@ def row_state(r: dict) -> str:
     return "ok"
 
 
+def vs_reference(r: dict) -> str:
+    """The side-by-side verdict (ratio [interval] p word), with the reference's SHA-256
+    prefix; "alone" when the case had no reference to be timed beside."""
+    if r.get("verdict"):
+        return f"{describe(r['verdict'])} vs {str(r.get('reference_sha256'))[:8]}"
+    return "alone" if "p50_us" in r else ""
+
+
 def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
     """The full table (latency.md) or the columns a person reads at a glance (console)."""
     body = []
@@ -149,18 +159,18 @@ def render_table(rows: Sequence[dict], fmt: str, full: bool = True) -> str:
                 fmt_value(pct(agree), ".2f"), fmt_value(r.get("int8_over_float32"), ".2f"),
                 fmt_value(r.get("ort_over_tflite"), ".2f"),
                 fmt_value(r.get("macs"), ","), fmt_value(r.get("floor_us"), ".2f"),
-                fmt_value(r.get("p50_over_floor"), ".1f"),
+                fmt_value(r.get("p50_over_floor"), ".1f"), vs_reference(r),
                 ",".join(str(c) for c in r.get("cpus") or []), state])
         else:
             body.append([r["build"], r["variant"], board_label(r), r["threads"], r["runtime"],
                          fmt_value(r.get("p50_us"), ".1f"), fmt_value(r.get("p90_us"), ".1f"),
-                         fmt_value(r.get("int8_over_float32"), ".2f"),
+                         vs_reference(r), fmt_value(r.get("int8_over_float32"), ".2f"),
                          fmt_value(r.get("ort_over_tflite"), ".2f"), fmt_value(pct(agree), ".1f"),
                          state[:60]])
     headers = (["build", "variant", "board", "thr", "runtime", "init ms", "first µs",
                 "mean µs", "p50 µs", "p90 µs", "p99 µs", "model MB", "peak RSS MB", "bytes",
                 "acc %", "agree %", "int8/f32", "ORT/TFLite", "MACs", "floor µs", "p50/floor",
-                "ran on CPUs", "state"] if full else CONSOLE_HEADERS)
+                "vs reference", "ran on CPUs", "state"] if full else CONSOLE_HEADERS)
     if fmt == "github":
         body = [[escape_md(cell) for cell in line] for line in body]
     else:
@@ -193,11 +203,18 @@ def board_line(doc: dict[str, Any]) -> str:
     if doc.get("emulated"):
         line += (f"; {EMULATED} (qemu-user): its latency is the emulator's, not the board's; "
                  "its predictions count fully")
+    for note in doc.get("reference_notes") or []:
+        line += f"\n  - {escape_md(clean_text(note))}"
     rates = peak_rates(doc.get("peak", []))
     if rates:
         measured = ", ".join(f"{v} x{t}: {rate / 1e9:.1f}"
                              for (v, t), rate in sorted(rates.items()))
         line += f"\n  - measured peak (GMAC/s, synthetic GEMM): {measured}"
+        slower = slower_with_more_threads(rates)
+        if slower:
+            line += "; SLOWER WITH MORE THREADS: " + ", ".join(
+                f"{v} x{t} is {ratio:.2f}x the rate of x{fewer}"
+                for v, t, fewer, ratio in slower)
     return line
 
 
@@ -261,7 +278,11 @@ def render_markdown(rows: Sequence[dict], documents: Sequence[dict],
              "model added to the process; peak RSS MB includes Python and the runtime. "
              "floor µs is the model's MACs at the board's measured peak rate for its variant. "
              "acc/agree: the board's top-1 on labelled test images, and agreement with the "
-             "host's predictions.", ""]
+             "host's predictions. vs reference: the model timed side by side with the one "
+             "last timed on that board (SHA-256 prefix), interleaved in rounds: ratio of "
+             "medians, its 99 % interval, the Mann-Whitney p over the round medians and one "
+             "word (faster, same, slower; environment when both are the same bytes: the ratio "
+             "then measures the board, not a model).", ""]
     lines += [board_line(doc) for doc in documents] or ["No board has results yet."]
     # A table with no row says nothing: a sentence says why instead.
     lines += ["", render_table(rows, "github") if rows else

@@ -26,12 +26,18 @@ from pipeline import RUNNER, load_runner
 from pipeline.bench import report
 from pipeline.bench.floor import count_macs
 from pipeline.bench.plan import pick_samples, stage_plan
+from pipeline.bench.reference import attach_verdicts, keep_timed, references_for
 from pipeline.bench.transport import BoardError, Progress, Transport, connect
 from pipeline.bench.validate import check_document
 from pipeline.core.boards import Board, load_boards
 from pipeline.core.files import write_json
 from pipeline.core.layout import Layout
 from pipeline.core.text import clean_text, utc_now
+
+# A row is "slower" or "faster" than its reference when Mann-Whitney U gives p below this
+# and the ratio of medians is beyond the minimum effect (the A/A offset of two identical
+# interpreters in one process, measured at 1.6 %, see issue 19).
+VERDICT_ALPHA, VERDICT_MIN_EFFECT = 0.01, 0.02
 
 NO_RUNTIME, NO_NUMPY, BAD_PLAN = 3, 4, 5  # board/runner.py's exit statuses
 
@@ -87,7 +93,9 @@ def run_on_board(board: Board, plan_path: Path, on_progress: Progress | None = N
 def bench_board(board: Board, models: dict[str, Path],
                 samples: dict[str, tuple[np.ndarray, np.ndarray]], work_dir: Path,
                 peak: dict[str, Path] | None = None,
-                on_progress: Progress | None = None) -> dict:
+                on_progress: Progress | None = None,
+                references: dict[str, Path] | None = None,
+                reference_notes: Sequence[str] = ()) -> dict:
     """Benchmark every model on one board; the document for reports/latency/<board>.json.
 
     Its status is "ok" when every planned case came back valid, else "partial" with the good
@@ -102,7 +110,7 @@ def bench_board(board: Board, models: dict[str, Path],
     # An emulated board's peak is qemu's, not a machine's, so it gets no floor (and its float
     # GEMM would take minutes under emulation).
     plan_path = stage_plan(models, samples, board, Path(work_dir) / board.name,
-                           None if board.emulated else peak)
+                           None if board.emulated else peak, references=references)
     plan = json.loads(plan_path.read_text())
     document, pushed = run_on_board(board, plan_path, on_progress)
     try:
@@ -121,12 +129,16 @@ def bench_board(board: Board, models: dict[str, Path],
         path = models[f"{result['build']}/{result['variant']}"]
         result["bytes"] = path.stat().st_size
         result["macs"] = count_macs(path)
+    attach_verdicts(results, plan, VERDICT_ALPHA, VERDICT_MIN_EFFECT)
+    notes = [*reference_notes, *sorted({r["pair_skipped"] for r in results
+                                        if r.get("pair_skipped")})]
     return {"board": board.name, "status": "partial" if problems or missing else "ok",
             "errors": problems, "missing": missing, "where": board.where,
             "emulated": board.emulated, "measured_utc": utc_now(), "started": started,
             "seconds": time.time() - started, "pushed": pushed,
             "machine": document["machine"], "runtimes": document["runtimes"],
-            "cpus": document.get("cpus"), "results": results, "peak": peak_results}
+            "cpus": document.get("cpus"), "results": results, "peak": peak_results,
+            "reference_notes": notes}
 
 
 def missing_summary(document: dict) -> str:
@@ -177,6 +189,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     out, so old figures are never shown as fresh.
     """
     result_path = layout.board_result(board.name)
+    references, reference_notes = references_for(layout, board.name, models)
     running = {"board": board.name, "status": "running", "where": board.where,
                "emulated": board.emulated, "started_utc": utc_now()}
     try:
@@ -201,8 +214,9 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
     try:
         samples = labelled_samples(datasets, correctness_samples)
         document = bench_board(board, models, samples, layout.bench_root(), peak,
-                               progress_printer(board))
+                               progress_printer(board), references, reference_notes)
         write_json(result_path, document)
+        keep_timed(layout, board.name, models, document["results"])
     except BaseException as exc:
         message = describe_failure(board, exc)
         write_json(result_path, {**running, "status": "failed", "error": message,

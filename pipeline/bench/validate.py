@@ -24,6 +24,12 @@ def _has_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)
 
 
+def _good_pair(pair: Any) -> bool:
+    return isinstance(pair, dict) and all(
+        isinstance(pair.get(k), list) and pair[k] and all(_has_type(v, float) for v in pair[k])
+        for k in ("candidate_us", "reference_us"))
+
+
 def check_document(document: Any, plan: dict[str, Any]
                    ) -> tuple[list[dict], list[dict], list[str], list[dict]]:
     """Match the runner's document against the plan: (good results, good peak, problems,
@@ -67,6 +73,10 @@ def check_document(document: Any, plan: dict[str, Any]
             if bad:
                 problems.append(f"{label}: missing or mistyped {', '.join(bad)}")
                 continue
+            if "pair" in r and not _good_pair(r["pair"]):  # the timing stands, not the pair
+                del r["pair"]
+                r["pair_skipped"] = "reference not compared: the runner's round medians " \
+                    "are missing or not numbers"
             good[kind].append(r)
         problems += [f"{f} x{t}: missing from the runner's results"
                      for f, t in sorted(planned - seen)]

@@ -34,6 +34,14 @@ class Board:
                                   distinct=True)
     warmup: int = param(10, "Untimed invocations before timing.", low=0)
     runs: int = param(100, "Timed invocations per model and thread count.", low=1)
+    # A case timed beside its reference (bench/reference.py) runs interleaved rounds until
+    # both: at least min_rounds rounds (the verdict's samples per model; Mann-Whitney U needs
+    # 5 per side to reach p < 0.01) and min_seconds of timed invokes per model (a microsecond
+    # model gets more invokes per round, not a verdict on 20 invokes).
+    min_rounds: int = param(20, "Rounds of a case timed beside its reference, at least.",
+                            low=5)
+    min_seconds: float = param(0.5, "Seconds of timed invokes per model of such a case, at "
+                               "least.", low=0, high=600)
     connect_timeout_s: int = param(10, "Seconds ssh waits for the connection.", low=1)
     timeout_s: float = param(0.0, "0 = derived from the plan (see bench.plan_deadline_s).",
                              low=0)

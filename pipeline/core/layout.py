@@ -9,6 +9,8 @@
     <root>/reports/nightly.{json,md,png}
     <root>/bench/<board>/                          the plan staged for a board
     <root>/peak/peak_<variant><suffix>             synthetic GEMMs
+    <root>/references/<sha256><suffix>, <board>.json  models last timed, by SHA-256
+    <root>/nightly-references/                     the same, of the last accepted nightly
     <root>/logs/<build>/                           TensorBoard logs
     <root>/nightly/<UTC stamp>/, nightly.lock, history.sqlite, .doit.db
     <root>/params.json                             the resolved params of the last build
@@ -154,6 +156,21 @@ class Layout:
     def bench_dir(self, board: str) -> Path:
         """Where a board's plan and its files are staged before they are pushed."""
         return self.bench_root() / board
+
+    def references_dir(self) -> Path:
+        """Models kept by SHA-256 to be timed beside their successors (bench/reference.py)."""
+        return self.root / "references"
+
+    def reference_model(self, sha256: str, suffix: str) -> Path:
+        return self.references_dir() / f"{sha256}{suffix}"
+
+    def reference_index(self, board: str) -> Path:
+        """build/variant -> SHA-256 of the model last timed on `board`."""
+        return self.references_dir() / f"{board}.json"
+
+    def accepted_references_dir(self) -> Path:
+        """The last accepted nightly's references, seeded into each nightly's run directory."""
+        return self.root / "nightly-references"
 
     def peak_dir(self) -> Path:
         return self.root / "peak"

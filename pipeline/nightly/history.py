@@ -11,7 +11,10 @@ Schema (artifacts/history.sqlite unless --db says otherwise; times are UTC ISO 8
               an emulator, pipeline/virtual_k1/manage.py; its latency is gated by nothing)
                                                               -- per run x board
     latency   run_id, build, variant, board, threads,
-              p50_us, p90_us, init_ms, status ('ok' | 'failed'), error
+              p50_us, p90_us, init_ms, status ('ok' | 'failed'), error,
+              ratio, ratio_low, ratio_high, p_value, word, sha256, reference_sha256
+              (the side-by-side verdict against the reference, pipeline/core/verdict.py;
+              NULL when the case was timed alone)
                                                               -- per run x build x variant
                                                                  x board x threads
 
@@ -88,6 +91,13 @@ CREATE TABLE IF NOT EXISTS latency (
     init_ms REAL,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error TEXT,
+    ratio REAL,
+    ratio_low REAL,
+    ratio_high REAL,
+    p_value REAL,
+    word TEXT,
+    sha256 TEXT,
+    reference_sha256 TEXT,
     PRIMARY KEY (run_id, build, variant, board, threads)
 );
 """
@@ -100,11 +110,18 @@ TABLES = {"runs": {"id", "started_utc", "ended_utc", "status", "commit_sha", "di
                       "init_ms", "status", "error"}}
 # Columns holding figures: a value of another type there (a hand-edited row) is no figure.
 NUMERIC = {"accuracy", "agreement", "drift_pt", "bytes", "train_s", "p50_us", "p90_us",
-           "init_ms", "wall_s"}
+           "init_ms", "wall_s", "ratio", "ratio_low", "ratio_high", "p_value"}
 # Columns added after the first schema: an older database lacks them until the nightly's
 # connect() adds them (a read-only reader sees their rows without them: callers use .get),
 # and an older pending record.json lacks them (inserted with the default).
-ADDED_COLUMNS = {("boards", "emulated"): "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {("boards", "emulated"): "INTEGER NOT NULL DEFAULT 0",
+                 # the side-by-side verdict (pipeline/core/verdict.py) and the bytes judged
+                 ("latency", "ratio"): "REAL", ("latency", "ratio_low"): "REAL",
+                 ("latency", "ratio_high"): "REAL", ("latency", "p_value"): "REAL",
+                 ("latency", "word"): "TEXT", ("latency", "sha256"): "TEXT",
+                 ("latency", "reference_sha256"): "TEXT"}
+VERDICT_COLUMNS = {"ratio": "ratio", "ratio_low": "low", "ratio_high": "high", "p_value": "p",
+                   "word": "word"}
 FINAL_STATUSES = ("ok", "failed", "breached")
 COMPLETED = ("ok", "breached")  # runs whose figures are whole and count for trends
 # How long the nightly waits for a database that another connection holds (a sqlite3 shell
@@ -301,6 +318,23 @@ def no_runtime_rows(run_dir: Path, board: str) -> int:
     return len(missing) if partial and bench_succeeded(doc) else 0
 
 
+def verdict_columns(result: dict[str, Any], failed: bool) -> dict[str, Any]:
+    """The side-by-side verdict of a board's result row as history columns (all None when the
+    case had none, failed, or its verdict is not made of numbers and a known word)."""
+    verdict = result.get("verdict")
+    out: dict[str, Any] = {c: None for c in VERDICT_COLUMNS}
+    shas = {k: result.get(k) if isinstance(result.get(k), str) else None
+            for k in ("sha256", "reference_sha256")}
+    if failed or not isinstance(verdict, dict):
+        return {**out, **shas}
+    values = {c: verdict.get(k) for c, k in VERDICT_COLUMNS.items()}
+    numbers = all(isinstance(values[c], (int, float)) and not isinstance(values[c], bool)
+                  for c in ("ratio", "ratio_low", "ratio_high", "p_value"))
+    if not numbers or values["word"] not in ("faster", "same", "slower", "environment"):
+        return {**out, **shas}
+    return {**values, **shas}
+
+
 def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list[dict]]:
     """(board rows, case rows) from reports/latency/<board>.json, read defensively.
 
@@ -346,7 +380,8 @@ def read_latency(run_dir: Path, boards: Sequence[str]) -> tuple[list[dict], list
                           "p50_us": None if failed else r.get("p50_us"),
                           "p90_us": None if failed else r.get("p90_us"),
                           "init_ms": r.get("init_ms"), "status": "failed" if failed else "ok",
-                          "error": str(r.get("error") or "no p50") if failed else None})
+                          "error": str(r.get("error") or "no p50") if failed else None,
+                          **verdict_columns(r, failed)})
     return board_rows, cases
 
 
@@ -373,11 +408,15 @@ def _insert_run(db: HistoryDB, record: dict[str, Any]) -> None:
         "INSERT INTO boards (run_id, board, status, error, emulated) VALUES (:run_id, :board,"
         " :status, :error, :emulated)",
         [{"run_id": run_id, "emulated": 0, **r} for r in record["boards"]])
+    verdict = {c: None for c in (*VERDICT_COLUMNS, "sha256", "reference_sha256")}
     db.executemany(
         "INSERT INTO latency (run_id, build, variant, board, threads, p50_us, p90_us,"
-        " init_ms, status, error) VALUES (:run_id, :build, :variant, :board, :threads,"
-        " :p50_us, :p90_us, :init_ms, :status, :error)",
-        [{"run_id": run_id, **r} for r in record["latency"]])
+        " init_ms, status, error, ratio, ratio_low, ratio_high, p_value, word, sha256,"
+        " reference_sha256) VALUES (:run_id, :build, :variant, :board, :threads,"
+        " :p50_us, :p90_us, :init_ms, :status, :error, :ratio, :ratio_low, :ratio_high,"
+        " :p_value, :word, :sha256, :reference_sha256)",
+        # an older pending record.json has no verdict columns: NULL
+        [{"run_id": run_id, **verdict, **r} for r in record["latency"]])
     db.execute("UPDATE runs SET status = ?, ended_utc = ?, wall_s = ?, message = ?,"
                " inputs_hash = ? WHERE id = ?",
                (record["status"], record["ended_utc"], record["wall_s"], record["message"],

@@ -112,8 +112,10 @@ def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
     doit_db = Layout(run_dir).doit_db()
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()):
         rel = path.relative_to(run_dir).as_posix()
+        # references/ holds the last accepted nightly's models, inputs of the bench's
+        # verdict (pipeline/bench/reference.py), not products of this run.
         if rel in NOT_ARTIFACTS or path == doit_db or path.name.startswith(doit_db.name) \
-                or ".partial" in path.name:
+                or ".partial" in path.name or rel.startswith("references/"):
             continue
         out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return out

@@ -19,6 +19,7 @@ from pipeline.core.layout import NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG, Layout
 from pipeline.core.params import NightlyParams, load_params, section_dict
 from pipeline.core.text import EMULATED, clean_text, escape_md, fmt_value
 from pipeline.core.variants import accuracy_floor, drift_gated_variants, rank
+from pipeline.core.verdict import describe, gate_breached
 
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
 
@@ -92,11 +93,13 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
                                      if h["latency"].get(key, {}).get("p50_us") is not None)}
         row["change_vs_prev_pct"] = _pct(row["p50_us"], row["p50_prev"])
         row["change_vs_median_pct"] = _pct(row["p50_us"], row["p50_median"])
-        change = row["change_vs_median_pct"]
-        row["mark"] = ("" if change is None or abs(change) <= params.max_latency_regression_pct
-                       else f"p50 {change:+.1f} % vs median")
-        if row["mark"] and row["emulated"]:
-            row["mark"] += " (emulated: not gated)"
+        # The side-by-side verdict against the reference (verdict.py); the p50 columns
+        # above are a trend across nights, measured in different sessions: no gate.
+        row["verdict"] = verdict_of(now)
+        row["mark"] = ""
+        if row["verdict"] and gate_breached(row["verdict"], params.max_latency_regression_pct):
+            row["mark"] = "slower than its reference" + (
+                " (emulated: not gated)" if row["emulated"] else "")
         latency.append(row)
     # A board of the previous run that this run's inventory no longer has: its rows stay in
     # the table, marked, rather than vanishing; it is no failure and no gate.
@@ -118,6 +121,15 @@ def compare(current: Figures, previous: Figures | None, history: Sequence[Figure
 NO_COMPARISON: dict[str, list] = {"accuracy": [], "latency": [], "boards": []}
 
 
+def verdict_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A history latency row's verdict columns as verdict.py's dict, or None (timed alone)."""
+    if row.get("word") is None or row.get("ratio") is None:
+        return None
+    return {"ratio": row["ratio"], "low": row.get("ratio_low"), "high": row.get("ratio_high"),
+            "p": row.get("p_value"), "word": row["word"],
+            "reference_sha256": row.get("reference_sha256")}
+
+
 def emulated(figures: Figures | None, board: str) -> bool:
     """Whether `board` is an emulator in these figures (history's boards.emulated; a row of
     an older database has no such column: a real board)."""
@@ -129,8 +141,8 @@ def board_label(board: str, is_emulated: bool) -> str:
 
 
 def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str, Any]]:
-    """Every gate the run breaches: accuracy floors, int8 drift, latency regression against
-    the median of earlier runs, failed boards and failed cases. An emulated board's latency is
+    """Every gate the run breaches: accuracy floors, int8 drift, a latency regression against
+    the reference timed side by side (verdict.gate_breached), failed boards and failed cases. An emulated board's latency is
     the emulator's, so it has no regression gate; its board and case gates (which include its
     predictions equalling the host's) count fully."""
     found = []
@@ -165,16 +177,17 @@ def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str
             breach(r["build"], r["variant"], r["board"], "case", "failed", "status ok",
                    f"{where}: case FAILED: {clean_text(r['error'])}")
             continue
-        change = r["change_vs_median_pct"]
         if r.get("emulated"):
             continue
-        if change is not None and change > params.max_latency_regression_pct:
-            breach(r["build"], r["variant"], r["board"], "p50_us", r["p50_us"],
-                   f"<= median {r['p50_median']:.1f} µs + {params.max_latency_regression_pct} %",
-                   f"{where}: p50 {r['p50_us']:.1f} µs is {change:.1f} % above the median "
-                   f"{r['p50_median']:.1f} µs of the last {r['runs_in_median']} run(s), more "
-                   f"than nightly.max_latency_regression_pct = "
-                   f"{params.max_latency_regression_pct}")
+        v = r.get("verdict")
+        if gate_breached(v, params.max_latency_regression_pct):
+            breach(r["build"], r["variant"], r["board"], "latency_ratio", v["ratio"],
+                   f"interval below 1 + {params.max_latency_regression_pct} %",
+                   f"{where}: {v['ratio']:.3f}x its reference "
+                   f"{str(v.get('reference_sha256'))[:12]} timed side by side (99 % interval "
+                   f"{v['low']:.3f}-{v['high']:.3f}, p={v['p']:.2g}): slower, and a regression "
+                   f"of nightly.max_latency_regression_pct = "
+                   f"{params.max_latency_regression_pct} % is within the interval")
     return found
 
 
@@ -207,8 +220,7 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
                    f"{previous['started_utc']}) and with the median of the {len(history_ids)} "
                    f"completed run(s) before this one ({', '.join(map(str, history_ids))}).")
     else:
-        against = ("No earlier completed run to compare with (the latency gate starts with the "
-                   "next run).")
+        against = "No earlier completed run to compare with."
     lines += [f"Started {run['started_utc']}, {verdict}. {against}", ""]
     if note:
         lines += [f"**{escape_md(note)}**", ""]
@@ -230,10 +242,17 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
           fmt_value(r["p50_us"], ".1f"),
           fmt_value(r["p50_prev"], ".1f"), fmt_value(r["change_vs_prev_pct"], "+.1f"),
           fmt_value(r["p50_median"], ".1f"), fmt_value(r["change_vs_median_pct"], "+.1f"),
+          describe(r.get("verdict")) or ("alone" if r["status"] == "ok" else ""),
           r["mark"] or ("" if r["status"] == "ok" else f"FAILED {escape_md(r['error'])}")]
          for r in comparison["latency"]],
         headers=["build", "variant", "board", "thr", "p50", "prev", "Δ% prev", "median",
-                 "Δ% median", "mark"], tablefmt="github", disable_numparse=True), ""]
+                 "Δ% median", "vs reference", "mark"], tablefmt="github",
+        disable_numparse=True), "",
+        "vs reference: tonight's model timed side by side with the last accepted night's on "
+        "the same board, interleaved in rounds: ratio of medians [99 % interval], Mann-Whitney "
+        "p, and faster / same / slower, or environment when the bytes are the same (the ratio "
+        "then measures the board and its software). The gate reads this column; the p50 "
+        "columns are a trend across nights (other sessions, other load), not a gate.", ""]
     for b in comparison["boards"]:
         name = escape_md(board_label(b["board"], bool(b.get("emulated"))))
         if b.get("emulated") and b["status"] != "dropped":

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pipeline.bench.reference import accept_references, seed_references
 from pipeline.nightly import history
 from pipeline.nightly import lock as nightly_lock
 from pipeline.nightly import report as nightly_report
@@ -388,6 +389,9 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
         run.manifest = {"git": {"commit": commit, "dirty": dirty},
                         "params_hash": canonical_hash(asdict(params))}
         seeded = seed_datasets(artifacts, run.run_dir, params.datasets, params.dataset_specs())
+        # Tonight's models are timed beside the last accepted night's (bench/reference.py).
+        references = seed_references(Layout(artifacts).accepted_references_dir(),
+                                     Layout(run.run_dir))
         try:
             run.run_id = history.start_run(run.db, started, commit, dirty,
                                            run.manifest["params_hash"], str(run.run_dir),
@@ -397,6 +401,7 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
             log(f"error: history database: {exc}; nothing was run")
             return EXIT_FAILED
         progress(f"run {run.run_id} in {run.run_dir} ({seeded} cached archive(s) seeded; "
+                 f"references of {references} board(s) from the last accepted run; "
                  f"boards: {', '.join(b.name for b in boards) or 'none'})")
         child_env = {**env, "PIPELINE_ARTIFACTS": str(run.run_dir.resolve()),
                      "PIPELINE_PARAMS": str(params_path.resolve()),
@@ -500,6 +505,11 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
                       f"are kept in {pending} and the next nightly records them")
         nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro,
                                      note=unrecorded)
+    if run.recorded and outcome == "ok":  # accepted: its models are the next references
+        try:
+            accept_references(Layout(run.run_dir), Layout(artifacts).accepted_references_dir())
+        except OSError as exc:
+            progress(f"references not kept for the next run: {exc}")
     if run.recorded:
         _prune(run, params, progress)
     progress(f"reports: {reports / NIGHTLY_MD}, manifest: {run.run_dir / MANIFEST_JSON}")
