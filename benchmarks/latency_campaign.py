@@ -108,11 +108,54 @@ def run_kind(kind: str, nights: int, board: Board, built: dict[str, Path], sampl
         doc = night(board, models, references, samples, work, hog)
         verdicts = {f"{r['build']}/{r['variant']}": r.get("verdict") for r in doc["results"]}
         breached = sorted(key for key, v in verdicts.items() if gate_breached(v, gate_pct))
-        outcomes.append({"verdicts": verdicts, "breached": breached})
+        outcomes.append({"verdicts": verdicts, "breached": breached, "doc": doc})
         print(f"  {kind} night {number + 1:2}: " + "; ".join(
             f"{key} {describe(v)}" for key, v in sorted(verdicts.items()))
             + (f"  BREACH {', '.join(breached)}" if breached else ""), flush=True)
     return {"kind": kind, "outcomes": outcomes}
+
+
+def history_demo(nights: Sequence[dict[str, Any]], work: Path) -> list[str]:
+    """The nights (unchanged, then regression) recorded in a real history database, as the
+    nightly records them; the last night's nightly.md (its latency table, its breach and the
+    change points over all nights) is returned for the page."""
+    import dataclasses
+    import json
+
+    from pipeline.core.params import load_params
+    from pipeline.nightly import history
+    from pipeline.nightly import report as nightly_report
+
+    params = load_params(REPO / "params.toml").nightly
+    db = history.connect(work / "history.sqlite")
+    for number, doc in enumerate(nights, 1):
+        run_dir = work / f"night{number:02}"
+        (run_dir / "reports" / "latency").mkdir(parents=True)
+        (run_dir / "reports" / "latency" / "campaign.json").write_text(json.dumps(doc))
+        # what the nightly's manifest would say: the regression nights built another model
+        regressed = number > len(nights) // 2
+        manifest = {"code_hash": "widened" if regressed else "code", "packages": {},
+                    "machine": {}}
+        (run_dir / "manifest.json").write_text(json.dumps(manifest))
+        started = f"2026-11-{number:02}T02:00:00Z" if number <= 30 else \
+            f"2026-12-{number - 30:02}T02:00:00Z"
+        run_id = history.start_run(db, started, "c", False,
+                                   "params-wide" if regressed else "params", str(run_dir))
+        boards, latency = history.read_latency(run_dir, ["campaign"])
+        current = history.as_figures([], boards, latency)
+        assessment = nightly_report.assess(db, run_id, current, params)
+        status = "breached" if assessment["breaches"] else "ok"
+        history.finish_run(db, run_id, status, started, 1.0, [], boards, latency)
+    row = {**history.run_row(db, run_id)}
+    nightly_report.write_reports(row, current, assessment, params, work / "reports")
+    md = (work / "reports" / "nightly.md").read_text()
+    keep = [line for line in md.splitlines()
+            if not line.startswith(("Trends over", "All runs"))]
+    return ["## The last regression night's nightly.md (a history of these nights)", "",
+            f"The {len(nights)} nights above without the hog, recorded in order in a real "
+            "history database (unchanged, then regression), and the nightly report of the "
+            "last one:", "", *[line.replace("# ", "### ", 1) if line.startswith("#") else line
+                              for line in keep], ""]
 
 
 def spread(values: Sequence[float]) -> str:
@@ -168,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                             gate_pct)
                    for kind in ("unchanged", "regression", "unchanged + hog",
                                 "regression + hog")]
+        demo = history_demo([o["doc"] for r in results[:2] for o in r["outcomes"]],
+                            Path(tmp) / "history")
     wall = time.monotonic() - started
     macs = (784 + 10) * WIDER / ((784 + 10) * HIDDEN)
     lines = ["# Latency verdict campaign (measured)", "",
@@ -186,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
              "here. The hog is one busy Python loop (one core of this 2-core host).", ""]
     for result in results:
         lines += summarise(result)
+    lines += demo
     text = "\n".join(lines)
     print("\n" + text)
     args.page.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,11 @@ from pipeline.core.params import NightlyParams, load_params, section_dict
 from pipeline.core.text import EMULATED, clean_text, escape_md, fmt_value
 from pipeline.core.variants import accuracy_floor, drift_gated_variants, rank
 from pipeline.core.verdict import describe, gate_breached
+from pipeline.nightly.changes import find_changes
+from pipeline.nightly.changes import render as render_changes
 
+# Nights the change-point search looks back over (the gate's median uses history_runs).
+CHANGE_NIGHTS = 100
 Figures = dict[str, Any]  # one run's {"accuracy": {...}, "latency": {...}, "boards": {...}}
 
 
@@ -198,7 +202,8 @@ def _title(run: dict[str, Any]) -> str:
 
 def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, history_ids: list[int],
                     comparison: dict[str, Any], found: list[dict[str, Any]],
-                    reproducibility: dict[str, Any] | None, note: str | None = None) -> str:
+                    reproducibility: dict[str, Any] | None, note: str | None = None,
+                    changes: Sequence[dict[str, Any]] | None = None) -> str:
     from tabulate import tabulate
 
     lines = [_title(run), ""]
@@ -264,6 +269,8 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
             lines.append(f"- board **{name}** dropped from the inventory since "
                          f"run {previous['id'] if previous else '?'} (its last figures are "
                          "shown as prev)")
+    if changes is not None:
+        lines += ["", *render_changes(changes)]
     lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]
     return "\n".join(lines) + "\n"
 
@@ -293,8 +300,12 @@ def assess(db: Any, run_id: int | None, current: Figures, params: NightlyParams,
     else:
         comparison = compare(current, figs[previous["id"]] if previous else None,
                              [figs[r["id"]] for r in earlier], params)
+    # Change points need a longer view than the gate's median: up to CHANGE_NIGHTS nights.
+    trend = [] if failed else history.completed_runs(
+        db, CHANGE_NIGHTS, None if run_id is None else run_id - 1)
     return {"earlier": earlier, "figures": figs, "comparison": comparison,
-            "breaches": breaches(comparison, params)}
+            "breaches": breaches(comparison, params), "trend_runs": trend,
+            "trend_figures": history.figures(db, [r["id"] for r in trend])}
 
 
 def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, Any],
@@ -308,14 +319,18 @@ def write_reports(run: dict[str, Any], current: Figures, assessment: dict[str, A
     previous = earlier[-1] if earlier else None
     history_ids = [r["id"] for r in earlier]
     reports_dir = Path(reports_dir)
+    changes = None
+    if run.get("status") != "failed" and "trend_runs" in assessment:
+        changes = find_changes([*assessment["trend_runs"], run],
+                               {**assessment["trend_figures"], run.get("id"): current})
     write_json(reports_dir / NIGHTLY_JSON, {
         "run": run, "previous_run": previous["id"] if previous else None,
         "median_of_runs": history_ids, "gates": section_dict(params),
         "breaches": assessment["breaches"], "reproducibility": reproducibility, "note": note,
-        **assessment["comparison"]})
+        **assessment["comparison"], "change_points": changes})
     write_text(reports_dir / NIGHTLY_MD, render_markdown(
         run, previous, history_ids, assessment["comparison"], assessment["breaches"],
-        reproducibility, note))
+        reproducibility, note, changes))
     shown = [*earlier, run] if run.get("id") is not None else list(earlier)
     render_chart(shown, {**assessment["figures"], run.get("id"): current},
                  reports_dir / NIGHTLY_PNG, params)
