@@ -8,8 +8,9 @@ board: plan, runner, one child process per case, check, verdict), two builds, in
 
 - wide_mlp: Flatten -> Dense(4096) -> Dense(10), a peak-style model of 3.25 M MACs. On an
   unchanged night it is rebuilt with other weights (other bytes, the same cost): its verdict
-  must say "same", never "slower". On a regression night it is the same layer widened to 4506
-  units: 10.0 % more MACs, a real 10 % slower model (what it costs is measured and printed);
+  must say "same", never "slower". On a regression night it is the same layer widened to 4588
+  units: 12.0 % more MACs, a model at least 10 % slower (what it costs is measured and
+  printed: the regression nights' ratio);
 - mnist_mlp: the K1 MLP, the same bytes every night: an A/A pair, "environment", never gated.
 
 Each is timed beside its reference (the night before's model) as the bench does it. Four kinds
@@ -40,7 +41,11 @@ from pipeline.core.boards import Board  # noqa: E402
 from pipeline.core.params import load_params  # noqa: E402
 from pipeline.core.verdict import describe, gate_breached  # noqa: E402
 
-HIDDEN, WIDER = 4096, 4506   # (784 + 10) x 4506 / ((784 + 10) x 4096) = 1.1001
+# (784 + 10) x 4588 / ((784 + 10) x 4096) = 1.120 more MACs. Measured here: 10.0 % more MACs
+# (4506 units) cost 9.6 % (median ratio 1.096 over 20 nights): flagged "slower" every night,
+# but just below a 10 % gate, whose interval reaches 1.10 on 15 of 20 nights only. 12 % more
+# MACs make a model at least 10 % slower, the regression the gate is there to catch.
+HIDDEN, WIDER = 4096, 4588
 PAGE = REPO / "docs" / "measured" / "latency_campaign.md"
 
 
@@ -227,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
              "model). Gate: a \"slower\" verdict (Mann-Whitney p < 0.01 and ratio >= 1.02) "
              f"whose 99 % interval reaches 1 + {gate_pct:g} %. wide_mlp is 3.25 M MACs; "
              f"its regression is the same model with {100 * (macs - 1):.1f} % more MACs "
-             "(Dense 4096 -> 4506); the regression nights' ratio below is what that costs "
+             "(Dense 4096 -> 4588); the regression nights' ratio below is what that costs "
              "here. The hog is one busy Python loop (one core of this 2-core host).", ""]
     for result in results:
         lines += summarise(result)

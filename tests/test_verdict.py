@@ -82,16 +82,31 @@ def test_unchanged_is_same():
     assert v.word == "same" and not verdict.gate_breached(v, 10)
 
 
-def test_word_at_the_significance_level_and_the_minimum_effect():
+def test_word_at_the_significance_level_the_minimum_effect_and_the_interval():
     alpha, effect = 0.01, 0.02
-    slow = 1 + effect
-    assert verdict.word_for(slow, alpha, False, alpha, effect) == "same"  # p == alpha: not <
-    assert verdict.word_for(slow, math.nextafter(alpha, 0), False, alpha, effect) == "slower"
-    assert verdict.word_for(math.nextafter(slow, 0), 0.001, False, alpha, effect) == "same"
+    slow, low, high = 1 + effect, 1.01, 1.03
+    word = verdict.word_for
+    assert word(slow, low, high, alpha, False, alpha, effect) == "same"  # p == alpha: not <
+    assert word(slow, low, high, math.nextafter(alpha, 0), False, alpha, effect) == "slower"
+    assert word(math.nextafter(slow, 0), low, high, 0.001, False, alpha, effect) == "same"
+    assert word(slow, 1.0, high, 0.001, False, alpha, effect) == "same"  # interval holds 1
+    assert word(slow, math.nextafter(1.0, 2), high, 0.001, False, alpha, effect) == "slower"
     fast = 1 / (1 + effect)
-    assert verdict.word_for(fast, 0.001, False, alpha, effect) == "faster"
-    assert verdict.word_for(math.nextafter(fast, 2), 0.001, False, alpha, effect) == "same"
-    assert verdict.word_for(2.0, 0.0, True, alpha, effect) == "environment"
+    assert word(fast, 0.97, 0.99, 0.001, False, alpha, effect) == "faster"
+    assert word(fast, 0.97, 1.0, 0.001, False, alpha, effect) == "same"
+    assert word(math.nextafter(fast, 2), 0.97, 0.99, 0.001, False, alpha, effect) == "same"
+    assert word(2.0, 1.9, 2.1, 0.0, True, alpha, effect) == "environment"
+
+
+def test_two_levels_in_the_rounds_give_no_slower_word_when_the_interval_holds_1():
+    # A preempted stretch: half of the candidate's rounds 30 % slow. The medians' ratio and
+    # p look like a slowdown (p < 0.01, ratio 1.15); the interval still reaches 1.
+    rng = np.random.default_rng(6)
+    a = rounds(rng, 30, 100.0)
+    b = np.concatenate([rounds(rng, 15, 100.0), rounds(rng, 15, 130.0)])
+    v = verdict.judge(a, b, same_bytes=False)
+    assert v.p < 0.01 and v.ratio > 1.1 and v.high > 1.1
+    assert v.low <= 1 and v.word == "same" and not verdict.gate_breached(v, 10)
 
 
 def test_gate_at_the_interval_boundary():
