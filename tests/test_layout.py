@@ -74,7 +74,7 @@ def test_no_other_module_spells_the_tree_by_hand():
     # train's CLI writes logs beside a model it is given anywhere, outside any tree.
     allowed = {("train.py", 'args.log_dir or args.out.parent / "logs")')}
     offenders = []
-    for path in [*sorted((REPO / "pipeline").glob("*.py")), REPO / "dodo.py"]:
+    for path in [*sorted((REPO / "pipeline").rglob("*.py")), REPO / "dodo.py"]:  # every package
         if path.name == "layout.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):

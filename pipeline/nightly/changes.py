@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.core.layout import Layout
+
 # Fewer nights than this in a segment are not a level: one bad night is an outlier, not a
 # change (the verdict of that night already speaks for it).
 MIN_NIGHTS = 3
@@ -77,8 +79,7 @@ def _manifest(run: dict[str, Any]) -> dict[str, Any] | None:
 
 def _board_runtimes(run: dict[str, Any], board: str) -> dict[str, Any] | None:
     try:
-        doc = json.loads((Path(run.get("run_dir") or "") / "reports" / "latency"
-                          / f"{board}.json").read_text())
+        doc = json.loads(Layout(Path(run.get("run_dir") or "")).board_result(board).read_text())
     except (OSError, ValueError):
         return None
     return {"runtimes": doc.get("runtimes"), "machine": doc.get("machine")}
