@@ -39,8 +39,8 @@ from pipeline.core.formats import FORMATS
 from pipeline.core.layout import Layout
 from pipeline.core.params import (OVERRIDE_ENV, ParamsError, load_params, resolved,
                                   section_dict, write_resolved)
-from pipeline.core.variants import (VARIANTS, other_int8_variants, reference_int8_variant,
-                               variant_names)
+from pipeline.core.variants import (ONNX_FLOAT32, ONNX_INT8, VARIANTS, other_int8_variants,
+                                   reference_int8_variant, variant_names)
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 OVERRIDES = os.environ.get(OVERRIDE_ENV, "")
@@ -89,7 +89,8 @@ CODE = {task: CODE_DEPS.of(*(f"pipeline.{m}" for m in modules)) for task, module
     "preprocess": ["stages.preprocess"], "train": ["stages.train"],
     "convert": ["stages.convert"], "convert_onnx": ["stages.convert_onnx"],
     "evaluate": ["stages.evaluate"], "peak": ["bench.floor"], "curves": ["stages.curves"],
-    "analysis": ["stages.analysis"], "layers": ["stages.layers"], "card": ["stages.card"],
+    "analysis": ["stages.analysis"], "layers": ["stages.layers", "stages.layers_onnx"],
+    "card": ["stages.card"],
     "bench": ["bench.session", "bench.report"]}.items()}
 CODE_DEPS.save()
 # The task families that write some build's models (variants.py's producer): convert, and,
@@ -486,13 +487,19 @@ def task_layers():
     for build in PARAMS.builds:
         report_dir = LAYOUT.report_dir(build.name)
         outputs = LAYOUT.layers_outputs(build.name)
+        # With onnx_int8 (convert.onnx): layers_onnx.* too, from onnx_float32 and onnx_int8.
+        onnx = (tuple(LAYOUT.variant_path(build.name, v) for v in (ONNX_FLOAT32, ONNX_INT8))
+                if ONNX_INT8 in variant_names(PARAMS.convert, build.float_layers) else None)
+        if onnx:
+            outputs = [*outputs, *LAYOUT.layers_onnx_outputs(build.name)]
         yield {
             "name": build.name,
             "doc": f"{build.name} int8 error per tensor -> {report_dir / 'layers.md'}",
             "actions": [(_guarded, [_stage("stages.layers.run"), build.name, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
-                                    report_dir])],
-            "file_dep": [*CODE["layers"], keras_model(build.name), dataset_npz(build.dataset)],
+                                    report_dir, onnx])],
+            "file_dep": [*CODE["layers"], keras_model(build.name), dataset_npz(build.dataset),
+                         *(onnx or ())],
             "targets": outputs,
             # The debugger calibrates as convert does: those three keys, not extra_variants.
             "uptodate": [config_changed({"layers": section_dict(PARAMS.layers), "convert": {

@@ -41,6 +41,8 @@ ANALYSIS_FILES = ("analysis.md", "confusion.json", "confusion.png", "misclassifi
                   "misclassified_int8.png", "int8_damage.json", "int8_damage.png",
                   "int8_fixes.png")
 LAYERS_FILES = ("layers.md", "layers.csv", "layers.png")
+# Written beside them when the build has onnx_int8 (convert.onnx).
+LAYERS_ONNX_FILES = ("layers_onnx.md", "layers_onnx.json")
 LATENCY_FORMATS = ("json", "md", "png")
 # File names inside reports/ of the nightly report (nightly_report.py writes them into the
 # main tree's reports/, whichever run directory it describes).
@@ -124,6 +126,9 @@ class Layout:
 
     def layers_outputs(self, build: str) -> list[Path]:
         return [self.report_dir(build) / name for name in LAYERS_FILES]
+
+    def layers_onnx_outputs(self, build: str) -> list[Path]:
+        return [self.report_dir(build) / name for name in LAYERS_ONNX_FILES]
 
     def latency_dir(self) -> Path:
         """One result document per board."""

@@ -153,10 +153,13 @@ def render_chart(build: str, rows: Sequence[dict[str, Any]], path: Path) -> None
     plt.close(fig)
 
 
-@outputs_together()  # layers.md, .csv and .png: all of them, or none
+@outputs_together()  # layers.md, .csv and .png (and layers_onnx.*): all of them, or none
 def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertParams,
-        params: LayersParams, report_dir: Path) -> list[dict[str, Any]]:
-    """The doit action: per-layer error of the build's int8 model; layers.{md,csv,png}."""
+        params: LayersParams, report_dir: Path,
+        onnx_models: tuple[Path, Path] | None = None) -> list[dict[str, Any]]:
+    """The doit action: per-layer error of the build's int8 model; layers.{md,csv,png}.
+    `onnx_models` (onnx_float32, onnx_int8 paths): also layers_onnx.{md,json} on the same
+    test images (layers_onnx.py)."""
     from pipeline.stages.convert import checked_sample_count, representative_indices
     from pipeline.stages.preprocess import load_arrays
     from pipeline.stages.train import load_model
@@ -167,9 +170,10 @@ def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertPa
             convert_params.representative_samples, len(arrays["y_train"]),
             "convert.representative_samples", f"{data_path} has only", "training images"),
         convert_params.seed)]
-    debug = arrays["x_test"][representative_indices(arrays["y_test"], checked_sample_count(
+    indices = representative_indices(arrays["y_test"], checked_sample_count(
         params.samples, len(arrays["y_test"]), "layers.samples", f"{data_path} has only",
-        "test images"), params.seed)]
+        "test images"), params.seed)
+    debug = arrays["x_test"][indices]
     # The converter, the debugger's own interpreter and the SavedModel loader all print.
     with native_output_hidden():
         rows = layer_errors(load_model(model_path), representative, debug,
@@ -179,11 +183,24 @@ def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertPa
     render_chart(build, rows, report_dir / "layers.png")
     markdown = render_markdown(build, rows, len(debug))
     write_text(report_dir / "layers.md", markdown)
+    if onnx_models is not None:
+        _onnx_report(build, onnx_models, debug, [int(i) for i in indices], report_dir)
     if rows:  # one line on the console; the ranking is in layers.md
         worst = rows[0]
         print(f"{report_dir / 'layers.md'}: {len(rows)} int8 tensors; worst "
               f"{worst['tensor']!r} at {worst['rmse_over_scale']:.3f} quantization steps")
     return rows
+
+
+def _onnx_report(build: str, onnx_models: tuple[Path, Path], debug: np.ndarray,
+                 indices: list[int], report_dir: Path) -> None:
+    from pipeline.stages import layers_onnx
+
+    rows = layers_onnx.layer_errors(*onnx_models, debug)
+    layers_onnx.write_reports(build, rows, indices, report_dir)
+    if rows:
+        print(f"{report_dir / 'layers_onnx.md'}: {len(rows)} onnx_int8 activations; worst "
+              f"{rows[0]['tensor']!r} at {rows[0]['rmse_over_scale']:.3f} quantization steps")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
