@@ -185,6 +185,9 @@ def run(build: str, model_path: Path, data_path: Path, convert_params: ConvertPa
     write_text(report_dir / "layers.md", markdown)
     if onnx_models is not None:
         _onnx_report(build, onnx_models, debug, [int(i) for i in indices], report_dir)
+    else:  # a build without onnx_int8 (any more): no ONNX report describing an old model
+        for stale in layout.LAYERS_ONNX_FILES:
+            (report_dir / stale).unlink(missing_ok=True)
     if rows:  # one line on the console; the ranking is in layers.md
         worst = rows[0]
         print(f"{report_dir / 'layers.md'}: {len(rows)} int8 tensors; worst "
@@ -210,10 +213,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("data", type=Path, help="dataset .npz written by preprocess")
     parser.add_argument("--params", type=Path, default=Path("params.toml"))
     parser.add_argument("--report-dir", type=Path, default=Path("."))
+    parser.add_argument("--onnx", type=Path, nargs=2, metavar=("FLOAT32", "INT8"),
+                        help="onnx_float32 and onnx_int8: also layers_onnx.{md,json}")
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     params = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
-    run(args.build, args.model, args.data, params.convert, params.layers, args.report_dir)
+    run(args.build, args.model, args.data, params.convert, params.layers, args.report_dir,
+        tuple(args.onnx) if args.onnx else None)
 
 
 if __name__ == "__main__":
