@@ -355,65 +355,13 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
     saved_handlers = {sig: signal.signal(sig, on_signal)
                       for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            info = {"pid": os.getpid(), "started_utc": started, "run_dir": str(run.run_dir)}
-            for path in lock_paths:
-                locks.append(nightly_lock.acquire(path, info))
-            run.locked = True
-        except nightly_lock.NightlyLocked as exc:
-            log(f"error: {exc}")
-            return EXIT_LOCKED
-        except nightly_lock.LockUnusable as exc:
-            log(f"error: {exc}")
-            return EXIT_FAILED
-        try:
-            run.db = history.connect(db_path, db_timeout_s)
-            for run_id, what in history.settle_unfinished_runs(run.db, utc_now(), db_timeout_s):
-                progress(f"run {run_id}: {what}")
-                if "marked failed" in what:
-                    try:
-                        _fix_abandoned(run.db, run_id, reports, params, progress)
-                    except OSError as exc:
-                        progress(f"could not mark run {run_id}'s files failed: {exc}")
-        except history.HistoryError as exc:
-            log(f"error: history database: {exc}")
-            return EXIT_FAILED
-        run.run_dir.mkdir(parents=True)
-        # What this run was made with, whatever happens next (the build's own params task
-        # writes the same file once doit gets that far).
-        write_resolved(Layout(run.run_dir).resolved_params(), params, params_path,
-                       env.get(OVERRIDE_ENV, ""))
-        code = code_hash(project)
-        build_params = {k: v for k, v in asdict(params).items() if k != "nightly"}
-        commit, dirty = git_state(project)
-        run.manifest = {"git": {"commit": commit, "dirty": dirty},
-                        "params_hash": canonical_hash(asdict(params))}
-        seeded = seed_datasets(artifacts, run.run_dir, params.datasets, params.dataset_specs())
-        # Tonight's models are timed beside the last accepted night's (bench/reference.py).
-        references = seed_references(Layout(artifacts).accepted_references_dir(),
-                                     Layout(run.run_dir))
-        try:
-            run.run_id = history.start_run(run.db, started, commit, dirty,
-                                           run.manifest["params_hash"], str(run.run_dir),
-                                           db_timeout_s)
-        except history.HistoryError as exc:
-            shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was done in it yet
-            log(f"error: history database: {exc}; nothing was run")
-            return EXIT_FAILED
-        progress(f"run {run.run_id} in {run.run_dir} ({seeded} cached archive(s) seeded; "
-                 f"references of {references} board(s) from the last accepted run; "
-                 f"boards: {', '.join(b.name for b in boards) or 'none'})")
-        child_env = {**env, "PIPELINE_ARTIFACTS": str(run.run_dir.resolve()),
-                     "PIPELINE_PARAMS": str(params_path.resolve()),
-                     "PIPELINE_BOARDS": str(boards_path.resolve())}
-        run.stage = "doit"
-        status = run_graph(project, run.run_dir, child_env, progress,
-                           lambda child: setattr(run, "child", child), run.events,
-                           run.disk_full)
-        run.stage = "record"
-        progress(f"doit finished with exit status {status}; recording")
-        return _record(run, params, boards, project, artifacts, code, build_params, status,
-                       t0, progress, log, db_timeout_s)
+        refused = _lock(run, lock_paths, locks, log)
+        if refused is None:
+            refused = _open_history(run, db_path, db_timeout_s, reports, params, progress, log)
+        if refused is not None:
+            return refused
+        return _build_and_record(run, project, artifacts, params, params_path, boards,
+                                 boards_path, env, db_timeout_s, t0, progress, log)
     except Terminated as exc:
         for sig in saved_handlers:  # a second signal must not interrupt the cleanup
             signal.signal(sig, signal.SIG_IGN)
@@ -429,6 +377,97 @@ def nightly(project: Path, artifacts: Path, params_path: Path, boards_path: Path
             signal.signal(sig, handler)
 
 
+def _build_and_record(run: Run, project: Path, artifacts: Path, params: Params,
+                      params_path: Path, boards: Sequence[Board], boards_path: Path,
+                      env: dict[str, str], db_timeout_s: float, t0: float,
+                      progress: Callable[[str], None], log: Callable[[str], None]) -> int:
+    """With the locks held and the database open: start the run, let doit build everything
+    in its directory, record it; the exit status."""
+    run.run_dir.mkdir(parents=True)
+    # What this run was made with, whatever happens next (the build's own params task
+    # writes the same file once doit gets that far).
+    write_resolved(Layout(run.run_dir).resolved_params(), params, params_path,
+                   env.get(OVERRIDE_ENV, ""))
+    code = code_hash(project)
+    build_params = {k: v for k, v in asdict(params).items() if k != "nightly"}
+    if not _start_run(run, project, artifacts, params, boards, db_timeout_s, progress, log):
+        return EXIT_FAILED
+    child_env = {**env, "PIPELINE_ARTIFACTS": str(run.run_dir.resolve()),
+                 "PIPELINE_PARAMS": str(params_path.resolve()),
+                 "PIPELINE_BOARDS": str(boards_path.resolve())}
+    run.stage = "doit"
+    status = run_graph(project, run.run_dir, child_env, progress,
+                       lambda child: setattr(run, "child", child), run.events, run.disk_full)
+    run.stage = "record"
+    progress(f"doit finished with exit status {status}; recording")
+    return _record(run, params, boards, project, artifacts, code, build_params, status,
+                   t0, progress, log, db_timeout_s)
+
+
+def _lock(run: Run, lock_paths: Sequence[Path], locks: list[int],
+          log: Callable[[str], None]) -> int | None:
+    """Take every lock (each fd appended to `locks`, which the caller releases); the exit
+    status when one cannot be taken, else None."""
+    try:
+        info = {"pid": os.getpid(), "started_utc": run.started_utc, "run_dir": str(run.run_dir)}
+        for path in lock_paths:
+            locks.append(nightly_lock.acquire(path, info))
+        run.locked = True
+    except nightly_lock.NightlyLocked as exc:
+        log(f"error: {exc}")
+        return EXIT_LOCKED
+    except nightly_lock.LockUnusable as exc:
+        log(f"error: {exc}")
+        return EXIT_FAILED
+    return None
+
+
+def _open_history(run: Run, db_path: Path, db_timeout_s: float, reports: Path, params: Params,
+                  progress: Callable[[str], None], log: Callable[[str], None]) -> int | None:
+    """Open the history database and settle runs a killed nightly left unfinished (their
+    files marked failed too); EXIT_FAILED when the database cannot be used, else None."""
+    try:
+        run.db = history.connect(db_path, db_timeout_s)
+        for run_id, what in history.settle_unfinished_runs(run.db, utc_now(), db_timeout_s):
+            progress(f"run {run_id}: {what}")
+            if "marked failed" in what:
+                try:
+                    _fix_abandoned(run.db, run_id, reports, params, progress)
+                except OSError as exc:
+                    progress(f"could not mark run {run_id}'s files failed: {exc}")
+    except history.HistoryError as exc:
+        log(f"error: history database: {exc}")
+        return EXIT_FAILED
+    return None
+
+
+def _start_run(run: Run, project: Path, artifacts: Path, params: Params,
+               boards: Sequence[Board], db_timeout_s: float, progress: Callable[[str], None],
+               log: Callable[[str], None]) -> bool:
+    """The run's manifest start, its seeded datasets and its history row; False (its empty
+    directory removed) when the database refuses the row."""
+    assert run.db is not None
+    commit, dirty = git_state(project)
+    run.manifest = {"git": {"commit": commit, "dirty": dirty},
+                    "params_hash": canonical_hash(asdict(params))}
+    seeded = seed_datasets(artifacts, run.run_dir, params.datasets, params.dataset_specs())
+    # Tonight's models are timed beside the last accepted night's (bench/reference.py).
+    references = seed_references(Layout(artifacts).accepted_references_dir(),
+                                 Layout(run.run_dir))
+    try:
+        run.run_id = history.start_run(run.db, run.started_utc, commit, dirty,
+                                       run.manifest["params_hash"], str(run.run_dir),
+                                       db_timeout_s)
+    except history.HistoryError as exc:
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was done in it yet
+        log(f"error: history database: {exc}; nothing was run")
+        return False
+    progress(f"run {run.run_id} in {run.run_dir} ({seeded} cached archive(s) seeded; "
+             f"references of {references} board(s) from the last accepted run; "
+             f"boards: {', '.join(b.name for b in boards) or 'none'})")
+    return True
+
+
 def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, artifacts: Path,
             code: str, build_params: dict[str, Any], status: int, t0: float,
             progress: Callable[[str], None], log: Callable[[str], None],
@@ -442,22 +481,11 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     builds = [b.name for b in params.builds]
     accuracy = history.read_accuracy(run.run_dir, builds)
     board_rows, latency = history.read_latency(run.run_dir, [b.name for b in boards])
-    for b in board_rows:
-        cases = [c for c in latency if c["board"] == b["board"]]
-        bad = sum(c["status"] != "ok" for c in cases)
-        no_runtime = history.no_runtime_rows(run.run_dir, b["board"])
-        progress(f"board {b['board']}: {b['status']}, {len(cases)} case(s)"
-                 + (f", {bad} failed" if bad else "")
-                 + (f", {no_runtime} row(s) NO RUNTIME (see latency.md)" if no_runtime else "")
-                 + (f": {clean_text(b['error'])}" if b["error"] else ""))
+    for line in _board_lines(run.run_dir, board_rows, latency):
+        progress(line)
     missing = missing_reports(run.run_dir, expected_reports(params))
-    datasets = dataset_hashes(run.run_dir, params.datasets, params.dataset_specs())
-    inputs_hash = canonical_hash({"params": build_params, "code": code, "datasets": datasets,
-                                  "models": user_model_hashes(params)})
-    artifacts_now = artifact_hashes(run.run_dir)
-    repro = reproducibility(artifacts_now, inputs_hash, _previous_manifest(run.db, run.run_id),
-                            [b.name for b in boards])
-    repro["summary"] += unstable_names_note(run.run_dir, builds)
+    datasets, inputs_hash, artifacts_now, repro = _inputs_and_repro(run, params, boards, code,
+                                                                     build_params)
     current = history.as_figures(accuracy, board_rows, latency)
     assessment = _assess(run.db, run.run_id, current, params, failed=False)
     found = assessment["breaches"]
@@ -494,15 +522,8 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         # cannot be kept whole.
         except (OSError, DiskFullError) as exc:
             return _unwritable(run, target, exc, t0, log, db_timeout_s)
-    progress(f"writing run {run.run_id} to {run.db.path} (waits up to {db_timeout_s:.0f} s "
-             "for a busy database)")
-    unrecorded = None
-    try:
-        history.finish_run(run.db, **{k: v for k, v in record.items()}, timeout_s=db_timeout_s)
-        run.recorded = True
-    except history.HistoryError as exc:
-        unrecorded = (f"run {run.run_id} is not in the history database yet: {exc}; its figures "
-                      f"are kept in {pending} and the next nightly records them")
+    unrecorded = _commit(run, record, db_timeout_s, progress)
+    if unrecorded:
         nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro,
                                      note=unrecorded)
     if run.recorded and outcome == "ok":  # accepted: its models are the next references
@@ -514,17 +535,72 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
         _prune(run, params, progress)
     progress(f"reports: {reports / NIGHTLY_MD}, manifest: {run.run_dir / MANIFEST_JSON}")
     progress(repro["summary"])
-    if missing:
+    return _verdict(run.run_id, outcome, message, found, unrecorded, t0, log)
+
+
+def _commit(run: Run, record: dict[str, Any], db_timeout_s: float,
+            progress: Callable[[str], None]) -> str | None:
+    """Write the run's row; None when it is in the database, else why not (its figures stay
+    in record.json for the next nightly)."""
+    assert run.db is not None
+    progress(f"writing run {run.run_id} to {run.db.path} (waits up to {db_timeout_s:.0f} s "
+             "for a busy database)")
+    try:
+        history.finish_run(run.db, **{k: v for k, v in record.items()}, timeout_s=db_timeout_s)
+        run.recorded = True
+    except history.HistoryError as exc:
+        return (f"run {run.run_id} is not in the history database yet: {exc}; its figures "
+                f"are kept in {run.run_dir / history.PENDING} and the next nightly records them")
+    return None
+
+
+def _inputs_and_repro(run: Run, params: Params, boards: Sequence[Board], code: str,
+                      build_params: dict[str, Any]
+                      ) -> tuple[dict[str, Any], str, dict[str, str], dict[str, Any]]:
+    """(dataset hashes, the hash of every input, the artifacts' hashes, the reproducibility
+    verdict against the previous run's manifest)."""
+    assert run.db is not None and run.run_id is not None
+    datasets = dataset_hashes(run.run_dir, params.datasets, params.dataset_specs())
+    inputs_hash = canonical_hash({"params": build_params, "code": code, "datasets": datasets,
+                                  "models": user_model_hashes(params)})
+    artifacts_now = artifact_hashes(run.run_dir)
+    repro = reproducibility(artifacts_now, inputs_hash, _previous_manifest(run.db, run.run_id),
+                            [b.name for b in boards])
+    repro["summary"] += unstable_names_note(run.run_dir, [b.name for b in params.builds])
+    return datasets, inputs_hash, artifacts_now, repro
+
+
+def _board_lines(run_dir: Path, board_rows: Sequence[dict], latency: Sequence[dict]
+                 ) -> list[str]:
+    """One progress line per board: its status, cases, failures and NO RUNTIME rows."""
+    lines = []
+    for b in board_rows:
+        cases = [c for c in latency if c["board"] == b["board"]]
+        bad = sum(c["status"] != "ok" for c in cases)
+        no_runtime = history.no_runtime_rows(run_dir, b["board"])
+        lines.append(f"board {b['board']}: {b['status']}, {len(cases)} case(s)"
+                     + (f", {bad} failed" if bad else "")
+                     + (f", {no_runtime} row(s) NO RUNTIME (see latency.md)" if no_runtime
+                        else "")
+                     + (f": {clean_text(b['error'])}" if b["error"] else ""))
+    return lines
+
+
+def _verdict(run_id: int, outcome: str, message: str | None, breaches: Sequence[dict],
+             unrecorded: str | None, t0: float, log: Callable[[str], None]) -> int:
+    """The run's last lines (failure, each breach, not recorded, the outcome) and its exit
+    status."""
+    if outcome == "failed":
         log(f"NIGHTLY FAILED: {message}")
-    for b in found:
+    for b in breaches:
         log(f"GATE BREACHED: {b['message']}")
     if unrecorded:
         log(f"NOT RECORDED: {unrecorded}")
-    log(f"nightly run {run.run_id}: {outcome.upper()}{' (NOT RECORDED)' if unrecorded else ''}"
+    log(f"nightly run {run_id}: {outcome.upper()}{' (NOT RECORDED)' if unrecorded else ''}"
         f", total wall time {time.monotonic() - t0:.1f} s")
     if unrecorded:
         return EXIT_UNRECORDED
-    return EXIT_FAILED if missing else (EXIT_BREACHED if found else 0)
+    return EXIT_FAILED if outcome == "failed" else (EXIT_BREACHED if breaches else 0)
 
 
 def _unwritable(run: Run, target: Path, exc: OSError | DiskFullError, t0: float,
