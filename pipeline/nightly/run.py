@@ -526,16 +526,21 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     if unrecorded:
         nightly_report.write_reports(row, current, assessment, params.nightly, reports, repro,
                                      note=unrecorded)
-    if run.recorded and outcome == "ok":  # accepted: its models are the next references
-        try:
-            accept_references(Layout(run.run_dir), Layout(artifacts).accepted_references_dir())
-        except OSError as exc:
-            progress(f"references not kept for the next run: {exc}")
     if run.recorded:
+        if outcome == "ok":
+            _accept(run, artifacts, progress)
         _prune(run, params, progress)
     progress(f"reports: {reports / NIGHTLY_MD}, manifest: {run.run_dir / MANIFEST_JSON}")
     progress(repro["summary"])
     return _verdict(run.run_id, outcome, message, found, unrecorded, t0, log)
+
+
+def _accept(run: Run, artifacts: Path, progress: Callable[[str], None]) -> None:
+    """An accepted run's models become the next run's latency references."""
+    try:
+        accept_references(Layout(run.run_dir), Layout(artifacts).accepted_references_dir())
+    except OSError as exc:
+        progress(f"references not kept for the next run: {exc}")
 
 
 def _commit(run: Run, record: dict[str, Any], db_timeout_s: float,
