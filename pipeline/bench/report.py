@@ -12,18 +12,16 @@ stripped of control characters everywhere and escaped in markdown.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tabulate import tabulate
 
-from pipeline.core.text import (EMULATED, age_hours, board_label, clean_text, escape_md,
+from pipeline.core.text import (EMULATED, board_label, clean_text, escape_md,
                                 fmt_value, is_old, utc_now)
-from pipeline.core.files import atomic_path, sha256_file, write_json, write_text
+from pipeline.core.files import sha256_file, write_json, write_text
 from pipeline.bench.floor import floor_us, peak_rates, slower_with_more_threads
 from pipeline.core.formats import FORMATS
 from pipeline.core.layout import LATENCY_FORMATS, Layout

@@ -3,10 +3,10 @@
 A series is one build x variant x board x threads over the completed nights, oldest first: its
 p50 (a trend across sessions) and its A/A ratio (the side-by-side ratio of a night whose model
 had the same bytes as its reference: a measure of the board and its software). Change points
-come from ruptures (KernelCPD, linear kernel: a least-squares cost, in C) on log values, scaled by a robust
-noise estimate (the median absolute difference between consecutive nights), with a BIC-like
-penalty; a segment holds at least MIN_NIGHTS nights. Each change is named by the first night
-of the new segment, its size (median after / median before), and what differed between that
+come from ruptures (KernelCPD, linear kernel: a least-squares cost, in C) on log values,
+scaled by a robust noise estimate (the median absolute difference between consecutive
+nights), with a BIC-like penalty; a segment holds at least MIN_NIGHTS nights. Each change is
+named by the first night of the new segment, its size (median after / median before), and what differed between that
 night and the one before according to the history and the run manifests (commit, params,
 inputs, packages, the board's runtime versions, its machine line).
 

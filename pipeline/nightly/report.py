@@ -146,9 +146,9 @@ def board_label(board: str, is_emulated: bool) -> str:
 
 def breaches(comparison: dict[str, Any], params: NightlyParams) -> list[dict[str, Any]]:
     """Every gate the run breaches: accuracy floors, int8 drift, a latency regression against
-    the reference timed side by side (verdict.gate_breached), failed boards and failed cases. An emulated board's latency is
-    the emulator's, so it has no regression gate; its board and case gates (which include its
-    predictions equalling the host's) count fully."""
+    the reference timed side by side (verdict.gate_breached), failed boards and failed cases.
+    An emulated board's latency is the emulator's, so it has no regression gate; its board
+    and case gates (which include its predictions equalling the host's) count fully."""
     found = []
 
     def breach(build: str, variant: str, board: str, figure: str, value: Any, limit: str,
@@ -204,8 +204,6 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
                     comparison: dict[str, Any], found: list[dict[str, Any]],
                     reproducibility: dict[str, Any] | None, note: str | None = None,
                     changes: Sequence[dict[str, Any]] | None = None) -> str:
-    from tabulate import tabulate
-
     lines = [_title(run), ""]
     if run["status"] == "failed":
         # A failed run has no figures to compare: say so first, and where the last good
@@ -233,7 +231,18 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
         lines += ["## Breaches", "", *(f"- {escape_md(b['message'])}" for b in found), ""]
     if reproducibility:
         lines += ["## Reproducibility", "", f"- {escape_md(reproducibility['summary'])}", ""]
-    lines += ["## Accuracy, int8 drift, size", "", tabulate(
+    lines += _accuracy_table(comparison) + _latency_table(comparison)
+    lines += _board_notes(comparison, previous)
+    if changes is not None:
+        lines += ["", *render_changes(changes)]
+    lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_table(comparison: dict[str, Any]) -> list[str]:
+    from tabulate import tabulate
+
+    return ["## Accuracy, int8 drift, size", "", tabulate(
         [[r["build"], r["variant"], fmt_value(r["accuracy"], ".2f", 100),
           fmt_value(r["accuracy_prev"], ".2f", 100), fmt_value(r["accuracy_median"], ".2f", 100),
           fmt_value(r["drift_pt"], "+.2f"), fmt_value(r["drift_pt_prev"], "+.2f"),
@@ -241,7 +250,12 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
          for r in comparison["accuracy"]],
         headers=["build", "variant", "acc %", "prev", "median", "drift pt", "prev", "bytes",
                  "prev", "mark"], tablefmt="github", disable_numparse=True), ""]
-    lines += ["## p50 latency per board (µs)", "", tabulate(
+
+
+def _latency_table(comparison: dict[str, Any]) -> list[str]:
+    from tabulate import tabulate
+
+    return ["## p50 latency per board (µs)", "", tabulate(
         [[r["build"], r["variant"], escape_md(board_label(r["board"], r.get("emulated"))),
           r["threads"],
           fmt_value(r["p50_us"], ".1f"),
@@ -258,21 +272,24 @@ def render_markdown(run: dict[str, Any], previous: dict[str, Any] | None, histor
         "p, and faster / same / slower, or environment when the bytes are the same (the ratio "
         "then measures the board and its software). The gate reads this column; the p50 "
         "columns are a trend across nights (other sessions, other load), not a gate.", ""]
+
+
+def _board_notes(comparison: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    """One line per emulated, failed or dropped board."""
+    notes: list[str] = []
     for b in comparison["boards"]:
         name = escape_md(board_label(b["board"], bool(b.get("emulated"))))
         if b.get("emulated") and b["status"] != "dropped":
-            lines.append(f"- board **{name}**: its latency is the emulator's, never a board's: "
-                         "no p50 gate; its board, case and correctness gates count")
+            notes.append(f"- board **{name}**: its latency is the emulator's, never a board's: "
+                         "its latency verdict is shown, never gated; its board, case and "
+                         "correctness gates count")
         if b["status"] == "failed":
-            lines.append(f"- board **{name}** FAILED: {escape_md(b['error'])}")
+            notes.append(f"- board **{name}** FAILED: {escape_md(b['error'])}")
         elif b["status"] == "dropped":
-            lines.append(f"- board **{name}** dropped from the inventory since "
+            notes.append(f"- board **{name}** dropped from the inventory since "
                          f"run {previous['id'] if previous else '?'} (its last figures are "
                          "shown as prev)")
-    if changes is not None:
-        lines += ["", *render_changes(changes)]
-    lines += ["", "Trends over the last runs: nightly.png. All runs: `python -m pipeline.history`."]
-    return "\n".join(lines) + "\n"
+    return notes
 
 
 def render_chart(runs: Sequence[dict[str, Any]], figures: dict[int, Figures], path: Path,

@@ -490,11 +490,7 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     assessment = _assess(run.db, run.run_id, current, params, failed=False)
     found = assessment["breaches"]
     outcome = "failed" if missing else ("breached" if found else "ok")
-    # The cause first when doit said the disk was full: "no models/..." alone hides it.
-    cause = f"{run.disk_full[0]}; " if run.disk_full else ""
-    message = (cause + "; ".join(f"{build}: no {', '.join(files)}"
-                                 for build, files in missing.items())
-               + f" (see {run.run_dir / DOIT_LOG})") if missing else None
+    message = _missing_message(run, missing)
     ended, wall = utc_now(), time.monotonic() - t0
     run.manifest = {
         "run_id": run.run_id, "status": outcome, "message": message,
@@ -508,14 +504,13 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     reports = Layout(artifacts).reports_dir()
     record = history.run_record(run.run_id, outcome, ended, wall, accuracy, board_rows, latency,
                                 message, inputs_hash)
-    pending = run.run_dir / history.PENDING
     for target, write in (
             (run.run_dir / MANIFEST_JSON,
              lambda: write_json(run.run_dir / MANIFEST_JSON, run.manifest)),
             (reports / "nightly.{json,md,png}",  # Layout.nightly_reports(), all three
              lambda: nightly_report.write_reports(row, current, assessment, params.nightly,
                                                   reports, repro)),
-            (pending, lambda: history.keep_pending(run.run_dir, record))):
+            (run.run_dir / history.PENDING, lambda: history.keep_pending(run.run_dir, record))):
         try:
             write()
         # A full disk, most likely (files.py turns ENOSPC into DiskFullError): the run
@@ -533,6 +528,16 @@ def _record(run: Run, params: Params, boards: Sequence[Board], project: Path, ar
     progress(f"reports: {reports / NIGHTLY_MD}, manifest: {run.run_dir / MANIFEST_JSON}")
     progress(repro["summary"])
     return _verdict(run.run_id, outcome, message, found, unrecorded, t0, log)
+
+
+def _missing_message(run: Run, missing: dict[str, list[str]]) -> str | None:
+    """A failed run's message: the reports it lacks, after the cause when doit said the disk
+    was full ("no models/..." alone hides it)."""
+    if not missing:
+        return None
+    cause = f"{run.disk_full[0]}; " if run.disk_full else ""
+    return (cause + "; ".join(f"{build}: no {', '.join(files)}" for build, files in missing.items())
+            + f" (see {run.run_dir / DOIT_LOG})")
 
 
 def _accept(run: Run, artifacts: Path, progress: Callable[[str], None]) -> None:

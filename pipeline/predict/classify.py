@@ -6,8 +6,9 @@
 Photos of a digit on paper (noise, blur, uneven light, shadows, any pen colour, a page edge,
 ruled lines), scans, screenshots; any size and Pillow mode; the EXIF orientation of phone
 pictures is applied. Each picture is brought to the model's input contract, read from the
-build's model card (pipeline/predict/photo.py): the ink is found against the paper, cropped, fitted in
-the card's box and centred (MNIST: 20x20 by centre of mass in 28x28), light on black.
+build's model card (pipeline/predict/photo.py): the ink is found against the paper, cropped,
+fitted in the card's box and centred (MNIST: 20x20 by centre of mass in 28x28), light on
+black.
 `--show` writes that input as `<image>.input.png` beside each image (upscaled 10x, pixel for
 pixel), so you see what the model saw. An answer the models give for a picture unlike the
 training data (a low top-1 probability, or far more or less ink than any training digit) is

@@ -107,6 +107,13 @@ def canonical(model: Any) -> bytes:
         rename_value(value)
     for tensor in graph.initializer:
         tensor.name = constants.get(tensor.name, "")
+    _sort_by_name(graph)
+    model.doc_string = graph.doc_string = ""
+    return model.SerializeToString(deterministic=True)
+
+
+def _sort_by_name(graph: Any) -> None:
+    """Initializers (those still named: the ones some node reads) and value_info by name."""
     for field, keep in ((graph.initializer, lambda t: bool(t.name)),
                         (graph.value_info, lambda v: True)):
         ordered = sorted((item for item in field if keep(item)), key=lambda item: item.name)
@@ -115,8 +122,6 @@ def canonical(model: Any) -> bytes:
             copy.CopyFrom(item)
         del field[:]
         field.extend(copies)
-    model.doc_string = graph.doc_string = ""
-    return model.SerializeToString(deterministic=True)
 
 
 def _walk_from_outputs(graph: Any) -> list[Any]:
