@@ -547,7 +547,7 @@ def time_pair(candidate, reference_path: Path, threads: int, Interpreter, first_
             all_us[name].extend(samples_us)
             medians[name].append(float(np.median(samples_us)))
     return {"reference": reference_path.name, "rounds": len(orders),
-            "round_invokes": per_round, "first": "".join(orders),
+            "round_invokes": per_round, "pilot_us": pilot, "first": "".join(orders),
             "candidate_us": medians["candidate"], "reference_us": medians["reference"],
             "reference_p50_us": float(np.median(all_us["reference"])),
             "candidate_all_us": all_us["candidate"]}

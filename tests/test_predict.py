@@ -376,7 +376,7 @@ def test_missing_models_name_the_task_that_builds_them(build, tmp_path, capsys):
 
 def test_without_keras_predict_never_imports_tensorflow(build, digits, tmp_path):
     image = _write(tmp_path / "d.png", inverted(digits[0][3]))
-    probe = ("import sys; from pipeline import predict; "
+    probe = ("import sys; from pipeline.predict import classify as predict; "
              "status = predict.main(sys.argv[1:]); "
              "print(status, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     args = [str(image), "--build", BUILD, "--artifacts", str(build)]

@@ -1,6 +1,7 @@
 """board/runner.py on this host: a real interpreter on tiny converted models."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -605,8 +606,12 @@ def test_a_pair_is_timed_interleaved_until_rounds_and_seconds_are_reached(tmp_pa
     wall = time.perf_counter() - start
     pair = result["pair"]
     assert pair["reference"] == "1000us_old.tflite" and pair["rounds"] >= 12
-    # 0.3 s / 12 rounds / ~1.25 ms pilot: 20 invokes per round per model
-    assert pair["round_invokes"] == pytest.approx(20, abs=3)
+    # The pilot is the median of 3 + 3 invokes of both: at least the cheaper one's cost
+    # (clock bound), and on a loaded machine longer. 0.3 s / 12 rounds / pilot invokes per
+    # round: 20 at the nominal ~1.25 ms, fewer when the machine stretched the pilot.
+    assert pair["pilot_us"] >= 1000
+    assert pair["round_invokes"] == math.ceil(0.3e6 / 12 / pair["pilot_us"])
+    assert pair["round_invokes"] <= 25
     assert result["runs"] == pair["rounds"] * pair["round_invokes"]
     assert len(pair["candidate_us"]) == len(pair["reference_us"]) == pair["rounds"]
     # both models ran first in some rounds (the order is drawn per round)
