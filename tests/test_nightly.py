@@ -19,6 +19,7 @@ the signals are all real; only what doit runs is shorter.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -751,8 +752,34 @@ def test_expected_reports_follow_every_stage_and_variant():
     for rel in ("models/mnist_cnn/mnist_cnn.h5", "models/mnist_cnn/mnist_cnn_int8.tflite",
                 "reports/mnist_cnn/accuracy.json", "reports/mnist_cnn/training.png",
                 "reports/mnist_cnn/analysis.md", "reports/mnist_cnn/layers.md",
-                "models/mnist_cnn/model_card.md"):
+                "models/mnist_cnn/model_card.md", "reports/mnist_cnn/layers_onnx.md",
+                "reports/mnist_cnn/layers_onnx.json"):
         assert rel in cnn, rel
+    # Without onnx_int8 the layers task writes no layers_onnx.*: a nightly does not wait for it.
+    tflite_only = expected_reports(dataclasses.replace(
+        params, convert=dataclasses.replace(params.convert, onnx=False)))["mnist_cnn"]
+    assert set(cnn) - set(tflite_only) == {
+        *(f"models/mnist_cnn/mnist_cnn_{v}.onnx"
+          for v in ("onnx_float32", "onnx_int8", "onnx_int8_tflite")),
+        "reports/mnist_cnn/layers_onnx.md", "reports/mnist_cnn/layers_onnx.json"}
+
+
+def test_a_run_that_lost_its_onnx_layer_report_misses_it(tmp_path):
+    from pipeline.nightly.run import expected_reports, missing_reports
+    from pipeline.core.params import load_params
+
+    expected = expected_reports(load_params(Path(__file__).parent.parent / "params" /
+                                            "smoke.toml"))
+    for files in expected.values():
+        for rel in files:
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text("x")
+    assert missing_reports(tmp_path, expected) == {}
+    (tmp_path / "reports/mnist_mlp/layers_onnx.json").unlink()
+    (tmp_path / "reports/mnist_cnn/layers_onnx.md").write_text("")
+    assert missing_reports(tmp_path, expected) == {
+        "mnist_cnn": ["reports/mnist_cnn/layers_onnx.md"],
+        "mnist_mlp": ["reports/mnist_mlp/layers_onnx.json"]}
 
 
 def test_a_full_disk_under_the_run_directory_fails_the_run_naming_the_file(standin, tmp_path,

@@ -59,7 +59,7 @@ from pipeline.nightly.provenance import (DOIT_LOG, EVENTS_JSONL, MANIFEST_JSON, 
 from pipeline.nightly.retention import prune, remove_partials, run_stamp
 from pipeline.core.params import OVERRIDE_ENV, Params, ParamsError, load_params, write_resolved
 from pipeline.core.text import clean_text, utc_now
-from pipeline.core.variants import variant_names
+from pipeline.core.variants import ONNX_INT8, variant_names
 
 # doit's default tasks (the whole build, as dodo.py declares it), then `bench` for every board
 # in the inventory; both against the run directory's own database.
@@ -100,15 +100,17 @@ def seed_datasets(main_artifacts: Path, run_dir: Path, datasets: Sequence[str],
 
 def expected_reports(params: Params) -> dict[str, list[str]]:
     """Per build, every file its stages must produce (run-directory relative): the models,
-    accuracy, curves, analysis, layers and card. A stage that failed leaves some missing."""
+    accuracy, curves, analysis, layers (with onnx_int8: layers_onnx too, as the layers task
+    writes them) and card. A stage that failed leaves some missing."""
     layout, out = Layout(Path(".")), {}
     for build in params.builds:
         b = build.name
+        variants = variant_names(params.convert, build.float_layers)
         files = [layout.keras_model(b), layout.history_json(b),
-                 *(layout.variant_path(b, v)
-                   for v in variant_names(params.convert, build.float_layers)),
+                 *(layout.variant_path(b, v) for v in variants),
                  layout.accuracy_json(b), layout.accuracy_md(b), layout.training_png(b),
                  *layout.analysis_outputs(b), *layout.layers_outputs(b),
+                 *(layout.layers_onnx_outputs(b) if ONNX_INT8 in variants else ()),
                  layout.card_json(b), layout.card_md(b)]
         out[b] = [f.as_posix() for f in files]
     return out
