@@ -73,6 +73,17 @@ def built_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def pytest_configure(config):
+    """Under mutmut's first pass (which records which tests call which function it sets
+    MUTANT_UNDER_TEST=stats), a pipeline run in a child process (doit in a copied project)
+    would inherit the value and look for mutmut's configuration in that project's directory,
+    which fails. The pass records calls in this process only and mutmut keeps its own copy of
+    the value here, so the children run the plain code. A mutant's name stays inherited:
+    children run that mutant."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        del os.environ["MUTANT_UNDER_TEST"]
+
+
 @pytest.fixture(scope="session")
 def serve():
     """serve(directory) -> base URL of a real HTTP server on 127.0.0.1 for that directory."""

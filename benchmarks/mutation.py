@@ -1,0 +1,124 @@
+"""Mutation testing of one module at a time, against that module's own tests only.
+
+A plain `mutmut run` first runs every configured test file once ("collect stats"); one failing
+or slow file stops or slows every module's pass. This script runs mutmut per module in a copy
+of the checkout (build/mutation/<module>/, kept between runs, so a second run tests only the
+functions that changed) whose [tool.mutmut] mutates just that module and selects just the
+tests that `[tool.mutation_tests]` in pyproject.toml names for it. It prints one row per
+module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
+directory shows its diff).
+
+Usage: nice -n 10 python benchmarks/mutation.py [MODULE ...] [--max-children 2]
+With no MODULE, every module of [tool.mutation_tests]. Needs `pip install -e '.[test,mutation]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+SCRATCH = REPO / "build" / "mutation"
+
+
+def module_tests(pyproject: dict) -> dict[str, list[str]]:
+    """Each mutated module's own test files, from [tool.mutation_tests]."""
+    return pyproject["tool"]["mutation_tests"]
+
+
+def module_config(pyproject_text: str, module: str, tests: list[str]) -> str:
+    """pyproject.toml's text with [tool.mutmut] mutating only `module`, testing with `tests`
+    (its other settings kept)."""
+    base = dict(tomllib.loads(pyproject_text)["tool"]["mutmut"])
+    # The copy lives inside this checkout's build/: git would answer about the checkout.
+    base.update(only_mutate=[module], pytest_add_cli_args_test_selection=tests,
+                use_git_change_detection=False)
+    # JSON's strings, lists, numbers and booleans are also TOML's.
+    table = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items())
+    section = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n)*", re.MULTILINE)
+    new_text, count = section.subn(table + "\n", pyproject_text)
+    if count != 1:
+        raise SystemExit("pyproject.toml: expected one [tool.mutmut] table; restore it.")
+    return new_text
+
+
+def sync_checkout(dest: Path) -> None:
+    """Copy the checkout's tracked and untracked-but-not-ignored files to `dest` (unchanged
+    files are left alone, so mutmut sees only real changes); drop files gone from it."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    wanted = {name for name in listed if name and (REPO / name).is_file()}
+    for name in wanted:
+        src, dst = REPO / name, dest / name
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    for path in dest.rglob("*"):
+        name = path.relative_to(dest).as_posix()
+        if path.is_file() and name.split("/")[0] != "mutants" and name not in wanted:
+            path.unlink()
+
+
+def counts(stats: dict) -> dict[str, int]:
+    """mutmut's CI/CD figures as the table counts them: a mutant no test runs survived, a
+    timeout was killed."""
+    survived = stats["survived"] + stats["no_tests"] + stats["suspicious"]
+    killed = stats["killed"] + stats["timeout"] + stats["segfault"]
+    return {"mutants": stats["total"] - stats["skipped"], "killed": killed, "survived": survived}
+
+
+def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, list[str], float]:
+    """mutmut over `module` in its own copy of the checkout: the counts, the survivors' names
+    and the pass's wall time in seconds."""
+    dest = SCRATCH / module.replace("/", ".")
+    dest.mkdir(parents=True, exist_ok=True)
+    sync_checkout(dest)
+    (dest / "pyproject.toml").write_text(
+        module_config((REPO / "pyproject.toml").read_text(), module, tests))
+    mutmut = [sys.executable, "-m", "mutmut"]
+    start = time.monotonic()
+    subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=dest, check=True)
+    seconds = time.monotonic() - start
+    subprocess.run([*mutmut, "export-cicd-stats"], cwd=dest, check=True, capture_output=True)
+    stats = json.loads((dest / "mutants" / "mutmut-cicd-stats.json").read_text())
+    listed = subprocess.run([*mutmut, "results"], cwd=dest, check=True, capture_output=True,
+                            text=True).stdout
+    survivors = [line.split(":")[0].strip() for line in listed.splitlines()
+                 if line.rstrip().endswith(("survived", "no tests", "suspicious"))]
+    return counts(stats), survivors, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="e.g. pipeline/core/params.py")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args()
+    mapping = module_tests(tomllib.loads((REPO / "pyproject.toml").read_text()))
+    unknown = [m for m in args.modules if m not in mapping]
+    if unknown:
+        raise SystemExit(f"pyproject.toml [tool.mutation_tests] has no {', '.join(unknown)}; "
+                         "add the module with its test files there.")
+    rows = []
+    for module in args.modules or list(mapping):
+        found, survivors, seconds = run_module(module, mapping[module], args.max_children)
+        share = 100 * found["survived"] / found["mutants"] if found["mutants"] else 0.0
+        rows.append(f"| `{module}` | {found['mutants']} | {found['killed']} | "
+                    f"{found['survived']} | {share:.1f} % | {seconds / 60:.0f} min |")
+        print(f"{module}: survivors: {' '.join(survivors) or 'none'}")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""benchmarks/mutation.py: one module's mutmut configuration, and the per-module table that
+feeds it agrees with the whole-checkout [tool.mutmut]."""
+
+import runpy
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from tests.conftest import REPO
+
+mutation = runpy.run_path(str(REPO / "benchmarks" / "mutation.py"))
+PYPROJECT_TEXT = (REPO / "pyproject.toml").read_text()
+PYPROJECT = tomllib.loads(PYPROJECT_TEXT)
+
+
+def test_every_mutated_module_has_its_tests_and_every_test_file_is_selected():
+    whole = PYPROJECT["tool"]["mutmut"]
+    per_module = mutation["module_tests"](PYPROJECT)
+    assert sorted(per_module) == sorted(whole["only_mutate"])
+    named = {test for tests in per_module.values() for test in tests}
+    assert named == set(whole["pytest_add_cli_args_test_selection"])
+    assert all((REPO / test).is_file() for test in named)
+
+
+def test_a_modules_configuration_mutates_it_alone_with_its_tests_and_keeps_the_rest():
+    text = mutation["module_config"](PYPROJECT_TEXT, "pipeline/core/params.py",
+                                     ["tests/test_params.py"])
+    doc = tomllib.loads(text)
+    config, whole = doc["tool"]["mutmut"], PYPROJECT["tool"]["mutmut"]
+    assert config["only_mutate"] == ["pipeline/core/params.py"]
+    assert config["pytest_add_cli_args_test_selection"] == ["tests/test_params.py"]
+    assert config["use_git_change_detection"] is False
+    changed = {"only_mutate", "pytest_add_cli_args_test_selection", "use_git_change_detection"}
+    assert {k: v for k, v in config.items() if k not in changed} == \
+        {k: v for k, v in whole.items() if k not in changed}
+    assert doc["project"] == PYPROJECT["project"]
+    assert doc["tool"]["mutation_tests"] == PYPROJECT["tool"]["mutation_tests"]
+
+
+def test_counts_take_untested_mutants_as_survivors_and_timeouts_as_killed():
+    stats = {"killed": 10, "timeout": 2, "segfault": 1, "survived": 3, "no_tests": 4,
+             "suspicious": 1, "skipped": 5, "total": 26}
+    assert mutation["counts"](stats) == {"mutants": 21, "killed": 13, "survived": 8}
