@@ -557,14 +557,15 @@ def task_bench():
                                     peak_models(), PARAMS.bench.max_age_hours])],
             "file_dep": [*CODE["bench"], RUNNER, *models.values(), *peak_models().values(),
                          *set(datasets.values())],
-            "targets": [result],
+            "targets": [result, LAYOUT.board_samples(board.name)],
             # Out of date when the board's last figures are older than max_age_hours, so a
             # board that died since it was last timed is noticed.
             "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
                          (measured_within, [result, PARAMS.bench.max_age_hours])],
             # The board's result and its staged plan go; the shared report is rebuilt from
             # the other boards' results (it is not this task's alone).
-            "clean": [(_clean_board, [[result, LAYOUT.bench_dir(board.name)],
+            "clean": [(_clean_board, [[result, LAYOUT.board_samples(board.name),
+                                       LAYOUT.bench_dir(board.name)],
                                       (LAYOUT, BOARDS, models, PARAMS.bench.max_age_hours)])],
         }
 

@@ -30,6 +30,7 @@ def test_every_path_of_the_tree(tmp_path):
         a.training_png("b"): "reports/b/training.png",
         a.latency_dir(): "reports/latency",
         a.board_result("k1"): "reports/latency/k1.json",
+        a.board_samples("k1"): "reports/latency/k1.samples.ndjson.gz",
         a.latency_report("md"): "reports/latency.md",
         a.latency_lock(): "reports/.latency.lock",
         a.bench_dir("k1"): "bench/k1",

@@ -63,6 +63,8 @@ def test_files_of_a_board_dropped_from_the_inventory_are_dropped_not_missing():
 def test_board_files_are_the_boards_own_only():
     assert board_files("bench/k1/plan.json", "k1")
     assert board_files("reports/latency/k1.json", "k1")
+    assert board_files("reports/latency/k1.samples.ndjson.gz", "k1")
+    assert not board_files("reports/latency/k10.samples.ndjson.gz", "k1")
     assert not board_files("bench/k10/plan.json", "k1")
     assert not board_files("reports/latency/k10.json", "k1")
     assert not board_files("models/k1/k1.h5", "k1")

@@ -1,6 +1,8 @@
 """reference.py: which model each case is timed beside, the copies kept by SHA-256, the
 verdict attached to each pair, and two real benches of this machine one after the other."""
 
+import gzip
+import hashlib
 import json
 import shutil
 
@@ -13,7 +15,7 @@ from pipeline.core.boards import Board
 from pipeline.core.files import sha256_file
 from pipeline.core.layout import Layout
 from pipeline.core.verdict import judge
-from tests.conftest import synthetic_images
+from tests.conftest import REPO, synthetic_images
 
 
 def test_no_index_no_reference_and_no_note(tmp_path, tiny_models):
@@ -90,8 +92,10 @@ def test_a_second_bench_times_each_model_beside_the_first(tmp_path, tiny_models)
     mlp, cnn = rows["tiny_mlp/int8"], rows["tiny_cnn/int8"]
     assert mlp["verdict"]["word"] == "environment" and mlp["pair"]["rounds"] >= 6
     assert mlp["reference_sha256"] == mlp["sha256"]
+    [line] = [line for line, _ in reference.recompute_verdicts(layout.board_result("local"))]
+    assert len(line["candidate_us"]) == len(line["reference_us"]) == mlp["pair"]["rounds"]
     assert mlp["verdict"]["ratio"] == pytest.approx(
-        np.median(mlp["pair"]["candidate_us"]) / np.median(mlp["pair"]["reference_us"]))
+        np.median(line["candidate_us"]) / np.median(line["reference_us"]), rel=1e-12)
     assert "verdict" not in cnn and "takes [1, 28, 28, 1] int8" in cnn["pair_skipped"]
     assert second["reference_notes"] == [cnn["pair_skipped"]]
     saved = json.loads(layout.board_result("local").read_text())
@@ -124,3 +128,144 @@ def test_an_accepted_nights_references_seed_the_next_night(tmp_path, tiny_models
     assert sorted(p.name for p in accepted.iterdir()) == sorted(
         [f"{sha256_file(p)}.tflite" for p in newer.values()] + ["k1.json"])
     assert reference.seed_references(tmp_path / "nothing", Layout(tmp_path / "run3")) == 0
+
+
+def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, dict]:
+    """Two real benches of this machine into one (run) directory: the second times each model
+    beside the first's copy. Returns the layout, the board and the work copies of `models`."""
+    from pipeline.stages.preprocess import save_arrays
+
+    layout = Layout(tmp_path / "run")
+    labels = np.arange(20) % 10
+    data = tmp_path / "d.npz"
+    save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
+    work = tmp_path / "models"
+    work.mkdir()
+    copies = {}
+    for key, path in models.items():
+        copies[key] = work / f"{key.replace('/', '_')}{path.suffix}"
+        shutil.copy(path, copies[key])
+    board = Board(name="local", threads=threads, warmup=2, runs=10, min_rounds=6,
+                  min_seconds=0.03)
+    datasets = {key.split("/")[0]: data for key in models}
+    bench.run(board, copies, datasets, 10, layout, [board])
+    return layout, board, copies
+
+
+def test_every_verdict_is_recomputed_exactly_from_the_compressed_samples(
+        tmp_path, tiny_models, tiny_onnx_models):
+    """Point 5 of issue 19: the round medians kept in <board>.samples.ndjson.gz (named with
+    their SHA-256 by the board's result, not inline) give back exactly the ratio, interval, p
+    and word of every row in latency.json and in nightly.json (through the history database
+    and `python -m pipeline.nightly.report`): 1- and 2-thread rows, .tflite and ONNX rows,
+    A/A pairs and a model replaced by another of the same input contract."""
+    from pipeline.nightly import history
+    from pipeline.nightly import report as nightly_report
+
+    models = {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
+    models["tiny_mlp/onnx_float32"] = tiny_onnx_models["tiny_mlp/onnx_float32"]
+    layout, board, copies = bench_twice(tmp_path, models)
+    # tonight's CNN is the MLP's bytes (same int8 input): a real verdict, not an A/A pair
+    shutil.copy(tiny_models["tiny_mlp/int8"], copies["tiny_cnn/int8"])
+    second = bench.run(board, copies, {k.split("/")[0]: tmp_path / "d.npz" for k in copies},
+                       10, layout, [board])
+    result = json.loads(layout.board_result("local").read_text())
+    samples = layout.board_samples("local")
+    data = samples.read_bytes()
+    assert result["samples_file"] == {"name": samples.name,
+                                      "sha256": hashlib.sha256(data).hexdigest()}
+    assert all("candidate_us" not in r["pair"] and "reference_us" not in r["pair"]
+               for r in result["results"])  # kept once, in the samples file
+    lines = [json.loads(x) for x in gzip.decompress(data).decode().splitlines()]
+    assert len(lines) == len(second["results"]) == 6
+    recomputed = {(line["build"], line["variant"], line["threads"]): verdict.as_dict()
+                  for line, verdict in reference.recompute_verdicts(
+                      layout.board_result("local"))}
+    for line in lines:  # the samples are the verdict's inputs, judged by hand here
+        key = (line["build"], line["variant"], line["threads"])
+        assert len(line["candidate_us"]) == len(line["reference_us"]) >= 6
+        assert recomputed[key]["ratio"] == float(
+            np.median(line["candidate_us"]) / np.median(line["reference_us"]))
+    assert {k[2] for k in recomputed} == {1, 2}
+    words = {k: v["word"] for k, v in recomputed.items()}
+    assert words[("tiny_mlp", "onnx_float32", 2)] == "environment"
+    assert words[("tiny_cnn", "int8", 1)] != "environment"
+
+    def same(shown: dict, key: tuple) -> None:
+        expected = recomputed[key]
+        assert {k: shown[k] for k in ("ratio", "low", "high", "p", "word")} == {
+            k: expected[k] for k in ("ratio", "low", "high", "p", "word")}, key
+
+    rows = json.loads(layout.latency_report("json").read_text())["rows"]
+    for row in rows:
+        same(row["verdict"], (row["build"], row["variant"], row["threads"]))
+    assert len(rows) == 6
+
+    db_path = tmp_path / "history.sqlite"
+    db = history.connect(db_path)
+    board_rows, latency = history.read_latency(layout.root, ["local"])
+    run_id = history.start_run(db, "2026-12-06T00:00:00Z", None, None, "p", str(layout.root))
+    history.finish_run(db, run_id, "ok", "2026-12-06T00:01:00Z", 60.0, [], board_rows, latency)
+    db.close()
+    out = tmp_path / "reports"
+    nightly_report.main(["--db", str(db_path), "--params", str(REPO / "params.toml"),
+                         "--out", str(out)])
+    nightly = json.loads((out / "nightly.json").read_text())["latency"]
+    for row in nightly:
+        same(row["verdict"], (row["build"], row["variant"], row["threads"]))
+    assert len(nightly) == 6
+
+
+def test_the_samples_file_bytes_are_canonical():
+    results = [{"build": "b", "variant": v, "threads": t, "sha256": "s", "reference_sha256": "r",
+                "pair": {"rounds": 2, "candidate_us": [1.5, 2.25], "reference_us": [1.0, 3.0]}}
+               for v, t in (("int8", 2), ("float32", 1), ("int8", 1))]
+    data = reference.split_samples([dict(r, pair=dict(r["pair"])) for r in results], 0.01, 0.02)
+    assert data == reference.split_samples([dict(r, pair=dict(r["pair"]))
+                                            for r in reversed(results)], 0.01, 0.02)
+    assert data[4:8] == bytes(4)  # no time in the gzip header
+    lines = gzip.decompress(data).decode().splitlines()
+    assert lines[0] == ('{"alpha":0.01,"build":"b","candidate_us":[1.5,2.25],"min_effect":0.02,'
+                        '"reference_sha256":"r","reference_us":[1.0,3.0],"sha256":"s",'
+                        '"threads":1,"variant":"float32"}')
+    assert [json.loads(x)["variant"] + str(json.loads(x)["threads"]) for x in lines] == [
+        "float321", "int81", "int82"]
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("missing", "cannot read it"),
+    ("truncated", "is not the"),
+    ("not gzip", "not gzip'd JSON lines"),
+    ("a line without its medians", "line 1 lacks"),
+    ("no samples file named", "names no samples file"),
+])
+def test_a_missing_or_damaged_samples_file_is_one_line_naming_it(tmp_path, capsys, damage,
+                                                                    says):
+    layout = Layout(tmp_path)
+    line = {"build": "b", "variant": "int8", "threads": 1, "sha256": "s",
+            "reference_sha256": "r", "alpha": 0.01, "min_effect": 0.02,
+            "candidate_us": [1.0] * 6, "reference_us": [1.0] * 6}
+    if damage == "a line without its medians":
+        del line["reference_us"]
+    data = gzip.compress((json.dumps(line) + "\n").encode(), mtime=0)
+    if damage == "not gzip":
+        data = b"not gzip at all"
+    samples = layout.board_samples("k1")
+    samples.parent.mkdir(parents=True)
+    samples.write_bytes(data)
+    named = {"name": samples.name, "sha256": hashlib.sha256(data).hexdigest()}
+    if damage == "missing":
+        samples.unlink()
+    if damage == "truncated":
+        samples.write_bytes(data[:-3])
+    doc = {"board": "k1", "results": []}
+    if damage != "no samples file named":
+        doc["samples_file"] = named
+    layout.board_result("k1").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as exc:
+        reference.main([str(layout.board_result("k1"))])
+    message = str(exc.value)
+    assert says in message and len(message.splitlines()) == 1
+    assert str(samples if damage != "no samples file named" else layout.board_result("k1")) \
+        in message
+    assert capsys.readouterr().out == ""

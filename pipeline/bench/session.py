@@ -26,11 +26,12 @@ from pipeline import RUNNER, load_runner
 from pipeline.bench import report
 from pipeline.bench.floor import count_macs
 from pipeline.bench.plan import pick_samples, stage_plan
-from pipeline.bench.reference import attach_verdicts, keep_timed, references_for
+from pipeline.bench.reference import (attach_verdicts, keep_timed, references_for,
+                                      samples_reference, split_samples)
 from pipeline.bench.transport import BoardError, Progress, Transport, connect
 from pipeline.bench.validate import check_document
 from pipeline.core.boards import Board, load_boards
-from pipeline.core.files import write_json
+from pipeline.core.files import outputs_together, write_bytes, write_json
 from pipeline.core.layout import Layout
 from pipeline.core.text import clean_text, utc_now
 
@@ -215,7 +216,7 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         samples = labelled_samples(datasets, correctness_samples)
         document = bench_board(board, models, samples, layout.bench_root(), peak,
                                progress_printer(board), references, reference_notes)
-        write_json(result_path, document)
+        write_result(layout, board.name, document)
         keep_timed(layout, board.name, models, document["results"])
     except BaseException as exc:
         message = describe_failure(board, exc)
@@ -233,6 +234,17 @@ def run(board: Board, models: dict[str, Path], datasets: dict[str, Path],
         print(clean_text(missing_summary(document)))
     raise_on_bad_cases(board, document)
     return document
+
+
+def write_result(layout: Layout, board: str, document: dict) -> None:
+    """The board's result and, beside it, its pairs' round medians (compressed, named in the
+    result with their SHA-256; reference.split_samples): both files or neither."""
+    samples_path = layout.board_samples(board)
+    data = split_samples(document["results"], VERDICT_ALPHA, VERDICT_MIN_EFFECT)
+    document["samples_file"] = samples_reference(samples_path.name, data)
+    with outputs_together():
+        write_bytes(samples_path, data)
+        write_json(layout.board_result(board), document)
 
 
 def labelled_samples(datasets: dict[str, Path], count: int

@@ -5,6 +5,7 @@
     <root>/models/<build>/<build>.h5, history.json, <build>_<variant><suffix>, model_card.*
     <root>/reports/<build>/accuracy.*, training.png, analysis files, layers files
     <root>/reports/latency.{json,md,png}, reports/latency/<board>.json
+    <root>/reports/latency/<board>.samples.ndjson.gz  each pair's per-round medians
     <root>/reports/<build>/ops_<board>.{md,json}   per-op profiles (ONNX Runtime)
     <root>/reports/nightly.{json,md,png}
     <root>/bench/<board>/                          the plan staged for a board
@@ -49,6 +50,8 @@ LATENCY_FORMATS = ("json", "md", "png")
 NIGHTLY_JSON, NIGHTLY_MD, NIGHTLY_PNG = "nightly.json", "nightly.md", "nightly.png"
 LATENCY_LOCK = ".latency.lock"
 PLAN_JSON = "plan.json"
+# A board's verdict samples, beside its result (reports/latency/<board>.json).
+SAMPLES_SUFFIX = ".samples.ndjson.gz"
 # The resolved params, in artifacts/ (the params task) and in each nightly run directory.
 PARAMS_JSON = "params.json"
 
@@ -136,6 +139,11 @@ class Layout:
 
     def board_result(self, board: str) -> Path:
         return self.latency_dir() / f"{board}.json"
+
+    def board_samples(self, board: str) -> Path:
+        """The per-round medians of every case the board timed beside its reference (gzip'd
+        NDJSON, bench/reference.py): what its verdicts are recomputed from."""
+        return self.latency_dir() / f"{board}{SAMPLES_SUFFIX}"
 
     def latency_report(self, ext: str) -> Path:
         """reports/latency.<ext>, the report over all boards (ext in LATENCY_FORMATS)."""

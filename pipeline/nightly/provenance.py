@@ -125,7 +125,8 @@ def board_files(rel: str, board: str) -> bool:
     """Whether the run-directory file `rel` belongs to `board` (its plan, its results)."""
     layout = Layout(Path("."))
     return (rel.startswith(f"{layout.bench_dir(board).as_posix()}/")
-            or rel == layout.board_result(board).as_posix())
+            or rel in (layout.board_result(board).as_posix(),
+                       layout.board_samples(board).as_posix()))
 
 
 def user_model_hashes(params: Any) -> dict[str, str]:
