@@ -14,7 +14,7 @@ from pipeline.bench import session as bench
 from pipeline.core.boards import Board
 from pipeline.core.files import sha256_file
 from pipeline.core.layout import Layout
-from pipeline.core.verdict import judge
+from pipeline.core.verdict import describe, judge
 from tests.conftest import REPO, synthetic_images
 
 
@@ -269,3 +269,56 @@ def test_a_missing_or_damaged_samples_file_is_one_line_naming_it(tmp_path, capsy
     assert str(samples if damage != "no samples file named" else layout.board_result("k1")) \
         in message
     assert capsys.readouterr().out == ""
+
+
+def test_verdicts_are_judged_again_from_a_hand_made_samples_file(tmp_path, capsys):
+    """The fast path of the test above, on round medians made here: what the file holds, the
+    level and minimum effect it keeps per case, and what the command prints."""
+    rng = np.random.default_rng(11)
+    ref_us, slow_us = list(100 + rng.gamma(1.0, 1.0, 12)), list(103 + rng.gamma(1.0, 1.0, 12))
+    results = [{"build": "b", "variant": "int8", "threads": 2, "sha256": "new",
+                "reference_sha256": "old", "pair": {"rounds": 12, "candidate_us": slow_us,
+                                                    "reference_us": ref_us}},
+               {"build": "b", "variant": "float32", "threads": 1, "sha256": "same",
+                "reference_sha256": "same", "pair": {"rounds": 12, "candidate_us": ref_us,
+                                                     "reference_us": slow_us}},
+               {"build": "b", "variant": "onnx_int8", "threads": 1, "sha256": "x"}]
+    layout = Layout(tmp_path)
+    for min_effect, word in ((0.05, "same"), (0.02, "slower")):
+        data = reference.split_samples(json.loads(json.dumps(results)), 0.01, min_effect)
+        layout.board_samples("k1").parent.mkdir(parents=True, exist_ok=True)
+        layout.board_samples("k1").write_bytes(data)
+        named = reference.samples_reference("k1.samples.ndjson.gz", data)
+        layout.board_result("k1").write_text(json.dumps({"samples_file": named}))
+        cases = reference.recompute_verdicts(layout.board_result("k1"))
+        [(aa, aa_verdict), (slow, slow_verdict)] = cases  # float32 before int8
+        assert (aa["variant"], aa["threads"], slow["variant"], slow["threads"]) == (
+            "float32", 1, "int8", 2)
+        assert slow["min_effect"] == min_effect and slow["alpha"] == 0.01
+        assert (slow["sha256"], slow["reference_sha256"]) == ("new", "old")
+        assert slow["candidate_us"] == slow_us and slow["reference_us"] == ref_us
+        assert slow_verdict.ratio == float(np.median(slow_us) / np.median(ref_us))
+        assert slow_verdict.p < 0.01 and slow_verdict.word == word
+        assert aa_verdict.word == "environment" and aa_verdict.rounds == 12
+    stripped = json.loads(json.dumps(results))
+    reference.split_samples(stripped, 0.01, 0.02)
+    assert stripped[0]["pair"] == {"rounds": 12} and "pair" not in stripped[2]
+    reference.main([str(layout.board_result("k1"))])
+    assert capsys.readouterr().out.splitlines() == [
+        f"b/float32 x1: {describe(aa_verdict)}", f"b/int8 x2: {describe(slow_verdict)}"]
+
+
+def test_attach_verdicts_uses_the_level_and_minimum_effect_it_is_given():
+    rng = np.random.default_rng(12)
+    ref_us, new_us = list(100 + rng.gamma(1.0, 1.0, 12)), list(103 + rng.gamma(1.0, 1.0, 12))
+    plan = {"models": [{"file": "a", "sha256": "new", "reference": {"sha256": "old"}}]}
+    words = []
+    for alpha, min_effect in ((0.01, 0.02), (0.01, 0.05), (1e-9, 0.02)):
+        results = [{"model": "a", "pair": {"candidate_us": new_us, "reference_us": ref_us}}]
+        reference.attach_verdicts(results, plan, alpha, min_effect)
+        words.append(results[0]["verdict"]["word"])
+        assert results[0]["verdict"] == judge(ref_us, new_us, False, alpha, min_effect).as_dict()
+    assert words == ["slower", "same", "same"]
+    few = [{"model": "a", "pair": {"candidate_us": new_us[:4], "reference_us": ref_us[:4]}}]
+    reference.attach_verdicts(few, plan, 0.01, 0.02)
+    assert "verdict" not in few[0] and few[0]["reference_sha256"] == "old"

@@ -216,6 +216,7 @@ def test_warm_up_invokes_are_not_timed(tmp_path):
     assert result["first_us"] > 40_000 and result["max_us"] < 20_000
 
 
+@pytest.mark.other_python
 def test_no_runtime_and_no_numpy_have_their_own_messages(tmp_path):
     bare = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False).create(bare)
@@ -480,6 +481,7 @@ def test_provider_choice():
     assert choose(both, False, 1) == ["CPUExecutionProvider"]
 
 
+@pytest.mark.other_python
 def test_a_spacemit_ort_that_registers_nothing_is_reported_as_it_is(tmp_path, onnx_models):
     """A fake-but-real spacemit_ort (importable, registers no provider): the runner must
     report the providers the session really has, and say the package gave nothing."""
@@ -501,6 +503,7 @@ def test_a_spacemit_ort_that_registers_nothing_is_reported_as_it_is(tmp_path, on
     assert result["nodes_per_provider"].keys() == {"CPUExecutionProvider"}
 
 
+@pytest.mark.other_python
 def test_a_board_with_onnxruntime_only_times_onnx_and_marks_tflite(tmp_path, tiny_models,
                                                                    onnx_models):
     python = exposing_only(tmp_path / "venv", "onnxruntime")
@@ -520,6 +523,7 @@ def test_a_board_with_onnxruntime_only_times_onnx_and_marks_tflite(tmp_path, tin
     assert len(by_model) == 3 and all("p50_us" in r for r in by_model.values())
 
 
+@pytest.mark.other_python
 def test_a_board_with_tflite_only_marks_the_onnx_rows(tmp_path, tiny_models, onnx_models):
     python = exposing_only(tmp_path / "venv", "ai_edge_litert")
     models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"],
@@ -535,6 +539,7 @@ def test_a_board_with_tflite_only_marks_the_onnx_rows(tmp_path, tiny_models, onn
     assert "apt install python3-onnxruntime" in onnx_row["error"]
 
 
+@pytest.mark.other_python
 def test_a_plan_nothing_of_which_can_run_fails_as_before(tmp_path, tiny_models):
     python = exposing_only(tmp_path / "venv", "onnxruntime")
     plan = hand_plan(tmp_path / "plan", {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"]})
