@@ -673,3 +673,136 @@ def test_a_real_model_and_its_copy_are_timed_as_a_pair(tmp_path, tiny_models):
     ratio = np.median(pair["candidate_us"]) / np.median(pair["reference_us"])
     assert 0.8 < ratio < 1.25  # the same bytes
     assert row["agreement"] == 1.0 and "pair_skipped" not in row
+
+
+# --- the runner's plan loop in this process (each case still runs in its own child) --------
+
+
+def in_process_plan(tmp_path, tiny_models, onnx_models) -> tuple[Path, dict]:
+    """A plan of a .tflite model timed beside a copy of itself, a .tflite model whose
+    reference has other bytes, and an ONNX model; 1 thread, few runs and rounds."""
+    models = {"tiny_mlp/int8": tiny_models["tiny_mlp/int8"],
+              "tiny_cnn/int8": tiny_models["tiny_cnn/int8"],
+              "tiny_mlp/onnx_float32": onnx_models["tiny_mlp/onnx_float32"]}
+    plan_path = make_plan(tmp_path, models, runs=6, min_rounds=6, min_seconds=0.02)
+    plan = json.loads(plan_path.read_text())
+    shutil.copy(models["tiny_mlp/int8"], tmp_path / "same.tflite")
+    shutil.copy(models["tiny_mlp/int8"], tmp_path / "other.tflite")
+    plan["models"][0]["reference"] = {"file": "same.tflite",
+                                      "sha256": plan["models"][0]["sha256"]}
+    plan["models"][1]["reference"] = {"file": "other.tflite", "sha256": "f" * 64}
+    plan_path.write_text(json.dumps(plan))
+    return plan_path, plan
+
+
+def test_the_plan_loop_in_this_process(tmp_path, tiny_models, onnx_models, capsys):
+    import hashlib
+    from importlib.metadata import version
+
+    import onnxruntime
+
+    runner = load_runner()
+    plan_path, plan = in_process_plan(tmp_path, tiny_models, onnx_models)
+    assert runner.main(["--plan", str(plan_path)]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["runtimes"] == {
+        "tflite": {"name": "ai_edge_litert", "version": version("ai-edge-litert")},
+        "onnx": {"name": "onnxruntime", "version": onnxruntime.__version__,
+                 "spacemit_ort": False,
+                 "providers_available": list(onnxruntime.get_available_providers())}}
+    assert doc["cpus"] is None and doc["peak"] == []
+    assert [(r["model"], r["threads"]) for r in doc["results"]] == [
+        (m["file"], 1) for m in plan["models"]]
+    same, other, onnx = doc["results"]
+    host = {m["file"]: np.load(tmp_path / m["samples"]) for m in plan["models"]}
+    for r in doc["results"]:
+        labels = host[r["model"]]
+        assert r["warmup"] == 3 and r["samples"] == 12 and r["agreement"] == 1.0
+        assert r["accuracy"] == float(np.mean(labels["host"] == labels["y"]))
+    assert same["pair"]["rounds"] >= 6 and same["pair"]["reference"] == "same.tflite"
+    assert same["runs"] == same["pair"]["rounds"] * same["pair"]["round_invokes"]
+    actual = hashlib.sha256((tmp_path / "other.tflite").read_bytes()).hexdigest()
+    assert "pair" not in other and other["runs"] == 6
+    assert other["pair_skipped"] == (f"reference not compared: other.tflite: SHA-256 "
+                                     f"{actual[:16]}... is not the plan's {'f' * 16}...")
+    assert onnx["runs"] == 6 and onnx["profile"]["runs"] == runner.PROFILE_RUNS
+    assert onnx["runtime"]["name"] == "onnxruntime" and same["runtime"]["name"] == \
+        "ai_edge_litert"
+    progress = [json.loads(line[9:]) for line in err.splitlines()
+                if line.startswith("progress ")]
+    assert progress == [{"case": i, "of": 3, "kind": "models", "model": r["model"],
+                         "threads": 1, "p50_us": r["p50_us"], "error": None}
+                        for i, r in enumerate(doc["results"], 1)]
+
+
+def test_the_plan_loop_marks_what_it_cannot_run(tmp_path, tiny_models, onnx_models, capsys):
+    runner = load_runner()
+    plan_path, plan = in_process_plan(tmp_path, tiny_models, onnx_models)
+    (tmp_path / "x.bin").write_bytes(b"?")
+    plan["models"].append({"file": "x.bin"})
+    plan_path.write_text(json.dumps(plan))
+    doc = runner.run_plan(plan_path, {"tflite": None, "onnx": None})
+    assert doc["runtimes"] == {"tflite": {"missing": runner.missing_message("tflite")},
+                               "onnx": {"missing": runner.missing_message("onnx")}}
+    assert [(r["error"], r.get("no_runtime")) for r in doc["results"]] == [
+        (runner.missing_message("tflite"), "tflite"), (runner.missing_message("tflite"),
+                                                       "tflite"),
+        (runner.missing_message("onnx"), "onnx"),
+        ("not run: no runtime for 'x.bin' (known: .tflite, .onnx)", None)]
+    plan["deadline_s"] = 0
+    plan_path.write_text(json.dumps(plan))
+    found = runner.find_runtime()
+    doc = runner.run_plan(plan_path, {"tflite": found, "onnx": None})
+    assert [r["error"] for r in doc["results"][:2]] == [
+        "not run: the plan's deadline of 0 s had passed"] * 2
+    capsys.readouterr()
+
+
+def test_a_damaged_file_stops_the_plan_in_this_process(tmp_path, tiny_models, onnx_models,
+                                                       capsys):
+    import hashlib
+
+    runner = load_runner()
+    plan_path, plan = in_process_plan(tmp_path, tiny_models, onnx_models)
+    model = tmp_path / plan["models"][2]["file"]
+    model.write_bytes(b"damaged")
+    (tmp_path / plan["models"][0]["samples"]).unlink()
+    assert runner.main(["--plan", str(plan_path)]) == runner.BAD_PLAN
+    out, err = capsys.readouterr()
+    actual = hashlib.sha256(b"damaged").hexdigest()
+    assert out == "" and err == (
+        f"error: refusing to time anything: {plan['models'][0]['samples']}: cannot read (No "
+        f"such file or directory); {model.name}: SHA-256 {actual[:16]}... does not match the "
+        f"plan's {plan['models'][2]['sha256'][:16]}...\n")
+
+
+def test_a_case_in_this_process_and_its_top1(tmp_path, tiny_models, capsys):
+    runner = load_runner()
+    plan_path = make_plan(tmp_path, {"tiny_cnn/int8": tiny_models["tiny_cnn/int8"]})
+    entry = json.loads(plan_path.read_text())["models"][0]
+    samples = np.load(tmp_path / entry["samples"])
+    assert runner.main(["--case", str(tmp_path / entry["file"]), "--threads", "1", "--warmup",
+                        "2", "--runs", "7", "--samples", str(tmp_path / entry["samples"]),
+                        "--host-key", "host", "--top1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["runs"], result["warmup"], result["threads"], result["samples"]) == (
+        7, 2, 1, 12)
+    assert [label for label, _ in result["top1"]] == samples["host"].tolist()
+    assert all(0 <= p <= 1 for _, p in result["top1"])
+    assert result["agreement"] == 1.0 and result["disagreements"] == []
+    assert result["accuracy"] == float(np.mean(samples["host"] == samples["y"]))
+    assert result["runtime"]["name"] == "ai_edge_litert" and "pair" not in result
+
+
+@pytest.mark.parametrize("status, out, err, says", [
+    (None, "", "", "timed out after 3 s (case_timeout_s)"),
+    (-9, "", "a\nlast words\n", "killed by SIGKILL: last words"),
+    (2, "", "", "exit 2: (no output)"),
+    (1, "", "x" * 600, "exit 1: " + "x" * 500),
+    (0, "not json", "", "case printed no JSON: 'not json'"),
+])
+def test_a_cases_end_is_one_line(status, out, err, says):
+    result = load_runner()._case_result({"model": "m", "threads": 2}, status, out, err, 3.2)
+    assert result == {"model": "m", "threads": 2, "error": says}
+    assert load_runner()._case_result({}, 0, '{"p50_us": 1.5}', "", 1) == {"p50_us": 1.5}
