@@ -2,9 +2,9 @@
 
 A plain `mutmut run` first runs every configured test file once ("collect stats"); one failing
 or slow file stops or slows every module's pass. This script runs mutmut per module in a copy
-of the checkout (build/mutation/<module>/, kept between runs, so a second run tests only the
-functions that changed) whose [tool.mutmut] mutates just that module and selects just the
-tests that `[tool.mutation_tests]` in pyproject.toml names for it. It prints one row per
+of the checkout (build/mutation/<module>/, kept between runs: a second run reuses the record of
+which test calls which function, but tests every mutant again) whose [tool.mutmut] mutates
+just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it. It prints one row per
 module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
 directory shows its diff).
 
@@ -89,7 +89,11 @@ def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, 
         module_config((REPO / "pyproject.toml").read_text(), module, tests))
     mutmut = [sys.executable, "-m", "mutmut"]
     start = time.monotonic()
-    subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=dest, check=True)
+    # Named, every mutant is tested again: mutmut keeps a cached verdict otherwise, even
+    # after the tests changed (a survivor would stay one after the test that kills it).
+    pattern = module.removesuffix(".py").replace("/", ".") + ".*"
+    subprocess.run([*mutmut, "run", "--max-children", str(max_children), pattern], cwd=dest,
+                   check=True)
     seconds = time.monotonic() - start
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=dest, check=True, capture_output=True)
     stats = json.loads((dest / "mutants" / "mutmut-cicd-stats.json").read_text())

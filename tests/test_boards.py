@@ -83,3 +83,157 @@ def test_board_names_at_their_length_limit():
         Board(name="k" * 65)
     with pytest.raises(ParamsError, match="must be 1-64 ASCII letters"):
         Board(name="")
+
+
+NAME_RULE = ("must be 1-64 ASCII letters, digits, - and _, not starting with - "
+             "(it names a task and files)")
+
+
+def refusal(**settings) -> str:
+    with pytest.raises(ParamsError) as err:
+        Board(**settings)
+    return str(err.value)
+
+
+def test_a_refused_name_is_shown_whole_up_to_40_characters_then_cut():
+    assert refusal(name="!" * 40) == f"boards.name: {'!' * 40!r} {NAME_RULE}"
+    assert refusal(name="!" * 41) == f"boards.name: {'!' * 40 + '...'!r} {NAME_RULE}"
+    assert refusal(name="-k") == f"boards.name: '-k' {NAME_RULE}"
+
+
+@pytest.mark.parametrize("remote_dir, message", [
+    ("", "must not be empty"),
+    ("  ", "must not be empty"),
+    ("~k1/bench", "'~k1/bench': only ~/ (the login user's home) is understood; give an "
+                  "absolute path instead"),
+    ("~", "'~': only ~/ (the login user's home) is understood; give an absolute path instead"),
+    ("~/", "'~/' is a home or root directory; name a directory of its own, e.g. tflite-bench"),
+    ("~//", "'~//' is a home or root directory; name a directory of its own, e.g. "
+            "tflite-bench"),
+    ("/", "'/' is a home or root directory; name a directory of its own, e.g. tflite-bench"),
+    ("//", "'//' is a home or root directory; name a directory of its own, e.g. "
+           "tflite-bench"),
+    (".", "'.' is a home or root directory; name a directory of its own, e.g. tflite-bench"),
+])
+def test_remote_dirs_that_name_no_directory_of_their_own_are_refused(remote_dir, message):
+    assert refusal(name="b", remote_dir=remote_dir) == f"boards[b].remote_dir: {message}"
+
+
+@pytest.mark.parametrize("remote_dir, remote_path", [
+    ("~/bench", "bench"), ("./bench", "./bench"), ("/opt/bench/", "/opt/bench/"),
+    ("bench~", "bench~"), ("a.", "a."), ("/.", "/."), ("~/X", "X"), ("X/X", "X/X"),
+])
+def test_remote_dirs_of_their_own_are_accepted(remote_dir, remote_path):
+    assert Board(name="b", remote_dir=remote_dir).remote_path == remote_path
+
+
+def test_a_host_that_ssh_would_read_as_an_option_is_refused():
+    assert refusal(name="b", host="-oProxyCommand=x") == \
+        "boards[b].host: must not start with '-'"
+    assert Board(name="b", host="k1-lab.lan").host == "k1-lab.lan"
+
+
+def test_an_inventory_without_boards_is_empty_and_other_tables_are_refused(tmp_path):
+    path = tmp_path / "boards.toml"
+    path.write_text("")
+    assert load_boards(path) == ()
+    path.write_text('[board]\nname = "b"\n[x]\n')
+    with pytest.raises(ParamsError) as err:
+        load_boards(path)
+    assert str(err.value) == f"{path}: unknown key(s) ['board', 'x']; declare [[boards]] entries"
+
+
+R = "<redacted>"
+
+
+@pytest.mark.parametrize("options, shown", [
+    (["-i", "/home/me/.ssh/k1"], ["-i", R]),
+    (["-i/home/me/.ssh/k1"], [f"-i{R}"]),
+    (["-l", "me", "-F", "cfg", "-S", "sock", "-J", "jump"], ["-l", R, "-F", R, "-S", R, "-J", R]),
+    (["-o", "IdentityFile=/k"], ["-o", f"IdentityFile={R}"]),
+    (["-o", "User me"], ["-o", f"User={R}"]),
+    (["-oProxyJump=jump"], [f"-oProxyJump={R}"]),
+    (["-o", "StrictHostKeyChecking=yes", "-p", "22", "-v"],
+     ["-o", "StrictHostKeyChecking=yes", "-p", "22", "-v"]),
+    (["-o", "User"], ["-o", "User"]),   # a keyword without a value has nothing to hide
+    (["-i"], ["-i"]),
+    (["-C", "-i", "k", "-C"], ["-C", "-i", R, "-C"]),
+])
+def test_ssh_options_lose_every_value_that_names_a_login_a_key_or_a_file(options, shown):
+    from pipeline.core.boards import redacted_ssh_options
+
+    assert redacted_ssh_options(options) == shown
+
+
+def test_public_settings_hide_the_user_and_the_login_of_the_host_only():
+    board = Board(name="b", host="me@k1.lan", user="root", port=2222,
+                  ssh_options=("-i", "/k"))
+    public = board.public_settings()
+    assert public == {**dataclasses.asdict(board), "host": f"{R}@k1.lan", "user": R,
+                      "ssh_options": ["-i", R]}
+    # ssh splits at the last @: the login itself may hold one (a domain account).
+    assert Board(name="b", host="me@corp@k1.lan").public_settings()["host"] == f"{R}@k1.lan"
+    plain = Board(name="b", host="k1.lan")
+    assert plain.public_settings() == dataclasses.asdict(plain) | {"ssh_options": []}
+    assert plain.settings() == dataclasses.asdict(plain)
+
+
+NO_RUNTIME = {"error": "NO RUNTIME: no TFLite runtime on this board"}
+
+
+@pytest.mark.parametrize("doc, succeeded", [
+    ({"status": "ok"}, True),
+    ({"status": "failed", "errors": [], "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME]}, True),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, NO_RUNTIME]}, True),
+    ({"status": "partial", "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": ["x"], "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": [], "missing": []}, False),
+    ({"status": "partial", "errors": [], "missing": NO_RUNTIME}, False),
+    ({"status": "partial", "errors": []}, False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, {"error": "timed out"}]},
+     False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, "NO RUNTIME: x"]}, False),
+    ({"status": "partial", "errors": [], "missing": [{}]}, False),
+    (["ok"], False),
+    ({}, False),
+])
+def test_a_bench_succeeded_when_ok_or_only_runtimes_are_missing(doc, succeeded):
+    from pipeline.core.boards import bench_succeeded
+
+    assert bench_succeeded(doc) is succeeded
+
+
+@pytest.mark.parametrize("age_s, hours, fresh", [
+    (3600 - 60, 1, True), (3600 + 60, 1, False), (2 * 3600 - 60, 2, True),
+    (2 * 3600 + 60, 2, False), (0.5 * 3600 - 60, 0.5, True), (0.5 * 3600 + 60, 0.5, False),
+    (-60, 1, False),   # measured in the future: a clock set wrong
+    (0, 1, True),      # measured this second
+    (100 * 3600 + 30, 100, False),
+])
+def test_a_result_is_fresh_for_hours_after_it_was_measured(tmp_path, age_s, hours, fresh):
+    import datetime as dt
+    import json
+
+    from pipeline.core.boards import measured_within
+
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=age_s)
+    path = tmp_path / "board.json"
+    path.write_text(json.dumps({"status": "ok", "measured_utc": when.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")}))
+    assert measured_within(path, hours) is fresh
+    path.write_text(json.dumps({"status": "failed", "measured_utc": when.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")}))
+    assert measured_within(path, hours) is False
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"status": "ok"}',
+                                  '{"status": "ok", "measured_utc": "yesterday"}',
+                                  '{"status": "ok", "measured_utc": 5}'])
+def test_an_unreadable_result_is_never_fresh(tmp_path, text):
+    from pipeline.core.boards import measured_within
+
+    path = tmp_path / "board.json"
+    path.write_text(text)
+    assert measured_within(path, 24) is False
+    assert measured_within(tmp_path / "missing.json", 24) is False

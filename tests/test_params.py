@@ -418,3 +418,196 @@ def test_reference_prints_every_key_with_its_resolved_value(capsys):
     assert main(["--params", str(REPO / "params.toml"), "--set", "train.epochs=0"]) == 2
     assert "error: bad params: PIPELINE_SET: train.epochs: must be in 1..1000" in \
         capsys.readouterr().err
+
+
+# --- every refusal of a declaration, whole: the key it names and what it says (a message
+# that lost its key or its reason is a bug a user meets first).
+
+HEX = "0123456789abcdef" * 4   # 64 lowercase hex digits, by hand
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["datasets"][0].update(name="Bars"),
+     "datasets.name: 'Bars' must use only a-z, 0-9 and _ (it names files and tasks)"),
+    (lambda d: d["datasets"][0].update(name="mnist"),
+     "datasets[mnist].name: 'mnist' is a built-in dataset; choose another name"),
+    (lambda d: d["datasets"][0].update(files=["a.npz", "b.npz"], sha256=[HEX, HEX]),
+     "datasets[bars].files: format 'npz' takes 1 file(s) (holding x_train, y_train, x_test, "
+     "y_test), got 2"),
+    (lambda d: d["datasets"][0].update(format="idx"),
+     "datasets[bars].files: format 'idx' takes 4 file(s) (train images, train labels, test "
+     "images, test labels, in that order), got 1"),
+    (lambda d: d["datasets"][0].update(format="idx", files=["a", "b", "c", "b"]),
+     "datasets[bars].files: file names must be distinct and non-empty, got "
+     "['a', 'b', 'c', 'b']"),
+    (lambda d: d["datasets"][0].update(sha256=[HEX, HEX]),
+     "datasets[bars].sha256: one SHA-256 per file: 1 file(s), 2 checksum(s)"),
+    (lambda d: d["datasets"][0].update(sha256=[HEX.upper()]),
+     f"datasets[bars].sha256: {HEX.upper()!r} is not a SHA-256 (64 lowercase hex digits; "
+     "`sha256sum FILE`)"),
+    (lambda d: d["datasets"][0].update(sha256=[HEX[:63]]),
+     f"datasets[bars].sha256: {HEX[:63]!r} is not a SHA-256 (64 lowercase hex digits; "
+     "`sha256sum FILE`)"),
+    (lambda d: d["datasets"][0].update(class_names=["x", "x"]),
+     "datasets[bars].class_names: at least 2 distinct, non-empty names (label i is "
+     "class_names[i])"),
+    (lambda d: d["datasets"][0].update(class_names=["x", ""]),
+     "datasets[bars].class_names: at least 2 distinct, non-empty names (label i is "
+     "class_names[i])"),
+    (lambda d: d["datasets"][0].update(framing="centre"),
+     "datasets[bars].framing: must be one of ['digit', 'object'], got 'centre'"),
+    (lambda d: d["datasets"][0].update(format="csv"),
+     "datasets[bars].format: must be one of ['idx', 'npz'], got 'csv'"),
+    (lambda d: d.update(datasets={"name": "bars"}), "datasets: must be [[datasets]] tables"),
+    (lambda d: d["datasets"].append(dict(DECLARED)),
+     "datasets.name: duplicate dataset names in ['bars', 'bars']"),
+    (lambda d: d.update(train=3), "train: must be a table"),
+    (lambda d: d.update(builds={"name": "x"}),
+     "builds: declare at least one [[builds]] entry (or none at all for the default builds)"),
+    (lambda d: d["builds"][1].update(name="mnist_cnn"),
+     "builds.name: duplicate build names in ['mnist_cnn', 'mnist_cnn']"),
+    (lambda d: d["builds"][0].update(name="CNN"),
+     "builds.name: 'CNN' must use only a-z, 0-9 and _ (it names files and tasks)"),
+    (lambda d: d["builds"][0].update(dataset="barz"),
+     "builds[mnist_cnn].dataset: unknown dataset 'barz'; choose from ['bars', "
+     "'fashion_mnist', 'mnist'] (or declare it in a [[datasets]] table)"),
+    (lambda d: d["builds"][0].update(float_layers=["a", 3]),
+     "builds.float_layers: must be str, got int 3"),
+    (lambda d: d["convert"].update(extra_variants="float16"),
+     "convert.extra_variants: must be a list, got str"),
+    (lambda d: d["convert"].update(extra_variants=["float16", "bf16"]),
+     "convert.extra_variants: item 'bf16': must be one of ['float16', 'dynamic_range'], "
+     "got 'bf16'"),
+])
+def test_each_declaration_refusal_names_its_key_and_says_why(mutate, message, tmp_path):
+    d = doc()
+    d["datasets"] = [dict(DECLARED)]
+    mutate(d)
+    with pytest.raises(ParamsError) as err:
+        parse_params(d, tmp_path)
+    assert str(err.value) == message
+
+
+def test_a_declared_datasets_files_are_fetched_from_their_urls_folder_or_their_directory(
+        tmp_path, monkeypatch):
+    """Each file's name and folder against urllib's and os.path's reading of the same text."""
+    import os.path
+    import posixpath
+    import urllib.parse
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    files = ["https://example.org/d/v2/train-images.gz", "file:///srv/d/train-labels.gz",
+             "data/t10k-images.gz", "~/mnist/t10k-labels.gz"]
+    digests = [HEX, HEX[::-1], "a" * 64, "b" * 64]
+    d = doc()
+    d["datasets"] = [{**DECLARED, "format": "idx", "files": files, "sha256": digests}]
+    spec = parse_params(d, tmp_path).dataset_specs()["bars"]
+    assert (spec.name, spec.mirrors, spec.class_names, spec.framing, spec.declared,
+            spec.format) == ("bars", (), ("x", "y"), "object", True, "idx")
+    for remote, text, digest in zip(spec.files, files, digests):
+        url = urllib.parse.urlsplit(text)
+        if url.scheme:
+            name = posixpath.basename(url.path)
+            folder = text[:len(text) - len(name)]
+        else:
+            full = os.path.join(tmp_path, os.path.expanduser(text))
+            name, folder = os.path.basename(full), os.path.dirname(full)
+        assert (remote.name, remote.location, remote.sha256) == (name, folder, digest)
+    assert [r.name for r in (spec.train_images, spec.train_labels, spec.test_images,
+                             spec.test_labels)] == [posixpath.basename(f) for f in files]
+
+    d["datasets"] = [{**DECLARED, "files": ["https://example.org/d/bars.npz/"]}]
+    spec = parse_params(d, tmp_path).dataset_specs()["bars"]
+    assert (spec.name, spec.mirrors, spec.class_names, spec.framing, spec.declared,
+            spec.format) == ("bars", (), ("x", "y"), "object", True, "npz")
+    assert (spec.archive.name, spec.archive.sha256) == ("bars.npz", "a" * 64)
+    assert spec.files == (spec.archive,)
+
+
+@pytest.mark.parametrize("rule, text", [
+    (dict(low=1, high=1000), "in 1..1000"),
+    (dict(low=1, high=2.5), "in [1, 2.5]"),
+    (dict(low=0.0, high=1.0), "in [0.0, 1.0]"),
+    (dict(low=0, high=1, low_open=True), "in (0, 1]"),
+    (dict(low=0, high=1, high_open=True), "in [0, 1)"),
+    (dict(low=0, high=1, low_open=True, high_open=True), "in (0, 1)"),
+    (dict(low=0), ">= 0"), (dict(low=0, low_open=True), "> 0"),
+    (dict(high=5), "<= 5"), (dict(high=5, high_open=True), "< 5"),
+    (dict(choices=("a", 2)), "one of ['a', 2]"), (dict(), ""), (dict(distinct=True), ""),
+])
+def test_a_rule_says_its_bounds_as_a_reader_writes_them(rule, text):
+    from pipeline.core.params import Rule
+
+    assert Rule(**rule).describe() == text
+
+
+def test_the_schemas_helpers_give_the_default_the_doc_and_the_rule():
+    """Called here (the schema's fields were made when the module was imported): a seed's
+    range is the one NumPy accepts, a fraction's is [0, 1]."""
+    import numpy as np
+
+    from pipeline.core.params import Rule, _fraction, _seed, param
+
+    spec = param(3, "Three.", low=1, high_open=False)
+    assert (spec.default, spec.metadata["doc"], rule_of(spec)) == (3, "Three.", Rule(low=1))
+    assert param(3).metadata["doc"] == ""
+    seed = _seed("Seeds it.")
+    assert (seed.default, seed.metadata["doc"]) == (1234, "Seeds it.")  # docs/params.md
+    assert _seed().metadata["doc"] == "Seeds the draw; the same params give the same result."
+    for value in (-1, 0, 1234, 2**32 - 1, 2**32):
+        try:
+            np.random.RandomState(value)
+            numpy_takes = True
+        except ValueError:
+            numpy_takes = False
+        assert rule_of(seed).allows(value) is numpy_takes, value
+    assert "the range NumPy and TensorFlow accept" in rule_of(seed).refusal(2**32)
+    fraction = _fraction(0.25, "A quarter.")
+    assert (fraction.default, fraction.metadata["doc"]) == (0.25, "A quarter.")
+    for value, accepted in ((0.0, True), (1.0, True), (math.nextafter(0.0, -1), False),
+                            (math.nextafter(1.0, 2), False)):
+        assert rule_of(fraction).allows(value) is accepted, value
+    assert rule_of(fraction).refusal(2) == "must be in [0.0, 1.0] (a fraction), got 2"
+
+
+def test_the_resolved_params_say_the_file_the_override_and_every_value(tmp_path):
+    from pipeline.core.params import section_dict, write_resolved
+
+    path = tmp_path / "params.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    params = load_params(path, "convert.onnx=false")
+    write_resolved(tmp_path / "params.json", params, path, "convert.onnx=false")
+    written = json.loads((tmp_path / "params.json").read_text())
+    assert written["params_file"] == str(path)
+    assert written["PIPELINE_SET"] == "convert.onnx=false"
+    assert written["params"]["train"]["epochs"] == 3 and written["params"]["convert"]["onnx"] \
+        is False
+    for name in sections():
+        section = getattr(params, name)
+        assert section_dict(section) == {f.name: getattr(section, f.name)
+                                         for f in dataclasses.fields(section)}
+        assert written["params"][name] == {k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in section_dict(section).items()}
+    assert written["params"]["builds"][0]["name"] == params.builds[0].name
+    assert written["params"]["base_dir"] == str(tmp_path)
+
+
+def test_an_override_splits_at_the_first_equals_and_the_first_dot(tmp_path):
+    from pipeline.core.params import apply_overrides
+
+    out = apply_overrides({}, "nightly.mark_accuracy_change_pt=0.5")
+    assert out == {"nightly": {"mark_accuracy_change_pt": 0.5}}
+    with pytest.raises(ParamsError) as err:
+        apply_overrides({}, "train.a.b=1")
+    assert str(err.value).startswith("PIPELINE_SET: train.a.b: unknown key")
+    with pytest.raises(ParamsError) as err:
+        apply_overrides({}, "train.epochs=2=3")
+    assert str(err.value).startswith("PIPELINE_SET: train.epochs: must be int, got str")
+    with pytest.raises(ParamsError) as err:
+        apply_overrides({"train": 3}, "train.epochs=2")
+    assert str(err.value) == "train: must be a table"
+    path = tmp_path / "p.toml"
+    path.write_text("[train]\nepochs = 0\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: train.epochs: must be in 1..1000")
