@@ -6,7 +6,9 @@ of the checkout (build/mutation/<module>/, kept between runs: a second run reuse
 which test calls which function, but tests every mutant again) whose [tool.mutmut] mutates
 just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it. It prints one row per
 module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
-directory shows its diff).
+directory shows its diff). A survivor that changes only the prose of a message (a string
+literal with a space in it, nothing else on its lines) is counted apart as "wording" and
+left out of the survival rate.
 
 Usage: nice -n 10 python benchmarks/mutation.py [MODULE ...] [--max-children 2]
 With no MODULE, every module of [tool.mutation_tests]. Needs `pip install -e '.[test,mutation]'`.
@@ -15,12 +17,14 @@ With no MODULE, every module of [tool.mutation_tests]. Needs `pip install -e '.[
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
 
 try:
@@ -79,6 +83,40 @@ def counts(stats: dict) -> dict[str, int]:
     return {"mutants": stats["total"] - stats["skipped"], "killed": killed, "survived": survived}
 
 
+def _tokens(line: str) -> list[tuple[int, str]]:
+    """The tokens of one source line (a fragment of a longer statement is fine)."""
+    found = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline):
+            if tok.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER,
+                                tokenize.INDENT, tokenize.DEDENT):
+                found.append((tok.type, tok.string))
+    except (tokenize.TokenError, IndentationError):  # an unclosed bracket: the line's part
+        pass
+    return found
+
+
+def wording_only(diff: str) -> bool:
+    """Whether a mutant's diff changes nothing but the prose of messages: every changed line
+    has the same tokens as before except string literals, and each changed literal was prose
+    (it has a space). A changed key, format spec, state word or column name is no prose."""
+    lines = diff.splitlines()
+    old = [x[1:] for x in lines if x.startswith("-") and not x.startswith("---")]
+    new = [x[1:] for x in lines if x.startswith("+") and not x.startswith("+++")]
+    if not old or len(old) != len(new):
+        return False
+    for before, after in zip(old, new):
+        a, b = _tokens(before), _tokens(after)
+        if not a or len(a) != len(b):
+            return False
+        for (kind_a, text_a), (kind_b, text_b) in zip(a, b):
+            if text_a == text_b:
+                continue
+            if kind_a != tokenize.STRING or kind_b != tokenize.STRING or " " not in text_a:
+                return False
+    return True
+
+
 def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, list[str], float]:
     """mutmut over `module` in its own copy of the checkout: the counts, the survivors' names
     and the pass's wall time in seconds."""
@@ -101,7 +139,11 @@ def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, 
                             text=True).stdout
     survivors = [line.split(":")[0].strip() for line in listed.splitlines()
                  if line.rstrip().endswith(("survived", "no tests", "suspicious"))]
-    return counts(stats), survivors, seconds
+    wording = [name for name in survivors if wording_only(subprocess.run(
+        [*mutmut, "show", name], cwd=dest, capture_output=True, text=True).stdout)]
+    found = counts(stats)
+    found["wording"] = len(wording)
+    return found, [n for n in survivors if n not in wording], seconds
 
 
 def main() -> None:
@@ -117,10 +159,14 @@ def main() -> None:
     rows = []
     for module in args.modules or list(mapping):
         found, survivors, seconds = run_module(module, mapping[module], args.max_children)
-        share = 100 * found["survived"] / found["mutants"] if found["mutants"] else 0.0
+        # Survivors that change only a message's prose are left out, and counted.
+        survived, counted = found["survived"] - found["wording"], \
+            found["mutants"] - found["wording"]
+        share = 100 * survived / counted if counted else 0.0
         rows.append(f"| `{module}` | {found['mutants']} | {found['killed']} | "
-                    f"{found['survived']} | {share:.1f} % | {seconds / 60:.0f} min |")
-        print(f"{module}: survivors: {' '.join(survivors) or 'none'}")
+                    f"{survived} | {found['wording']} | {share:.1f} % | "
+                    f"{seconds / 60:.0f} min |")
+        print(f"{module}: survivors (not counting wording): {' '.join(survivors) or 'none'}")
     print("\n".join(rows))
 
 

@@ -44,3 +44,18 @@ def test_counts_take_untested_mutants_as_survivors_and_timeouts_as_killed():
     stats = {"killed": 10, "timeout": 2, "segfault": 1, "survived": 3, "no_tests": 4,
              "suspicious": 1, "skipped": 5, "total": 26}
     assert mutation["counts"](stats) == {"mutants": 21, "killed": 13, "survived": 8}
+
+
+def test_only_a_change_of_prose_is_wording():
+    wording = mutation["wording_only"]
+    prose = ('-        raise SamplesError(f"{path}: cannot read it ({exc}); bench again")\n'
+             '+        raise SamplesError(f"XX{path}: cannot read it ({exc}); bench againXX")\n')
+    assert wording(prose)
+    assert not wording('-    return row["p50_us"]\n+    return row["XXp50_usXX"]\n')  # a key
+    assert not wording('-        return "ok"\n+        return "OK"\n')  # a state word
+    assert not wording('-    x = f"{v:.1f} us"\n+    x = None\n')
+    assert not wording('-    if a < b:\n+    if a <= b:\n')
+    assert not wording('-    parts.append(f"{label}: none")\n')  # a removed line
+    two = ('-        msg = ("a b " +\n-               "c d")\n'
+           '+        msg = ("XXa b XX" +\n+               "c d")\n')
+    assert wording(two)
