@@ -334,3 +334,253 @@ def test_each_thread_counts_ratios_divide_by_the_same_thread_counts_rows():
     rows = report.latency_rows([doc(results=lonely, measured=report.utc_now())], {})
     [eight] = [r for r in rows if r["threads"] == 8]
     assert "int8_over_float32" not in eight
+
+
+# --- every cell against a hand-made board document, written out by hand -----------------
+
+
+def table_cells(table: str) -> list[dict[str, str]]:
+    """A github table as one dict per row, header -> cell text."""
+    lines = [line.strip().strip("|") for line in table.splitlines()]
+    headers = [h.strip() for h in lines[0].split("|")]
+    return [dict(zip(headers, (c.strip() for c in line.split("|")))) for line in lines[2:]]
+
+
+def two_thread_doc() -> dict:
+    """float32 and int8 .tflite at 1 and 2 threads, onnx_int8 at 2, with peaks at both."""
+    def case(variant, threads, p50, **extra):
+        return {"build": "m", "variant": variant, "threads": threads, "p50_us": p50,
+                "sha256": f"sha-{variant}", "runtime": {"name": "rt", "version": "9"},
+                "init_ms": 1.234, "first_us": 55.55, "mean_us": 12.25, "p10_us": 9.0,
+                "p90_us": 20.0, "p99_us": 30.0, "std_us": 1.0, "model_rss_mb": 1.254,
+                "peak_rss_mb": 99.94, "bytes": 12345, "accuracy": 0.9, "agreement": 1.0,
+                "samples": 20, "disagreements": [], "macs": 1000, "cpus": [0, 1], **extra}
+    results = [case("float32", 1, 40.0), case("int8", 1, 10.0),
+               case("float32", 2, 25.0), case("int8", 2, 20.0),
+               case("onnx_int8", 2, 30.0, providers=["CPUExecutionProvider"],
+                    verdict={"ratio": 1.5, "low": 1.25, "high": 1.75, "p": 0.001,
+                             "word": "slower"}, reference_sha256="abcdef0123456789")]
+    peak = [{"variant": "int8", "threads": 1, "min_us": 100.0, "macs": 10**6},
+            {"variant": "int8", "threads": 2, "min_us": 50.0, "macs": 10**6},
+            {"variant": "float32", "threads": 1, "min_us": 400.0, "macs": 10**6}]
+    return doc(board="k1", results=results, peak=peak, measured=report.utc_now(),
+               machine={"cpu_model": "X60", "cores": 8, "uname": "Linux 6"}, cpus=[0, 1],
+               pushed=["a", "b", "c"])
+
+
+def test_each_rows_figures_against_a_hand_computation():
+    rows = report.latency_rows([two_thread_doc()], {"m/int8": "sha-int8"}, max_age_hours=24)
+    by = {(r["variant"], r["threads"]): r for r in rows}
+    assert list(by) == [("float32", 1), ("int8", 1), ("float32", 2), ("int8", 2),
+                        ("onnx_int8", 2)]
+    # int8 over float32 at the same thread count; ORT int8 over the .tflite int8
+    assert by["int8", 1]["int8_over_float32"] == 10.0 / 40.0
+    assert by["int8", 2]["int8_over_float32"] == 20.0 / 25.0
+    assert by["onnx_int8", 2]["ort_over_tflite"] == 30.0 / 20.0
+    assert "int8_over_float32" not in by["float32", 1] and "ort_over_tflite" not in by["int8", 2]
+    # floors: 1000 MACs at the variant's own rate at its thread count (MACs / min_us)
+    exact = {"rel": 1e-12}
+    assert by["int8", 1]["floor_us"] == pytest.approx(0.1, **exact)  # 10^10 MAC/s
+    assert by["int8", 2]["floor_us"] == pytest.approx(0.05, **exact)  # 2 x 10^10
+    assert by["int8", 2]["p50_over_floor"] == pytest.approx(20.0 / 0.05, **exact)
+    assert by["float32", 2]["floor_us"] == pytest.approx(0.4, **exact)  # x2 unmeasured: x1
+    r = by["onnx_int8", 2]
+    assert {k: r[k] for k in ("build", "board", "runtime", "bytes", "sha256", "fresh", "old",
+                              "emulated", "init_ms", "first_us", "mean_us", "std_us",
+                              "p10_us", "p50_us", "p90_us", "p99_us", "model_rss_mb",
+                              "peak_rss_mb", "accuracy", "agreement", "samples",
+                              "disagreements", "macs", "cpus", "providers",
+                              "reference_sha256")} == {
+        "build": "m", "board": "k1", "runtime": "rt 9 CPU", "bytes": 12345,
+        "sha256": "sha-onnx_int8", "fresh": False, "old": False, "emulated": False,
+        "init_ms": 1.234, "first_us": 55.55, "mean_us": 12.25, "std_us": 1.0, "p10_us": 9.0,
+        "p50_us": 30.0, "p90_us": 20.0, "p99_us": 30.0, "model_rss_mb": 1.254,
+        "peak_rss_mb": 99.94, "accuracy": 0.9, "agreement": 1.0, "samples": 20,
+        "disagreements": [], "macs": 1000, "cpus": [0, 1],
+        "providers": ["CPUExecutionProvider"], "reference_sha256": "abcdef0123456789"}
+    assert by["int8", 1]["fresh"] is True and by["int8", 1]["measured_utc"]
+
+
+def test_every_cell_of_the_full_and_the_console_table():
+    rows = report.latency_rows([two_thread_doc()], {"m/int8": "sha-int8"}, max_age_hours=24)
+    full = table_cells(report.render_table(rows, "github"))
+    assert list(full[0]) == [
+        "build", "variant", "board", "thr", "runtime", "init ms", "first µs", "mean µs",
+        "p50 µs", "p90 µs", "p99 µs", "model MB", "peak RSS MB", "bytes", "acc %", "agree %",
+        "int8/f32", "ORT/TFLite", "MACs", "floor µs", "p50/floor", "vs reference",
+        "ran on CPUs", "state"]
+    assert full[3] == {
+        "build": "m", "variant": "int8", "board": "k1", "thr": "2", "runtime": "rt 9",
+        "init ms": "1.23", "first µs": "55.5", "mean µs": "12.2", "p50 µs": "20.0",
+        "p90 µs": "20.0", "p99 µs": "30.0", "model MB": "1.25", "peak RSS MB": "99.9",
+        "bytes": "12,345", "acc %": "90.00", "agree %": "100.00", "int8/f32": "0.80",
+        "ORT/TFLite": "", "MACs": "1,000", "floor µs": "0.05", "p50/floor": "400.0",
+        "vs reference": "alone", "ran on CPUs": "0,1", "state": "ok"}
+    assert full[4]["vs reference"] == "1.500 \\[1.250, 1.750\\] p=0.001 slower vs abcdef01"
+    assert full[4]["ORT/TFLite"] == "1.50" and full[4]["state"] == "STALE (model changed since)"
+    console = report.render_table(rows, "github", full=False)
+    cells = table_cells(console)
+    assert list(cells[0]) == report.CONSOLE_HEADERS == [
+        "build", "variant", "board", "thr", "runtime", "p50 µs", "p90 µs", "vs reference",
+        "int8/f32", "ORT/TFLite", "agree %", "state"]
+    assert cells[3] == {"build": "m", "variant": "int8", "board": "k1", "thr": "2",
+                        "runtime": "rt 9", "p50 µs": "20.0", "p90 µs": "20.0",
+                        "vs reference": "alone", "int8/f32": "0.80", "ORT/TFLite": "",
+                        "agree %": "100.0", "state": "ok"}
+    plain = report.render_table(rows, "simple", full=False)
+    assert "\\_" not in plain and "1.500 [1.250, 1.750] p=0.001 slower vs abcdef01" in plain
+
+
+def test_the_board_line_in_full():
+    d = two_thread_doc()
+    d.update(emulated=True, reference_notes=["m/int8: reference 0123 not compared: gone"])
+    line = report.board_line(d)
+    assert line.splitlines() == [
+        f"- **k1**: measured {d['measured_utc']}; X60, 8 cores, Linux 6; TFLite: r 1; "
+        "pinned to CPUs [0, 1]; pushed 3 file(s); EMULATED (qemu-user): its latency is the "
+        "emulator's, not the board's; its predictions count fully",
+        "  - m/int8: reference 0123 not compared: gone",
+        "  - measured peak (GMAC/s, synthetic GEMM): float32 x1: 2.5, int8 x1: 10.0, "
+        "int8 x2: 20.0"]
+    d = {**two_thread_doc(), "status": "partial", "cpus": [], "pushed": [],
+         "errors": ["a", "b"], "missing": [{"error": "NO RUNTIME: x"},
+                                           {"error": "NO RUNTIME: x"}], "peak": []}
+    assert report.board_line(d) == (
+        f"- **k1**: measured {d['measured_utc']}; X60, 8 cores, Linux 6; TFLite: r 1; "
+        "not pinned; pushed 0 file(s); PARTIAL - 2 case(s) failed (rows marked ERROR), "
+        "2 row(s) not timed for lack of a runtime (rows marked NO RUNTIME): NO RUNTIME: x")
+    assert report.board_line({"board": "k2", "status": "running", "started_utc": "T"}) == (
+        "- **k2**: INCOMPLETE - a run started T and never finished (killed or still "
+        "running); none of its older numbers are shown")
+
+
+@pytest.mark.parametrize("runtimes, text", [
+    ({}, "no runtime reported"),
+    ({"tflite": {"missing": "x"}, "onnx": "junk"}, "TFLite: none"),
+    ({"onnx": {"name": "onnxruntime", "version": "1.2", "spacemit_ort": True,
+               "providers_available": ["CPUExecutionProvider"]},
+      "tflite": {"name": "ai_edge_litert", "version": "2"}},
+     "TFLite: ai_edge_litert 2; ONNX: onnxruntime 1.2 (providers: CPU) - spacemit_ort "
+     "imported but registered no SpaceMIT provider"),
+    ({"onnx": {"name": "onnxruntime", "version": "1.2", "spacemit_ort": True,
+               "providers_available": ["SpaceMITExecutionProvider", "CPUExecutionProvider"]}},
+     "ONNX: onnxruntime 1.2 (providers: SpaceMIT, CPU)"),
+    ({"onnx": {"name": "onnxruntime", "version": "1.2"}}, "ONNX: onnxruntime 1.2"),
+])
+def test_runtimes_text(runtimes, text):
+    assert report.runtimes_text(runtimes) == text
+
+
+def test_states_labels_and_the_reference_cell_one_by_one():
+    assert report.short_provider("SpaceMITExecutionProvider") == "SpaceMIT"
+    assert report.short_provider("ExecutionProvider") == "ExecutionProvider"
+    assert report.short_provider("Other") == "Other"
+    assert report.runtime_label({}) == "? ?"
+    assert report.runtime_label({"runtime": {"name": "n", "version": "v"},
+                                 "providers": ["AExecutionProvider", "B"]}) == "n v A+B"
+    assert report.ort_int8_variants() == ["onnx_int8", "onnx_int8_tflite"]
+    assert report.missing_state("NO RUNTIME: none here - pip install it - now") == \
+        "NO RUNTIME: none here"
+    base = {"fresh": True, "p50_us": 1.0}
+    assert report.row_state({**base, "missing": "NO RUNTIME: a - b", "error": "e"}) == \
+        "NO RUNTIME: a"
+    assert report.row_state({**base, "error": "e", "fresh": False}) == "ERROR e"
+    assert report.row_state({**base, "fresh": False, "agreement": 0.5}) == \
+        "STALE (model changed since)"
+    assert report.row_state({**base, "agreement": 0.5, "disagreements": [1, 2, 3],
+                             "old": True}) == "DISAGREES with host on 3 sample(s)"
+    assert report.row_state({**base, "agreement": 1.0, "old": True}) == \
+        "OLD (measured at an unknown time)"
+    assert report.row_state({**base, "agreement": None}) == "ok"
+    assert report.vs_reference({"p50_us": 1.0}) == "alone"
+    assert report.vs_reference({}) == ""
+    assert report.vs_reference({"verdict": {"ratio": 1.0, "low": 0.99, "high": 1.01,
+                                            "p": 0.5, "word": "environment"},
+                                "reference_sha256": "0123456789"}) == \
+        "1.000 [0.990, 1.010] p=0.5 environment vs 01234567"
+
+
+def test_the_ratio_table_in_full():
+    rows = report.latency_rows([two_thread_doc()], {})
+    cells = table_cells(report.ratio_table(rows))
+    assert cells == [{"build": "m", "board": "k1", "thr": "2", "int8 (TFLite) p50 µs": "20.0",
+                      "onnx_int8 (ORT) p50 µs": "30.0", "onnx_int8/TFLite": "1.50",
+                      "onnx_int8_tflite (ORT) p50 µs": "", "onnx_int8_tflite/TFLite": ""}]
+    emulated = report.latency_rows([{**two_thread_doc(), "emulated": True}], {})
+    assert table_cells(report.ratio_table(emulated))[0]["board"] == "k1 (EMULATED)"
+
+
+def test_ops_by_type_sums_per_op_and_provider_largest_first():
+    nodes = [{"op": "Conv", "provider": "P", "median_us": 5.0, "share": 0.25},
+             {"op": "Relu", "provider": "P", "median_us": 1.0, "share": 0.125},
+             {"op": "Conv", "provider": "P", "median_us": 7.0, "share": 0.5},
+             {"op": "Conv", "provider": "Q", "median_us": 2.0, "share": 0.125}]
+    assert report.ops_by_type(nodes) == [
+        {"op": "Conv", "provider": "P", "nodes": 2, "median_us": 12.0, "share": 0.75},
+        {"op": "Conv", "provider": "Q", "nodes": 1, "median_us": 2.0, "share": 0.125},
+        {"op": "Relu", "provider": "P", "nodes": 1, "median_us": 1.0, "share": 0.125}]
+
+
+def test_the_per_op_markdown_of_one_case_in_full():
+    nodes = [{"node": f"n{i}", "op": "Conv", "provider": "CPUExecutionProvider",
+              "median_us": 2.0, "share": 0.0625} for i in range(16)]
+    entry = {"build": "m", "board": "k1", "measured_utc": "T", "cpu_model": "X60", "cases": [
+        {"variant": "onnx_int8", "threads": 2, "runtime": "ort 1", "p50_us": 40.0,
+         "profiled_runs": 50, "node_sum_us": 32.0, "model_run_us": 35.25,
+         "nodes_per_provider": {"CPUExecutionProvider": 16},
+         "by_op": report.ops_by_type(nodes), "nodes": nodes}]}
+    md = report.render_op_markdown(entry)
+    lines = md.splitlines()
+    assert lines[0] == "# Per-op profile: m on k1"
+    assert "## onnx\\_int8, 2 thread(s)" in lines
+    assert ("ort 1; nodes per provider: CPU 16; 50 profiled runs; node sum 32.0 µs, "
+            "model\\_run 35.2 µs, timed p50 40.0 µs.") in lines
+    rows = table_cells("\n".join(lines[lines.index("## onnx\\_int8, 2 thread(s)") + 4:][:17]))
+    assert len(rows) == report.TOP_OPS == 15
+    assert rows[1] == {"#": "2", "node": "n1", "op": "Conv", "provider": "CPU",
+                       "profiled µs": "2.0", "µs at p50": "2.5", "share %": "6.2",
+                       "cumulative %": "12.5"}
+    assert "1 more node(s) in the JSON." in lines
+    by_op = table_cells("\n".join(lines[lines.index("By op type:") + 2:]))
+    assert by_op == [{"op": "Conv", "provider": "CPU", "nodes": "16", "profiled µs": "32.0",
+                      "µs at p50": "40.0", "share %": "100.0"}]
+
+
+def test_op_profiles_keep_ok_and_partial_boards_and_sort_cases():
+    profile = {"runs": 5, "node_sum_us": 1.0, "model_run_us": 2.0, "nodes_per_provider": {},
+               "nodes": [{"node": "a\x1b[31m", "op": "Conv", "provider": "P",
+                          "median_us": 1.0, "share": 1.0}]}
+    results = [{"build": "m", "variant": v, "threads": t, "p50_us": 3.0, "profile": profile}
+               for v, t in (("onnx_int8", 2), ("onnx_float32", 1), ("onnx_int8", 1))]
+    results.append({"build": "m", "variant": "int8", "threads": 1, "profile": {"nodes": []}})
+    docs = [doc(board="k1", results=results, machine={"cpu_model": "c\x07"}),
+            doc(board="k2", status="failed", results=results),
+            doc(board="k3", status="partial", results=results[:1])]
+    out = report.op_profiles(docs)
+    assert sorted(out) == [("m", "k1"), ("m", "k3")]
+    entry = out["m", "k1"]
+    assert (entry["build"], entry["board"], entry["cpu_model"]) == ("m", "k1", "c")
+    assert [(c["variant"], c["threads"]) for c in entry["cases"]] == [
+        ("onnx_float32", 1), ("onnx_int8", 1), ("onnx_int8", 2)]
+    case = entry["cases"][0]
+    assert (case["p50_us"], case["profiled_runs"], case["node_sum_us"], case["model_run_us"]) \
+        == (3.0, 5, 1.0, 2.0)
+    assert case["nodes"][0]["node"] == "a" and case["by_op"][0]["nodes"] == 1
+
+
+def test_latency_md_says_what_it_was_made_from_and_links_the_profiles():
+    rows = report.latency_rows([two_thread_doc()], {})
+    md = report.render_markdown(rows, [two_thread_doc()], {"m/int8": "0123456789abcdef"},
+                                "T", [("m", "k1", "m/ops_k1.md")])
+    lines = md.splitlines()
+    assert lines[0] == "# On-device latency"
+    assert lines[2] == "Made T from these models (SHA-256 prefix): `m/int8` 0123456789ab."
+    assert "## ONNX Runtime against TFLite, int8" in lines
+    assert "- m on k1: [m/ops\\_k1.md](m/ops_k1.md)" in lines
+    empty = report.render_markdown([], [], {}, "T").splitlines()
+    assert empty[2].startswith("Made T; no model file exists yet")
+    assert "No board has results yet." in empty
+    assert "No row: no board returned any result (each board's line above says why)." in empty
+    tflite_only = [r for r in rows if r["variant"] != "onnx_int8"]
+    assert "## ONNX Runtime against TFLite, int8" not in report.render_markdown(
+        tflite_only, [], {}, "T")
