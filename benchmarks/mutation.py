@@ -4,7 +4,9 @@ A plain `mutmut run` first runs every configured test file once ("collect stats"
 or slow file stops or slows every module's pass. This script runs mutmut per module in a copy
 of the checkout (build/mutation/<module>/, kept between runs: a second run reuses the record of
 which test calls which function, but tests every mutant again) whose [tool.mutmut] mutates
-just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it. It prints one row per
+just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it (and, for a module listed in
+`[tool.mutation_functions]`, mutates only those functions: a module whose other functions
+draw charts or write files too slowly to test each mutant). It prints one row per
 module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
 directory shows its diff). A survivor that changes only the prose of a message (a string
 literal with a space in it, nothing else on its lines) is counted apart as "wording" and
@@ -80,7 +82,8 @@ def counts(stats: dict) -> dict[str, int]:
     timeout was killed."""
     survived = stats["survived"] + stats["no_tests"] + stats["suspicious"]
     killed = stats["killed"] + stats["timeout"] + stats["segfault"]
-    return {"mutants": stats["total"] - stats["skipped"], "killed": killed, "survived": survived}
+    # Mutants left untested (outside a pass restricted to some functions) are not counted.
+    return {"mutants": killed + survived, "killed": killed, "survived": survived}
 
 
 def _tokens(line: str) -> list[tuple[int, str]]:
@@ -117,9 +120,11 @@ def wording_only(diff: str) -> bool:
     return True
 
 
-def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, list[str], float]:
-    """mutmut over `module` in its own copy of the checkout: the counts, the survivors' names
-    and the pass's wall time in seconds."""
+def run_module(module: str, tests: list[str], functions: list[str], max_children: int
+               ) -> tuple[dict, list[str], float]:
+    """mutmut over `module` (only its module-level `functions` if any are given) in its own
+    copy of the checkout: the counts, the survivors' names and the pass's wall time in
+    seconds."""
     dest = SCRATCH / module.replace("/", ".")
     dest.mkdir(parents=True, exist_ok=True)
     sync_checkout(dest)
@@ -129,8 +134,9 @@ def run_module(module: str, tests: list[str], max_children: int) -> tuple[dict, 
     start = time.monotonic()
     # Named, every mutant is tested again: mutmut keeps a cached verdict otherwise, even
     # after the tests changed (a survivor would stay one after the test that kills it).
-    pattern = module.removesuffix(".py").replace("/", ".") + ".*"
-    subprocess.run([*mutmut, "run", "--max-children", str(max_children), pattern], cwd=dest,
+    dotted = module.removesuffix(".py").replace("/", ".")
+    patterns = [f"{dotted}.x_{name}__mutmut_*" for name in functions] or [f"{dotted}.*"]
+    subprocess.run([*mutmut, "run", "--max-children", str(max_children), *patterns], cwd=dest,
                    check=True)
     seconds = time.monotonic() - start
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=dest, check=True, capture_output=True)
@@ -151,14 +157,17 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help="e.g. pipeline/core/params.py")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
-    mapping = module_tests(tomllib.loads((REPO / "pyproject.toml").read_text()))
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    mapping = module_tests(pyproject)
+    functions = pyproject["tool"].get("mutation_functions", {})
     unknown = [m for m in args.modules if m not in mapping]
     if unknown:
         raise SystemExit(f"pyproject.toml [tool.mutation_tests] has no {', '.join(unknown)}; "
                          "add the module with its test files there.")
     rows = []
     for module in args.modules or list(mapping):
-        found, survivors, seconds = run_module(module, mapping[module], args.max_children)
+        found, survivors, seconds = run_module(module, mapping[module],
+                                               functions.get(module, []), args.max_children)
         # Survivors that change only a message's prose are left out, and counted.
         survived, counted = found["survived"] - found["wording"], \
             found["mutants"] - found["wording"]
