@@ -304,3 +304,95 @@ def test_rebuilding_a_report_never_writes_the_database(tmp_path):
     assert path.read_bytes() == before
     assert (out / "nightly.md").read_text().startswith("# Nightly run 2 — breached")
     assert json.loads((out / "nightly.json").read_text())["previous_run"] == 1
+
+
+# --- the comparison's rows, each figure and mark against a hand computation -----------------
+
+
+def latency_case(build, variant, board, threads, p50, status="ok", error=None, **verdict):
+    return {"build": build, "variant": variant, "board": board, "threads": threads,
+            "p50_us": p50, "status": status, "error": error, **verdict}
+
+
+def test_an_accuracy_change_exactly_at_the_mark_is_not_marked_and_one_step_beyond_is():
+    import math
+
+    def marks(limit, now=0.75, then=0.5, now_bytes=10, then_bytes=10):
+        params = dataclasses.replace(GATES, mark_accuracy_change_pt=limit)
+        cur = history.as_figures([{"build": "b", "variant": "int8", "accuracy": now,
+                                   "drift_pt": 0.0, "bytes": now_bytes}], [], [])
+        old = history.as_figures([{"build": "b", "variant": "int8", "accuracy": then,
+                                   "drift_pt": 0.0, "bytes": then_bytes}], [], [])
+        [row] = compare(cur, old, [old], params)["accuracy"]
+        return row["mark"]
+
+    # 0.75 - 0.5 is 25 points exactly (binary fractions): the change equals the mark.
+    assert marks(25.0) == ""
+    assert marks(math.nextafter(25.0, 0)) == ("accuracy +25.00 pt vs prev; "
+                                              "accuracy +25.00 pt vs median")
+    assert marks(25.0, now=0.5, then=0.75) == ""
+    assert marks(math.nextafter(25.0, 0), now=0.5, then=0.75).startswith(
+        "accuracy -25.00 pt vs prev")
+    assert marks(99.0, now_bytes=2000, then_bytes=766) == "size +1,234 B vs prev"
+    assert marks(99.0, now_bytes=764, then_bytes=766) == "size -2 B vs prev"
+
+
+def test_rows_come_in_build_then_registry_order_and_keep_each_cases_own_figures():
+    cases = [latency_case("b", "int8", "k1", 2, 30.0), latency_case("b", "keras", "k1", 1, 90.0),
+             latency_case("b", "float32", "k1", 1, 50.0),
+             latency_case("a", "int8", "k1", 1, 10.0, status="failed", error="invoke failed"),
+             latency_case("b", "int8", "k1", 1, 40.0)]
+    boards = [{"board": "k1", "status": "ok", "error": None}]
+    rows = compare(history.as_figures([], boards, cases), None, [], GATES)["latency"]
+    # keras before float32 although "float32" < "keras": the registry's order, by hand.
+    assert [(r["build"], r["variant"], r["threads"], r["p50_us"]) for r in rows] == [
+        ("a", "int8", 1, 10.0), ("b", "keras", 1, 90.0), ("b", "float32", 1, 50.0),
+        ("b", "int8", 1, 40.0), ("b", "int8", 2, 30.0)]
+    assert rows[0]["error"] == "invoke failed" and rows[0]["status"] == "failed"
+
+
+def test_a_case_missing_from_some_earlier_runs_takes_the_median_of_those_that_have_it():
+    old = figures(100.0)
+    without = history.as_figures(
+        [{"build": "b", "variant": "keras", "accuracy": 0.9, "drift_pt": 0.0, "bytes": 1}],
+        [{"board": "k1", "status": "ok", "error": None}], [])
+    rows = compare(figures(130.0), without, [old, without, figures(300.0)], GATES)
+    [lat] = rows["latency"]
+    assert (lat["p50_prev"], lat["p50_median"], lat["runs_in_median"]) == (None, 200.0, 2)
+    int8 = next(r for r in rows["accuracy"] if r["variant"] == "int8")
+    assert int8["accuracy_prev"] is None and int8["accuracy_median"] == 0.975
+
+
+def test_the_latency_mark_follows_the_gate_and_says_when_the_board_is_emulated():
+    same = {"ratio": 1.0, "low": 0.9, "high": 1.1, "p": 0.5, "word": "same"}
+
+    def mark(verdict, emulated=False):
+        [row] = compare(figures(100.0, verdict=verdict, emulated=emulated), None, [],
+                        GATES)["latency"]
+        return row["mark"]
+
+    assert mark(SLOWER) == "slower than its reference"
+    assert mark(SLOWER, emulated=True) == "slower than its reference (emulated: not gated)"
+    assert mark(same) == "" and mark(None) == ""
+
+
+def test_a_dropped_boards_rows_keep_their_keys_in_order_and_count_no_median():
+    boards = [{"board": "k1", "status": "ok", "error": None, "emulated": 0},
+              {"board": "old", "status": "ok", "error": None, "emulated": 1}]
+    before = history.as_figures([], boards, [latency_case("b", "int8", "old", 4, 70.0),
+                                             latency_case("b", "keras", "old", 1, 80.0)])
+    now = history.as_figures([], boards[:1], [])
+    rows = compare(now, before, [before], GATES)["latency"]
+    assert [(r["build"], r["variant"], r["board"], r["threads"], r["p50_prev"],
+             r["runs_in_median"], r["emulated"], r["status"]) for r in rows] == [
+        ("b", "keras", "old", 1, 80.0, 0, True, "dropped"),
+        ("b", "int8", "old", 4, 70.0, 0, True, "dropped")]
+
+
+def test_a_verdict_needs_both_its_word_and_its_ratio():
+    from pipeline.nightly.report import _delta, verdict_of
+
+    assert verdict_of({"word": "slower", "ratio": None}) is None
+    assert verdict_of({"word": None, "ratio": 1.2}) is None
+    assert verdict_of({"word": "slower", "ratio": 1.2})["ratio"] == 1.2
+    assert _delta(0.75, 0.5) == 0.25 and _delta(0.75, 0.5, 100) == 25.0

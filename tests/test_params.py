@@ -611,3 +611,30 @@ def test_an_override_splits_at_the_first_equals_and_the_first_dot(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert str(err.value).startswith(f"{path}: train.epochs: must be in 1..1000")
+
+
+def test_the_reference_reads_the_params_file_and_the_override_from_the_environment(
+        tmp_path, monkeypatch, capsys):
+    from pipeline.core.params import main
+
+    path = tmp_path / "mine.toml"
+    path.write_text("[train]\nepochs = 5\n")
+    monkeypatch.setenv("PIPELINE_PARAMS", str(path))
+    monkeypatch.setenv("PIPELINE_SET", "train.batch_size=64")
+    assert main([]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert (printed["train"]["epochs"], printed["train"]["batch_size"]) == (5, 64)
+    monkeypatch.delenv("PIPELINE_SET")
+    assert main([]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["train"]["batch_size"] == 128
+    monkeypatch.delenv("PIPELINE_PARAMS")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.toml").write_text("[train]\nepochs = 4\n")
+    assert main([]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["train"]["epochs"] == 4
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out
+    assert "Print every params key with its resolved value, what it means and its rule." in \
+        " ".join(usage.split())
+    assert "section.key=value;... (default: $PIPELINE_SET)" in usage
