@@ -1,5 +1,5 @@
-"""Shared fixtures: real HTTP mirrors on 127.0.0.1, tiny IDX datasets, tiny .tflite models,
-and one smoke build of the whole project run through `doit` in a temporary directory.
+"""Shared fixtures: real HTTP mirrors on 127.0.0.1, tiny IDX datasets, the committed fixture
+models (tests/fixtures/models), and one smoke build of the whole project run through `doit` in a temporary directory.
 
 Worker-safe under pytest-xdist (the README's command runs `-n auto --dist loadfile`): the
 expensive session fixtures (models, the smoke build) are built once per run by whichever
@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from tests.fixtures.make_models import file_names
 from tests.project import REPO, copy_project  # noqa: F401  (copy_project: re-exported)
 
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
@@ -82,6 +83,11 @@ def pytest_configure(config):
     children run that mutant."""
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
         del os.environ["MUTANT_UNDER_TEST"]
+    # xdist otherwise sorts the files by their number of tests (most first), which starts the
+    # long end-to-end files, that have few tests, last (--loadscope-reorder, its default);
+    # LONGEST_FIRST orders them instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.fixture(scope="session")
@@ -195,6 +201,25 @@ def mnist_dir(tmp_path_factory) -> Path:  # DATA_SKIP_LINE
         pytest.skip(str(exc))
 
 
+# The test files the xdist workers start first, longest first (`--dist loadfile` hands out
+# whole files in collection order): a long file started last keeps one worker busy after
+# the other has finished. Measured with --durations (docs/development.md); files not listed
+# follow in pytest's order. The first two start together: one builds the smoke project
+# while the other runs tests that do not need it.
+LONGEST_FIRST = (
+    "test_nightly.py", "test_virtual_k1.py", "test_dodo.py", "test_bench.py",
+    "test_models.py", "test_layers.py", "test_reproducible.py", "test_predict.py",
+    "test_convert_onnx.py", "test_convert.py", "test_runner.py", "test_docs.py",
+    "test_fashion_mnist.py", "test_train.py", "test_floor.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The files of LONGEST_FIRST first, in its order; within a file, pytest's order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Every test skipped for want of the data reports the same place, so `pytest -rs` folds
@@ -280,50 +305,38 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_models(run_root) -> dict[str, Path]:
-    """Untrained CNN and MLP converted to float32 and int8 .tflite, named <build>_<variant>
-    (built once per run, shared by the workers)."""
-    names = {f"tiny_{kind}/{variant}": f"tiny_{kind}_{variant}.tflite"
-             for kind in ("cnn", "mlp") for variant in ("float32", "int8")}
+def fixture_models(root: Path) -> Path:
+    """The committed fixture models (tests/fixtures/models), copied once per run into
+    `root` (so that no test can change the committed files), checked against their manifest."""
+    from tests.fixtures import make_models
 
     def build(out: Path) -> None:
-        from pipeline.stages.convert import convert
-        from pipeline.stages.train import build_model
+        for name in make_models.file_names().values():
+            shutil.copy2(make_models.MODELS / name, out / name)
+        manifest = json.loads(make_models.MANIFEST.read_text())
+        line = make_models.difference(manifest, make_models.digests(out), manifest["made_with"])
+        if line:  # a damaged checkout, not a converter's change: the files are as committed
+            pytest.fail(f"{make_models.MODELS}: {line}", pytrace=False)
 
-        representative = synthetic_images(np.arange(50) % 10, 3)
-        for kind in ("cnn", "mlp"):
-            model = build_model(kind, (28, 28), 10)
-            for variant in ("float32", "int8"):
-                path = out / names[f"tiny_{kind}/{variant}"]
-                path.write_bytes(convert(model, variant, representative))
-
-    out = built_once(run_root, "tiny_models", build)
-    return {key: out / name for key, name in names.items()}
+    return built_once(root, "fixture_models", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_models(run_root, tiny_models) -> dict[str, Path]:
-    """The ONNX variants of an untrained CNN and MLP, named <build>_<variant>.onnx: exported,
-    quantized by ONNX Runtime, and tiny_models' int8 .tflite translated (built once per run)."""
-    variants = ("onnx_float32", "onnx_int8", "onnx_int8_tflite")
+def tiny_models(run_root) -> dict[str, Path]:
+    """An untrained CNN and MLP of a few KB as float32 and int8 .tflite, named
+    <build>_<variant>: the committed fixtures (tests/fixtures/make_models.py makes them with
+    the pipeline's converter), for tests that do not test training or conversion itself."""
+    out = fixture_models(run_root)
+    return {key: out / name for key, name in file_names().items() if name.endswith(".tflite")}
 
-    def build(out: Path) -> None:
-        from pipeline.stages.convert_onnx import export_float, quantize_int8, translate_tflite
-        from pipeline.stages.train import build_model
 
-        representative = synthetic_images(np.arange(50) % 10, 3)
-        for kind in ("cnn", "mlp"):
-            float_model = export_float(build_model(kind, (28, 28), 10))
-            contents = {"onnx_float32": float_model,
-                        "onnx_int8": quantize_int8(float_model, representative),
-                        "onnx_int8_tflite": translate_tflite(tiny_models[f"tiny_{kind}/int8"])}
-            for variant, content in contents.items():
-                (out / f"tiny_{kind}_{variant}.onnx").write_bytes(content)
-
-    out = built_once(run_root, "tiny_onnx_models", build)
-    return {f"tiny_{kind}/{variant}": out / f"tiny_{kind}_{variant}.onnx"
-            for kind in ("cnn", "mlp") for variant in variants}
+@pytest.fixture(scope="session")
+def tiny_onnx_models(run_root) -> dict[str, Path]:
+    """The ONNX variants of tiny_models' CNN and MLP, named <build>_<variant>.onnx: exported,
+    quantized by ONNX Runtime, and tiny_models' int8 .tflite translated (committed fixtures,
+    as tiny_models)."""
+    out = fixture_models(run_root)
+    return {key: out / name for key, name in file_names().items() if name.endswith(".onnx")}
 
 
 @pytest.fixture(scope="session")

@@ -105,3 +105,21 @@ def test_pipeline_mirror_provides_the_real_data(clone, tmp_path, serve, mnist_di
     proc = run_tests(clone, tmp_path, {"PIPELINE_MIRROR": mirror})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "1 passed" in proc.stdout and "skipped" not in proc.stdout
+
+
+def test_the_longest_files_start_first_in_the_listed_order():
+    """LONGEST_FIRST names files that exist (a renamed file would silently lose its place),
+    and the collection hook puts their tests first, keeping each file's own order."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tests.conftest import LONGEST_FIRST, pytest_collection_modifyitems
+
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+    assert all((REPO / "tests" / name).is_file() for name in LONGEST_FIRST)
+    names = ["test_a.py", LONGEST_FIRST[1], "test_a.py", LONGEST_FIRST[0], LONGEST_FIRST[1]]
+    items = [SimpleNamespace(path=Path("tests") / name, n=i) for i, name in enumerate(names)]
+    pytest_collection_modifyitems(None, items)
+    assert [(item.path.name, item.n) for item in items] == [
+        (LONGEST_FIRST[0], 3), (LONGEST_FIRST[1], 1), (LONGEST_FIRST[1], 4),
+        ("test_a.py", 0), ("test_a.py", 2)]

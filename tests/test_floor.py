@@ -15,10 +15,11 @@ from pipeline.core.variants import VARIANTS
 from tests.conftest import synthetic_images
 from tests.test_runner import onnx_models, write_onnx_models  # noqa: F401
 
-# The K1 tutorial CNN on 28x28x1, counted by hand:
-# conv 26*26*32*(3*3*1) + conv 11*11*64*(3*3*32) + conv 3*3*64*(3*3*64) + 576*64 + 64*10
-CNN_MACS = 194_688 + 2_230_272 + 331_776 + 36_864 + 640
-MLP_MACS = 784 * 128 + 128 * 10
+# The fixture CNN (the K1 tutorial CNN's layers, narrower: tests/fixtures/make_models.py) on
+# 28x28x1, counted by hand: conv 26*26*4*(3*3*1) + conv 11*11*8*(3*3*4) + conv 3*3*8*(3*3*8)
+# + dense 72*8 + 8*10; the MLP: 784*8 + 8*10.
+CNN_MACS = 24_336 + 34_848 + 5_184 + 576 + 80
+MLP_MACS = 784 * 8 + 8 * 10
 
 
 def test_count_macs_matches_the_hand_count(tiny_models, peak_models):
@@ -170,7 +171,7 @@ def test_a_transposed_gemm_input_reduces_over_its_first_axis(tmp_path):
 
 
 def test_the_onnx_cnn_and_mlp_macs_match_the_hand_count(tiny_onnx_models):
-    """Every ONNX form of the K1 CNN and the MLP: exported, ORT's QDQ, and the int8 .tflite
+    """Every ONNX form of the fixture CNN and MLP: exported, ORT's QDQ, and the int8 .tflite
     translated and rewritten (Gemm, requantized reshapes): the same MACs as the .tflite."""
     for variant in ("onnx_float32", "onnx_int8", "onnx_int8_tflite"):
         assert floor.count_macs(tiny_onnx_models[f"tiny_cnn/{variant}"]) == CNN_MACS, variant

@@ -291,7 +291,7 @@ def test_onnx_threads_float_tensors_and_ops(tiny_onnx_models, images):
     ops = [op["op"] for op in two.ops()]
     assert ops.count("Conv") == 3 and ops.count("MatMul") == 2 and "QuantizeLinear" in ops
     conv = next(op for op in two.ops() if op["op"] == "Conv")
-    assert conv["outputs"] == [(1, 32, 26, 26)]  # NCHW inside, shapes inferred
+    assert conv["outputs"] == [(1, 4, 26, 26)]  # NCHW inside (conv1: 4 filters), inferred
     floats = two.float_tensors()
     assert floats["image"] == "float32" and set(floats.values()) == {"float32"}
     translated = open_model(tiny_onnx_models["tiny_cnn/onnx_int8_tflite"]).float_tensors()
