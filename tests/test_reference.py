@@ -18,13 +18,26 @@ from pipeline.core.verdict import describe, judge
 from tests.conftest import REPO, synthetic_images
 
 
-def test_no_index_no_reference_and_no_note(tmp_path, tiny_models):
-    assert reference.references_for(Layout(tmp_path), "b", tiny_models) == ({}, [])
+@pytest.fixture
+def model_files(tmp_path):
+    """Model files as the reference store sees them: bytes kept by SHA-256 (no runtime opens
+    them here)."""
+    out = {}
+    for key in ("tiny_mlp/int8", "tiny_cnn/int8", "tiny_mlp/float32"):
+        path = tmp_path / "files" / f"{key.replace('/', '_')}.tflite"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"model {key}".encode())
+        out[key] = path
+    return out
 
 
-def test_kept_models_become_the_references_and_bad_copies_are_named(tmp_path, tiny_models):
+def test_no_index_no_reference_and_no_note(tmp_path, model_files):
+    assert reference.references_for(Layout(tmp_path), "b", model_files) == ({}, [])
+
+
+def test_kept_models_become_the_references_and_bad_copies_are_named(tmp_path, model_files):
     layout = Layout(tmp_path)
-    models = {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
+    models = {k: model_files[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
     results = [{"build": k.split("/")[0], "variant": k.split("/")[1],
                 "sha256": sha256_file(p)} for k, p in models.items()]
     reference.keep_timed(layout, "b", models, results)
@@ -43,6 +56,30 @@ def test_kept_models_become_the_references_and_bad_copies_are_named(tmp_path, ti
     layout.reference_index("b").write_text("{not json")
     found3, notes = reference.references_for(layout, "b", models)
     assert found3 == {} and len(notes) == 1 and "unreadable" in notes[0]
+    layout.reference_index("b").write_text('{"tiny_mlp/int8": 3}')
+    assert reference.references_for(layout, "b", models) == ({}, [
+        f"{layout.reference_index('b')}: not a build/variant -> SHA-256 map; delete it to "
+        "start over"])
+
+
+def test_keep_timed_adds_to_the_index_and_copies_each_model_once(tmp_path, model_files):
+    layout = Layout(tmp_path)
+    layout.reference_index("b").parent.mkdir(parents=True)
+    layout.reference_index("b").write_text('{"other/int8": "abc"}')
+    models = {k: model_files[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
+    sha = {k: sha256_file(p) for k, p in models.items()}
+    results = [{"build": "tiny_mlp", "variant": "int8", "sha256": sha["tiny_mlp/int8"]},
+               {"build": "tiny_cnn", "variant": "int8"}]  # a failed case: no bytes timed
+    reference.keep_timed(layout, "b", models, results)
+    assert json.loads(layout.reference_index("b").read_text()) == {
+        "other/int8": "abc", "tiny_mlp/int8": sha["tiny_mlp/int8"]}
+    stored = layout.reference_model(sha["tiny_mlp/int8"], ".tflite")
+    assert stored.read_bytes() == models["tiny_mlp/int8"].read_bytes()
+    stored.write_bytes(b"kept as it is")  # already there: never copied again
+    reference.keep_timed(layout, "b", models, results)
+    assert stored.read_bytes() == b"kept as it is"
+    assert sorted(p.name for p in layout.references_dir().iterdir()) == sorted(
+        ["b.json", stored.name])
 
 
 def test_attach_verdicts_judges_each_pair_and_same_bytes_are_environment():
@@ -108,10 +145,10 @@ def test_a_second_bench_times_each_model_beside_the_first(tmp_path, tiny_models)
     assert index["tiny_cnn/int8"] == sha256_file(tiny_models["tiny_cnn/float32"])
 
 
-def test_an_accepted_nights_references_seed_the_next_night(tmp_path, tiny_models):
+def test_an_accepted_nights_references_seed_the_next_night(tmp_path, model_files):
     night1, night2 = Layout(tmp_path / "run1"), Layout(tmp_path / "run2")
     accepted = tmp_path / "accepted"
-    models = {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
+    models = {k: model_files[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
     results = [{"build": k.split("/")[0], "variant": k.split("/")[1],
                 "sha256": sha256_file(p)} for k, p in models.items()]
     reference.keep_timed(night1, "k1", models, results)
@@ -121,13 +158,18 @@ def test_an_accepted_nights_references_seed_the_next_night(tmp_path, tiny_models
     assert notes == [] and {k: p.read_bytes() for k, p in found.items()} == {
         k: p.read_bytes() for k, p in models.items()}
     # night 2 replaces the MLP; once accepted, the old MLP leaves the store
-    newer = {**models, "tiny_mlp/int8": tiny_models["tiny_mlp/float32"]}
+    newer = {**models, "tiny_mlp/int8": model_files["tiny_mlp/float32"]}
     reference.keep_timed(night2, "k1", newer, [
         {**results[0], "sha256": sha256_file(newer["tiny_mlp/int8"])}, results[1]])
     reference.accept_references(night2, accepted)
     assert sorted(p.name for p in accepted.iterdir()) == sorted(
         [f"{sha256_file(p)}.tflite" for p in newer.values()] + ["k1.json"])
     assert reference.seed_references(tmp_path / "nothing", Layout(tmp_path / "run3")) == 0
+    # a damaged accepted index seeds nothing, and accepting a night skips a damaged one
+    (accepted / "k2.json").write_text("[1]")
+    assert reference.seed_references(accepted, Layout(tmp_path / "run4")) == 1
+    assert sorted(p.name for p in Layout(tmp_path / "run4").references_dir().iterdir()) == \
+        sorted(p.name for p in accepted.iterdir() if p.name != "k2.json")
 
 
 def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, dict]:
