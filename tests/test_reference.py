@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +365,145 @@ def test_attach_verdicts_uses_the_level_and_minimum_effect_it_is_given():
     few = [{"model": "a", "pair": {"candidate_us": new_us[:4], "reference_us": ref_us[:4]}}]
     reference.attach_verdicts(few, plan, 0.01, 0.02)
     assert "verdict" not in few[0] and few[0]["reference_sha256"] == "old"
+
+
+# --- each message whole, each loop past a case it skips ------------------------------------
+
+
+def samples_line(**changes) -> dict:
+    line = {"build": "b", "variant": "int8", "threads": 1, "sha256": "s",
+            "reference_sha256": "r", "alpha": 0.01, "min_effect": 0.02,
+            "candidate_us": [1.0] * 6, "reference_us": [1.0] * 6}
+    return {**line, **changes}
+
+
+def write_samples(layout: Layout, lines: list) -> Path:
+    data = gzip.compress("".join(json.dumps(x) + "\n" for x in lines).encode(), mtime=0)
+    path = layout.board_samples("k1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    layout.board_result("k1").write_text(json.dumps(
+        {"samples_file": reference.samples_reference(path.name, data)}))
+    return path
+
+
+def test_the_samples_file_messages_in_full(tmp_path):
+    layout = Layout(tmp_path)
+    path = write_samples(layout, [samples_line()])
+    data = path.read_bytes()
+    right = hashlib.sha256(data).hexdigest()
+    with pytest.raises(reference.SamplesError) as exc:
+        reference.read_samples(tmp_path / "gone.gz", right)
+    assert str(exc.value) == (f"{tmp_path / 'gone.gz'}: cannot read it (No such file or "
+                              "directory); bench the board again to time its pairs anew")
+    with pytest.raises(reference.SamplesError) as exc:
+        reference.read_samples(path, "0123456789abcdef")
+    assert str(exc.value) == (f"{path}: SHA-256 {right[:12]} is not the 0123456789ab its "
+                              "result names (changed or damaged); bench the board again")
+    for bad in ([1, 2], {k: v for k, v in samples_line().items() if k != "alpha"},
+                samples_line(candidate_us=[1.0, "2"])):
+        path = write_samples(layout, [samples_line(), bad])
+        with pytest.raises(reference.SamplesError) as exc:
+            reference.recompute_verdicts(layout.board_result("k1"))
+        assert str(exc.value) == (
+            f"{path}: line 2 lacks build, variant, threads, sha256, reference_sha256, alpha, "
+            "min_effect or its round medians; bench the board again")
+    layout.board_result("k1").write_text("[]")
+    with pytest.raises(reference.SamplesError) as exc:
+        reference.recompute_verdicts(layout.board_result("k1"))
+    assert str(exc.value) == (f"{layout.board_result('k1')}: names no samples file (a result "
+                              "of an older bench, or a failed one); bench the board again")
+    layout.board_result("k1").write_text("{")
+    with pytest.raises(reference.SamplesError) as exc:
+        reference.recompute_verdicts(layout.board_result("k1"))
+    assert str(exc.value).startswith(f"{layout.board_result('k1')}: unreadable (")
+
+
+def test_each_line_is_judged_at_its_own_level_and_too_few_rounds_say_so(tmp_path, capsys):
+    rng = np.random.default_rng(17)
+    ref_us = list(100 + rng.gamma(1.0, 1.0, 8))
+    new_us = list(100.5 + rng.gamma(1.0, 1.0, 8))
+    p = judge(ref_us, new_us, False).p
+    assert 0.01 < p < 0.05  # significant at 5 %, not at 1 %
+    layout = Layout(tmp_path)
+    write_samples(layout, [samples_line(alpha=0.05, min_effect=0.002, candidate_us=new_us,
+                                        reference_us=ref_us),
+                           samples_line(variant="float32", candidate_us=[1.0] * 4,
+                                        reference_us=[1.0] * 4)])
+    [(_, at5), (_, none)] = reference.recompute_verdicts(layout.board_result("k1"))
+    assert at5.word == "slower" and at5.p == p and none is None
+    reference.main([str(layout.board_result("k1"))])
+    assert capsys.readouterr().out.splitlines() == [
+        f"b/int8 x1: {describe(at5)}", "b/float32 x1: too few rounds for a verdict"]
+    with pytest.raises(SystemExit) as exc:
+        reference.main(["--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    assert "Judge again each verdict of a board's result from its samples file." in usage
+    assert "reports/latency/<board>.json" in usage
+
+
+def test_loops_go_past_the_cases_they_skip(tmp_path, model_files):
+    results = [{"build": "b", "variant": "a", "threads": 1},  # no pair: not kept
+               {"build": "b", "variant": "z", "threads": 1, "sha256": "s",
+                "reference_sha256": "r", "pair": {"candidate_us": [1.0], "reference_us": [2.0]}}]
+    lines = gzip.decompress(reference.split_samples(results, 0.01, 0.02)).decode().splitlines()
+    assert [json.loads(x)["variant"] for x in lines] == ["z"]
+    rng = np.random.default_rng(14)
+    us = list(100 + rng.gamma(1.0, 1.0, 8))
+    plan = {"models": [{"file": "a", "sha256": "x"},
+                       {"file": "b", "sha256": "y", "reference": {"sha256": "y"}}]}
+    attached = [{"model": "elsewhere", "pair": {"candidate_us": us, "reference_us": us}},
+                {"model": "a", "pair": {"candidate_us": us, "reference_us": us}},
+                {"model": "b"}, {"model": "b", "pair": {"candidate_us": us, "reference_us": us}}]
+    reference.attach_verdicts(attached, plan, 0.01, 0.02)
+    assert ["verdict" in r for r in attached] == [False, False, False, True]
+    assert attached[3]["verdict"]["word"] == "environment"
+    # an index naming keys in sorted order: a key without a model stored, then a good one
+    layout = Layout(tmp_path / "a")
+    models = {k: model_files[k] for k in ("tiny_cnn/int8", "tiny_mlp/int8")}
+    reference.keep_timed(layout, "b", {"tiny_mlp/int8": models["tiny_mlp/int8"]},
+                         [{"build": "tiny_mlp", "variant": "int8",
+                           "sha256": sha256_file(models["tiny_mlp/int8"])}])
+    found, notes = reference.references_for(layout, "b", models)
+    assert list(found) == ["tiny_mlp/int8"] and notes == []
+    index = json.loads(layout.reference_index("b").read_text())
+    sha = "0123456789abcdef" * 4
+    layout.reference_index("b").write_text(json.dumps({**index, "tiny_cnn/int8": sha}))
+    found, notes = reference.references_for(layout, "b", models)
+    assert list(found) == ["tiny_mlp/int8"] and notes == [
+        f"tiny_cnn/int8: reference 0123456789ab not compared: {sha}.tflite: No such file or "
+        "directory"]
+    layout.reference_model(sha, ".tflite").write_bytes(b"other bytes")
+    actual = hashlib.sha256(b"other bytes").hexdigest()
+    found, notes = reference.references_for(layout, "b", models)
+    assert list(found) == ["tiny_mlp/int8"] and notes == [
+        f"tiny_cnn/int8: reference 0123456789ab not compared: "
+        f"{layout.reference_model(sha, '.tflite')} is damaged (SHA-256 {actual[:12]}); "
+        "delete it"]
+
+
+def test_seeding_and_accepting_go_past_a_damaged_index(tmp_path, model_files, monkeypatch):
+    run = Layout(tmp_path / "run")
+    accepted = tmp_path / "accepted"
+    reference.accept_references(Layout(tmp_path / "empty"), tmp_path / "none")  # nothing yet
+    assert not (tmp_path / "none").exists()
+    for board, key in (("k1", "tiny_mlp/int8"), ("k2", "tiny_cnn/int8")):
+        reference.keep_timed(run, board, {key: model_files[key]},
+                             [{"build": key.split("/")[0], "variant": "int8",
+                               "sha256": sha256_file(model_files[key])}])
+    (run.references_dir() / "a.json").write_text("not json")  # sorted first
+    accepted.mkdir()
+    reference.accept_references(run, accepted)
+    assert sorted(p.name for p in accepted.glob("*.json")) == ["k1.json", "k2.json"]
+    (accepted / "a.json").write_text("not json")
+    # links not allowed (another file system): the models are copied
+    monkeypatch.setattr(reference.os, "link", lambda *a: (_ for _ in ()).throw(OSError(18, "x")))
+    night = Layout(tmp_path / "night")
+    assert reference.seed_references(accepted, night) == 2
+    assert sorted(p.name for p in night.references_dir().iterdir()) == sorted(
+        ["k1.json", "k2.json", *(f"{sha256_file(p)}.tflite" for k, p in model_files.items()
+                                 if k.endswith("/int8"))])
+    for p in night.references_dir().iterdir():
+        assert p.read_bytes() == (accepted / p.name).read_bytes()
+        assert p.stat().st_ino != (accepted / p.name).stat().st_ino  # a copy, not a link
