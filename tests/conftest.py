@@ -15,6 +15,7 @@ import gzip
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -236,6 +237,20 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def mnist_url(serve, mnist_dir) -> str:
     return serve(mnist_dir)
+
+
+# What a third-party library prints when its notices are not hidden (pipeline/core/console.py
+# hides them): LiteRT's delegate line, absl's pre-init line and glog-style lines, oneDNN's and
+# the CPU-feature notices of TensorFlow's import. None may reach a documented command's console.
+THIRD_PARTY_NOTICE = re.compile(
+    r"^(INFO: Created TensorFlow Lite|WARNING: All log messages before absl"
+    r"|[IWE]\d{4} \d\d:\d\d:\d\d|.*oneDNN custom operations|.*cpu_feature_guard"
+    r"|.*TF_ENABLE_ONEDNN_OPTS|.*This TensorFlow binary is optimized)", re.M)
+
+
+def third_party_notices(output: str) -> list[str]:
+    """The third-party notice lines in a command's output."""
+    return [m.group(0) for m in THIRD_PARTY_NOTICE.finditer(output)]
 
 
 def wait_for(predicate, seconds: float) -> bool:

@@ -168,3 +168,37 @@ def test_many_nights_keep_the_run_axis_readable():
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # no two labels overlap
     line = next(line for line in bottom.lines if line.get_gid() != "gate")
     assert len(line.get_xdata()) == 40  # every night keeps its point
+
+
+def test_coinciding_series_nest_instead_of_the_last_one_hiding_the_others():
+    """Variants often score the same (float32 and its ONNX export; int8 and its ONNX forms):
+    in a panel where every series has the same figures, each later variant is a size larger
+    and drawn behind, so every marker and line shows a ring around the one in front."""
+    fig = nightly_figure(*flat_history(3))
+    acc = panel(fig, "b: test accuracy")
+    series = [line for line in acc.lines if line.get_gid() != "gate"
+              and not line.get_label().startswith(("_", "keras"))]
+    assert len({tuple(line.get_ydata()) for line in series}) == 1  # all on one line
+    front_to_back = sorted(series, key=lambda line: -line.get_zorder())
+    assert [line.get_label() for line in front_to_back] \
+        == ["float32", "int8", "float16", "dynamic_range"]  # registry order, first in front
+    sizes = [line.get_markersize() for line in front_to_back]
+    widths = [line.get_linewidth() for line in front_to_back]
+    assert all(a < b for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(a < b for a, b in zip(widths, widths[1:])), widths
+
+
+def test_a_rerun_soon_after_a_night_does_not_put_its_label_on_the_nights():
+    """Real nights are not evenly spaced (here runs 1 and 2 were three minutes apart, the
+    others a week): no two run labels overlap, and the latest is labelled."""
+    runs, figures = history(6, builds=("b",))
+    start = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
+    offsets = [timedelta(0), timedelta(minutes=3)] + [timedelta(days=7 * k) for k in range(1, 5)]
+    for run, offset in zip(runs, offsets):
+        run["started_utc"] = (start + offset).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fig = nightly_figure(runs, figures)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[-1].get_xticklabels() if t.get_text()]
+    assert labels[-1].get_text().endswith("#6")
+    boxes = [t.get_window_extent() for t in labels]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]

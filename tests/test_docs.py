@@ -1,18 +1,21 @@
 """The README and the docs/ site: the site builds with `mkdocs build --strict`, and every shell
-or Python block either runs here, against the code it describes, or carries
-`<!-- not-run: why -->` on the line before it.
+or Python block either runs here or carries `<!-- not-run: why -->` on the line before it.
 
-How a block runs: a `python` block is executed (a block whose first line is `# <file>.py` is
-a model file: written there and built as `train` builds it); a `sh` block's commands are
-checked one by one: `python -m pipeline.…` and `python benchmarks/….py` must answer `--help`
-and know every option and subcommand the block uses, `doit`'s commands, options and tasks
-must exist, `sqlite3` runs its query against a real (empty) history database, and `ssh` hands
-its remote command to `sh` exactly as ssh does (arguments joined by spaces), with a stand-in
-`python3` that compiles its `-c` code, so a quoting mistake fails as it would on a board.
+How a page's blocks run: in order, in one copy of the smoke build (`smoke_project`, with
+`params/smoke.toml` and no network), as the user would type them: a `sh` block is a `bash`
+script under `set -e`, a `python` block is executed (a block whose first line is `# <file>.py`
+is a model file: written there and built as `train` builds it). Example paths point where the
+test has them (`/data/mnist`: the MNIST archives; `/tmp/...`: a temporary directory). `ssh` is
+a stand-in on PATH that hands its remote command to `sh -c` exactly as ssh does (arguments
+joined by spaces), so a quoting mistake fails as it would on a board; the board's `python3`
+compiles its `-c` code. The history blocks read two nights recorded from the smoke build's
+own figures. The virtual K1's block runs where this machine can host it (root, QEMU). No
+block may print a third-party notice (pipeline/core/console.py hides them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import third_party_notices
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -37,13 +42,10 @@ PYTHON_LANGS = {"python", "py"}
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.*?)\s*-->\s*$", re.S)
 CI_MARKER = "<!-- ci-test-command -->"
-SEPARATORS = {"&&", "||", ";", "|", "&"}
-DOIT_COMMANDS = {"list", "clean", "forget", "info", "help", "run", "ignore", "dumpdb",
-                 "strace", "reset-dep", "auto", "tabcompletion"}
-# ssh options that take a value (ssh(1)); the first other word is the host.
-SSH_VALUE_OPTIONS = set("BbcDEeFIiJLlmOoPpQRSWw")
 # A model file's block: the file it is, then its code.
 MODEL_FILE = re.compile(r"^#\s*(\S+\.py)\s*$")
+# Before a block of output: the smoke build's file whose lines the block quotes.
+QUOTED_FROM = re.compile(r"<!--\s*quoted-from:\s*(\S+)\s*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ def commands(code: str) -> list[list[str]]:
 
 
 def kind(command: list[str]) -> str | None:
-    """Which checker runs a command, or None if this file cannot run it."""
+    """What kind of command this file runs it as, or None if it cannot run it here."""
     program, args = Path(command[0]).name, command[1:]
+    if args[:2] == ["-m", "pipeline.nightly"]:
+        return None  # a whole build in its own run directory, minutes: test_nightly.py runs it
     if program in ("python", "python3") and args[:1] == ["-m"] and len(args) > 1 \
             and args[1].split(".")[0] == "pipeline":
         return "cli"
@@ -148,48 +152,13 @@ def runnable(block: Block) -> bool:
     return bool(cmds) and all(kind(command) for command in cmds)
 
 
-# --- the checks -----------------------------------------------------------------------------
+# --- running the blocks ---------------------------------------------------------------------
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without the user's PIPELINE_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(extra)
     return env
-
-
-@lru_cache(maxsize=None)
-def help_text(*program: str) -> str:
-    done = subprocess.run([sys.executable, *program, "--help"], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(program)} --help: {done.stderr[-2000:]}"
-    return done.stdout
-
-
-def options(args: list[str]) -> list[str]:
-    """The long and short options a command line uses (`[--json]` in a synopsis too)."""
-    found = []
-    for arg in args:
-        match = re.match(r"^\[?(--?[A-Za-z][\w-]*)", arg)
-        if match:
-            found.append(match.group(1))
-    return found
-
-
-def mentions(text: str, word: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
-
-
-def check_cli(command: list[str]) -> None:
-    """The module or script answers --help and knows the options and subcommand used."""
-    program = command[1:3] if command[1] == "-m" else command[1:2]
-    text = help_text(*program)
-    unknown = [opt for opt in options(command[len(program) + 1:]) if not mentions(text, opt)]
-    assert not unknown, f"{' '.join(program)} has no option {unknown}:\n{text}"
-    choices = re.search(r"\{([\w,-]+)\}", text.split("\n\n")[0])  # the usage lines
-    positional = [a for a in command[len(program) + 1:] if not a.startswith(("-", "["))]
-    if choices and positional:
-        assert positional[0] in choices.group(1).split(","), \
-            f"{' '.join(program)}: no subcommand {positional[0]!r} (has {choices.group(0)})"
 
 
 @lru_cache(maxsize=None)
@@ -203,97 +172,121 @@ def doit_output(*args: str) -> str:
     return done.stdout
 
 
-def check_doit(command: list[str]) -> None:
-    """doit's command, its options and the tasks named exist (`bench:k1`: the task `bench`;
-    its boards come from an inventory)."""
-    args = command[1:]
-    sub = args.pop(0) if args and args[0] in DOIT_COMMANDS else "run"
-    text = doit_output("help", sub)
-    unknown = [opt for opt in options(args) if not mentions(text, opt)]
-    assert not unknown, f"doit {sub} has no option {unknown}"
-    tasks = {line.split()[0] for line in doit_output("list").splitlines() if line.strip()}
-    for arg in args:
-        if arg.startswith("-") or arg.isdigit():
-            continue
-        assert arg.split(":")[0] in tasks, f"doit has no task {arg!r} (has {sorted(tasks)})"
+# The stand-in `ssh`: what OpenSSH does with a remote command (its words joined by spaces,
+# parsed by the board's shell), with this machine as the board. Options are skipped; `-G`
+# (ssh's resolved configuration) and `-O` (a connection master's control) answer as for a
+# board reached directly.
+STAND_IN_SSH = """\
+import os, sys
+VALUE = set("BbcDEeFIiJLlmOoPpQRSWw")
+args, i = sys.argv[1:], 0
+while i < len(args) and args[i].startswith("-"):
+    if args[i] == "--":
+        i += 1
+        break
+    if args[i] == "-G":
+        sys.exit(print("hostname 127.0.0.1\\nport 22\\nuser board"))
+    if args[i] == "-O":
+        sys.exit(0)
+    i += 2 if args[i][1:] in VALUE else 1
+remote = " ".join(args[i + 1:])
+if not remote:
+    sys.exit("stand-in ssh: no remote command (an interactive login is not a documented step)")
+home = os.environ["STAND_IN_BOARD_HOME"]
+os.chdir(home)
+os.execve("/bin/sh", ["sh", "-c", remote],
+          {"PATH": os.environ["STAND_IN_BOARD_PATH"], "HOME": home})
+"""
+
+# The board's `python3` for commands typed at it (not the runner: the inventory names its
+# interpreter): compiles its `-c` code, runs nothing, since the board's modules
+# (spacemit_ort) are not on this machine.
+STAND_IN_PYTHON3 = """\
+import sys
+if sys.argv[1:2] == ["-c"]:
+    compile(sys.argv[2], "<ssh python3 -c>", "exec")
+"""
 
 
-def stand_in_python(bin_dir: Path) -> None:
-    """A `python3` for the stand-in board: compiles its `-c` code, runs nothing."""
-    stub = bin_dir / "python3"
-    stub.write_text(f"#!{sys.executable}\nimport sys\n"
-                    "if sys.argv[1:2] == ['-c']:\n"
-                    "    compile(sys.argv[2], '<ssh python3 -c>', 'exec')\n")
-    stub.chmod(0o755)
+def stand_in_board(where: Path) -> dict[str, str]:
+    """`ssh` and the board's `python3` as scripts under `where`; the environment that puts
+    that `ssh` first on PATH."""
+    host_bin, board_bin, home = where / "bin", where / "board-bin", where / "board-home"
+    for directory in (host_bin, board_bin, home):
+        directory.mkdir(parents=True, exist_ok=True)
+    for path, code in ((host_bin / "ssh", STAND_IN_SSH),
+                       (board_bin / "python3", STAND_IN_PYTHON3)):
+        path.write_text(f"#!{sys.executable}\n{code}")
+        path.chmod(0o755)
+    return {"PATH": os.pathsep.join([str(host_bin), str(Path(sys.executable).parent),
+                                     os.environ.get("PATH", "/usr/bin:/bin")]),
+            "STAND_IN_BOARD_PATH": f"{board_bin}:/usr/bin:/bin", "STAND_IN_BOARD_HOME": str(home)}
 
 
-def check_ssh(command: list[str], tmp_path: Path) -> None:
-    """ssh joins its remote words with spaces and the board's shell parses the result: run
-    that through `sh` with a stand-in python3, as `ssh` to a board would."""
-    args, i = command[1:], 0
-    while i < len(args) and args[i].startswith("-"):
-        i += 2 if args[i][1:] in SSH_VALUE_OPTIONS else 1
-    remote = " ".join(args[i + 1:])
-    assert remote, f"{command}: no remote command"
-    bin_dir = tmp_path / "board-bin"
-    bin_dir.mkdir(exist_ok=True)
-    stand_in_python(bin_dir)
-    done = subprocess.run(["sh", "-c", remote], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=60)
-    assert done.returncode == 0, f"the board's shell cannot run {remote!r}: {done.stderr}"
+def example_paths(code: str, places: dict[str, Path]) -> str:
+    """The block with its example paths (`/data/mnist`, `/tmp/mnist`, the virtual K1's
+    state) pointing where this test has them."""
+    for documented, real in places.items():
+        code = re.sub(rf"(?<![\w./-]){re.escape(documented)}(?=[/\s\"']|$)", str(real), code,
+                      flags=re.M)
+    return code
 
 
-def history_db(cwd: Path) -> None:
-    """An empty nightly history database at the documented path."""
-    from pipeline.nightly import history
-
-    path = cwd / "artifacts" / "history.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    history.connect(path).close()
+@dataclass
+class Ran:
+    block: Block
+    output: str
 
 
-def check_sqlite3(command: list[str], tmp_path: Path) -> None:
-    if shutil.which("sqlite3") is None:
-        pytest.fail("sqlite3 is not installed (a test prerequisite; .ci/run installs it)")
-    history_db(tmp_path)
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and not done.stderr, f"{command}: {done.stderr}"
+def run_shell(block: Block, cwd: Path, env: dict[str, str], places: dict[str, Path]) -> Ran:
+    """The block as a script (`set -e`: every command must succeed) in `cwd`."""
+    script = "set -e\n" + example_paths(block.code, places)
+    done = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, (f"{block.name} failed ({done.returncode}):\n{script}\n"
+                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return Ran(block, done.stdout + done.stderr)
 
 
-def run_python(block: Block, tmp_path: Path) -> None:
-    """Run a Python block in a directory holding what it reads; a model file is built."""
-    first = block.code.splitlines()[0]
-    model_file = MODEL_FILE.match(first)
+def run_python(block: Block, cwd: Path, env: dict[str, str]) -> Ran:
+    """Run a Python block in `cwd`; a model file (first line `# <file>.py`) is built."""
+    model_file = MODEL_FILE.match(block.code.splitlines()[0])
     if model_file:
-        check_model_file(block.code, model_file.group(1), tmp_path)
-        return
-    history_db(tmp_path)
-    done = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=clean_env(),
+        return check_model_file(block, model_file.group(1), cwd, env)
+    done = subprocess.run([sys.executable, "-c", block.code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{block.name}: {done.stderr[-3000:]}"
+    return Ran(block, done.stdout + done.stderr)
 
 
-def check_model_file(code: str, name: str, tmp_path: Path) -> None:
+def check_model_file(block: Block, name: str, cwd: Path, env: dict[str, str]) -> Ran:
     """Write the documented model file and build it as the train stage does: checked, and
     with the same layer names on two calls."""
-    path = tmp_path / name
+    path = cwd / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(code)
+    path.write_text(block.code)
     script = ("import sys; from pathlib import Path\n"
               "from pipeline.core.models import resolve\n"
               "from pipeline.stages.train import make_model\n"
               f"source = resolve({name + ':build'!r}, Path.cwd())\n"
               "model, stable = make_model(source, (28, 28), 10)\n"
               "assert stable, 'layer names differ between two calls'\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
                           text=True, timeout=600,
-                          env=clean_env(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"))
+                          env={**env, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    return Ran(block, "")  # TF's own import notices: this is not a documented command
 
 
-CHECKS = {"cli": lambda command, _tmp: check_cli(command),
-          "doit": lambda command, _tmp: check_doit(command),
-          "ssh": check_ssh, "sqlite3": check_sqlite3}
+def run_page(blocks: list[Block], cwd: Path, env: dict[str, str],
+             places: dict[str, Path]) -> list[Ran]:
+    """A page's blocks in order, in one directory (a later block reads what an earlier one
+    made); none may print a third-party notice."""
+    ran = [run_python(b, cwd, env) if b.lang in PYTHON_LANGS else run_shell(b, cwd, env, places)
+           for b in blocks]
+    leaks = {r.block.name: third_party_notices(r.output) for r in ran}
+    assert not any(leaks.values()), f"third-party notices on the console: {leaks}"
+    return ran
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -315,14 +308,155 @@ def test_markers_are_needed():
     assert not needless, f"blocks marked not-run that this file runs: {needless}"
 
 
-@pytest.mark.parametrize("block", [b for b in code_blocks() if b.not_run is None and runnable(b)],
-                         ids=lambda block: block.name)
-def test_block_runs(block: Block, tmp_path):
-    if block.lang in PYTHON_LANGS:
-        run_python(block, tmp_path)
+def page_blocks(path: Path) -> list[Block]:
+    """The blocks of a page this file runs, in page order."""
+    return [b for b in blocks_of(path) if b.lang in SHELL_LANGS | PYTHON_LANGS
+            and b.not_run is None and runnable(b)]
+
+
+RUN_PAGES = [path for path in doc_files() if page_blocks(path)]
+# The virtual K1's own sshd and state, not the one a user may have up: its commands get
+# `--state`, and the inventory path its page shows points there.
+VIRTUAL_K1_PAGE = "virtual-k1.md"
+VIRTUAL_K1_STATE = "/root/.cache/tflite-pipeline/virtual-k1/state"
+# predict's `--board k1` needs a k1 in the inventory; only that page gets one (with it in
+# every page's inventory, a page's `doit` would bench the stand-in board too).
+PAGE_ENV = {"predict.md": {"PIPELINE_BOARDS": "board/with_k1.toml"}}
+
+
+def record_nights(artifacts: Path, nights: int) -> None:
+    """The smoke build's own figures recorded as `nights` completed runs, the way the
+    nightly records one (pipeline/nightly/history.py): what the history readers read. (A
+    real nightly rebuilds everything in its own run directory, minutes; test_nightly.py
+    runs it.)"""
+    from pipeline.core.layout import Layout
+    from pipeline.nightly import history
+
+    builds = sorted(p.name for p in (artifacts / "models").iterdir() if p.is_dir())
+    accuracy = history.read_accuracy(artifacts, builds)
+    boards, latency = history.read_latency(artifacts, ["local"])
+    assert accuracy and latency, f"the smoke build in {artifacts} has no figures to record"
+    db = history.connect(Layout(artifacts).history_db())
+    for night in range(1, nights + 1):
+        started = f"2026-12-{night:02d}T02:00:00Z"
+        run_id = history.start_run(db, started, "0" * 40, False, "smoke", str(artifacts))
+        history.finish_run(db, run_id, "ok", f"2026-12-{night:02d}T02:05:00Z", 300.0,
+                           accuracy, boards, latency)
+    db.close()
+
+
+def write_pictures(dataset_npz: Path, where: Path) -> None:
+    """predict.md's `my_digit.png` and `photo.jpg`: two test digits, dark on light, the
+    second larger and as a JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    with np.load(dataset_npz) as arrays:
+        digits = arrays["x_test"][:2]
+    Image.fromarray(255 - digits[0]).save(where / "my_digit.png")
+    Image.fromarray(255 - digits[1]).resize((140, 140)).convert("RGB").save(
+        where / "photo.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def docs_project(smoke_project, tmp_path_factory, mnist_dir):
+    """A copy of the smoke build where the pages' blocks run: benchmarks/ beside it, two
+    nights in its history, the pictures predict.md names, an inventory with the stand-in
+    k1, `/data/mnist` a directory of the MNIST archives, and the stand-in `ssh` on PATH."""
+    work = tmp_path_factory.mktemp("docs")
+    project = work / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    (project / "benchmarks").symlink_to(ROOT / "benchmarks")
+    record_nights(project / "artifacts", 2)
+    write_pictures(project / "artifacts" / "data" / "mnist" / "mnist.npz", project)
+    (project / "board" / "with_k1.toml").write_text(
+        (project / "board" / "boards.toml").read_text()
+        + f'\n[[boards]]\nname = "k1"\nhost = "k1"\npython = "{sys.executable}"\n'
+        'remote_dir = "tflite-bench"\n')
+    (work / "data").mkdir()
+    (work / "data" / "mnist").symlink_to(mnist_dir)
+    (work / "tmp").mkdir()
+    places = {"/data": work / "data", "/tmp": work / "tmp",
+              VIRTUAL_K1_STATE: work / "virtual-k1-state"}
+    env = clean_env(PIPELINE_PARAMS="params/smoke.toml", PIPELINE_OFFLINE="1",
+                    **stand_in_board(work))
+    return project, env, places
+
+
+@pytest.mark.parametrize("page", RUN_PAGES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_page_blocks_run(page: Path, docs_project):
+    """Every block of the page not marked not-run runs, in order, against the smoke build."""
+    project, env, places = docs_project
+    if shutil.which("sqlite3") is None:
+        pytest.fail("sqlite3 is not installed (a test prerequisite; .ci/run installs it)")
+    blocks = page_blocks(page)
+    env = {**env, **PAGE_ENV.get(page.name, {})}
+    if page.name != VIRTUAL_K1_PAGE:
+        run_page(blocks, project, env, places)
         return
-    for command in commands(block.code):
-        CHECKS[kind(command)](command, tmp_path)
+    state = str(places[VIRTUAL_K1_STATE])
+    unavailable = virtual_k1_unavailable()
+    if unavailable:
+        pytest.skip(f"docs/{VIRTUAL_K1_PAGE}'s block not run: {unavailable}")
+    blocks = [dataclasses.replace(b, code=re.sub(r"(python -m pipeline\.virtual_k1 \w+)",
+                                                 rf"\1 --state {state}", b.code))
+              for b in blocks]
+    # A real board over a real sshd: OpenSSH's own `ssh`, not the stand-in.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    try:
+        run_page(blocks, project, env, places)
+    finally:
+        subprocess.run([sys.executable, "-m", "pipeline.virtual_k1", "down", "--state", state],
+                       cwd=project, env=env, capture_output=True, timeout=300)
+
+
+def virtual_k1_unavailable() -> str | None:
+    """Why this machine cannot host the virtual K1 (root, and QEMU's riscv64 emulator), or
+    None."""
+    if os.geteuid() != 0:
+        return "the virtual K1 needs root (binfmt_misc, chroot, sshd)"
+    if not (shutil.which("qemu-riscv64-static")
+            or Path("/proc/sys/fs/binfmt_misc/qemu-riscv64").exists()):
+        return "no QEMU riscv64 user-mode emulator (qemu-user-static) on this machine"
+    return None
+
+
+def quoted_blocks() -> list[tuple[Block, str]]:
+    """(block, the smoke build's file it quotes) for every block after a quoted-from marker."""
+    found = []
+    for path in doc_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for block in blocks_of(path):
+            match = QUOTED_FROM.search(lines[block.line - 2]) if block.line > 1 else None
+            if match:
+                found.append((block, match.group(1)))
+    return found
+
+
+def test_quoted_output_is_what_the_smoke_build_writes(docs_project):
+    """A row shown in the docs is a row of the file the smoke build writes (seeded and
+    deterministic), never a hand copy that drifts from it."""
+    project, _env, _places = docs_project
+    quoted = quoted_blocks()
+    assert {b.path.name for b, _ in quoted} >= {"README.md", "index.md"}
+    for block, name in quoted:
+        written = set((project / name).read_text(encoding="utf-8").splitlines())
+        stale = [line for line in block.code.splitlines() if line not in written]
+        assert not stale, f"{block.name} quotes lines {name} does not have: {stale}"
+
+
+def test_the_ink_limits_predict_md_quotes_are_mnists(docs_project):
+    """predict.md's example note gives the least and most ink of MNIST's test digits: the
+    mean pixel / 255 of each of the 10,000 images, computed here with numpy."""
+    import numpy as np
+
+    project, _env, _places = docs_project
+    with np.load(project / "artifacts" / "data" / "mnist" / "mnist.npz") as arrays:
+        test = arrays["x_test"].astype(np.float64)
+    assert len(test) == 10_000
+    ink = test.reshape(len(test), -1).sum(axis=1) / (784 * 255)
+    limits = f"mnist test digits {100 * ink.min():.1f}-{100 * ink.max():.1f} %"
+    assert limits in (ROOT / "docs" / "predict.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("block", [b for path in doc_files() for b in blocks_of(path)
@@ -334,20 +468,31 @@ def test_toml_blocks_parse(block: Block):
 def test_stand_in_ssh_catches_the_quoting_that_fails_on_a_board(tmp_path):
     """The provider check as board/README.md once had it: ssh joins the words, and the
     board's shell sees an unquoted `(`."""
-    broken = ["ssh", "k1", "python3", "-c",
-              "import onnxruntime; print(onnxruntime.get_available_providers())"]
-    with pytest.raises(AssertionError, match="cannot run"):
-        check_ssh(broken, tmp_path)
-    check_ssh(["ssh", "k1", 'python3 -c "import onnxruntime; print(1)"'], tmp_path)
+    env = {**clean_env(), **stand_in_board(tmp_path)}
+    broken = Block(ROOT / "x.md", 1, "sh", "ssh k1 python3 -c "
+                   "'import onnxruntime; print(onnxruntime.get_available_providers())'", None)
+    with pytest.raises(AssertionError, match="Syntax error|syntax error"):
+        run_shell(broken, tmp_path, env, {})
+    fixed = dataclasses.replace(broken, code="ssh -o BatchMode=yes k1 'python3 -c "
+                                "\"import onnxruntime; print(1)\"' && ssh k1 pwd")
+    assert run_shell(fixed, tmp_path, env, {}).output.strip() == str(tmp_path / "board-home")
 
 
-def test_checks_catch_a_stale_option_and_task():
-    with pytest.raises(AssertionError, match="no option"):
-        check_cli(["python", "-m", "pipeline.history", "--lastt", "3"])
-    with pytest.raises(AssertionError, match="no subcommand"):
-        check_cli(["python", "-m", "pipeline.virtual_k1", "start"])
-    with pytest.raises(AssertionError, match="no task"):
-        check_doit(["doit", "quantize:mnist_cnn"])
+def test_a_stale_option_fails_its_block(tmp_path):
+    stale = Block(ROOT / "x.md", 1, "sh", "python -m pipeline.history --lastt 3", None)
+    with pytest.raises(AssertionError, match="unrecognized arguments: --lastt"):
+        run_shell(stale, ROOT, clean_env(), {})
+
+
+def test_example_paths_and_notices_are_found():
+    places = {"/data": Path("/w/data"), "/tmp": Path("/w/tmp")}
+    assert example_paths("PIPELINE_MIRROR=/data/mnist doit\nx /tmp/mnist --m /data\n"
+                         "/database /x/data", places) \
+        == "PIPELINE_MIRROR=/w/data/mnist doit\nx /w/tmp/mnist --m /w/data\n/database /x/data"
+    output = ("bench:local ok\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+              "I0000 00:00:1733480000.1 123 cpu_feature_guard.cc:210] x\n"
+              "2026-12-06 oneDNN custom operations are on. To turn them off ...\n")
+    assert len(third_party_notices(output)) == 3
 
 
 def test_blocks_and_markers_are_parsed():

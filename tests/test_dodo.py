@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import copy_project, executed_tasks, run_doit
+from tests.conftest import copy_project, executed_tasks, run_doit, third_party_notices
 from tests.project import edit_params
 
 ALL_TASKS = {"download:mnist", "preprocess:mnist", "train:mnist_cnn", "train:mnist_mlp",
@@ -329,6 +329,7 @@ def test_ctrl_c_during_training_prints_one_line_and_exits_130(smoke_project, tmp
     assert proc.returncode == 130, out[-3000:] + err[-3000:]
     assert err.strip() == "interrupted; nothing partial was kept"
     assert "Traceback" not in out
+    assert third_party_notices(out) == []  # absl's and oneDNN's lines once came with Ctrl-C
     assert not list(project.joinpath("artifacts").rglob("*.partial*"))
     assert not (models / "mnist_cnn.h5").exists() and not (models / "history.json").exists()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, executed_tasks, free_port, run_doit
+from tests.conftest import REPO, executed_tasks, free_port, run_doit, third_party_notices
 from tests.conftest import wait_for as wait_until  # this file's wait_for waits for a log line
 
 BUILDS = ("mnist_cnn", "mnist_mlp")
@@ -168,6 +168,7 @@ def test_sigterm_mid_train_records_a_failed_run_and_stops_doit(nightly_runs):
     status, log = nightly_runs["killed"]
     assert status == 143, log[-3000:]
     assert "nightly terminated by SIGTERM during doit; run 1 recorded as failed" in log
+    assert third_party_notices(log) == []  # TensorFlow's stage was stopped mid-import/train
     assert nightly_runs["runs_after_kill"] == [
         (1, "failed", "terminated by SIGTERM during doit")]
     # The reports say that THIS run failed, and why; so does its manifest.

@@ -44,17 +44,24 @@ GATE_REACH_PT = 3.0
 GATE_COLOUR = "#C00000"
 
 
-def style(variant: str, thread_index: int = 0) -> dict[str, Any]:
-    """Line style of one series: colour and marker by variant, line style by thread count."""
+def style(variant: str, thread_index: int = 0, nested: bool = False) -> dict[str, Any]:
+    """Line style of one series: colour and marker by variant, line style by thread count.
+
+    `nested` (the accuracy and drift panels, where variants usually have the same figures:
+    float32 and its ONNX export, int8 and its ONNX forms): each later variant's marker and
+    line are a size larger and drawn behind the earlier ones, so coinciding series nest (a
+    ring around a ring) instead of the last one drawn hiding the others."""
     r = min(rank(variant), len(COLOURS) - 1)
+    grow = r - 1 if nested else 0
     out = {"color": COLOURS[r], "marker": MARKERS[r] or None,
-           "linestyle": LINE_STYLES[thread_index % len(LINE_STYLES)], "markersize": 6,
-           "linewidth": 1.6}
+           "linestyle": LINE_STYLES[thread_index % len(LINE_STYLES)],
+           "markersize": 5 + 0.9 * grow, "linewidth": 1.4 + 0.25 * grow}
     if variant == KERAS:  # a wide pale band: float32 drawn on top of it stays visible
         # (big pale dots too, so a single run still shows it)
         out.update(linewidth=7, markersize=13, alpha=0.35, solid_capstyle="round", zorder=1)
     else:
-        out.update(markerfacecolor="white" if r % 2 == 0 else COLOURS[r], zorder=2)
+        out.update(markerfacecolor="white" if r % 2 == 0 else COLOURS[r],
+                   zorder=2 + 0.01 * (len(COLOURS) - r))
     return out
 
 
@@ -130,11 +137,11 @@ def accuracy_panels(ax_acc: Any, ax_drift: Any, build: str, ids: Sequence[int], 
         ys = [_nan(r.get("accuracy"), 100) for r in rows]
         accuracy += ys
         ax_acc.plot(xs, ys, label=f"{variant} (wide band)" if variant == KERAS else variant,
-                    **style(variant))
+                    **style(variant, nested=True))
         if variant in drifted:
             ys = [_nan(r.get("drift_pt")) for r in rows]
             drift += ys
-            ax_drift.plot(xs, ys, label=variant, **style(variant))
+            ax_drift.plot(xs, ys, label=variant, **style(variant, nested=True))
     floors = {kind: pct for kind, pct in (gates.min_accuracy_pct if gates else {}).items()
               if any(accuracy_floor(v) == kind for v in variants if v in VARIANTS)}
     ax_acc.set_ylim(*value_limits(accuracy, list(floors.values())))
@@ -191,11 +198,20 @@ def legends(axes: Any) -> None:
 
 
 def run_ticks(ids: Sequence[int], dates: Sequence[datetime] | None) -> tuple[list, list[str]]:
-    """Tick positions and labels for the run axis: at most MAX_RUN_TICKS runs labelled
-    (every k-th, the latest always), each with its date and number, so many nights never
-    crowd the axis."""
-    step = max(1, math.ceil(len(ids) / MAX_RUN_TICKS))
-    chosen = list(range(len(ids) - 1, -1, -step))[::-1]
+    """Tick positions and labels for the run axis: at most MAX_RUN_TICKS runs labelled, the
+    latest always, each with its date and number, and no two closer than 1/MAX_RUN_TICKS of
+    the axis (nights are not evenly spaced: a re-run an hour later would put its label on
+    top of the night's), so many nights never crowd the axis."""
+    if dates:
+        where = [(d - dates[0]).total_seconds() for d in dates]
+    else:
+        where = [float(i) for i in range(len(ids))]
+    gap = (where[-1] - where[0]) / MAX_RUN_TICKS if ids else 0.0
+    chosen: list[int] = []
+    for i in range(len(ids) - 1, -1, -1):  # from the latest back
+        if not chosen or where[chosen[-1]] - where[i] >= gap:
+            chosen.append(i)
+    chosen = chosen[::-1][-MAX_RUN_TICKS:]
     xs = [dates[i] if dates else ids[i] for i in chosen]
     labels = [f"{dates[i]:%Y-%m-%d}\n{dates[i]:%H:%M} #{ids[i]}" if dates else str(ids[i])
               for i in chosen]
