@@ -9,8 +9,7 @@ test has them (`/data/mnist`: the MNIST archives; `/tmp/...`: a temporary direct
 a stand-in on PATH that hands its remote command to `sh -c` exactly as ssh does (arguments
 joined by spaces), so a quoting mistake fails as it would on a board; the board's `python3`
 compiles its `-c` code. The history blocks read two nights recorded from the smoke build's
-own figures. The virtual K1's block runs where this machine can host it (root, QEMU). No
-block may print a third-party notice (pipeline/core/console.py hides them).
+own figures. No block may print a third-party notice (pipeline/core/console.py hides them).
 """
 
 from __future__ import annotations
@@ -135,6 +134,11 @@ def kind(command: list[str]) -> str | None:
     program, args = Path(command[0]).name, command[1:]
     if args[:2] == ["-m", "pipeline.nightly"]:
         return None  # a whole build in its own run directory, minutes: test_nightly.py runs it
+    if args[:2] == ["-m", "pipeline.virtual_k1"]:
+        # test_virtual_k1.py runs up, `doit bench:virtual-k1`, status and down through this
+        # CLI; a second board here would share the guest's home (and ~/tflite-bench) with
+        # it: every board runs on the one cached root file system, and their benches collide.
+        return None
     if program in ("python", "python3") and args[:1] == ["-m"] and len(args) > 1 \
             and args[1].split(".")[0] == "pipeline":
         return "cli"
@@ -224,8 +228,8 @@ def stand_in_board(where: Path) -> dict[str, str]:
 
 
 def example_paths(code: str, places: dict[str, Path]) -> str:
-    """The block with its example paths (`/data/mnist`, `/tmp/mnist`, the virtual K1's
-    state) pointing where this test has them."""
+    """The block with its example paths (`/data/mnist`, `/tmp/mnist`) pointing where this
+    test has them."""
     for documented, real in places.items():
         code = re.sub(rf"(?<![\w./-]){re.escape(documented)}(?=[/\s\"']|$)", str(real), code,
                       flags=re.M)
@@ -315,10 +319,6 @@ def page_blocks(path: Path) -> list[Block]:
 
 
 RUN_PAGES = [path for path in doc_files() if page_blocks(path)]
-# The virtual K1's own sshd and state, not the one a user may have up: its commands get
-# `--state`, and the inventory path its page shows points there.
-VIRTUAL_K1_PAGE = "virtual-k1.md"
-VIRTUAL_K1_STATE = "/root/.cache/tflite-pipeline/virtual-k1/state"
 # predict's `--board k1` needs a k1 in the inventory; only that page gets one (with it in
 # every page's inventory, a page's `doit` would bench the stand-in board too).
 PAGE_ENV = {"predict.md": {"PIPELINE_BOARDS": "board/with_k1.toml"}}
@@ -376,8 +376,7 @@ def docs_project(smoke_project, tmp_path_factory, mnist_dir):
     (work / "data").mkdir()
     (work / "data" / "mnist").symlink_to(mnist_dir)
     (work / "tmp").mkdir()
-    places = {"/data": work / "data", "/tmp": work / "tmp",
-              VIRTUAL_K1_STATE: work / "virtual-k1-state"}
+    places = {"/data": work / "data", "/tmp": work / "tmp"}
     env = clean_env(PIPELINE_PARAMS="params/smoke.toml", PIPELINE_OFFLINE="1",
                     **stand_in_board(work))
     return project, env, places
@@ -389,36 +388,7 @@ def test_page_blocks_run(page: Path, docs_project):
     project, env, places = docs_project
     if shutil.which("sqlite3") is None:
         pytest.fail("sqlite3 is not installed (a test prerequisite; .ci/run installs it)")
-    blocks = page_blocks(page)
-    env = {**env, **PAGE_ENV.get(page.name, {})}
-    if page.name != VIRTUAL_K1_PAGE:
-        run_page(blocks, project, env, places)
-        return
-    state = str(places[VIRTUAL_K1_STATE])
-    unavailable = virtual_k1_unavailable()
-    if unavailable:
-        pytest.skip(f"docs/{VIRTUAL_K1_PAGE}'s block not run: {unavailable}")
-    blocks = [dataclasses.replace(b, code=re.sub(r"(python -m pipeline\.virtual_k1 \w+)",
-                                                 rf"\1 --state {state}", b.code))
-              for b in blocks]
-    # A real board over a real sshd: OpenSSH's own `ssh`, not the stand-in.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    try:
-        run_page(blocks, project, env, places)
-    finally:
-        subprocess.run([sys.executable, "-m", "pipeline.virtual_k1", "down", "--state", state],
-                       cwd=project, env=env, capture_output=True, timeout=300)
-
-
-def virtual_k1_unavailable() -> str | None:
-    """Why this machine cannot host the virtual K1 (root, and QEMU's riscv64 emulator), or
-    None."""
-    if os.geteuid() != 0:
-        return "the virtual K1 needs root (binfmt_misc, chroot, sshd)"
-    if not (shutil.which("qemu-riscv64-static")
-            or Path("/proc/sys/fs/binfmt_misc/qemu-riscv64").exists()):
-        return "no QEMU riscv64 user-mode emulator (qemu-user-static) on this machine"
-    return None
+    run_page(page_blocks(page), project, {**env, **PAGE_ENV.get(page.name, {})}, places)
 
 
 def quoted_blocks() -> list[tuple[Block, str]]:
