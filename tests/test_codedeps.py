@@ -78,6 +78,10 @@ def test_the_cache_is_reused_while_files_are_unchanged_and_refreshed_when_one_ch
     again = CodeDeps(tmp_path, cache, packages=("app",))
     assert again.of("app.stages.s") == first.of("app.stages.s")
     assert not again._changed  # nothing parsed: every file's mtime and size matched
+    assert again._imported == {}  # no graph walked: the closure itself came from the cache
+    assert json.loads(cache.read_text())["closures"]["app.stages.s"] == [
+        [rel.as_posix(), os.stat(tmp_path / rel).st_mtime_ns, os.stat(tmp_path / rel).st_size]
+        for rel in first.of("app.stages.s")]
 
     # An edit that adds an import: the file is parsed again and the closure grows.
     (tmp_path / "app/core/c.py").write_text("from app.stages import other\n")
@@ -86,6 +90,13 @@ def test_the_cache_is_reused_while_files_are_unchanged_and_refreshed_when_one_ch
     edited = CodeDeps(tmp_path, cache, packages=("app",))
     assert Path("app/stages/other.py") in edited.of("app.stages.s")
     assert edited._changed
+    edited.save()
+
+    # A file of the closure removed (and its import with it): walked again, without it.
+    (tmp_path / "app/core/c.py").unlink()
+    (tmp_path / "app/core/b.py").write_text("X = 2  # no import any more\n")
+    shrunk = CodeDeps(tmp_path, cache, packages=("app",)).of("app.stages.s")
+    assert Path("app/core/c.py") not in shrunk and Path("app/stages/other.py") not in shrunk
 
 
 def test_a_damaged_or_old_cache_is_ignored(tmp_path):

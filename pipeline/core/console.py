@@ -13,7 +13,6 @@ Imports neither numpy nor TensorFlow: dodo.py calls `quiet_third_party` on every
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import tempfile
@@ -68,6 +67,8 @@ def quiet_absl(stream: TextIO | None = None) -> None:
     doit's capture object, which cannot be closed, and every build would end with a
     traceback at exit: dodo.py passes the real stderr.
     """
+    import logging  # here: dodo.py imports this module on every `doit`, a no-op too
+
     saved = sys.stderr
     if stream is not None:
         sys.stderr = stream

@@ -24,6 +24,7 @@ and with every nightly (its run directory's params.json and manifest.json).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -441,9 +442,16 @@ class Params:
 NOT_SECTIONS = ("builds", "declared_datasets", "base_dir")
 
 
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """`cls`'s field types, evaluated once per process (each evaluation compiles every
+    annotation string: dodo.py parses ten tables, and a build per [[builds]] table)."""
+    return typing.get_type_hints(cls)
+
+
 def sections() -> dict[str, type]:
     """Section name -> its dataclass, in file order."""
-    hints = typing.get_type_hints(Params)
+    hints = type_hints(Params)
     return {f.name: hints[f.name] for f in dataclasses.fields(Params)
             if f.name not in NOT_SECTIONS}
 
@@ -464,7 +472,7 @@ def parse_section(cls: type, name: str, table: Any) -> Any:
     """Build dataclass `cls` from a TOML table, naming `name.key` in every error. A key left
     out takes its default; a field without one (a build's name) is required."""
     _check(isinstance(table, dict), name, "must be a table")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in table:
         _check(key in fields, f"{name}.{key}", f"unknown key (known: {', '.join(fields)})")

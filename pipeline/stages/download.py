@@ -7,8 +7,6 @@ fails or serves different bytes is reported and the next one is tried.
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import hashlib
 import os
 import sys
@@ -141,6 +139,8 @@ def verify(path: Path, expected: RemoteFile,
 
 def payload_sha256(path: Path) -> str:
     """SHA-256 of a .gz file's decompressed content (what a faithful mirror preserves)."""
+    import gzip  # here, as argparse in main(): dodo.py imports this module on every `doit`
+
     digest = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as fh:
@@ -166,6 +166,8 @@ def describe(path: Path, md5: str, sha256: str, payload: str | None,
     with open(path, "rb") as fh:
         head = fh.read(512)
     if head[:2] == b"\x1f\x8b":
+        import gzip
+
         try:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(512)
@@ -356,6 +358,8 @@ def terminal_progress(stream=sys.stderr) -> Progress:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help=f"{', '.join(sorted(DATASETS))}, or one declared in "
                         "--params")

@@ -1,0 +1,203 @@
+"""A no-op `doit` against a bare `doit` on an empty dodo.py, alternating, side by side.
+
+Issue 22's constraint: a no-op `doit` (a built project, everything up to date) stays at most
+1.4x a bare `doit` in a directory whose dodo.py is empty (an empty file: no task, no
+DOIT_CONFIG; the floor any doit project pays: Python, doit and its plugins). Both are timed
+in this one run, one after the other in each round, so a busy machine slows both alike; the
+figure is the ratio of the medians.
+
+Each project is a fresh clone's files (`git archive` of a revision, or this checkout's files
+as they are on disk with `--rev WORKTREE`), built once with the smoke preset (the default
+build's task graph, trained in about a minute) and run once more before timing, so every
+timed run is a no-op (checked: a timed run that executes a task stops the benchmark).
+Several `--rev` are timed in the same rounds: the before/after of a change is one run.
+
+Two conditions, both timed:
+- bytecode cached: Python writes and reuses `__pycache__` (a user's checkout);
+- no bytecode: PYTHONDONTWRITEBYTECODE=1 and no `__pycache__` in the project, so every
+  project module is compiled on every run (CI containers and this repository's sandboxes
+  set it). Installed packages (doit) keep the bytecode pip compiled, in both directories.
+
+Usage: python benchmarks/bench_noop_doit.py [--rev main] [--rev WORKTREE] [--repeats 9]
+           [--mirror DIR_OR_URL] [--workdir DIR] [--out docs/measured/noop_doit.md]
+`--workdir` keeps the built projects (reused and brought up to date by the next run);
+by default they live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKTREE = "WORKTREE"
+GOAL = 1.4
+CONDITIONS = ("bytecode cached", "no bytecode")
+
+
+def clone_files(rev: str, dest: Path) -> None:
+    """`dest` holds `rev`'s tracked files (WORKTREE: as they are on disk now); files a
+    previous copy had and `rev` does not are left, artifacts/ (the build) is kept."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if rev == WORKTREE:
+        names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
+                               capture_output=True).stdout.decode().split("\0")
+        for name in filter(None, names):
+            if (REPO / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, dest / name)
+        return
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    with tempfile.TemporaryFile() as tar:
+        tar.write(archive)
+        tar.seek(0)
+        with tarfile.open(fileobj=tar) as files:
+            files.extractall(dest, filter="data")
+
+
+def run_doit(cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the child) and stdout of one `doit`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "doit"], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"doit in {cwd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
+
+
+def executed(stdout: str) -> list[str]:
+    """The tasks a verbosity-2 doit run executed ('.  name'); up-to-date ones print '-- name'."""
+    return [line for line in stdout.splitlines() if line.startswith(".  ")]
+
+
+def condition_env(env: dict[str, str], condition: str) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if condition == "no bytecode":
+        out["PYTHONDONTWRITEBYTECODE"] = "1"
+    return out
+
+
+def drop_bytecode(project: Path) -> None:
+    for cache in project.rglob("__pycache__"):
+        shutil.rmtree(cache)
+
+
+def prepare(revs: list[str], workdir: Path, env: dict[str, str]) -> dict[str, Path]:
+    """label -> a built project per revision, plus "bare" (an empty dodo.py)."""
+    bare = workdir / "bare"
+    bare.mkdir(parents=True, exist_ok=True)
+    (bare / "dodo.py").write_text("")
+    projects = {"bare": bare}
+    for rev in revs:
+        project = workdir / rev.replace("/", "_")
+        clone_files(rev, project)
+        print(f"building {rev} in {project} (smoke preset; reused when already built)",
+              file=sys.stderr)
+        run_doit(project, condition_env(env, "bytecode cached"))
+        projects[rev] = project
+    for project in projects.values():  # this run must be a no-op, and writes the bytecode
+        left = executed(run_doit(project, condition_env(env, "bytecode cached"))[2])
+        if left:
+            sys.exit(f"{project}: a second doit still ran {left}: not a no-op")
+    return projects
+
+
+def measure(projects: dict[str, Path], env: dict[str, str], repeats: int
+            ) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(condition, label) -> [(wall, cpu)] per round; each round runs every directory under
+    every condition, in turn."""
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (c, label): [] for c in CONDITIONS for label in projects}
+    for _ in range(repeats):
+        for condition in CONDITIONS:
+            for label, project in projects.items():
+                if condition == "no bytecode":
+                    drop_bytecode(project)
+                wall, cpu, out = run_doit(project, condition_env(env, condition))
+                if label != "bare" and executed(out):
+                    sys.exit(f"{label}: a timed run executed {executed(out)}: not a no-op")
+                samples[(condition, label)].append((wall, cpu))
+    return samples
+
+
+def table(samples: dict[tuple[str, str], list[tuple[float, float]]], labels: list[str]
+          ) -> list[str]:
+    rows = ["| condition | dodo.py | wall median s | CPU median s | wall / bare | CPU / bare |",
+            "|---|---|---|---|---|---|"]
+    for condition in CONDITIONS:
+        bare = samples[(condition, "bare")]
+        bare_wall = statistics.median(w for w, _ in bare)
+        bare_cpu = statistics.median(c for _, c in bare)
+        for label in ["bare", *labels]:
+            wall = statistics.median(w for w, _ in samples[(condition, label)])
+            cpu = statistics.median(c for _, c in samples[(condition, label)])
+            name = "empty (bare doit)" if label == "bare" else f"project at {label}, no-op"
+            rows.append(f"| {condition} | {name} | {wall:.3f} | {cpu:.3f} | "
+                        f"{wall / bare_wall:.2f}x | {cpu / bare_cpu:.2f}x |")
+    return rows
+
+
+def describe(revs: list[str]) -> str:
+    def commit(rev: str) -> str:
+        if rev == WORKTREE:
+            rev = "HEAD"
+        return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    import doit
+
+    names = ", ".join(f"{rev} = {commit(rev)}" + (" plus uncommitted edits"
+                                                   if rev == WORKTREE else "") for rev in revs)
+    return (f"Python {platform.python_version()}, doit {'.'.join(map(str, doit.__version__))}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; {names}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", action="append", help="a git revision to clone and time, "
+                        f"or {WORKTREE} (this checkout's files); repeatable (default: "
+                        f"{WORKTREE})")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--mirror", default=os.environ.get("PIPELINE_MIRROR")
+                        or str(REPO.parent / "shared" / "datasets" / "mnist"),
+                        help="MNIST mirror (default: $PIPELINE_MIRROR, else "
+                        "../shared/datasets/mnist beside the repository)")
+    parser.add_argument("--workdir", type=Path, help="keep the built projects here")
+    parser.add_argument("--out", type=Path, help="also write the table as a Markdown page")
+    args = parser.parse_args()
+    revs = args.rev or [WORKTREE]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(PIPELINE_MIRROR=args.mirror, PIPELINE_OFFLINE="1",
+               PIPELINE_PARAMS="params/smoke.toml")
+    with tempfile.TemporaryDirectory() as tmp:
+        projects = prepare(revs, args.workdir or Path(tmp), env)
+        rows = table(measure(projects, env, args.repeats), revs)
+    command = "python benchmarks/bench_noop_doit.py " + " ".join(sys.argv[1:])
+    text = "\n".join([
+        "# A no-op doit against bare doit", "",
+        f"Generated by `{command.strip()}`; do not edit. Median of {args.repeats} runs each, "
+        "the directories alternating in every round (benchmarks/bench_noop_doit.py says "
+        f"how). Goal: a no-op at most {GOAL}x bare doit (issue 22).", "",
+        describe(revs) + ".", "", *rows, ""])
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
