@@ -237,3 +237,29 @@ def test_an_unreadable_result_is_never_fresh(tmp_path, text):
     path.write_text(text)
     assert measured_within(path, 24) is False
     assert measured_within(tmp_path / "missing.json", 24) is False
+
+
+def test_measured_within_reads_only_utc_now_stamps_and_ages_them_by_the_clock(tmp_path):
+    """The bench task's freshness check parses measured_utc without strptime: the stamps
+    utc_now() writes are read to the second (aged against datetime's own clock), anything
+    else is not fresh."""
+    import datetime as dt
+    import json
+
+    from pipeline.core.boards import measured_within
+
+    result = tmp_path / "local.json"
+
+    def fresh(stamp, hours=1.0):
+        result.write_text(json.dumps({"status": "ok", "measured_utc": stamp}))
+        return measured_within(result, hours)
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731 (utc_now's format)
+    assert fresh(stamp(now - dt.timedelta(minutes=59)))
+    assert not fresh(stamp(now - dt.timedelta(minutes=61)))
+    assert fresh(stamp(now - dt.timedelta(minutes=30)), hours=0.51)
+    assert not fresh(stamp(now - dt.timedelta(minutes=31)), hours=0.51)
+    for bad in ("2026-12-06 10:00:00", "2026-12-06T10:00:00", "2026-13-01T00:00:00Z",
+                "2026-12-06T10:00:00.5Z", "2026-12-06T10:00:00+00:00", 5, None, ""):
+        assert not fresh(bad), bad
