@@ -396,3 +396,46 @@ def test_a_verdict_needs_both_its_word_and_its_ratio():
     assert verdict_of({"word": None, "ratio": 1.2}) is None
     assert verdict_of({"word": "slower", "ratio": 1.2})["ratio"] == 1.2
     assert _delta(0.75, 0.5) == 0.25 and _delta(0.75, 0.5, 100) == 25.0
+
+
+def test_each_breach_carries_its_case_value_and_limit_and_none_stops_the_others():
+    """The breach records nightly.json keeps, whole; a dropped, failed or emulated row before
+    a breaching one does not end the scan."""
+    boards = [{"board": "a_old", "status": "ok", "error": None, "emulated": 0},
+              {"board": "b_emu", "status": "ok", "error": None, "emulated": 1},
+              {"board": "c_bad", "status": "failed", "error": "unreachable", "emulated": 0},
+              {"board": "d_k1", "status": "ok", "error": None, "emulated": 0}]
+    verdict = verdict_row(SLOWER)
+    before = history.as_figures([], boards, [latency_case("b", "int8", "a_old", 1, 9.0)])
+    cases = [latency_case("b", "int8", "b_emu", 1, 50.0, **verdict),
+             latency_case("b", "int8", "c_bad", 1, None, status="failed", error="no p50"),
+             latency_case("b", "int8", "d_k1", 1, 50.0, **verdict),
+             latency_case("b", "int8", "d_k1", 2, None, status="failed", error="timed out")]
+    accuracy = [{"build": "b", "variant": "keras", "accuracy": 0.98, "drift_pt": 0.0,
+                 "bytes": 1},
+                {"build": "b", "variant": "int8", "accuracy": 0.93, "drift_pt": -5.0,
+                 "bytes": 1}]
+    now = history.as_figures(accuracy, boards[1:], cases)
+    found = breaches(compare(now, before, [before], GATES), GATES)
+    fields = [{k: v for k, v in b.items() if k != "message"} for b in found]
+    assert fields == [
+        {"build": "b", "variant": "int8", "board": "", "figure": "accuracy", "value": 0.93,
+         "limit": ">= 0.94"},
+        {"build": "b", "variant": "int8", "board": "", "figure": "drift_pt", "value": -5.0,
+         "limit": ">= -1.0"},
+        {"build": "", "variant": "", "board": "c_bad", "figure": "board", "value": "failed",
+         "limit": "status ok"},
+        {"build": "b", "variant": "int8", "board": "c_bad", "figure": "case",
+         "value": "failed", "limit": "status ok"},
+        {"build": "b", "variant": "int8", "board": "d_k1", "figure": "latency_ratio",
+         "value": 1.45, "limit": "interval below 1 + 50.0 %"},
+        {"build": "b", "variant": "int8", "board": "d_k1", "figure": "case",
+         "value": "failed", "limit": "status ok"}]
+    rows = compare(now, before, [before], GATES)
+    dropped = [r for r in rows["latency"] if r["status"] == "dropped"]
+    assert [r["error"] for r in dropped] == [None]
+    assert [b for b in rows["boards"] if b["status"] == "dropped"] == [
+        {"board": "a_old", "status": "dropped", "error": None}]
+    from pipeline.nightly.report import emulated
+
+    assert emulated({"accuracy": {}}, "b_emu") is False and emulated(now, "b_emu") is True
