@@ -577,3 +577,46 @@ def test_verdict_columns_round_trip_through_the_database(tmp_path):
                                                        "error": None}], [case])
     [(key, row)] = history.figures(db, [run])[run]["latency"].items()
     assert {k: row[k] for k in case} == case
+
+
+def test_each_figure_read_from_the_reports_lands_in_its_own_column(tmp_path):
+    """Rows whole, against documents written here by hand: each key read into its column."""
+    write_json(tmp_path / "reports" / "a" / "accuracy.json", {"variants": [
+        {"name": "int8", "accuracy": 0.9, "agreement": 0.97, "drift_pt": -0.5, "bytes": 10}]})
+    write_json(tmp_path / "models" / "a" / "history.json", {"train_seconds": 12.5})
+    assert history.read_accuracy(tmp_path, ["a"]) == [
+        {"build": "a", "variant": "int8", "accuracy": 0.9, "agreement": 0.97,
+         "drift_pt": -0.5, "bytes": 10, "train_s": 12.5}]
+    shas = {"sha256": "n" * 64, "reference_sha256": "r" * 64}
+    results = [{"build": "b", "variant": "int8", "threads": 1, "p50_us": 5.0, "p90_us": 6.0,
+                "init_ms": 1.5, **shas, "verdict": {"ratio": 1.0 + i / 10, "low": 0.9,
+                                                     "high": 1.5, "p": 0.2, "word": word}}
+               for i, word in enumerate(("faster", "same", "slower", "environment"))]
+    results[1]["threads"], results[2]["threads"], results[3]["threads"] = 2, 3, 4
+    results += [{"build": "b", "threads": 8, "p50_us": 1.0},            # no variant: skipped
+                {"build": "b", "variant": "int8", "threads": 5, "p50_us": 5.0, "p90_us": 6.0,
+                 "init_ms": 2.0, "error": "invoke failed", **shas,
+                 "verdict": {"ratio": 1.2, "low": 1.1, "high": 1.3, "p": 0.001,
+                             "word": "slower"}},
+                {"build": "b", "variant": "int8", "threads": 6, "p50_us": 5.0,
+                 "agreement": 0.5, "disagreements": "some"}]
+    write_json(tmp_path / "reports" / "latency" / "k1.json",
+               {"board": "k1", "status": "ok", "results": results})
+    boards, cases = history.read_latency(tmp_path, ["k1", "gone"])
+    assert boards[1] == {"board": "gone", "status": "failed",
+                         "error": "no latency report (bench did not finish)"}
+    assert [c["threads"] for c in cases] == [1, 2, 3, 4, 5, 6]
+    for case, result in zip(cases[:4], results):
+        v = result["verdict"]
+        assert case == {"build": "b", "variant": "int8", "board": "k1",
+                        "threads": result["threads"], "p50_us": 5.0, "p90_us": 6.0,
+                        "init_ms": 1.5, "status": "ok", "error": None, "ratio": v["ratio"],
+                        "ratio_low": 0.9, "ratio_high": 1.5, "p_value": 0.2,
+                        "word": v["word"], **shas}
+    assert cases[4] == {"build": "b", "variant": "int8", "board": "k1", "threads": 5,
+                        "p50_us": None, "p90_us": None, "init_ms": 2.0, "status": "failed",
+                        "error": "invoke failed", "ratio": None, "ratio_low": None,
+                        "ratio_high": None, "p_value": None, "word": None, **shas}
+    assert cases[5]["error"] == ("predictions differ from the host's (agreement 0.5000; "
+                                 "samples ?)")
+    assert history.verdict_columns({"sha256": 5, "verdict": None}, False)["sha256"] is None
