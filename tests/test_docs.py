@@ -45,6 +45,9 @@ CI_MARKER = "<!-- ci-test-command -->"
 MODEL_FILE = re.compile(r"^#\s*(\S+\.py)\s*$")
 # Before a block of output: the smoke build's file whose lines the block quotes.
 QUOTED_FROM = re.compile(r"<!--\s*quoted-from:\s*(\S+)\s*-->\s*$")
+# An example of a command's output: the block is exactly what the command prints on the
+# smoke build (seeded and deterministic), never a hand copy.
+OUTPUT_OF = re.compile(r"<!--\s*output-of:\s*(.+?)\s*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,35 @@ def test_quoted_output_is_what_the_smoke_build_writes(docs_project):
         written = set((project / name).read_text(encoding="utf-8").splitlines())
         stale = [line for line in block.code.splitlines() if line not in written]
         assert not stale, f"{block.name} quotes lines {name} does not have: {stale}"
+
+
+def output_blocks() -> list[tuple[Block, str]]:
+    """(block, the command whose output it shows) for every block after an output-of marker."""
+    found = []
+    for path in doc_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for block in blocks_of(path):
+            match = OUTPUT_OF.search(lines[block.line - 2]) if block.line > 1 else None
+            if match:
+                found.append((block, match.group(1)))
+    return found
+
+
+def test_shown_output_is_what_the_command_prints(docs_project):
+    """An example output (predict.md's table) is what its command prints on the smoke build,
+    columns and figures: it cannot go stale when a variant or a column is added."""
+    project, env, places = docs_project
+    shown = output_blocks()
+    assert {b.path.name for b, _ in shown} >= {"predict.md"}
+    for block, command in shown:
+        done = subprocess.run(["bash", "-c", example_paths(command, places)], cwd=project,
+                              env={**env, **PAGE_ENV.get(block.path.name, {})},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{block.name}: `{command}` failed: {done.stderr[-2000:]}"
+        # Line ends compared without trailing blanks (tabulate pads them; editors strip them).
+        printed = [line.rstrip() for line in done.stdout.rstrip("\n").splitlines()]
+        assert printed == [line.rstrip() for line in block.code.rstrip("\n").splitlines()], (
+            f"{block.name} shows other output than `{command}` prints:\n{done.stdout}")
 
 
 def test_the_ink_limits_predict_md_quotes_are_mnists(docs_project):
