@@ -620,3 +620,27 @@ def test_each_figure_read_from_the_reports_lands_in_its_own_column(tmp_path):
     assert cases[5]["error"] == ("predictions differ from the host's (agreement 0.5000; "
                                  "samples ?)")
     assert history.verdict_columns({"sha256": 5, "verdict": None}, False)["sha256"] is None
+
+
+def test_the_table_joins_each_case_with_its_builds_accuracy_and_lists_failed_boards(tmp_path):
+    db = history.connect(tmp_path / "h.sqlite")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    run = history.start_run(db, "2026-01-02T00:00:00Z", sha, True, "p", str(tmp_path))
+    acc = [{**ACC[0], "accuracy": 0.99, "drift_pt": 0.0, "bytes": 100},
+           {**ACC[2], "accuracy": 0.97, "drift_pt": -0.25, "bytes": 30}]
+    history.finish_run(db, run, "ok", "y", 1.0, acc, [
+        {"board": "local", "status": "ok", "error": None, "emulated": 0},
+        {"board": "dead", "status": "failed", "error": "unreachable", "emulated": 0}],
+        [{**CASE, "threads": 2, "p50_us": 4.0, "init_ms": 3.0}])
+    base = {"run": run, "started": "2026-01-02T00:00:00Z", "status": "ok",
+            "commit": sha[:10] + "+dirty"}
+    assert history.table_rows(db, 5) == [
+        dict(base, build="b", variant="keras", board="", threads=None, accuracy=0.99,
+             drift_pt=0.0, bytes=100),
+        dict(base, build="b", variant="int8", board="local", threads=2, accuracy=0.97,
+             drift_pt=-0.25, bytes=30, p50_us=4.0, init_ms=3.0, emulated=False, case="ok"),
+        dict(base, build="", variant="", board="dead", threads=None,
+             case="BOARD FAILED unreachable")]
+    clean = history.start_run(db, "2026-01-03T00:00:00Z", sha, False, "p", str(tmp_path))
+    history.finish_run(db, clean, "failed", "y", 1.0, [], [], [])
+    assert history.table_rows(db, 1)[0]["commit"] == sha[:10]
