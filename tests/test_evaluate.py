@@ -69,6 +69,52 @@ def test_run_writes_reports_before_failing_the_gate(tmp_path, tiny_models):
     assert "Ankle boot" in markdown and report["made_utc"] in markdown
     assert int8_row["sha256"] == sha256_file(tiny_models["tiny_mlp/int8"])
     assert f"`tiny_mlp_int8.tflite` {int8_row['sha256'][:12]}" in markdown
+    # Every figure of the rows against its own count: the files' lengths, LiteRT driven by
+    # hand over the 200 test images, Keras' own predictions, per class by counting.
+    from ai_edge_litert.interpreter import Interpreter
+
+    x, y = images[:200], labels[:200]
+    keras_top1 = np.argmax(model.predict(x[..., None].astype(np.float32), verbose=0), 1)
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in markdown.splitlines() if line.startswith("| ")}
+    for row, path in ((keras_row, tmp_path / "m.h5"), (float_row, variants["float32"]),
+                      (int8_row, variants["int8"])):
+        assert row["bytes"] == len(path.read_bytes()), row["name"]
+        assert int(cells[row["name"]][0].replace(",", "")) == len(path.read_bytes())
+        if row is keras_row:
+            top1 = keras_top1
+        else:
+            interpreter = Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()
+            inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+            top1 = []
+            for image in x:
+                q = image[None, ..., None].astype(np.float64)
+                if inp["dtype"] != np.float32:
+                    scale, zero = inp["quantization"]
+                    q = np.clip(np.round(q / scale + zero), -128, 127)
+                interpreter.set_tensor(inp["index"], q.astype(inp["dtype"]))
+                interpreter.invoke()
+                top1.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
+            top1 = np.array(top1)
+        if row is int8_row:
+            # The untrained int8 network's outputs tie often, and a batched integer kernel
+            # may round one step differently from one image per invoke (test_runtimes),
+            # which moves a tied top-1: within one image of 200, and no per-class check.
+            assert abs(row["accuracy"] - np.sum(top1 == y) / 200) <= 1 / 200 + 1e-12
+            assert abs(row["agreement"] - np.sum(top1 == keras_top1) / 200) <= 1 / 200 + 1e-12
+            continue
+        assert row["accuracy"] == pytest.approx(np.sum(top1 == y) / 200, abs=1e-12), row["name"]
+        assert row["agreement"] == pytest.approx(np.sum(top1 == keras_top1) / 200, abs=1e-12)
+        drift = 100 * (np.sum(top1 == y) - np.sum(keras_top1 == y)) / 200
+        assert row["drift_pt"] == pytest.approx(drift, abs=1e-4), row["name"]
+        assert cells[row["name"]][1] == f"{100 * np.sum(top1 == y) / 200:.2f}"
+        for c, name in enumerate(FASHION_MNIST.class_names):
+            assert row["per_class_accuracy"][name] == pytest.approx(
+                np.sum((top1 == y) & (y == c)) / np.sum(y == c), abs=1e-12), (row["name"], name)
+    # The int8 row's drift is its own accuracy minus Keras', in points (4 decimals).
+    assert int8_row["drift_pt"] == pytest.approx(
+        100 * (int8_row["accuracy"] - keras_row["accuracy"]), abs=1e-4)
 
 
 def test_drift_gate_applies_to_onnx_int8_at_its_boundary():
