@@ -578,3 +578,11 @@ def test_the_task_table_lists_every_task():
         if task:
             documented.add(task.group(1))
     assert documented == tasks, documented ^ tasks
+
+
+def test_development_md_shows_the_readme_test_command():
+    """docs/development.md says its test command is the README's (which CI runs): it is."""
+    readme = next(b for b in blocks_of(ROOT / "README.md")
+                  if b.not_run is not None and "CI" in b.not_run)
+    development = blocks_of(ROOT / "docs" / "development.md")[0]
+    assert development.code.strip() == readme.code.strip()
