@@ -27,6 +27,7 @@ by default they live in a temporary directory.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import resource
@@ -47,23 +48,27 @@ CONDITIONS = ("bytecode cached", "no bytecode")
 
 def clone_files(rev: str, dest: Path) -> None:
     """`dest` holds `rev`'s tracked files (WORKTREE: as they are on disk now); files a
-    previous copy had and `rev` does not are left, artifacts/ (the build) is kept."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if rev == WORKTREE:
-        names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
-                               capture_output=True).stdout.decode().split("\0")
+    previous copy had and `rev` does not are left, artifacts/ (the build) is kept.
+
+    As `git checkout` does, only files whose bytes differ are written: a rewritten file has
+    a new mtime, and doit then hashes it on every no-op run (it keeps the mtime it saw when
+    the task last ran), which would be timed as if it were the project's own cost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = REPO if rev == WORKTREE else Path(tmp)
+        if rev == WORKTREE:
+            names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
+                                   capture_output=True).stdout.decode().split("\0")
+        else:
+            archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO,
+                                     check=True, capture_output=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as files:
+                files.extractall(source, filter="data")
+                names = [m.name for m in files.getmembers() if m.isfile()]
         for name in filter(None, names):
-            if (REPO / name).is_file():
-                (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / name, dest / name)
-        return
-    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True,
-                             capture_output=True).stdout
-    with tempfile.TemporaryFile() as tar:
-        tar.write(archive)
-        tar.seek(0)
-        with tarfile.open(fileobj=tar) as files:
-            files.extractall(dest, filter="data")
+            src, dst = source / name, dest / name
+            if src.is_file() and not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
 
 
 def run_doit(cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
