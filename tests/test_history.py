@@ -641,6 +641,16 @@ def test_the_table_joins_each_case_with_its_builds_accuracy_and_lists_failed_boa
              drift_pt=-0.25, bytes=30, p50_us=4.0, init_ms=3.0, emulated=False, case="ok"),
         dict(base, build="", variant="", board="dead", threads=None,
              case="BOARD FAILED unreachable")]
-    clean = history.start_run(db, "2026-01-03T00:00:00Z", sha, False, "p", str(tmp_path))
-    history.finish_run(db, clean, "failed", "y", 1.0, [], [], [])
-    assert history.table_rows(db, 1)[0]["commit"] == sha[:10]
+    # A run without figures is one row saying why; without a message, an empty one.
+    for day, message in ((3, "disk full"), (4, None)):
+        clean = history.start_run(db, f"2026-01-0{day}T00:00:00Z", sha if message else None,
+                                  False, "p", str(tmp_path))
+        history.finish_run(db, clean, "failed", "y", 1.0, [], [], [], message=message)
+        assert history.table_rows(db, 1, build="b", board="local") == [
+            {"run": clean, "started": f"2026-01-0{day}T00:00:00Z", "status": "failed",
+             "commit": sha[:10] if message else "", "build": "", "variant": "", "board": "",
+             "threads": None, "case": message or ""}]
+    failed_case = history.start_run(db, "2026-01-05T00:00:00Z", sha, False, "p", str(tmp_path))
+    history.finish_run(db, failed_case, "failed", "y", 1.0, [], [], [
+        {**CASE, "status": "failed", "error": "timed out", "p50_us": None}])
+    assert [r["case"] for r in history.table_rows(db, 1)] == ["FAILED timed out"]
