@@ -359,14 +359,16 @@ def _task_convert_onnx():
             "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
             "actions": [(_guarded, [_stage("stages.convert_onnx.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
-                                    model_dir(build.name)])],
+                                    model_dir(build.name), build.nodes_to_exclude])],
             "file_dep": [*CODE["convert_onnx"], keras_model(build.name),
                          dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            # The calibration draw and method are all of [convert] these models depend on.
-            "uptodate": [config_changed({key: getattr(PARAMS.convert, key)
-                                         for key in ("representative_samples", "seed",
-                                                     "onnx_calibration", "onnx_preprocess")})],
+            # The calibration draw and method are all of [convert] these models depend on;
+            # the build's nodes_to_exclude changes onnx_int8.
+            "uptodate": [config_changed({**{key: getattr(PARAMS.convert, key)
+                                            for key in ("representative_samples", "seed",
+                                                        "onnx_calibration", "onnx_preprocess")},
+                                         "nodes_to_exclude": list(build.nodes_to_exclude)})],
             "clean": True,
         }
 

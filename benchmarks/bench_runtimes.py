@@ -125,11 +125,14 @@ def optimized_ops(path: Path) -> dict[str, int]:
     import onnx
     import onnxruntime as ort
 
+    from pipeline import load_runner
+
     with tempfile.TemporaryDirectory(prefix="ort-optimized.") as tmp:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         options.log_severity_level = 3  # "may contain hardware specific optimizations"
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(load_runner().ORT_DISABLED_OPTIMIZERS))
         graph = onnx.load(options.optimized_model_filepath).graph
     constants = {t.name for t in graph.initializer}
     return dict(sorted(Counter(
@@ -169,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--out", default=str(REPO / "docs" / "measured" / "onnx_runtimes.md"),
                         help="the generated page ('' to write none)")
+    parser.add_argument("--trials", nargs="*", default=[], metavar="BUILD",
+                        help="also time what was tried to make these builds' onnx_int8 faster "
+                        "(onnx_int8_trials.py), with ORT's per-op profile")
     args = parser.parse_args(argv)
     from tabulate import tabulate
 
@@ -185,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "ORT p50 µs", "ORT/LiteRT"], disable_numparse=True))
     print(f"\n{args.rounds} interleaved rounds x {args.runs} inferences per model "
           f"(medians), one test image, batch 1, this host.")
+    trials = ""
+    for build in args.trials:
+        from onnx_int8_trials import render, run_trials  # this directory
+
+        trials += render(run_trials(args.artifacts, build, args.rounds, args.runs,
+                                    args.warmup))
+    print(trials)
     if args.out:
         from pipeline.core.layout import Layout
         from pipeline.core.variants import variant_of
@@ -194,10 +207,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = "python benchmarks/bench_runtimes.py " + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in (("threads", args.threads), ("rounds", args.rounds),
-                         ("runs", args.runs)))
+                         ("runs", args.runs), ("trials", args.trials)) if v)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page(rows, ops, command))
+        resolved = Layout(args.artifacts).resolved_params()
+        made_by = (json.loads(resolved.read_text()).get("params_file", "?")
+                   if resolved.exists() else "?")
+        out.write_text(page(rows, ops, command).replace(
+            "; do not edit.", f" on models built with `{Path(made_by).name}`; do not edit.", 1)
+            + trials)
         print(f"{out}: written")
 
 

@@ -15,7 +15,7 @@ plan.json (written by the host, file names relative to it):
                  "samples_sha256": "...", "host_key": "host"}],
      "peak": [{"file": "peak_int8.tflite", "sha256": "...", "variant": "int8", "macs": N}],
      (an integer-input .onnx model's entry also has "input_quantization": [scale, zero_point],
-      which ONNX Runtime does not expose),
+      which ONNX Runtime does not expose; an integer output's "output_quantization"),
      "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
      "case_timeout_s": 120, "deadline_s": 900, "min_rounds": 20, "min_seconds": 1.0}
     (a model entry may name a "reference": {"file": ..., "sha256": ...}: the model it is timed
@@ -185,6 +185,13 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+# ONNX Runtime's WeightBiasQuantization optimizer quantizes, per tensor, the float weights of
+# a Conv/Gemm whose input is dequantized and whose output is quantized: exactly a node a build
+# keeps float with nodes_to_exclude (docs/params.md). Disabled in every session, so such a
+# node runs in float; a model without float weights in that position is not affected.
+ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
 class OrtInterpreter:
     """An onnxruntime session behind the TFLite interpreter's calls, so one timing and
     prediction path serves both formats. invoke() is session.run() on the input that
@@ -192,7 +199,7 @@ class OrtInterpreter:
     """
 
     def __init__(self, model_path, num_threads, ort=None, spacemit=False,
-                 input_quantization=None, profile_prefix=None):
+                 input_quantization=None, profile_prefix=None, output_quantization=None):
         if ort is None:
             import onnxruntime as ort
         so = ort.SessionOptions()
@@ -207,10 +214,12 @@ class OrtInterpreter:
             so.profile_file_prefix = str(profile_prefix)
         self.requested = choose_providers(list(ort.get_available_providers()), spacemit,
                                           int(num_threads or 1))
-        self.session = ort.InferenceSession(str(model_path), so, providers=self.requested)
+        self.session = ort.InferenceSession(str(model_path), so, providers=self.requested,
+                                            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
         self._inputs = [self._detail(i, t, input_quantization if i == 0 else None)
                         for i, t in enumerate(self.session.get_inputs())]
-        self._outputs = [self._detail(i, t, None, output=True)
+        self._outputs = [self._detail(i, t, output_quantization if i == 0 else None,
+                                      output=True)
                          for i, t in enumerate(self.session.get_outputs())]
         self._feed: dict = {}
         self._result: list = []
@@ -326,6 +335,14 @@ def machine_info() -> dict:
     return {"uname": f"{uname.system} {uname.node} {uname.release} {uname.machine}",
             "cpu_model": cpu_model or uname.machine, "cores": os.cpu_count(),
             "python": platform.python_version()}
+
+
+def scale_zero_point(text):
+    """"scale,zero_point" as (float, int); None for None."""
+    if not text:
+        return None
+    scale, zero_point = text.split(",")
+    return float(scale), int(zero_point)
 
 
 def quantize(images, detail):
@@ -689,9 +706,10 @@ def run_plan(plan_path: Path, runtimes: dict) -> dict:
                 argv += ["--top1"]
             if plan.get("cpus"):
                 argv += ["--cpus", ",".join(str(c) for c in plan["cpus"])]
-            if entry.get("input_quantization"):
-                argv += ["--input-quantization",
-                         ",".join(str(v) for v in entry["input_quantization"])]
+            for side in ("input", "output"):
+                if entry.get(f"{side}_quantization"):
+                    argv += [f"--{side}-quantization",
+                             ",".join(str(v) for v in entry[f"{side}_quantization"])]
             if fmt == "onnx" and kind == "models":
                 argv += ["--profile"]
             reference, skipped = usable_reference(entry, plan_path.parent)
@@ -762,6 +780,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin to, e.g. 0,1,2,3")
     parser.add_argument("--input-quantization", help="(internal) scale,zero_point of an "
                         "integer ONNX input")
+    parser.add_argument("--output-quantization", help="(internal) scale,zero_point of an "
+                        "integer ONNX output (its top-1 probability)")
     parser.add_argument("--profile", action="store_true",
                         help="(internal) add onnxruntime's per-node profile")
     parser.add_argument("--reference", type=Path,
@@ -786,12 +806,10 @@ def main(argv=None) -> int:
         if args.cpus:
             os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
         if fmt == "onnx":
-            quantization = None
-            if args.input_quantization:
-                scale, zero_point = args.input_quantization.split(",")
-                quantization = (float(scale), int(zero_point))
-            make = functools.partial(OrtInterpreter, ort=found[2], spacemit=found[3],
-                                     input_quantization=quantization)
+            make = functools.partial(
+                OrtInterpreter, ort=found[2], spacemit=found[3],
+                input_quantization=scale_zero_point(args.input_quantization),
+                output_quantization=scale_zero_point(args.output_quantization))
         else:
             make = found[2]
         result = run_case(args.case, args.threads, args.warmup, args.runs, args.samples,

@@ -781,6 +781,9 @@ def test_a_board_with_both_runtimes_times_every_variant(sshd, tiny_models, onnx_
     quantized = {m["file"]: m.get("input_quantization") for m in plan["models"]}
     assert quantized["tiny_mlp_onnx_int8_tflite.onnx"] == [1.0, -128]
     assert quantized["tiny_mlp_onnx_int8.onnx"] is None  # QDQ: float input
+    # These hand-built models' outputs are float: no output quantization (an int8 output's,
+    # which predict --board dequantizes with: test_predict.py, test_runner.py)
+    assert all("output_quantization" not in m for m in plan["models"])
 
 
 def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(

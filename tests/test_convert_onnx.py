@@ -344,3 +344,83 @@ def test_a_translation_that_fails_its_check_leaves_no_older_model_nor_its_card(
         run_translate(out / "b_int8.tflite", out / "d.npz", "b", out, -1)
     assert [name for name, path in older.items() if path.exists()] == []
     assert (out / "b_int8.tflite").exists()  # the translation's input stays
+
+
+def test_an_unknown_node_to_exclude_is_one_line_listing_the_valid_names(tiny_onnx_models):
+    import onnx
+
+    content = tiny_onnx_models["tiny_mlp/onnx_float32"].read_bytes()
+    names = [n.name for n in onnx.load_from_string(content).graph.node]
+    with pytest.raises(OnnxConvertError) as caught:
+        quantize_int8(content, synthetic_images(np.arange(10), 1),
+                      nodes_to_exclude=[names[-2], "dense/nope"])
+    message = str(caught.value)
+    assert message == (f"nodes_to_exclude: no node named ['dense/nope'] in the float model; "
+                       f"valid names (reports/<build>/layers_onnx.md names them): {names}")
+    assert "\n" not in message
+
+
+def optimized_graph(path, tmp_path):
+    """ORT's optimized graph of the model at `path`, under the pipeline's session options
+    (the runner's disabled optimizers)."""
+    import onnx
+    import onnxruntime as ort
+
+    from pipeline import load_runner
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(load_runner().ORT_DISABLED_OPTIMIZERS))
+    return onnx.load(str(tmp_path / "optimized.onnx")).graph
+
+
+def test_a_build_keeps_its_nodes_to_exclude_float_in_onnx_int8(smoke_project, tmp_path):
+    """A real build: the smoke project with nodes_to_exclude naming the Gemm the ONNX layer
+    report ranks worst among the nodes with weights. onnx_int8 reads that node's weight as a
+    float constant, ONNX Runtime runs it as a float Gemm, and layers_onnx says so."""
+    import json
+    import shutil
+
+    import onnx
+
+    from tests.conftest import executed_tasks, run_doit
+    from tests.project import edit_params
+
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    models, reports = (project / "artifacts" / d / "mnist_cnn" for d in ("models", "reports"))
+    int8 = models / "mnist_cnn_onnx_int8.onnx"
+    before = json.loads((reports / "layers_onnx.json").read_text())
+    assert before["float_nodes"] == []
+    node = next(r["node"] for r in before["rows"] if "Gemm" in r["node"])
+    ops_before = [n.op_type for n in optimized_graph(int8, tmp_path).node]
+    edit_params(project / "params" / "smoke.toml", builds=[
+        {"name": "mnist_cnn", "dataset": "mnist", "model": "cnn", "nodes_to_exclude": [node]},
+        {"name": "mnist_mlp", "dataset": "mnist", "model": "mlp"}])
+    proc = run_doit(project)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = executed_tasks(proc.stdout)
+    assert {"convert_onnx:mnist_cnn", "layers:mnist_cnn", "evaluate:mnist_cnn"} <= ran
+    assert not ran & {"convert:mnist_cnn", "convert_onnx:mnist_mlp", "train:mnist_cnn"}
+    graph = onnx.load(str(int8)).graph
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    [gemm] = [n for n in graph.node if n.name == node]
+    assert gemm.op_type == "Gemm" and gemm.input[1] in floats  # no DequantizeLinear
+    ops = [n.op_type for n in optimized_graph(int8, tmp_path).node]
+    assert ops.count("QGemm") == ops_before.count("QGemm") - 1
+    assert ops.count("Gemm") == ops_before.count("Gemm") + 1
+    after = json.loads((reports / "layers_onnx.json").read_text())
+    assert after["float_nodes"] == [{"op": "Gemm", "node": node}]
+    assert (f"Kept in float (the build's `nodes_to_exclude`): Gemm `{node}`."
+            in (reports / "layers_onnx.md").read_text())
+    # A name the model does not have: the build stops on one line naming the key.
+    edit_params(project / "params" / "smoke.toml", builds=[
+        {"name": "mnist_cnn", "dataset": "mnist", "model": "cnn",
+         "nodes_to_exclude": ["cnn_1/nope"]}])
+    failed = run_doit(project, "convert_onnx")
+    assert failed.returncode != 0
+    assert ("builds[mnist_cnn].nodes_to_exclude: no node named ['cnn_1/nope'] in the float "
+            "model; valid names" in failed.stdout + failed.stderr)
+    assert "Traceback" not in failed.stdout + failed.stderr

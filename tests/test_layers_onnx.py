@@ -37,8 +37,8 @@ def _outputs(path, names, images):
 
 
 def _dequantized_of(int8_path, tensor):
-    """The DequantizeLinear output after the QuantizeLinear of `tensor` in onnx_int8, and that
-    QuantizeLinear's scale: read off the graph directly."""
+    """The DequantizeLinear output after the QuantizeLinear of `tensor` in onnx_int8, that
+    QuantizeLinear's scale and the node making its input: read off the graph directly."""
     import onnx
     from onnx import numpy_helper
 
@@ -48,7 +48,8 @@ def _dequantized_of(int8_path, tensor):
              and n.input[0] in (tensor, f"{tensor}_QuantizeLinear_Input"))
     dq = next(n for n in graph.node if n.op_type == "DequantizeLinear"
               and n.input[0] == q.output[0])
-    return dq.output[0], float(consts[q.input[1]])
+    maker = next((n.name for n in graph.node if q.input[0] in n.output), "")
+    return dq.output[0], float(consts[q.input[1]]), maker
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,10 @@ def test_each_row_is_the_numpy_error_in_quantization_steps(report):
     rows = data["rows"]
     assert len(images) == len(data["test_indices"]) >= 10 and len(rows) >= 5
     pairs = [(r, *_dequantized_of(int8_path, r["tensor"])) for r in rows]
-    floats = _outputs(float_path, [r["tensor"] for r, _, _ in pairs], images)
-    ints = _outputs(int8_path, [dq for _, dq, _ in pairs], images)
-    for (row, _, scale), reference, quantized in zip(pairs, floats, ints):
+    floats = _outputs(float_path, [r["tensor"] for r, _, _, _ in pairs], images)
+    ints = _outputs(int8_path, [dq for _, dq, _, _ in pairs], images)
+    for (row, _, scale, maker), reference, quantized in zip(pairs, floats, ints):
+        assert row["node"] == maker, row["tensor"]
         error = quantized - reference
         rmse = np.sqrt(np.mean(error ** 2))
         assert row["scale"] == pytest.approx(scale, rel=1e-7), row["tensor"]
@@ -92,13 +94,28 @@ def test_rows_are_ranked_worst_first_and_cover_every_quantized_activation(report
     steps = [r["rmse_over_scale"] for r in rows]
     assert steps == sorted(steps, reverse=True)
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
-    # Every QuantizeLinear of an activation (hand count from the graph) has its row.
+    # Every QuantizeLinear of an activation that a DequantizeLinear of the same scale and
+    # zero point undoes (hand count from the graph) has its row.
+    from onnx import numpy_helper
+
     graph = onnx.load(str(int8_path)).graph
-    consts = {t.name for t in graph.initializer}
-    count = sum(n.op_type == "QuantizeLinear" and n.input[0] not in consts for n in graph.node)
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+    def undone(q):
+        return any(n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]
+                   and consts[n.input[1]] == consts[q.input[1]]
+                   and consts[n.input[2]] == consts[q.input[2]] for n in graph.node)
+
+    count = sum(n.op_type == "QuantizeLinear" and n.input[0] not in consts and undone(n)
+                for n in graph.node)
     assert len(rows) == count
     assert len(quantized_activations(onnx.load(str(float_path)), onnx.load(str(int8_path)))) \
         == count
+    # The default build keeps nothing in float: every Conv/Gemm reads dequantized weights.
+    assert data["float_nodes"] == []
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert all(n.op_type == "DequantizeLinear" for n in graph.node if n.output[0] in weights)
     markdown = (reports / "layers_onnx.md").read_text()
+    assert "Every Conv, Gemm and MatMul runs in int8." in markdown
     assert f"The worst tensor is `{rows[0]['tensor']}`" in markdown
     assert f"{rows[0]['rmse_over_scale']:.3f}" in markdown

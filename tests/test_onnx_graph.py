@@ -172,3 +172,61 @@ def test_onnx_int8_dequantizes_no_constant_at_run_time_and_answers_as_ort_quanti
         outputs.append(np.concatenate([session.run(None, {"image": x[i:i + 1]})[0]
                                        for i in range(len(x))]))
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def rescale_between_quantizations(factor: float, out_scale: float):
+    """x -> Q(1, -128) -> DQ -> Mul(factor) -> Q(out_scale, -128) -> DQ -> y: the Rescaling
+    layer between ORT's input quantization and the next one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(1), "s1"),
+             numpy_helper.from_array(np.int8(-128), "z"),
+             numpy_helper.from_array(np.float32(factor), "c"),
+             numpy_helper.from_array(np.float32(out_scale), "s2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z"], ["d1"]),
+             helper.make_node("Mul", ["d1", "c"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "s2", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"])]
+    return graph(nodes, [("x", [256])], [("y", TensorProto.FLOAT, [256])], inits)
+
+
+@pytest.mark.parametrize("factor, out_scale, bypassed", [
+    (1 / 255, 1 / 255, True),              # q -> q: the three nodes go
+    (2 / 255, 1 / 255, False),             # q -> 2q + 128: a real change, kept
+    (1 / 255, 1 / 255 * 1.002, False),     # 255 / 1.002 = 254.49: not q, and near a boundary
+    (1 / 255, 1 / 255.3, False),           # every q to itself, but 255 lands 0.3 step off
+                                           # an integer (> 0.25): a kernel could round it away
+])
+def test_a_requantization_that_maps_every_value_to_itself_is_bypassed(factor, out_scale,
+                                                                     bypassed):
+    model = rescale_between_quantizations(factor, out_scale)
+    pixels = {"x": np.arange(256, dtype=np.float32)}
+    # numpy's reference of the whole chain, independent of the pass.
+    q1 = np.clip(np.rint(pixels["x"]) - 128, -128, 127)
+    m = ((q1 + 128) * np.float32(factor)).astype(np.float32)
+    q2 = np.clip(np.rint(m / np.float32(out_scale)) - 128, -128, 127)
+    expected = ((q2 + 128) * np.float32(out_scale)).astype(np.float32)
+    assert np.array_equal(run(model, pixels), expected)
+    summary = integer_form(model)
+    assert summary.identities_bypassed == int(bypassed)
+    assert [n.op_type for n in model.graph.node] == (
+        ["QuantizeLinear", "DequantizeLinear"] if bypassed else
+        ["QuantizeLinear", "DequantizeLinear", "Mul", "QuantizeLinear", "DequantizeLinear"])
+    assert np.array_equal(run(model, pixels), expected)
+    if bypassed:  # the DQ now reads the input's quantization with the second's scale
+        assert model.graph.node[1].input[0] == "q1"
+
+
+def test_an_identity_right_after_an_int8_graph_input_is_kept():
+    """The translated model's int8 input: its DequantizeLinear states the input's scale (the
+    contract), so the rescale after it stays even when it maps every value to itself."""
+    from onnx import TensorProto, helper
+
+    model = rescale_between_quantizations(1 / 255, 1 / 255)
+    graph_ = model.graph
+    graph_.node.remove(graph_.node[0])  # the input is now q1 itself, int8
+    graph_.input[0].CopyFrom(helper.make_tensor_value_info("q1", TensorProto.INT8, [256]))
+    before = model.SerializeToString()
+    assert integer_form(model).identities_bypassed == 0
+    assert model.SerializeToString() == before

@@ -513,14 +513,18 @@ def test_a_board_without_tflite_answers_with_the_translated_onnx_model(
         answer = r["predictions"]["onnx_int8_tflite@k1-like"]
         assert answer["class"] == int(onnx_probs.argmax()) == int(int8_probs.argmax())
         assert answer["same_as_host"] is True
-        # ORT reports no quantization for an integer output: the runner cannot dequantize.
-        assert answer["probability"] is None
+        # The board's probability: its int8 output dequantized with the scale the plan
+        # carries, as this host dequantizes it (to predict's 4 decimals).
+        assert answer["probability"] == pytest.approx(float(onnx_probs.max()), abs=5e-5)
+        assert answer["probability"] == r["predictions"]["onnx_int8_tflite"]["probability"]
     assert predict.problems(results, "k1-like") == []
     assert predict.exit_status(results, "k1-like") == 0
     table = predict.render_table(results, ["int8", "onnx_int8_tflite",
                                            "onnx_int8_tflite@k1-like"])
     assert "DIFFERS" not in table and "board failed" not in table
-    assert f"{results[0]['predictions']['int8']['name']}  probability not reported" in table
+    assert "probability not reported" not in table
+    first = results[0]["predictions"]["onnx_int8_tflite@k1-like"]
+    assert f"{first['name']}  {100 * first['probability']:.1f}%" in table
     # Asked for the .tflite by name, the board says it has no runtime for it: one line.
     failed = predict.predict_files(paths[:1], card, models, board=board, board_variant="int8")
     [line] = predict.problems(failed, "k1-like")

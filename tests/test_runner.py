@@ -806,3 +806,29 @@ def test_a_cases_end_is_one_line(status, out, err, says):
     result = load_runner()._case_result({"model": "m", "threads": 2}, status, out, err, 3.2)
     assert result == {"model": "m", "threads": 2, "error": says}
     assert load_runner()._case_result({}, 0, '{"p50_us": 1.5}', "", 1) == {"p50_us": 1.5}
+
+
+def test_an_int8_onnx_outputs_probability_is_dequantized_with_the_plans_scale(
+        tiny_onnx_models):
+    """The translated model's int8 output: with output_quantization the runner's top-1
+    probability is (q - zero_point) * scale of ORT's raw output, computed here from a plain
+    session; without it the class alone (ORT does not report an output's quantization)."""
+    import onnxruntime as ort
+
+    runner = load_runner()
+    model = tiny_onnx_models["tiny_cnn/onnx_int8_tflite"]
+    images = synthetic_images(np.arange(6), 4)
+    scale, zero_point = 1 / 256, -128  # TFLite's int8 softmax output
+    plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feed = plain.get_inputs()[0].name
+    raw = [plain.run(None, {feed: (image[None, ..., None].astype(np.int16) - 128)
+                            .astype(np.int8)})[0][0] for image in images]
+    with_scale = runner.top1(runner.OrtInterpreter(
+        model, 1, input_quantization=(1.0, -128), output_quantization=(scale, zero_point)),
+        images)
+    assert [label for label, _ in with_scale] == [int(np.argmax(r)) for r in raw]
+    for (label, probability), r in zip(with_scale, raw):
+        assert probability == pytest.approx((int(r[label]) - zero_point) * scale, abs=1e-12)
+    without = runner.top1(runner.OrtInterpreter(model, 1, input_quantization=(1.0, -128)),
+                          images)
+    assert without == [(label, None) for label, _ in with_scale]

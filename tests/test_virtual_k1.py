@@ -271,6 +271,78 @@ def test_onnxruntime_on_riscv64_gives_the_hosts_outputs(virtual, tmp_path):
     assert np.abs(board.astype(int) - ref).max() <= 1
 
 
+# --- the pipeline's own ONNX models on riscv64 against this host --------------------------
+
+# Each model's input file and output, one image per run (the static batch of 1), in a
+# session configured as the runner's (its disabled optimizers).
+GUEST_MODELS = r'''
+import io, sys, numpy as np, onnxruntime as ort
+disabled = sys.argv[1].split(",")
+outputs = {}
+for name in sys.argv[2:]:
+    s = ort.InferenceSession(name + ".onnx", providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled)
+    feed = s.get_inputs()[0].name
+    x = np.load(name + ".npy")
+    outputs[name] = np.concatenate([s.run(None, {feed: row[None]})[0] for row in x])
+buf = io.BytesIO(); np.savez(buf, **outputs); sys.stdout.buffer.write(buf.getvalue())
+'''
+# Images of the smoke build's test split each model runs on the board and on this host.
+BOARD_IMAGES = 100
+# Float outputs (softmax probabilities): riscv64's MLAS kernels sum in another order than
+# x86's, so the last bits may differ; 1e-5 of a probability is far below what moves a top-1.
+FLOAT_ATOL = 1e-5
+
+
+def test_every_onnx_model_of_a_build_answers_on_riscv64_as_on_this_host(virtual,
+                                                                        smoke_project,
+                                                                        tmp_path):
+    """Every ONNX variant of both smoke builds (exported, ORT's QDQ, the translated .tflite
+    in its rewritten integer form) run by Debian's riscv64 onnxruntime under emulation and by
+    this host's on the same test images: the same top-1 class on every image, integer
+    outputs equal, float outputs within FLOAT_ATOL."""
+    from pipeline import load_runner
+    from pipeline.core.layout import Layout
+    from pipeline.core.runtimes import OnnxRuntimeModel
+    from pipeline.core.variants import VARIANTS
+    from pipeline.stages.preprocess import load_arrays
+
+    layout = Layout(smoke_project / "artifacts")
+    images = load_arrays(layout.dataset_npz("mnist"))["x_test"][:BOARD_IMAGES, ..., None]
+    runner = load_runner()
+    host, files = {}, []
+    for build in ("mnist_cnn", "mnist_mlp"):
+        for variant in (v for v, spec in VARIANTS.items() if spec.format == "onnx"):
+            name = f"{build}_{variant}"
+            model = OnnxRuntimeModel(layout.variant_path(build, variant), threads=1)
+            detail = model._input
+            x = np.stack([runner.quantize(image[None], detail)[0] for image in images])
+            shutil.copy(layout.variant_path(build, variant), tmp_path / f"{name}.onnx")
+            np.save(tmp_path / f"{name}.npy", x)
+            files += [tmp_path / f"{name}.onnx", tmp_path / f"{name}.npy"]
+            host[name] = np.concatenate(
+                [model.session.run(None, {detail["name"]: row[None]})[0] for row in x])
+    assert len(host) == 6
+    push(virtual.board, files)
+    raw = on_board(virtual, "sh", "-c",
+                   'cd "$1" && shift && exec python3 -c "$@" 2>/dev/null', "sh",
+                   virtual.board.remote_dir, GUEST_MODELS,
+                   ",".join(runner.ORT_DISABLED_OPTIMIZERS), *host)
+    board = dict(np.load(io.BytesIO(raw)))
+    assert set(board) == set(host)
+    for name, expected in host.items():
+        got = board[name]
+        assert got.dtype == expected.dtype and got.shape == expected.shape == (BOARD_IMAGES, 10)
+        assert np.array_equal(got.argmax(1), expected.argmax(1)), name
+        if np.issubdtype(expected.dtype, np.integer):
+            assert np.array_equal(got, expected), (name, np.abs(
+                got.astype(int) - expected.astype(int)).max())
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT_ATOL, err_msg=name)
+        worst = np.abs(got.astype(np.float64) - expected.astype(np.float64)).max()
+        print(f"{name}: top-1 equal on {BOARD_IMAGES} images, largest difference {worst:.3g}")
+
+
 # --- end to end: `doit bench:virtual-k1` on the smoke build -------------------------------
 
 

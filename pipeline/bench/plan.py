@@ -26,15 +26,16 @@ def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
     return open_model(model_path).board_predictions(images)
 
 
-def input_quantization(model_path: Path) -> list[float] | None:
-    """[scale, zero_point] of an integer ONNX input, which onnxruntime on the board cannot
-    read from the session (a TFLite interpreter reports its own); None for other models."""
+def input_quantization(model_path: Path, side: str = "input") -> list[float] | None:
+    """[scale, zero_point] of an integer ONNX input (`side` "output": output), which
+    onnxruntime on the board cannot read from the session (a TFLite interpreter reports its
+    own); None for other models."""
     from pipeline.core.runtimes import open_model
     from pipeline.core.variants import format_of
 
     if format_of(model_path) != "onnx":
         return None
-    contract = open_model(model_path).io_contract()["input"]
+    contract = open_model(model_path).io_contract()[side]
     if "scale" not in contract:
         return None
     return [float(contract["scale"]), int(contract["zero_point"])]
@@ -84,9 +85,10 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
                  "samples": samples_file,
                  "samples_sha256": sha256_file(stage_dir / samples_file),
                  "host_key": "host", "key": key, **({"top1": True} if top1 else {})}
-        quantization = input_quantization(path)
-        if quantization:
-            entry["input_quantization"] = quantization
+        for side in ("input", "output"):  # the output's: the board's top-1 probability
+            quantization = input_quantization(path, side)
+            if quantization:
+                entry[f"{side}_quantization"] = quantization
         if key in (references or {}):  # named by its bytes: pushed once, whatever it was
             ref = Path(references[key])
             ref_sha = sha256_file(ref)

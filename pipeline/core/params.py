@@ -323,6 +323,12 @@ class Build:
     float_layers: tuple[str, ...] = param(
         (), "Tensor names (the model's own, from reports/<build>/layers.csv) kept float in an "
         "extra variant int8_selective.", distinct=True)
+    nodes_to_exclude: tuple[str, ...] = param(
+        (), "ONNX node names (onnx_float32's, as reports/<build>/layers_onnx.md names them) "
+        "kept float in onnx_int8: ONNX Runtime's quantize_static nodes_to_exclude. The "
+        "pipeline's ONNX sessions (evaluate, bench, the board's runner) disable ORT's "
+        "WeightBiasQuantization optimizer, which would otherwise quantize such a node's "
+        "float weights per tensor at load.", distinct=True)
     fine_tune: bool = param(True, "A saved model is fine-tuned with [train] (true) or "
                             "converted as it is (false).")
     max_parameters: int = param(DEFAULT_MAX_PARAMETERS, "A bigger model fails before "

@@ -285,7 +285,9 @@ class OnnxRuntimeModel:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path) if path is not None else content,
                                             sess_options=options,
-                                            providers=list(self.providers))
+                                            providers=list(self.providers),
+                                            disabled_optimizers=list(
+                                                load_runner().ORT_DISABLED_OPTIMIZERS))
 
     def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         # A model exported with a static batch (1, as the board runs it) takes that many

@@ -151,7 +151,8 @@ def board_top1(board: Any, model_path: Path, images: np.ndarray,
                          "per-image answers; update board/runner.py there (it is pushed "
                          "with the plan)")
     try:  # text from a board is checked like any other input
-        # No probability: an integer ONNX output, whose quantization ORT does not report.
+        # No probability: an integer ONNX output whose quantization the plan did not carry
+        # (a runner older than output_quantization).
         return [(int(label), None if probability is None else float(probability))
                 for label, probability in answers]
     except (TypeError, ValueError):

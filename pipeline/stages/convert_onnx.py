@@ -55,6 +55,11 @@ class OnnxConvertError(PipelineError):
     pass
 
 
+class UnknownNodesError(OnnxConvertError):
+    """nodes_to_exclude names a node the float model does not have (the caller names the
+    build)."""
+
+
 def canonical(model: Any) -> bytes:
     """The model's bytes without the process-dependent details tf2onnx leaves in them.
 
@@ -206,6 +211,7 @@ def quantize_int8(float_model: bytes, representative: np.ndarray,
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared))
             source = prepared
+        _check_node_names(nodes_to_exclude, onnx.load(str(source)), preprocess)
         quantize_static(str(source), str(target), Calibration(input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         calibrate_method=getattr(CalibrationMethod, calibration),
@@ -215,10 +221,24 @@ def quantize_int8(float_model: bytes, representative: np.ndarray,
     # The Rescaling layer's constants as ORT's quantizer leaves them (DequantizeLinear of an
     # int8 1/255 and 0 on every run): stored dequantized, same arithmetic, about a third
     # faster on the host (docs/measured/onnx_runtimes.md); outputs measured identical on
-    # all 10,000 MNIST test images.
+    # all 10,000 MNIST test images. Then the rescale itself, between ORT's input
+    # QuantizeLinear and the next, when it maps every int8 value to itself (calibrated on
+    # images that reach 255): bypassed, the same outputs, no float Mul on every run.
     integer_form(quantized)
     onnx.checker.check_model(quantized)
     return canonical(quantized)
+
+
+def _check_node_names(names: Sequence[str], model: Any, preprocessed: bool) -> None:
+    """One line naming the key and the valid names when `names` holds a node `model` (what
+    quantize_static is given) does not have: ORT's quantizer ignores unknown names."""
+    known = [node.name for node in model.graph.node]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownNodesError(
+            f"nodes_to_exclude: no node named {unknown} in the float model"
+            + (" after quant_pre_process" if preprocessed else "")
+            + f"; valid names (reports/<build>/layers_onnx.md names them): {known}")
 
 
 def translate_tflite(tflite_path: Path, integer: bool = True) -> bytes:
@@ -332,9 +352,10 @@ def check_same_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarra
 
 
 def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
-        model_dir: Path) -> dict[str, int]:
-    """The convert_onnx action: onnx_float32 and onnx_int8 of `build` from its saved `.h5`;
-    returns bytes per variant. Both are computed before either is written."""
+        model_dir: Path, nodes_to_exclude: Sequence[str] = ()) -> dict[str, int]:
+    """The convert_onnx action: onnx_float32 and onnx_int8 of `build` from its saved `.h5`,
+    the build's `nodes_to_exclude` kept float in onnx_int8; returns bytes per variant. Both
+    are computed before either is written."""
     from pipeline.stages.train import load_model
 
     arrays = load_arrays(data_path)
@@ -343,8 +364,12 @@ def run(model_path: Path, data_path: Path, params: ConvertParams, build: str,
     with native_output_hidden():  # TensorFlow and tf2onnx notices; a failure shows them
         model = load_model(model_path)
         contents = {ONNX_FLOAT32: export_float(model)}
-        contents[ONNX_INT8] = quantize_int8(contents[ONNX_FLOAT32], representative,
-                                            params.onnx_calibration, params.onnx_preprocess)
+        try:
+            contents[ONNX_INT8] = quantize_int8(contents[ONNX_FLOAT32], representative,
+                                                params.onnx_calibration,
+                                                params.onnx_preprocess, nodes_to_exclude)
+        except UnknownNodesError as exc:
+            raise UnknownNodesError(f"builds[{build}].{exc}") from None
     wanted = variant_names(params, producer=PRODUCER)
     return _write({v: c for v, c in contents.items() if v in wanted}, model_dir, build)
 
@@ -399,8 +424,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet_third_party(verbose_requested(os.environ))
     try:
-        params = load_params(args.params, os.environ.get("PIPELINE_SET", "")).convert
-        run(args.model, args.data, params, args.build, args.model.parent)
+        everything = load_params(args.params, os.environ.get("PIPELINE_SET", ""))
+        params = everything.convert
+        excluded = next((b.nodes_to_exclude for b in everything.builds if b.name == args.build),
+                        ())  # a build the params file does not declare: nothing excluded
+        run(args.model, args.data, params, args.build, args.model.parent, excluded)
         run_translate(variant_path(args.model.parent, args.build, INT8), args.data,
                       args.build, args.model.parent, params.onnx_tflite_max_steps)
     except PipelineError as exc:

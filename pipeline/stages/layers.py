@@ -200,7 +200,8 @@ def _onnx_report(build: str, onnx_models: tuple[Path, Path], debug: np.ndarray,
     from pipeline.stages import layers_onnx
 
     rows = layers_onnx.layer_errors(*onnx_models, debug)
-    layers_onnx.write_reports(build, rows, indices, report_dir)
+    layers_onnx.write_reports(build, rows, indices, report_dir,
+                              layers_onnx.float_nodes(onnx_models[1]))
     if rows:
         print(f"{report_dir / 'layers_onnx.md'}: {len(rows)} onnx_int8 activations; worst "
               f"{rows[0]['tensor']!r} at {rows[0]['rmse_over_scale']:.3f} quantization steps")

@@ -24,13 +24,12 @@ from pipeline.core.files import write_text
 _RENAMED_OUTPUT = "_QuantizeLinear_Input"
 
 
-def _scalar(graph: Any, name: str) -> float | int:
+def _scalars(graph: Any) -> dict[str, float | int]:
+    """Every one-element constant of the graph (per-tensor scales and zero points)."""
     from onnx import numpy_helper
 
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return numpy_helper.to_array(tensor).item()
-    raise ValueError(f"{name}: not a constant")
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {name: value.item() for name, value in values.items() if value.size == 1}
 
 
 def quantized_activations(float_model: Any, int8_model: Any) -> list[dict[str, Any]]:
@@ -39,22 +38,35 @@ def quantized_activations(float_model: Any, int8_model: Any) -> list[dict[str, A
     the float op that makes it ("input" for a graph input)."""
     graph = int8_model.graph
     constants = {t.name for t in graph.initializer}
-    dequantized = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    # The DequantizeLinear that undoes each QuantizeLinear: same scale and zero point. (After
+    # onnx_graph's identity bypass the input's QuantizeLinear feeds a DQ of another scale:
+    # that is the rescaled tensor, not the input's dequantization.)
+    scalars = _scalars(graph)
+    dequantized = {(n.input[0], scalars[n.input[1]], scalars[n.input[2]]): n.output[0]
+                   for n in graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2
+                   and n.input[1] in scalars and n.input[2] in scalars}
     producers = {o: n.op_type for n in float_model.graph.node for o in n.output}
     producers.update({i.name: "input" for i in float_model.graph.input})
+    # The node that makes the tensor in the int8 graph (a Conv whose Relu the quantizer folded
+    # makes the Relu's output): the name nodes_to_exclude takes, kept from the float model.
+    makers = {o: n.name for n in graph.node for o in n.output}
     found = []
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in constants \
-                or node.output[0] not in dequantized:
+                or len(node.input) < 3 or node.input[1] not in scalars \
+                or node.input[2] not in scalars:
+            continue
+        pair = (node.output[0], scalars[node.input[1]], scalars[node.input[2]])
+        if pair not in dequantized:
             continue
         name = node.input[0]
         if name not in producers and name.endswith(_RENAMED_OUTPUT):
             name = name[:-len(_RENAMED_OUTPUT)]
         if name not in producers:
             continue  # a tensor only the int8 graph has: nothing float to compare with
-        found.append({"tensor": name, "dequantized": dequantized[node.output[0]],
-                      "op": producers[name], "scale": float(_scalar(graph, node.input[1])),
-                      "zero_point": int(_scalar(graph, node.input[2]))})
+        found.append({"tensor": name, "dequantized": dequantized[pair],
+                      "op": producers[name], "node": makers.get(node.input[0], ""),
+                      "scale": float(pair[1]), "zero_point": int(pair[2])})
     return found
 
 
@@ -100,7 +112,8 @@ def layer_errors(float_path: Path, int8_path: Path,
     for t, reference, quantized in zip(tensors, floats, ints):
         error = quantized.astype(np.float64) - reference.astype(np.float64)
         rmse = math.sqrt(float(np.mean(error ** 2)))
-        rows.append({"op": t["op"], "tensor": t["tensor"], "elements": int(reference[0].size),
+        rows.append({"op": t["op"], "tensor": t["tensor"], "node": t["node"],
+                     "elements": int(reference[0].size),
                      "rmse_over_scale": rmse / t["scale"], "rmse": rmse,
                      "mean_error": float(error.mean()),
                      "max_abs_error": float(np.abs(error).max()), "scale": t["scale"],
@@ -109,13 +122,33 @@ def layer_errors(float_path: Path, int8_path: Path,
     return [{"rank": i + 1, **row} for i, row in enumerate(rows)]
 
 
-def render_markdown(build: str, rows: Sequence[dict[str, Any]], samples: int) -> str:
+def float_nodes(int8_path: Path) -> list[dict[str, str]]:
+    """The Conv/Gemm/MatMul nodes onnx_int8 runs in float (the build's nodes_to_exclude)."""
+    import onnx
+
+    from pipeline.stages.onnx_graph import float_compute_nodes
+
+    return [{"op": op, "node": name}
+            for op, name in float_compute_nodes(onnx.load(str(int8_path)))]
+
+
+def _float_line(kept: Sequence[dict[str, str]]) -> str:
+    if not kept:
+        return ("Every Conv, Gemm and MatMul runs in int8. To keep one in float, add its node "
+                "to `nodes_to_exclude = [...]` in this build's `[[builds]]` entry.\n\n")
+    return ("Kept in float (the build's `nodes_to_exclude`): "
+            + ", ".join(f"{k['op']} `{k['node']}`" for k in kept) + ".\n\n")
+
+
+def render_markdown(build: str, rows: Sequence[dict[str, Any]], samples: int,
+                    kept: Sequence[dict[str, str]] = ()) -> str:
     table = tabulate(
-        [[r["rank"], f"{r['op']} `{r['tensor']}`", f"{r['rmse_over_scale']:.3f}",
-          f"{r['mean_error']:+.2e}", f"{r['max_abs_error']:.2e}", f"{r['scale']:.3g}",
-          r["zero_point"], f"{r['elements']:,}"] for r in rows],
-        headers=["rank", "tensor", "RMSE / scale", "mean error", "max abs error", "scale",
-                 "zero point", "elements"], tablefmt="github", disable_numparse=True)
+        [[r["rank"], f"{r['op']} `{r['tensor']}`", f"`{r['node']}`" if r["node"] else "",
+          f"{r['rmse_over_scale']:.3f}", f"{r['mean_error']:+.2e}", f"{r['max_abs_error']:.2e}",
+          f"{r['scale']:.3g}", r["zero_point"], f"{r['elements']:,}"] for r in rows],
+        headers=["rank", "tensor", "made by node", "RMSE / scale", "mean error",
+                 "max abs error", "scale", "zero point", "elements"], tablefmt="github",
+        disable_numparse=True)
     worst = (f"The worst tensor is `{rows[0]['tensor']}` ({rows[0]['op']}): RMSE "
              f"{rows[0]['rmse_over_scale']:.2f} quantization steps; rounding alone gives "
              f"{1 / math.sqrt(12):.2f}.\n\n" if rows else "")
@@ -125,14 +158,16 @@ def render_markdown(build: str, rows: Sequence[dict[str, Any]], samples: int) ->
             "seeded test images. RMSE / scale is the error in quantization steps of that "
             "tensor's QuantizeLinear, worst first. Values: "
             "[layers_onnx.json](layers_onnx.json).\n\n"
-            f"{worst}{table}\n")
+            f"{worst}{_float_line(kept)}{table}\n")
 
 
 def write_reports(build: str, rows: Sequence[dict[str, Any]], test_indices: Sequence[int],
-                  report_dir: Path) -> None:
+                  report_dir: Path, kept: Sequence[dict[str, str]] = ()) -> None:
     """layers_onnx.md and layers_onnx.json (inside the caller's outputs_together); the JSON
-    names the test images compared (indices into x_test), so the figures can be redone."""
+    names the test images compared (indices into x_test), so the figures can be redone, and
+    the nodes `kept` in float."""
     write_text(report_dir / "layers_onnx.json",
                json.dumps({"build": build, "test_indices": list(test_indices),
-                           "rows": list(rows)}, indent=2) + "\n")
-    write_text(report_dir / "layers_onnx.md", render_markdown(build, rows, len(test_indices)))
+                           "float_nodes": list(kept), "rows": list(rows)}, indent=2) + "\n")
+    write_text(report_dir / "layers_onnx.md",
+               render_markdown(build, rows, len(test_indices), kept))

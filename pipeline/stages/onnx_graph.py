@@ -20,6 +20,13 @@ Conv and a Gemm in float and dequantized their int8 weights on every run):
 - a constant DequantizeLinear read by an elementwise op (the MLP's 1/255 rescale Mul): ORT
   runs that op in float and would dequantize the constant on every run, so the constant is
   stored dequantized (the same float32 arithmetic, done once).
+- DequantizeLinear -> an elementwise op with a constant scalar -> QuantizeLinear that maps
+  every int8 value to itself (the Rescaling layer's x/255 between ORT's input QuantizeLinear
+  at scale 1 and the next at scale 1/255; an Add of 0): ORT runs the op in float on every
+  run, so the three are bypassed (not after a graph input's DQ, which states the input's
+  quantization). Checked on all 256 values in float32, each at least a
+  quarter step from a rounding boundary, so the result does not depend on how a kernel
+  orders the arithmetic.
 
 Each rewrite checks its precondition and leaves a node it does not recognise as it was;
 `RewriteSummary.left_in_float` names every Conv/Gemm/MatMul still outside the QDQ form. The
@@ -48,13 +55,15 @@ class RewriteSummary:
     gemms: int = 0
     requantized_layouts: int = 0
     constants_dequantized: int = 0
+    identities_bypassed: int = 0
     left_in_float: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         done = (f"{self.clamps_removed} activations folded into QuantizeLinear, "
                 f"{self.gemms} MatMul+Add made Gemm, {self.requantized_layouts} reshapes "
                 "requantized, "
-                f"{self.constants_dequantized} constants stored dequantized")
+                f"{self.constants_dequantized} constants stored dequantized, "
+                f"{self.identities_bypassed} identity requantizations bypassed")
         if self.left_in_float:
             done += ("; not recognised, left as translated (float in ONNX Runtime): "
                      + ", ".join(self.left_in_float))
@@ -93,6 +102,7 @@ def integer_form(model: Any) -> RewriteSummary:
     summary.gemms = _matmul_add_to_gemm(model)
     summary.requantized_layouts = _requantize_layouts(model.graph)
     summary.constants_dequantized = _dequantize_constants(model.graph)
+    summary.identities_bypassed = _bypass_identities(model.graph)
     summary.left_in_float = _float_compute(_Graph(model.graph))
     return summary
 
@@ -245,6 +255,71 @@ def _dequantize_constants(graph: Any) -> int:
         graph.node.remove(dq)
         folded += 1
     return folded
+
+
+# An elementwise op's float32 arithmetic, operand order kept (the constant may be either).
+_ARITHMETIC = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}
+# How far from a rounding boundary (in steps) every value must land for an identity to count.
+_MARGIN = 0.25
+
+
+def _identity_chain(q2: Any, index: _Graph) -> tuple[Any, Any] | None:
+    """(DequantizeLinear, op) when DQ -> op(constant scalar) -> `q2` maps every value of the
+    DQ's integer type to itself; None otherwise."""
+    op = index.producer.get(q2.input[0])
+    if op is None or op.op_type not in _ARITHMETIC or index.only_consumer(op.output[0]) is not q2:
+        return None
+    slots = [i for i, name in enumerate(op.input) if index.scalar(name) is not None]
+    if len(slots) != 1 or len(op.input) != 2:
+        return None
+    dq = index.producer.get(op.input[1 - slots[0]])
+    # A DQ of a graph input states the input's quantization (the contract a board feeds):
+    # bypassed, the next DQ's scale would read as the input's.
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or \
+            len(q2.input) < 3 or dq.input[0] in index.inputs:
+        return None
+    s1, z1 = index.scalar(dq.input[1]), index.scalar(dq.input[2])
+    s2, z2 = index.scalar(q2.input[1]), index.scalar(q2.input[2])
+    constant = index.scalar(op.input[slots[0]])
+    if any(v is None for v in (s1, z1, s2, z2)) or z1.dtype != z2.dtype or \
+            z1.dtype.kind not in "iu" or constant.dtype != np.float32:
+        return None
+    info = np.iinfo(z1.dtype)
+    values = np.arange(info.min, info.max + 1)
+    # ONNX's DequantizeLinear, the op and QuantizeLinear's x / scale, all in float32.
+    x = (values.astype(np.float32) - np.float32(z1.item())) * np.float32(s1.item())
+    c = np.float32(constant.item())
+    y = _ARITHMETIC[op.op_type](*((x, c) if slots[0] == 1 else (c, x))).astype(np.float32)
+    steps = y / np.float32(s2.item())
+    if not np.all(np.isfinite(steps)) or np.abs(steps - np.rint(steps)).max() > _MARGIN:
+        return None
+    out = np.clip(np.rint(steps) + int(z2.item()), info.min, info.max)
+    return (dq, op) if np.array_equal(out, values) else None
+
+
+def _bypass_identities(graph: Any) -> int:
+    bypassed = 0
+    while True:  # a bypass can line up the next chain (the rescale's Mul, then its Add of 0)
+        index = _Graph(graph)
+        found = next(((q2, chain) for q2 in graph.node if q2.op_type == "QuantizeLinear"
+                      and q2.output[0] not in index.outputs
+                      and (chain := _identity_chain(q2, index)) is not None), None)
+        if found is None:
+            return bypassed
+        q2, (dq, op) = found
+        for reader in index.consumers[q2.output[0]]:
+            reader.input[:] = [dq.input[0] if n == q2.output[0] else n for n in reader.input]
+        graph.node.remove(q2)
+        graph.node.remove(op)
+        if len(index.consumers[dq.output[0]]) == 1 and dq.output[0] not in index.outputs:
+            graph.node.remove(dq)
+        bypassed += 1
+
+
+def float_compute_nodes(model: Any) -> list[tuple[str, str]]:
+    """(op type, node name) of each Conv/Gemm/MatMul of `model` outside the QDQ form, which
+    ONNX Runtime runs in float (a build's nodes_to_exclude, or what the rewrite left)."""
+    return [tuple(entry.split(" ", 1)) for entry in _float_compute(_Graph(model.graph))]
 
 
 def _float_compute(index: _Graph) -> list[str]:
