@@ -152,3 +152,45 @@ def test_agreement_with_each_compared_model_and_its_column(tmp_path):
     assert "| agree w/ Keras %   | agree w/ int8 %   |" in table
     assert "| 50.00              | 75.00             |" in table  # onnx_int8's row
     assert "| 75.00              | -                 |" in table  # int8: not compared with itself
+
+
+def test_score_against_a_count_by_hand_loop_and_drift_to_four_decimals(tmp_path):
+    import hashlib
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"model bytes")
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 3, 301)           # no label 3: that class has no row
+    keras = np.where(rng.random(301) < 0.9, labels, (labels + 1) % 3)
+    variant = np.where(rng.random(301) < 0.8, labels, (labels + 2) % 3)
+    other = rng.integers(0, 3, 301)
+    r = score("int8", path, variant, keras, labels, ["a", "b", "c", "d"], {"x": other})
+    n = len(labels)
+    right = sum(1 for p, y in zip(variant, labels) if p == y)
+    keras_right = sum(1 for p, y in zip(keras, labels) if p == y)
+    same = sum(1 for p, k in zip(variant, keras) if p == k)
+    assert r.accuracy == right / n and r.agreement == same / n
+    assert r.drift_pt == round(100 * (right / n - keras_right / n), 4) != 0
+    assert r.agreement_with == {"keras": same / n,
+                                "x": sum(1 for p, o in zip(variant, other) if p == o) / n}
+    assert r.per_class_accuracy == {
+        name: sum(1 for p, y in zip(variant, labels) if y == c and p == y)
+        / sum(1 for y in labels if y == c) for c, name in enumerate("abc")}
+    assert (r.name, r.path, r.bytes) == ("int8", str(path), len(b"model bytes"))
+    assert r.sha256 == hashlib.sha256(b"model bytes").hexdigest()
+
+
+def test_the_accuracy_page_shows_each_figure_in_percent_and_names_the_files():
+    from pipeline.stages.evaluate import render_markdown
+
+    variant = {"name": "int8", "path": "/x/models/b/int8.tflite", "sha256": "ab" * 32,
+               "bytes": 12345, "accuracy": 0.98765, "agreement": 0.5, "drift_pt": -1.234,
+               "per_class_accuracy": {"a": 0.25, "b": 1.0}, "agreement_with": {"keras": 0.5}}
+    page = render_markdown({"build": "b", "dataset": "mnist", "test_samples": 10000,
+                            "made_utc": "2026-12-06T00:00:00Z", "variants": [variant]})
+    assert page.startswith("# Accuracy drift: b\n\nMade 2026-12-06T00:00:00Z from "
+                           "`int8.tflite` ababababab" "ab (SHA-256 prefix).\n\n"
+                           "Dataset `mnist`, 10,000 test images.")
+    assert "| int8      | 12,345  | 98.77        | 50.00              | -1.23      |" in page
+    assert "## Per-class accuracy (%)" in page
+    assert "| a       | 25.00  |" in page and "| b       | 100.00 |" in page
