@@ -194,3 +194,16 @@ def test_the_accuracy_page_shows_each_figure_in_percent_and_names_the_files():
     assert "| int8      | 12,345  | 98.77        | 50.00              | -1.23      |" in page
     assert "## Per-class accuracy (%)" in page
     assert "| a       | 25.00  |" in page and "| b       | 100.00 |" in page
+
+
+def test_a_report_from_before_agreement_with_renders_and_the_headers_are_the_pages():
+    from pipeline.stages.evaluate import render_markdown
+
+    old = {"name": "int8", "path": "m.tflite", "sha256": "0" * 64, "bytes": 1, "accuracy": 1.0,
+           "agreement": 1.0, "drift_pt": 0.0, "per_class_accuracy": {"a": 1.0}}
+    page = render_markdown({"build": "b", "dataset": "d", "test_samples": 1, "made_utc": "t",
+                            "variants": [old, {**old, "name": "onnx_int8",
+                                               "agreement_with": {"int8": 1.0}}]})
+    assert "| variant   | bytes   | accuracy %   | agree w/ Keras %   | agree w/ int8 %" in page
+    assert "| int8      | 1       | 100.00       | 100.00             | -" in page
+    assert "| class   | int8   | onnx_int8   |" in page
