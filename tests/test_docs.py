@@ -233,10 +233,12 @@ def stand_in_board(where: Path) -> dict[str, str]:
 def example_paths(code: str, places: dict[str, Path]) -> str:
     """The block with its example paths (`/data/mnist`, `/tmp/mnist`) pointing where this
     test has them."""
-    for documented, real in places.items():
-        code = re.sub(rf"(?<![\w./-]){re.escape(documented)}(?=[/\s\"']|$)", str(real), code,
-                      flags=re.M)
-    return code
+    if not places:
+        return code
+    # One pass: a replaced path (under /tmp itself, where pytest works) is never replaced again.
+    pattern = "|".join(re.escape(documented) for documented in places)
+    return re.sub(rf"(?<![\w./-])({pattern})(?=[/\s\"']|$)",
+                  lambda match: str(places[match.group(1)]), code, flags=re.M)
 
 
 @dataclass
@@ -484,6 +486,13 @@ def test_a_stale_option_fails_its_block(tmp_path):
     stale = Block(ROOT / "x.md", 1, "sh", "python -m pipeline.history --lastt 3", None)
     with pytest.raises(AssertionError, match="unrecognized arguments: --lastt"):
         run_shell(stale, ROOT, clean_env(), {})
+
+
+def test_example_paths_are_replaced_once():
+    """A real path under /tmp (where pytest works) is not itself taken for an example path."""
+    places = {"/data": Path("/tmp/w/data"), "/tmp": Path("/tmp/w/tmp")}
+    assert example_paths("x /tmp/mnist --mirror /data/mnist", places) == \
+        "x /tmp/w/tmp/mnist --mirror /tmp/w/data/mnist"
 
 
 def test_example_paths_and_notices_are_found():
