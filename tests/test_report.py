@@ -584,3 +584,31 @@ def test_latency_md_says_what_it_was_made_from_and_links_the_profiles():
     tflite_only = [r for r in rows if r["variant"] != "onnx_int8"]
     assert "## ONNX Runtime against TFLite, int8" not in report.render_markdown(
         tflite_only, [], {}, "T")
+
+
+def test_missing_and_error_rows_in_full_and_boards_past_a_failed_one():
+    ok = {**two_thread_doc(), "emulated": True, "status": "partial",
+          "missing": [{"build": "m", "variant": "onnx_int8", "threads": 1,
+                       "error": "NO RUNTIME: no ONNX runtime - pip install onnxruntime"}, {}],
+          "errors": ["m_int8.tflite x4: boom"]}
+    ok["results"] = [{**ok["results"][1], "nodes_per_provider": {"CPU": 3},
+                      "pair_skipped": "reference not compared: x", "macs": None}]
+    failed = {"board": "k0", "status": "failed", "results": [{"p50_us": 1.0}]}
+    rows = report.latency_rows([failed, ok], {}, max_age_hours=24)
+    assert [r.get("missing", r.get("error", "timed")) for r in rows] == [
+        "timed", "NO RUNTIME: no ONNX runtime - pip install onnxruntime", "None",
+        "m_int8.tflite x4: boom"]
+    timed, missing, empty, error = rows
+    assert timed["nodes_per_provider"] == {"CPU": 3}
+    assert timed["pair_skipped"] == "reference not compared: x"
+    assert "floor_us" not in timed and timed["macs"] is None  # no MACs: no floor
+    stamp = ok["measured_utc"]
+    assert missing == {"build": "m", "variant": "onnx_int8", "board": "k1", "threads": 1,
+                       "runtime": "", "missing": ok["missing"][0]["error"], "fresh": True,
+                       "old": False, "measured_utc": stamp, "emulated": True}
+    assert empty == {"build": "", "variant": "", "board": "k1", "threads": "", "runtime": "",
+                     "missing": "None", "fresh": True, "old": False, "measured_utc": stamp,
+                     "emulated": True}
+    assert error == {"build": "", "variant": "", "board": "k1", "threads": "", "runtime": "",
+                     "error": "m_int8.tflite x4: boom", "fresh": True, "old": False,
+                     "measured_utc": stamp, "emulated": True}
