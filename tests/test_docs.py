@@ -139,8 +139,8 @@ def kind(command: list[str]) -> str | None:
         return None  # a whole build in its own run directory, minutes: test_nightly.py runs it
     if args[:2] == ["-m", "pipeline.virtual_k1"]:
         # test_virtual_k1.py runs up, `doit bench:virtual-k1`, status and down through this
-        # CLI; a second board here would share the guest's home (and ~/tflite-bench) with
-        # it: every board runs on the one cached root file system, and their benches collide.
+        # CLI, with a state directory of its own; the page's commands use the default one,
+        # which is the user's own board on a developer's machine.
         return None
     if program in ("python", "python3") and args[:1] == ["-m"] and len(args) > 1 \
             and args[1].split(".")[0] == "pipeline":

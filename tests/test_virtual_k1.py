@@ -161,6 +161,24 @@ def test_the_inventory_works_unchanged_and_is_marked_emulated(virtual):
         tuple(vk_inventory.BOARD_SETTINGS["threads"]), vk_inventory.BOARD_SETTINGS["warmup"],
         vk_inventory.BOARD_SETTINGS["runs"])
     assert not any("StrictHostKeyChecking" in o for o in board.ssh_options)
+    assert board.remote_dir == vk_inventory.remote_dir(virtual.layout)
+
+
+def test_boards_on_one_cache_never_share_a_directory_in_the_guest(tmp_path):
+    """Every board on a cache shares its root file system, so the guest's home: each state
+    directory gets its own remote_dir there (two benches in one directory overwrote each
+    other's plan), and the same state always the same one (its models stay pushed)."""
+    cache = tmp_path / "cache"
+    first, second = (vk_paths.BoardPaths(cache, tmp_path / name) for name in ("a", "b"))
+    assert vk_inventory.remote_dir(first) != vk_inventory.remote_dir(second)
+    again = vk_paths.BoardPaths(tmp_path / "other-cache", tmp_path / "x" / ".." / "a")
+    assert vk_inventory.remote_dir(again) == vk_inventory.remote_dir(first)
+    for layout in (first, second):
+        layout.state.mkdir()
+        (layout.state / "ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAA host\n")
+        vk_inventory.write_inventory(layout, "v", 2222, None, "k1")
+    dirs = [load_boards(layout.inventory)[0].remote_dir for layout in (first, second)]
+    assert len(set(dirs)) == 2 and all(d.startswith("tflite-bench-") for d in dirs)
 
 
 def test_host_key_checking_stays_on(virtual, tmp_path):

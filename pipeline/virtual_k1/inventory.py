@@ -3,6 +3,7 @@ command line that reaches it, and the probe of what the guest has."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -14,8 +15,15 @@ from pipeline.virtual_k1.sshd import login_name
 
 # Bench settings that keep one `doit bench` of the smoke builds under about two minutes
 # here (emulated ORT runs the CNN float model at 34-180 ms per inference).
-BOARD_SETTINGS = {"python": "/usr/bin/python3", "remote_dir": "tflite-bench",
-                  "threads": [1], "warmup": 2, "runs": 20}
+BOARD_SETTINGS = {"python": "/usr/bin/python3", "threads": [1], "warmup": 2, "runs": 20}
+
+
+def remote_dir(layout: BoardPaths) -> str:
+    """The board's directory in the guest's home, one per state directory: every board on
+    one cache shares the root file system and so the home, and two benches writing one
+    directory would overwrite each other's plan and results."""
+    digest = hashlib.sha256(str(Path(layout.state).resolve()).encode()).hexdigest()[:12]
+    return f"tflite-bench-{digest}"
 
 
 def board_entry(name: str, port: int, layout: BoardPaths, login_user: str) -> str:
@@ -28,6 +36,7 @@ def board_entry(name: str, port: int, layout: BoardPaths, login_user: str) -> st
              "[[boards]]", f"name = {json.dumps(name)}", 'host = "127.0.0.1"', f"port = {port}",
              f"user = {json.dumps(login_user)}",
              f"ssh_options = [{', '.join(json.dumps(o) for o in options)}]",
+             f"remote_dir = {json.dumps(remote_dir(layout))}",
              *(f"{k} = {json.dumps(v)}" for k, v in BOARD_SETTINGS.items()),
              "emulated = true"]
     return "\n".join(lines) + "\n"
