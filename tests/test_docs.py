@@ -396,16 +396,21 @@ def test_page_blocks_run(page: Path, docs_project):
     run_page(page_blocks(page), project, {**env, **PAGE_ENV.get(page.name, {})}, places)
 
 
-def quoted_blocks() -> list[tuple[Block, str]]:
-    """(block, the smoke build's file it quotes) for every block after a quoted-from marker."""
+def marked_blocks(marker: re.Pattern) -> list[tuple[Block, str]]:
+    """(block, what the marker names) for every block right after a `marker` comment."""
     found = []
     for path in doc_files():
         lines = path.read_text(encoding="utf-8").splitlines()
         for block in blocks_of(path):
-            match = QUOTED_FROM.search(lines[block.line - 2]) if block.line > 1 else None
+            match = marker.search(lines[block.line - 2]) if block.line > 1 else None
             if match:
                 found.append((block, match.group(1)))
     return found
+
+
+def quoted_blocks() -> list[tuple[Block, str]]:
+    """(block, the smoke build's file it quotes) for every block after a quoted-from marker."""
+    return marked_blocks(QUOTED_FROM)
 
 
 def test_quoted_output_is_what_the_smoke_build_writes(docs_project):
@@ -422,14 +427,7 @@ def test_quoted_output_is_what_the_smoke_build_writes(docs_project):
 
 def output_blocks() -> list[tuple[Block, str]]:
     """(block, the command whose output it shows) for every block after an output-of marker."""
-    found = []
-    for path in doc_files():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for block in blocks_of(path):
-            match = OUTPUT_OF.search(lines[block.line - 2]) if block.line > 1 else None
-            if match:
-                found.append((block, match.group(1)))
-    return found
+    return marked_blocks(OUTPUT_OF)
 
 
 def test_shown_output_is_what_the_command_prints(docs_project):

@@ -107,20 +107,10 @@ def test_a_second_bench_times_each_model_beside_the_first(tmp_path, tiny_models)
     second times each beside its copy (A/A: environment); a model replaced by one of another
     input contract is timed alone, and the board's result says why once."""
     from pipeline.bench import report
-    from pipeline.stages.preprocess import save_arrays
 
-    layout = Layout(tmp_path / "artifacts")
-    labels = np.arange(20) % 10
-    data = tmp_path / "d.npz"
-    save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
-    work = tmp_path / "models"
-    work.mkdir()
-    models = {}
-    for key in ("tiny_mlp/int8", "tiny_cnn/int8"):
-        models[key] = work / tiny_models[key].name
-        shutil.copy(tiny_models[key], models[key])
-    board = Board(name="local", warmup=2, runs=10, min_rounds=6, min_seconds=0.05)
-    datasets = {"tiny_mlp": data, "tiny_cnn": data}
+    layout, board, models, datasets = staged_bench(
+        tmp_path, {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}, "artifacts",
+        min_seconds=0.05)
     first = bench.run(board, models, datasets, 10, layout, [board])
     assert all("pair" not in r and "verdict" not in r for r in first["results"])
     assert first["reference_notes"] == []
@@ -173,12 +163,13 @@ def test_an_accepted_nights_references_seed_the_next_night(tmp_path, model_files
         sorted(p.name for p in accepted.iterdir() if p.name != "k2.json")
 
 
-def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, dict]:
-    """Two real benches of this machine into one (run) directory: the second times each model
-    beside the first's copy. Returns the layout, the board and the work copies of `models`."""
+def staged_bench(tmp_path, models: dict, root: str, **settings
+                 ) -> tuple[Layout, Board, dict, dict]:
+    """What a real bench of this machine needs: a layout under tmp_path/root, a short `local`
+    board (`settings` on top), work copies of `models` (build/variant -> file) and each
+    build's dataset of 20 synthetic images."""
     from pipeline.stages.preprocess import save_arrays
 
-    layout = Layout(tmp_path / "run")
     labels = np.arange(20) % 10
     data = tmp_path / "d.npz"
     save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
@@ -188,9 +179,15 @@ def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, 
     for key, path in models.items():
         copies[key] = work / f"{key.replace('/', '_')}{path.suffix}"
         shutil.copy(path, copies[key])
-    board = Board(name="local", threads=threads, warmup=2, runs=10, min_rounds=6,
-                  min_seconds=0.03)
-    datasets = {key.split("/")[0]: data for key in models}
+    board = Board(name="local", warmup=2, runs=10, min_rounds=6, **settings)
+    return Layout(tmp_path / root), board, copies, {key.split("/")[0]: data for key in models}
+
+
+def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, dict]:
+    """Two real benches of this machine into one (run) directory: the second times each model
+    beside the first's copy. Returns the layout, the board and the work copies of `models`."""
+    layout, board, copies, datasets = staged_bench(tmp_path, models, "run", threads=threads,
+                                                   min_seconds=0.03)
     bench.run(board, copies, datasets, 10, layout, [board])
     return layout, board, copies
 
