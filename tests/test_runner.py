@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -832,3 +833,63 @@ def test_an_int8_onnx_outputs_probability_is_dequantized_with_the_plans_scale(
     without = runner.top1(runner.OrtInterpreter(model, 1, input_quantization=(1.0, -128)),
                           images)
     assert without == [(label, None) for label, _ in with_scale]
+
+
+def vm_rss_mib() -> float:
+    """This process's resident memory from /proc/self/status (VmRSS, in kB): another file
+    and another unit than the runner's /proc/self/statm (pages)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_rss_is_what_proc_status_says_in_mib():
+    runner = load_runner()
+    before = vm_rss_mib()
+    measured = runner.rss_mb()
+    after = vm_rss_mib()
+    # Both files read the same kernel counter; 0.25 MiB covers the pages that reading a
+    # /proc file may touch between the three readings. A wrong page size or unit is >= 4x.
+    assert min(before, after) - 0.25 <= measured <= max(before, after) + 0.25
+
+
+def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp_path):
+    """model_rss_mb against VmRSS read by the test around the very construction it measures
+    (an ORT session of a model with 31 MiB of weights), and at least those weights; peak_rss_mb
+    between getrusage's ru_maxrss (KiB) read by the test before and after the case."""
+    import onnx
+
+    runner = load_runner()
+    hidden = 10_240  # w1: 784 x 10,240 float32 = 30.6 MiB, far above the readings' noise
+    model = tmp_path / "wide_onnx_float32.onnx"
+    onnx.save(onnx_mlp(hidden=hidden), str(model))
+    weights_mib = (784 * hidden + hidden + hidden * 10 + 10) * 4 / 2**20
+    readings: list[float] = []
+
+    class Watched:
+        """The runner's own ONNX interpreter, with VmRSS read as its construction starts and
+        once it is allocated: the span run_case measures."""
+
+        def __init__(self, **kwargs):
+            readings.append(vm_rss_mib())
+            self._inner = runner.OrtInterpreter(**kwargs)
+
+        def allocate_tensors(self):
+            self._inner.allocate_tensors()
+            readings.append(vm_rss_mib())
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = runner.run_case(model, 1, 1, 3, None, None, Watched)
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = readings[1] - readings[0]
+    # 0.5 MiB: the pages Python may touch between the runner's reading and the test's
+    # (a clock call, a /proc read); the figure itself is >= 30 MiB.
+    assert result["model_rss_mb"] == pytest.approx(loaded, abs=0.5)
+    # the weights are resident once the session exists (ORT may also keep a packed copy)
+    assert 0.95 * weights_mib <= result["model_rss_mb"] <= 4 * weights_mib + 50
+    # ru_maxrss only grows: the runner's reading lies between the test's two, exactly
+    assert peak_before <= result["peak_rss_mb"] <= peak_after
+    assert result["peak_rss_mb"] >= readings[1]  # the peak is at least what was resident
