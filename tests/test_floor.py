@@ -176,3 +176,57 @@ def test_the_onnx_cnn_and_mlp_macs_match_the_hand_count(tiny_onnx_models):
     for variant in ("onnx_float32", "onnx_int8", "onnx_int8_tflite"):
         assert floor.count_macs(tiny_onnx_models[f"tiny_cnn/{variant}"]) == CNN_MACS, variant
         assert floor.count_macs(tiny_onnx_models[f"tiny_mlp/{variant}"]) == MLP_MACS, variant
+
+
+@pytest.fixture(scope="module")
+def benched_with_peaks(tmp_path_factory, tiny_models, peak_models):
+    """One real bench of this machine (the `local` board at 1 and 2 threads) of the fixture
+    CNN in float32 and int8, with the synthetic GEMMs of both variants: (layout, work copies)."""
+    from pipeline.bench import session as bench
+    from tests.test_reference import staged_bench
+
+    models = {f"tiny_cnn/{v}": tiny_models[f"tiny_cnn/{v}"] for v in ("float32", "int8")}
+    layout, board, copies, datasets = staged_bench(
+        tmp_path_factory.mktemp("floor_bench"), models, "run", threads=(1, 2))
+    bench.run(board, copies, datasets, 10, layout, [board],
+              peak={v: peak_models[v] for v in ("float32", "int8")})
+    return layout, copies
+
+
+def test_a_two_thread_rows_floor_is_the_hand_counted_macs_at_the_two_thread_peak(
+        benched_with_peaks):
+    """latency.json's floor at 2 threads: the CNN's MACs counted by hand over the rate of the
+    GEMM (also counted by hand) that this board measured at 2 threads, not at 1."""
+    layout, copies = benched_with_peaks
+    doc = json.loads(layout.board_result("local").read_text())
+    rows = {(r["variant"], r["threads"]): r
+            for r in json.loads(layout.latency_report("json").read_text())["rows"]}
+    gemm_macs = 64 * 1024 * 1024  # the synthetic GEMM: a batch of 64 x 1024 in x 1024 out
+    for variant in ("float32", "int8"):
+        best = {t: min(p["min_us"] for p in doc["peak"]
+                       if p["variant"] == variant and p["threads"] == t) for t in (1, 2)}
+        assert best[1] != best[2]  # else a floor priced at 1 thread would pass unseen
+        hand_floor_us = CNN_MACS / (gemm_macs / (best[2] * 1e-6)) * 1e6
+        row = rows[variant, 2]
+        # rel 1e-9: the same quotient, only the order of the float operations differs
+        assert (row["macs"], row["bytes"]) == (CNN_MACS, copies[f"tiny_cnn/{variant}"]
+                                               .stat().st_size)
+        assert row["floor_us"] == pytest.approx(hand_floor_us, rel=1e-9)
+        assert row["p50_over_floor"] == pytest.approx(row["p50_us"] / hand_floor_us, rel=1e-9)
+        assert rows[variant, 1]["floor_us"] == pytest.approx(
+            CNN_MACS / (gemm_macs / (best[1] * 1e-6)) * 1e6, rel=1e-9)
+    # latency.md shows the same floor to two decimals, the MACs in full, the peak rate in
+    # GMAC/s (MACs / µs / 1e3) and the row's memory and size as latency.json holds them
+    md = layout.latency_report("md").read_text()
+    for variant in ("float32", "int8"):
+        best_2 = min(p["min_us"] for p in doc["peak"]
+                     if p["variant"] == variant and p["threads"] == 2)
+        assert f"{variant} x2: {gemm_macs / best_2 / 1e3:.1f}" in md
+    row = rows["int8", 2]
+    [cells] = [c for c in ([x.strip() for x in line.strip().strip("|").split("|")]
+                           for line in md.splitlines())
+               if c[:4] == ["tiny\\_cnn", "int8", "local", "2"]]
+    for shown in ([f"{CNN_MACS:,}", f"{row['floor_us']:.2f}", f"{row['p50_over_floor']:.1f}"],
+                  [f"{row['model_rss_mb']:.2f}", f"{row['peak_rss_mb']:.1f}",
+                   f"{row['bytes']:,}"]):
+        assert any(cells[i:i + 3] == shown for i in range(len(cells))), (shown, cells)
