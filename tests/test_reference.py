@@ -192,23 +192,55 @@ def bench_twice(tmp_path, models: dict, threads=(1, 2)) -> tuple[Layout, Board, 
     return layout, board, copies
 
 
-def test_every_verdict_is_recomputed_exactly_from_the_compressed_samples(
-        tmp_path, tiny_models, tiny_onnx_models):
+def record_run(db, run_dir: Path, when: str) -> None:
+    """One completed nightly run in the history database whose board result is run_dir's."""
+    from pipeline.nightly import history
+
+    board_rows, latency = history.read_latency(run_dir, ["local"])
+    run_id = history.start_run(db, when, None, None, "p", str(run_dir))
+    history.finish_run(db, run_id, "ok", when, 60.0, [], board_rows, latency)
+
+
+@pytest.fixture(scope="module")
+def benched_again(tmp_path_factory, tiny_models, tiny_onnx_models) -> dict:
+    """Two real benches at 1 and 2 threads (int8 .tflite MLP and CNN, float32 ONNX MLP), the
+    second with the CNN replaced by the MLP's bytes, both recorded as nightly runs and
+    reported by `python -m pipeline.nightly.report`: the layout, the first bench's result,
+    the second's return value and nightly.json / nightly.md."""
+    from pipeline.nightly import history
+    from pipeline.nightly import report as nightly_report
+
+    tmp_path = tmp_path_factory.mktemp("benched_again")
+    models = {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
+    models["tiny_mlp/onnx_float32"] = tiny_onnx_models["tiny_mlp/onnx_float32"]
+    layout, board, copies = bench_twice(tmp_path, models)
+    first = Layout(tmp_path / "first")
+    first.board_result("local").parent.mkdir(parents=True)
+    shutil.copy(layout.board_result("local"), first.board_result("local"))
+    # tonight's CNN is the MLP's bytes (same int8 input): a real verdict, not an A/A pair
+    shutil.copy(tiny_models["tiny_mlp/int8"], copies["tiny_cnn/int8"])
+    second = bench.run(board, copies, {k.split("/")[0]: tmp_path / "d.npz" for k in copies},
+                       10, layout, [board])
+    db_path = tmp_path / "history.sqlite"
+    db = history.connect(db_path)
+    record_run(db, first.root, "2026-12-05T00:00:00Z")
+    record_run(db, layout.root, "2026-12-06T00:00:00Z")
+    db.close()
+    out = tmp_path / "reports"
+    nightly_report.main(["--db", str(db_path), "--params", str(REPO / "params.toml"),
+                         "--out", str(out)])
+    return {"layout": layout, "first": json.loads(first.board_result("local").read_text()),
+            "second": second, "nightly": json.loads((out / "nightly.json").read_text()),
+            "nightly_md": (out / "nightly.md").read_text()}
+
+
+def test_every_verdict_is_recomputed_exactly_from_the_compressed_samples(benched_again):
     """Point 5 of issue 19: the round medians kept in <board>.samples.ndjson.gz (named with
     their SHA-256 by the board's result, not inline) give back exactly the ratio, interval, p
     and word of every row in latency.json and in nightly.json (through the history database
     and `python -m pipeline.nightly.report`): 1- and 2-thread rows, .tflite and ONNX rows,
     A/A pairs and a model replaced by another of the same input contract."""
-    from pipeline.nightly import history
-    from pipeline.nightly import report as nightly_report
-
-    models = {k: tiny_models[k] for k in ("tiny_mlp/int8", "tiny_cnn/int8")}
-    models["tiny_mlp/onnx_float32"] = tiny_onnx_models["tiny_mlp/onnx_float32"]
-    layout, board, copies = bench_twice(tmp_path, models)
-    # tonight's CNN is the MLP's bytes (same int8 input): a real verdict, not an A/A pair
-    shutil.copy(tiny_models["tiny_mlp/int8"], copies["tiny_cnn/int8"])
-    second = bench.run(board, copies, {k.split("/")[0]: tmp_path / "d.npz" for k in copies},
-                       10, layout, [board])
+    layout, second = benched_again["layout"], benched_again["second"]
     result = json.loads(layout.board_result("local").read_text())
     samples = layout.board_samples("local")
     data = samples.read_bytes()
@@ -240,20 +272,59 @@ def test_every_verdict_is_recomputed_exactly_from_the_compressed_samples(
     for row in rows:
         same(row["verdict"], (row["build"], row["variant"], row["threads"]))
     assert len(rows) == 6
-
-    db_path = tmp_path / "history.sqlite"
-    db = history.connect(db_path)
-    board_rows, latency = history.read_latency(layout.root, ["local"])
-    run_id = history.start_run(db, "2026-12-06T00:00:00Z", None, None, "p", str(layout.root))
-    history.finish_run(db, run_id, "ok", "2026-12-06T00:01:00Z", 60.0, [], board_rows, latency)
-    db.close()
-    out = tmp_path / "reports"
-    nightly_report.main(["--db", str(db_path), "--params", str(REPO / "params.toml"),
-                         "--out", str(out)])
-    nightly = json.loads((out / "nightly.json").read_text())["latency"]
+    nightly = benched_again["nightly"]["latency"]
     for row in nightly:
         same(row["verdict"], (row["build"], row["variant"], row["threads"]))
     assert len(nightly) == 6
+
+
+def md_rows(text: str) -> list[list[str]]:
+    """Every row of every markdown table in `text`, as its stripped cells."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|")]
+
+
+def test_two_thread_rows_against_the_samples_the_board_result_and_the_night_before(
+        benched_again):
+    """latency.json's 2-thread p50 against the pair's round medians in the samples file, and
+    nightly.json / nightly.md's 2-thread rows against latency.json and the first bench."""
+    layout, first = benched_again["layout"], benched_again["first"]
+    result = json.loads(layout.board_result("local").read_text())
+    by_key = {(r["build"], r["variant"], r["threads"]): r for r in result["results"]}
+    prev = {(r["build"], r["variant"], r["threads"]): r for r in first["results"]}
+    lines = {(x["build"], x["variant"], x["threads"]): x for x in
+             reference.read_samples(layout.board_samples("local"),
+                                    result["samples_file"]["sha256"])}
+    rows = [r for r in json.loads(layout.latency_report("json").read_text())["rows"]
+            if r["threads"] == 2]
+    assert len(rows) == 3
+    for row in rows:
+        key = (row["build"], row["variant"], row["threads"])
+        pair, line = by_key[key]["pair"], lines[key]
+        assert row["p50_us"] == by_key[key]["p50_us"]
+        # every timed invoke belongs to one round of round_invokes: a hand count
+        assert pair["rounds"] == len(line["candidate_us"]) == len(line["reference_us"])
+        assert by_key[key]["runs"] == pair["rounds"] * pair["round_invokes"]
+        # The median of equal-sized rounds lies between the least and the greatest round
+        # median (at least half of every round is >= the least); rel 1e-12 for the mean of
+        # two middle values.
+        for p50, medians in ((row["p50_us"], line["candidate_us"]),
+                             (pair["reference_p50_us"], line["reference_us"])):
+            assert min(medians) * (1 - 1e-12) <= p50 <= max(medians) * (1 + 1e-12)
+    nightly = {(r["build"], r["variant"], r["threads"]): r
+               for r in benched_again["nightly"]["latency"] if r["threads"] == 2}
+    assert set(nightly) == {(r["build"], r["variant"], 2) for r in rows}
+    md = md_rows(benched_again["nightly_md"])
+    for key, n in nightly.items():
+        now, then = by_key[key]["p50_us"], prev[key]["p50_us"]
+        assert (n["p50_us"], n["p50_prev"], n["p50_median"], n["runs_in_median"]) == (
+            now, then, then, 1)  # copied exactly; the median of one earlier run is that run's
+        change = float((np.float64(now) / np.float64(then) - 1) * 100)
+        assert n["change_vs_prev_pct"] == pytest.approx(change, rel=1e-12)
+        assert n["change_vs_median_pct"] == pytest.approx(change, rel=1e-12)
+        cells = [f"{now:.1f}", f"{then:.1f}", f"{change:+.1f}", f"{then:.1f}", f"{change:+.1f}"]
+        label = [key[0], key[1], "local", "2"]  # nightly.md shows the names as they are
+        assert [c[4:9] for c in md if c[:4] == label] == [cells], key
 
 
 def test_the_samples_file_bytes_are_canonical():
