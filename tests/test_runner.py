@@ -893,3 +893,56 @@ def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp
     # ru_maxrss only grows: the runner's reading lies between the test's two, exactly
     assert peak_before <= result["peak_rss_mb"] <= peak_after
     assert result["peak_rss_mb"] >= readings[1]  # the peak is at least what was resident
+
+
+def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(tiny_models):
+    """Units (ms vs µs) and what is timed, from the clock: every call the runner makes to the
+    interpreter is timed here too. An invoke's figure is at least the call itself and at most
+    the time from the end of the call before it to the start of the call after it (the
+    runner's own clock readings lie in between); a percentile of figures so bounded lies
+    between the same percentile of the bounds. init_ms spans construction and allocation."""
+    import time as clock
+
+    runner = load_runner()
+    _, _, tflite = runner.find_runtime()  # the TFLite interpreter class the runner uses
+    calls: list[tuple[str, float, float]] = []
+
+    class Clocked:
+        def __init__(self, **kwargs):
+            start = clock.perf_counter()
+            self._inner = tflite(**kwargs)
+            calls.append(("init", start, clock.perf_counter()))
+
+        def __getattr__(self, name):
+            method = getattr(self._inner, name)
+
+            def timed(*args, **kwargs):
+                start = clock.perf_counter()
+                out = method(*args, **kwargs)
+                calls.append((name, start, clock.perf_counter()))
+                return out
+            return timed
+
+    runs, warmup = 40, 3
+    started = clock.perf_counter()
+    result = runner.run_case(tiny_models["tiny_cnn/int8"], 1, warmup, runs, None, None, Clocked)
+    finished = clock.perf_counter()
+    names = [name for name, *_ in calls]
+    invokes = [i for i, name in enumerate(names) if name == "invoke"]
+    assert len(invokes) == 1 + warmup + runs and result["runs"] == runs
+    after = [calls[i + 1][1] if i + 1 < len(calls) else finished for i in range(len(calls))]
+    low = {i: (calls[i][2] - calls[i][1]) * 1e6 for i in invokes}
+    high = {i: (after[i] - calls[i - 1][2]) * 1e6 for i in invokes}
+    first, timed = invokes[0], invokes[1 + warmup:]
+    assert low[first] <= result["first_us"] <= high[first]
+    for figure, q in (("min_us", 0), ("p10_us", 10), ("p50_us", 50), ("p90_us", 90),
+                      ("p99_us", 99), ("max_us", 100)):
+        assert np.percentile([low[i] for i in timed], q) <= result[figure] <= np.percentile(
+            [high[i] for i in timed], q), figure
+    assert np.mean([low[i] for i in timed]) <= result["mean_us"] <= np.mean(
+        [high[i] for i in timed])
+    init_start, init_end = calls[0][1], calls[names.index("allocate_tensors")][2]
+    assert names[0] == "init" and names[1] == "allocate_tensors"
+    # ms: from the construction's start to the allocation's end, at most from before
+    # run_case to the next call
+    assert (init_end - init_start) * 1e3 <= result["init_ms"] <= (calls[2][1] - started) * 1e3
