@@ -125,3 +125,47 @@ def test_each_misclassified_grid_shows_its_own_models_errors(analysed):
         rows[name] = len(set(labels[wrong].tolist()))
         assert grid_rows(report / f"misclassified_{name}.png") == max(rows[name], 1), name
     assert rows["keras"] != rows["int8"]  # else this test could not tell them apart
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Each github table of `text` as its body rows of stripped cells (header and rule off)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current[2:])
+            current = []
+    return tables
+
+
+def test_every_count_and_percentage_of_analysis_md_is_a_direct_count(analysed):
+    """analysis.md's totals, accuracies, damage, fixes, the other model's overlap and both
+    confusion tables, counted here from the models' probabilities (exact; percentages as
+    printed to two decimals)."""
+    report, labels, ref, swapped = analysed
+    k, q, o = (np.argmax(ref[n], axis=1) for n in ("keras", "int8", "other"))
+    for md, int8, other in ((report / "analysis.md", q, None),
+                            (swapped / "analysis.md", o, q)):  # swapped: the CNN's int8
+        text = md.read_text()
+        damage = int(np.sum((k == labels) & (int8 != labels)))
+        fixes = int(np.sum((k != labels) & (int8 == labels)))
+        assert (f"{len(labels):,} test images. Keras {100 * np.mean(k == labels):.2f} %, "
+                f"int8 {100 * np.mean(int8 == labels):.2f} %.") in text
+        assert f"- **{damage}** image(s) int8 gets wrong that Keras gets right" in text
+        assert f"- **{fixes}** image(s) int8 gets right that Keras gets wrong" in text
+        confusion = [[[c.strip("*") for c in row] for row in table]
+                     for table in markdown_tables(text)]
+        expected = [[[f"c{t}", *(str(v) if v else "·" for v in row)]
+                     for t, row in enumerate(reference_confusion(labels, p))]
+                    for p in (k, int8)]
+        assert confusion == expected
+        if other is not None:
+            hurt = (k == labels) & (other != labels)
+            shared = int(np.sum(hurt & (k == labels) & (int8 != labels)))
+            helped = int(np.sum((k != labels) & (other == labels)))
+            assert f"Its own int8 quantization: {100 * np.mean(other == labels):.2f} %." in text
+            assert (f"- **{int(hurt.sum())}** image(s) other gets wrong that Keras gets right "
+                    f"({shared} of them int8 gets wrong too): ") in text
+            assert f"- **{helped}** image(s) other gets right that Keras gets wrong." in text
+    assert np.mean(k == labels) == 0.5 and damage != fixes  # as the fixture made them
