@@ -79,3 +79,34 @@ def test_card_figures_come_from_the_files_reports_and_last_epoch(tiny_models, tm
         assert by_name[name]["bytes"] == len(data), name
         assert by_name[name]["sha256"] == hashlib.sha256(data).hexdigest(), name
     assert card["accuracy_on"] == "200 fashion_mnist test images"
+
+
+def test_the_cards_quantization_cells_and_output_formula_are_litert_s_own(tiny_models, tmp_path):
+    """model_card.md's input q / output q cells and its output formula against the scale and
+    zero point LiteRT itself reports for the int8 model, the formula evaluated for every q."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.stages.card import render_markdown
+
+    keras = tmp_path / "b.h5"
+    keras.write_bytes(b"k" * 10)
+    path = tiny_models["tiny_mlp/int8"]
+    accuracy = {"test_samples": 10, "variants": [{"name": "int8", "accuracy": 0.5}]}
+    card = build_card("b", "mnist", DATASETS["mnist"].class_names, keras, {"int8": path},
+                      accuracy, {"model": "mlp", "parameters": 6442, "history": {}})
+    lines = render_markdown(card).splitlines()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines
+            if line.startswith("| int8 ")]
+    [variants_row, feeding_row] = rows
+    interpreter = Interpreter(model_path=str(path))
+    (in_scale, in_zp), (out_scale, out_zp) = (interpreter.get_input_details()[0]["quantization"],
+                                              interpreter.get_output_details()[0]["quantization"])
+    assert variants_row[5] == f"scale {in_scale:.6g}, zero point {in_zp}"
+    assert variants_row[7] == f"scale {out_scale:.6g}, zero point {out_zp}"
+    assert variants_row[2:4] == [f"{path.stat().st_size:,}", "50.00"]
+    shifted = re.fullmatch(r"real = (?:q|\(q ([+-]) (\d+)\)) \* (\S+)", feeding_row[-1])
+    assert shifted, feeding_row[-1]
+    offset = 0 if shifted[1] is None else int(shifted[2]) * (1 if shifted[1] == "+" else -1)
+    q = np.arange(-128, 128)
+    # rel 1e-8: the card prints the float32 scale to 9 significant digits (exact for float32)
+    assert (q + offset) * float(shifted[3]) == pytest.approx((q - out_zp) * out_scale, rel=1e-8)
