@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.stages.convert_onnx import (OnnxConvertError, check_same_outputs, export_float,
-                                   quantize_int8, run, run_translate, translate_tflite)
+from pipeline.stages.convert_onnx import (OnnxConvertError, check_same_outputs,
+                                          compare_outputs, export_float, quantize_int8, run,
+                                          run_translate, translate_tflite)
 from pipeline.core.params import ConvertParams
 from tests.conftest import REPO, synthetic_images
 
@@ -424,3 +425,222 @@ def test_a_build_keeps_its_nodes_to_exclude_float_in_onnx_int8(smoke_project, tm
     assert ("builds[mnist_cnn].nodes_to_exclude: no node named ['cnn_1/nope'] in the float "
             "model; valid names" in failed.stdout + failed.stderr)
     assert "Traceback" not in failed.stdout + failed.stderr
+
+
+# --- the translation's checks on the committed fixture models (fast: no training, no
+# conversion but the translation itself). Every figure of a message is computed here from
+# both runtimes' raw integer outputs (litert_raw, ort_raw), not by the code under test.
+
+
+def raw_differences(tflite, content, images):
+    """LiteRT's and ONNX Runtime's raw int8 outputs, each image's largest difference in
+    output steps, and the images whose top-1 class differs (first index on ties, as argmax)."""
+    expected, quantization = litert_raw(tflite, images)
+    got = ort_raw(content, images, quantization)
+    steps = np.abs(got - expected).max(axis=1)
+    return steps, np.flatnonzero(got.argmax(axis=1) != expected.argmax(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_the_committed_translation_is_bit_for_bit_and_counted_so(tiny_models, tiny_onnx_models,
+                                                                 test_images, kind):
+    tflite = tiny_models[f"tiny_{kind}/int8"]
+    content = tiny_onnx_models[f"tiny_{kind}/onnx_int8_tflite"].read_bytes()
+    steps, changed = raw_differences(tflite, content, test_images)
+    assert steps.max() == 0 and changed.size == 0  # the fixture's own proof
+    agreement = compare_outputs(content, tflite, test_images, "t.onnx")
+    assert agreement.steps.tolist() == [0] * 200 and agreement.top1_differs.tolist() == []
+    assert (agreement.identical, agreement.worst) == (200, 0)
+    assert check_same_outputs(content, tflite, test_images, "t.onnx") == (200, 0)
+
+
+def test_each_images_steps_and_changed_top1_are_those_of_the_raw_outputs(
+        tiny_models, tiny_onnx_models, test_images):
+    tflite = tiny_models["tiny_mlp/int8"]
+    wrong = perturbed(tiny_onnx_models["tiny_mlp/onnx_int8_tflite"].read_bytes(), 40, 7)
+    steps, changed = raw_differences(tflite, wrong, test_images)
+    assert steps.max() > 1 and 0 < changed.size < 200  # the test needs a model that differs
+    agreement = compare_outputs(wrong, tflite, test_images, "m.onnx")
+    assert agreement.steps.dtype == np.int64
+    assert agreement.steps.tolist() == steps.tolist()
+    assert agreement.top1_differs.tolist() == changed.tolist()
+    assert agreement.identical == int((steps == 0).sum())
+    assert agreement.worst == int(steps.max())
+
+
+def test_one_output_step_is_refused_at_limit_0_and_accepted_at_limit_1(
+        tiny_models, tiny_onnx_models, test_images):
+    tflite = tiny_models["tiny_cnn/int8"]
+    # Class 1's weights one step lower: a few outputs one step off, no top-1 changed.
+    wrong = perturbed(tiny_onnx_models["tiny_cnn/onnx_int8_tflite"].read_bytes(), -1, 1)
+    steps, changed = raw_differences(tflite, wrong, test_images)
+    assert steps.max() == 1 and changed.size == 0
+    beyond = np.flatnonzero(steps)
+    identical = 200 - beyond.size
+    with pytest.raises(OnnxConvertError) as caught:
+        check_same_outputs(wrong, tflite, test_images, "m.onnx")
+    assert str(caught.value) == (
+        f"m.onnx: ONNX Runtime's output differs from LiteRT's for tiny_cnn_int8.tflite by 1 "
+        f"output steps on test image {beyond[0]} (more than convert.onnx_tflite_max_steps = 0; "
+        f"{beyond.size} of 200 images beyond it, at most 1 steps, {identical} bit-identical); "
+        "not written. A board running it would not answer as the validated .tflite does: raise "
+        "convert.onnx_tflite_max_steps only if that is acceptable, or set convert.onnx = false "
+        "to build TFLite only")
+    assert check_same_outputs(wrong, tflite, test_images, "m.onnx", 1) == (identical, 1)
+
+
+def test_every_limit_below_the_worst_difference_is_refused_and_the_worst_accepted(
+        tiny_models, tiny_onnx_models, test_images):
+    tflite = tiny_models["tiny_mlp/int8"]
+    wrong = perturbed(tiny_onnx_models["tiny_mlp/onnx_int8_tflite"].read_bytes(), 40, 7)
+    steps, changed = raw_differences(tflite, wrong, test_images)
+    # The step gate alone: the images whose top-1 the change leaves alone.
+    kept = np.setdiff1d(np.arange(200), changed)
+    images, steps = test_images[kept], steps[kept]
+    worst, identical = int(steps.max()), int((steps == 0).sum())
+    assert worst >= 2 and 0 < identical < len(kept)
+    for limit in range(worst):
+        beyond = np.flatnonzero(steps > limit)
+        with pytest.raises(OnnxConvertError) as caught:
+            check_same_outputs(wrong, tflite, images, "m.onnx", limit)
+        assert str(caught.value).startswith(
+            f"m.onnx: ONNX Runtime's output differs from LiteRT's for tiny_mlp_int8.tflite by "
+            f"{steps[beyond[0]]} output steps on test image {beyond[0]} (more than "
+            f"convert.onnx_tflite_max_steps = {limit}; {beyond.size} of {len(kept)} images "
+            f"beyond it, at most {worst} steps, {identical} bit-identical); not written.")
+    assert check_same_outputs(wrong, tflite, images, "m.onnx", worst) == (identical, worst)
+    assert check_same_outputs(wrong, tflite, images, "m.onnx", worst + 1) == (identical, worst)
+
+
+def test_a_changed_top1_is_refused_even_within_the_step_limit(tiny_models, tiny_onnx_models,
+                                                              test_images):
+    tflite = tiny_models["tiny_mlp/int8"]
+    wrong = perturbed(tiny_onnx_models["tiny_mlp/onnx_int8_tflite"].read_bytes(), 40, 7)
+    steps, changed = raw_differences(tflite, wrong, test_images)
+    worst, identical = int(steps.max()), int((steps == 0).sum())
+    for limit in (worst, 127):
+        with pytest.raises(OnnxConvertError) as caught:
+            check_same_outputs(wrong, tflite, test_images, "m.onnx", limit)
+        # Its advice leaves out raising the step limit, which cannot help.
+        assert str(caught.value) == (
+            f"m.onnx: ONNX Runtime's top-1 class differs from LiteRT's for tiny_mlp_int8.tflite "
+            f"on test image {changed[0]} ({changed.size} of 200 images; {identical} "
+            f"bit-identical, at most {worst} output steps apart); not written. A board running "
+            "it would not answer as the validated .tflite does: set convert.onnx = false to "
+            "build TFLite only")
+    # One image whose top-1 differs is enough.
+    one = test_images[changed[:1]]
+    with pytest.raises(OnnxConvertError, match=r"on test image 0 \(1 of 1 images; 0 bit-"):
+        check_same_outputs(wrong, tflite, one, "m.onnx", 127)
+
+
+def litert_contract(tflite, side):
+    """One side of the .tflite's I/O contract as compare_outputs compares it, read with
+    LiteRT's interpreter directly."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite))
+    detail = (interpreter.get_input_details() if side == "input"
+              else interpreter.get_output_details())[0]
+    scale, zero_point = detail["quantization"]
+    return {"dtype": np.dtype(detail["dtype"]).name, "shape": [int(d) for d in detail["shape"]],
+            "scale": float(scale), "zero_point": int(zero_point)}
+
+
+def test_an_onnx_model_with_a_float_input_is_refused_naming_both_contracts(
+        tiny_models, tiny_onnx_models, test_images):
+    tflite = tiny_models["tiny_cnn/int8"]
+    qdq = tiny_onnx_models["tiny_cnn/onnx_int8"].read_bytes()  # ORT's quantization: float in
+    mine = {"dtype": "float32", "shape": [1, 28, 28, 1], "scale": None, "zero_point": None}
+    with pytest.raises(OnnxConvertError) as caught:
+        check_same_outputs(qdq, tflite, test_images[:3], "q.onnx", 127)
+    assert str(caught.value) == (f"q.onnx: its input is {mine}, the .tflite's "
+                                 f"{litert_contract(tflite, 'input')}; not written")
+
+
+def with_output_zero_point(content: bytes, delta: int) -> bytes:
+    """The translated model with the zero point of the QuantizeLinear that makes its output
+    moved by `delta` (a new initializer: the old one may be shared)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(content)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    node = producer[model.graph.output[0].name]
+    while node.op_type != "QuantizeLinear":
+        node = producer[node.input[0]]
+    initializers = {t.name: t for t in model.graph.initializer}
+    zero_point = numpy_helper.to_array(initializers[node.input[2]])
+    moved = numpy_helper.from_array((zero_point.astype(np.int32) + delta).astype(np.int8),
+                                    "moved_output_zero_point")
+    model.graph.initializer.append(moved)
+    node.input[2] = moved.name
+    return model.SerializeToString()
+
+
+def test_an_output_zero_point_one_off_is_refused_naming_both_contracts(
+        tiny_models, tiny_onnx_models, test_images):
+    tflite = tiny_models["tiny_cnn/int8"]
+    moved = with_output_zero_point(
+        tiny_onnx_models["tiny_cnn/onnx_int8_tflite"].read_bytes(), 1)
+    ref = litert_contract(tflite, "output")
+    mine = {**ref, "zero_point": ref["zero_point"] + 1}
+    with pytest.raises(OnnxConvertError) as caught:
+        check_same_outputs(moved, tflite, test_images[:3], "o.onnx", 127)
+    assert str(caught.value) == f"o.onnx: its output is {mine}, the .tflite's {ref}; not written"
+
+
+@pytest.fixture
+def translate_inputs(tiny_models, test_images, tmp_path):
+    """The committed int8 MLP as build "b"'s .tflite and the test images as its dataset."""
+    import shutil
+
+    from pipeline.stages.preprocess import save_arrays
+
+    tflite = tmp_path / "b_int8.tflite"
+    shutil.copy(tiny_models["tiny_mlp/int8"], tflite)
+    save_arrays(tmp_path / "d.npz", {"x_test": test_images})
+    return tflite, tmp_path / "d.npz"
+
+
+def test_run_translate_writes_the_translation_and_counts_the_identical_images(
+        translate_inputs, test_images, capsys):
+    tflite, data = translate_inputs
+    out = tflite.parent
+    plain = translate_tflite(tflite, integer=False)
+    before = int((raw_differences(tflite, plain, test_images)[0] == 0).sum())
+    size = run_translate(tflite, data, "b", out)
+    written = (out / "b_onnx_int8_tflite.onnx").read_bytes()
+    assert written == translate_tflite(tflite) and size == len(written) > 1000
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3:] == [
+        f"{out / 'b_onnx_int8_tflite.onnx'}: {size:,} bytes",
+        printed[-2],
+        f"b_onnx_int8_tflite.onnx: outputs equal LiteRT's bit for bit on 200 of 200 test "
+        f"images; before the integer rewrite {before}"]
+    assert printed[-2].startswith("b_onnx_int8_tflite.onnx: ") and \
+        "activations folded into QuantizeLinear" in printed[-2]
+    assert sorted(p.name for p in out.iterdir()) == ["b_int8.tflite", "b_onnx_int8_tflite.onnx",
+                                                     "d.npz"]
+
+
+def test_a_failed_translation_removes_only_the_builds_older_model_and_the_card(
+        translate_inputs):
+    tflite, data = translate_inputs
+    out = tflite.parent
+    older = [out / name for name in ("b_onnx_int8_tflite.onnx", "model_card.md",
+                                     "model_card.json")]
+    others = [out / name for name in ("c_onnx_int8_tflite.onnx", "b_onnx_int8.onnx")]
+    for path in older + others:
+        path.write_text("made under the looser limit")
+    # -1: even identical outputs are beyond it, as for a tightened limit.
+    with pytest.raises(OnnxConvertError) as caught:
+        run_translate(tflite, data, "b", out, -1)
+    assert str(caught.value).startswith(
+        f"{out / 'b_onnx_int8_tflite.onnx'}: ONNX Runtime's output differs from LiteRT's for "
+        "b_int8.tflite by 0 output steps on test image 0 (more than "
+        "convert.onnx_tflite_max_steps = -1; 200 of 200 images beyond it, at most 0 steps, 200 "
+        "bit-identical); not written.")
+    assert [p.name for p in older if p.exists()] == []
+    assert all(p.read_text() == "made under the looser limit" for p in others)
+    assert tflite.exists()

@@ -102,6 +102,12 @@ print(json.dumps(out))
 def probe(layout: BoardPaths, port: int) -> dict:
     proc = subprocess.run(ssh_argv(layout, port, "python3 -c " + shlex.quote(PROBE)),
                           capture_output=True, text=True, timeout=120, check=False)
+    return probe_answer(proc)
+
+
+def probe_answer(proc: subprocess.CompletedProcess) -> dict:
+    """The facts of the probe's last JSON line (the login may print lines before it), or one
+    line saying the board does not answer, with the last of ssh's own messages."""
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         err = [line for line in proc.stderr.splitlines() if "Schema error" not in line]
