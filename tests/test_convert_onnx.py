@@ -361,6 +361,25 @@ def test_an_unknown_node_to_exclude_is_one_line_listing_the_valid_names(tiny_onn
     assert "\n" not in message
 
 
+def test_an_unknown_node_after_ort_preprocessing_says_so(tiny_onnx_models):
+    content = tiny_onnx_models["tiny_mlp/onnx_float32"].read_bytes()
+    with pytest.raises(OnnxConvertError) as caught:
+        quantize_int8(content, synthetic_images(np.arange(10), 1), preprocess=True,
+                      nodes_to_exclude=["dense/nope"])
+    assert str(caught.value).startswith(
+        "nodes_to_exclude: no node named ['dense/nope'] in the float model after "
+        "quant_pre_process; valid names (reports/<build>/layers_onnx.md names them): [")
+
+
+def test_the_translations_default_limit_is_bit_for_bit():
+    # The committed models translate bit for bit, so no run can tell 0 from 1 here; the
+    # documented default ("0: bit for bit") is checked where it is declared.
+    import inspect
+
+    for check in (run_translate, check_same_outputs):
+        assert inspect.signature(check).parameters["max_steps"].default == 0
+
+
 def optimized_graph(path, tmp_path):
     """ORT's optimized graph of the model at `path`, under the pipeline's session options
     (the runner's disabled optimizers)."""
@@ -628,6 +647,9 @@ def test_a_failed_translation_removes_only_the_builds_older_model_and_the_card(
         translate_inputs):
     tflite, data = translate_inputs
     out = tflite.parent
+    # With nothing older to remove, only the check's own error.
+    with pytest.raises(OnnxConvertError, match="max_steps = -1"):
+        run_translate(tflite, data, "b", out, -1)
     older = [out / name for name in ("b_onnx_int8_tflite.onnx", "model_card.md",
                                      "model_card.json")]
     others = [out / name for name in ("c_onnx_int8_tflite.onnx", "b_onnx_int8.onnx")]

@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.stages.layers_onnx import quantized_activations
+from pipeline.stages.layers_onnx import (float_nodes, layer_errors, quantized_activations,
+                                         render_markdown, write_reports)
+from tests.conftest import synthetic_images
 
 # Each figure agrees within this many quantization steps of its tensor. ONNX Runtime's
 # float32 sums depend on its thread count (measured: 1e-5 of a value apart between 1 thread
@@ -49,7 +51,7 @@ def _dequantized_of(int8_path, tensor):
     dq = next(n for n in graph.node if n.op_type == "DequantizeLinear"
               and n.input[0] == q.output[0])
     maker = next((n.name for n in graph.node if q.input[0] in n.output), "")
-    return dq.output[0], float(consts[q.input[1]]), maker
+    return dq.output[0], float(consts[q.input[1]]), maker, int(consts[q.input[2]])
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +70,21 @@ def test_each_row_is_the_numpy_error_in_quantization_steps(report):
     float_path, int8_path, data, images, _ = report
     rows = data["rows"]
     assert len(images) == len(data["test_indices"]) >= 10 and len(rows) >= 5
+    check_rows(float_path, int8_path, rows, images)
+
+
+def check_rows(float_path, int8_path, rows, images):
+    """Each row's figures against the `onnx` API and numpy (helpers above)."""
+    import onnx
+
     pairs = [(r, *_dequantized_of(int8_path, r["tensor"])) for r in rows]
-    floats = _outputs(float_path, [r["tensor"] for r, _, _, _ in pairs], images)
-    ints = _outputs(int8_path, [dq for _, dq, _, _ in pairs], images)
-    for (row, _, scale, maker), reference, quantized in zip(pairs, floats, ints):
-        assert row["node"] == maker, row["tensor"]
+    floats = _outputs(float_path, [r["tensor"] for r, *_ in pairs], images)
+    ints = _outputs(int8_path, [dq for _, dq, *_ in pairs], images)
+    float_graph = onnx.load(str(float_path)).graph
+    for (row, _, scale, maker, zero_point), reference, quantized in zip(pairs, floats, ints):
+        assert row["node"] == maker and row["zero_point"] == zero_point, row["tensor"]
+        assert row["op"] == next((n.op_type for n in float_graph.node
+                                  if row["tensor"] in n.output), "input"), row["tensor"]
         error = quantized - reference
         rmse = np.sqrt(np.mean(error ** 2))
         assert row["scale"] == pytest.approx(scale, rel=1e-7), row["tensor"]
@@ -91,6 +103,22 @@ def test_rows_are_ranked_worst_first_and_cover_every_quantized_activation(report
 
     float_path, int8_path, data, _, reports = report
     rows = data["rows"]
+    check_ranks_and_count(float_path, int8_path, rows)
+    # The default build keeps nothing in float: every Conv/Gemm reads dequantized weights.
+    assert data["float_nodes"] == []
+    graph = onnx.load(str(int8_path)).graph
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert all(n.op_type == "DequantizeLinear" for n in graph.node if n.output[0] in weights)
+    markdown = (reports / "layers_onnx.md").read_text()
+    assert "Every Conv, Gemm and MatMul runs in int8." in markdown
+    assert f"The worst tensor is `{rows[0]['tensor']}`" in markdown
+    assert f"{rows[0]['rmse_over_scale']:.3f}" in markdown
+
+
+def check_ranks_and_count(float_path, int8_path, rows):
+    """Worst first, ranked 1..n, one row per quantized activation (hand count)."""
+    import onnx
+
     steps = [r["rmse_over_scale"] for r in rows]
     assert steps == sorted(steps, reverse=True)
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
@@ -111,11 +139,76 @@ def test_rows_are_ranked_worst_first_and_cover_every_quantized_activation(report
     assert len(rows) == count
     assert len(quantized_activations(onnx.load(str(float_path)), onnx.load(str(int8_path)))) \
         == count
-    # The default build keeps nothing in float: every Conv/Gemm reads dequantized weights.
-    assert data["float_nodes"] == []
-    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-    assert all(n.op_type == "DequantizeLinear" for n in graph.node if n.output[0] in weights)
-    markdown = (reports / "layers_onnx.md").read_text()
-    assert "Every Conv, Gemm and MatMul runs in int8." in markdown
-    assert f"The worst tensor is `{rows[0]['tensor']}`" in markdown
-    assert f"{rows[0]['rmse_over_scale']:.3f}" in markdown
+
+
+# --- the same checks on the committed fixture models (fast: no build) ----------------------
+
+
+def test_the_committed_models_rows_are_the_numpy_error_in_quantization_steps(tiny_onnx_models):
+    float_path = tiny_onnx_models["tiny_cnn/onnx_float32"]
+    int8_path = tiny_onnx_models["tiny_cnn/onnx_int8"]
+    images = synthetic_images(np.arange(12) % 10, 2)
+    rows = layer_errors(float_path, int8_path, images)
+    assert len(rows) >= 3
+    check_rows(float_path, int8_path, rows, images)
+    check_ranks_and_count(float_path, int8_path, rows)
+    assert "input" in {r["op"] for r in rows}  # the image itself is quantized first
+    assert float_nodes(int8_path) == []
+
+
+def test_a_node_kept_float_is_named_with_its_op(tiny_onnx_models, tmp_path):
+    import onnx
+
+    from pipeline.stages.convert_onnx import quantize_int8
+
+    content = tiny_onnx_models["tiny_mlp/onnx_float32"].read_bytes()
+    matmuls = [n.name for n in onnx.load_from_string(content).graph.node
+               if n.op_type == "MatMul"]
+    path = tmp_path / "kept.onnx"
+    path.write_bytes(quantize_int8(content, synthetic_images(np.arange(10), 1),
+                                   nodes_to_exclude=matmuls[-1:]))
+    assert float_nodes(path) == [{"op": "MatMul", "node": matmuls[-1]}]
+
+
+ROWS = [{"rank": 1, "op": "Gemm", "tensor": "dense/out", "node": "dense/MatMul",
+         "elements": 1234, "rmse_over_scale": 0.41234, "rmse": 0.01, "mean_error": -0.000123,
+         "max_abs_error": 0.0456, "scale": 0.0123456, "zero_point": -128},
+        {"rank": 2, "op": "input", "tensor": "image", "node": "", "elements": 784,
+         "rmse_over_scale": 0.2887, "rmse": 0.2, "mean_error": 0.05,
+         "max_abs_error": 0.5, "scale": 1.0, "zero_point": 0}]
+
+
+def test_the_page_shows_each_figure_as_its_format_says():
+    page = render_markdown("b", ROWS, 7)
+    assert page.startswith("# Per-layer quantization error: b onnx_int8\n\n")
+    assert "both run by ONNX Runtime on 7 seeded test images" in page
+    # Rounding alone: a uniform error over one step has RMSE 1/sqrt(12) = 0.2887 steps.
+    assert ("The worst tensor is `dense/out` (Gemm): RMSE 0.41 quantization steps; rounding "
+            "alone gives 0.29.\n\n") in page
+    assert "Every Conv, Gemm and MatMul runs in int8." in page
+    lines = [line for line in page.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "rank", "tensor", "made by node", "RMSE / scale", "mean error", "max abs error",
+        "scale", "zero point", "elements"]
+    assert [c.strip() for c in lines[2].strip("|").split("|")] == [
+        "1", "Gemm `dense/out`", "`dense/MatMul`", "0.412", "-1.23e-04", "4.56e-02", "0.0123",
+        "-128", "1,234"]
+    assert [c.strip() for c in lines[3].strip("|").split("|")] == [
+        "2", "input `image`", "", "0.289", "+5.00e-02", "5.00e-01", "1", "0", "784"]
+    assert len(lines) == 4
+
+
+def test_no_rows_no_worst_line_and_the_nodes_kept_in_float_are_named():
+    kept = [{"op": "Gemm", "node": "dense/MatMul"}, {"op": "Conv", "node": "conv/Conv2D"}]
+    page = render_markdown("b", [], 0, kept)
+    assert "The worst tensor" not in page and "runs in int8" not in page
+    assert ("Kept in float (the build's `nodes_to_exclude`): Gemm `dense/MatMul`, Conv "
+            "`conv/Conv2D`.\n\n") in page
+
+
+def test_the_json_names_the_images_and_the_nodes_kept(tmp_path):
+    kept = [{"op": "Gemm", "node": "dense/MatMul"}]
+    write_reports("b", ROWS, [3, 1, 4], tmp_path, kept)
+    assert json.loads((tmp_path / "layers_onnx.json").read_text()) == {
+        "build": "b", "test_indices": [3, 1, 4], "float_nodes": kept, "rows": ROWS}
+    assert (tmp_path / "layers_onnx.md").read_text() == render_markdown("b", ROWS, 3, kept)

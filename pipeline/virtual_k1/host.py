@@ -52,9 +52,10 @@ def one_line_entries(text: str) -> list[dict[str, str]]:
         words = line.split("#", 1)[0].split()
         if len(words) >= 3 and words[0] == "deb":
             if words[1].startswith("["):
-                while words and not words[1].endswith("]"):
+                # An options list never closed leaves no entry (apt refuses the line too).
+                while len(words) > 1 and not words[1].endswith("]"):
                     words.pop(1)
-                words.pop(1)
+                del words[1:2]
             if len(words) >= 3:
                 entries.append({"types": "deb", "uris": words[1], "suites": words[2],
                                 "components": " ".join(words[3:])})
