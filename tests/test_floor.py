@@ -22,10 +22,10 @@ CNN_MACS = 24_336 + 34_848 + 5_184 + 576 + 80
 MLP_MACS = 784 * 8 + 8 * 10
 
 
-def test_count_macs_matches_the_hand_count(tiny_models, peak_models):
-    for variant in ("float32", "int8"):
-        assert floor.count_macs(tiny_models[f"tiny_cnn/{variant}"]) == CNN_MACS
-        assert floor.count_macs(tiny_models[f"tiny_mlp/{variant}"]) == MLP_MACS
+def test_count_macs_matches_the_hand_count(tiny_models, tiny_onnx_models, peak_models):
+    for key, path in {**tiny_models, **tiny_onnx_models}.items():  # .tflite and ONNX
+        assert floor.count_macs(path) == (CNN_MACS if key.startswith("tiny_cnn/")
+                                          else MLP_MACS), key
     for path in peak_models.values():
         assert floor.count_macs(path) == floor.GEMM_MACS
 
@@ -178,18 +178,23 @@ def test_the_onnx_cnn_and_mlp_macs_match_the_hand_count(tiny_onnx_models):
         assert floor.count_macs(tiny_onnx_models[f"tiny_mlp/{variant}"]) == MLP_MACS, variant
 
 
+FLOOR_VARIANTS = ("float32", "int8", "onnx_int8")  # LiteRT's two kernels and ORT's
+
+
 @pytest.fixture(scope="module")
-def benched_with_peaks(tmp_path_factory, tiny_models, peak_models):
+def benched_with_peaks(tmp_path_factory, tiny_models, tiny_onnx_models, peak_models):
     """One real bench of this machine (the `local` board at 1 and 2 threads) of the fixture
-    CNN in float32 and int8, with the synthetic GEMMs of both variants: (layout, work copies)."""
+    CNN in float32, int8 and onnx_int8, with the synthetic GEMMs of those variants: (layout,
+    work copies)."""
     from pipeline.bench import session as bench
     from tests.test_reference import staged_bench
 
-    models = {f"tiny_cnn/{v}": tiny_models[f"tiny_cnn/{v}"] for v in ("float32", "int8")}
+    models = {f"tiny_cnn/{v}": {**tiny_models, **tiny_onnx_models}[f"tiny_cnn/{v}"]
+              for v in FLOOR_VARIANTS}
     layout, board, copies, datasets = staged_bench(
         tmp_path_factory.mktemp("floor_bench"), models, "run", threads=(1, 2))
     bench.run(board, copies, datasets, 10, layout, [board],
-              peak={v: peak_models[v] for v in ("float32", "int8")})
+              peak={v: peak_models[v] for v in FLOOR_VARIANTS})
     return layout, copies
 
 
@@ -202,7 +207,7 @@ def test_a_two_thread_rows_floor_is_the_hand_counted_macs_at_the_two_thread_peak
     rows = {(r["variant"], r["threads"]): r
             for r in json.loads(layout.latency_report("json").read_text())["rows"]}
     gemm_macs = 64 * 1024 * 1024  # the synthetic GEMM: a batch of 64 x 1024 in x 1024 out
-    for variant in ("float32", "int8"):
+    for variant in FLOOR_VARIANTS:
         best = {t: min(p["min_us"] for p in doc["peak"]
                        if p["variant"] == variant and p["threads"] == t) for t in (1, 2)}
         assert best[1] != best[2]  # else a floor priced at 1 thread would pass unseen
@@ -218,7 +223,7 @@ def test_a_two_thread_rows_floor_is_the_hand_counted_macs_at_the_two_thread_peak
     # latency.md shows the same floor to two decimals, the MACs in full, the peak rate in
     # GMAC/s (MACs / µs / 1e3) and the row's memory and size as latency.json holds them
     md = layout.latency_report("md").read_text()
-    for variant in ("float32", "int8"):
+    for variant in FLOOR_VARIANTS:
         best_2 = min(p["min_us"] for p in doc["peak"]
                      if p["variant"] == variant and p["threads"] == 2)
         assert f"{variant} x2: {gemm_macs / best_2 / 1e3:.1f}" in md
