@@ -5,6 +5,7 @@ reader never writes), a database held by another process, a full disk, and the
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -654,3 +655,30 @@ def test_the_table_joins_each_case_with_its_builds_accuracy_and_lists_failed_boa
     history.finish_run(db, failed_case, "failed", "y", 1.0, [], [], [
         {**CASE, "status": "failed", "error": "timed out", "p50_us": None}])
     assert [r["case"] for r in history.table_rows(db, 1)] == ["FAILED timed out"]
+
+
+def simple_table(text: str) -> list[dict[str, str]]:
+    """tabulate's "simple" table as one dict per row, its columns cut where the dashes under
+    the headers are (a cell may be empty)."""
+    lines = text.splitlines()
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", lines[1])]
+    cut = [[line[a:b].strip() if i + 1 < len(spans) else line[a:].strip()
+            for i, (a, b) in enumerate(spans)] for line in [lines[0], *lines[2:]]]
+    return [dict(zip(cut[0], row)) for row in cut[1:]]
+
+
+def test_the_history_tables_cells_are_its_figures_as_printed(tmp_path):
+    """`python -m pipeline.history`'s figures against the rows written: accuracy in percent,
+    drift in points with its sign, bytes with separators, p50 µs and init ms (exact text)."""
+    db = history.connect(tmp_path / "h.sqlite")
+    run = history.start_run(db, "2026-01-02T00:00:00Z", None, None, "p", str(tmp_path))
+    acc = [{**ACC[2], "accuracy": 0.97125, "drift_pt": -0.25, "bytes": 12345}]
+    history.finish_run(db, run, "ok", "y", 1.0, acc, [
+        {"board": "local", "status": "ok", "error": None, "emulated": 0}],
+        [{**CASE, "threads": 2, "p50_us": 1234.56, "init_ms": 3.14159}])
+    [row] = simple_table(history.render(history.table_rows(db, 5)))
+    assert {k: row[k] for k in ("variant", "board", "thr", "acc %", "drift pt", "bytes",
+                                "p50 µs", "init ms", "case")} == {
+        "variant": "int8", "board": "local", "thr": "2", "acc %": "97.12",
+        "drift pt": "-0.25", "bytes": "12,345", "p50 µs": "1234.6", "init ms": "3.14",
+        "case": "ok"}
