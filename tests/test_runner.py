@@ -904,7 +904,9 @@ def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp
     assert weights_mib <= fresh <= 2 * weights_mib + 32, (fresh, weights_mib)
 
 
-def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(tiny_models):
+@pytest.mark.parametrize("key", ["tiny_cnn/int8", "tiny_cnn/onnx_float32"])
+def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(
+        tiny_models, tiny_onnx_models, key):
     """Units (ms vs µs) and what is timed, from the clock: every call the runner makes to the
     interpreter is timed here too. An invoke's figure is at least the call itself and at most
     the time from the end of the call before it to the start of the call after it (the
@@ -913,13 +915,16 @@ def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(tiny_
     import time as clock
 
     runner = load_runner()
-    _, _, tflite = runner.find_runtime()  # the TFLite interpreter class the runner uses
+    model = {**tiny_models, **tiny_onnx_models}[key]
+    # the interpreter class the runner uses for the format: LiteRT's, or its ORT adapter
+    interpreter_class = runner.find_runtime()[2] if model.suffix == ".tflite" \
+        else runner.OrtInterpreter
     calls: list[tuple[str, float, float]] = []
 
     class Clocked:
         def __init__(self, **kwargs):
             start = clock.perf_counter()
-            self._inner = tflite(**kwargs)
+            self._inner = interpreter_class(**kwargs)
             calls.append(("init", start, clock.perf_counter()))
 
         def __getattr__(self, name):
@@ -934,7 +939,7 @@ def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(tiny_
 
     runs, warmup = 40, 3
     started = clock.perf_counter()
-    result = runner.run_case(tiny_models["tiny_cnn/int8"], 1, warmup, runs, None, None, Clocked)
+    result = runner.run_case(model, 1, warmup, runs, None, None, Clocked)
     finished = clock.perf_counter()
     names = [name for name, *_ in calls]
     invokes = [i for i, name in enumerate(names) if name == "invoke"]
