@@ -22,12 +22,71 @@ CNN_MACS = 24_336 + 34_848 + 5_184 + 576 + 80
 MLP_MACS = 784 * 8 + 8 * 10
 
 
-def test_count_macs_matches_the_hand_count(tiny_models, tiny_onnx_models, peak_models):
+# A peak GEMM small enough to convert in seconds (the boards' 64 x 1024 x 1024 takes a
+# minute in every variant): a mutation pass rebuilds it for each mutant of the builder.
+SMALL_GEMM = (4, 24, 16)
+
+
+@pytest.fixture(scope="module")
+def small_peaks(tmp_path_factory):
+    return floor.build_peak_models(floor.PEAK_VARIANTS, Layout(tmp_path_factory.mktemp("peak")),
+                                   shape=SMALL_GEMM)
+
+
+def test_count_macs_matches_the_hand_count(tiny_models, tiny_onnx_models, small_peaks):
     for key, path in {**tiny_models, **tiny_onnx_models}.items():  # .tflite and ONNX
         assert floor.count_macs(path) == (CNN_MACS if key.startswith("tiny_cnn/")
                                           else MLP_MACS), key
-    for path in peak_models.values():
-        assert floor.count_macs(path) == floor.GEMM_MACS
+    assert set(small_peaks) == set(floor.PEAK_VARIANTS)
+    for path in small_peaks.values():  # 4 rows x 16 outputs, 24 MACs each
+        assert floor.count_macs(path) == 4 * 16 * 24
+    assert floor.GEMM_MACS == 64 * 1024 * 1024  # the boards' GEMM: 67 M MACs, as docs/k1.md says
+
+
+def test_every_peak_gemm_computes_the_same_product(small_peaks):
+    """Each variant's GEMM is x @ W for the float weights stored in the ONNX float model
+    (numpy's product), within its variant's rounding: a conversion that dropped or mangled
+    the layer would time something else."""
+    import numpy as np
+    from onnx import load, numpy_helper
+
+    weights = numpy_helper.to_array(load(str(small_peaks["onnx_float32"])).graph.initializer[0])
+    assert weights.shape == SMALL_GEMM[1:]
+    x = np.random.default_rng(5).standard_normal(SMALL_GEMM[:2]).astype(np.float32)
+    expected = x @ weights
+    scale = float(np.abs(expected).max())
+    tolerance = {"float32": 1e-5, "onnx_float32": 1e-5, "float16": 1e-2}
+    for variant, path in small_peaks.items():
+        got = _run_raw(path, x)
+        error = float(np.abs(got - expected).max()) / scale
+        assert error <= tolerance.get(variant, 0.05), (variant, error)
+
+
+def _run_raw(path, x):
+    """One run of a model file on `x` by its runtime directly (LiteRT's interpreter or an
+    onnxruntime session), quantizing an integer input and dequantizing an integer output."""
+    import numpy as np
+
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    if np.issubdtype(inp["dtype"], np.integer):
+        scale, zero = inp["quantization"]
+        x = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"])
+    if np.issubdtype(out["dtype"], np.integer):
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y
 
 
 def test_peak_rates_are_best_per_variant_and_thread_count():
@@ -84,6 +143,8 @@ def test_no_model_runs_faster_than_the_measured_peak(tmp_path, every_variant, pe
     """p50/floor >= 0.9 for every variant: the floor is priced per the kernels really used."""
     import numpy as np
 
+    for path in peak_models.values():  # the boards' own GEMMs, counted as the small ones are
+        assert floor.count_macs(path) == floor.GEMM_MACS
     labels = np.arange(10)
     samples = {k.split("/")[0]: (synthetic_images(labels, 0), labels) for k in every_variant}
     board = Board(name="t", threads=(1, 2), warmup=10, runs=100)
@@ -109,13 +170,15 @@ def test_onnx_macs_match_the_hand_count(onnx_models):
         assert floor.count_macs(path) == 784 * 64 + 64 * 10
 
 
-def test_onnx_peak_gemms_are_reproducible_and_right_sized(tmp_path, peak_models):
+def test_onnx_peak_gemms_are_reproducible_and_right_sized(tmp_path, small_peaks):
     import onnx
 
-    again = floor.build_peak_models(["onnx_float32", "onnx_int8"], Layout(tmp_path))
+    again = floor.build_peak_models(["onnx_float32", "onnx_int8", "custom"], Layout(tmp_path),
+                                    shape=SMALL_GEMM)
+    assert set(again) == {"onnx_float32", "onnx_int8"}  # a variant without a twin: none
     for variant in ("onnx_float32", "onnx_int8"):
-        assert again[variant].read_bytes() == peak_models[variant].read_bytes()
-        assert floor.count_macs(again[variant]) == floor.GEMM_MACS
+        assert again[variant].read_bytes() == small_peaks[variant].read_bytes()
+        assert again[variant] == Layout(tmp_path).peak_model(variant)
     ops = [n.op_type for n in onnx.load(str(again["onnx_int8"])).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # int8 QDQ, not float
 

@@ -131,9 +131,12 @@ def onnx_gemm(weights, batch: int, integer: bool, representative, scratch: Path)
     return target.read_bytes()
 
 
-def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path]:
+def build_peak_models(variants: Iterable[str], layout: Layout,
+                      shape: tuple[int, int, int] = (GEMM_BATCH, GEMM_IN, GEMM_OUT)
+                      ) -> dict[str, Path]:
     """Write the synthetic GEMM model in each variant to `layout.peak_model(variant)`; fixed
-    weights, so fixed bytes."""
+    weights, so fixed bytes. `shape` is (batch, inputs, outputs): the boards time the default;
+    tests build a small one (the default's conversions take a minute)."""
     import numpy as np
 
     from pipeline.core.console import native_output_hidden
@@ -143,14 +146,15 @@ def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path
     with native_output_hidden():  # TensorFlow's import-time notices
         import keras
 
+    batch, n_in, n_out = shape
     rng = np.random.default_rng(0)
-    inputs = keras.Input((GEMM_IN,), batch_size=GEMM_BATCH, name="x")
-    outputs = keras.layers.Dense(GEMM_OUT, use_bias=False, name="gemm")(inputs)
+    inputs = keras.Input((n_in,), batch_size=batch, name="x")
+    outputs = keras.layers.Dense(n_out, use_bias=False, name="gemm")(inputs)
     model = keras.Model(inputs, outputs, name="peak_gemm")
     model.get_layer("gemm").set_weights([
-        (rng.standard_normal((GEMM_IN, GEMM_OUT)) * 0.03).astype(np.float32)])
+        (rng.standard_normal((n_in, n_out)) * 0.03).astype(np.float32)])
     # Calibration rows shaped like the model's fixed batch.
-    representative = rng.standard_normal((8, GEMM_BATCH, GEMM_IN)).astype(np.float32)
+    representative = rng.standard_normal((8, batch, n_in)).astype(np.float32)
     paths = {}
     with outputs_together():  # every peak model or none (the peak task's targets)
         for variant in variants:
@@ -159,7 +163,7 @@ def build_peak_models(variants: Iterable[str], layout: Layout) -> dict[str, Path
             if VARIANTS[variant].format == "onnx":  # the same GEMM, timed by ONNX Runtime
                 layout.peak_dir().mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=layout.peak_dir()) as scratch:
-                    content = onnx_gemm(model.get_layer("gemm").get_weights()[0], GEMM_BATCH,
+                    content = onnx_gemm(model.get_layer("gemm").get_weights()[0], batch,
                                         VARIANTS[variant].integer, representative,
                                         Path(scratch))
             else:
