@@ -6,7 +6,8 @@ of the checkout (build/mutation/<module>/, kept between runs: a second run reuse
 which test calls which function, but tests every mutant again) whose [tool.mutmut] mutates
 just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it (and, for a module listed in
 `[tool.mutation_functions]`, mutates only those functions: a module whose other functions
-draw charts or write files too slowly to test each mutant). It prints one row per
+draw charts or write files too slowly to test each mutant; `[tool.mutation_settings]` gives
+a module mutmut settings of its own). It prints one row per
 module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
 directory shows its diff). A survivor that changes only the prose of a message (a string
 literal with a space in it, nothing else on its lines) is counted apart as "wording" and
@@ -43,13 +44,15 @@ def module_tests(pyproject: dict) -> dict[str, list[str]]:
     return pyproject["tool"]["mutation_tests"]
 
 
-def module_config(pyproject_text: str, module: str, tests: list[str]) -> str:
-    """pyproject.toml's text with [tool.mutmut] mutating only `module`, testing with `tests`
-    (its other settings kept)."""
+def module_config(pyproject_text: str, module: str, tests: list[str],
+                  settings: dict | None = None) -> str:
+    """pyproject.toml's text with [tool.mutmut] mutating only `module`, testing with `tests`,
+    with the module's own mutmut `settings` ([tool.mutation_settings]) over the others."""
     base = dict(tomllib.loads(pyproject_text)["tool"]["mutmut"])
     # The copy lives inside this checkout's build/: git would answer about the checkout.
     base.update(only_mutate=[module], pytest_add_cli_args_test_selection=tests,
                 use_git_change_detection=False)
+    base.update(settings or {})
     # JSON's strings, lists, numbers and booleans are also TOML's.
     table = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items())
     section = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n)*", re.MULTILINE)
@@ -120,8 +123,8 @@ def wording_only(diff: str) -> bool:
     return True
 
 
-def run_module(module: str, tests: list[str], functions: list[str], max_children: int
-               ) -> tuple[dict, list[str], float]:
+def run_module(module: str, tests: list[str], functions: list[str], max_children: int,
+               settings: dict | None = None) -> tuple[dict, list[str], float]:
     """mutmut over `module` (only its module-level `functions` if any are given) in its own
     copy of the checkout: the counts, the survivors' names and the pass's wall time in
     seconds."""
@@ -129,7 +132,7 @@ def run_module(module: str, tests: list[str], functions: list[str], max_children
     dest.mkdir(parents=True, exist_ok=True)
     sync_checkout(dest)
     (dest / "pyproject.toml").write_text(
-        module_config((REPO / "pyproject.toml").read_text(), module, tests))
+        module_config((REPO / "pyproject.toml").read_text(), module, tests, settings))
     mutmut = [sys.executable, "-m", "mutmut"]
     start = time.monotonic()
     # Named, every mutant is tested again: mutmut keeps a cached verdict otherwise, even
@@ -160,6 +163,7 @@ def main() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     mapping = module_tests(pyproject)
     functions = pyproject["tool"].get("mutation_functions", {})
+    settings = pyproject["tool"].get("mutation_settings", {})
     unknown = [m for m in args.modules if m not in mapping]
     if unknown:
         raise SystemExit(f"pyproject.toml [tool.mutation_tests] has no {', '.join(unknown)}; "
@@ -167,7 +171,8 @@ def main() -> None:
     rows = []
     for module in args.modules or list(mapping):
         found, survivors, seconds = run_module(module, mapping[module],
-                                               functions.get(module, []), args.max_children)
+                                               functions.get(module, []), args.max_children,
+                                               settings.get(module))
         # Survivors that change only a message's prose are left out, and counted.
         survived, counted = found["survived"] - found["wording"], \
             found["mutants"] - found["wording"]

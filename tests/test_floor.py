@@ -183,6 +183,31 @@ def test_onnx_peak_gemms_are_reproducible_and_right_sized(tmp_path, small_peaks)
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # int8 QDQ, not float
 
 
+def test_a_peak_row_counts_only_with_its_time_and_macs_and_no_error():
+    """Rates by hand: MACs / (min_us * 1e-6). An error row first (whatever figures it holds),
+    rows without a time or a MAC count, then the rows that count."""
+    peak = [{"variant": "int8", "threads": 1, "error": "exit 1", "min_us": 1.0, "macs": 10**6},
+            {"variant": "int8", "threads": 1, "min_us": 0.0, "macs": 10**6},
+            {"variant": "int8", "threads": 1, "min_us": 5.0},
+            {"variant": "int8", "threads": 1, "min_us": 5.0, "macs": 0},
+            {"variant": "int8", "threads": 1, "min_us": 500.0, "macs": 10**6},
+            {"variant": "float32", "threads": "2", "min_us": 4e6, "macs": 1}]
+    # 10^6 / 500 µs = 2e9 MACs/s; 1 MAC in 4 s = 0.25 MACs/s (below the 1.0 a wrong start
+    # value for the running best would give)
+    assert floor.peak_rates(peak) == {("int8", 1): 2e9, ("float32", 2): 0.25}
+
+
+def test_more_threads_are_slower_than_the_best_rate_at_fewer():
+    """The comparison is with the fewer-thread count of the best *rate*, not the largest
+    count: 1 thread 2e9, 2 threads 1e9, 4 threads 1.5e9 -> 4 threads at 0.75 of 1 thread's."""
+    rates = {("int8", 1): 2e9, ("int8", 2): 1e9, ("int8", 4): 1.5e9}
+    assert floor.slower_with_more_threads(rates) == [("int8", 2, 1, 0.5), ("int8", 4, 1, 0.75)]
+    # 2 threads priced at their own rate: 10^6 MACs / 1e9 = 1000 µs, not 1 thread's 500 µs
+    assert floor.floor_us(10**6, "int8", 2, rates) == pytest.approx(1000.0)
+    # 3 threads unmeasured: the best at fewer (1 thread's 2e9), not 4 threads' rate
+    assert floor.floor_us(10**6, "int8", 3, rates) == pytest.approx(500.0)
+
+
 def test_a_variant_without_a_twin_takes_its_own_runtimes_fastest_rate():
     rates = {("int8", 1): 4e11, ("onnx_int8", 1): 1e11, ("onnx_float32", 1): 5e10}
     # ONNX Runtime's int8 rate, not LiteRT's faster one: its floor is priced by its kernels

@@ -38,6 +38,22 @@ def test_a_modules_configuration_mutates_it_alone_with_its_tests_and_keeps_the_r
         {k: v for k, v in whole.items() if k not in changed}
     assert doc["project"] == PYPROJECT["project"]
     assert doc["tool"]["mutation_tests"] == PYPROJECT["tool"]["mutation_tests"]
+    assert "timeout_constant" not in config
+    own = tomllib.loads(mutation["module_config"](
+        PYPROJECT_TEXT, "pipeline/bench/floor.py", ["tests/test_floor.py"],
+        {"timeout_constant": 20, "process_isolation": "forkserver"}))["tool"]["mutmut"]
+    assert (own["timeout_constant"], own["process_isolation"]) == (20, "forkserver")
+    assert own["only_mutate"] == ["pipeline/bench/floor.py"]
+
+
+def test_a_modules_own_settings_are_mutmuts():
+    fields = {"timeout_constant", "timeout_multiplier", "process_isolation",
+              "forkserver_warmup"}
+    for module, own in PYPROJECT["tool"].get("mutation_settings", {}).items():
+        assert module in PYPROJECT["tool"]["mutation_tests"]
+        assert set(own) <= fields, set(own) - fields
+        # mutmut 3.8's values (mutmut is not among the test dependencies)
+        assert own.get("process_isolation", "fork") in ("fork", "forkserver")
 
 
 def test_counts_take_untested_mutants_as_survivors_and_timeouts_as_killed():

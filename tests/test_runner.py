@@ -187,6 +187,28 @@ def test_runner_statistics():
     assert skewed["mean_us"] == 1.0 and skewed["p50_us"] == 0.0
 
 
+def test_runner_statistics_against_the_statistics_module():
+    """Every figure of percentile_stats on skewed random samples, against Python's statistics
+    module (inclusive quantiles: the same linear interpolation as numpy's default)."""
+    import statistics
+
+    samples = [float(v) for v in np.random.default_rng(3).lognormal(5.0, 0.6, 37)]
+    stats = load_runner().percentile_stats(samples)
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    assert stats == pytest.approx({
+        "mean_us": statistics.fmean(samples), "std_us": statistics.pstdev(samples),
+        "min_us": min(samples), "max_us": max(samples), "p10_us": cuts[9],
+        "p50_us": statistics.median(samples), "p90_us": cuts[89], "p99_us": cuts[98]},
+        rel=1e-12)
+
+
+def test_scale_and_zero_point_from_the_command_line():
+    parse = load_runner().scale_zero_point
+    assert parse("0.00390625,-128") == (0.00390625, -128)
+    assert isinstance(parse("2,3")[0], float) and isinstance(parse("2,3")[1], int)
+    assert parse(None) is None and parse("") is None
+
+
 class SlowStartInterpreter:
     """Stands in for the runtime: the first invokes are slow, as a cold interpreter is."""
     invokes = 0
@@ -210,6 +232,7 @@ class SlowStartInterpreter:
 
 
 def test_warm_up_invokes_are_not_timed(tmp_path):
+    SlowStartInterpreter.invokes = 0  # a second run in one process (mutmut's) starts afresh
     result = load_runner().run_case(tmp_path / "m.tflite", 1, 5, 30, None, None,
                                     SlowStartInterpreter)
     assert SlowStartInterpreter.invokes == 1 + 5 + 30
@@ -442,6 +465,7 @@ def test_parse_profile_against_a_hand_made_trace():
                    node("fc", "Gemm", "CPUExecutionProvider", t + 1 + a, b),
                    {"cat": "Node", "name": "fc_fence_before", "ts": t + 1, "dur": 0},
                    {"cat": "Session", "name": "model_run", "ts": t, "dur": a + b + 3}]
+    assert load_runner().parse_profile(events)["runs"] == 4  # none skipped unless asked
     profile = load_runner().parse_profile(events, skip_runs=1)
     assert profile["runs"] == 3
     conv, fc = profile["nodes"]
@@ -453,6 +477,33 @@ def test_parse_profile_against_a_hand_made_trace():
     assert profile["model_run_us"] == pytest.approx(15.0)  # median of 11, 15 and 206
     assert profile["nodes_per_provider"] == {"SpaceMITExecutionProvider": 1,
                                              "CPUExecutionProvider": 1}
+
+
+def test_parse_profile_edges_of_a_run_repeated_nodes_and_an_empty_trace():
+    """Kernels at a run's first and last microsecond belong to it; a node run twice in one run
+    counts twice; a kernel event without args is '?'; nodes per provider are counted; a
+    trace without runs gives zeros, not NaN. Figures by hand."""
+    parse = load_runner().parse_profile
+    run = {"cat": "Session", "name": "model_run", "ts": 100, "dur": 50}     # 100..150
+
+    def kernel(name, ts, dur, args=None):
+        event = {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur}
+        return {**event, "args": args} if args is not None else event
+
+    cpu = {"op_name": "Add", "provider": "CPUExecutionProvider"}
+    events = [run, kernel("first", 100, 4, cpu), kernel("last", 150, 0, cpu),
+              kernel("loop", 110, 3, cpu), kernel("loop", 120, 5, cpu),
+              kernel("bare", 130, 2), kernel("late", 151, 7, cpu)]
+    profile = parse(events)
+    by_node = {n["node"]: n for n in profile["nodes"]}
+    assert {k: n["median_us"] for k, n in by_node.items()} == {
+        "first": 4.0, "last": 0.0, "loop": 8.0, "bare": 2.0}       # "late" is after the run
+    assert (by_node["bare"]["op"], by_node["bare"]["provider"]) == ("?", "?")
+    assert profile["nodes_per_provider"] == {"CPUExecutionProvider": 3, "?": 1}
+    assert profile["node_sum_us"] == 14.0 and profile["model_run_us"] == 50.0
+    assert by_node["loop"]["share"] == pytest.approx(8 / 14)
+    assert parse([]) == {"runs": 0, "nodes": [], "nodes_per_provider": {},
+                         "node_sum_us": 0.0, "model_run_us": 0.0}
 
 
 def test_ort_threads_spin_only_with_a_cpu_to_spare(tiny_onnx_models):
@@ -630,11 +681,51 @@ def test_a_pair_is_timed_interleaved_until_rounds_and_seconds_are_reached(tmp_pa
     assert pair["reference_p50_us"] == pytest.approx(1000, rel=0.1)
 
 
+def expected_order(seed: int, rounds: int) -> str:
+    """Which model runs first in each round: one shuffle of the pair per round from a
+    generator seeded with the case's seed ("c" candidate, "r" reference)."""
+    import random
+
+    rng, first = random.Random(seed), ""
+    for _ in range(rounds):
+        order = ["candidate", "reference"]
+        rng.shuffle(order)
+        first += order[0][0]
+    return first
+
+
+def test_the_round_order_comes_from_the_seed_and_rounds_stop_at_their_minimum(tmp_path):
+    """Without a time budget a pair takes exactly min_rounds rounds (20 unless the plan says),
+    ceil(runs / rounds) invokes each, in the order the seed (0 unless given) draws."""
+    run_case = load_runner().run_case
+    new, old = tmp_path / "20us_new.tflite", tmp_path / "10us_old.tflite"
+    result = run_case(new, 1, 0, 40, None, None, BusyInterpreter, reference=old,
+                      pairing={"min_rounds": 8, "min_seconds": 0.0, "seed": 11})
+    pair = result["pair"]
+    assert (pair["rounds"], pair["round_invokes"], result["runs"]) == (8, 5, 40)
+    assert pair["first"] == expected_order(11, 8) and pair["first"] != expected_order(12, 8)
+    result = run_case(new, 1, 0, 30, None, None, BusyInterpreter, reference=old,
+                      pairing={"min_seconds": 0.0})
+    pair = result["pair"]
+    assert (pair["rounds"], pair["round_invokes"], result["runs"]) == (20, 2, 40)
+    assert pair["first"] == expected_order(0, 20)
+    # each round's median is of that round's invokes: at least the model's busy time
+    assert min(pair["candidate_us"]) >= 20 and min(pair["reference_us"]) >= 10
+    assert result["min_us"] >= 20 and pair["reference_p50_us"] >= 10
+
+
 def test_round_invokes_for_slow_and_microsecond_models():
     invokes = load_runner().round_invokes
     assert invokes(10.0, 100, 20, 1.0) == 5000        # 1 s / 20 rounds / 10 µs
     assert invokes(100_000.0, 100, 20, 1.0) == 5      # 100 runs over 20 rounds
     assert invokes(0.0, 100, 20, 1.0) == 100_000      # capped
+    assert invokes(0.01, 100, 20, 1.0) == 100_000     # 5e6 by time, capped
+    assert invokes(1e-4, 1, 1, 1e-7) == 100           # 0.1 µs / the pilot floored at 1 ns
+    assert invokes(10.0, 0, 20, 0.0) == 1             # at least one invoke
+    assert invokes(100_000.0, 100, 0, 1.0) == 100     # no rounds asked: one round
+    assert invokes(1000.0, 1, 0, 1.0) == 1000         # its second of time in that one round
+    assert invokes(300.0, 99, 20, 0.0) == 5           # ceil(99 / 20), not 4
+    assert invokes(300.0, 10, 20, 0.1) == 17          # ceil(0.1 s / 20 / 300 µs) = ceil(16.7)
 
 
 def test_a_reference_of_another_contract_or_bytes_is_not_compared(tmp_path, tiny_models):
