@@ -681,6 +681,170 @@ def test_a_pair_is_timed_interleaved_until_rounds_and_seconds_are_reached(tmp_pa
     assert pair["reference_p50_us"] == pytest.approx(1000, rel=0.1)
 
 
+class CountingInterpreter(BusyInterpreter):
+    """A BusyInterpreter that counts its invokes per file name, and whose input is int8 with a
+    scale and zero point when its name says so ('<µs>us_q_<scale>_<zero point>_<name>')."""
+    invokes: dict = {}
+
+    def __init__(self, model_path, num_threads):
+        super().__init__(model_path, num_threads)
+        self.name = Path(model_path).name
+        type(self).invokes[self.name] = 0
+        parts = self.name.split("_")
+        self.quantization = (float(parts[2]), int(parts[3])) if parts[1] == "q" else (0, 0)
+
+    def get_input_details(self):
+        dtype = np.int8 if self.quantization[0] else np.float32
+        return [{"index": 0, "shape": self.shape, "dtype": dtype,
+                 "quantization": self.quantization}]
+
+    def invoke(self):
+        type(self).invokes[self.name] += 1
+        super().invoke()
+
+
+def test_each_model_of_a_pair_is_invoked_as_counted_by_hand(tmp_path):
+    """1 first invoke + 4 warm-up + 3 pilot + 6 rounds x ceil(12 / 6) timed: 20 each."""
+    result = load_runner().run_case(
+        tmp_path / "20us_new.tflite", 1, 4, 12, None, None, CountingInterpreter,
+        reference=tmp_path / "10us_old.tflite",
+        pairing={"min_rounds": 6, "min_seconds": 0.0, "seed": 1})
+    assert CountingInterpreter.invokes == {"20us_new.tflite": 20, "10us_old.tflite": 20}
+    assert (result["runs"], result["warmup"], result["pair"]["round_invokes"]) == (12, 4, 2)
+    assert result["pair"]["pilot_us"] >= 10  # the median of 3 + 3 invokes of 10 and 20 µs
+
+
+def test_a_reference_with_another_input_quantization_is_not_compared(tmp_path):
+    run_case = load_runner().run_case
+    pairing = {"min_rounds": 2, "min_seconds": 0.0}
+    result = run_case(tmp_path / "20us_q_0.3333333333_3_new.tflite", 1, 0, 4, None, None,
+                      CountingInterpreter, reference=tmp_path / "10us_q_0.25_-1_old.tflite",
+                      pairing=pairing)
+    assert result["pair_skipped"] == (
+        "reference not compared: reference 10us_q_0.25_-1_old.tflite takes [1, 2] int8 "
+        "(scale 0.25, zero point -1), this model [1, 2] int8 (scale 0.333333, zero point 3)")
+    assert "pair" not in result and result["runs"] == 4
+    same = run_case(tmp_path / "20us_q_0.25_-1_new.tflite", 1, 0, 4, None, None,
+                    CountingInterpreter, reference=tmp_path / "10us_q_0.25_-1_old.tflite",
+                    pairing=pairing)
+    assert same["pair"]["rounds"] == 2 and "pair_skipped" not in same
+
+
+class AllocatingInterpreter(BusyInterpreter):
+    """Allocating takes 30 ms and, for a name with 'big', touches 64 MiB that it keeps."""
+
+    def allocate_tensors(self):
+        time.sleep(0.03)
+        self.arena = np.ones(8 * 2**20) if "big" in self.name else None  # 8 Mi float64
+
+    def __init__(self, model_path, num_threads):
+        super().__init__(model_path, num_threads)
+        self.name = Path(model_path).name
+
+
+def vm_rss_mb() -> float:
+    """This process's resident memory from /proc/self/status (kB), not statm's pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_cases_time_budget_cap_units_memory_and_cpus(tmp_path):
+    import resource
+
+    runner = load_runner()
+    # timing goes on past `runs` until 10 ms were timed: the invokes before the last one
+    # had not reached it
+    r = runner.run_case(tmp_path / "100us_a.tflite", 1, 0, 5, None, None, BusyInterpreter,
+                        min_seconds=0.01)
+    assert r["runs"] >= 5 and r["mean_us"] * r["runs"] >= 10_000
+    assert (r["runs"] - 1) * r["min_us"] < 10_000
+    # ... but at most 100 x runs invokes
+    r = runner.run_case(tmp_path / "100us_b.tflite", 1, 0, 2, None, None, BusyInterpreter,
+                        min_seconds=10.0)
+    assert r["runs"] == 200
+    # loading in ms (30 ms of sleep: not 0.03, not 30,000), first invoke in µs
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    small = runner.run_case(tmp_path / "100us_small.tflite", 1, 0, 3, None, None,
+                            AllocatingInterpreter)
+    assert 30 <= small["init_ms"] < 3000 and 100 <= small["first_us"] < 100_000
+    assert small["model_rss_mb"] < 0.5  # it kept nothing
+    big = runner.run_case(tmp_path / "100us_big.tflite", 1, 0, 3, None, None,
+                          AllocatingInterpreter)
+    assert 60 <= big["model_rss_mb"] <= 72  # its 64 MiB, give or take the allocator's pages
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert peak_before <= small["peak_rss_mb"] <= big["peak_rss_mb"] <= peak_after
+    assert big["cpus"] == sorted(os.sched_getaffinity(0))
+    assert abs(runner.rss_mb() - vm_rss_mb()) < 2
+
+
+def test_a_cases_accuracy_agreement_and_disagreements_by_hand(tmp_path, tiny_models):
+    """25 images: the host's answers differ from the model's in 22 (the first 20 of them are
+    listed), the labels agree with the model's in a counted number."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from pipeline.stages.evaluate import model_predict
+
+    path = tiny_models["tiny_cnn/int8"]
+    images = synthetic_images(np.arange(25) % 10, 9)
+    model = model_predict(path, images, 25)          # the host's batched path
+    host = model.copy()
+    host[3:] = (host[3:] + 1) % 10
+    labels = model.copy()
+    labels[::4] = (labels[::4] + 5) % 10             # 7 of 25 wrong
+    samples = tmp_path / "s.npz"
+    np.savez(samples, x=images, y=labels, host=host)
+    r = load_runner().run_case(path, 1, 0, 2, samples, "host", Interpreter)
+    assert r["samples"] == 25 and r["accuracy"] == pytest.approx(18 / 25, abs=1e-12)
+    assert r["agreement"] == pytest.approx(3 / 25, abs=1e-12)
+    assert r["disagreements"] == list(range(3, 23)) and "top1" not in r
+    r = load_runner().run_case(path, 1, 0, 2, samples, "absent", Interpreter)
+    assert "agreement" not in r and "disagreements" not in r and r["samples"] == 25
+
+
+def test_an_onnx_case_has_its_profile_providers_and_no_trace_left(tmp_path, tiny_onnx_models):
+    import shutil as sh
+
+    runner = load_runner()
+    model = tmp_path / "m.onnx"
+    sh.copy(tiny_onnx_models["tiny_mlp/onnx_float32"], model)
+    r = runner.run_case(model, 1, 0, 3, None, None, runner.OrtInterpreter, profile=True)
+    profile = r["profile"]
+    assert profile["runs"] == runner.PROFILE_RUNS and r["runs"] == 3
+    assert r["nodes_per_provider"] == profile["nodes_per_provider"] == {
+        "CPUExecutionProvider": len(profile["nodes"])}
+    assert r["providers"] == ["CPUExecutionProvider"] and r["ort_spinning"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # the trace removed
+    assert "profile" not in runner.run_case(model, 1, 0, 3, None, None, runner.OrtInterpreter)
+
+
+def test_check_plan_reads_models_samples_and_peaks_and_the_cpus(tmp_path):
+    import hashlib
+
+    runner = load_runner()
+    for name, content in (("a.tflite", b"a"), ("a.npz", b"s"), ("p.tflite", b"p")):
+        (tmp_path / name).write_bytes(content)
+    digest = {n: hashlib.sha256(c).hexdigest() for n, c in (("a", b"a"), ("s", b"s"),
+                                                            ("p", b"p"))}
+    good = {"models": [{"file": "a.tflite", "sha256": digest["a"], "samples": "a.npz",
+                        "samples_sha256": digest["s"]}, {"file": "", "samples": None}],
+            "peak": [{"file": "p.tflite", "sha256": digest["p"]}],
+            "cpus": sorted(os.sched_getaffinity(0))}
+    assert runner.check_plan(good, tmp_path) == []
+    bad = {"peak": [{"file": "p.tflite", "sha256": digest["a"]}], "cpus": [0, 4096]}
+    usable = sorted(os.sched_getaffinity(0))
+    assert runner.check_plan(bad, tmp_path) == [
+        f"p.tflite: SHA-256 {digest['p'][:16]}... does not match the plan's "
+        f"{digest['a'][:16]}...",
+        f"cpus [4096] are not available on this board (it may run on {usable})"]
+    assert runner.check_plan({"models": [{"file": "a.tflite", "sha256": digest["a"],
+                                          "samples": "a.npz", "samples_sha256": "0"}]},
+                             tmp_path) == [f"a.npz: SHA-256 {digest['s'][:16]}... does not "
+                                           "match the plan's 0..."]
+    assert runner.sha256_file(tmp_path / "a.tflite") == digest["a"]
+
+
 def expected_order(seed: int, rounds: int) -> str:
     """Which model runs first in each round: one shuffle of the pair per round from a
     generator seeded with the case's seed ("c" candidate, "r" reference)."""
@@ -893,6 +1057,8 @@ def test_a_case_in_this_process_and_its_top1(tmp_path, tiny_models, capsys):
     (2, "", "", "exit 2: (no output)"),
     (1, "", "x" * 600, "exit 1: " + "x" * 500),
     (0, "not json", "", "case printed no JSON: 'not json'"),
+    (-200, "", "", "exit -200: (no output)"),   # no signal's number
+    (0, "x" * 300, "", f"case printed no JSON: {'x' * 200!r}"),
 ])
 def test_a_cases_end_is_one_line(status, out, err, says):
     result = load_runner()._case_result({"model": "m", "threads": 2}, status, out, err, 3.2)
