@@ -10,8 +10,9 @@ from pipeline.virtual_k1 import host as vk_host
 
 
 def test_deb822_paragraphs_fields_comments_and_continuations():
-    text = ("# leading comment\n"
+    text = ("# leading comment: with a colon\n"
             "Types: deb deb-src\n"
+            "X-Repolib-Name: Debian\n"
             "URIs: http://a.example/debian\n"
             "\thttp://b.example/debian\n"
             "# a comment inside the paragraph ends nothing\n"
@@ -26,7 +27,7 @@ def test_deb822_paragraphs_fields_comments_and_continuations():
             "Enabled: no\n"
             "URIs: http://off.example/debian")  # the last paragraph has no blank line after it
     assert vk_host.deb822_stanzas(text) == [
-        {"types": "deb deb-src",
+        {"types": "deb deb-src", "x-repolib-name": "Debian",
          "uris": "http://a.example/debian http://b.example/debian https://c.example/debian",
          "suites": "trixie  trixie-updates",
          "signed-by": "/usr/share/keyrings/debian-archive-keyring.gpg"},
@@ -56,7 +57,7 @@ def test_a_continuation_line_before_any_field_belongs_to_no_field():
      {"uris": "http://m.example/debian", "suites": "sid", "components": "main"}),
     ("deb [ arch=amd64 ] http://m.example/debian sid main",
      {"uris": "http://m.example/debian", "suites": "sid", "components": "main"}),
-    ("  deb   http://m.example/debian   bookworm   main   # a comment",
+    ("  deb   http://m.example/debian   bookworm   main   # a comment # and more",
      {"uris": "http://m.example/debian", "suites": "bookworm", "components": "main"}),
     # Three words are the least: no component.
     ("deb http://m.example/debian trixie",
@@ -195,10 +196,10 @@ def test_binfmt_line_matches_a_riscv64_elf_header():
 
 def test_binfmt_entry_read_back(tmp_path):
     (tmp_path / "qemu-riscv64").write_text(
-        "enabled\ninterpreter /usr/bin/qemu-riscv64-static\nflags: PF\noffset 0\n"
+        "enabled\ninterpreter /opt/qemu 9/qemu-riscv64-static\nflags: PF\noffset 0\n"
         "magic 7f454c460201010000000000000000000200f300\n")
     assert vk_host.binfmt_entry(tmp_path) == {
-        "enabled": "enabled", "interpreter": "/usr/bin/qemu-riscv64-static", "flags": "PF",
+        "enabled": "enabled", "interpreter": "/opt/qemu 9/qemu-riscv64-static", "flags": "PF",
         "offset": "0", "magic": "7f454c460201010000000000000000000200f300"}
     (tmp_path / "qemu-riscv64").write_text("disabled\n")
     assert vk_host.binfmt_entry(tmp_path) == {"enabled": "disabled"}
