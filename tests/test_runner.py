@@ -1217,3 +1217,17 @@ def test_each_timed_figure_lies_within_the_clock_readings_around_its_calls(
     # ms: from the construction's start to the allocation's end, at most from before
     # run_case to the next call
     assert (init_end - init_start) * 1e3 <= result["init_ms"] <= (calls[2][1] - started) * 1e3
+
+
+def test_the_machine_line_is_proc_cpuinfo_and_uname():
+    """latency.md's board line (CPU model, cores, uname) as the runner reports this machine,
+    against /proc/cpuinfo's processor entries and first model name, and os.uname()."""
+    info = load_runner().machine_info()
+    entries = [line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()]
+    processors = sum(1 for key, _, _ in entries if key.strip() == "processor")
+    model = next((v.strip() for k, _, v in entries if k.strip() == "model name"), None)
+    uname = os.uname()
+    assert info["cores"] == processors  # a hand count of the online CPUs
+    if model:  # x86 and most ARM kernels; a K1 says "uarch" or "isa" instead
+        assert info["cpu_model"] == model
+    assert info["uname"] == f"{uname.sysname} {uname.nodename} {uname.release} {uname.machine}"
