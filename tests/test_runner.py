@@ -1092,24 +1092,6 @@ def test_an_int8_onnx_outputs_probability_is_dequantized_with_the_plans_scale(
     assert without == [(label, None) for label, _ in with_scale]
 
 
-def vm_rss_mib() -> float:
-    """This process's resident memory from /proc/self/status (VmRSS, in kB): another file
-    and another unit than the runner's /proc/self/statm (pages)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
-                if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
-def test_rss_is_what_proc_status_says_in_mib():
-    runner = load_runner()
-    before = vm_rss_mib()
-    measured = runner.rss_mb()
-    after = vm_rss_mib()
-    # Both files read the same kernel counter; 0.25 MiB covers the pages that reading a
-    # /proc file may touch between the three readings. A wrong page size or unit is >= 4x.
-    assert min(before, after) - 0.25 <= measured <= max(before, after) + 0.25
-
-
 def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp_path):
     """model_rss_mb against VmRSS read by the test around the very construction it measures
     (an ORT session of a model with 15 MiB of weights), and, in a fresh process as the runner
@@ -1129,12 +1111,12 @@ def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp
         once it is allocated: the span run_case measures."""
 
         def __init__(self, **kwargs):
-            readings.append(vm_rss_mib())
+            readings.append(vm_rss_mb())
             self._inner = runner.OrtInterpreter(**kwargs)
 
         def allocate_tensors(self):
             self._inner.allocate_tensors()
-            readings.append(vm_rss_mib())
+            readings.append(vm_rss_mb())
 
         def __getattr__(self, name):
             return getattr(self._inner, name)
