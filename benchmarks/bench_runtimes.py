@@ -116,9 +116,9 @@ def measure(artifacts: Path, threads: Sequence[int], rounds: int, runs: int,
     return rows
 
 
-def optimized_ops(path: Path) -> dict[str, int]:
-    """Op counts of ONNX Runtime's optimized graph of the model (CPU provider, all
-    optimizations), with `DequantizeLinear(constant)` counted apart."""
+def optimized_ops(model: Path | bytes) -> dict[str, int]:
+    """Op counts of ONNX Runtime's optimized graph of the model (a file or its bytes; CPU
+    provider, all optimizations), with `DequantizeLinear(constant)` counted apart."""
     import tempfile
     from collections import Counter
 
@@ -131,13 +131,37 @@ def optimized_ops(path: Path) -> dict[str, int]:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         options.log_severity_level = 3  # "may contain hardware specific optimizations"
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+        ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                             providers=["CPUExecutionProvider"],
                              disabled_optimizers=list(load_runner().ORT_DISABLED_OPTIMIZERS))
         graph = onnx.load(options.optimized_model_filepath).graph
     constants = {t.name for t in graph.initializer}
     return dict(sorted(Counter(
         "DequantizeLinear(constant)" if n.op_type == "DequantizeLinear" and
         n.input[0] in constants else n.op_type for n in graph.node).items()))
+
+
+def all_optimized_ops(artifacts: Path) -> dict[str, dict[str, int]]:
+    """ORT's optimized op counts of every int8 ONNX model of the tree, and of each
+    onnx_int8_tflite as tf2onnx translates it before the integer rewrite (from the build's
+    int8 .tflite, translated again here)."""
+    from pipeline.core.console import native_output_hidden
+    from pipeline.core.layout import Layout
+    from pipeline.core.variants import variant_of, variant_path
+    from pipeline.stages.convert_onnx import translate_tflite
+
+    ops = {}
+    for path in Layout(artifacts).model_files():
+        build, variant = variant_of(path)
+        if path.suffix != ".onnx" or variant == "onnx_float32":
+            continue
+        ops[path.name] = optimized_ops(path)
+        tflite = variant_path(path.parent, build, "int8")
+        if variant == "onnx_int8_tflite" and tflite.exists():
+            with native_output_hidden():
+                plain = translate_tflite(tflite, integer=False)
+            ops[f"{path.name}, before the integer rewrite"] = optimized_ops(plain)
+    return ops
 
 
 def page(rows: list[dict[str, Any]], ops: dict[str, dict[str, int]], command: str) -> str:
@@ -158,7 +182,11 @@ def page(rows: list[dict[str, Any]], ops: dict[str, dict[str, int]], command: st
             f"{table}\n\n## ONNX Runtime's optimized graphs\n\n"
             "Ops after ONNX Runtime's optimizations (CPU provider): QLinearConv/QGemm/"
             "QLinearMatMul run int8 kernels; a float Conv/Gemm/MatMul or a "
-            "`DequantizeLinear(constant)` dequantizes int8 weights on every run.\n\n"
+            "`DequantizeLinear(constant)` dequantizes int8 weights on every run. \"Before "
+            "the integer rewrite\": the same .tflite as tf2onnx translates it "
+            "(pipeline/stages/onnx_graph.py is the rewrite); how many test images answer "
+            "as LiteRT does before and after it: "
+            "[onnx_accuracy.md](onnx_accuracy.md).\n\n"
             f"| model | ops |\n|---|---|\n{op_lines}\n")
 
 
@@ -200,10 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(trials)
     if args.out:
         from pipeline.core.layout import Layout
-        from pipeline.core.variants import variant_of
 
-        ops = {path.name: optimized_ops(path) for path in Layout(args.artifacts).model_files()
-               if path.suffix == ".onnx" and variant_of(path)[1] != "onnx_float32"}
+        ops = all_optimized_ops(args.artifacts)
         command = "python benchmarks/bench_runtimes.py " + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in (("threads", args.threads), ("rounds", args.rounds),

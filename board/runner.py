@@ -15,7 +15,8 @@ plan.json (written by the host, file names relative to it):
                  "samples_sha256": "...", "host_key": "host"}],
      "peak": [{"file": "peak_int8.tflite", "sha256": "...", "variant": "int8", "macs": N}],
      (an integer-input .onnx model's entry also has "input_quantization": [scale, zero_point],
-      which ONNX Runtime does not expose; an integer output's "output_quantization"),
+      which ONNX Runtime does not expose; an integer output's "output_quantization"; the
+      model's own metadata, QUANTIZATION_METADATA, wins over them),
      "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
      "case_timeout_s": 120, "deadline_s": 900, "min_rounds": 20, "min_seconds": 1.0}
     (a model entry may name a "reference": {"file": ..., "sha256": ...}: the model it is timed
@@ -216,6 +217,10 @@ class OrtInterpreter:
                                           int(num_threads or 1))
         self.session = ort.InferenceSession(str(model_path), so, providers=self.requested,
                                             disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+        # The model's own statement first; the plan's for a model without one.
+        stated = dict(self.session.get_modelmeta().custom_metadata_map)
+        input_quantization = metadata_quantization(stated, "input") or input_quantization
+        output_quantization = metadata_quantization(stated, "output") or output_quantization
         self._inputs = [self._detail(i, t, input_quantization if i == 0 else None)
                         for i, t in enumerate(self.session.get_inputs())]
         self._outputs = [self._detail(i, t, output_quantization if i == 0 else None,
@@ -335,6 +340,29 @@ def machine_info() -> dict:
     return {"uname": f"{uname.system} {uname.node} {uname.release} {uname.machine}",
             "cpu_model": cpu_model or uname.machine, "cores": os.cpu_count(),
             "python": platform.python_version()}
+
+
+# Where an integer .onnx model states its input's and output's quantization: ONNX metadata
+# (metadata_props, "[scale, zero_point]" as JSON), written by the pipeline's convert_onnx. An
+# ONNX tensor carries none, and the DequantizeLinear after the input need not state it once
+# the integer rewrite has bypassed the rescale behind it. Models without it (an older build)
+# take the plan's, which the host read from that DequantizeLinear.
+QUANTIZATION_METADATA = {"input": "input_quantization", "output": "output_quantization"}
+
+
+def metadata_quantization(metadata, side):
+    """(scale, zero_point) a model's metadata (str -> str) states for its "input" or
+    "output"; None when it states none."""
+    key = QUANTIZATION_METADATA[side]
+    text = metadata.get(key)
+    if text is None:
+        return None
+    try:
+        scale, zero_point = json.loads(text)
+        return float(scale), int(zero_point)
+    except (ValueError, TypeError):
+        raise ValueError(f"the model's metadata {key} is {text!r}, not [scale, zero_point]: "
+                         "rebuild the model") from None
 
 
 def scale_zero_point(text):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.stages.convert_onnx import translate_tflite
-from pipeline.stages.onnx_graph import integer_form
+from pipeline.stages.onnx_graph import integer_form, state_quantization
 
 
 def optimized_ops(content: bytes, tmp_path) -> tuple[Counter, int]:
@@ -218,15 +218,60 @@ def test_a_requantization_that_maps_every_value_to_itself_is_bypassed(factor, ou
         assert model.graph.node[1].input[0] == "q1"
 
 
-def test_an_identity_right_after_an_int8_graph_input_is_kept():
-    """The translated model's int8 input: its DequantizeLinear states the input's scale (the
-    contract), so the rescale after it stays even when it maps every value to itself."""
+def int8_input_rescale():
+    """The translated model's int8 input q1 -> DQ(1, -128) -> Mul(1/255) -> Q(1/255, -128)
+    -> DQ -> y: its first DequantizeLinear states the input's scale."""
     from onnx import TensorProto, helper
 
     model = rescale_between_quantizations(1 / 255, 1 / 255)
     graph_ = model.graph
     graph_.node.remove(graph_.node[0])  # the input is now q1 itself, int8
     graph_.input[0].CopyFrom(helper.make_tensor_value_info("q1", TensorProto.INT8, [256]))
+    return model
+
+
+def test_an_identity_right_after_an_int8_graph_input_is_kept_without_metadata():
+    """A model whose metadata does not state the input's quantization (an older build's):
+    its readers find it in that DequantizeLinear, so the rescale after it stays."""
+    model = int8_input_rescale()
     before = model.SerializeToString()
     assert integer_form(model).identities_bypassed == 0
     assert model.SerializeToString() == before
+
+
+def test_an_identity_right_after_an_int8_graph_input_goes_once_the_metadata_states_it():
+    from pipeline.core.runtimes import onnx_detail, onnx_metadata
+
+    model = int8_input_rescale()
+    q = {"q1": np.arange(-128, 128).astype(np.int8)}
+    # numpy's reference: (q + 128) * 1, times 1/255, requantized to q, dequantized at 1/255.
+    expected = ((q["q1"].astype(np.float32) + 128) * np.float32(1 / 255)).astype(np.float32)
+    assert np.array_equal(run(model, q), expected)
+    assert state_quantization(model) == {"input": (1.0, -128)}  # the float output: none
+    assert {p.key: p.value for p in model.metadata_props} == {
+        "input_quantization": "[1.0, -128]"}
+    summary = integer_form(model)
+    assert summary.identities_bypassed == 1
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear"]
+    assert np.array_equal(run(model, q), expected)
+    # The DQ left has the next one's scale: the input's contract is the metadata's ...
+    graph_ = model.graph
+    assert onnx_detail(graph_, graph_.input[0], "input",
+                       onnx_metadata(model))["quantization"] == (1.0, -128)
+    # ... where the DequantizeLinear alone would read 1/255.
+    assert onnx_detail(graph_, graph_.input[0], "input")["quantization"] == (
+        pytest.approx(1 / 255), -128)
+
+
+def test_quantization_is_stated_from_the_nodes_beside_an_int8_input_and_output():
+    """Both sides integer: each read from its own node (the input's DQ, the output's Q)."""
+    from onnx import TensorProto, helper
+
+    model = int8_input_rescale()
+    graph_ = model.graph
+    graph_.node.remove(graph_.node[-1])  # the output is now q2, int8
+    graph_.output[0].CopyFrom(helper.make_tensor_value_info("q2", TensorProto.INT8, [256]))
+    stated = state_quantization(model)
+    assert stated == {"input": (1.0, -128), "output": (pytest.approx(1 / 255), -128)}
+    # The Q writes the graph output: kept, and nothing bypassed.
+    assert integer_form(model).identities_bypassed == 0

@@ -1067,29 +1067,67 @@ def test_a_cases_end_is_one_line(status, out, err, says):
 
 
 def test_an_int8_onnx_outputs_probability_is_dequantized_with_the_plans_scale(
-        tiny_onnx_models):
+        tiny_onnx_models, tmp_path):
     """The translated model's int8 output: with output_quantization the runner's top-1
     probability is (q - zero_point) * scale of ORT's raw output, computed here from a plain
     session; without it the class alone (ORT does not report an output's quantization)."""
+    import onnx
     import onnxruntime as ort
 
     runner = load_runner()
     model = tiny_onnx_models["tiny_cnn/onnx_int8_tflite"]
     images = synthetic_images(np.arange(6), 4)
-    scale, zero_point = 1 / 256, -128  # TFLite's int8 softmax output
+    stated = {p.key: json.loads(p.value) for p in onnx.load(str(model)).metadata_props}
+    in_scale, in_zero = stated["input_quantization"]
+    scale, zero_point = stated["output_quantization"]
+    assert (scale, zero_point) == (1 / 256, -128)  # TFLite's int8 softmax output
     plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     feed = plain.get_inputs()[0].name
-    raw = [plain.run(None, {feed: (image[None, ..., None].astype(np.int16) - 128)
-                            .astype(np.int8)})[0][0] for image in images]
+    raw = [plain.run(None, {feed: np.clip(np.rint(image[None, ..., None] / np.float32(in_scale))
+                                          + in_zero, -128, 127).astype(np.int8)})[0][0]
+           for image in images]
     with_scale = runner.top1(runner.OrtInterpreter(
-        model, 1, input_quantization=(1.0, -128), output_quantization=(scale, zero_point)),
-        images)
+        without_metadata(model, tmp_path), 1, input_quantization=(in_scale, in_zero),
+        output_quantization=(scale, zero_point)), images)
     assert [label for label, _ in with_scale] == [int(np.argmax(r)) for r in raw]
     for (label, probability), r in zip(with_scale, raw):
         assert probability == pytest.approx((int(r[label]) - zero_point) * scale, abs=1e-12)
-    without = runner.top1(runner.OrtInterpreter(model, 1, input_quantization=(1.0, -128)),
+    # The translated model states both sides in its metadata: the plan's are not needed.
+    assert runner.top1(runner.OrtInterpreter(model, 1), images) == with_scale
+    without = runner.top1(runner.OrtInterpreter(without_metadata(model, tmp_path), 1,
+                                                input_quantization=(in_scale, in_zero)),
                           images)
     assert without == [(label, None) for label, _ in with_scale]
+
+
+def without_metadata(model: Path, tmp_path: Path, **metadata: str) -> Path:
+    """A copy of `model` whose metadata is exactly `metadata` (none: an older build's)."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata)
+    path = tmp_path / f"{len(metadata)}_{model.name}"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_the_models_metadata_states_its_quantization_over_the_plans(tmp_path, onnx_models):
+    """Hand-made int8-input model (q = pixel - 128): with the metadata it needs no plan
+    quantization and a wrong one does not win; unreadable metadata is one line."""
+    runner = load_runner()
+    model = onnx_models["tiny_mlp/onnx_int8_tflite"]
+    images = synthetic_images(np.arange(10), 5)
+    expected = runner.predict(runner.OrtInterpreter(model, 1, input_quantization=(1.0, -128)),
+                              images)
+    stated = without_metadata(model, tmp_path, input_quantization="[1.0, -128]")
+    assert runner.predict(runner.OrtInterpreter(stated, 1), images) == expected
+    interpreter = runner.OrtInterpreter(stated, 1, input_quantization=(0.5, 3))
+    assert interpreter.get_input_details()[0]["quantization"] == (1.0, -128)
+    broken = without_metadata(model, tmp_path, input_quantization="1.0")
+    with pytest.raises(ValueError, match=r"^the model's metadata input_quantization is "
+                                         r"'1.0', not \[scale, zero_point\]: rebuild"):
+        runner.OrtInterpreter(broken, 1, input_quantization=(1.0, -128))
 
 
 def test_a_models_memory_is_what_loading_it_added_and_the_peak_is_getrusages(tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline import load_runner
-from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel, open_model,
-                               open_model_content)
+from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel,
+                                    UnsupportedModelError, open_model,
+                                    open_model_content)
 from tests.conftest import REPO, synthetic_images
 
 
@@ -277,6 +278,40 @@ def test_an_integer_onnx_input_without_its_quantization_is_named(tmp_path):
     with pytest.raises(ValueError, match="pixels: an integer graph input with no per-tensor "
                                          "DequantizeLinear"):
         open_model(path)
+
+
+def cast_model(tmp_path, **metadata):
+    """int8 pixels -> Cast -> float: no DequantizeLinear states the input's quantization."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["y"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.INT8, [1, 28, 28, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 28, 28, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, metadata)
+    path = tmp_path / "m_onnx_int8.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_an_integer_onnx_inputs_quantization_from_its_metadata(tmp_path, images):
+    """The metadata states it where no DequantizeLinear does: the runner's quantize of the
+    pixels with that scale and zero point, which the Cast hands back as floats."""
+    model = open_model(cast_model(tmp_path, input_quantization="[0.5, -100]"))
+    contract = model.io_contract()["input"]
+    assert (contract["scale"], contract["zero_point"]) == (0.5, -100)
+    expected = np.clip(np.rint(images[:2] / np.float32(0.5)) - 100, -128, 127)
+    assert np.array_equal(model.probabilities(images[:2], 1)[..., 0], expected)
+
+
+def test_unreadable_quantization_metadata_is_one_line_naming_the_file(tmp_path):
+    path = cast_model(tmp_path, input_quantization="0.5")
+    with pytest.raises(UnsupportedModelError) as caught:
+        open_model(path)
+    assert str(caught.value) == (f"{path}: the model's metadata input_quantization is '0.5', "
+                                 "not [scale, zero_point]: rebuild the model")
 
 
 def test_onnx_threads_float_tensors_and_ops(tiny_onnx_models, images):

@@ -212,10 +212,20 @@ def onnx_quantization(graph: Any, name: str, side: str) -> tuple[float, int] | N
     return None
 
 
-def onnx_detail(graph: Any, value: Any, side: str) -> dict[str, Any]:
+def onnx_metadata(model: Any) -> dict[str, str]:
+    """A ModelProto's metadata_props as a mapping (what onnxruntime's custom_metadata_map
+    gives the runner)."""
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def onnx_detail(graph: Any, value: Any, side: str,
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """A graph input or output described as LiteRT describes a tensor (name, dtype, shape,
     quantization), so the runner's quantize and this module's dequantize take it as is. A
-    symbolic dimension reads -1, as in LiteRT's shape_signature."""
+    symbolic dimension reads -1, as in LiteRT's shape_signature. An integer tensor's
+    quantization is what the model's `metadata` states (the runner's
+    QUANTIZATION_METADATA), else that of the Dequantize/QuantizeLinear beside it (a model
+    built before the metadata)."""
     from onnx import helper
 
     tensor = value.type.tensor_type
@@ -223,7 +233,8 @@ def onnx_detail(graph: Any, value: Any, side: str) -> dict[str, Any]:
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     quantization = (0.0, 0)  # LiteRT's "not quantized"
     if np.issubdtype(dtype, np.integer):
-        found = onnx_quantization(graph, value.name, side)
+        found = load_runner().metadata_quantization(metadata or {}, side) or \
+            onnx_quantization(graph, value.name, side)
         if found is None:
             raise UnsupportedModelError(
                 f"{value.name}: an integer graph {side} with no per-tensor "
@@ -277,8 +288,14 @@ class OnnxRuntimeModel:
         self.path = None if path is None else Path(path)
         self._proto = onnx.load(str(path)) if path is not None else onnx.load_from_string(content)
         graph = self._proto.graph
-        self._input = onnx_detail(graph, graph.input[0], "input")
-        self._output = onnx_detail(graph, graph.output[0], "output")
+        metadata = onnx_metadata(self._proto)
+        try:
+            self._input = onnx_detail(graph, graph.input[0], "input", metadata)
+            self._output = onnx_detail(graph, graph.output[0], "output", metadata)
+        except ValueError as exc:  # unreadable metadata: one line naming the file
+            if isinstance(exc, UnsupportedModelError):
+                raise
+            raise UnsupportedModelError(f"{self.path or 'the model'}: {exc}") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ORT's default, one per core
         # Warnings only (e.g. an unused initializer); errors still raise.

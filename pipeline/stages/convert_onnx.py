@@ -29,7 +29,8 @@ import numpy as np
 
 from pipeline import PipelineError
 from pipeline.stages.calibration import representative_indices
-from pipeline.stages.onnx_graph import RewriteSummary, integer_form
+from pipeline.stages.onnx_graph import (RewriteSummary, integer_form,
+                                         state_quantization)
 from pipeline.core.console import native_output_hidden, quiet_third_party, verbose_requested
 from pipeline.core.files import write_bytes
 from pipeline.core.layout import CARD_JSON, CARD_MD
@@ -261,6 +262,7 @@ def translate_tflite(tflite_path: Path, integer: bool = True) -> bytes:
         for dim, size in zip(dims, shape):
             if dim.HasField("dim_param"):
                 dim.dim_value = size  # clears dim_param (a oneof)
+    state_quantization(model)  # the contract, before the integer rewrite moves its nodes
     onnx.checker.check_model(model)
     content = canonical(model)
     return rewrite_integer(content)[0] if integer else content

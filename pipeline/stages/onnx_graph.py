@@ -23,10 +23,11 @@ Conv and a Gemm in float and dequantized their int8 weights on every run):
 - DequantizeLinear -> an elementwise op with a constant scalar -> QuantizeLinear that maps
   every int8 value to itself (the Rescaling layer's x/255 between ORT's input QuantizeLinear
   at scale 1 and the next at scale 1/255; an Add of 0): ORT runs the op in float on every
-  run, so the three are bypassed (not after a graph input's DQ, which states the input's
-  quantization). Checked on all 256 values in float32, each at least a
+  run, so the three are bypassed. Checked on all 256 values in float32, each at least a
   quarter step from a rounding boundary, so the result does not depend on how a kernel
-  orders the arithmetic.
+  orders the arithmetic. After a graph input's DQ only when the model's metadata states the
+  input's quantization (`state_quantization`): the DQ left there has the next one's scale,
+  and a reader of an older model finds the input's quantization in that DQ.
 
 Each rewrite checks its precondition and leaves a node it does not recognise as it was;
 `RewriteSummary.left_in_float` names every Conv/Gemm/MatMul still outside the QDQ form. The
@@ -95,14 +96,44 @@ class _Graph:
         return value if value is not None and value.size == 1 else None
 
 
+def state_quantization(model: Any) -> dict[str, tuple[float, int]]:
+    """Write into `model`'s metadata (the runner's QUANTIZATION_METADATA keys) the
+    quantization of its integer input and output, read from the Dequantize/QuantizeLinear
+    beside them, before any rewrite moves those; returns what was stated per side."""
+    import json
+
+    from onnx import helper
+
+    from pipeline import load_runner
+    from pipeline.core.runtimes import onnx_quantization
+
+    keys = load_runner().QUANTIZATION_METADATA
+    stated = {}
+    for side, value in (("input", model.graph.input[0]), ("output", model.graph.output[0])):
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        found = onnx_quantization(model.graph, value.name, side) \
+            if np.issubdtype(dtype, np.integer) else None
+        if found is not None:
+            helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                           keys[side]: json.dumps(list(found))})
+            stated[side] = found
+    return stated
+
+
 def integer_form(model: Any) -> RewriteSummary:
     """Rewrite `model` (a ModelProto, in place) as described in the module docstring."""
+    from pipeline import load_runner
+
     summary = RewriteSummary()
+    stated = {p.key for p in model.metadata_props}
+    # Graph inputs whose quantization the metadata states: their DQ may be bypassed.
+    free_inputs = {model.graph.input[0].name} \
+        if load_runner().QUANTIZATION_METADATA["input"] in stated else set()
     summary.clamps_removed = _fold_clamps(model.graph)
     summary.gemms = _matmul_add_to_gemm(model)
     summary.requantized_layouts = _requantize_layouts(model.graph)
     summary.constants_dequantized = _dequantize_constants(model.graph)
-    summary.identities_bypassed = _bypass_identities(model.graph)
+    summary.identities_bypassed = _bypass_identities(model.graph, free_inputs)
     summary.left_in_float = _float_compute(_Graph(model.graph))
     return summary
 
@@ -263,7 +294,7 @@ _ARITHMETIC = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.
 _MARGIN = 0.25
 
 
-def _identity_chain(q2: Any, index: _Graph) -> tuple[Any, Any] | None:
+def _identity_chain(q2: Any, index: _Graph, free_inputs: set[str]) -> tuple[Any, Any] | None:
     """(DequantizeLinear, op) when DQ -> op(constant scalar) -> `q2` maps every value of the
     DQ's integer type to itself; None otherwise."""
     op = index.producer.get(q2.input[0])
@@ -273,10 +304,12 @@ def _identity_chain(q2: Any, index: _Graph) -> tuple[Any, Any] | None:
     if len(slots) != 1 or len(op.input) != 2:
         return None
     dq = index.producer.get(op.input[1 - slots[0]])
-    # A DQ of a graph input states the input's quantization (the contract a board feeds):
-    # bypassed, the next DQ's scale would read as the input's.
+    # A DQ of a graph input may state the input's quantization (the contract a board feeds)
+    # in a model whose metadata does not: bypassed, the next DQ's scale would read as the
+    # input's.
     if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or \
-            len(q2.input) < 3 or dq.input[0] in index.inputs:
+            len(q2.input) < 3 or (dq.input[0] in index.inputs and
+                                  dq.input[0] not in free_inputs):
         return None
     s1, z1 = index.scalar(dq.input[1]), index.scalar(dq.input[2])
     s2, z2 = index.scalar(q2.input[1]), index.scalar(q2.input[2])
@@ -297,13 +330,14 @@ def _identity_chain(q2: Any, index: _Graph) -> tuple[Any, Any] | None:
     return (dq, op) if np.array_equal(out, values) else None
 
 
-def _bypass_identities(graph: Any) -> int:
+def _bypass_identities(graph: Any, free_inputs: set[str]) -> int:
     bypassed = 0
     while True:  # a bypass can line up the next chain (the rescale's Mul, then its Add of 0)
         index = _Graph(graph)
         found = next(((q2, chain) for q2 in graph.node if q2.op_type == "QuantizeLinear"
                       and q2.output[0] not in index.outputs
-                      and (chain := _identity_chain(q2, index)) is not None), None)
+                      and (chain := _identity_chain(q2, index, free_inputs)) is not None),
+                     None)
         if found is None:
             return bypassed
         q2, (dq, op) = found
