@@ -212,3 +212,89 @@ def test_the_json_names_the_images_and_the_nodes_kept(tmp_path):
     assert json.loads((tmp_path / "layers_onnx.json").read_text()) == {
         "build": "b", "test_indices": [3, 1, 4], "float_nodes": kept, "rows": ROWS}
     assert (tmp_path / "layers_onnx.md").read_text() == render_markdown("b", ROWS, 3, kept)
+
+
+def qdq_graphs():
+    """A float graph and a hand-made int8 graph with every case quantized_activations must
+    tell apart (nothing is run: only the graph is read)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    def const(name, value):
+        return numpy_helper.from_array(np.array(value), name)
+
+    float_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="relu_a"),
+         helper.make_node("Relu", ["a"], ["b"], name="relu_b"),
+         helper.make_node("Relu", ["b"], ["c"], name="relu_c"),
+         helper.make_node("Relu", ["c"], ["d_QuantizeLinear_Input"], name="relu_d")],
+        "f", [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1])
+              for name in ("x", "w")], [])  # w: a constant of the int8 graph
+    n = helper.make_node
+    int8_graph = helper.make_graph([
+        # 1. no DequantizeLinear undoes it (another scale): skipped, the next still found
+        n("QuantizeLinear", ["x", "s1", "z0"], ["xq"], name="qx"),
+        n("DequantizeLinear", ["xq", "s2", "z0"], ["xdq"]),
+        # 2. a constant (a weight): skipped
+        n("QuantizeLinear", ["w", "s1", "z0"], ["wq"]),
+        n("DequantizeLinear", ["wq", "s1", "z0"], ["wdq"]),
+        # 3. no zero point (2 inputs), per-channel scale, per-channel zero point: skipped
+        n("QuantizeLinear", ["a", "s1"], ["aq2"]),
+        n("DequantizeLinear", ["aq2", "s1"], ["adq2"]),
+        n("QuantizeLinear", ["a", "sv", "z0"], ["aqv"]),
+        n("DequantizeLinear", ["aqv", "sv", "z0"], ["adqv"]),
+        n("QuantizeLinear", ["a", "s1", "zv"], ["aqz"]),
+        n("DequantizeLinear", ["aqz", "s1", "zv"], ["adqz"]),
+        # 4. a tensor the float graph lacks: skipped, the next still found
+        n("QuantizeLinear", ["only_int8", "s1", "z0"], ["oq"]),
+        n("DequantizeLinear", ["oq", "s1", "z0"], ["odq"]),
+        # 5. found: made by node "relu_b"; ORT's renamed graph output; a float tensor whose
+        #    own name ends like a renamed one
+        n("Relu", ["a"], ["b"], name="relu_b"),
+        n("QuantizeLinear", ["b", "s2", "z5"], ["bq"]),
+        n("DequantizeLinear", ["bq", "s2", "z5"], ["bdq"]),
+        n("QuantizeLinear", ["c_QuantizeLinear_Input", "s1", "z0"], ["cq"]),
+        n("DequantizeLinear", ["cq", "s1", "z0"], ["cdq"]),
+        n("QuantizeLinear", ["d_QuantizeLinear_Input", "s1", "z0"], ["dq_"]),
+        n("DequantizeLinear", ["dq_", "s1", "z0"], ["ddq"]),
+    ], "q", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [],
+        initializer=[const("s1", np.float32(0.5)), const("s2", np.float32(0.25)),
+                     const("z0", np.int8(0)), const("z5", np.int8(-5)),
+                     const("sv", np.float32([0.5, 0.5])), const("zv", np.int8([0, 0])),
+                     const("w", np.float32([1.0]))])
+    return helper.make_model(float_graph), helper.make_model(int8_graph)
+
+
+def test_only_activations_a_same_scale_dequantize_undoes_are_matched():
+    float_model, int8_model = qdq_graphs()
+    assert quantized_activations(float_model, int8_model) == [
+        {"tensor": "b", "dequantized": "bdq", "op": "Relu", "node": "relu_b", "scale": 0.25,
+         "zero_point": -5},
+        {"tensor": "c", "dequantized": "cdq", "op": "Relu", "node": "", "scale": 0.5,
+         "zero_point": 0},
+        {"tensor": "d_QuantizeLinear_Input", "dequantized": "ddq", "op": "Relu", "node": "",
+         "scale": 0.5, "zero_point": 0}]
+
+
+def test_a_graph_input_is_matched_as_input():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    float_model, _ = qdq_graphs()
+    int8 = helper.make_model(helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"])], "q",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [],
+        initializer=[numpy_helper.from_array(np.array(np.float32(1 / 255)), "s"),
+                     numpy_helper.from_array(np.array(np.int8(-128)), "z")]))
+    [found] = quantized_activations(float_model, int8)
+    assert (found["tensor"], found["op"], found["zero_point"]) == ("x", "input", -128)
+    assert found["scale"] == pytest.approx(1 / 255, rel=1e-7)
+
+
+def test_the_pages_link_and_the_jsons_layout(tmp_path):
+    page = render_markdown("b", [], 3, [{"op": "Gemm", "node": "g"}])
+    # No rows: no worst line, the float line right after the intro's link to the values.
+    assert "Values: [layers_onnx.json](layers_onnx.json).\n\nKept in float" in page
+    write_reports("b", ROWS, [0], tmp_path)
+    assert (tmp_path / "layers_onnx.json").read_text().startswith('{\n  "build": "b",\n  "')
