@@ -10,7 +10,7 @@ import pytest
 from pipeline import load_runner
 from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel,
                                     UnsupportedModelError, open_model,
-                                    open_model_content)
+                                    open_model_content, rebuild_hint)
 from tests.conftest import REPO, synthetic_images
 
 
@@ -359,3 +359,69 @@ def test_opening_a_tflite_model_prints_nothing_unless_verbose(tiny_models, mode)
         assert done.stdout + done.stderr == ""
     else:  # the check can see the notice at all
         assert notice in done.stdout + done.stderr
+
+
+# --- the seam's edges on hand-made inputs -------------------------------------------------
+
+
+def hand_made_onnx() -> bytes:
+    """x (batch N symbolic) -> Relu -> Reshape(s) -> Clip(no min, max 6); u (no shape) ->
+    Relu: a symbolic dimension, a tensor of unknown shape, an omitted optional input and a
+    scalar constant, as ONNX writes them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["u"], ["v"]),
+         helper.make_node("Reshape", ["y", "s"], ["r"]),
+         helper.make_node("Clip", ["r", "", "max"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array(6.0, np.float32), "max")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_onnx_ops_give_unknown_dimensions_as_minus_1_and_unknown_shapes_as_none():
+    model = open_model_content(hand_made_onnx(), "onnx")
+    assert model.ops() == [
+        {"op": "Relu", "inputs": [(-1, 4)], "outputs": [(-1, 4)]},
+        {"op": "Relu", "inputs": [None], "outputs": [None]},
+        {"op": "Reshape", "inputs": [(-1, 4), (2,)], "outputs": [(-1, -1)]},
+        {"op": "Clip", "inputs": [(-1, -1), None, ()], "outputs": [(-1, -1)]}]
+    assert model.float_tensors() == dict.fromkeys(["max", "x", "u", "y", "v", "r", "z"],
+                                                  "float32")
+
+
+def test_threads_reach_onnx_runtimes_session_and_none_is_its_default():
+    assert open_model_content(hand_made_onnx(), "onnx", threads=3).session \
+        .get_session_options().intra_op_num_threads == 3
+    assert open_model_content(hand_made_onnx(), "onnx").session \
+        .get_session_options().intra_op_num_threads == 0
+
+
+@pytest.mark.parametrize("backend", [LiteRTModel, OnnxRuntimeModel])
+def test_a_backend_takes_exactly_one_of_path_and_content(backend, tiny_models,
+                                                         tiny_onnx_models):
+    path = (tiny_models["tiny_mlp/int8"] if backend is LiteRTModel
+            else tiny_onnx_models["tiny_mlp/onnx_int8"])
+    for kwargs in ({}, {"path": path, "content": path.read_bytes()}):
+        with pytest.raises(ValueError, match="^give exactly one of path and content$"):
+            backend(**kwargs)
+    assert backend(path=str(path)).path == path  # a str is taken as a Path
+    assert backend(content=path.read_bytes()).path is None
+
+
+def test_an_integer_tensors_contract_says_how_to_read_it(tiny_models):
+    contract = open_model(tiny_models["tiny_mlp/int8"]).io_contract()
+    assert contract["output"]["real_value"] == "(q - zero_point) * scale"
+    assert "real_value" not in open_model(tiny_models["tiny_mlp/float32"]).io_contract()["output"]
+
+
+def test_a_file_whose_name_no_task_writes_gets_the_general_hint(tmp_path):
+    assert rebuild_hint(tmp_path / "mine.tflite") == \
+        "rebuild it with the task that wrote it (`doit list` names them)"
+    assert rebuild_hint(tmp_path / "b_onnx_int8_tflite.onnx") == \
+        "rebuild it with `doit forget translate_onnx:b && doit translate_onnx:b`"
