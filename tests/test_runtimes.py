@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import load_runner
 from pipeline.core.runtimes import (BACKENDS, LiteRTModel, OnnxRuntimeModel,
-                                    UnsupportedModelError, open_model,
+                                    UnsupportedModelError, onnx_quantization, open_model,
                                     open_model_content, rebuild_hint)
 from tests.conftest import REPO, synthetic_images
 
@@ -425,3 +425,79 @@ def test_a_file_whose_name_no_task_writes_gets_the_general_hint(tmp_path):
         "rebuild it with the task that wrote it (`doit list` names them)"
     assert rebuild_hint(tmp_path / "b_onnx_int8_tflite.onnx") == \
         "rebuild it with `doit forget translate_onnx:b && doit translate_onnx:b`"
+
+
+def quantization_graph(nodes, initializers):
+    from onnx import TensorProto, helper, numpy_helper
+
+    return helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT8, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [1])],
+        initializer=[numpy_helper.from_array(np.array(v), k) for k, v in initializers.items()])
+
+
+SCALARS = {"s": np.float32(0.5), "z": np.int8(-3), "s1": np.float32([0.25]),
+           "z1": np.int8([7]), "sv": np.float32([0.5, 0.25]), "zv": np.int8([0, 0])}
+
+
+def test_an_inputs_quantization_is_its_dequantizelinears_through_layout_ops():
+    from onnx import helper
+
+    n = helper.make_node
+    chain = [n("Reshape", ["x", "shape"], ["a"]), n("Transpose", ["a"], ["b"]),
+             n("DequantizeLinear", ["b", "s", "z"], ["c"]), n("Relu", ["c"], ["d"]),
+             n("QuantizeLinear", ["d", "s1", "z1"], ["e"]), n("Identity", ["e"], ["y"])]
+    graph = quantization_graph(chain, SCALARS)
+    assert onnx_quantization(graph, "x", "input") == (0.5, -3)
+    # An output's is the QuantizeLinear that writes it, back through layout ops; a
+    # one-element (1,) scale and zero point are per-tensor too.
+    assert onnx_quantization(graph, "y", "output") == (0.25, 7)
+    # Not through any other op.
+    assert onnx_quantization(graph, "d", "input") is None
+    assert onnx_quantization(graph, "c", "output") is None
+
+
+@pytest.mark.parametrize("dq, why", [
+    (["b", "sv", "zv"], "per channel"),
+    (["b", "s"], "no zero point"),
+    (["b", "scale_made_at_run_time", "z"], "a scale no initializer holds"),
+])
+def test_an_input_without_a_per_tensor_dequantizelinear_has_none(dq, why):
+    from onnx import helper
+
+    n = helper.make_node
+    graph = quantization_graph([n("Identity", ["x"], ["b"]), n("DequantizeLinear", dq, ["y"])],
+                               SCALARS)
+    assert onnx_quantization(graph, "x", "input") is None, why
+
+
+def test_an_input_read_twice_or_never_and_an_output_nobody_writes_have_none():
+    from onnx import helper
+
+    n = helper.make_node
+    twice = quantization_graph([n("DequantizeLinear", ["x", "s", "z"], ["a"]),
+                                n("DequantizeLinear", ["x", "s", "z"], ["y"])], SCALARS)
+    assert onnx_quantization(twice, "x", "input") is None
+    assert onnx_quantization(twice, "unread", "input") is None
+    assert onnx_quantization(twice, "nobody_writes", "output") is None
+    # A loop of layout ops ends (each tensor is visited once).
+    loop = quantization_graph([n("Identity", ["x"], ["a"]), n("Identity", ["a"], ["x"])],
+                              SCALARS)
+    assert onnx_quantization(loop, "x", "input") is None
+    assert onnx_quantization(loop, "x", "output") is None
+
+
+def test_a_symbolic_batch_runs_batch_size_images_at_a_time():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx_model = open_model_content(model.SerializeToString(), "onnx")
+    images = np.array([[-1, 2, 0, 1], [3, -4, 5, 0], [0, 0, 1, 0], [1, 1, 1, 9]], np.float32)
+    assert onnx_model.predict(images, 2).ravel().tolist() == [1, 2, 2, 3]
+    with pytest.raises(ValueError):
+        onnx_model.predict(images, 3)  # 4 images are no whole number of batches of 3
