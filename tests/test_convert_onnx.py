@@ -578,22 +578,16 @@ def test_an_onnx_model_with_a_float_input_is_refused_naming_both_contracts(
 
 
 def with_output_zero_point(content: bytes, delta: int) -> bytes:
-    """The translated model with the zero point of the QuantizeLinear that makes its output
-    moved by `delta` (a new initializer: the old one may be shared)."""
+    """The translated model with the output zero point it states (its output_quantization
+    metadata, which wins over its QuantizeLinear's) moved by `delta`."""
+    import json
+
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load_from_string(content)
-    producer = {out: n for n in model.graph.node for out in n.output}
-    node = producer[model.graph.output[0].name]
-    while node.op_type != "QuantizeLinear":
-        node = producer[node.input[0]]
-    initializers = {t.name: t for t in model.graph.initializer}
-    zero_point = numpy_helper.to_array(initializers[node.input[2]])
-    moved = numpy_helper.from_array((zero_point.astype(np.int32) + delta).astype(np.int8),
-                                    "moved_output_zero_point")
-    model.graph.initializer.append(moved)
-    node.input[2] = moved.name
+    [prop] = [p for p in model.metadata_props if p.key == "output_quantization"]
+    scale, zero_point = json.loads(prop.value)
+    prop.value = json.dumps([scale, zero_point + delta])
     return model.SerializeToString()
 
 
