@@ -48,12 +48,19 @@ def test_a_modules_configuration_mutates_it_alone_with_its_tests_and_keeps_the_r
 
 def test_a_modules_own_settings_are_mutmuts():
     fields = {"timeout_constant", "timeout_multiplier", "process_isolation",
-              "forkserver_warmup"}
+              "forkserver_warmup", "preload_modules_file"}
     for module, own in PYPROJECT["tool"].get("mutation_settings", {}).items():
         assert module in PYPROJECT["tool"]["mutation_tests"]
         assert set(own) <= fields, set(own) - fields
         # mutmut 3.8's values (mutmut is not among the test dependencies)
         assert own.get("process_isolation", "fork") in ("fork", "forkserver")
+        assert own.get("forkserver_warmup", "collect") in ("collect", "import", "none")
+        if "preload_modules_file" in own:  # each line a module this venv imports
+            import importlib.util
+
+            lines = (REPO / own["preload_modules_file"]).read_text().splitlines()
+            for name in (n.strip() for n in lines if n.strip() and not n.startswith("#")):
+                assert importlib.util.find_spec(name.split(".")[0]), name
 
 
 def test_counts_take_untested_mutants_as_survivors_and_timeouts_as_killed():
