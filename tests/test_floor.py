@@ -242,6 +242,29 @@ def test_depthwise_strided_and_onnx_convolutions_match_the_hand_count(tmp_path):
     assert floor.count_macs(onnx_path) == hand // 2
 
 
+def test_a_hand_built_onnx_depthwise_strided_network_matches_the_hand_count(tmp_path):
+    """The depthwise network of the test above written as ONNX by hand (no converter): a Conv
+    with group 3 (depth multiplier 2), a strided padded Conv and a Gemm, at a fixed batch of 2."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name) for name, shape in
+               (("dw", (6, 1, 3, 3)), ("cw", (4, 6, 3, 3)), ("fw", (80, 7)))]
+    shape = numpy_helper.from_array(np.array([2, 80], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "dw"], ["a"], group=3),                  # 2x6x8x10
+         helper.make_node("Conv", ["a", "cw"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Reshape", ["b", "shape"], ["c"]),                       # 2x4x4x5
+         helper.make_node("Gemm", ["c", "fw"], ["y"])], "dw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 10, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 7])], [*weights, shape])
+    path = tmp_path / "dw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert floor.count_macs(path) == 2 * ((6 * 8 * 10) * (1 * 3 * 3) + (4 * 4 * 5) * (6 * 3 * 3)
+                                          + 80 * 7) == 18_400
+
+
 def test_a_transposed_gemm_input_reduces_over_its_first_axis(tmp_path):
     import numpy as np
     import onnx

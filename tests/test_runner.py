@@ -705,6 +705,7 @@ class CountingInterpreter(BusyInterpreter):
 
 def test_each_model_of_a_pair_is_invoked_as_counted_by_hand(tmp_path):
     """1 first invoke + 4 warm-up + 3 pilot + 6 rounds x ceil(12 / 6) timed: 20 each."""
+    CountingInterpreter.invokes = {}  # only this test's models
     result = load_runner().run_case(
         tmp_path / "20us_new.tflite", 1, 4, 12, None, None, CountingInterpreter,
         reference=tmp_path / "10us_old.tflite",
