@@ -37,6 +37,7 @@ def test_count_macs_matches_the_hand_count(tiny_models, tiny_onnx_models):
     for key, path in {**tiny_models, **tiny_onnx_models}.items():  # .tflite and ONNX
         assert floor.count_macs(path) == (CNN_MACS if key.startswith("tiny_cnn/")
                                           else MLP_MACS), key
+        assert type(floor.count_macs(path)) is int, key  # a count, not a float
     assert floor.GEMM_MACS == 64 * 1024 * 1024  # the boards' GEMM: 67 M MACs, as docs/k1.md says
 
 
@@ -263,6 +264,60 @@ def test_a_hand_built_onnx_depthwise_strided_network_matches_the_hand_count(tmp_
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert floor.count_macs(path) == 2 * ((6 * 8 * 10) * (1 * 3 * 3) + (4 * 4 * 5) * (6 * 3 * 3)
                                           + 80 * 7) == 18_400
+
+
+def _save_graph(path, nodes, inputs, outputs, initializers, value_info=()):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers,
+                              value_info=list(value_info))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_free_batch_axis_counts_one_sample(tmp_path):
+    """The network above with its batch axis free ('N', as exporters write it): one sample's
+    9,200 MACs, an int."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name) for name, shape in
+               (("dw", (6, 1, 3, 3)), ("cw", (4, 6, 3, 3)), ("fw", (80, 7)))]
+    path = _save_graph(tmp_path / "free.onnx", [
+        helper.make_node("Conv", ["x", "dw"], ["a"], group=3),
+        helper.make_node("Conv", ["a", "cw"], ["b"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["b"], ["c"]),
+        helper.make_node("Gemm", ["c", "fw"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])], weights)
+    macs = floor.count_macs(path)
+    assert macs == 9_200 and type(macs) is int
+
+
+def test_gemm_transb_batched_matmul_and_an_unknown_input_by_hand(tmp_path):
+    """Gemm with transB (A 3x5, B 4x5 transposed: 3 x 4 outputs, 5 MACs each, not 3); a
+    batched MatMul (2x3x5 @ 5x4: the reduced axis is the last, 5, not 3); a MatMul whose
+    input shape is unknown is skipped and the nodes after it still count."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    ones = lambda name, *shape: numpy_helper.from_array(np.ones(shape, np.float32), name)
+    path = _save_graph(tmp_path / "g.onnx", [
+        helper.make_node("Gemm", ["A", "B"], ["Y"], transB=1),
+        helper.make_node("MatMul", ["P", "C"], ["Q"]),
+        helper.make_node("MatMul", ["U", "D"], ["V"]),      # U: no shape known
+        helper.make_node("MatMul", ["V", "E"], ["W"])],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [3, 5]),
+         helper.make_tensor_value_info("P", TensorProto.FLOAT, [2, 3, 5]),
+         helper.make_tensor_value_info("U", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 4]),
+         helper.make_tensor_value_info("Q", TensorProto.FLOAT, [2, 3, 4]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, [3, 6])],
+        [ones("B", 4, 5), ones("C", 5, 4), ones("D", 8, 4), ones("E", 4, 6)],
+        [helper.make_tensor_value_info("V", TensorProto.FLOAT, [3, 4])])
+    macs = floor.count_macs(path)
+    assert macs == 3 * 4 * 5 + 2 * 3 * 4 * 5 + 3 * 6 * 4 and type(macs) is int
 
 
 def test_a_transposed_gemm_input_reduces_over_its_first_axis(tmp_path):

@@ -685,13 +685,19 @@ class CountingInterpreter(BusyInterpreter):
     """A BusyInterpreter that counts its invokes per file name, and whose input is int8 with a
     scale and zero point when its name says so ('<µs>us_q_<scale>_<zero point>_<name>')."""
     invokes: dict = {}
+    threads: dict = {}
+    inputs: dict = {}  # name -> (index, value) of its last set_tensor
 
     def __init__(self, model_path, num_threads):
         super().__init__(model_path, num_threads)
         self.name = Path(model_path).name
         type(self).invokes[self.name] = 0
+        type(self).threads[self.name] = num_threads
         parts = self.name.split("_")
         self.quantization = (float(parts[2]), int(parts[3])) if parts[1] == "q" else (0, 0)
+
+    def set_tensor(self, index, value):
+        type(self).inputs[self.name] = (index, value)
 
     def get_input_details(self):
         dtype = np.int8 if self.quantization[0] else np.float32
@@ -707,10 +713,15 @@ def test_each_model_of_a_pair_is_invoked_as_counted_by_hand(tmp_path):
     """1 first invoke + 4 warm-up + 3 pilot + 6 rounds x ceil(12 / 6) timed: 20 each."""
     CountingInterpreter.invokes = {}  # only this test's models
     result = load_runner().run_case(
-        tmp_path / "20us_new.tflite", 1, 4, 12, None, None, CountingInterpreter,
+        tmp_path / "20us_new.tflite", 2, 4, 12, None, None, CountingInterpreter,
         reference=tmp_path / "10us_old.tflite",
         pairing={"min_rounds": 6, "min_seconds": 0.0, "seed": 1})
     assert CountingInterpreter.invokes == {"20us_new.tflite": 20, "10us_old.tflite": 20}
+    # both at the case's thread count, both given the same first input (zeros: no samples)
+    assert CountingInterpreter.threads["10us_old.tflite"] == 2 == result["threads"]
+    (index, given), (_, own) = (CountingInterpreter.inputs["10us_old.tflite"],
+                                CountingInterpreter.inputs["20us_new.tflite"])
+    assert index == 0 and given is own and given.tolist() == [[0.0, 0.0]]
     assert (result["runs"], result["warmup"], result["pair"]["round_invokes"]) == (12, 4, 2)
     assert result["pair"]["pilot_us"] >= 10  # the median of 3 + 3 invokes of 10 and 20 µs
 
@@ -725,6 +736,10 @@ def test_a_reference_with_another_input_quantization_is_not_compared(tmp_path):
         "reference not compared: reference 10us_q_0.25_-1_old.tflite takes [1, 2] int8 "
         "(scale 0.25, zero point -1), this model [1, 2] int8 (scale 0.333333, zero point 3)")
     assert "pair" not in result and result["runs"] == 4
+    wide = run_case(tmp_path / "20us_new.tflite", 1, 0, 4, None, None, CountingInterpreter,
+                    reference=tmp_path / "10us_wide_old.tflite", pairing=pairing)
+    assert wide["pair_skipped"] == ("reference not compared: reference 10us_wide_old.tflite "
+                                    "takes [1, 4] float32, this model [1, 2] float32")
     same = run_case(tmp_path / "20us_q_0.25_-1_new.tflite", 1, 0, 4, None, None,
                     CountingInterpreter, reference=tmp_path / "10us_q_0.25_-1_old.tflite",
                     pairing=pairing)
