@@ -78,7 +78,7 @@ def main() -> None:
         env["PIPELINE_PARAMS"] = "params/smoke.toml"
     doit = [sys.executable, "-m", "doit"]
     with tempfile.TemporaryDirectory() as tmp:
-        project = copy_project(Path(tmp) / "project")
+        project = copy_project(Path(tmp) / "project", quick_board=False)
         cold, _ = timed(doit, project, env)
         bare_dir = Path(tmp) / "bare"
         bare_dir.mkdir()
@@ -140,7 +140,7 @@ def many_builds(repeats: int, counts: tuple[int, ...] = (100, 300, 1000)) -> lis
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        project = copy_project(Path(tmp) / "project")
+        project = copy_project(Path(tmp) / "project", quick_board=False)
         smoke = (project / "params" / "smoke.toml").read_text()
         head = smoke + "\n"  # the preset has no [[builds]] of its own (the defaults)
         previous = None

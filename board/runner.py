@@ -18,7 +18,8 @@ plan.json (written by the host, file names relative to it):
       which ONNX Runtime does not expose; an integer output's "output_quantization"; the
       model's own metadata, QUANTIZATION_METADATA, wins over them),
      "threads": [1, 4], "warmup": 10, "runs": 100, "cpus": [0, 1, 2, 3],
-     "case_timeout_s": 120, "deadline_s": 900, "min_rounds": 20, "min_seconds": 1.0}
+     "case_timeout_s": 120, "deadline_s": 900, "min_rounds": 20, "min_seconds": 1.0,
+     "peak_seconds": 1.0}
     (a model entry may name a "reference": {"file": ..., "sha256": ...}: the model it is timed
      side by side with, interleaved in rounds until min_rounds and min_seconds per model; its
      result then has "pair" with each round's median per model. A reference that is absent or
@@ -723,8 +724,9 @@ def run_plan(plan_path: Path, runtimes: dict) -> dict:
             argv = [sys.executable, os.path.abspath(__file__), "--case",
                     str(plan_path.parent / entry["file"]), "--threads", str(threads),
                     "--parent-pid", str(os.getpid())]
-            if kind == "peak":  # the best invoke over at least a second of timing
-                argv += ["--warmup", "3", "--runs", "20", "--min-seconds", "1"]
+            if kind == "peak":  # the best invoke over at least peak_seconds of timing
+                argv += ["--warmup", "3", "--runs", "20",
+                         "--min-seconds", str(plan.get("peak_seconds", 1.0))]
             else:
                 argv += ["--warmup", str(plan["warmup"]), "--runs", str(plan["runs"])]
             if entry.get("samples"):

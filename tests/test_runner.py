@@ -16,17 +16,18 @@ import pytest
 
 from pipeline import load_runner
 from pipeline import RUNNER
-from pipeline.bench.plan import stage_plan
+from pipeline.bench.plan import plan_deadline_s, stage_plan
 from pipeline.core.boards import Board
 from tests.conftest import synthetic_images, wait_for
 
 
 def make_plan(directory: Path, models: dict, threads=(1,), runs=20, cpus=(), peak=None,
-              **overrides) -> Path:
+              peak_seconds=0.3, **overrides) -> Path:
     """The host's own plan (stage_plan), with optional overrides of its JSON."""
     labels = np.arange(12) % 10
     samples = {key.split("/")[0]: (synthetic_images(labels, 0), labels) for key in models}
-    board = Board(name="t", threads=tuple(threads), warmup=3, runs=runs, cpus=tuple(cpus))
+    board = Board(name="t", threads=tuple(threads), warmup=3, runs=runs, cpus=tuple(cpus),
+                  peak_seconds=peak_seconds)
     plan_path = stage_plan(models, samples, board, directory, peak)
     if overrides:
         plan = json.loads(plan_path.read_text())
@@ -51,8 +52,16 @@ def test_runner_times_every_model_thread_count_and_peak(tmp_path, tiny_models, p
     assert len(doc["results"]) == len(tiny_models) * 2
     assert {(p["variant"], p["threads"]) for p in doc["peak"]} == {
         (v, t) for v in peak_models for t in (1, 2)}
-    for p in doc["peak"]:  # a best-of over at least a second, not one busy moment
-        assert p["runs"] * p["mean_us"] >= 0.9e6 or p["runs"] == 2000
+    # A best-of over at least the board's peak_seconds (not one busy moment), or the cap of
+    # 100 x 20 runs; the plan gives each peak case that much more time.
+    written = json.loads(plan.read_text())
+    assert written["peak_seconds"] == 0.3
+    cases = (len(tiny_models) + len(peak_models)) * 2
+    case_s, deadline_s = plan_deadline_s(cases, 3, 20, 12)
+    assert (written["case_timeout_s"], written["deadline_s"]) == pytest.approx(
+        (case_s + 0.3, deadline_s + 0.3 * len(peak_models) * 2))
+    for p in doc["peak"]:
+        assert p["runs"] * p["mean_us"] >= 0.3e6 * (1 - 1e-9) or p["runs"] == 2000
     for r in doc["results"]:
         assert r["runs"] == 20 and r["samples"] == 12
         assert 0 < r["min_us"] <= r["p10_us"] <= r["p50_us"] <= r["p90_us"] <= r["p99_us"] \

@@ -107,10 +107,14 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
         pair_s = 2 * (board.warmup + board.runs) * INVOKE_S + 4 * board.min_seconds
         case_timeout += pair_s
         deadline += pair_s * len(board.threads) * len(references)
+    if peak_entries:  # a peak case times for at least peak_seconds
+        case_timeout += board.peak_seconds
+        deadline += board.peak_seconds * len(board.threads) * len(peak_entries)
     plan = {"models": entries, "peak": peak_entries, "threads": list(board.threads),
             "warmup": board.warmup, "runs": board.runs, "cpus": list(board.cpus),
             "case_timeout_s": case_timeout, "deadline_s": deadline,
-            "min_rounds": board.min_rounds, "min_seconds": board.min_seconds}
+            "min_rounds": board.min_rounds, "min_seconds": board.min_seconds,
+            "peak_seconds": board.peak_seconds}
     write_json(stage_dir / PLAN_JSON, plan)
     return stage_dir / PLAN_JSON
 

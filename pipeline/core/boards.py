@@ -43,6 +43,10 @@ class Board:
                             low=5)
     min_seconds: float = param(0.5, "Seconds of timed invokes per model of such a case, at "
                                "least.", low=0, high=600)
+    # The floor's rate: the best invoke of a peak GEMM over at least this much timing (a
+    # best-of needs time for the machine to have one quiet moment).
+    peak_seconds: float = param(1.0, "Seconds of timing of each peak-rate case, at least.",
+                                low=0, high=600)
     connect_timeout_s: int = param(10, "Seconds ssh waits for the connection.", low=1)
     timeout_s: float = param(0.0, "0 = derived from the plan (see bench.plan_deadline_s).",
                              low=0)

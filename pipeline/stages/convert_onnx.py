@@ -301,8 +301,11 @@ def compare_outputs(onnx_content: bytes, tflite_path: Path, images: np.ndarray,
     both have the same input and output quantization."""
     from pipeline.core.runtimes import open_model, open_model_content
 
-    onnx_model = open_model_content(onnx_content, VARIANTS[ONNX_INT8_TFLITE].format)
-    lite = open_model(tflite_path)
+    # One thread each: a batch of one image gives a thread pool nothing to share out, and its
+    # spinning workers cost a loaded machine more than the run itself (measured: half the wall
+    # time of the check with ONNX Runtime's default pool on this 2-core host).
+    onnx_model = open_model_content(onnx_content, VARIANTS[ONNX_INT8_TFLITE].format, threads=1)
+    lite = open_model(tflite_path, threads=1)
     ours, theirs = onnx_model.io_contract(), lite.io_contract()
     for side in ("input", "output"):
         keys = ("dtype", "shape", "scale", "zero_point")
