@@ -861,6 +861,31 @@ def test_check_plan_reads_models_samples_and_peaks_and_the_cpus(tmp_path):
                              tmp_path) == [f"a.npz: SHA-256 {digest['s'][:16]}... does not "
                                            "match the plan's 0..."]
     assert runner.sha256_file(tmp_path / "a.tflite") == digest["a"]
+    # an entry's samples are checked even when its file has no name or cannot be read
+    assert runner.check_plan({"models": [
+        {"file": "", "samples": "a.npz", "samples_sha256": "0"},
+        {"file": "gone.tflite", "sha256": "0", "samples": "a.npz", "samples_sha256": "1"}]},
+        tmp_path) == [
+        f"a.npz: SHA-256 {digest['s'][:16]}... does not match the plan's 0...",
+        "gone.tflite: cannot read (No such file or directory)",
+        f"a.npz: SHA-256 {digest['s'][:16]}... does not match the plan's 1..."]
+
+
+def test_a_float_models_top1_probability_is_its_largest_output(tiny_models):
+    """Against LiteRT driven here: the class and the probability of a float32 model's output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = synthetic_images(np.arange(5), 2)
+    interpreter = Interpreter(model_path=str(tiny_models["tiny_mlp/float32"]))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    expected = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None, ..., None].astype(np.float32))
+        interpreter.invoke()
+        probabilities = interpreter.get_tensor(out["index"])[0]
+        expected.append((int(np.argmax(probabilities)), float(probabilities.max())))
+    assert load_runner().top1(interpreter, images) == expected
 
 
 def expected_order(seed: int, rounds: int) -> str:
