@@ -183,6 +183,9 @@ def test_quantize_divides_by_scale_adds_zero_point_and_rounds():
     assert q.tolist() == [23, 7, 127]
     q = quantize(np.array([2, 4], np.uint8), {"dtype": np.uint8, "quantization": (3.0, 0)})
     assert q.tolist() == [1, 1]
+    # below the type's range: clipped at -128 (0 / 1 - 200 = -200 would wrap to 56)
+    q = quantize(np.array([0, 100], np.uint8), {"dtype": np.int8, "quantization": (1.0, -200)})
+    assert q.tolist() == [-128, -100]
     assert quantize(pixels, {"dtype": np.float32, "quantization": (0, 0)}).tolist() == [
         0.0, 128.0, 255.0]
 
