@@ -735,6 +735,7 @@ def test_each_model_of_a_pair_is_invoked_as_counted_by_hand(tmp_path):
                                 CountingInterpreter.inputs["20us_new.tflite"])
     assert index == 0 and given is own and given.tolist() == [[0.0, 0.0]]
     assert (result["runs"], result["warmup"], result["pair"]["round_invokes"]) == (12, 4, 2)
+    assert result["pair"]["reference"] == "10us_old.tflite"
     assert result["pair"]["pilot_us"] >= 10  # the median of 3 + 3 invokes of 10 and 20 µs
 
 
@@ -919,9 +920,26 @@ def test_the_round_order_comes_from_the_seed_and_rounds_stop_at_their_minimum(tm
     pair = result["pair"]
     assert (pair["rounds"], pair["round_invokes"], result["runs"]) == (20, 2, 40)
     assert pair["first"] == expected_order(0, 20)
-    # each round's median is of that round's invokes: at least the model's busy time
+    # each round's median is of that round's invokes: at least the model's busy time, and
+    # (a clock reading, not a sum of two) far below a second
     assert min(pair["candidate_us"]) >= 20 and min(pair["reference_us"]) >= 10
+    assert max(pair["candidate_us"] + pair["reference_us"]) < 1e6
     assert result["min_us"] >= 20 and pair["reference_p50_us"] >= 10
+
+
+def test_a_pair_goes_on_until_each_model_had_its_seconds_and_stops_at_max_rounds(tmp_path):
+    """10 µs against 100 µs: the pilot (the median of 3 + 3 invokes, ~55 µs) sizes the rounds
+    at ~91 invokes, under a millisecond of the cheap model, so it takes several rounds before
+    both models had 5 ms; and without a budget, min_rounds above MAX_ROUNDS stops there."""
+    runner = load_runner()
+    r = runner.run_case(tmp_path / "10us_new.tflite", 1, 0, 1, None, None, BusyInterpreter,
+                        reference=tmp_path / "100us_old.tflite",
+                        pairing={"min_rounds": 1, "min_seconds": 0.005})
+    assert r["mean_us"] * r["runs"] >= 5000  # the cheap one's 5 ms, whatever the load
+    r = runner.run_case(tmp_path / "1us_new.tflite", 1, 0, 1, None, None, BusyInterpreter,
+                        reference=tmp_path / "1us_old.tflite",
+                        pairing={"min_rounds": 5000, "min_seconds": 0.0})
+    assert r["pair"]["rounds"] == runner.MAX_ROUNDS == 2000 and r["runs"] == 2000
 
 
 def test_round_invokes_for_slow_and_microsecond_models():
