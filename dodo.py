@@ -220,6 +220,17 @@ def _targets_as_written(task, values):
     return not changed
 
 
+def in_file_order(task_creator):
+    """doit orders task creators by the line `inspect.getsourcelines` finds for each, and
+    that tokenizes the creator's source (compiling tokenize's regular expressions first):
+    ~5 ms of every no-op `doit`. getsourcelines follows `__wrapped__`, and for a module
+    it returns line 0 without tokenizing: every creator gets line 0 and doit's stable sort
+    keeps this file's order (the order its task_* names are bound in). Nothing else reads
+    a creator's `__wrapped__` (doit calls inspect.signature on actions only)."""
+    task_creator.__wrapped__ = sys.modules[__name__]
+    return task_creator
+
+
 def checked_targets(task_creator):
     """Give every task `task_creator` makes the target check above (a decorator on task_*)."""
     import functools
@@ -237,12 +248,7 @@ def checked_targets(task_creator):
             return add_check(made)
         return (add_check(task) for task in made)
 
-    # doit orders task creators by the line `inspect.getsourcelines` finds, which follows
-    # __wrapped__ and tokenizes the creator's whole body: ~6 ms a load for these functions,
-    # paid by every no-op `doit`. Without it, doit reads this wrapper's few lines (ties keep
-    # the file's order; `doit list` sorts by name).
-    del wrapper.__wrapped__
-    return wrapper
+    return in_file_order(wrapper)
 
 
 @checked_targets
@@ -266,6 +272,7 @@ def task_download():
         }
 
 
+@in_file_order
 def task_params():
     """Save the resolved params (defaults, params file, PIPELINE_SET) to artifacts/params.json."""
     out = LAYOUT.resolved_params()

@@ -9,18 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.params import ParamsError, check_fields, param, parse_section, read_toml
+from pipeline.core.records import record
 
 # Board names become task names and file names: keep them short and shell- and path-safe.
 BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _UTC_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
-@dataclass(frozen=True)
+@record
 class Board:
     name: str
     host: str = ""                 # ssh alias or address; empty = run here without SSH

@@ -13,9 +13,10 @@ Imports neither numpy nor TensorFlow: dodo.py reads this registry on every `doit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
+
+from pipeline.core.records import record
 
 # The formats a dataset's files can have: "idx" is four gzipped IDX files (train images,
 # train labels, test images, test labels) like MNIST; "npz" is one NumPy .npz holding
@@ -36,7 +37,7 @@ FRAMINGS: Mapping[str, Mapping[str, object]] = MappingProxyType({
 })
 
 
-@dataclass(frozen=True)
+@record
 class RemoteFile:
     """One file of a dataset. `location` is where the user said it lives (a URL, or a local
     directory), tried after PIPELINE_MIRROR; the built-ins use their dataset's mirrors."""
@@ -47,7 +48,7 @@ class RemoteFile:
     location: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class DatasetSpec:
     name: str
     mirrors: tuple[str, ...]

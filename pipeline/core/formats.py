@@ -12,12 +12,13 @@ Imports nothing heavy: dodo.py reads it (through variants) on every `doit` call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from pipeline.core.records import record
 
-@dataclass(frozen=True)
+
+@record
 class ModelFormat:
     """One model file format.
 

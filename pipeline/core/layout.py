@@ -25,9 +25,9 @@ Imports neither numpy nor TensorFlow: dodo.py builds every task's targets with i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.records import record
 from pipeline.core.variants import VARIANTS, variant_path
 
 # File names inside models/<build>/.
@@ -56,7 +56,7 @@ SAMPLES_SUFFIX = ".samples.ndjson.gz"
 PARAMS_JSON = "params.json"
 
 
-@dataclass(frozen=True)
+@record
 class Layout:
     """Paths of the artifact tree under `root` (artifacts/ or $PIPELINE_ARTIFACTS, or one
     nightly run directory, which holds the same tree)."""

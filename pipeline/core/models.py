@@ -21,10 +21,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import PipelineError
+from pipeline.core.records import record
 
 BUILTIN_MODELS = ("cnn", "mlp")
 SAVED_SUFFIXES = (".keras", ".h5")
@@ -34,7 +34,7 @@ class ModelSourceError(PipelineError):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class ModelSource:
     """A resolved model reference. `file` is what the train task depends on: the user's
     .py file, the module's file, or the saved model (None for a built-in)."""

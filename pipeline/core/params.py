@@ -1,7 +1,8 @@
 """Build parameters: every key's default, range and reason in one schema; a params file holds
 only what it changes.
 
-The schema is the dataclasses below: each field's default is the default, and its metadata
+The schema is the frozen records below (pipeline/core/records.py: dataclasses that cost no
+exec() when dodo.py loads): each field's default is the default, and its metadata
 (`param(...)`) holds the rule it must satisfy (a range, a list of choices, distinct list
 items) and why, so rules are data that the loader, the tests (tests/test_params.py generates
 a boundary test per rule) and `python -m pipeline.core.params` (prints every key with its
@@ -29,7 +30,7 @@ import json
 import re
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from pipeline.core.datasets import DATASETS, FORMATS, FRAMINGS, IDX_ROLES, DatasetSpec, RemoteFile
 from pipeline.core.models import SAVED_SUFFIXES, ModelSource, ModelSourceError, resolve
+from pipeline.core.records import record
 from pipeline.core.variants import extra_variant_names
 
 # A build's model may have at most this many parameters unless the build says otherwise
@@ -78,7 +80,7 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise ParamsError(f"{key}: {why}")
 
 
-@dataclass(frozen=True)
+@record
 class Rule:
     """What a value (of a list: each item) must satisfy, as data: the loader checks it, the
     tests generate its boundary cases from it, and `python -m pipeline.core.params` shows it.
@@ -158,14 +160,14 @@ def _seed(doc: str = "Seeds the draw; the same params give the same result.") ->
     return param(1234, doc, low=0, high=SEED_MAX, why=SEED_WHY)
 
 
-@dataclass(frozen=True)
+@record
 class DownloadParams(Section):
     KEY: ClassVar[str] = "download"
     timeout_s: float = param(60.0, "Seconds to wait on a mirror's connection or read before "
                              "trying the next mirror.", low=0, low_open=True)
 
 
-@dataclass(frozen=True)
+@record
 class TrainParams(Section):
     KEY: ClassVar[str] = "train"
     # The defaults reach >= 99.0 % test accuracy on MNIST with the CNN in about a third of the
@@ -191,7 +193,7 @@ class TrainParams(Section):
         "(`tensorboard --logdir artifacts/logs`). Does not change the trained weights.")
 
 
-@dataclass(frozen=True)
+@record
 class ConvertParams(Section):
     KEY: ClassVar[str] = "convert"
     representative_samples: int = param(
@@ -231,7 +233,7 @@ class ConvertParams(Section):
         "before quantizing onnx_int8.")
 
 
-@dataclass(frozen=True)
+@record
 class EvaluateParams(Section):
     KEY: ClassVar[str] = "evaluate"
     max_drift_pt: float = param(
@@ -240,7 +242,7 @@ class EvaluateParams(Section):
     batch_size: int = param(500, "Images per interpreter invocation.", low=1)
 
 
-@dataclass(frozen=True)
+@record
 class AnalysisParams(Section):
     KEY: ClassVar[str] = "analysis"
     max_per_class: int = param(
@@ -248,7 +250,7 @@ class AnalysisParams(Section):
         low=1, high=100)
 
 
-@dataclass(frozen=True)
+@record
 class LayersParams(Section):
     KEY: ClassVar[str] = "layers"
     samples: int = param(
@@ -257,7 +259,7 @@ class LayersParams(Section):
     seed: int = _seed("Seeds the draw of test images.")
 
 
-@dataclass(frozen=True)
+@record
 class BenchParams(Section):
     KEY: ClassVar[str] = "bench"
     correctness_samples: int = param(
@@ -276,7 +278,7 @@ def _fraction(default: float, doc: str) -> Any:
     return param(default, doc, low=0.0, high=1.0, why="a fraction")
 
 
-@dataclass(frozen=True)
+@record
 class NightlyParams(Section):
     """Gates and bookkeeping of `python -m pipeline.nightly`; no build task reads them, so
     changing them never reruns anything. A breach makes the nightly exit 1 after every report
@@ -312,7 +314,7 @@ class NightlyParams(Section):
 BUILD_NAME = re.compile(r"[a-z0-9_]+")
 
 
-@dataclass(frozen=True)
+@record
 class Build:
     """One [[builds]] entry: a model trained on a dataset, named in files and task names."""
     name: str
@@ -345,7 +347,7 @@ class Build:
 DEFAULT_BUILDS = (Build("mnist_cnn", "mnist", "cnn"), Build("mnist_mlp", "mnist", "mlp"))
 
 
-@dataclass(frozen=True)
+@record
 class DatasetDecl:
     """A dataset declared in the params file (`[[datasets]]`), besides the built-in ones."""
     name: str
@@ -406,7 +408,7 @@ def _location(location: str, base_dir: Path) -> str:
     return str((path if path.is_absolute() else Path(base_dir) / path).parent)
 
 
-@dataclass(frozen=True)
+@record
 class Params:
     download: DownloadParams = field(default_factory=DownloadParams)
     train: TrainParams = field(default_factory=TrainParams)

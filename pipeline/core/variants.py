@@ -10,12 +10,12 @@ Imports neither numpy nor TensorFlow: dodo.py names every task's targets with th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pipeline.core.formats import FORMATS
+from pipeline.core.records import record
 
 if TYPE_CHECKING:  # params imports this module (its list of optional variants)
     from pipeline.core.params import ConvertParams
@@ -42,7 +42,7 @@ FLOAT_LAYERS_PARAM = "builds.float_layers"       # on when the build names float
 ONNX_PARAM = "convert.onnx"                      # on when true (the default)
 
 
-@dataclass(frozen=True)
+@record
 class Variant:
     """One model variant a build can ship.
 
