@@ -97,9 +97,27 @@ def condition_env(env: dict[str, str], condition: str) -> dict[str, str]:
     return out
 
 
-def drop_bytecode(project: Path) -> None:
+HIDDEN = "__pycache__.hidden"
+
+
+def hide_bytecode(project: Path) -> None:
+    """No `__pycache__` in the project for the no-bytecode runs. Set aside, not deleted: the
+    next round's bytecode-cached runs get it back, so they are timed with the bytecode a
+    user's checkout has (deleting it made each of them compile and write every module
+    again, which timed both conditions as no bytecode)."""
     for cache in project.rglob("__pycache__"):
-        shutil.rmtree(cache)
+        hidden = cache.with_name(HIDDEN)
+        if hidden.exists():
+            shutil.rmtree(hidden)
+        cache.rename(hidden)
+
+
+def restore_bytecode(project: Path) -> None:
+    for hidden in project.rglob(HIDDEN):
+        cache = hidden.with_name("__pycache__")
+        if cache.exists():
+            shutil.rmtree(cache)
+        hidden.rename(cache)
 
 
 def prepare(revs: list[str], workdir: Path, env: dict[str, str]) -> dict[str, Path]:
@@ -132,7 +150,9 @@ def measure(projects: dict[str, Path], env: dict[str, str], repeats: int
         for condition in CONDITIONS:
             for label, project in projects.items():
                 if condition == "no bytecode":
-                    drop_bytecode(project)
+                    hide_bytecode(project)
+                else:
+                    restore_bytecode(project)
                 wall, cpu, out = run_doit(project, condition_env(env, condition))
                 if label != "bare" and executed(out):
                     sys.exit(f"{label}: a timed run executed {executed(out)}: not a no-op")
