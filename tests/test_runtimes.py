@@ -503,3 +503,31 @@ def test_a_symbolic_batch_runs_batch_size_images_at_a_time():
     with pytest.raises(ValueError, match=r"^None: a static batch of 3 cannot take 4 images$"):
         onnx_model.predict(images, 3)  # 4 images are no whole number of batches of 3
     assert onnx_model.io_contract()["input"]["shape"] == [-1, 4, 1]  # N reads -1
+
+
+def test_the_translated_models_metadata_states_its_quantization_and_the_graph_is_the_fallback(
+        tiny_models, tiny_onnx_models):
+    import json
+
+    import onnx
+
+    litert = open_model(tiny_models["tiny_mlp/int8"]).io_contract()
+    proto = onnx.load(str(tiny_onnx_models["tiny_mlp/onnx_int8_tflite"]))
+    stated = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert stated["output_quantization"] == [litert["output"]["scale"],
+                                             litert["output"]["zero_point"]]
+    # Without its metadata (a model built before it), the output's QuantizeLinear says the
+    # same.
+    del proto.metadata_props[:]
+    plain = open_model_content(proto.SerializeToString(), "onnx").io_contract()
+    assert (plain["output"]["scale"], plain["output"]["zero_point"]) == (
+        litert["output"]["scale"], litert["output"]["zero_point"])
+    # With metadata, the metadata wins over the graph, on both sides.
+    moved = onnx.load(str(tiny_onnx_models["tiny_mlp/onnx_int8_tflite"]))
+    for prop in moved.metadata_props:
+        scale, zero_point = json.loads(prop.value)
+        prop.value = json.dumps([scale * 2, zero_point + 1])
+    contract = open_model_content(moved.SerializeToString(), "onnx").io_contract()
+    for side in ("input", "output"):
+        assert (contract[side]["scale"], contract[side]["zero_point"]) == (
+            litert[side]["scale"] * 2, litert[side]["zero_point"] + 1)
