@@ -11,17 +11,17 @@ REPO = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("dodo.py", "params.toml", "params", "pipeline", "board")
 
 
-# A test project's `local` board times briefly. With the shipped 0.5 s per model of a pair and
+# A test project's `local` board (and the tests' other boards) time briefly. With the shipped 0.5 s per model of a pair and
 # 1 s per peak case, bench:local was two thirds of a smoke build's CPU time, in every build,
 # nightly and rebuild of the suite. The end-to-end tests need the bench to run, not precise
 # figures; the timing loops' own settings are tested in test_runner, test_reference and
 # test_floor.
-QUICK_LOCAL_BOARD = "min_seconds = 0.05\npeak_seconds = 0.2\n"
+QUICK_TIMING = "min_seconds = 0.05\npeak_seconds = 0.2\n"
 
 
 def copy_project(dest: Path, quick_board: bool = True) -> Path:
     """The project's files copied to `dest`; with `quick_board`, its `local` board gets
-    QUICK_LOCAL_BOARD's timing."""
+    QUICK_TIMING's timing."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
@@ -33,7 +33,7 @@ def copy_project(dest: Path, quick_board: bool = True) -> Path:
         boards = dest / "board" / "boards.toml"
         local = 'name = "local"\n'
         assert local in boards.read_text(), boards
-        boards.write_text(boards.read_text().replace(local, local + QUICK_LOCAL_BOARD, 1))
+        boards.write_text(boards.read_text().replace(local, local + QUICK_TIMING, 1))
     return dest
 
 

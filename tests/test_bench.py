@@ -30,6 +30,7 @@ from pipeline.core.params import ParamsError
 from tests.conftest import (REPO, executed_tasks, free_port, run_doit, synthetic_images,
                             wait_for)
 from tests.test_runner import exposing_only, onnx_models  # noqa: F401
+from tests.project import QUICK_TIMING
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -682,12 +683,12 @@ def test_run_records_failure_and_never_shows_old_numbers(sshd, tiny_models, data
 
 def sshd_inventory(sshd, path: Path, names: list[str]) -> Path:
     """`local` and boards over the real sshd, each timing one thread count briefly."""
-    text = '[[boards]]\nname = "local"\nthreads = [1]\nwarmup = 2\nruns = 20\n'
+    text = '[[boards]]\nname = "local"\nthreads = [1]\nwarmup = 2\nruns = 20\n' + QUICK_TIMING
     for name in names:
         options = ", ".join(json.dumps(o) for o in sshd.options())
         text += (f'\n[[boards]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sshd.port}\n'
                  f'ssh_options = [{options}]\nremote_dir = "{sshd.home / name}"\n'
-                 f'python = "{sys.executable}"\nwarmup = 2\nruns = 20\n')
+                 f'python = "{sys.executable}"\nwarmup = 2\nruns = 20\n' + QUICK_TIMING)
     path.write_text(text)
     return path
 
@@ -697,7 +698,8 @@ def test_doit_continue_runs_local_when_a_board_is_down(smoke_project, tmp_path):
     shutil.copytree(smoke_project, project, symlinks=True)
     inventory = tmp_path / "boards.toml"
     inventory.write_text(
-        (REPO / "board" / "boards.toml").read_text().replace("runs = 300", "runs = 50")
+        (REPO / "board" / "boards.toml").read_text().replace("runs = 300",
+                                                             "runs = 50\n" + QUICK_TIMING, 1)
         + f'\n[[boards]]\nname = "down"\nhost = "127.0.0.1"\nport = {free_port()}\n'
           'connect_timeout_s = 5\nssh_options = ["-F", "/dev/null"]\n')
     proc = run_doit(project, "--continue", "bench", env={"PIPELINE_BOARDS": str(inventory)})
