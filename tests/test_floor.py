@@ -218,7 +218,8 @@ def test_a_variant_without_a_twin_takes_its_own_runtimes_fastest_rate():
 
 
 def test_depthwise_strided_and_onnx_convolutions_match_the_hand_count(tmp_path):
-    """Layer kinds the tutorial models lack: a depthwise convolution (depth multiplier 2), a
+    """Layer kinds the tutorial models lack: after a 1 x 1 convolution (so that a count the
+    depthwise layer overwrote would show), a depthwise convolution (depth multiplier 2), a
     strided same-padded convolution, and the same network as ONNX (the depthwise one becomes a
     grouped Conv)."""
     import keras
@@ -228,12 +229,13 @@ def test_depthwise_strided_and_onnx_convolutions_match_the_hand_count(tmp_path):
 
     model = keras.Sequential([
         keras.Input((10, 12, 3), batch_size=2),  # a batch of 2: every count twice
+        keras.layers.Conv2D(3, 1),            # -> 10 x 12 x 3: the depthwise one adds to it
         keras.layers.DepthwiseConv2D(3, depth_multiplier=2),            # -> 8 x 10 x 6
         keras.layers.Conv2D(4, 3, strides=2, padding="same"),           # -> 4 x 5 x 4
         keras.layers.Flatten(),
         keras.layers.Dense(7)])
-    hand = 2 * ((8 * 10 * 6) * (3 * 3) + (4 * 5 * 4) * (3 * 3 * 6) + 80 * 7)
-    assert hand == 18_400
+    hand = 2 * ((10 * 12 * 3) * 3 + (8 * 10 * 6) * (3 * 3) + (4 * 5 * 4) * (3 * 3 * 6) + 80 * 7)
+    assert hand == 20_560
     tflite = tmp_path / "m_float32.tflite"
     tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     assert floor.count_macs(tflite) == hand
@@ -244,8 +246,9 @@ def test_depthwise_strided_and_onnx_convolutions_match_the_hand_count(tmp_path):
 
 
 def test_a_hand_built_onnx_depthwise_strided_network_matches_the_hand_count(tmp_path):
-    """The depthwise network of the test above written as ONNX by hand (no converter): a Conv
-    with group 3 (depth multiplier 2), a strided padded Conv and a Gemm, at a fixed batch of 2."""
+    """The depthwise network of the test above (without its 1 x 1 convolution) written as ONNX
+    by hand (no converter): a Conv with group 3 (depth multiplier 2), a strided padded Conv
+    and a Gemm, at a fixed batch of 2."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
