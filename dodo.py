@@ -11,11 +11,13 @@ public mirrors), PIPELINE_BOARDS (board inventory, default board/boards.toml),
 PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default), PIPELINE_EVENTS
 (a file that also gets each task event as a JSON line, pipeline/core/events.py).
 
-This file only declares tasks, and never imports a stage module that needs numpy: actions
-name their stage function (`_stage`) and it is imported when the task runs. Loading this
-file (every `doit` call, including no-op runs and `doit list`) pays for doit and the
-pipeline's light modules only (params, boards, datasets, download, variants, layout,
-files, codedeps); absl is imported when a stage first runs.
+This file only declares tasks, and never imports a stage module: actions name their stage
+function (`_stage`) and it is imported when the task runs. Loading this file (every `doit`
+call, including no-op runs and `doit list`) pays for doit and the pipeline's light core
+modules only (params, boards, datasets, mirrors, variants, layout, codedeps); without
+bytecode (PYTHONDONTWRITEBYTECODE=1) each of them is compiled on every load, so what only
+runs when a task runs or something is wrong lives elsewhere. absl is imported when a stage
+first runs.
 """
 
 import errno
@@ -31,10 +33,8 @@ from doit.tools import config_changed
 from pipeline import PipelineError
 from pipeline.core.boards import load_boards
 from pipeline.core.codedeps import CodeDeps
-from pipeline.core.events import EVENTS_ENV, reporter_writing
-from pipeline.stages import download
 from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
-from pipeline.stages.download import user_mirror
+from pipeline.core.mirrors import mirrors_for, unavailable_here, user_mirror
 from pipeline.core.formats import FORMATS
 from pipeline.core.layout import Layout
 from pipeline.core.params import (OVERRIDE_ENV, ParamsError, load_params, resolved,
@@ -73,9 +73,8 @@ if _missing:
 # still built and timed. `doit` still runs its download, which fails saying why, once.
 MISSING = {}
 for _name in PARAMS.datasets:
-    _why = download.unavailable_here(DATASETS[_name], LAYOUT.raw_dir(_name),
-                                     download.mirrors_for(DATASETS[_name], MIRRORS[_name],
-                                                          OFFLINE))
+    _why = unavailable_here(DATASETS[_name], LAYOUT.raw_dir(_name),
+                            mirrors_for(DATASETS[_name], MIRRORS[_name], OFFLINE))
     if _why:
         MISSING[_name] = _why
 BLOCKED = {b.name: b.dataset for b in PARAMS.builds if b.dataset in MISSING}
@@ -125,8 +124,12 @@ DOIT_CONFIG = {
     "default_tasks": _default_tasks(),
 }
 # PIPELINE_EVENTS=<file>: each task event also goes to the file as a JSON line (the nightly
-# follows doit through it, not through the console text; pipeline/core/events.py).
-if os.environ.get(EVENTS_ENV):
+# follows doit through it, not through the console text; pipeline/core/events.py). The name
+# is pipeline.core.events.EVENTS_ENV (tests/test_dodo.py checks), spelled here so that a
+# plain `doit` does not compile that module.
+if os.environ.get("PIPELINE_EVENTS"):
+    from pipeline.core.events import EVENTS_ENV, reporter_writing
+
     DOIT_CONFIG["reporter"] = reporter_writing(Path(os.environ[EVENTS_ENV]))
 
 
@@ -254,17 +257,15 @@ def checked_targets(task_creator):
 @checked_targets
 def task_download():
     """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
-    from pipeline.stages import download
-
     for name in PARAMS.datasets:
         spec = DATASETS[name]
         yield {
             "name": name,
             "doc": f"fetch and verify the {name} archives",
-            "actions": [(_guarded, [download.download_dataset, spec, raw_dir(name),
-                                    download.mirrors_for(spec, MIRRORS[name], OFFLINE),
-                                    PARAMS.download.timeout_s, download.terminal_progress(),
-                                    print, DATASETS])],
+            "actions": [(_guarded, [_stage("stages.download.download_with_progress"), spec,
+                                    raw_dir(name),
+                                    mirrors_for(spec, MIRRORS[name], OFFLINE),
+                                    PARAMS.download.timeout_s, sys.stderr, print, DATASETS])],
             "file_dep": CODE["download"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
             "uptodate": [config_changed(section_dict(spec))],

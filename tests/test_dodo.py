@@ -280,6 +280,40 @@ def test_doit_takes_the_task_creators_in_file_order_without_reading_their_source
     assert made == [name for name in in_file if hasattr(dodo, f"task_{name}")]
 
 
+# What loading dodo.py may import of the project. Every `doit` (a no-op, `doit list`) loads
+# it, and without bytecode (PYTHONDONTWRITEBYTECODE=1, as CI and sandboxes run) each of these
+# is compiled on every load: a stage, the download's network code, files.py's writers or the
+# events reporter (imported when PIPELINE_EVENTS is set) would be compiled for nothing.
+LOAD_TIME_MODULES = {"pipeline", "pipeline.core", "pipeline.core.boards",
+                     "pipeline.core.codedeps", "pipeline.core.console",
+                     "pipeline.core.datasets", "pipeline.core.formats", "pipeline.core.layout",
+                     "pipeline.core.mirrors", "pipeline.core.models", "pipeline.core.params",
+                     "pipeline.core.records", "pipeline.core.variants"}
+
+
+def test_loading_dodo_imports_only_the_load_time_modules():
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import dodo; "
+         "print(' '.join(m for m in sys.modules if m.startswith('pipeline')))"],
+        cwd=REPO, env={**env, "PIPELINE_PARAMS": "params/smoke.toml"},
+        capture_output=True, text=True, check=True)
+    assert set(proc.stdout.split()) == LOAD_TIME_MODULES
+
+
+def test_events_file_installs_the_reporter_under_the_events_modules_name(monkeypatch,
+                                                                         tmp_path):
+    """dodo.py spells PIPELINE_EVENTS itself (not importing the events module otherwise)."""
+    from pipeline.core.events import EVENTS_ENV
+
+    assert "reporter" not in load_dodo(monkeypatch).DOIT_CONFIG
+    monkeypatch.setenv(EVENTS_ENV, str(tmp_path / "events.jsonl"))
+    reporter = load_dodo(monkeypatch).DOIT_CONFIG["reporter"]
+    assert str(tmp_path / "events.jsonl") in reporter.desc
+
+
 def test_the_keras_loaders_users_depend_on_it_and_curves_on_no_training(monkeypatch):
     """The edges the hand-written lists had lost (issue 22): convert, layers and evaluate
     call stages.train.load_model; and no training depends on the curves module."""
