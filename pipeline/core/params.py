@@ -226,7 +226,9 @@ class ConvertParams(Section):
         why="0: bit for bit")
     onnx_calibration: str = param(
         "MinMax", "How ONNX Runtime calibrates onnx_int8's activation ranges on the "
-        "representative images (benchmarks/onnx_accuracy.py measures each).",
+        "representative images (benchmarks/onnx_accuracy.py measures each). \"Entropy\" "
+        "gives MinMax's model: quantize_static gives the entropy search as many histogram "
+        "bins as quantized bins (128), which leaves only the full range to choose.",
         choices=ONNX_CALIBRATION_METHODS)
     onnx_preprocess: bool = param(
         False, "Run ONNX Runtime's quant_pre_process (shape inference, graph optimization) "
