@@ -6,7 +6,8 @@ import os
 import textwrap
 from pathlib import Path
 
-from pipeline.core.codedeps import CodeDeps, imported_names
+from pipeline.core.codedeps import CodeDeps
+from pipeline.core.importscan import imported_names
 
 
 def write(root: Path, files: dict[str, str]) -> None:
