@@ -20,20 +20,16 @@ runs when a task runs or something is wrong lives elsewhere. absl is imported wh
 first runs.
 """
 
-import errno
 import os
-import signal
 import shutil
 import sys
 from pathlib import Path
 
-from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline import PipelineError
 from pipeline.core.boards import load_boards
 from pipeline.core.codedeps import CodeDeps
-from pipeline.core.console import quiet_absl, quiet_third_party, verbose_requested
+from pipeline.core.console import quiet_third_party, verbose_requested
 from pipeline.core.mirrors import mirrors_for, unavailable_here, user_mirror
 from pipeline.core.formats import FORMATS
 from pipeline.core.layout import Layout
@@ -160,48 +156,12 @@ class _stage:
 
 
 def _guarded(fn, *args):
-    """Run a stage; a PipelineError fails the task with its message instead of a traceback,
-    and Ctrl-C ends the build with one line (every stage writes through a temporary name, so
-    an interrupted write leaves nothing behind) and the shell's status for SIGINT."""
-    interrupted = []
+    """Run a stage: a PipelineError fails the task in one line, Ctrl-C ends the build in
+    one line (pipeline/core/guard.py, imported when a task runs: a no-op `doit` does not
+    compile it)."""
+    from pipeline.core.guard import guarded
 
-    def on_sigint(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    # Our own handler remembers the Ctrl-C: a library that catches KeyboardInterrupt and
-    # raises something else (TensorFlow's tracing can) must not turn it into a traceback.
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-    # Inside an action sys.stderr is doit's capture object; absl must bind the real one.
-    quiet_absl(sys.__stderr__)
-    try:
-        fn(*args)
-    except PipelineError as exc:
-        if not interrupted:
-            return TaskFailed(str(exc))
-    except OSError as exc:
-        # A full disk outside pipeline.core.files' writers (TensorBoard logs, a library's own
-        # temporary file): one line, not a traceback.
-        if interrupted or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        return TaskFailed(f"no space left on the device writing {exc.filename or 'a file'}: "
-                          "free some space and rerun")
-    except BaseException:
-        if not interrupted:
-            raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        print("interrupted; nothing partial was kept", file=sys.stderr)
-        raise SystemExit(130)
-    return None
-
-
-def _main_thread():
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return guarded(fn, *args)
 
 
 def _stamp_targets(targets):
