@@ -39,7 +39,7 @@ def copy_project(dest: Path, quick_board: bool = True) -> Path:
 
 def dump_toml(doc: dict) -> str:
     """A params document (tables of scalars and lists, arrays of tables) as TOML text."""
-    from pipeline.core.params import toml_value as _toml_value
+    from pipeline.core.params_cli import toml_value as _toml_value
 
     lines = []
     for name, table in doc.items():

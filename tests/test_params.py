@@ -593,7 +593,7 @@ def test_the_resolved_params_say_the_file_the_override_and_every_value(tmp_path)
 
 
 def test_an_override_splits_at_the_first_equals_and_the_first_dot(tmp_path):
-    from pipeline.core.params import apply_overrides
+    from pipeline.core.overrides import apply_overrides
 
     out = apply_overrides({}, "nightly.mark_accuracy_change_pt=0.5")
     assert out == {"nightly": {"mark_accuracy_change_pt": 0.5}}

@@ -545,38 +545,6 @@ def _check_build(build: Build, specs: dict[str, DatasetSpec], base_dir: Path) ->
            "must be trained")
 
 
-def _override_value(text: str) -> Any:
-    """A TOML value (`1`, `false`, `["float16"]`, `"x"`), or else the bare text as a string."""
-    try:
-        return tomllib.loads(f"value = {text.strip()}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text.strip()
-
-
-def apply_overrides(doc: dict[str, Any], text: str, origin: str = OVERRIDE_ENV
-                    ) -> dict[str, Any]:
-    """`doc` with the `section.key=value;...` items of `text` set, each checked (key, type
-    and rule) on its own so that a refusal names `origin` and the key, not the file."""
-    doc = dict(doc)
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        key, sep, raw = item.partition("=")
-        section, _, name = key.strip().partition(".")
-        _check(bool(sep and section and name), origin,
-               f"{item!r}: write section.key=value (e.g. train.epochs=1), items separated by ;")
-        known = sections()
-        _check(section in known, f"{origin}: {section}",
-               f"unknown section (known: {', '.join(known)})")
-        value = _override_value(raw)
-        try:
-            parse_section(known[section], section, {name: value})
-        except ParamsError as exc:
-            raise ParamsError(f"{origin}: {exc}") from None
-        table = doc.get(section, {})
-        _check(isinstance(table, dict), section, "must be a table")
-        doc[section] = {**table, name: value}
-    return doc
-
-
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -588,7 +556,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def load_params(path: Path, overrides: str = "") -> Params:
     """The params file at `path` over the defaults, then `overrides` (PIPELINE_SET's text)."""
-    doc = apply_overrides(read_toml(path), overrides)
+    doc = read_toml(path)
+    if overrides:  # PIPELINE_SET's parser is compiled only when there is one to parse
+        from pipeline.core.overrides import apply_overrides
+
+        doc = apply_overrides(doc, overrides)
     try:
         return parse_params(doc, Path(path).parent)
     except ParamsError as exc:
@@ -613,53 +585,12 @@ def write_resolved(out: Path, params: Params, path: Path, overrides: str = "") -
     write_json(out, resolved(params, path, overrides))
 
 
-def toml_value(value: Any) -> str:
-    """A scalar or list as TOML text (what the reference and the tests' params writer need)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-def reference(params: Params) -> str:
-    """Every key with its value (defaults, file, override) as TOML, each with what it means
-    and its rule as comments: what `python -m pipeline.core.params` prints."""
-    lines: list[str] = []
-    for name in sections():
-        section = getattr(params, name)
-        lines.append(f"[{name}]")
-        for spec in dataclasses.fields(section):
-            rule = rule_of(spec).describe()
-            lines.append(f"# {spec.metadata.get('doc', '')}" + (f" Must be {rule}." if rule
-                                                                  else ""))
-            lines.append(f"{spec.name} = {toml_value(getattr(section, spec.name))}")
-        lines.append("")
-    for build in params.builds:
-        lines.append("[[builds]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in dataclasses.asdict(build).items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import os
+    """`python -m pipeline.core.params`: pipeline/core/params_cli.py, a module of its own so
+    that loading dodo.py (every `doit`) does not compile the reference printer."""
+    from pipeline.core.params_cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description="Print every params key with its resolved "
-                                     "value, what it means and its rule.")
-    parser.add_argument("--params", type=Path,
-                        default=Path(os.environ.get("PIPELINE_PARAMS", "params.toml")))
-    parser.add_argument("--set", default=os.environ.get(OVERRIDE_ENV, ""),
-                        help=f"section.key=value;... (default: ${OVERRIDE_ENV})")
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params, args.set)
-    except ParamsError as exc:
-        print(f"error: bad params: {exc}", file=sys.stderr)
-        return 2
-    print(reference(params))
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
