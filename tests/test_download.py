@@ -265,7 +265,7 @@ def test_cli_mirror_may_be_the_parent_of_dataset_folders(mnist_dir, tmp_path):
 
 
 def test_declared_idx_dataset_is_fetched_from_its_own_location(tiny_dataset_dir, tmp_path, serve):
-    from pipeline.core.params import DatasetDecl
+    from pipeline.core.declared import DatasetDecl
 
     url = serve(tiny_dataset_dir)
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -96,7 +96,7 @@ def test_real_mnist_matches_its_published_facts(mnist_dir):
 
 
 def test_user_npz_dataset_is_validated_like_idx(tmp_path):
-    from pipeline.core.params import DatasetDecl
+    from pipeline.core.declared import DatasetDecl
     from pipeline.stages.preprocess import IdxError, preprocess
 
     spec = DatasetDecl("bars", "npz", ("bars.npz",), ("0" * 64,), ("a", "b", "c"),

@@ -114,11 +114,12 @@ def test_a_record_refuses_what_a_dataclass_refuses_when_declared():
 def test_the_schema_classes_are_records():
     """The classes dodo.py's modules declare: no @dataclass is created when dodo.py loads
     (what this saves is in docs/measured/noop_doit.md)."""
-    from pipeline.core import boards, datasets, formats, layout, models, params, variants
+    from pipeline.core import (boards, datasets, declared, formats, layout, models, params,
+                               variants)
 
     classes = [params.Rule, params.DownloadParams, params.TrainParams, params.ConvertParams,
                params.EvaluateParams, params.AnalysisParams, params.LayersParams,
-               params.BenchParams, params.NightlyParams, params.Build, params.DatasetDecl,
+               params.BenchParams, params.NightlyParams, params.Build, declared.DatasetDecl,
                params.Params, boards.Board, datasets.RemoteFile, datasets.DatasetSpec,
                formats.ModelFormat, layout.Layout, models.ModelSource, variants.Variant]
     assert all("__dataclass_params__" not in vars(cls) and "__record_names__" in vars(cls)
