@@ -166,7 +166,7 @@ def _guarded(fn, *args):
 
 def _stamp_targets(targets):
     """The last action of a task with targets: what it wrote, kept in doit's database."""
-    from pipeline.core.files import target_stamps
+    from pipeline.core.stamps import target_stamps
 
     return {"targets": target_stamps(targets)}
 
@@ -175,7 +175,7 @@ def _targets_as_written(task, values):
     """Up to date only while every target is what the task wrote (doit itself only checks
     that a target exists): a truncated or replaced .h5/.tflite reruns the task that makes
     it, instead of failing every later task on a damaged file."""
-    from pipeline.core.files import changed_targets
+    from pipeline.core.stamps import changed_targets
 
     changed = changed_targets(values.get("targets", {}), task.targets)
     for line in changed:

@@ -7,8 +7,9 @@ of them are complete, so a failure (a full disk, Ctrl-C, a bug) leaves the previ
 nothing, never a new file beside an old or missing sibling. A full disk is one line naming the
 file and the space needed (`DiskFullError`), not a traceback.
 
-`target_stamps`/`changed_targets` record what a task wrote, so dodo.py can notice a target
-that was truncated or replaced behind doit's back and rerun the task that makes it.
+`sha256_file`, `target_stamps` and `changed_targets` live in pipeline/core/stamps.py (a
+no-op `doit` checks every target with them without compiling this module) and are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import hashlib
 import json
 import os
 import tempfile
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pipeline import PipelineError
+from pipeline.core.stamps import (  # noqa: F401 (this module's API too)
+    changed_targets, sha256_file, target_stamps)
 
 # The errors a full file system (or an exhausted quota) raises.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -179,42 +181,3 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def target_stamps(paths: Iterable[Path]) -> dict[str, list[Any]]:
-    """{path: [bytes, mtime_ns, sha256]} of files a task just wrote, to be kept by doit."""
-    stamps = {}
-    for path in map(Path, paths):
-        st = path.stat()
-        stamps[str(path)] = [st.st_size, st.st_mtime_ns, sha256_file(path)]
-    return stamps
-
-
-def changed_targets(stamps: dict[str, list[Any]], paths: Iterable[Path]) -> list[str]:
-    """One line per file of `paths` that is not what `target_stamps` recorded: a different
-    size, or (when its time changed) different bytes. A file without a record, or missing
-    (doit notices that itself), is not reported. Costs one stat per file when nothing changed.
-    """
-    changed = []
-    for path in map(Path, paths):
-        recorded = stamps.get(str(path))
-        if not recorded:
-            continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        size, mtime_ns, digest = recorded
-        if st.st_size != size:
-            changed.append(f"{path} is {st.st_size:,} bytes, {size:,} when it was written")
-        elif st.st_mtime_ns != mtime_ns and sha256_file(path) != digest:
-            changed.append(f"{path} has changed since it was written (same size, other bytes)")
-    return changed
