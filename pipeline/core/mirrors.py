@@ -64,52 +64,14 @@ def mirrors_for(spec: DatasetSpec, override: str | None, offline: bool = False) 
 
 
 def unavailable_here(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str]) -> str | None:
-    """As `unavailable`, without the network, for dodo.py's every load: a dataset counts as
+    """As `unavailable` (pipeline/core/lookup.py), without the network, for dodo.py's every load: a dataset counts as
     available while any place to get it is a URL (its download task finds out, and says
     so); only when every place is a local directory is the answer known here."""
     places = [*mirrors, *(remote.location for remote in spec.files if remote.location)]
     if any(place.startswith(("http://", "https://")) for place in places):
         return None
+    if all((Path(cache_dir) / remote.name).is_file() for remote in spec.files):
+        return None  # cached (as `unavailable` would say): the look-up is not even compiled
+    from pipeline.core.lookup import unavailable
+
     return unavailable(spec, cache_dir, mirrors, timeout_s=0)
-
-
-def unavailable(spec: DatasetSpec, cache_dir: Path, mirrors: Sequence[str],
-                timeout_s: float) -> str | None:
-    """None when `spec` can be had as far as a quick look tells: every file is in the cache,
-    or a mirror (or the file's own location) has the first missing one; else why not, in one
-    line. A look, not a download: a mirror that serves wrong bytes passes it (the download
-    task then fails on the checksum). dodo.py calls it only for a dataset not yet cached."""
-    missing = [remote for remote in spec.files if not (Path(cache_dir) / remote.name).is_file()]
-    if not missing:
-        return None
-    remote = missing[0]
-    tried = []
-    for mirror in list(mirrors) + ([remote.location] if remote.location else []):
-        why = _look(mirror, remote.name, timeout_s)
-        if why is None:
-            return None
-        tried.append(f"{mirror}: {why}")
-    return (f"no mirror has {spec.name}/{remote.name} ("
-            + ("; ".join(tried) if tried else "no mirror to try") + ")")
-
-
-def _look(mirror: str, name: str, timeout_s: float) -> str | None:
-    """None if `mirror` has a file `name` (a HEAD request for a URL), else why not."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    if not mirror.startswith(("http://", "https://")):
-        directory = Path(urllib.parse.urlparse(mirror).path if mirror.startswith("file://")
-                         else mirror)
-        return None if (directory / name).is_file() else "no such file"
-
-    url = urllib.parse.urljoin(mirror.rstrip("/") + "/", urllib.parse.quote(name))
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),  # noqa: S310
-                                    timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"cannot connect ({getattr(exc, 'reason', exc)})"

@@ -18,8 +18,9 @@ from typing import BinaryIO, Callable, Mapping, Sequence, TextIO
 from pipeline import PipelineError
 from pipeline.core.datasets import DATASETS, DatasetSpec, RemoteFile, known_file
 from pipeline.core.files import atomic_path
+from pipeline.core.lookup import unavailable  # noqa: F401 (the stage's API: tests)
 from pipeline.core.mirrors import (  # noqa: F401 (the stage's API: tests, conftest)
-    dataset_mirror, mirror_variable, mirrors_for, unavailable, unavailable_here, user_mirror)
+    dataset_mirror, mirror_variable, mirrors_for, unavailable_here, user_mirror)
 
 Progress = Callable[[str, int, int | None], None]
 
