@@ -143,12 +143,15 @@ def prepare(revs: list[str], workdir: Path, env: dict[str, str]) -> dict[str, Pa
 def measure(projects: dict[str, Path], env: dict[str, str], repeats: int
             ) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """(condition, label) -> [(wall, cpu)] per round; each round runs every directory under
-    every condition, in turn."""
+    every condition, in turn, in reverse order every other round, so that no directory
+    always runs right after the same one (what one leaves behind, a warm page cache or a
+    busy disk, falls on each alike)."""
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {
         (c, label): [] for c in CONDITIONS for label in projects}
-    for _ in range(repeats):
+    for round_ in range(repeats):
+        order = list(projects.items())
         for condition in CONDITIONS:
-            for label, project in projects.items():
+            for label, project in (order if round_ % 2 == 0 else order[::-1]):
                 if condition == "no bytecode":
                     hide_bytecode(project)
                 else:
