@@ -157,9 +157,9 @@ def test_the_inventory_works_unchanged_and_is_marked_emulated(virtual):
     assert "local" in boards  # the project's inventory, so dodo's default boards exist
     board = boards["virtual-k1"]
     assert board.emulated and not boards["local"].emulated
-    assert (board.threads, board.warmup, board.runs) == (
+    assert (board.threads, board.warmup, board.runs, board.min_seconds) == (
         tuple(vk_inventory.BOARD_SETTINGS["threads"]), vk_inventory.BOARD_SETTINGS["warmup"],
-        vk_inventory.BOARD_SETTINGS["runs"])
+        vk_inventory.BOARD_SETTINGS["runs"], vk_inventory.BOARD_SETTINGS["min_seconds"])
     assert not any("StrictHostKeyChecking" in o for o in board.ssh_options)
     assert board.remote_dir == vk_inventory.remote_dir(virtual.layout)
 

@@ -61,17 +61,19 @@ def test_the_entry_read_back_field_by_field(tmp_path):
                         "-o", "GlobalKnownHostsFile=/dev/null"],
         "remote_dir": expected_remote_dir(layout.state),
         "python": "/usr/bin/python3", "threads": [1], "warmup": 2, "runs": 20,
+        "min_seconds": 0.05,
         "emulated": True}
     # Without a project inventory, the file is the entry alone: two blank lines, the two
     # comment lines, the table, one key per line, and a final newline.
     lines = text.split("\n")
     assert lines[:2] == ["", ""] and lines[2].startswith("# ") and lines[3].startswith("# ")
     assert lines[4] == "[[boards]]" and lines[5] == 'name = "vk-one"'
-    assert lines[-2] == "emulated = true" and lines[-1] == "" and len(lines) == 17
+    assert lines[-2] == "emulated = true" and lines[-1] == "" and len(lines) == 18
     board, = load_boards(layout.inventory)
     assert (board.name, board.host, board.port, board.user, board.python, board.threads,
-            board.warmup, board.runs, board.emulated) == (
-        "vk-one", "127.0.0.1", 40123, "guest-user", "/usr/bin/python3", (1,), 2, 20, True)
+            board.warmup, board.runs, board.min_seconds, board.emulated) == (
+        "vk-one", "127.0.0.1", 40123, "guest-user", "/usr/bin/python3", (1,), 2, 20, 0.05,
+        True)
     # Host-key checking is never turned off.
     assert not any("StrictHostKeyChecking" in o for o in board.ssh_options)
 
