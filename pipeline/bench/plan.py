@@ -26,19 +26,19 @@ def host_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
     return open_model(model_path).board_predictions(images)
 
 
-def input_quantization(model_path: Path, side: str = "input") -> list[float] | None:
-    """[scale, zero_point] of an integer ONNX input (`side` "output": output), which
-    onnxruntime on the board cannot read from the session (a TFLite interpreter reports its
-    own); None for other models."""
+def io_quantization(model_path: Path) -> dict[str, list[float]]:
+    """{"input"/"output": [scale, zero_point]} of an integer ONNX model's input and output,
+    which onnxruntime on the board cannot read from the session (a TFLite interpreter
+    reports its own); only the sides that are integer, none for other models. The model is
+    opened once for both."""
     from pipeline.core.runtimes import open_model
     from pipeline.core.variants import format_of
 
     if format_of(model_path) != "onnx":
-        return None
-    contract = open_model(model_path).io_contract()[side]
-    if "scale" not in contract:
-        return None
-    return [float(contract["scale"]), int(contract["zero_point"])]
+        return {}
+    contract = open_model(model_path).io_contract()
+    return {side: [float(contract[side]["scale"]), int(contract[side]["zero_point"])]
+            for side in ("input", "output") if "scale" in contract[side]}
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -85,10 +85,9 @@ def stage_plan(models: dict[str, Path], samples: dict[str, tuple[np.ndarray, np.
                  "samples": samples_file,
                  "samples_sha256": sha256_file(stage_dir / samples_file),
                  "host_key": "host", "key": key, **({"top1": True} if top1 else {})}
-        for side in ("input", "output"):  # the output's: the board's top-1 probability
-            quantization = input_quantization(path, side)
-            if quantization:
-                entry[f"{side}_quantization"] = quantization
+        # The output's: the board's top-1 probability.
+        for side, quantization in io_quantization(path).items():
+            entry[f"{side}_quantization"] = quantization
         if key in (references or {}):  # named by its bytes: pushed once, whatever it was
             ref = Path(references[key])
             ref_sha = sha256_file(ref)
