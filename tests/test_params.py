@@ -415,9 +415,29 @@ def test_reference_prints_every_key_with_its_resolved_value(capsys):
     assert dataclasses.replace(printed, base_dir=wanted.base_dir) == wanted
     assert "epochs = 7" in text and "# Passes over the training images. Must be in 1..1000." \
         in text
+    # A key without a rule (a bool) gets its doc alone, no "Must be" clause.
+    lines = text.splitlines()
+    doc_line = lines[lines.index("tensorboard = false") - 1]
+    assert doc_line.startswith("# Write TensorBoard logs") and doc_line.endswith(
+        "Does not change the trained weights.")
     assert main(["--params", str(REPO / "params.toml"), "--set", "train.epochs=0"]) == 2
     assert "error: bad params: PIPELINE_SET: train.epochs: must be in 1..1000" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [
+    'C:\\data\\new', "it's", 'say "hi"', "both ' and \"", "line\nbreak", "é", "",
+    float("inf"), float("-inf"), 0.1, 1e-300, -7, True, False, ("a\\b", 2, [0.5, False])])
+def test_toml_value_reads_back_as_the_same_value_in_tomllib(value):
+    """Strings with backslashes, quotes and a newline (which Python's repr writes as TOML of
+    other text), infinities (which JSON writes as no TOML at all), nested lists: tomllib's
+    reading of the text is the value."""
+    from pipeline.core.params_cli import toml_value
+
+    read = tomllib.loads(f"v = {toml_value(value)}")["v"]
+    expected = [list(v) if isinstance(v, list) else v for v in value] \
+        if isinstance(value, tuple) else value
+    assert read == expected and type(read) is type(expected)
 
 
 # --- every refusal of a declaration, whole: the key it names and what it says (a message
@@ -496,7 +516,9 @@ def test_a_declared_datasets_files_are_fetched_from_their_urls_folder_or_their_d
     import urllib.parse
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    files = ["https://example.org/d/v2/train-images.gz", "file:///srv/d/train-labels.gz",
+    # Each kind of location once: http, file://, relative, home; a name ending in X (which
+    # a stray rstrip of other characters than "/" would cut).
+    files = ["http://example.org/d/v2/TRAIN-IMAGES.IDX", "file:///srv/d/train-labels.gz",
              "data/t10k-images.gz", "~/mnist/t10k-labels.gz"]
     digests = [HEX, HEX[::-1], "a" * 64, "b" * 64]
     d = doc()
@@ -516,12 +538,18 @@ def test_a_declared_datasets_files_are_fetched_from_their_urls_folder_or_their_d
     assert [r.name for r in (spec.train_images, spec.train_labels, spec.test_images,
                              spec.test_labels)] == [posixpath.basename(f) for f in files]
 
+    # A trailing slash: the file is bars.npz in d/ (not bars.npz/bars.npz, which the folder
+    # once was); an absolute local path is itself, whatever the params file's directory.
     d["datasets"] = [{**DECLARED, "files": ["https://example.org/d/bars.npz/"]}]
     spec = parse_params(d, tmp_path).dataset_specs()["bars"]
     assert (spec.name, spec.mirrors, spec.class_names, spec.framing, spec.declared,
             spec.format) == ("bars", (), ("x", "y"), "object", True, "npz")
-    assert (spec.archive.name, spec.archive.sha256) == ("bars.npz", "a" * 64)
+    assert (spec.archive.name, spec.archive.location, spec.archive.sha256) == (
+        "bars.npz", "https://example.org/d/", "a" * 64)
     assert spec.files == (spec.archive,)
+    d["datasets"] = [{**DECLARED, "files": ["/srv/abs/bars.npz"]}]
+    archive = parse_params(d, tmp_path).dataset_specs()["bars"].archive
+    assert (archive.name, archive.location) == ("bars.npz", "/srv/abs")
 
 
 @pytest.mark.parametrize("rule, text", [

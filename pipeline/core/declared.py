@@ -74,6 +74,7 @@ def _basename(location: str) -> str:
 def _location(location: str, base_dir: Path) -> str:
     """The folder a declared file is fetched from: a URL's parent, or a local directory."""
     if location.startswith(("http://", "https://", "file://")):
-        return location.rsplit("/", 1)[0] + "/"
-    path = Path(location).expanduser()
-    return str((path if path.is_absolute() else Path(base_dir) / path).parent)
+        # The folder of the name `_basename` reads: a trailing slash is not the folder.
+        return location.rstrip("/").rsplit("/", 1)[0] + "/"
+    # An absolute path joined to base_dir is itself (pathlib's `/`).
+    return str((Path(base_dir) / Path(location).expanduser()).parent)

@@ -515,13 +515,14 @@ def section_dict(section: Any) -> dict[str, Any]:
     return dataclasses.asdict(section)
 
 
-def resolved(params: Params, path: Path, overrides: str = "") -> dict[str, Any]:
-    """What a run was made with, as JSON: the file, the override and every value."""
+def resolved(params: Params, path: Path, overrides: str) -> dict[str, Any]:
+    """What a run was made with, as JSON: the file, the override and every value (each
+    params value is a TOML scalar or list, JSON already: a tuple becomes a list)."""
     return {"params_file": str(path), OVERRIDE_ENV: overrides,
-            "params": json.loads(json.dumps(dataclasses.asdict(params), default=str))}
+            "params": json.loads(json.dumps(dataclasses.asdict(params)))}
 
 
-def write_resolved(out: Path, params: Params, path: Path, overrides: str = "") -> None:
+def write_resolved(out: Path, params: Params, path: Path, overrides: str) -> None:
     """The resolved params to `out` (the `params` task: artifacts/params.json)."""
     from pipeline.core.files import write_json
 
