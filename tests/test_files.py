@@ -181,6 +181,27 @@ def test_write_json_writes_indented_json_in_the_objects_order(tmp_path):
     assert (tmp_path / "a.json").read_text() == '{\n  "b": 1,\n  "a": [\n    1\n  ]\n}\n'
 
 
+def test_a_file_past_the_first_read_is_hashed_whole_and_its_change_noticed(tmp_path):
+    """sha256_file reads in 1 MiB blocks: a file of 3 MiB and one byte has hashlib's digest
+    of all its bytes, and a target whose last byte changed (same size) is reported."""
+    import os
+
+    from pipeline.core.files import changed_targets, target_stamps
+
+    data = bytes(range(256)) * (3 * 4096) + b"!"
+    model = tmp_path / "big.tflite"
+    model.write_bytes(data)
+    assert sha256_file(model) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(model, chunk=7) == hashlib.sha256(data).hexdigest()
+    stamps = target_stamps([model])
+    assert stamps[str(model)] == [len(data), os.stat(model).st_mtime_ns,
+                                  hashlib.sha256(data).hexdigest()]
+    model.write_bytes(data[:-1] + b"?")
+    os.utime(model, ns=(1, 1))  # another time, as any rewrite gives
+    assert changed_targets(stamps, [model]) == [
+        f"{model} has changed since it was written (same size, other bytes)"]
+
+
 def test_changed_targets_reads_past_unrecorded_and_missing_files(tmp_path):
     from pipeline.core.files import changed_targets, target_stamps
 
