@@ -438,37 +438,6 @@ def test_the_board_stops_when_the_host_gives_up(sshd, tiny_models, samples, tmp_
         host.kill()
 
 
-def test_the_plan_states_each_integer_sides_quantization_as_litert_has_it(tiny_models,
-                                                                          tiny_onnx_models):
-    """io_quantization: the translated model's int8 input and output contract, which the
-    board's onnxruntime cannot read and the runner needs (its input bytes, the top-1
-    probability), against LiteRT's own reading of the int8 .tflite it was translated from;
-    a QDQ model (float input and output) and a .tflite get none."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    for build in ("tiny_cnn", "tiny_mlp"):
-        lite = Interpreter(model_path=str(tiny_models[f"{build}/int8"]))
-        expected = {side: [float(d["quantization"][0]), int(d["quantization"][1])]
-                    for side, d in (("input", lite.get_input_details()[0]),
-                                    ("output", lite.get_output_details()[0]))}
-        stated = bench_plan.io_quantization(tiny_onnx_models[f"{build}/onnx_int8_tflite"])
-        assert set(stated) == {"input", "output"}, build
-        for side in ("input", "output"):  # approx takes no nested containers (pytest 9)
-            assert stated[side][0] == pytest.approx(expected[side][0], rel=1e-7), (build, side)
-            assert stated[side][1] == expected[side][1], (build, side)
-        assert bench_plan.io_quantization(tiny_onnx_models[f"{build}/onnx_int8"]) == {}
-        assert bench_plan.io_quantization(tiny_models[f"{build}/int8"]) == {}
-
-
-def test_default_deadline_comes_from_the_plan(tiny_models, samples, tmp_path):
-    case, deadline = bench_plan.plan_deadline_s(cases=8, warmup=20, runs=300, samples=200)
-    assert case == pytest.approx(60 + 521 * 0.1) and deadline == pytest.approx(8 * case + 60)
-    board = Board(name="b", threads=(1, 2), warmup=20, runs=300)
-    plan = json.loads(bench_plan.stage_plan(tiny_models, samples, board, tmp_path).read_text())
-    assert (plan["case_timeout_s"], plan["deadline_s"]) == bench_plan.plan_deadline_s(
-        len(tiny_models) * 2, 20, 300, 16)
-
-
 def test_a_process_that_outlives_its_timeout_is_killed():
     started = time.monotonic()
     with pytest.raises(BoardError, match="no result within 1 s"):
