@@ -96,6 +96,7 @@ def test_npz_bytes_are_the_arrays_and_nothing_else(tmp_path):
             np.testing.assert_array_equal(read[name], array)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_STORED}
+        assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     assert bench_plan.npz_bytes(**arrays) == data
     changed = dict(arrays, y=np.array([3, 2], dtype=np.int64))
     assert bench_plan.npz_bytes(**changed) != data
@@ -181,29 +182,55 @@ def test_stage_plan_writes_what_the_runner_reads(tiny_models, tiny_onnx_models, 
          *(f"{m.stem}_samples.npz" for m in models.values())])
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_stage_plan_with_references_peak_gemms_and_top1(tiny_models, tmp_path):
     """A reference is pushed under its bytes' name, a peak model carries its hand-counted
-    MACs, `top1` marks each entry; each adds its own time to the case and the run."""
+    MACs, `top1` marks each entry; each pair and peak case adds its own time to the case and
+    the run (two of each: a count that divides is caught). The stage's folders are made."""
     labels = np.arange(5)
-    samples = {"tiny_mlp": (synthetic_images(labels, 3), labels)}
-    model, reference = tiny_models["tiny_mlp/int8"], tiny_models["tiny_mlp/float32"]
-    board = Board(name="b", threads=(1, 2), warmup=4, runs=6, min_seconds=0.5,
+    samples = {"tiny_mlp": (synthetic_images(labels, 3), labels),
+               "tiny_cnn": (synthetic_images(labels, 4), labels)}
+    mlp, cnn = tiny_models["tiny_mlp/int8"], tiny_models["tiny_cnn/int8"]
+    mlp_ref, cnn_ref = tiny_models["tiny_mlp/float32"], tiny_models["tiny_cnn/float32"]
+    board = Board(name="b", threads=(1, 2, 4), warmup=4, runs=6, min_seconds=0.5,
                   peak_seconds=2.0)
-    stage = tmp_path / "stage"
+    stage = tmp_path / "work" / "b"
     plan = json.loads(bench_plan.stage_plan(
-        {"tiny_mlp/int8": model}, samples, board, stage, top1=True,
-        peak={"float32": reference}, references={"tiny_mlp/int8": reference}).read_text())
-    (entry,) = plan["models"]
-    assert entry["top1"] is True
-    digest = hashlib.sha256(reference.read_bytes()).hexdigest()
-    assert entry["reference"] == {"file": f"reference_{digest[:16]}.tflite", "sha256": digest}
-    assert (stage / entry["reference"]["file"]).read_bytes() == reference.read_bytes()
-    # The MLP: 784 x 8 + 8 x 10 multiply-accumulates, by hand.
-    assert plan["peak"] == [{"file": reference.name, "sha256": digest, "variant": "float32",
-                             "macs": 784 * 8 + 8 * 10}]
-    # 2 cases (a model and a peak GEMM) x 2 thread counts; a pair times both models for
+        {"tiny_mlp/int8": mlp, "tiny_cnn/int8": cnn}, samples, board, stage, top1=True,
+        peak={"float32": mlp_ref, "int8": cnn},
+        references={"tiny_mlp/int8": mlp_ref, "tiny_cnn/int8": cnn_ref}).read_text())
+    for entry, ref in zip(plan["models"], (mlp_ref, cnn_ref)):
+        assert entry["top1"] is True
+        digest = sha256(ref)
+        assert entry["reference"] == {"file": f"reference_{digest[:16]}.tflite",
+                                      "sha256": digest}
+        assert (stage / entry["reference"]["file"]).read_bytes() == ref.read_bytes()
+    # By hand: the MLP 784 x 8 + 8 x 10 multiply-accumulates; the CNN's convolutions
+    # (26 x 26 x 4 x 3 x 3 x 1, 11 x 11 x 8 x 3 x 3 x 4, 3 x 3 x 8 x 3 x 3 x 8) and dense
+    # layers (72 x 8, 8 x 10).
+    assert plan["peak"] == [
+        {"file": mlp_ref.name, "sha256": sha256(mlp_ref), "variant": "float32",
+         "macs": 784 * 8 + 8 * 10},
+        {"file": cnn.name, "sha256": sha256(cnn), "variant": "int8",
+         "macs": 26 * 26 * 4 * 9 + 11 * 11 * 8 * 9 * 4 + 3 * 3 * 8 * 9 * 8 + 72 * 8 + 80}]
+    # 4 cases (2 models, 2 peak GEMMs) x 3 thread counts; a pair times both models for
     # (warmup + runs) invokes and at least min_seconds twice each.
     case = 60 + (1 + 4 + 6 + 5) * 0.1
     pair = 2 * (4 + 6) * 0.1 + 4 * 0.5
     assert plan["case_timeout_s"] == pytest.approx(case + pair + 2.0)
-    assert plan["deadline_s"] == pytest.approx(4 * case + 60 + pair * 2 * 1 + 2.0 * 2 * 1)
+    assert plan["deadline_s"] == pytest.approx(12 * case + 60 + pair * 3 * 2 + 2.0 * 3 * 2)
+
+
+def test_a_plan_of_peak_gemms_alone_times_no_samples(tiny_models, tmp_path):
+    """No models, so no samples: a case is the child's start, one invoke per warmup and run,
+    and peak_seconds."""
+    board = Board(name="b", threads=(1,), warmup=2, runs=3, peak_seconds=1.5)
+    peak = tiny_models["tiny_mlp/float32"]
+    plan = json.loads(bench_plan.stage_plan({}, {}, board, tmp_path / "s",
+                                            peak={"float32": peak}).read_text())
+    assert plan["models"] == [] and [p["macs"] for p in plan["peak"]] == [6352]
+    assert plan["case_timeout_s"] == pytest.approx(60 + (1 + 2 + 3) * 0.1 + 1.5)
+    assert plan["deadline_s"] == pytest.approx(60 + (1 + 2 + 3) * 0.1 + 60 + 1.5)

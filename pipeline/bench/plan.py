@@ -45,9 +45,11 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     """An .npz whose bytes depend only on the arrays (np.savez stamps the current time), so
     the board's copy is recognised by its SHA-256 and not pushed again."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+    # Stored, as np.savez does (ZipFile's default); each member dated by ZipInfo's own
+    # default, 1980-01-01, not by the clock.
+    with zipfile.ZipFile(buffer, "w") as archive:
         for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(f"{name}.npy")
             with archive.open(info, "w") as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
