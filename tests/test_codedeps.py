@@ -6,6 +6,8 @@ import os
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from pipeline.core.codedeps import CodeDeps
 from pipeline.core.importscan import imported_names
 
@@ -124,3 +126,73 @@ def test_the_project_imports_nothing_to_compute_its_graph():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_package_init_resolves_its_relative_imports_from_its_own_package(tmp_path):
+    """`from . import c` in app/core/__init__.py is app.core.c; in a module two folders
+    down, its own folder's module."""
+    write(tmp_path, {**PACKAGE, "app/core/__init__.py": "from . import c\n",
+                     "app/stages/deep/__init__.py": "",
+                     "app/stages/deep/m.py": "from . import n\nfrom ...core import a\n",
+                     "app/stages/deep/n.py": ""})
+    deps = CodeDeps(tmp_path, None, packages=("app",))
+    assert [p.as_posix() for p in deps.of("app.core")] == [
+        "app/__init__.py", "app/core/__init__.py", "app/core/c.py"]
+    assert [p.as_posix() for p in deps.of("app.stages.deep.m")] == [
+        "app/__init__.py", "app/core/__init__.py", "app/core/a.py", "app/core/b.py",
+        "app/core/c.py", "app/stages/__init__.py", "app/stages/deep/__init__.py",
+        "app/stages/deep/m.py", "app/stages/deep/n.py"]
+    deps.save()  # no cache file to write: nothing happens
+
+
+def test_a_files_cached_imports_are_used_while_its_stamp_matches(tmp_path):
+    """The cache's record of a file is trusted while its mtime and size match (that is
+    what saves the parse): a hand-edited record shows in the closure; a closure record is
+    not needed (a cache of this version without one, or with neither, works)."""
+    write(tmp_path, PACKAGE)
+    cache = tmp_path / "deps.json"
+    stat = os.stat(tmp_path / "app/core/b.py")
+    cache.write_text(json.dumps({"version": 2, "files": {
+        "app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"]]}}))
+    assert [p.as_posix() for p in CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")] == [
+        "app/__init__.py", "app/core/__init__.py", "app/core/b.py", "app/stages/__init__.py",
+        "app/stages/other.py"]
+    cache.write_text(json.dumps({"version": 2}))
+    assert [p.as_posix() for p in CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")] == [
+        "app/__init__.py", "app/core/__init__.py", "app/core/b.py", "app/core/c.py"]
+
+
+@pytest.mark.parametrize("document", ["[1, 2]", '"text"', "another version"])
+def test_a_cache_that_is_no_table_or_of_another_version_is_not_read(tmp_path, document):
+    """A record that would change the closure, with the right stamp, under another version
+    is ignored; so is a cache whose JSON is not a table."""
+    write(tmp_path, PACKAGE)
+    cache = tmp_path / "deps.json"
+    stat = os.stat(tmp_path / "app/core/b.py")
+    record = {"app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"]]}
+    cache.write_text(json.dumps({"version": 1, "files": record})
+                     if document == "another version" else document)
+    closure = CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")
+    assert Path("app/stages/other.py") not in closure and Path("app/core/c.py") in closure
+
+
+def test_a_no_op_load_writes_no_cache_and_an_unwritable_one_is_no_error(tmp_path):
+    """Nothing parsed, nothing walked: save() leaves the file as it was (a no-op `doit`
+    writes nothing). A cache in a tree that refuses new files (sysfs refuses even root) only
+    costs the parse next time."""
+    write(tmp_path, PACKAGE)
+    cache = tmp_path / "deps.json"
+    first = CodeDeps(tmp_path, cache, ("app",))
+    first.of("app.stages.s")
+    first.save()
+    os.utime(cache, ns=(10**9, 10**9))
+    again = CodeDeps(tmp_path, cache, ("app",))
+    again.of("app.stages.s")
+    again.save()
+    assert os.stat(cache).st_mtime_ns == 10**9
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here to refuse a write")
+    unwritable = CodeDeps(tmp_path, Path("/sys/codedeps-test.json"), ("app",))
+    assert Path("app/core/c.py") in unwritable.of("app.core.a")
+    unwritable.save()
+    assert not Path("/sys/codedeps-test.json").exists()

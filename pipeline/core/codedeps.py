@@ -80,16 +80,16 @@ class CodeDeps:
         cached = self._cache.get(rel.as_posix())
         if cached and cached[:2] == stamp:
             return cached[2]
-        package = ".".join(rel.with_suffix("").parts[:-1] if rel.name != "__init__.py"
-                           else rel.parts[:-1])
+        # A module's package is its folder, a package's __init__.py's too (a.b's and a/b/c's).
+        package = ".".join(rel.parts[:-1])
         # Here, not at the top: a no-op `doit` reads every file's imports from the cache, so
         # loading dodo.py need not compile the AST walk (pipeline/core/importscan.py).
         from pipeline.core.importscan import imported_names
 
         names = imported_names((self.root / rel).read_text(encoding="utf-8"), package)
         found = sorted({name for name in names if self.module_file(name) is not None})
+        # Only a walk parses, and it marks the cache changed: it records a closure.
         self._cache[rel.as_posix()] = [*stamp, found]
-        self._changed = True
         return found
 
     def _with_packages(self, name: str) -> list[Path]:

@@ -49,7 +49,7 @@ class _Imports(ast.NodeVisitor):
         self.names.update(alias.name for alias in node.names)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        base = node.module or ""
+        base = node.module  # None only in a relative `from . import x`
         if node.level:  # relative: from the module's own package upwards
             parts = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
             base = ".".join([*parts, *([node.module] if node.module else [])])
