@@ -18,6 +18,7 @@ import pytest
 from pipeline.bench import plan as bench_plan
 from pipeline.core.boards import Board
 from tests.conftest import synthetic_images
+from tests.test_runtimes import direct_probabilities
 
 
 def litert_quantization(model: Path) -> dict[str, list]:
@@ -31,23 +32,9 @@ def litert_quantization(model: Path) -> dict[str, list]:
 
 
 def litert_top1(model: Path, images: np.ndarray) -> np.ndarray:
-    """Each image's top-1 by LiteRT driven by hand: raw pixels, quantized by the input's own
-    scale and zero point for an integer model, one image per invoke."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    lite = Interpreter(model_path=str(model))
-    lite.allocate_tensors()
-    inp, out = lite.get_input_details()[0], lite.get_output_details()[0]
-    answers = []
-    for image in images:
-        x = image.reshape(1, 28, 28, 1).astype(np.float32)
-        if inp["dtype"] != np.float32:
-            scale, zero_point = inp["quantization"]
-            x = np.clip(np.rint(x / scale + zero_point), -128, 127)
-        lite.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        lite.invoke()
-        answers.append(int(np.argmax(lite.get_tensor(out["index"])[0])))
-    return np.array(answers)
+    """Each image's top-1 by LiteRT driven by hand (test_runtimes' direct reading: raw
+    pixels, quantized by the input's own scale and zero point, one image per invoke)."""
+    return np.argmax(direct_probabilities(model, images), axis=1)
 
 
 def test_the_plan_states_each_integer_sides_quantization_as_litert_has_it(tiny_models,
