@@ -25,8 +25,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from doit.tools import config_changed
-
 from pipeline.core.boards import load_boards
 from pipeline.core.codedeps import CodeDeps
 from pipeline.core.console import quiet_third_party, verbose_requested
@@ -37,6 +35,7 @@ from pipeline.core.params import (OVERRIDE_ENV, ParamsError, load_params, resolv
                                   section_dict, write_resolved)
 from pipeline.core.variants import (ONNX_FLOAT32, ONNX_INT8, VARIANTS, other_int8_variants,
                                    reference_int8_variant, variant_names)
+from pipeline.core.uptodate import CodeAndSettings
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 OVERRIDES = os.environ.get(OVERRIDE_ENV, "")
@@ -77,7 +76,8 @@ BLOCKED = {b.name: b.dataset for b in PARAMS.builds if b.dataset in MISSING}
 # Each task's code: its action's module and every project module that one imports,
 # transitively (pipeline/core/codedeps.py: an AST walk cached by mtime, relative paths so a
 # moved checkout is not a change). Computed here, once per module, so the cache is written
-# once per load.
+# once per load. A task depends on these files' bytes through one check with its settings
+# (_changed, pipeline/core/uptodate.py), not through one file_dep per file.
 CODE_DEPS = CodeDeps(Path("."), LAYOUT.root / ".code-deps.json")
 CODE = {task: CODE_DEPS.of(*(f"pipeline.{m}" for m in modules)) for task, modules in {
     "download": ["stages.download"], "params": ["core.params"],
@@ -87,6 +87,7 @@ CODE = {task: CODE_DEPS.of(*(f"pipeline.{m}" for m in modules)) for task, module
     "analysis": ["stages.analysis"], "layers": ["stages.layers", "stages.layers_onnx"],
     "card": ["stages.card"],
     "bench": ["bench.session", "bench.report"]}.items()}
+CODE_HASHES = {task: CODE_DEPS.hashes(files) for task, files in CODE.items()}
 CODE_DEPS.save()
 # The task families that write some build's models (variants.py's producer): convert, and,
 # with convert.onnx, convert_onnx and translate_onnx. Only these tasks exist.
@@ -171,18 +172,6 @@ def _stamp_targets(targets):
     return {"targets": target_stamps(targets)}
 
 
-def _targets_as_written(task, values):
-    """Up to date only while every target is what the task wrote (doit itself only checks
-    that a target exists): a truncated or replaced .h5/.tflite reruns the task that makes
-    it, instead of failing every later task on a damaged file."""
-    from pipeline.core.stamps import changed_targets
-
-    changed = changed_targets(values.get("targets", {}), task.targets)
-    for line in changed:
-        print(f"{line}: rerunning {task.name}")
-    return not changed
-
-
 def in_file_order(task_creator):
     """doit orders task creators by the line `inspect.getsourcelines` finds for each, and
     that tokenizes the creator's source (compiling tokenize's regular expressions first):
@@ -195,13 +184,14 @@ def in_file_order(task_creator):
 
 
 def checked_targets(task_creator):
-    """Give every task `task_creator` makes the target check above (a decorator on task_*)."""
+    """Record what every task `task_creator` makes wrote, as its last action (a decorator
+    on task_*): its CodeAndSettings check (_changed) reruns it when a target differs."""
     import functools
 
     def add_check(task):
         if task.get("targets"):
+            assert any(isinstance(u, CodeAndSettings) for u in task["uptodate"]), task.get("name")
             task["actions"] = [*task["actions"], (_stamp_targets, [task["targets"]])]
-            task["uptodate"] = [*task.get("uptodate", []), _targets_as_written]
         return task
 
     @functools.wraps(task_creator)
@@ -226,9 +216,8 @@ def task_download():
                                     raw_dir(name),
                                     mirrors_for(spec, MIRRORS[name], OFFLINE),
                                     PARAMS.download.timeout_s, sys.stderr, print, DATASETS])],
-            "file_dep": CODE["download"],
             "targets": [raw_dir(name) / f.name for f in spec.files],
-            "uptodate": [config_changed(section_dict(spec))],
+            "uptodate": [_changed("download", section_dict(spec))],
             "clean": True,
         }
 
@@ -240,9 +229,8 @@ def task_params():
     made_with = resolved(PARAMS, PARAMS_PATH, OVERRIDES)
     return {
         "actions": [(_guarded, [write_resolved, out, PARAMS, PARAMS_PATH, OVERRIDES])],
-        "file_dep": CODE["params"],
         "targets": [out],
-        "uptodate": [config_changed(made_with)],
+        "uptodate": [_changed("params", made_with)],
         "clean": True,
     }
 
@@ -257,7 +245,8 @@ def task_preprocess():
             "doc": f"pack {name} into {dataset_npz(name)}",
             "actions": [(_guarded, [_stage("stages.preprocess.run"), spec, raw_dir(name),
                                     dataset_npz(name)])],
-            "file_dep": [*CODE["preprocess"], *(raw_dir(name) / f.name for f in spec.files)],
+            "file_dep": [raw_dir(name) / f.name for f in spec.files],
+            "uptodate": [_changed("preprocess")],
             "targets": [dataset_npz(name)],
             "clean": True,
         }
@@ -279,12 +268,12 @@ def task_train():
                                     len(DATASETS[build.dataset].class_names)])],
             # The user's model file (their .py, module or saved model): editing it retrains
             # this build and no other.
-            "file_dep": [*CODE["train"], dataset_npz(build.dataset),
+            "file_dep": [dataset_npz(build.dataset),
                          *([source.file] if source.file else [])],
             "targets": [keras_model(build.name), LAYOUT.history_json(build.name)],
-            "uptodate": [config_changed({"model": build.model, "fine_tune": build.fine_tune,
-                                         "max_parameters": build.max_parameters,
-                                         **section_dict(PARAMS.train)})],
+            "uptodate": [_changed("train", {"model": build.model, "fine_tune": build.fine_tune,
+                                            "max_parameters": build.max_parameters,
+                                            **section_dict(PARAMS.train)})],
             "clean": True,
         }
 
@@ -300,18 +289,23 @@ def task_convert():
             "actions": [(_guarded, [_stage("stages.convert.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.float_layers])],
-            "file_dep": [*CODE["convert"], keras_model(build.name), dataset_npz(build.dataset)],
+            "file_dep": [keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # Every variant the build ships, whichever task makes it: convert also removes
             # the files of variants switched off, so it reruns when that list changes. Not
             # the other ONNX keys: they never change a .tflite.
-            "uptodate": [config_changed({**_without(section_dict(PARAMS.convert), "onnx",
-                                                    "onnx_tflite_max_steps",
-                                                    "onnx_calibration", "onnx_preprocess"),
-                                         "float_layers": list(build.float_layers),
-                                         "variants": list(variant_models(build.name))})],
+            "uptodate": [_changed("convert", {
+                **_without(section_dict(PARAMS.convert), "onnx", "onnx_tflite_max_steps",
+                           "onnx_calibration", "onnx_preprocess"),
+                "float_layers": list(build.float_layers),
+                "variants": list(variant_models(build.name))})],
             "clean": True,
         }
+
+
+def _changed(family, settings=None):
+    """Out of date when the task's settings or the bytes of its family's code change."""
+    return CodeAndSettings(CODE_HASHES[family], settings)
 
 
 def _without(section, *keys):
@@ -328,15 +322,14 @@ def _task_convert_onnx():
             "actions": [(_guarded, [_stage("stages.convert_onnx.run"), keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, build.name,
                                     model_dir(build.name), build.nodes_to_exclude])],
-            "file_dep": [*CODE["convert_onnx"], keras_model(build.name),
-                         dataset_npz(build.dataset)],
+            "file_dep": [keras_model(build.name), dataset_npz(build.dataset)],
             "targets": list(models.values()),
             # The calibration draw and method are all of [convert] these models depend on;
             # the build's nodes_to_exclude changes onnx_int8.
-            "uptodate": [config_changed({**{key: getattr(PARAMS.convert, key)
-                                            for key in ("representative_samples", "seed",
-                                                        "onnx_calibration", "onnx_preprocess")},
-                                         "nodes_to_exclude": list(build.nodes_to_exclude)})],
+            "uptodate": [_changed("convert_onnx", {
+                **{key: getattr(PARAMS.convert, key) for key in (
+                    "representative_samples", "seed", "onnx_calibration", "onnx_preprocess")},
+                "nodes_to_exclude": list(build.nodes_to_exclude)})],
             "clean": True,
         }
 
@@ -356,10 +349,10 @@ def _task_translate_onnx():
             # The int8 .tflite necessarily (it is the input), not the .h5: when convert
             # rewrites the same int8 bytes, nothing is translated again. The runner (loaded
             # by path, not imported): the bit-for-bit check runs both models through it.
-            "file_dep": [*CODE["convert_onnx"], RUNNER, int8, dataset_npz(build.dataset)],
+            "file_dep": [RUNNER, int8, dataset_npz(build.dataset)],
             "targets": list(models.values()),
-            "uptodate": [config_changed({"onnx_tflite_max_steps":
-                                         PARAMS.convert.onnx_tflite_max_steps})],
+            "uptodate": [_changed("convert_onnx", {"onnx_tflite_max_steps":
+                                                   PARAMS.convert.onnx_tflite_max_steps})],
             "clean": True,
         }
 
@@ -385,10 +378,10 @@ def task_evaluate():
                                     models, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size, PARAMS.evaluate.max_drift_pt,
                                     report_dir])],
-            "file_dep": [*CODE["evaluate"], RUNNER, keras_model(build.name),
+            "file_dep": [RUNNER, keras_model(build.name),
                          dataset_npz(build.dataset), *models.values()],
             "targets": [LAYOUT.accuracy_json(build.name), LAYOUT.accuracy_md(build.name)],
-            "uptodate": [config_changed(section_dict(PARAMS.evaluate))],
+            "uptodate": [_changed("evaluate", section_dict(PARAMS.evaluate))],
             "clean": True,
         }
 
@@ -403,9 +396,8 @@ def task_peak():
     return {
         "actions": [(_guarded, [_stage("bench.floor.build_peak_models"), list(peak_models()),
                                 LAYOUT])],
-        "file_dep": CODE["peak"],
         "targets": list(peak_models().values()),
-        "uptodate": [config_changed({"variants": list(peak_models())})],
+        "uptodate": [_changed("peak", {"variants": list(peak_models())})],
         "clean": True,
     }
 
@@ -421,7 +413,8 @@ def task_curves():
             "doc": f"{build.name} training curves -> {png}",
             "actions": [(_guarded, [_stage("stages.curves.run"), build.name, history, accuracy,
                                     png])],
-            "file_dep": [*CODE["curves"], history, accuracy],
+            "file_dep": [history, accuracy],
+            "uptodate": [_changed("curves")],
             "targets": [png],
             "clean": True,
         }
@@ -445,11 +438,11 @@ def task_analysis():
                                     int8, dataset_npz(build.dataset),
                                     PARAMS.evaluate.batch_size,
                                     PARAMS.analysis.max_per_class, report_dir, others])],
-            "file_dep": [*CODE["analysis"], RUNNER, keras_model(build.name), int8,
+            "file_dep": [RUNNER, keras_model(build.name), int8,
                          *others.values(), dataset_npz(build.dataset)],
             "targets": outputs,
-            "uptodate": [config_changed({**section_dict(PARAMS.analysis),
-                                         "batch_size": PARAMS.evaluate.batch_size})],
+            "uptodate": [_changed("analysis", {**section_dict(PARAMS.analysis),
+                                               "batch_size": PARAMS.evaluate.batch_size})],
             "clean": [(_remove, [outputs])],
         }
 
@@ -471,11 +464,11 @@ def task_layers():
             "actions": [(_guarded, [_stage("stages.layers.run"), build.name, keras_model(build.name),
                                     dataset_npz(build.dataset), PARAMS.convert, PARAMS.layers,
                                     report_dir, onnx])],
-            "file_dep": [*CODE["layers"], keras_model(build.name), dataset_npz(build.dataset),
+            "file_dep": [keras_model(build.name), dataset_npz(build.dataset),
                          *(onnx or ())],
             "targets": outputs,
             # The debugger calibrates as convert does: those three keys, not extra_variants.
-            "uptodate": [config_changed({"layers": section_dict(PARAMS.layers), "convert": {
+            "uptodate": [_changed("layers", {"layers": section_dict(PARAMS.layers), "convert": {
                 key: getattr(PARAMS.convert, key)
                 for key in ("representative_samples", "seed", "int8_io")}})],
             "clean": [(_remove, [outputs])],
@@ -497,9 +490,9 @@ def task_card():
                                     DATASETS[build.dataset].class_names, keras_model(build.name),
                                     models, accuracy, history, model_dir(build.name),
                                     DATASETS[build.dataset].framing])],
-            "file_dep": [*CODE["card"], keras_model(build.name), history, accuracy,
-                         *models.values()],
+            "file_dep": [keras_model(build.name), history, accuracy, *models.values()],
             "targets": outputs,
+            "uptodate": [_changed("card")],
             "clean": [(_remove, [outputs])],
         }
 
@@ -528,12 +521,12 @@ def task_bench():
                         (_guarded, [_stage("bench.session.run"), board, models, datasets,
                                     PARAMS.bench.correctness_samples, LAYOUT, BOARDS,
                                     peak_models(), PARAMS.bench.max_age_hours])],
-            "file_dep": [*CODE["bench"], RUNNER, *models.values(), *peak_models().values(),
+            "file_dep": [RUNNER, *models.values(), *peak_models().values(),
                          *set(datasets.values())],
             "targets": [result, LAYOUT.board_samples(board.name)],
             # Out of date when the board's last figures are older than max_age_hours, so a
             # board that died since it was last timed is noticed.
-            "uptodate": [config_changed({**board.settings(), **section_dict(PARAMS.bench)}),
+            "uptodate": [_changed("bench", {**board.settings(), **section_dict(PARAMS.bench)}),
                          (measured_within, [result, PARAMS.bench.max_age_hours])],
             # The board's result and its staged plan go; the shared report is rebuilt from
             # the other boards' results (it is not this task's alone).

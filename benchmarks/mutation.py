@@ -4,9 +4,9 @@ A plain `mutmut run` first runs every configured test file once ("collect stats"
 or slow file stops or slows every module's pass. This script runs mutmut per module in a copy
 of the checkout (build/mutation/<module>/, kept between runs: a second run reuses the record of
 which test calls which function, but tests every mutant again) whose [tool.mutmut] mutates
-just that module and selects just the tests that `[tool.mutation_tests]` in pyproject.toml names for it (and, for a module listed in
-`[tool.mutation_functions]`, mutates only those functions: a module whose other functions
-draw charts or write files too slowly to test each mutant; `[tool.mutation_settings]` gives
+just that module and selects just the tests that `[mutation_tests]` in benchmarks/mutation.toml names for it (and, for a module listed in
+`[mutation_functions]`, mutates only those functions: a module whose other functions
+draw charts or write files too slowly to test each mutant; `[mutation_settings]` gives
 a module mutmut settings of its own). It prints one row per
 module for docs/testing-oracles.md and each survivor's name (`mutmut show NAME` in that
 directory shows its diff). A survivor that changes only the prose of a message (a string
@@ -14,7 +14,7 @@ literal with a space in it, nothing else on its lines) is counted apart as "word
 left out of the survival rate.
 
 Usage: nice -n 10 python benchmarks/mutation.py [MODULE ...] [--max-children 2]
-With no MODULE, every module of [tool.mutation_tests]. Needs `pip install -e '.[test,mutation]'`.
+With no MODULE, every module of [mutation_tests]. Needs `pip install -e '.[test,mutation]'`.
 """
 
 from __future__ import annotations
@@ -39,15 +39,18 @@ REPO = Path(__file__).resolve().parent.parent
 SCRATCH = REPO / "build" / "mutation"
 
 
-def module_tests(pyproject: dict) -> dict[str, list[str]]:
-    """Each mutated module's own test files, from [tool.mutation_tests]."""
-    return pyproject["tool"]["mutation_tests"]
+CONFIG = Path(__file__).with_name("mutation.toml")
+
+
+def module_tests(config: dict) -> dict[str, list[str]]:
+    """Each mutated module's own test files, from [mutation_tests] of mutation.toml."""
+    return config["mutation_tests"]
 
 
 def module_config(pyproject_text: str, module: str, tests: list[str],
                   settings: dict | None = None) -> str:
     """pyproject.toml's text with [tool.mutmut] mutating only `module`, testing with `tests`,
-    with the module's own mutmut `settings` ([tool.mutation_settings]) over the others."""
+    with the module's own mutmut `settings` ([mutation_settings]) over the others."""
     base = dict(tomllib.loads(pyproject_text)["tool"]["mutmut"])
     # The copy lives inside this checkout's build/: git would answer about the checkout.
     base.update(only_mutate=[module], pytest_add_cli_args_test_selection=tests,
@@ -160,13 +163,13 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help="e.g. pipeline/core/params.py")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    mapping = module_tests(pyproject)
-    functions = pyproject["tool"].get("mutation_functions", {})
-    settings = pyproject["tool"].get("mutation_settings", {})
+    config = tomllib.loads(CONFIG.read_text())
+    mapping = module_tests(config)
+    functions = config.get("mutation_functions", {})
+    settings = config.get("mutation_settings", {})
     unknown = [m for m in args.modules if m not in mapping]
     if unknown:
-        raise SystemExit(f"pyproject.toml [tool.mutation_tests] has no {', '.join(unknown)}; "
+        raise SystemExit(f"benchmarks/mutation.toml [mutation_tests] has no {', '.join(unknown)}; "
                          "add the module with its test files there.")
     rows = []
     for module in args.modules or list(mapping):

@@ -1,6 +1,7 @@
 """The import graph behind each task's code dependencies: an AST walk over a small package
 written here, so every expected edge is known by construction."""
 
+import hashlib
 import json
 import os
 import textwrap
@@ -53,10 +54,10 @@ PACKAGE = {
 def test_the_closure_follows_imports_at_any_depth_but_not_the_command_line(tmp_path):
     write(tmp_path, PACKAGE)
     deps = CodeDeps(tmp_path, None, packages=("app",))
-    assert [p.as_posix() for p in deps.of("app.stages.s")] == [
+    assert deps.of("app.stages.s") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/a.py", "app/core/b.py",
         "app/core/c.py", "app/stages/__init__.py", "app/stages/helper.py", "app/stages/s.py"]
-    assert [p.as_posix() for p in deps.of("app.core.c")] == [
+    assert deps.of("app.core.c") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/c.py"]
 
 
@@ -77,13 +78,15 @@ def test_the_cache_is_reused_while_files_are_unchanged_and_refreshed_when_one_ch
     first.save()
     stored = json.loads(cache.read_text())["files"]
     assert stored["app/core/a.py"][2] == ["app.core", "app.core.b"]
+    assert stored["app/core/a.py"][3] == hashlib.sha256(
+        (tmp_path / "app/core/a.py").read_bytes()).hexdigest()
 
     again = CodeDeps(tmp_path, cache, packages=("app",))
     assert again.of("app.stages.s") == first.of("app.stages.s")
     assert not again._changed  # nothing parsed: every file's mtime and size matched
-    assert again._imported == {}  # no graph walked: the closure itself came from the cache
+    assert again._fresh == set()  # no graph walked: the closure itself came from the cache
     assert json.loads(cache.read_text())["closures"]["app.stages.s"] == [
-        [rel.as_posix(), os.stat(tmp_path / rel).st_mtime_ns, os.stat(tmp_path / rel).st_size]
+        [rel, os.stat(tmp_path / rel).st_mtime_ns, os.stat(tmp_path / rel).st_size]
         for rel in first.of("app.stages.s")]
 
     # An edit that adds an import: the file is parsed again and the closure grows.
@@ -91,7 +94,7 @@ def test_the_cache_is_reused_while_files_are_unchanged_and_refreshed_when_one_ch
     stamp = os.stat(tmp_path / "app/core/c.py")
     os.utime(tmp_path / "app/core/c.py", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
     edited = CodeDeps(tmp_path, cache, packages=("app",))
-    assert Path("app/stages/other.py") in edited.of("app.stages.s")
+    assert "app/stages/other.py" in edited.of("app.stages.s")
     assert edited._changed
     edited.save()
 
@@ -99,16 +102,16 @@ def test_the_cache_is_reused_while_files_are_unchanged_and_refreshed_when_one_ch
     (tmp_path / "app/core/c.py").unlink()
     (tmp_path / "app/core/b.py").write_text("X = 2  # no import any more\n")
     shrunk = CodeDeps(tmp_path, cache, packages=("app",)).of("app.stages.s")
-    assert Path("app/core/c.py") not in shrunk and Path("app/stages/other.py") not in shrunk
+    assert "app/core/c.py" not in shrunk and "app/stages/other.py" not in shrunk
 
 
 def test_a_damaged_or_old_cache_is_ignored(tmp_path):
     write(tmp_path, PACKAGE)
     cache = tmp_path / "deps.json"
     cache.write_text("{not json")
-    assert Path("app/core/c.py") in CodeDeps(tmp_path, cache, ("app",)).of("app.core.a")
+    assert "app/core/c.py" in CodeDeps(tmp_path, cache, ("app",)).of("app.core.a")
     cache.write_text(json.dumps({"version": 0, "files": {"app/core/a.py": [0, 0, []]}}))
-    assert Path("app/core/c.py") in CodeDeps(tmp_path, cache, ("app",)).of("app.core.a")
+    assert "app/core/c.py" in CodeDeps(tmp_path, cache, ("app",)).of("app.core.a")
 
 
 def test_the_project_imports_nothing_to_compute_its_graph():
@@ -136,9 +139,9 @@ def test_a_package_init_resolves_its_relative_imports_from_its_own_package(tmp_p
                      "app/stages/deep/m.py": "from . import n\nfrom ...core import a\n",
                      "app/stages/deep/n.py": ""})
     deps = CodeDeps(tmp_path, None, packages=("app",))
-    assert [p.as_posix() for p in deps.of("app.core")] == [
+    assert deps.of("app.core") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/c.py"]
-    assert [p.as_posix() for p in deps.of("app.stages.deep.m")] == [
+    assert deps.of("app.stages.deep.m") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/a.py", "app/core/b.py",
         "app/core/c.py", "app/stages/__init__.py", "app/stages/deep/__init__.py",
         "app/stages/deep/m.py", "app/stages/deep/n.py"]
@@ -152,13 +155,13 @@ def test_a_files_cached_imports_are_used_while_its_stamp_matches(tmp_path):
     write(tmp_path, PACKAGE)
     cache = tmp_path / "deps.json"
     stat = os.stat(tmp_path / "app/core/b.py")
-    cache.write_text(json.dumps({"version": 2, "files": {
-        "app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"]]}}))
-    assert [p.as_posix() for p in CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")] == [
+    cache.write_text(json.dumps({"version": 3, "files": {
+        "app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"], "0" * 64]}}))
+    assert CodeDeps(tmp_path, cache, ("app",)).of("app.core.b") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/b.py", "app/stages/__init__.py",
         "app/stages/other.py"]
-    cache.write_text(json.dumps({"version": 2}))
-    assert [p.as_posix() for p in CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")] == [
+    cache.write_text(json.dumps({"version": 3}))
+    assert CodeDeps(tmp_path, cache, ("app",)).of("app.core.b") == [
         "app/__init__.py", "app/core/__init__.py", "app/core/b.py", "app/core/c.py"]
 
 
@@ -169,11 +172,11 @@ def test_a_cache_that_is_no_table_or_of_another_version_is_not_read(tmp_path, do
     write(tmp_path, PACKAGE)
     cache = tmp_path / "deps.json"
     stat = os.stat(tmp_path / "app/core/b.py")
-    record = {"app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"]]}
-    cache.write_text(json.dumps({"version": 1, "files": record})
+    record = {"app/core/b.py": [stat.st_mtime_ns, stat.st_size, ["app.stages.other"], "0" * 64]}
+    cache.write_text(json.dumps({"version": 2, "files": record})
                      if document == "another version" else document)
     closure = CodeDeps(tmp_path, cache, ("app",)).of("app.core.b")
-    assert Path("app/stages/other.py") not in closure and Path("app/core/c.py") in closure
+    assert "app/stages/other.py" not in closure and "app/core/c.py" in closure
 
 
 def test_a_no_op_load_writes_no_cache_and_an_unwritable_one_is_no_error(tmp_path):
@@ -193,6 +196,37 @@ def test_a_no_op_load_writes_no_cache_and_an_unwritable_one_is_no_error(tmp_path
     if not Path("/sys/kernel").is_dir():
         pytest.skip("no sysfs here to refuse a write")
     unwritable = CodeDeps(tmp_path, Path("/sys/codedeps-test.json"), ("app",))
-    assert Path("app/core/c.py") in unwritable.of("app.core.a")
+    assert "app/core/c.py" in unwritable.of("app.core.a")
     unwritable.save()
     assert not Path("/sys/codedeps-test.json").exists()
+
+
+def test_the_hashes_are_each_files_sha256_from_the_cache_while_its_stamp_matches(tmp_path):
+    """What a task's code check compares (pipeline/core/uptodate.py): each file's SHA-256
+    of its bytes, from the cache or not; the same bytes rewritten later (a checkout) give the
+    same hash, one byte more or other (same size) another."""
+    write(tmp_path, PACKAGE)
+    cache = tmp_path / "deps.json"
+
+    def direct(files):
+        return {rel: hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() for rel in files}
+
+    first = CodeDeps(tmp_path, cache, ("app",))
+    files = first.of("app.stages.s")
+    assert first.hashes(files) == direct(files)
+    first.save()
+    cached = CodeDeps(tmp_path, cache, ("app",))
+    assert cached.hashes(cached.of("app.stages.s")) == direct(files)
+    assert not cached._changed  # every hash came from the cache
+
+    c = tmp_path / "app/core/c.py"
+    stamp = os.stat(c)
+    c.write_text("X = 1\n")  # the same bytes, a later mtime
+    os.utime(c, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    assert CodeDeps(tmp_path, cache, ("app",)).hashes(files) == direct(files) == \
+        first.hashes(files)
+    c.write_text("X = 2\n")  # one byte, the same size
+    os.utime(c, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 2 * 10**9))
+    again = CodeDeps(tmp_path, cache, ("app",))
+    assert again.hashes(files) == direct(files) != first.hashes(files)
+    assert again._changed  # the new hash is kept for the next load

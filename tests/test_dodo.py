@@ -234,11 +234,23 @@ def dodo_tasks(dodo):
     return out
 
 
-def test_every_task_depends_on_the_code_it_runs(monkeypatch):
-    """Each task's file_dep holds its action's module (computed from the imports, so it
-    cannot drift from the code)."""
+def code_of(dodo, task) -> list[str]:
+    """The files whose bytes a task's up-to-date check covers (dodo._changed), each with
+    the SHA-256 of its bytes as hashlib gives it."""
+    import hashlib
     from pathlib import Path
 
+    from pipeline.core.uptodate import CodeAndSettings
+
+    [check] = [u for u in task["uptodate"] if isinstance(u, CodeAndSettings)]
+    assert check.code == {rel: hashlib.sha256(Path(rel).read_bytes()).hexdigest()
+                          for rel in check.code}
+    return list(check.code)
+
+
+def test_every_task_depends_on_the_code_it_runs(monkeypatch):
+    """Each task's up-to-date check covers its action's module (computed from the imports,
+    so it cannot drift from the code)."""
     dodo = load_dodo(monkeypatch)
     checked = set()
     for family, tasks in dodo_tasks(dodo).items():
@@ -248,17 +260,18 @@ def test_every_task_depends_on_the_code_it_runs(monkeypatch):
             # dodo's _stage names its module without importing it; others are functions
             modules = [f"pipeline.{fn.module}" if hasattr(fn, "module") else fn.__module__
                        for fn in functions if callable(fn)]
-            expected = {Path(*m.split(".")).with_suffix(".py") for m in modules
+            expected = {"/".join(m.split(".")) + ".py" for m in modules
                         if m.startswith("pipeline.")}
-            deps = {Path(d) for d in task["file_dep"]}
-            assert expected and expected <= deps, (family, task.get("name"), expected - deps)
+            code = set(code_of(dodo, task))
+            assert expected and expected <= code, (family, task.get("name"), expected - code)
             checked.add(family)
     assert {"download", "preprocess", "train", "convert", "evaluate", "bench", "peak",
-            "params"} <= checked
+            "params", "curves", "card"} <= checked
     bench = next(t for t in dodo.task_bench() if t["name"] == "local")
-    assert {Path("pipeline", *m.split(".")).with_suffix(".py") for m in (
-        "bench.session", "bench.report", "bench.floor", "core.boards", "core.runtimes")} | {
-        Path("board") / "runner.py"} <= {Path(d) for d in bench["file_dep"]}
+    assert {f"pipeline/{m.replace('.', '/')}.py" for m in (
+        "bench.session", "bench.report", "bench.floor", "core.boards", "core.runtimes")
+    } <= set(code_of(dodo, bench))
+    assert "board/runner.py" in {str(d) for d in bench["file_dep"]}  # loaded by path
 
 
 def test_doit_takes_the_task_creators_in_file_order_without_reading_their_source(monkeypatch):
@@ -288,7 +301,7 @@ LOAD_TIME_MODULES = {"pipeline", "pipeline.core", "pipeline.core.boards",
                      "pipeline.core.codedeps", "pipeline.core.console",
                      "pipeline.core.datasets", "pipeline.core.formats", "pipeline.core.layout",
                      "pipeline.core.mirrors", "pipeline.core.models", "pipeline.core.params",
-                     "pipeline.core.records", "pipeline.core.variants"}
+                     "pipeline.core.records", "pipeline.core.uptodate", "pipeline.core.variants"}
 
 
 def test_loading_dodo_imports_only_the_load_time_modules():
@@ -319,16 +332,16 @@ def test_the_keras_loaders_users_depend_on_it_and_curves_on_no_training(monkeypa
     call stages.train.load_model; and no training depends on the curves module."""
     from pathlib import Path
 
-    tasks = dodo_tasks(load_dodo(monkeypatch))
-    loader = Path("pipeline/stages/train.py")
+    dodo = load_dodo(monkeypatch)
+    tasks = dodo_tasks(dodo)
+    loader = "pipeline/stages/train.py"
     for family in ("convert", "layers", "evaluate", "analysis", "convert_onnx"):
         for task in tasks[family]:
-            assert loader in {Path(d) for d in task["file_dep"]}, (family, task["name"])
-    curves = Path("pipeline/stages/curves.py")
+            assert loader in code_of(dodo, task), (family, task["name"])
+    curves = "pipeline/stages/curves.py"
     for family, family_tasks in tasks.items():
         if family != "curves":
-            assert all(curves not in {Path(d) for d in t["file_dep"]} for t in family_tasks), \
-                family
+            assert all(curves not in code_of(dodo, t) for t in family_tasks), family
 
 
 def test_editing_the_keras_loader_outdates_its_users_and_curves_retrains_nothing(
@@ -345,8 +358,7 @@ def test_editing_the_keras_loader_outdates_its_users_and_curves_retrains_nothing
     train.write_text(train.read_text() + "\n# edited\n")
     # `doit info` says whether a task would run and which dependency changed (its exit
     # status is 1 for a task that would run).
-    changed = "status     : run\n * The following file dependencies have changed:\n" \
-              "    - pipeline/stages/train.py\n"
+    changed = "changed since the last run: pipeline/stages/train.py edited (args"
     for task in ("train", "convert", "layers", "evaluate"):
         info = run_doit(project, "info", f"{task}:mnist_cnn")
         assert changed in info.stdout, info.stdout + info.stderr[-2000:]

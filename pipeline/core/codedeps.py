@@ -9,35 +9,42 @@ no-op `doit` stats those files and walks no graph. A closure changes only throug
 of a file in it (a new import is an edit of the importing file), so it is reused while
 every one of its files has the same mtime and size.
 
+A task depends on its closure through `hashes`, each file's SHA-256, cached with its
+imports (pipeline/core/uptodate.py compares them). Paths are strings, not pathlib objects: a no-op `doit` looks up
+hundreds of them, and building Path objects was most of this module's cost.
+
 The walk itself is pipeline/core/importscan.py. Not followed: imports inside a function
 named `main` or under `if __name__ == "__main__":` (they serve the module's command line,
-which a task never runs) and under `if TYPE_CHECKING:`. Code loaded by path rather than imported (board/runner.py, a user's
-model file) is declared by dodo.py where it is used.
+which a task never runs) and under `if TYPE_CHECKING:`. Code loaded by path rather than
+imported (board/runner.py, a user's model file) is declared by dodo.py where it is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
-# Bump when what the walk records changes: an old cache is then ignored, not misread.
-CACHE_VERSION = 2
+# Bump when what the cache records changes: an old cache is then ignored, not misread.
+CACHE_VERSION = 3
 
 
 class CodeDeps:
-    """The import graph of the project's packages under `root`, with a cache file."""
+    """The import graph of the project's packages under `root`, with a cache file. Files
+    are named by their path relative to the root, with `/` separators."""
 
     def __init__(self, root: Path, cache: Path | None, packages: tuple[str, ...] = ("pipeline",)):
-        self.root, self.cache_path, self.packages = Path(root), cache, packages
+        self.root, self.cache_path, self.packages = os.fspath(root), cache, packages
         self._cache, self._closure_cache = self._load()
         self._changed = False
-        self._closures: dict[str, tuple[Path, ...]] = {}
-        # Per load: each file is stat'ed (and perhaps parsed) once, each name looked up
-        # once, however many tasks' closures share them (a no-op `doit` pays for this).
-        self._files: dict[str, Path | None] = {}
-        self._imported: dict[Path, list[str]] = {}
-        self._stamps: dict[Path, list[int] | None] = {}
+        self._closures: dict[str, tuple[str, ...]] = {}
+        # Per load: each file is stat'ed (and perhaps read) once, each name looked up once,
+        # however many tasks' closures share them (a no-op `doit` pays for this).
+        self._files: dict[str, str | None] = {}
+        self._fresh: set[str] = set()  # files whose record matches the file on disk
+        self._stamps: dict[str, list[int] | None] = {}
 
     def _load(self) -> tuple[dict[str, list], dict[str, list]]:
         try:
@@ -48,89 +55,89 @@ class CodeDeps:
             return {}, {}
         return doc.get("files", {}), doc.get("closures", {})
 
-    def _stamp(self, rel: Path) -> list[int] | None:
+    def _stamp(self, rel: str) -> list[int] | None:
         """[mtime_ns, size] of file `rel`, or None when it is gone; stat'ed once per load."""
         if rel not in self._stamps:
             try:
-                stat = (self.root / rel).stat()
+                stat = os.stat(os.path.join(self.root, rel))
                 self._stamps[rel] = [stat.st_mtime_ns, stat.st_size]
             except OSError:
                 self._stamps[rel] = None
         return self._stamps[rel]
 
-    def module_file(self, name: str) -> Path | None:
+    def module_file(self, name: str) -> str | None:
         """The file of module `name`, relative to the root, or None (not a project module)."""
         if name not in self._files:
             self._files[name] = None
             if name.split(".")[0] in self.packages:
-                rel = Path(*name.split("."))
+                rel = name.replace(".", "/")
                 self._files[name] = next(
-                    (candidate for candidate in (rel.with_suffix(".py"), rel / "__init__.py")
-                     if (self.root / candidate).is_file()), None)
+                    (candidate for candidate in (f"{rel}.py", f"{rel}/__init__.py")
+                     if os.path.isfile(os.path.join(self.root, candidate))), None)
         return self._files[name]
 
-    def _imports(self, rel: Path) -> list[str]:
-        """The project modules `rel` imports (from the cache while the file is unchanged)."""
-        if rel not in self._imported:
-            self._imported[rel] = self._read_imports(rel)
-        return self._imported[rel]
-
-    def _read_imports(self, rel: Path) -> list[str]:
+    def _record(self, rel: str) -> list:
+        """[mtime_ns, size, project modules imported, SHA-256 of the bytes] of file `rel`,
+        from the cache while its stamp matches, else read and parsed again."""
+        if rel in self._fresh:
+            return self._cache[rel]
         stamp = self._stamp(rel)
-        cached = self._cache.get(rel.as_posix())
-        if cached and cached[:2] == stamp:
-            return cached[2]
-        # A module's package is its folder, a package's __init__.py's too (a.b's and a/b/c's).
-        package = ".".join(rel.parts[:-1])
-        # Here, not at the top: a no-op `doit` reads every file's imports from the cache, so
-        # loading dodo.py need not compile the AST walk (pipeline/core/importscan.py).
-        from pipeline.core.importscan import imported_names
+        record = self._cache.get(rel)
+        if not (record and record[:2] == stamp):
+            with open(os.path.join(self.root, rel), "rb") as file:
+                data = file.read()
+            # A module's package is its folder, a package's __init__.py's too (a.b's and
+            # a/b/c's). Imported here, not at the top: a no-op `doit` reads every file's
+            # imports from the cache, so loading dodo.py need not compile the AST walk.
+            from pipeline.core.importscan import imported_names
 
-        names = imported_names((self.root / rel).read_text(encoding="utf-8"), package)
-        found = sorted({name for name in names if self.module_file(name) is not None})
-        # Only a walk parses, and it marks the cache changed: it records a closure.
-        self._cache[rel.as_posix()] = [*stamp, found]
-        return found
+            names = imported_names(data.decode("utf-8"), rel.rpartition("/")[0].replace("/", "."))
+            found = sorted({name for name in names if self.module_file(name) is not None})
+            record = self._cache[rel] = [*stamp, found, hashlib.sha256(data).hexdigest()]
+            self._changed = True
+        self._fresh.add(rel)
+        return record
 
-    def _with_packages(self, name: str) -> list[Path]:
+    def _with_packages(self, name: str) -> list[str]:
         """Module `name`'s file and its packages' __init__.py files (importing a.b.c runs
         a/__init__.py and a/b/__init__.py first)."""
         parts = name.split(".")
         files = [self.module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)]
         return [f for f in files if f is not None]
 
-    def of(self, *modules: str) -> list[Path]:
+    def of(self, *modules: str) -> list[str]:
         """The files `modules` need, transitively: themselves, what they import, and the
         packages on the way; sorted, relative to the root."""
-        out: set[Path] = set()
+        out: set[str] = set()
         for module in modules:
             if module not in self._closures:
                 self._closures[module] = self._cached_closure(module) or self._walk(module)
             out.update(self._closures[module])
         return sorted(out)
 
-    def _cached_closure(self, module: str) -> tuple[Path, ...] | None:
+    def hashes(self, files: Iterable[str]) -> dict[str, str]:
+        """{file: SHA-256 of its bytes}, from the cache while each file's stamp matches."""
+        return {rel: self._record(rel)[3] for rel in files}
+
+    def _cached_closure(self, module: str) -> tuple[str, ...] | None:
         """The cached closure of `module` while every file in it is unchanged, else None."""
         entries = self._closure_cache.get(module)
-        if not entries:
+        if not entries or any(self._stamp(entry[0]) != entry[1:] for entry in entries):
             return None
-        files = tuple(Path(entry[0]) for entry in entries)
-        if any(self._stamp(rel) != entry[1:] for rel, entry in zip(files, entries)):
-            return None
-        return files
+        return tuple(entry[0] for entry in entries)
 
-    def _walk(self, module: str) -> tuple[Path, ...]:
+    def _walk(self, module: str) -> tuple[str, ...]:
         """The closure of `module`, from each file's imports; recorded in the cache."""
-        seen: set[Path] = set()
+        seen: set[str] = set()
         todo = self._with_packages(module)
         while todo:
             rel = todo.pop()
             if rel not in seen:
                 seen.add(rel)
-                for name in self._imports(rel):
+                for name in self._record(rel)[2]:
                     todo.extend(self._with_packages(name))
         closure = tuple(sorted(seen))
-        self._closure_cache[module] = [[rel.as_posix(), *self._stamp(rel)] for rel in closure]
+        self._closure_cache[module] = [[rel, *self._stamp(rel)] for rel in closure]
         self._changed = True
         return closure
 

@@ -8,6 +8,7 @@ checks each task's targets with `changed_targets`, and need not compile the writ
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,12 +36,12 @@ def changed_targets(stamps: dict[str, list[Any]], paths: Iterable[Path]) -> list
     (doit notices that itself), is not reported. Costs one stat per file when nothing changed.
     """
     changed = []
-    for path in map(Path, paths):
-        recorded = stamps.get(str(path))
+    for path in map(str, paths):  # no Path objects: every no-op `doit` runs this per target
+        recorded = stamps.get(path)
         if not recorded:
             continue
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             continue
         size, mtime_ns, digest = recorded

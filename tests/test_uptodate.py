@@ -1,0 +1,95 @@
+"""A task's code-and-settings check, in a real doit project of one task (run in this
+process): it runs when a file's hash or a setting changed and says which, not otherwise."""
+
+import json
+from pathlib import Path
+
+from pipeline.core.uptodate import (CODE_KEY, SETTINGS_KEY, CodeAndSettings, changes,
+                                    settings_digest)
+
+def doit(tmp_path: Path, capsys, code: dict[str, str], *args: str, epochs: int = 1) -> str:
+    """Run doit in this process (a mutant of the module is active only here) on a project
+    of one task checked by CodeAndSettings; what it printed."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    def make():
+        with open(tmp_path / "log.txt", "a") as log:
+            log.write("made\n")
+
+    def task_make():
+        return {"actions": [make], "targets": [str(tmp_path / "log.txt")],
+                "uptodate": [CodeAndSettings(dict(code), {"epochs": epochs})]}
+
+    # `run` writes to its outfile (doit binds sys.stdout as its default when first imported,
+    # which may be before this test's capture), `info` to sys.stdout as it is now.
+    out = tmp_path / "doit.out"
+    config = {"dep_file": str(tmp_path / ".doit.db"), "backend": "json", "verbosity": 2,
+              "outfile": str(out)}
+    out.write_text("")
+    capsys.readouterr()
+    DoitMain(ModuleTaskLoader({"task_make": task_make, "DOIT_CONFIG": config})).run(list(args))
+    return out.read_text() + capsys.readouterr().out
+
+
+def test_a_task_reruns_on_another_file_hash_or_setting_and_doit_info_names_it(tmp_path, capsys):
+    code = {"a.py": "1", "b.py": "2"}
+    assert doit(tmp_path, capsys, code) == ".  make\n"
+    assert doit(tmp_path, capsys, code) == "-- make\n"  # up to date
+    assert doit(tmp_path, capsys, dict(code)) == "-- make\n"  # the same hashes, another dict
+    edited = {"a.py": "1", "b.py": "3", "c.py": "4"}
+    info = doit(tmp_path, capsys, edited, "info", "make")
+    assert "changed since the last run: b.py edited; c.py added (args" in info
+    assert doit(tmp_path, capsys, edited) == ".  make\n"
+    assert doit(tmp_path, capsys, edited) == "-- make\n"
+    assert "changed since the last run: its settings (args" in doit(
+        tmp_path, capsys, edited, "info", "make", epochs=2)
+    assert doit(tmp_path, capsys, edited, epochs=2) == ".  make\n"
+    assert (tmp_path / "log.txt").read_text() == "made\n" * 3
+    # What it wrote is kept in doit's database (the next run compares with it).
+    [record] = json.loads((tmp_path / ".doit.db").read_text()).values()
+    assert record["_values_:"][CODE_KEY] == edited
+    assert record["_values_:"][SETTINGS_KEY] == settings_digest({"epochs": 2})
+
+
+def test_a_target_not_as_its_task_wrote_it_reruns_the_task_and_says_so(tmp_path, capsys):
+    """dodo.py records each target's stamps (stamps.target_stamps) as the task's last
+    action; a target truncated since then makes the check say "run", naming the file."""
+    from types import SimpleNamespace
+
+    from pipeline.core.stamps import target_stamps
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"12345678")
+    check = CodeAndSettings({"a.py": "1"})
+    assert repr(check) == "changed since the last run: nothing"  # not asked yet
+    task = SimpleNamespace(name="convert:m", targets=[str(model)])
+    values = {CODE_KEY: {"a.py": "1"}, SETTINGS_KEY: settings_digest(None),
+              "targets": target_stamps([model])}
+    assert check(task, values) is True and repr(check) == "changed since the last run: nothing"
+    model.write_bytes(b"1234")
+    assert check(task, values) is False
+    line = f"{model} is 4 bytes, 8 when it was written"
+    assert capsys.readouterr().out == f"{line}: rerunning convert:m\n"
+    assert repr(check) == f"changed since the last run: {line}"
+    assert check(task, {**values, "targets": {}}) is True  # nothing recorded: nothing to say
+    assert check(task, {**values, CODE_KEY: {"a.py": "0"}}) is False  # both, in that order
+    assert repr(check) == f"changed since the last run: a.py edited; {line}"
+
+
+def test_changes_name_each_file_added_removed_or_edited_then_the_settings():
+    old = {"a.py": "1", "b.py": "2", "c.py": "3"}
+    assert changes(old, "s", dict(old), "s") == []
+    assert changes(old, "s", {"a.py": "1", "b.py": "9", "d.py": "4"}, "t") == [
+        "b.py edited", "c.py removed", "d.py added", "its settings"]
+    assert changes(None, None, old, "s") == [
+        "not recorded (a first run, or the task last ran under an older pipeline)"]
+    assert changes({}, "s", {}, "s") == []
+
+
+def test_the_settings_digest_is_the_md5_of_their_sorted_json():
+    import hashlib
+
+    assert settings_digest({"b": 1, "a": [1.5, None]}) == hashlib.md5(
+        b'{"a": [1.5, null], "b": 1}').hexdigest()
+    assert settings_digest(None) == hashlib.md5(b"null").hexdigest()
