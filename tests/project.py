@@ -19,6 +19,13 @@ PROJECT_FILES = ("dodo.py", "params.toml", "params", "pipeline", "board")
 QUICK_TIMING = "min_seconds = 0.05\npeak_seconds = 0.2\n"
 
 
+# The per-build stages of the graph, as doit targets: a whole build but `peak` and the
+# boards' `bench`, one task for all builds that re-times every model. For a rebuild test that
+# asks which builds' tasks rerun (tests/test_dodo.py keeps the list whole).
+BUILD_STAGES = ("download", "preprocess", "train", "convert", "convert_onnx", "translate_onnx",
+                "evaluate", "curves", "analysis", "layers", "card")
+
+
 def copy_project(dest: Path, quick_board: bool = True) -> Path:
     """The project's files copied to `dest`; with `quick_board`, its `local` board gets
     QUICK_TIMING's timing."""
