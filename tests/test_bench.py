@@ -101,14 +101,19 @@ def samples():
             "tiny_mlp": (synthetic_images(labels, 1), labels)}
 
 
-@pytest.fixture()
-def datasets(tmp_path):
+def labelled_datasets(directory: Path) -> dict[str, Path]:
+    """40 labelled synthetic test images in `directory`/d.npz, as each tiny build's dataset."""
     from pipeline.stages.preprocess import save_arrays
 
     labels = np.arange(40) % 10
-    data = tmp_path / "d.npz"
+    data = directory / "d.npz"
     save_arrays(data, {"x_test": synthetic_images(labels, 2), "y_test": labels})
     return {"tiny_cnn": data, "tiny_mlp": data}
+
+
+@pytest.fixture()
+def datasets(tmp_path):
+    return labelled_datasets(tmp_path)
 
 
 def fake_python(directory: Path, body: str) -> str:
@@ -239,16 +244,29 @@ def test_ssh_command_keeps_host_key_checking_keepalives_and_quotes():
 # --- 1. complete and valid, or a recorded failure ---------------------------------------
 
 
-def bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken: Board):
-    """A good run of board `broken.name`, then `broken`: returns the error and the report."""
-    good = sshd.board(name=broken.name)
+@pytest.fixture(scope="module")
+def good_loop(sshd, tiny_models, tmp_path_factory) -> Path:
+    """The artifacts tree of a good run of board "loop" (its result, the latency report, the
+    references it keeps, its staged plan), made once per module: each bench_ok_then starts
+    from a copy of it instead of timing the same models again."""
+    root = tmp_path_factory.mktemp("good_loop")
+    layout = Layout(root / "artifacts")
+    good = sshd.board()
+    bench.run(good, tiny_models, labelled_datasets(root), 8, layout, [good])
+    assert json.loads(layout.board_result(good.name).read_text())["status"] == "ok"
+    return layout.root
+
+
+def bench_ok_then(sshd, good_loop, tiny_models, datasets, tmp_path, broken: Board):
+    """A good run of board `broken.name` (a copy of good_loop's), then `broken`: returns the
+    error and the report."""
+    assert broken.name == "loop", broken.name  # the board good_loop timed
+    shutil.copytree(good_loop, tmp_path, symlinks=True, dirs_exist_ok=True)
     reports = tmp_path / "reports"
-    inventory = [good]
-    bench.run(good, tiny_models, datasets, 8, Layout(tmp_path), inventory)
-    assert json.loads((reports / "latency" / f"{good.name}.json").read_text())["status"] == "ok"
     with pytest.raises(BoardError) as err:
-        bench.run(broken, tiny_models, datasets, 8, Layout(tmp_path), inventory)
-    result = json.loads((reports / "latency" / f"{good.name}.json").read_text())
+        bench.run(broken, tiny_models, datasets, 8, Layout(tmp_path),
+                  [sshd.board(name=broken.name)])
+    result = json.loads((reports / "latency" / f"{broken.name}.json").read_text())
     latency = json.loads((reports / "latency.json").read_text())
     return str(err.value), result, latency
 
@@ -262,10 +280,12 @@ BROKEN_RUNNERS = {
 
 
 @pytest.mark.parametrize("what", BROKEN_RUNNERS)
-def test_a_broken_runner_replaces_the_old_numbers(sshd, tiny_models, datasets, tmp_path, what):
+def test_a_broken_runner_replaces_the_old_numbers(sshd, good_loop, tiny_models, datasets,
+                                                  tmp_path, what):
     body, message = BROKEN_RUNNERS[what]
     broken = sshd.board(python=fake_python(tmp_path, body))
-    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    error, result, latency = bench_ok_then(sshd, good_loop, tiny_models, datasets, tmp_path,
+                                            broken)
     assert message in error and "board 'loop'" in error
     assert result["status"] == "failed" and message in result["error"]
     assert "results" not in result
@@ -286,11 +306,12 @@ EDITS = {
 
 
 @pytest.mark.parametrize("what", EDITS)
-def test_the_runner_document_is_checked_against_the_plan(sshd, tiny_models, datasets, tmp_path,
-                                                         what):
+def test_the_runner_document_is_checked_against_the_plan(sshd, good_loop, tiny_models, datasets,
+                                                         tmp_path, what):
     edit, message, good_rows = EDITS[what]
     broken = sshd.board(python=edited_runner(tmp_path, edit))
-    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    error, result, latency = bench_ok_then(sshd, good_loop, tiny_models, datasets, tmp_path,
+                                            broken)
     assert message in error
     if good_rows is None:
         assert result["status"] == "failed" and latency["rows"] == []
@@ -305,10 +326,11 @@ def test_the_runner_document_is_checked_against_the_plan(sshd, tiny_models, data
 
 
 def test_a_disagreement_with_the_host_fails_the_task_after_the_report(
-        sshd, tiny_models, datasets, tmp_path):
+        sshd, good_loop, tiny_models, datasets, tmp_path):
     edit = "doc['results'][0]['agreement'] = 0.75\ndoc['results'][0]['disagreements'] = [1, 5]"
     broken = sshd.board(python=edited_runner(tmp_path, edit))
-    error, result, latency = bench_ok_then(sshd, tiny_models, datasets, tmp_path, broken)
+    error, result, latency = bench_ok_then(sshd, good_loop, tiny_models, datasets, tmp_path,
+                                            broken)
     assert "predictions differ from the host's" in error and "on 2 sample(s)" in error
     assert result["status"] == "ok"  # the figures are valid; the disagreement is the news
     assert "DISAGREES with host on 2 sample(s)" in (tmp_path / "reports" / "latency.md").read_text()
