@@ -93,3 +93,17 @@ def test_the_settings_digest_is_the_md5_of_their_sorted_json():
     assert settings_digest({"b": 1, "a": [1.5, None]}) == hashlib.md5(
         b'{"a": [1.5, null], "b": 1}').hexdigest()
     assert settings_digest(None) == hashlib.md5(b"null").hexdigest()
+
+
+def test_the_stated_signature_is_that_of_call():
+    """doit passes `task` and `values` by the names in the check's signature."""
+    import inspect
+
+    def names_and_kinds(signature):
+        return [(p.name, p.kind) for p in signature.parameters.values()]
+
+    check = CodeAndSettings({})
+    assert names_and_kinds(inspect.signature(check)) == names_and_kinds(
+        inspect.signature(check.__call__)) == [
+        ("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("values", inspect.Parameter.POSITIONAL_OR_KEYWORD)]

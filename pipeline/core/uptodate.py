@@ -18,6 +18,7 @@ every run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from typing import Any
 
@@ -45,6 +46,12 @@ def changes(old_code: dict[str, str] | None, old_settings: str | None,
 class CodeAndSettings:
     """Up to date while the task's code files have the bytes and its settings the values
     they had when it last ran. `code` is {file: SHA-256}; `settings` anything JSON."""
+
+    # doit reads the signature of every check of every task on every run (to pass `task`
+    # and `values`); stated, it is found at once instead of derived from __call__.
+    __signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for name in ("task", "values")])
 
     def __init__(self, code: dict[str, str], settings: Any = None) -> None:
         self.code, self.settings = code, settings_digest(settings)
