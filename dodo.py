@@ -14,7 +14,7 @@ PIPELINE_VERBOSE=1 (show TensorFlow/Keras/absl logs, hidden by default), PIPELIN
 This file only declares tasks, and never imports a stage module: actions name their stage
 function (`_stage`) and it is imported when the task runs. Loading this file (every `doit`
 call, including no-op runs and `doit list`) pays for doit and the pipeline's light core
-modules only (params, boards, datasets, mirrors, variants, layout, codedeps); without
+modules only (params, boards, datasets, mirrors, variants, layout, codedeps, uptodate); without
 bytecode (PYTHONDONTWRITEBYTECODE=1) each of them is compiled on every load, so what only
 runs when a task runs or something is wrong lives elsewhere. absl is imported when a stage
 first runs.
@@ -165,13 +165,6 @@ def _guarded(fn, *args):
     return guarded(fn, *args)
 
 
-def _stamp_targets(targets):
-    """The last action of a task with targets: what it wrote, kept in doit's database."""
-    from pipeline.core.stamps import target_stamps
-
-    return {"targets": target_stamps(targets)}
-
-
 def in_file_order(task_creator):
     """doit orders task creators by the line `inspect.getsourcelines` finds for each, and
     that tokenizes the creator's source (compiling tokenize's regular expressions first):
@@ -183,28 +176,7 @@ def in_file_order(task_creator):
     return task_creator
 
 
-def checked_targets(task_creator):
-    """Record what every task `task_creator` makes wrote, as its last action (a decorator
-    on task_*): its CodeAndSettings check (_changed) reruns it when a target differs."""
-    import functools
-
-    def add_check(task):
-        if task.get("targets"):
-            assert any(isinstance(u, CodeAndSettings) for u in task["uptodate"]), task.get("name")
-            task["actions"] = [*task["actions"], (_stamp_targets, [task["targets"]])]
-        return task
-
-    @functools.wraps(task_creator)
-    def wrapper():
-        made = task_creator()
-        if isinstance(made, dict):
-            return add_check(made)
-        return (add_check(task) for task in made)
-
-    return in_file_order(wrapper)
-
-
-@checked_targets
+@in_file_order
 def task_download():
     """Fetch and verify each dataset's IDX archives (PIPELINE_MIRROR first, then public mirrors)."""
     for name in PARAMS.datasets:
@@ -235,7 +207,7 @@ def task_params():
     }
 
 
-@checked_targets
+@in_file_order
 def task_preprocess():
     """Validate the IDX files and pack each dataset into one uint8 .npz."""
     for name in PARAMS.datasets:
@@ -252,7 +224,7 @@ def task_preprocess():
         }
 
 
-@checked_targets
+@in_file_order
 def task_train():
     """Train each build's Keras model (seeded, deterministic) and save it as .h5."""
     for build in PARAMS.builds:
@@ -278,7 +250,7 @@ def task_train():
         }
 
 
-@checked_targets
+@in_file_order
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     for build in PARAMS.builds:
@@ -359,12 +331,12 @@ def _task_translate_onnx():
 
 # With convert.onnx = false these tasks do not exist (`doit list` shows none).
 if "convert_onnx" in PRODUCERS:
-    task_convert_onnx = checked_targets(_task_convert_onnx)
+    task_convert_onnx = in_file_order(_task_convert_onnx)
 if "translate_onnx" in PRODUCERS:
-    task_translate_onnx = checked_targets(_task_translate_onnx)
+    task_translate_onnx = in_file_order(_task_translate_onnx)
 
 
-@checked_targets
+@in_file_order
 def task_evaluate():
     """Score Keras and every variant on the full test set; gate on int8 drift."""
     for build in PARAMS.builds:
@@ -390,7 +362,7 @@ def peak_models():
     return {v: LAYOUT.peak_model(v) for v in variant_names(PARAMS.convert) if VARIANTS[v].peak}
 
 
-@checked_targets
+@in_file_order
 def task_peak():
     """Build the synthetic GEMM models with which each board measures its peak MAC rate."""
     return {
@@ -402,7 +374,7 @@ def task_peak():
     }
 
 
-@checked_targets
+@in_file_order
 def task_curves():
     """Draw each build's training curves (train/validation per epoch, test accuracy) to a PNG."""
     for build in PARAMS.builds:
@@ -420,7 +392,7 @@ def task_curves():
         }
 
 
-@checked_targets
+@in_file_order
 def task_analysis():
     """Confusion matrices, misclassified-image grids and the int8 damage list per build."""
     for build in PARAMS.builds:
@@ -447,7 +419,7 @@ def task_analysis():
         }
 
 
-@checked_targets
+@in_file_order
 def task_layers():
     """Per-layer int8 quantization error against the float graph (QuantizationDebugger)."""
     for build in PARAMS.builds:
@@ -475,7 +447,7 @@ def task_layers():
         }
 
 
-@checked_targets
+@in_file_order
 def task_card():
     """Model card per build: input contract, outputs, each variant's bytes, SHA-256, accuracy."""
     for build in PARAMS.builds:
@@ -502,7 +474,7 @@ def task_card():
 BOARD_FORMATS = tuple(FORMATS)
 
 
-@checked_targets
+@in_file_order
 def task_bench():
     """Time every model variant on each board (bench:local runs by default; see boards.toml)."""
     from pipeline.core.boards import measured_within

@@ -1,6 +1,7 @@
 """A task's code-and-settings check, in a real doit project of one task (run in this
 process): it runs when a file's hash or a setting changed and says which, not otherwise."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,11 +51,19 @@ def test_a_task_reruns_on_another_file_hash_or_setting_and_doit_info_names_it(tm
     [record] = json.loads((tmp_path / ".doit.db").read_text()).values()
     assert record["_values_:"][CODE_KEY] == edited
     assert record["_values_:"][SETTINGS_KEY] == settings_digest({"epochs": 2})
+    log = tmp_path / "log.txt"
+    assert record["_values_:"]["targets"] == {str(log): [
+        log.stat().st_size, log.stat().st_mtime_ns, hashlib.sha256(log.read_bytes()).hexdigest()]}
+    # A target changed behind doit's back: made again, and said why.
+    log.write_text("truncated")
+    out = doit(tmp_path, capsys, edited, epochs=2)
+    assert out.count(".  make\n") == 1, out
+    assert f"{log} is 9 bytes, 15 when it was written: rerunning make\n" in out
 
 
 def test_a_target_not_as_its_task_wrote_it_reruns_the_task_and_says_so(tmp_path, capsys):
-    """dodo.py records each target's stamps (stamps.target_stamps) as the task's last
-    action; a target truncated since then makes the check say "run", naming the file."""
+    """The check records each target's stamps (stamps.target_stamps) after a successful
+    run; a target truncated since then makes the check say "run", naming the file."""
     from types import SimpleNamespace
 
     from pipeline.core.stamps import target_stamps

@@ -8,11 +8,11 @@ file_dep, a file rewritten with the same bytes is no change. doit's `config_chan
 one digest, after which `doit info` could only say that something changed; this keeps the
 files' hashes and the settings' digest in doit's database, so `doit info` names them.
 
-It also checks that the task's targets are still what it wrote (their stamps, which dodo.py
-records as the task's last action): doit only checks that a target exists, and a truncated
-or replaced .h5/.tflite would otherwise fail every later task instead of being made again.
-One object does both because doit inspects the signature of every check of every task on
-every run.
+It also keeps the stamps of what the task wrote (size, mtime, SHA-256 of each target, saved
+with the rest after each successful run) and checks them: doit only checks that a target
+exists, and a truncated or replaced .h5/.tflite would otherwise fail every later task
+instead of being made again. One object does both because doit inspects the signature of
+every check of every task on every run.
 """
 
 from __future__ import annotations
@@ -58,13 +58,20 @@ class CodeAndSettings:
         self.changes: list[str] = []
 
     def configure_task(self, task: Any) -> None:
-        """doit calls this once per task: what it ran with is kept after each success."""
-        task.value_savers.append(lambda: {CODE_KEY: self.code, SETTINGS_KEY: self.settings})
+        """doit calls this once per task: what it ran with, and what it wrote, is kept
+        after each success."""
+        task.value_savers.append(lambda: self.record(task.targets))
+
+    def record(self, targets: list[str]) -> dict[str, Any]:
+        from pipeline.core.stamps import target_stamps
+
+        return {CODE_KEY: self.code, SETTINGS_KEY: self.settings,
+                "targets": target_stamps(targets)}
 
     def __call__(self, task: Any, values: dict[str, Any]) -> bool:
         self.changes = changes(values.get(CODE_KEY), values.get(SETTINGS_KEY), self.code,
                                self.settings)
-        if "targets" in values:  # the stamps of what the task last wrote
+        if values.get("targets"):  # the stamps of what the task last wrote
             from pipeline.core.stamps import changed_targets
 
             damaged = changed_targets(values["targets"], task.targets)
