@@ -105,10 +105,10 @@ def test_no_other_module_compares_variant_names_as_strings():
     compare = re.compile(rf"""(==|!=|\bin)\s*[(\[{{]?\s*["']({names})["']"""
                          rf"""|["']({names})["']\s*(==|!=)""")
     offenders = []
-    for path in [*sorted((REPO / "pipeline").glob("*.py")), REPO / "dodo.py"]:
+    for path in [*sorted((REPO / "pipeline").rglob("*.py")), REPO / "dodo.py"]:
         if path.name == "variants.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if compare.search(line):
-                offenders.append(f"{path.name}:{number}: {line.strip()}")
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
