@@ -74,3 +74,33 @@ def test_the_rule_catches_a_forbidden_import(tmp_path):
     module.write_text("def f():\n    from pipeline.bench.report import main\n")
     assert imported_subsystems(module) == {"bench"}
     assert "bench" not in MAY_IMPORT["core"]
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(path: Path, root: Path = REPO) -> list[str]:
+    """Functions of `path` over MAX_FUNCTION_LINES lines whose first lines (signature,
+    docstring, first comments) do not say why ("... 60 lines because ...")."""
+    lines = path.read_text().splitlines()
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            head = "\n".join(lines[node.lineno - 1:node.lineno + 12])
+            if length > MAX_FUNCTION_LINES and f"{MAX_FUNCTION_LINES} lines" not in head:
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {length} lines")
+    return out
+
+
+def test_no_function_is_over_60_lines_unless_a_comment_says_why():
+    found = [f for path in sorted((REPO / "pipeline").rglob("*.py")) for f in long_functions(path)]
+    assert found == []
+
+
+def test_the_length_rule_catches_a_long_function_without_a_reason(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    module = tmp_path / "m.py"
+    module.write_text(f"def f():\n{body}\n\n\ndef g():\n    # Over 60 lines because "
+                      f"it is a test.\n{body}\n\n\ndef h():\n{body[:-8]}\n")
+    assert long_functions(module, tmp_path) == [f"m.py:1 f: {MAX_FUNCTION_LINES + 1} lines"]
