@@ -202,3 +202,17 @@ def test_a_rerun_soon_after_a_night_does_not_put_its_label_on_the_nights():
     assert labels[-1].get_text().endswith("#6")
     boxes = [t.get_window_extent() for t in labels]
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+
+
+def test_a_chart_that_cannot_be_written_leaves_no_figure_open(tmp_path):
+    """A failed write (here: the folder is a file) raises, and pyplot keeps no figure: a
+    process drawing many charts would otherwise pile them up."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.nightly.charts import write_nightly_chart
+
+    (tmp_path / "not-a-dir").write_text("")
+    before = plt.get_fignums()
+    with pytest.raises(OSError):
+        write_nightly_chart(*history(), tmp_path / "not-a-dir" / "nightly.png")
+    assert plt.get_fignums() == before

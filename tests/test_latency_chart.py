@@ -89,3 +89,16 @@ def test_one_noisy_p90_does_not_squash_the_panel():
     # ...and the cut whisker says where it ends.
     cut = [t.get_text() for t in real.texts if t.get_gid() == "cut-whisker"]
     assert cut == ["200.0 µs  (p90 4400.0 µs, off the axis ▸)"]
+
+
+def test_a_chart_that_cannot_be_written_leaves_no_figure_open(tmp_path):
+    """A failed write (here: the folder is a file) raises, and pyplot keeps no figure."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.bench.latency_chart import write_latency_chart
+
+    (tmp_path / "not-a-dir").write_text("")
+    before = plt.get_fignums()
+    with pytest.raises(OSError):
+        write_latency_chart([], tmp_path / "not-a-dir" / "latency.png")
+    assert plt.get_fignums() == before

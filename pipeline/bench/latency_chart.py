@@ -172,6 +172,8 @@ def write_latency_chart(rows: Sequence[dict], path: Path,
     import matplotlib.pyplot as plt
 
     fig = latency_figure(rows, documents, made_utc)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:  # a write that fails (a full disk) must not leave the figure open in pyplot
+        plt.close(fig)

@@ -263,6 +263,8 @@ def write_nightly_chart(runs: Sequence[dict[str, Any]], figures: dict[int, dict[
     import matplotlib.pyplot as plt
 
     fig = nightly_figure(runs, figures, gates)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:  # a write that fails (a full disk) must not leave the figure open in pyplot
+        plt.close(fig)
