@@ -116,3 +116,15 @@ def test_the_stated_signature_is_that_of_call():
         inspect.signature(check.__call__)) == [
         ("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         ("values", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def test_only_the_targets_that_exist_are_stamped(tmp_path):
+    """A task that succeeded without writing one of its targets: the others are stamped,
+    the missing one is left to doit (which reruns a task whose target is missing)."""
+    from pipeline.core.stamps import target_stamps
+
+    written, missing = tmp_path / "written.json", tmp_path / "missing.json"
+    written.write_text("{}")
+    record = CodeAndSettings({"a.py": "1"}, {"k": 1}).record([str(written), str(missing)])
+    assert record == {CODE_KEY: {"a.py": "1"}, SETTINGS_KEY: settings_digest({"k": 1}),
+                      "targets": target_stamps([written])}

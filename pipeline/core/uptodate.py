@@ -1,8 +1,8 @@
 """A task's code and settings as one doit up-to-date check that says what changed.
 
 dodo.py gives each task one of these instead of one file_dep per code file: doit stats,
-compares and stores every file_dep of every task on every run (about 500 of them, a no-op
-`doit`'s largest cost), while this compares two small dicts. The code is each file's SHA-256
+compares and stores every file_dep of every task on every run (about 500 of them here),
+while this compares two small dicts. The code is each file's SHA-256
 (pipeline/core/codedeps.py, cached by mtime and size), so, as with doit's own check of a
 file_dep, a file rewritten with the same bytes is no change. doit's `config_changed` keeps
 one digest, after which `doit info` could only say that something changed; this keeps the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 from typing import Any
 
 CODE_KEY, SETTINGS_KEY = "_code", "_settings"  # this check's values in doit's database
@@ -65,8 +66,10 @@ class CodeAndSettings:
     def record(self, targets: list[str]) -> dict[str, Any]:
         from pipeline.core.stamps import target_stamps
 
+        # A target the task did not write is not stamped (doit reruns a task whose target
+        # is missing); stamping it would raise inside doit, past its task error handling.
         return {CODE_KEY: self.code, SETTINGS_KEY: self.settings,
-                "targets": target_stamps(targets)}
+                "targets": target_stamps(t for t in targets if os.path.exists(t))}
 
     def __call__(self, task: Any, values: dict[str, Any]) -> bool:
         self.changes = changes(values.get(CODE_KEY), values.get(SETTINGS_KEY), self.code,
