@@ -217,6 +217,7 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a run without xdist has none
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker more than this process may use CPUs. Many tests wait on a child
     (doit, sshd, qemu, a hung board's timeout) and a third worker keeps two cores busy
