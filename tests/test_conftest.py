@@ -123,3 +123,14 @@ def test_the_longest_files_start_first_in_the_listed_order():
     assert [(item.path.name, item.n) for item in items] == [
         (LONGEST_FIRST[0], 3), (LONGEST_FIRST[1], 1), (LONGEST_FIRST[1], 4),
         ("test_a.py", 0), ("test_a.py", 2)]
+
+
+@pytest.mark.parametrize("xdist", [["-p", "no:xdist"], ["-n", "auto"]])
+def test_the_suite_runs_with_and_without_xdist_and_auto_is_one_worker_more_than_cpus(xdist):
+    """The mutation passes run pytest without xdist: conftest's xdist hook must not stop
+    them. With `-n auto`, one worker more than the CPUs this process may use."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *xdist,
+                           "tests/test_layout.py"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if "auto" in xdist:
+        assert f"created: {len(os.sched_getaffinity(0)) + 1}/" in proc.stdout
