@@ -5,8 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.core.uptodate import (CODE_KEY, SETTINGS_KEY, CodeAndSettings, changes,
-                                    settings_digest)
+from pipeline.core.uptodate import CODE_KEY, SETTINGS_KEY, CodeAndSettings, changes, settings_digest
+
 
 def doit(tmp_path: Path, capsys, code: dict[str, str], *args: str, epochs: int = 1) -> str:
     """Run doit in this process (a mutant of the module is active only here) on a project

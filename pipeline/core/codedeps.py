@@ -10,8 +10,9 @@ of a file in it (a new import is an edit of the importing file), so it is reused
 every one of its files has the same mtime and size.
 
 A task depends on its closure through `hashes`, each file's SHA-256, cached with its
-imports (pipeline/core/uptodate.py compares them). Paths are strings, not pathlib objects: a no-op `doit` looks up
-hundreds of them, and building Path objects was most of this module's cost.
+imports (pipeline/core/uptodate.py compares them). Paths are strings, not pathlib objects:
+a no-op `doit` looks up hundreds of them, and building Path objects was most of this
+module's cost.
 
 The walk itself is pipeline/core/importscan.py. Not followed: imports inside a function
 named `main` or under `if __name__ == "__main__":` (they serve the module's command line,
@@ -24,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 # Bump when what the cache records changes: an old cache is then ignored, not misread.
 CACHE_VERSION = 3
