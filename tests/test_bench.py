@@ -841,7 +841,7 @@ def test_a_board_without_tflite_benchmarks_onnx_and_names_the_missing_rows(
     bench.run(local, models, datasets, 10, layout, [local, board])
     assert capsys.readouterr().out.count("p50 µs") == 1
     # doit does not re-time it on every run: a missing runtime is a fact about the board
-    from pipeline.core.boards import measured_within
+    from pipeline.core.uptodate import measured_within
 
     assert measured_within(layout.board_result(board.name), 24)
 
@@ -859,7 +859,7 @@ def test_a_failed_case_beside_missing_rows_still_fails_the_task(sshd, tiny_model
         bench.run(board, models, datasets, 10, Layout(tmp_path), [board])
     doc = json.loads(Layout(tmp_path).board_result(board.name).read_text())
     assert doc["status"] == "partial" and len(doc["missing"]) == len(tiny_models)
-    from pipeline.core.boards import measured_within
+    from pipeline.core.uptodate import measured_within
 
     assert not measured_within(Layout(tmp_path).board_result(board.name), 24)
 

@@ -221,17 +221,19 @@ def test_unreachable_mirror_fails_download_with_the_fix(tmp_path):
     assert not list((project / "artifacts" / "data" / "mnist" / "raw").glob("*"))
 
 
-def load_dodo(monkeypatch):
-    """dodo.py loaded in-process with the smoke preset (its task_* functions give the dicts)."""
+def load_declarations(monkeypatch):
+    """The task declarations (pipeline/graph/tasks.py, which dodo.py gets directly or through
+    the cached graph) loaded in-process with the smoke preset; its task_* functions give
+    the dicts."""
     import importlib
 
     from tests.conftest import REPO
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
-    import dodo
+    import pipeline.graph.tasks
 
-    return importlib.reload(dodo)
+    return importlib.reload(pipeline.graph.tasks)
 
 
 def dodo_tasks(dodo):
@@ -261,7 +263,7 @@ def code_of(dodo, task) -> list[str]:
 def test_every_task_depends_on_the_code_it_runs(monkeypatch):
     """Each task's up-to-date check covers its action's module (computed from the imports,
     so it cannot drift from the code)."""
-    dodo = load_dodo(monkeypatch)
+    dodo = load_declarations(monkeypatch)
     checked = set()
     for family, tasks in dodo_tasks(dodo).items():
         for task in tasks:
@@ -294,47 +296,62 @@ def test_doit_takes_the_task_creators_in_file_order_without_reading_their_source
 
     from tests.conftest import REPO
 
-    dodo = load_dodo(monkeypatch)
+    dodo = load_declarations(monkeypatch)
     assert {line for _, _, line in _get_task_creators(vars(dodo), ())} == {0}
-    source = (REPO / "dodo.py").read_text()
+    source = (REPO / "pipeline" / "graph" / "tasks.py").read_text()
     in_file = [m.group(1) or m.group(2) for m in re.finditer(
         r"^def task_(\w+)\(|^    task_(\w+) = ", source, re.M)]
     made = list(dict.fromkeys(task.name.split(":")[0] for task in load_tasks(vars(dodo))))
     assert made == [name for name in in_file if hasattr(dodo, f"task_{name}")]
 
 
-# What loading dodo.py may import of the project. Every `doit` (a no-op, `doit list`) loads
-# it, and without bytecode (PYTHONDONTWRITEBYTECODE=1, as CI and sandboxes run) each of these
-# is compiled on every load: a stage, the download's network code, files.py's writers or the
-# events reporter (imported when PIPELINE_EVENTS is set) would be compiled for nothing.
+# What declaring the tasks may import of the project (dodo.py on a first load, or after a
+# change). Without bytecode (PYTHONDONTWRITEBYTECODE=1, as CI and sandboxes run) each of these
+# is compiled whenever the graph is declared: a stage, the download's network code, files.py's
+# writers or the events reporter (imported when PIPELINE_EVENTS is set) would be compiled for
+# nothing. A load that finds the cached graph (every no-op `doit`) imports only CACHED_LOAD.
 LOAD_TIME_MODULES = {"pipeline", "pipeline.core", "pipeline.core.boards",
                      "pipeline.core.codedeps", "pipeline.core.console",
                      "pipeline.core.datasets", "pipeline.core.formats", "pipeline.core.layout",
                      "pipeline.core.mirrors", "pipeline.core.models", "pipeline.core.params",
-                     "pipeline.core.records", "pipeline.core.uptodate", "pipeline.core.variants"}
+                     "pipeline.core.records", "pipeline.core.uptodate", "pipeline.core.variants",
+                     "pipeline.graph", "pipeline.graph.cache", "pipeline.graph.tasks"}
+CACHED_LOAD = {"pipeline", "pipeline.core", "pipeline.core.uptodate", "pipeline.graph",
+               "pipeline.graph.cache"}
 
 
-def test_loading_dodo_imports_only_the_load_time_modules():
+def test_loading_dodo_imports_only_the_load_time_modules(tmp_path):
     from tests.conftest import REPO
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    proc = subprocess.run(
+    env.update(PIPELINE_PARAMS="params/smoke.toml", PIPELINE_ARTIFACTS=str(tmp_path))
+    loads = [subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import dodo; "
          "print(' '.join(m for m in sys.modules if m.startswith('pipeline')))"],
-        cwd=REPO, env={**env, "PIPELINE_PARAMS": "params/smoke.toml"},
-        capture_output=True, text=True, check=True)
-    assert set(proc.stdout.split()) == LOAD_TIME_MODULES
+        cwd=REPO, env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    # The first declaring in a new tree walks every module's imports (no code-deps cache yet).
+    assert [set(proc.stdout.split()) for proc in loads] == [
+        LOAD_TIME_MODULES | {"pipeline.core.importscan"}, CACHED_LOAD]
 
 
 def test_events_file_installs_the_reporter_under_the_events_modules_name(monkeypatch,
                                                                          tmp_path):
-    """dodo.py spells PIPELINE_EVENTS itself (not importing the events module otherwise)."""
+    """dodo.py spells PIPELINE_EVENTS itself (not importing the events module otherwise),
+    and installs the reporter whether the tasks are declared or come from the cached graph."""
+    import importlib
+
     from pipeline.core.events import EVENTS_ENV
 
-    assert "reporter" not in load_dodo(monkeypatch).DOIT_CONFIG
+    load_declarations(monkeypatch)
+    monkeypatch.setenv("PIPELINE_ARTIFACTS", str(tmp_path / "artifacts"))
+    import dodo
+
+    assert "reporter" not in importlib.reload(dodo).DOIT_CONFIG  # declared, and cached
+    assert (tmp_path / "artifacts" / ".task-graph.json").is_file()
     monkeypatch.setenv(EVENTS_ENV, str(tmp_path / "events.jsonl"))
-    reporter = load_dodo(monkeypatch).DOIT_CONFIG["reporter"]
-    assert str(tmp_path / "events.jsonl") in reporter.desc
+    config = importlib.reload(dodo).DOIT_CONFIG  # from the cached graph
+    assert "pipeline.graph.cache" in repr(dodo.task_train.__wrapped__)
+    assert str(tmp_path / "events.jsonl") in config["reporter"].desc
 
 
 def test_the_keras_loaders_users_depend_on_it_and_curves_on_no_training(monkeypatch):
@@ -342,7 +359,7 @@ def test_the_keras_loaders_users_depend_on_it_and_curves_on_no_training(monkeypa
     call stages.train.load_model; and no training depends on the curves module."""
     from pathlib import Path
 
-    dodo = load_dodo(monkeypatch)
+    dodo = load_declarations(monkeypatch)
     tasks = dodo_tasks(dodo)
     loader = "pipeline/stages/train.py"
     for family in ("convert", "layers", "evaluate", "analysis", "convert_onnx"):
@@ -513,17 +530,10 @@ def test_a_truncated_model_reruns_the_task_that_makes_it(smoke_project, tmp_path
 
 def test_a_full_disk_outside_the_pipelines_writers_fails_the_task_in_one_line(monkeypatch):
     import errno
-    import importlib
 
     from doit.exceptions import TaskFailed
 
-    from tests.conftest import REPO
-
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("PIPELINE_PARAMS", "params/smoke.toml")
-    import dodo
-
-    dodo = importlib.reload(dodo)
+    dodo = load_declarations(monkeypatch)
 
     def fill(errno_value):
         raise OSError(errno_value, os.strerror(errno_value), "logs/b/events.out")

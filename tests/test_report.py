@@ -151,7 +151,7 @@ def test_a_future_measurement_is_not_fresh():
 
 
 def test_a_future_measurement_does_not_skip_the_bench_task(tmp_path):
-    from pipeline.core.boards import measured_within
+    from pipeline.core.uptodate import measured_within
 
     result = tmp_path / "b.json"
     for stamp, fresh in (("2999-01-01T00:00:00Z", False), (report.utc_now(), True)):

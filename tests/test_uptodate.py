@@ -1,9 +1,12 @@
 """A task's code-and-settings check, in a real doit project of one task (run in this
-process): it runs when a file's hash or a setting changed and says which, not otherwise."""
+process): it runs when a file's hash or a setting changed and says which, not otherwise.
+And the bench task's other check: a board's last result is a success, and fresh."""
 
 import hashlib
 import json
 from pathlib import Path
+
+import pytest
 
 from pipeline.core.uptodate import CODE_KEY, SETTINGS_KEY, CodeAndSettings, changes, settings_digest
 
@@ -128,3 +131,92 @@ def test_only_the_targets_that_exist_are_stamped(tmp_path):
     record = CodeAndSettings({"a.py": "1"}, {"k": 1}).record([str(written), str(missing)])
     assert record == {CODE_KEY: {"a.py": "1"}, SETTINGS_KEY: settings_digest({"k": 1}),
                       "targets": target_stamps([written])}
+
+
+# The bench task's freshness check and what counts as a board's success (moved here from
+# boards.py with the functions: a no-op `doit` runs them from the cached graph).
+NO_RUNTIME = {"error": "NO RUNTIME: no TFLite runtime on this board"}
+
+
+@pytest.mark.parametrize("doc, succeeded", [
+    ({"status": "ok"}, True),
+    ({"status": "failed", "errors": [], "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME]}, True),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, NO_RUNTIME]}, True),
+    ({"status": "partial", "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": ["x"], "missing": [NO_RUNTIME]}, False),
+    ({"status": "partial", "errors": [], "missing": []}, False),
+    ({"status": "partial", "errors": [], "missing": NO_RUNTIME}, False),
+    ({"status": "partial", "errors": []}, False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, {"error": "timed out"}]},
+     False),
+    ({"status": "partial", "errors": [], "missing": [NO_RUNTIME, "NO RUNTIME: x"]}, False),
+    ({"status": "partial", "errors": [], "missing": [{}]}, False),
+    (["ok"], False),
+    ({}, False),
+])
+def test_a_bench_succeeded_when_ok_or_only_runtimes_are_missing(doc, succeeded):
+    from pipeline.core.uptodate import bench_succeeded
+
+    assert bench_succeeded(doc) is succeeded
+
+
+@pytest.mark.parametrize("age_s, hours, fresh", [
+    (3600 - 60, 1, True), (3600 + 60, 1, False), (2 * 3600 - 60, 2, True),
+    (2 * 3600 + 60, 2, False), (0.5 * 3600 - 60, 0.5, True), (0.5 * 3600 + 60, 0.5, False),
+    (-60, 1, False),   # measured in the future: a clock set wrong
+    (0, 1, True),      # measured this second
+    (100 * 3600 + 30, 100, False),
+])
+def test_a_result_is_fresh_for_hours_after_it_was_measured(tmp_path, age_s, hours, fresh):
+    import datetime as dt
+    import json
+
+    from pipeline.core.uptodate import measured_within
+
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=age_s)
+    path = tmp_path / "board.json"
+    path.write_text(json.dumps({"status": "ok", "measured_utc": when.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")}))
+    assert measured_within(path, hours) is fresh
+    path.write_text(json.dumps({"status": "failed", "measured_utc": when.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")}))
+    assert measured_within(path, hours) is False
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"status": "ok"}',
+                                  '{"status": "ok", "measured_utc": "yesterday"}',
+                                  '{"status": "ok", "measured_utc": 5}'])
+def test_an_unreadable_result_is_never_fresh(tmp_path, text):
+    from pipeline.core.uptodate import measured_within
+
+    path = tmp_path / "board.json"
+    path.write_text(text)
+    assert measured_within(path, 24) is False
+    assert measured_within(tmp_path / "missing.json", 24) is False
+
+
+def test_measured_within_reads_only_utc_now_stamps_and_ages_them_by_the_clock(tmp_path):
+    """The bench task's freshness check parses measured_utc without strptime: the stamps
+    utc_now() writes are read to the second (aged against datetime's own clock), anything
+    else is not fresh."""
+    import datetime as dt
+    import json
+
+    from pipeline.core.uptodate import measured_within
+
+    result = tmp_path / "local.json"
+
+    def fresh(stamp, hours=1.0):
+        result.write_text(json.dumps({"status": "ok", "measured_utc": stamp}))
+        return measured_within(result, hours)
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731 (utc_now's format)
+    assert fresh(stamp(now - dt.timedelta(minutes=59)))
+    assert not fresh(stamp(now - dt.timedelta(minutes=61)))
+    assert fresh(stamp(now - dt.timedelta(minutes=30)), hours=0.51)
+    assert not fresh(stamp(now - dt.timedelta(minutes=31)), hours=0.51)
+    for bad in ("2026-12-06 10:00:00", "2026-12-06T10:00:00", "2026-13-01T00:00:00Z",
+                "2026-12-06T10:00:00.5Z", "2026-12-06T10:00:00+00:00", 5, None, ""):
+        assert not fresh(bad), bad

@@ -6,8 +6,6 @@ including no-op builds and `doit list`, which must pay only for doit itself.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +16,6 @@ from pipeline.core.records import record
 
 # Board names become task names and file names: keep them short and shell- and path-safe.
 BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
-_UTC_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
 @record
@@ -137,46 +134,6 @@ def redacted_ssh_options(options: tuple[str, ...] | list[str]) -> list[str]:
             secret = keyword.lower() in _SECRET_KEYWORDS and keyword != body.strip()
             out.append(f"{prefix}{keyword}={REDACTED}" if secret else word)
     return out
-
-
-def measured_within(result_path: Path, hours: float) -> bool:
-    """doit `uptodate` check: the board's last result is a success measured < `hours` ago.
-
-    A success is what `bench_succeeded` says: timing it again would not change a board
-    that lacks a runtime for some models. A time in the future is not
-    fresh (a clock set wrong would otherwise keep old figures for as long as it is wrong).
-    Reads one small JSON and imports nothing heavy (dodo.py calls it on every `doit`).
-    """
-    try:
-        doc = json.loads(Path(result_path).read_text())
-        stamp = doc["measured_utc"]
-        # Not strptime: its first call imports _strptime and builds its locale's patterns
-        # (5-15 ms of a no-op `doit`); the pattern is utc_now()'s "%Y-%m-%dT%H:%M:%SZ".
-        if not _UTC_STAMP.fullmatch(stamp):
-            return False
-        when = dt.datetime.fromisoformat(stamp[:-1])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    age = dt.datetime.now(dt.timezone.utc) - when.replace(tzinfo=dt.timezone.utc)
-    return bench_succeeded(doc) and 0 <= age.total_seconds() < hours * 3600
-
-
-def bench_succeeded(doc: Any) -> bool:
-    """Whether a board's bench document is a success: `ok`, or `partial` only because the
-    board has no runtime for some rows (NO RUNTIME: the virtual K1, a K1 without TFLite) and
-    no case failed, so the board did all it can. The bench's freshness check, the nightly's
-    board status and its NO RUNTIME count all ask this one function."""
-    if not isinstance(doc, dict) or doc.get("status") not in ("ok", "partial"):
-        return False
-    if doc["status"] == "ok":
-        return True
-    errors, missing = doc.get("errors"), doc.get("missing")
-    if errors != [] or not isinstance(missing, list) or not missing:
-        return False
-    from pipeline import load_runner  # standard library only: cheap on dodo.py's path
-
-    mark = load_runner().NO_RUNTIME_MARK  # the runner's own word for it: one place
-    return all(isinstance(m, dict) and str(m.get("error", "")).startswith(mark) for m in missing)
 
 
 def load_boards(path: Path) -> tuple[Board, ...]:

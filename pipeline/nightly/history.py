@@ -39,13 +39,14 @@ import sqlite3
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pipeline import PipelineError
-from pipeline.core.boards import bench_succeeded
 from pipeline.core.files import write_json
 from pipeline.core.layout import Layout
+from pipeline.core.uptodate import bench_succeeded
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -1,0 +1,1 @@
+"""The doit task graph: declared (tasks.py) and cached as data for no-op runs (cache.py)."""
