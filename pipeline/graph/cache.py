@@ -35,8 +35,9 @@ from pipeline.core.uptodate import CodeAndSettings
 
 VERSION = 1  # of the file's layout: another version is declared again
 FILE_NAME = ".task-graph.json"
-# Environment read when declaring, besides PIPELINE_*: where a user's model module is found.
-KEYED_ENV = ("PYTHONPATH",)
+# Environment read when declaring, besides PIPELINE_*: where a user's model module is found,
+# and what `~` in a model or dataset path means.
+KEYED_ENV = ("PYTHONPATH", "HOME")
 # PIPELINE_* that declare no task: the events file only adds a reporter (dodo.py).
 UNKEYED_ENV = ("PIPELINE_EVENTS",)
 TASK_FIELDS = ("name", "doc", "actions", "file_dep", "targets", "uptodate", "clean")

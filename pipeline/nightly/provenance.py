@@ -42,8 +42,9 @@ def canonical_hash(obj: Any) -> str:
 
 
 def code_hash(project: Path) -> str:
-    """SHA-256 over the code that makes the artifacts: pipeline/*.py, board/runner.py, dodo.py."""
-    files = sorted([*(project / "pipeline").glob("*.py"), project / "board" / "runner.py",
+    """SHA-256 over the code that makes the artifacts: every module of pipeline/ (its
+    subsystem packages too), board/runner.py, dodo.py."""
+    files = sorted([*(project / "pipeline").rglob("*.py"), project / "board" / "runner.py",
                     project / "dodo.py"])
     return canonical_hash({str(f.relative_to(project)): sha256_file(f) for f in files})
 
