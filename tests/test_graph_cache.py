@@ -187,3 +187,136 @@ def test_a_cached_tasks_actions_and_clean_actions_run_the_declared_ones(smoke_pr
     assert executed_tasks(proc.stdout) == {"card:mnist_mlp"}
     assert card.read_text() == text
     assert (project / GRAPH).stat().st_mtime_ns == stamp  # both from the cached graph
+
+
+# In this process (a mutation pass sees only what runs here): load_graph as dodo.py calls it,
+# the declarations imported afresh for each load, as each `doit` process would.
+def load_here(monkeypatch, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import pipeline.graph
+
+    monkeypatch.delitem(sys.modules, "pipeline.graph.tasks", raising=False)
+    monkeypatch.delattr(pipeline.graph, "tasks", raising=False)  # `from` finds it there too
+    from pipeline.graph.cache import load_graph
+
+    namespace = load_graph(os.environ)
+    declared = "pipeline.graph.tasks" in sys.modules
+    return declared, namespace
+
+
+def test_load_graph_declares_caches_and_declares_again_on_a_change(monkeypatch, tmp_path):
+    from doit.loader import load_tasks
+
+    from pipeline.graph import cache
+
+    boards = tmp_path / "boards.toml"
+    boards.write_text((REPO / "board" / "boards.toml").read_text())
+    monkeypatch.chdir(REPO)
+    for name in [n for n in os.environ if n.startswith("PIPELINE_")]:
+        monkeypatch.delenv(name)
+    env = {"PIPELINE_PARAMS": "params/smoke.toml", "PIPELINE_ARTIFACTS": str(tmp_path / "a"),
+           "PIPELINE_BOARDS": str(boards), **URL_MIRROR}
+    declared, first = load_here(monkeypatch, **env)
+    assert declared and first["task_train"].__module__ == "pipeline.graph.tasks"
+    graph = tmp_path / "a" / cache.FILE_NAME
+    key = json.loads(graph.read_text())["key"]
+    assert key["cwd"] == str(REPO) and key["version"] == cache.VERSION
+    assert key["env"] == {name: os.environ[name] for name in sorted(os.environ)
+                          if name.startswith("PIPELINE_") or name in ("HOME", "PYTHONPATH")}
+    assert key["files"][str(boards)] == cache.stamp(str(boards))
+    assert {"pipeline/graph/tasks.py", "pipeline/core/params.py", "params/smoke.toml",
+            "pipeline/stages/train.py"} <= set(key["files"])
+    # The project's files relative (a moved checkout keeps its stamps); outside it, absolute.
+    assert all(f.startswith(str(tmp_path)) for f in key["files"] if os.path.isabs(f))
+    assert {str(tmp_path / "a/data/mnist/raw/train-images-idx3-ubyte.gz")} < set(key["files"])
+    declared, second = load_here(monkeypatch)
+    assert not declared and second["task_train"].__wrapped__ is cache
+    assert [t.name for t in load_tasks(second)] == [t.name for t in load_tasks(first)]
+    assert second["DOIT_CONFIG"] == first["DOIT_CONFIG"]
+    assert not load_here(monkeypatch, PIPELINE_EVENTS=str(tmp_path / "e"))[0]
+    for change in ({"PIPELINE_SET": "train.epochs=2"}, {"HOME": str(tmp_path)},
+                   {"PYTHONPATH": str(tmp_path)}):
+        assert load_here(monkeypatch, **change)[0] and not load_here(monkeypatch)[0]
+    with open(boards, "a") as f:
+        f.write("# edited\n")
+    assert load_here(monkeypatch)[0] and not load_here(monkeypatch)[0]
+    graph.write_text(graph.read_text()[:-10])  # torn
+    assert load_here(monkeypatch)[0] and not load_here(monkeypatch)[0]
+    assert [p.name for p in graph.parent.glob(".task-graph*")] == [cache.FILE_NAME]
+
+
+def test_stamps_keys_and_the_written_file(tmp_path):
+    from pipeline.graph.cache import key_matches, read_graph, stamp, write_graph
+
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    assert stamp(str(f)) == [f.stat().st_mtime_ns, 3]
+    assert stamp(str(tmp_path / "none")) is None
+    environ = {"PIPELINE_X": "1", "OTHER": "2"}
+    from pipeline.graph.cache import graph_key
+
+    key = graph_key([str(f), str(f), str(tmp_path / "none")], environ)
+    assert key["files"] == {str(f): stamp(str(f)), str(tmp_path / "none"): None}
+    assert key["env"] == {"PIPELINE_X": "1"} and key_matches(key, environ)
+    assert key_matches(key, {**environ, "OTHER": "3", "PIPELINE_EVENTS": "e"})
+    for bad in (None, [], {**key, "version": 0}, {**key, "cwd": "/elsewhere"},
+                {**key, "files": None}, {k: v for k, v in key.items() if k != "files"}):
+        assert not key_matches(bad, environ)
+    assert not key_matches(key, {"PIPELINE_X": "2"})
+    os.utime(f, ns=(1, 1))
+    assert not key_matches(key, environ)
+    # Written whole, read back; a path that cannot be written is no error and leaves nothing.
+    write_graph(tmp_path / "d" / "g.json", {"key": key})
+    assert read_graph(tmp_path / "d" / "g.json") == {"key": key}
+    assert os.listdir(tmp_path / "d") == ["g.json"]
+    write_graph(f / "g.json", {"key": key})  # f is a file: no directory there
+    assert sorted(os.listdir(tmp_path)) == ["d", "f"]
+    for text in ("", "[1]", "{"):
+        (tmp_path / "d" / "g.json").write_text(text)
+        assert read_graph(tmp_path / "d" / "g.json") is None
+    assert read_graph(tmp_path / "none") is None
+
+
+def test_project_modules_are_the_imported_files_under_the_working_directory(monkeypatch):
+    from pipeline.graph.cache import project_modules
+
+    monkeypatch.chdir(REPO)
+    found = project_modules()
+    assert {"pipeline/graph/cache.py", "tests/test_graph_cache.py"} <= found
+    assert not any(os.path.isabs(f) or f.startswith("..") for f in found)
+    monkeypatch.chdir(REPO / "pipeline")  # a prefix of a path is not enough: whole folders
+    assert "graph/cache.py" in project_modules()
+    assert not any(f.startswith("..") for f in project_modules())
+
+
+def test_the_stand_ins_run_and_clean_as_the_declared_actions(monkeypatch, tmp_path, capsys):
+    from doit.exceptions import TaskFailed
+
+    from pipeline.graph.cache import clean_declared, run_declared
+
+    tasks, declared, cached = declared_and_cached(monkeypatch, tmp_path, "params/smoke.toml", "")
+    # params: writes the resolved params, as the declared action does.
+    [task] = [cached["task_params"]()]
+    assert task["actions"] == [(run_declared, ["params", None, 0])]
+    assert run_declared("params", None, 0) in (None, True)
+    written = json.loads((tmp_path / "params.json").read_text())
+    (tmp_path / "params.json").unlink()
+    function, args = declared["task_params"]()["actions"][0]
+    function(*args)
+    assert json.loads((tmp_path / "params.json").read_text()) == written
+    # analysis's clean action, dry and not.
+    outputs = tasks.LAYOUT.analysis_outputs("mnist_mlp")
+    outputs[0].parent.mkdir(parents=True)
+    outputs[0].write_text("x")
+    clean_declared("analysis", "mnist_mlp", 0, dryrun=True)
+    assert f"would remove file '{outputs[0]}'" in capsys.readouterr().out
+    assert outputs[0].exists()
+    clean_declared("analysis", "mnist_mlp", 0)
+    assert f"removing file '{outputs[0]}'" in capsys.readouterr().out
+    assert not outputs[0].exists()
+    failed = run_declared("analysis", "no_such_build", 0)
+    assert isinstance(failed, TaskFailed)
+    assert failed.message == ("task analysis:no_such_build is no longer declared (a file "
+                              "changed during the build?); run doit again")
+    assert run_declared("nosuch", None, 0).message.startswith("task nosuch is no longer")

@@ -86,7 +86,7 @@ def test_artifact_hashes_skip_temporary_files_links_and_the_nightlys_own(tmp_pat
     (tmp_path / "models" / "m.tflite").write_bytes(b"model")
     (tmp_path / "models" / ".m.tflite.abc.partial").write_bytes(b"half")
     (tmp_path / "models" / "link.tflite").symlink_to(tmp_path / "models" / "m.tflite")
-    for own in ("manifest.json", "record.json", "doit.log", ".doit.db"):
+    for own in ("manifest.json", "record.json", "doit.log", ".doit.db", ".task-graph.json"):
         (tmp_path / own).write_text("x")
     assert artifact_hashes(tmp_path) == {"models/m.tflite": entry(b"model")}
 

@@ -23,6 +23,7 @@ and runs the action declared there, so what runs is always what tasks.py declare
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -119,7 +120,8 @@ def write_graph(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. no directory to hold it either
+            tmp.unlink(missing_ok=True)
 
 
 def graph_data(declared: Mapping[str, Any], key: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.core.datasets import DATASETS
 from pipeline.core.files import sha256_file
-from pipeline.nightly.history import PENDING
 from pipeline.core.layout import PARAMS_JSON, Layout
+from pipeline.graph.cache import FILE_NAME as GRAPH_FILE
+from pipeline.nightly.history import PENDING
 
 PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",),
             "ai-edge-litert": ("ai-edge-litert",), "numpy": ("numpy",), "doit": ("doit",)}
@@ -115,8 +116,10 @@ def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
         rel = path.relative_to(run_dir).as_posix()
         # references/ holds the last accepted nightly's models, inputs of the bench's
         # verdict (pipeline/bench/reference.py), not products of this run.
+        # doit's database and the cached task graph (its key holds this run's paths and
+        # mtimes) are bookkeeping, like the nightly's own files.
         if rel in NOT_ARTIFACTS or path == doit_db or path.name.startswith(doit_db.name) \
-                or ".partial" in path.name or rel.startswith("references/"):
+                or rel == GRAPH_FILE or ".partial" in path.name or rel.startswith("references/"):
             continue
         out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return out
