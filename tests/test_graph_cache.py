@@ -78,8 +78,19 @@ def test_the_cached_graph_makes_the_tasks_the_declarations_make(monkeypatch, tmp
 def test_a_task_field_the_graph_would_drop_is_refused():
     from pipeline.graph.cache import task_data
 
-    with pytest.raises(TypeError, match=r"does not cache \['task_dep'\]"):
+    with pytest.raises(TypeError, match=r"^task x: .* does not cache \['task_dep'\]"):
         task_data({"name": "x", "actions": [], "task_dep": ["y"]})
+
+
+def age(*paths, seconds=10):
+    """Files as if written `seconds` ago: a file changed in the last two seconds keeps the
+    graph from being written (cache.RACY_NS), and these tests load right after an edit."""
+    import time
+
+    for path in paths:
+        for f in [path, *(Path(path).rglob("*") if Path(path).is_dir() else ())]:
+            then = time.time_ns() - seconds * 1_000_000_000
+            os.utime(f, ns=(then, then), follow_symlinks=False)
 
 
 def load(project, env=None):
@@ -97,6 +108,7 @@ def load(project, env=None):
 
 def test_each_input_of_the_declarations_declares_them_again_and_nothing_else(tmp_path):
     project = copy_project(tmp_path / "p")
+    age(project)
     assert load(project)[0] and not load(project)[0]  # declared, then cached
     # What declares no task: the events file, any other variable, a file declaring never read.
     assert not load(project, {"PIPELINE_EVENTS": str(tmp_path / "e.jsonl"), "LANG": "C"})[0]
@@ -106,6 +118,7 @@ def test_each_input_of_the_declarations_declares_them_again_and_nothing_else(tmp
     def edit(path, text="\n# edited\n"):
         with open(project / path, "a") as f:
             f.write(text)
+        age(project / path)
 
     changes = [
         lambda: edit("params/smoke.toml"),  # the params file
@@ -135,6 +148,7 @@ def test_each_input_of_the_declarations_declares_them_again_and_nothing_else(tmp
 
 def test_a_bad_input_is_still_refused_when_a_graph_was_cached(tmp_path):
     project = copy_project(tmp_path / "p")
+    age(project)
     assert load(project)[0]
     graph = (project / GRAPH).read_bytes()
     (project / "params" / "smoke.toml").write_text("[train]\nepoch = 2\n")
@@ -150,6 +164,7 @@ def test_the_key_holds_every_file_declaring_opens(tmp_path):
     """An audit hook sees each file declaring opens; each is in the key, but doit's database
     and the caches the load keeps (code hashes, the graph itself), which are not inputs."""
     project = copy_project(tmp_path / "p")
+    age(project)
     (project / "artifacts").mkdir()
     hook = ("import sys; opened = []\n"
             "sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == 'open' else None)\n"
@@ -212,6 +227,7 @@ def test_load_graph_declares_caches_and_declares_again_on_a_change(monkeypatch, 
 
     boards = tmp_path / "boards.toml"
     boards.write_text((REPO / "board" / "boards.toml").read_text())
+    age(boards)
     monkeypatch.chdir(REPO)
     for name in [n for n in os.environ if n.startswith("PIPELINE_")]:
         monkeypatch.delenv(name)
@@ -240,6 +256,10 @@ def test_load_graph_declares_caches_and_declares_again_on_a_change(monkeypatch, 
         assert load_here(monkeypatch, **change)[0] and not load_here(monkeypatch)[0]
     with open(boards, "a") as f:
         f.write("# edited\n")
+    # Changed just now: it may still be changing while it is read, so nothing is cached
+    # until it has stood still for two seconds (as if: aged).
+    assert load_here(monkeypatch)[0] and load_here(monkeypatch)[0]
+    age(boards, seconds=3)
     assert load_here(monkeypatch)[0] and not load_here(monkeypatch)[0]
     graph.write_text(graph.read_text()[:-10])  # torn
     assert load_here(monkeypatch)[0] and not load_here(monkeypatch)[0]
@@ -267,15 +287,23 @@ def test_stamps_keys_and_the_written_file(tmp_path):
     os.utime(f, ns=(1, 1))
     assert not key_matches(key, environ)
     # Written whole, read back; a path that cannot be written is no error and leaves nothing.
+    write_graph(tmp_path / "d" / "e" / "g.json", {"key": key})  # folders made as needed
+    assert read_graph(tmp_path / "d" / "e" / "g.json") == {"key": key}
+    assert os.listdir(tmp_path / "d" / "e") == ["g.json"]
     write_graph(tmp_path / "d" / "g.json", {"key": key})
-    assert read_graph(tmp_path / "d" / "g.json") == {"key": key}
-    assert os.listdir(tmp_path / "d") == ["g.json"]
     write_graph(f / "g.json", {"key": key})  # f is a file: no directory there
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]
     for text in ("", "[1]", "{"):
         (tmp_path / "d" / "g.json").write_text(text)
         assert read_graph(tmp_path / "d" / "g.json") is None
     assert read_graph(tmp_path / "none") is None
+
+
+def test_the_artifact_root_is_pipeline_artifacts_or_artifacts():
+    from pipeline.graph.cache import artifact_root
+
+    assert artifact_root({}) == Path("artifacts")
+    assert artifact_root({"PIPELINE_ARTIFACTS": "/x/y"}) == Path("/x/y")
 
 
 def test_project_modules_are_the_imported_files_under_the_working_directory(monkeypatch):
@@ -320,3 +348,13 @@ def test_the_stand_ins_run_and_clean_as_the_declared_actions(monkeypatch, tmp_pa
     assert failed.message == ("task analysis:no_such_build is no longer declared (a file "
                               "changed during the build?); run doit again")
     assert run_declared("nosuch", None, 0).message.startswith("task nosuch is no longer")
+
+
+def test_a_file_changed_within_two_seconds_of_declaring_is_racy():
+    from pipeline.graph.cache import RACY_NS, racy
+
+    started = 10 * RACY_NS
+    key = {"files": {"a": [started - RACY_NS - 1, 5], "gone": None}}
+    assert not racy(key, started)
+    for mtime in (started - RACY_NS, started, started + 1):  # at the limit, during, after
+        assert racy({"files": {**key["files"], "b": [mtime, 1]}}, started)

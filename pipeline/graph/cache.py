@@ -14,7 +14,9 @@ directory, and the size and mtime of every file declaring read (the project modu
 imported, the params file, the board inventory, user model files, each dataset's cached
 archives and every task's code). A later load whose key matches makes the same tasks from
 the file; anything else (a file edited, added to the key or gone, another environment, no
-file or an unreadable one) declares them again and rewrites the file.
+file or an unreadable one) declares them again and rewrites the file. A file changed in the
+two seconds before declaring, or while it ran, may have been read half-written, so that
+graph is not written (RACY_NS).
 
 A cached task's actions are stand-ins that name it: the first to run imports the
 declarations (once per process, tens of milliseconds before a stage that runs for seconds)
@@ -28,6 +30,7 @@ import inspect
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,11 @@ KEYED_ENV = ("PYTHONPATH", "HOME")
 # PIPELINE_* that declare no task: the events file only adds a reporter (dodo.py).
 UNKEYED_ENV = ("PIPELINE_EVENTS",)
 TASK_FIELDS = ("name", "doc", "actions", "file_dep", "targets", "uptodate", "clean")
+# A file whose mtime is this close to the start of declaring, or later, may have changed
+# while it was read: its stamp could be the new bytes' while the graph holds the old ones
+# (git's "racy" entries). Such a graph is not written; the next load declares again. Two
+# seconds: the coarsest mtime of a common file system (FAT).
+RACY_NS = 2_000_000_000
 
 
 def artifact_root(environ: Mapping[str, str]) -> Path:
@@ -93,13 +101,20 @@ def load_graph(environ: Mapping[str, str]) -> dict[str, Any]:
     saved = read_graph(path)
     if saved is not None and key_matches(saved.get("key"), environ):
         return cached_namespace(saved)
+    started = time.time_ns()
     from pipeline.graph import tasks
 
     declared = tasks.namespace()
     if tasks.cacheable():
         key = graph_key(project_modules() | set(tasks.inputs()), environ)
-        write_graph(path, graph_data(declared, key))
+        if not racy(key, started):
+            write_graph(path, graph_data(declared, key))
     return declared
+
+
+def racy(key: dict[str, Any], started_ns: int) -> bool:
+    return any(stamp is not None and stamp[0] >= started_ns - RACY_NS
+               for stamp in key["files"].values())
 
 
 def read_graph(path: Path) -> dict[str, Any] | None:
