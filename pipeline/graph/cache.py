@@ -9,14 +9,14 @@ no-op `doit` cost beyond doit itself (docs/measured/noop_doit.md).
 So each time the tasks are declared, what doit needs to find that nothing is to be done is
 written to <artifacts>/.task-graph.json: every task's name, doc, file_dep, targets, code
 hashes, settings digest and other up-to-date checks, and DOIT_CONFIG. With it goes the key
-the tasks were declared under: the PIPELINE_* environment and PYTHONPATH, the working
-directory, and the size and mtime of every file declaring read (the project modules it
-imported, the params file, the board inventory, user model files, each dataset's cached
-archives and every task's code). A later load whose key matches makes the same tasks from
-the file; anything else (a file edited, added to the key or gone, another environment, no
-file or an unreadable one) declares them again and rewrites the file. A file changed in the
-two seconds before declaring, or while it ran, may have been read half-written, so that
-graph is not written (RACY_NS).
+the tasks were declared under: the PIPELINE_* environment, PYTHONPATH and HOME (as a
+digest), the working directory, and the size and mtime of every file declaring read (the
+project modules it imported, the params file, the board inventory, user model files, each
+dataset's cached archives and every task's code). A later load whose key matches makes the
+same tasks from the file; anything else (a file edited, added to the key or gone, another
+environment, no file or an unreadable one) declares them again and rewrites the file. A
+file changed in the two seconds before declaring, or while it ran, may have been read
+half-written, so that graph is not written (RACY_NS).
 
 A cached task's actions are stand-ins that name it: the first to run imports the
 declarations (once per process, tens of milliseconds before a stage that runs for seconds)
@@ -26,6 +26,7 @@ and runs the action declared there, so what runs is always what tasks.py declare
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import os
@@ -58,10 +59,12 @@ def artifact_root(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("PIPELINE_ARTIFACTS", "artifacts"))
 
 
-def environment_key(environ: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in sorted(environ.items())
-            if (name.startswith("PIPELINE_") and name not in UNKEYED_ENV)
-            or name in KEYED_ENV}
+def environment_key(environ: Mapping[str, str]) -> str:
+    """SHA-256 of the variables declaring reads. A digest, not the values: a mirror URL
+    may carry a user's credentials, and the file must not."""
+    keyed = {name: value for name, value in environ.items()
+             if (name.startswith("PIPELINE_") and name not in UNKEYED_ENV) or name in KEYED_ENV}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
 def stamp(path: str) -> list[int] | None:
