@@ -51,7 +51,7 @@ def test_the_cached_graph_makes_the_tasks_the_declarations_make(monkeypatch, tmp
                                                                 params, override):
     from doit.loader import _get_task_creators, load_tasks
 
-    from pipeline.graph.cache import clean_declared, run_declared
+    from pipeline.graph.cache import Declared
 
     tasks, declared, cached = declared_and_cached(monkeypatch, tmp_path, params, override)
     assert cached["DOIT_CONFIG"] == declared["DOIT_CONFIG"]
@@ -63,16 +63,19 @@ def test_the_cached_graph_makes_the_tasks_the_declarations_make(monkeypatch, tmp
             w.doc, w.file_dep, w.targets, w.task_dep), w.name
         assert check_parts(g.uptodate) == check_parts(w.uptodate), w.name
         assert g._remove_targets == w._remove_targets, w.name
-        # Each stand-in names its task and position, and that is the declared action.
+        # Each stand-in names its task and position, and that is the declared action; doit
+        # prints it as it prints the declared one.
         for kind, stand_ins, actions in (("actions", g.actions, w.actions),
                                          ("clean", g.clean_actions, w.clean_actions)):
             assert len(stand_ins) == len(actions), (w.name, kind)
             for i, (stand_in, action) in enumerate(zip(stand_ins, actions)):
-                assert stand_in.py_callable is (run_declared if kind == "actions"
-                                                else clean_declared)
-                basename, name, index = stand_in.args
-                assert index == i and (f"{basename}:{name}" if name else basename) == w.name
-                function, args = tasks.declared(basename, name)[kind][index]
+                assert str(stand_in) == str(action)
+                declared_action = stand_in.py_callable
+                assert isinstance(declared_action, Declared) and stand_in.args == []
+                basename, name = declared_action.basename, declared_action.name
+                assert (declared_action.kind, declared_action.index) == (kind, i)
+                assert (f"{basename}:{name}" if name else basename) == w.name
+                function, args = tasks.declared(basename, name)[kind][i]
                 assert (function, repr(args)) == (action.py_callable, repr(action.args))
 
 
@@ -197,6 +200,7 @@ def test_a_cached_tasks_actions_and_clean_actions_run_the_declared_ones(smoke_pr
     card.unlink()
     proc = run_doit(project, "clean", "-n", "card:mnist_mlp")
     assert proc.returncode == 0 and "would remove file" in proc.stdout
+    assert "card:mnist_mlp - executing 'Python: function _remove'" in proc.stdout  # as declared
     assert (project / "artifacts/models/mnist_mlp/model_card.json").exists()
     proc = run_doit(project)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -325,13 +329,15 @@ def test_project_modules_are_the_imported_files_under_the_working_directory(monk
 def test_the_stand_ins_run_and_clean_as_the_declared_actions(monkeypatch, tmp_path, capsys):
     from doit.exceptions import TaskFailed
 
-    from pipeline.graph.cache import clean_declared, run_declared
+    from pipeline.graph.cache import Declared
 
     tasks, declared, cached = declared_and_cached(monkeypatch, tmp_path, "params/smoke.toml", "")
     # params: writes the resolved params, as the declared action does.
-    [task] = [cached["task_params"]()]
-    assert task["actions"] == [(run_declared, ["params", None, 0])]
-    assert run_declared("params", None, 0) in (None, True)
+    [stand_in] = cached["task_params"]()["actions"]
+    assert (stand_in.basename, stand_in.name, stand_in.kind, stand_in.index) == (
+        "params", None, "actions", 0)
+    assert repr(stand_in) == "<function _guarded at params:None>"
+    assert stand_in() in (None, True)
     written = json.loads((tmp_path / "params.json").read_text())
     (tmp_path / "params.json").unlink()
     function, args = declared["task_params"]()["actions"][0]
@@ -341,17 +347,34 @@ def test_the_stand_ins_run_and_clean_as_the_declared_actions(monkeypatch, tmp_pa
     outputs = tasks.LAYOUT.analysis_outputs("mnist_mlp")
     outputs[0].parent.mkdir(parents=True)
     outputs[0].write_text("x")
-    clean_declared("analysis", "mnist_mlp", 0, dryrun=True)
+    clean = Declared("analysis", "mnist_mlp", "clean", 0, "_remove")
+    clean(dryrun=True)
     assert f"would remove file '{outputs[0]}'" in capsys.readouterr().out
     assert outputs[0].exists()
-    clean_declared("analysis", "mnist_mlp", 0)
+    clean()
     assert f"removing file '{outputs[0]}'" in capsys.readouterr().out
     assert not outputs[0].exists()
-    failed = run_declared("analysis", "no_such_build", 0)
+    failed = Declared("analysis", "no_such_build", "actions", 0, "_guarded")()
     assert isinstance(failed, TaskFailed)
     assert failed.message == ("task analysis:no_such_build is no longer declared (a file "
                               "changed during the build?); run doit again")
-    assert run_declared("nosuch", None, 0).message.startswith("task nosuch is no longer")
+    assert Declared("nosuch", None, "actions", 0, "f")().message.startswith(
+        "task nosuch is no longer")
+
+
+def test_a_clean_action_without_dryrun_runs_only_when_it_is_no_dry_run(monkeypatch):
+    """As doit does with a declared clean action that takes no `dryrun`."""
+    import pipeline.graph.tasks
+    from pipeline.graph.cache import Declared
+
+    calls = []
+    monkeypatch.setattr(pipeline.graph.tasks, "declared",
+                        lambda basename, name: {"clean": [(calls.append, [name])]})
+    clean = Declared("b", "n", "clean", 0, "append")
+    clean(dryrun=True)
+    assert calls == []
+    clean()
+    assert calls == ["n"]
 
 
 def test_a_file_changed_within_two_seconds_of_declaring_is_racy():

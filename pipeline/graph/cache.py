@@ -157,7 +157,7 @@ def graph_data(declared: Mapping[str, Any], key: dict[str, Any]) -> dict[str, An
 
 def task_data(task: Mapping[str, Any]) -> dict[str, Any]:
     """A task as data: paths as strings, checks as `check_data`, and of its actions and
-    clean actions only how many there are (the stand-ins run the declared ones)."""
+    clean actions only their functions' names (the stand-ins run the declared ones)."""
     unknown = set(task) - set(TASK_FIELDS)
     if unknown:  # a field this file would drop: cache it here before declaring it
         raise TypeError(f"task {task.get('name')}: pipeline/graph/cache.py does not cache "
@@ -165,9 +165,10 @@ def task_data(task: Mapping[str, Any]) -> dict[str, Any]:
     out = {field: task[field] for field in ("name", "doc") if field in task}
     out.update({field: [os.fspath(p) for p in task[field]]
                 for field in ("file_dep", "targets") if field in task})
-    out["actions"] = len(task["actions"])
+    out["actions"] = [function.__name__ for function, _ in task["actions"]]
     if "clean" in task:
-        out["clean"] = task["clean"] if isinstance(task["clean"], bool) else len(task["clean"])
+        out["clean"] = (task["clean"] if isinstance(task["clean"], bool) else
+                        [function.__name__ for function, _ in task["clean"]])
     if "uptodate" in task:
         out["uptodate"] = [check_data(check) for check in task["uptodate"]]
     return out
@@ -211,12 +212,14 @@ def cached_task(basename: str, data: Mapping[str, Any]) -> dict[str, Any]:
     name = data.get("name")
     task: dict[str, Any] = {field: data[field] for field in ("name", "doc") if field in data}
     task.update({field: list(data[field]) for field in ("file_dep", "targets") if field in data})
-    task["actions"] = [(run_declared, [basename, name, i]) for i in range(data["actions"])]
+    task["actions"] = [Declared(basename, name, "actions", i, function)
+                       for i, function in enumerate(data["actions"])]
     if "uptodate" in data:
         task["uptodate"] = [cached_check(check) for check in data["uptodate"]]
     if "clean" in data:
         task["clean"] = (data["clean"] if isinstance(data["clean"], bool) else
-                         [(clean_declared, [basename, name, i]) for i in range(data["clean"])])
+                         [Declared(basename, name, "clean", i, function)
+                          for i, function in enumerate(data["clean"])])
     return task
 
 
@@ -229,29 +232,32 @@ def cached_check(data: Mapping[str, Any]) -> Any:
     return (getattr(importlib.import_module(module), name), list(data["args"]))
 
 
-def _declared_action(basename: str, name: str | None, kind: str, index: int) -> Any:
-    from pipeline.graph import tasks
+class Declared:
+    """A cached task's action or clean action: the one tasks.py declares for the task at
+    `index` of `kind` ("actions" or "clean"), imported and run when doit calls this."""
 
-    return tasks.declared(basename, name)[kind][index]
+    def __init__(self, basename: str, name: str | None, kind: str, index: int,
+                 function: str) -> None:
+        self.basename, self.name, self.kind, self.index = basename, name, kind, index
+        self.function = function  # the declared function's name, for doit's messages
 
+    def __repr__(self) -> str:
+        # doit prints an action as its callable's repr up to " at " (`doit clean`:
+        # "executing 'Python: function _remove'"): the declared function's, as declared.
+        return f"<function {self.function} at {self.basename}:{self.name}>"
 
-def run_declared(basename: str, name: str | None, index: int) -> Any:
-    """A cached task's action: the one tasks.py declares, imported when the task runs."""
-    from pipeline import PipelineError
+    def __call__(self, dryrun: bool = False) -> Any:
+        """doit passes `dryrun` (`doit clean -n`) to a clean action that takes it, and runs
+        one that does not only when it is no dry run: so does this with the declared one."""
+        from pipeline import PipelineError
+        from pipeline.graph import tasks
 
-    try:
-        function, args = _declared_action(basename, name, "actions", index)
-    except PipelineError as exc:
-        from doit.exceptions import TaskFailed
+        try:
+            function, args = tasks.declared(self.basename, self.name)[self.kind][self.index]
+        except PipelineError as exc:
+            from doit.exceptions import TaskFailed
 
-        return TaskFailed(str(exc))
-    return function(*args)
-
-
-def clean_declared(basename: str, name: str | None, index: int, dryrun: bool = False) -> Any:
-    """A cached task's clean action; doit passes `dryrun` (`doit clean -n`) to those that
-    take it, and so does this to the declared one."""
-    function, args = _declared_action(basename, name, "clean", index)
-    if "dryrun" in inspect.signature(function).parameters:
-        return function(*args, dryrun=dryrun)
-    return function(*args)
+            return TaskFailed(str(exc))
+        if "dryrun" in inspect.signature(function).parameters:
+            return function(*args, dryrun=dryrun)
+        return None if dryrun else function(*args)
