@@ -107,6 +107,20 @@ def test_the_settings_digest_is_the_md5_of_their_sorted_json():
     assert settings_digest(None) == hashlib.md5(b"null").hexdigest()
 
 
+def test_a_check_recorded_with_its_digest_is_the_check_made_from_its_settings():
+    """The cached task graph keeps a check as its code and settings digest
+    (pipeline/graph/cache.py): made again from those, it answers as the original."""
+    code, settings = {"a.py": "1"}, {"k": [1, 2]}
+    made = CodeAndSettings(code, settings)
+    recorded = CodeAndSettings.recorded(code, settings_digest(settings))
+    assert type(recorded) is CodeAndSettings
+    assert (recorded.code, recorded.settings, recorded.changes) == (code, made.settings, [])
+    values = {CODE_KEY: code, SETTINGS_KEY: made.settings}
+    assert recorded(None, values) is True and recorded.changes == []
+    assert recorded(None, {**values, SETTINGS_KEY: "other"}) is False
+    assert recorded.changes == ["its settings"]
+
+
 def test_the_stated_signature_is_that_of_call():
     """doit passes `task` and `values` by the names in the check's signature."""
     import inspect
