@@ -246,6 +246,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (str(Path(__file__)), DATA_SKIP_LINE, longrepr[2])
 
 
+@pytest.fixture(autouse=True)
+def _close_pyplot_figures():
+    """Tests that draw a figure to inspect it leave it open; a worker that ran 20 of them
+    warned "More than 20 figures have been opened". The pipeline's own writers close theirs
+    (tests/test_charts.py checks); this closes what a test left, without importing pyplot."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
 @pytest.fixture(scope="session")
 def mnist_url(serve, mnist_dir) -> str:
     return serve(mnist_dir)
