@@ -116,8 +116,8 @@ def load_graph(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def racy(key: dict[str, Any], started_ns: int) -> bool:
-    return any(stamp is not None and stamp[0] >= started_ns - RACY_NS
-               for stamp in key["files"].values())
+    return any(saved is not None and saved[0] >= started_ns - RACY_NS
+               for saved in key["files"].values())
 
 
 def read_graph(path: Path) -> dict[str, Any] | None:
