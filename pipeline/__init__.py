@@ -6,12 +6,19 @@ functions that need it, so `doit` can load the task graph in a fraction of a sec
 
 import functools
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
 # The on-board runner is a standalone script (it must not import this package); the host
 # loads it by path wherever it needs the board's exact behaviour.
 RUNNER = Path(__file__).resolve().parent.parent / "board" / "runner.py"
+
+
+def artifact_root(environ: Mapping[str, str]) -> Path:
+    """The artifact tree every command reads and the build writes: $PIPELINE_ARTIFACTS, else
+    artifacts/ (doit's database and the cached task graph live there too)."""
+    return Path(environ.get("PIPELINE_ARTIFACTS", "artifacts"))
 
 
 @functools.cache

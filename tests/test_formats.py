@@ -5,14 +5,16 @@ import re
 from pipeline import load_runner
 from pipeline.bench import floor, latency_chart, report
 from pipeline.core import runtimes
-from pipeline.core.formats import FORMATS
+from pipeline.core.formats import FORMATS, NO_RUNTIME_MARK
 from pipeline.core.variants import VARIANTS, format_of, model_suffixes
 from pipeline.virtual_k1 import rootfs as vk_rootfs
 
 
 def test_the_runner_reads_the_same_suffixes_as_the_host():
-    """board/runner.py cannot import the pipeline: its copy must say what the table says."""
+    """board/runner.py cannot import the pipeline: its copy must say what the table says,
+    and mark a row it has no runtime for with the words the host looks for."""
     assert load_runner().FORMATS == {f.suffix: f.key for f in FORMATS.values()}
+    assert load_runner().NO_RUNTIME_MARK == NO_RUNTIME_MARK == "NO RUNTIME: "
 
 
 def test_every_row_names_code_that_exists():

@@ -308,7 +308,7 @@ def test_stamps_keys_and_the_written_file(tmp_path):
 
 
 def test_the_artifact_root_is_pipeline_artifacts_or_artifacts():
-    from pipeline.graph.cache import artifact_root
+    from pipeline import artifact_root
 
     assert artifact_root({}) == Path("artifacts")
     assert artifact_root({"PIPELINE_ARTIFACTS": "/x/y"}) == Path("/x/y")

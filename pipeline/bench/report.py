@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 
 from tabulate import tabulate
 
+from pipeline import artifact_root
 from pipeline.core.text import (EMULATED, board_label, clean_text, escape_md,
                                 fmt_value, is_old, utc_now)
 from pipeline.core.files import sha256_file, write_json, write_text
@@ -467,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Rebuild latency.{json,md,png} from the per-board results in "
                     "<artifacts>/reports/latency/*.json (no board is contacted).")
     parser.add_argument("--artifacts", type=Path,
-                        default=Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")),
+                        default=artifact_root(os.environ),
                         help="the artifact tree (default: $PIPELINE_ARTIFACTS or artifacts)")
     parser.add_argument("--boards", type=Path,
                         default=Path(os.environ.get("PIPELINE_BOARDS", "board/boards.toml")),

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import RUNNER, load_runner
+from pipeline import RUNNER
 from pipeline.bench import report
 from pipeline.bench.floor import count_macs
 from pipeline.bench.plan import pick_samples, stage_plan
@@ -31,6 +31,7 @@ from pipeline.bench.reference import (attach_verdicts, keep_timed, references_fo
 from pipeline.bench.transport import BoardError, Progress, Transport, connect
 from pipeline.bench.validate import check_document
 from pipeline.core.boards import Board, load_boards
+from pipeline.core.formats import NO_RUNTIME_MARK
 from pipeline.core.files import outputs_together, write_bytes, write_json
 from pipeline.core.layout import Layout
 from pipeline.core.text import clean_text, utc_now
@@ -158,7 +159,7 @@ def progress_printer(board: Board, stream=None) -> Progress:
         try:
             event = json.loads(line)
             error = str(event.get("error") or "")
-            if error.startswith(load_runner().NO_RUNTIME_MARK):  # the hint comes once, at the end
+            if error.startswith(NO_RUNTIME_MARK):  # the hint comes once, at the end
                 error = report.missing_state(error)
             else:
                 error = f"ERROR {error}" if error else ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import load_runner
 from pipeline.bench.transport import BoardError
+from pipeline.core.formats import NO_RUNTIME_MARK
 from pipeline.core.text import clean_text
 
 
@@ -60,7 +60,7 @@ def check_document(document: Any, plan: dict[str, Any]
                 problems.append(f"{label}: reported twice")
                 continue
             seen.add(case)
-            if "error" in r and str(r["error"]).startswith(load_runner().NO_RUNTIME_MARK):
+            if "error" in r and str(r["error"]).startswith(NO_RUNTIME_MARK):
                 if kind == "models":  # a missing peak twin only leaves that floor unmeasured
                     missing.append({"model": case[0], "threads": case[1],
                                     "error": clean_text(str(r["error"]))})

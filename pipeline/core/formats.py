@@ -3,8 +3,8 @@ host and on a board, how its MACs are counted, and how reports name and colour i
 
 Every module that treats formats differently reads this table (variants, runtimes, the
 floor's MAC counting, the latency report's labels, colours and ratio table, the virtual
-K1's packages); board/runner.py keeps its own standalone copy of `suffix -> key`, and
-tests/test_formats.py checks that the two agree. A new format is one row here, its host
+K1's packages); board/runner.py keeps its own standalone copy of `suffix -> key` and of
+NO_RUNTIME_MARK, and tests/test_formats.py checks that the two agree. A new format is one row here, its host
 backend (core/runtimes.py), its MAC counter (bench/floor.py) and its loader in the runner.
 
 Imports nothing heavy: dodo.py reads it (through variants) on every `doit` call.
@@ -38,6 +38,11 @@ class ModelFormat:
     colour: str
     board_packages: tuple[str, ...] = ()
 
+
+# The words the runner starts a case's error with when the board has no runtime for its
+# format (the virtual K1 and .tflite). board/runner.py keeps its own copy, as it does of
+# the suffixes; tests/test_formats.py checks that the two agree.
+NO_RUNTIME_MARK = "NO RUNTIME: "
 
 # In display order (runtime lines list formats in this order).
 FORMATS: Mapping[str, ModelFormat] = MappingProxyType({f.key: f for f in (

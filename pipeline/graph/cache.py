@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline import artifact_root
 from pipeline.core.uptodate import CodeAndSettings
 
 VERSION = 1  # of the file's layout: another version is declared again
@@ -51,12 +52,6 @@ TASK_FIELDS = ("name", "doc", "actions", "file_dep", "targets", "uptodate", "cle
 # (git's "racy" entries). Such a graph is not written; the next load declares again. Two
 # seconds: the coarsest mtime of a common file system (FAT).
 RACY_NS = 2_000_000_000
-
-
-def artifact_root(environ: Mapping[str, str]) -> Path:
-    """The artifact tree (PIPELINE_ARTIFACTS, default artifacts/): doit's database, the
-    graph and every artifact live under it."""
-    return Path(environ.get("PIPELINE_ARTIFACTS", "artifacts"))
 
 
 def environment_key(environ: Mapping[str, str]) -> str:

@@ -37,15 +37,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline import PipelineError
+from pipeline import PipelineError, artifact_root
 from pipeline.predict.photo import ImageError, load_image, prepare
+from pipeline.core.formats import NO_RUNTIME_MARK
 from pipeline.core.variants import KERAS, ONNX_INT8_TFLITE, VARIANTS, reference_int8_variant
 
 SHOW_SCALE = 10
 # The variant --board runs, and whose answer its column compares with: the shipped int8.
 INT8 = reference_int8_variant()
-# The state the runner gives a model whose format the board has no runtime for.
-NO_RUNTIME_MARK = "NO RUNTIME: "
 # What a board without INT8's runtime runs instead, in order of preference: the model whose
 # answers the build checked against INT8's on every test image.
 BOARD_FALLBACKS = (ONNX_INT8_TFLITE,)
@@ -374,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--build", default=DEFAULT_BUILDS[0].name,
                         help="build name (default %(default)s)")
     parser.add_argument("--artifacts", type=Path,
-                        default=Path(os.environ.get("PIPELINE_ARTIFACTS", "artifacts")),
+                        default=artifact_root(os.environ),
                         help="artifact tree (default $PIPELINE_ARTIFACTS or artifacts/)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", action="store_true",
