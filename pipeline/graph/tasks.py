@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline import PipelineError
+from pipeline import PipelineError, artifact_root
 from pipeline.core.boards import load_boards
 from pipeline.core.codedeps import CodeDeps
 from pipeline.core.console import quiet_third_party, verbose_requested
@@ -44,7 +44,6 @@ from pipeline.core.variants import (
     reference_int8_variant,
     variant_names,
 )
-from pipeline.graph.cache import artifact_root
 
 PARAMS_PATH = Path(os.environ.get("PIPELINE_PARAMS", "params.toml"))
 OVERRIDES = os.environ.get(OVERRIDE_ENV, "")
@@ -254,25 +253,32 @@ def task_train():
 def task_convert():
     """Convert each saved .h5 to float32 and full-integer int8 .tflite (plus extra variants)."""
     for build in PARAMS.builds:
-        models = variant_models(build.name, producer="convert")
-        yield {
-            "name": build.name,
-            "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
-            "actions": [(_guarded, [_stage("stages.convert.run"), keras_model(build.name),
-                                    dataset_npz(build.dataset), PARAMS.convert, build.name,
-                                    model_dir(build.name), build.float_layers])],
-            "file_dep": [keras_model(build.name), dataset_npz(build.dataset)],
-            "targets": list(models.values()),
-            # Every variant the build ships, whichever task makes it: convert also removes
-            # the files of variants switched off, so it reruns when that list changes. Not
-            # the other ONNX keys: they never change a .tflite.
-            "uptodate": [_changed("convert", {
-                **_without(section_dict(PARAMS.convert), "onnx", "onnx_tflite_max_steps",
-                           "onnx_calibration", "onnx_preprocess"),
-                "float_layers": list(build.float_layers),
-                "variants": list(variant_models(build.name))})],
-            "clean": True,
-        }
+        # Every variant the build ships, whichever task makes it: convert also removes the
+        # files of variants switched off, so it reruns when that list changes. Not the
+        # other ONNX keys: they never change a .tflite.
+        yield _models_from_h5(build, "convert", build.float_layers, {
+            **_without(section_dict(PARAMS.convert), "onnx", "onnx_tflite_max_steps",
+                       "onnx_calibration", "onnx_preprocess"),
+            "float_layers": list(build.float_layers),
+            "variants": list(variant_models(build.name))})
+
+
+def _models_from_h5(build, producer, build_setting, settings):
+    """The task of `producer` (convert, convert_onnx: its stage module's `run`) that makes
+    the build's models of that producer from its .h5 and dataset (the calibration draw);
+    `build_setting` is the build's own key the stage takes last."""
+    models = variant_models(build.name, producer=producer)
+    return {
+        "name": build.name,
+        "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
+        "actions": [(_guarded, [_stage(f"stages.{producer}.run"), keras_model(build.name),
+                                dataset_npz(build.dataset), PARAMS.convert, build.name,
+                                model_dir(build.name), build_setting])],
+        "file_dep": [keras_model(build.name), dataset_npz(build.dataset)],
+        "targets": list(models.values()),
+        "uptodate": [_changed(producer, settings)],
+        "clean": True,
+    }
 
 
 def _changed(family, settings=None):
@@ -287,23 +293,12 @@ def _without(section, *keys):
 def _task_convert_onnx():
     """Export each build's .h5 to ONNX float32 and quantize it with ONNX Runtime (QDQ int8)."""
     for build in PARAMS.builds:
-        models = variant_models(build.name, producer="convert_onnx")
-        yield {
-            "name": build.name,
-            "doc": f"{build.name}.h5 -> {', '.join(p.name for p in models.values())}",
-            "actions": [(_guarded, [_stage("stages.convert_onnx.run"), keras_model(build.name),
-                                    dataset_npz(build.dataset), PARAMS.convert, build.name,
-                                    model_dir(build.name), build.nodes_to_exclude])],
-            "file_dep": [keras_model(build.name), dataset_npz(build.dataset)],
-            "targets": list(models.values()),
-            # The calibration draw and method are all of [convert] these models depend on;
-            # the build's nodes_to_exclude changes onnx_int8.
-            "uptodate": [_changed("convert_onnx", {
-                **{key: getattr(PARAMS.convert, key) for key in (
-                    "representative_samples", "seed", "onnx_calibration", "onnx_preprocess")},
-                "nodes_to_exclude": list(build.nodes_to_exclude)})],
-            "clean": True,
-        }
+        # The calibration draw and method are all of [convert] these models depend on; the
+        # build's nodes_to_exclude changes onnx_int8.
+        yield _models_from_h5(build, "convert_onnx", build.nodes_to_exclude, {
+            **{key: getattr(PARAMS.convert, key) for key in (
+                "representative_samples", "seed", "onnx_calibration", "onnx_preprocess")},
+            "nodes_to_exclude": list(build.nodes_to_exclude)})
 
 
 def _task_translate_onnx():
