@@ -25,7 +25,6 @@ Imports neither numpy nor TensorFlow: dodo.py builds every task's targets with i
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from pipeline.core.records import record
@@ -57,16 +56,6 @@ SAMPLES_SUFFIX = ".samples.ndjson.gz"
 PARAMS_JSON = "params.json"
 
 
-@functools.cache
-def _under(root: Path, *names: str) -> Path:
-    """root/names: dodo.py asks for the same few hundred paths on every `doit` call, and
-    joining Path objects was most of what making its tasks cost (a no-op `doit`)."""
-    return root.joinpath(*names)
-
-
-_variant_path = functools.cache(variant_path)
-
-
 @record
 class Layout:
     """Paths of the artifact tree under `root` (artifacts/ or $PIPELINE_ARTIFACTS, or one
@@ -79,13 +68,13 @@ class Layout:
     # --- data --------------------------------------------------------------------------
 
     def data_dir(self, dataset: str) -> Path:
-        return _under(self.root, "data", dataset)
+        return self.root / "data" / dataset
 
     def raw_dir(self, dataset: str) -> Path:
-        return _under(self.root, "data", dataset, "raw")
+        return self.data_dir(dataset) / "raw"
 
     def dataset_npz(self, dataset: str) -> Path:
-        return _under(self.root, "data", dataset, f"{dataset}.npz")
+        return self.data_dir(dataset) / f"{dataset}.npz"
 
     # --- models ------------------------------------------------------------------------
 
@@ -93,16 +82,16 @@ class Layout:
         return self.root / "models"
 
     def model_dir(self, build: str) -> Path:
-        return _under(self.root, "models", build)
+        return self.models_dir() / build
 
     def keras_model(self, build: str) -> Path:
-        return _under(self.root, "models", build, f"{build}.h5")
+        return self.model_dir(build) / f"{build}.h5"
 
     def history_json(self, build: str) -> Path:
-        return _under(self.root, "models", build, HISTORY_JSON)
+        return self.model_dir(build) / HISTORY_JSON
 
     def variant_path(self, build: str, variant: str) -> Path:
-        return _variant_path(self.model_dir(build), build, variant)
+        return variant_path(self.model_dir(build), build, variant)
 
     def model_files(self) -> list[Path]:
         """Every variant model file under models/, sorted (whatever params built them)."""
@@ -110,10 +99,10 @@ class Layout:
         return sorted(p for p in self.models_dir().glob("*/*") if p.suffix in suffixes)
 
     def card_json(self, build: str) -> Path:
-        return _under(self.root, "models", build, CARD_JSON)
+        return self.model_dir(build) / CARD_JSON
 
     def card_md(self, build: str) -> Path:
-        return _under(self.root, "models", build, CARD_MD)
+        return self.model_dir(build) / CARD_MD
 
     def logs_dir(self, build: str) -> Path:
         return self.root / "logs" / build
@@ -124,16 +113,16 @@ class Layout:
         return self.root / "reports"
 
     def report_dir(self, build: str) -> Path:
-        return _under(self.root, "reports", build)
+        return self.reports_dir() / build
 
     def accuracy_json(self, build: str) -> Path:
-        return _under(self.root, "reports", build, ACCURACY_JSON)
+        return self.report_dir(build) / ACCURACY_JSON
 
     def accuracy_md(self, build: str) -> Path:
-        return _under(self.root, "reports", build, ACCURACY_MD)
+        return self.report_dir(build) / ACCURACY_MD
 
     def training_png(self, build: str) -> Path:
-        return _under(self.root, "reports", build, TRAINING_PNG)
+        return self.report_dir(build) / TRAINING_PNG
 
     def analysis_outputs(self, build: str) -> list[Path]:
         return [self.report_dir(build) / name for name in ANALYSIS_FILES]
