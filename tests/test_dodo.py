@@ -344,6 +344,7 @@ def test_events_file_installs_the_reporter_under_the_events_modules_name(monkeyp
 
     load_declarations(monkeypatch)
     monkeypatch.setenv("PIPELINE_ARTIFACTS", str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir()
     import dodo
 
     assert "reporter" not in importlib.reload(dodo).DOIT_CONFIG  # declared, and cached

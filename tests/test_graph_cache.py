@@ -113,6 +113,10 @@ def load(project, env=None):
 def test_each_input_of_the_declarations_declares_them_again_and_nothing_else(tmp_path):
     project = copy_project(tmp_path / "p")
     age(project)
+    # No artifact tree yet (a fresh clone): declared every time, and nothing is created.
+    assert load(project)[0] and load(project)[0]
+    assert not (project / "artifacts").exists()
+    (project / "artifacts").mkdir()
     assert load(project)[0] and not load(project)[0]  # declared, then cached
     # What declares no task: the events file, any other variable, a file declaring never read.
     assert not load(project, {"PIPELINE_EVENTS": str(tmp_path / "e.jsonl"), "LANG": "C"})[0]
@@ -153,6 +157,7 @@ def test_each_input_of_the_declarations_declares_them_again_and_nothing_else(tmp
 def test_a_bad_input_is_still_refused_when_a_graph_was_cached(tmp_path):
     project = copy_project(tmp_path / "p")
     age(project)
+    (project / "artifacts").mkdir()
     assert load(project)[0]
     graph = (project / GRAPH).read_bytes()
     (project / "params" / "smoke.toml").write_text("[train]\nepoch = 2\n")
@@ -236,6 +241,7 @@ def test_load_graph_declares_caches_and_declares_again_on_a_change(monkeypatch, 
     monkeypatch.chdir(REPO)
     for name in [n for n in os.environ if n.startswith("PIPELINE_")]:
         monkeypatch.delenv(name)
+    (tmp_path / "a").mkdir()
     env = {"PIPELINE_PARAMS": "params/smoke.toml", "PIPELINE_ARTIFACTS": str(tmp_path / "a"),
            "PIPELINE_BOARDS": str(boards), **URL_MIRROR}
     declared, first = load_here(monkeypatch, **env)
@@ -274,7 +280,7 @@ def test_load_graph_declares_caches_and_declares_again_on_a_change(monkeypatch, 
 
 
 def test_stamps_keys_and_the_written_file(tmp_path):
-    from pipeline.graph.cache import key_matches, read_graph, stamp, write_graph
+    from pipeline.graph.cache import key_matches, read_graph, stamp
 
     f = tmp_path / "f"
     f.write_bytes(b"abc")
@@ -294,13 +300,19 @@ def test_stamps_keys_and_the_written_file(tmp_path):
     assert not key_matches(key, {"PIPELINE_X": "2"})
     os.utime(f, ns=(1, 1))
     assert not key_matches(key, environ)
-    # Written whole, read back; a path that cannot be written is no error and leaves nothing.
-    write_graph(tmp_path / "d" / "e" / "g.json", {"key": key})  # folders made as needed
-    assert read_graph(tmp_path / "d" / "e" / "g.json") == {"key": key}
-    assert os.listdir(tmp_path / "d" / "e") == ["g.json"]
-    write_graph(tmp_path / "d" / "g.json", {"key": key})
-    write_graph(f / "g.json", {"key": key})  # f is a file: no directory there
-    assert sorted(os.listdir(tmp_path)) == ["d", "f"]
+    # Written whole, read back (codedeps.write_cache); into an existing directory only,
+    # and a path that cannot be written is no error and leaves nothing.
+    from pipeline.core.codedeps import write_cache
+
+    write_cache(tmp_path / "d" / "g.json", {"key": key})  # no d/: a `doit list` makes none
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "d").mkdir()
+    write_cache(tmp_path / "d" / "g.json", {"key": key})
+    assert read_graph(tmp_path / "d" / "g.json") == {"key": key}
+    assert os.listdir(tmp_path / "d") == ["g.json"]
+    (tmp_path / "e" / "g.json").mkdir(parents=True)  # a directory where the file goes
+    write_cache(tmp_path / "e" / "g.json", {"key": key})  # the rename fails: no error
+    assert os.listdir(tmp_path / "e") == ["g.json"] and (tmp_path / "e" / "g.json").is_dir()
     for text in ("", "[1]", "{"):
         (tmp_path / "d" / "g.json").write_text(text)
         assert read_graph(tmp_path / "d" / "g.json") is None

@@ -22,11 +22,13 @@ imported (board/runner.py, a user's model file) is declared by dodo.py where it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 # Bump when what the cache records changes: an old cache is then ignored, not misread.
 CACHE_VERSION = 3
@@ -143,15 +145,27 @@ class CodeDeps:
         return closure
 
     def save(self) -> None:
-        """Write the cache if a file was parsed, into an existing directory only (a `doit
-        list` must not create the artifact tree). Best effort: a cache that cannot be
-        written (a read-only tree) only costs the parse next time."""
-        if not (self._changed and self.cache_path and self.cache_path.parent.is_dir()):
-            return
-        partial = self.cache_path.with_name(f"{self.cache_path.name}.partial.{os.getpid()}")
-        try:
-            partial.write_text(json.dumps({"version": CACHE_VERSION, "files": self._cache,
-                                           "closures": self._closure_cache}))
-            os.replace(partial, self.cache_path)
-        except OSError:
+        """Write the cache if a file was parsed (`write_cache`: it only costs the parse
+        next time if it cannot be written)."""
+        if self._changed and self.cache_path:
+            write_cache(self.cache_path, {"version": CACHE_VERSION, "files": self._cache,
+                                          "closures": self._closure_cache})
+
+
+def write_cache(path: Path, doc: Any) -> None:
+    """Write a cache that loading dodo.py keeps (this module's, and the task graph of
+    pipeline/graph/cache.py) as JSON, whole: a temporary file renamed over it, so another
+    `doit` reads the old cache or the new one. Into an existing directory only: a `doit
+    list` must not create the artifact tree. Best effort: a cache that cannot be written
+    (a read-only tree, a full disk) only costs its work again next time. A temporary file
+    left by a kill is named `.partial`, which nothing reads and the nightly does not count
+    as an artifact."""
+    if not path.parent.is_dir():
+        return
+    partial = path.with_name(f"{path.name}.partial.{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(doc))
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # e.g. the directory went away meanwhile
             partial.unlink(missing_ok=True)

@@ -14,9 +14,11 @@ digest), the working directory, and the size and mtime of every file declaring r
 project modules it imported, the params file, the board inventory, user model files, each
 dataset's cached archives and every task's code). A later load whose key matches makes the
 same tasks from the file; anything else (a file edited, added to the key or gone, another
-environment, no file or an unreadable one) declares them again and rewrites the file. A
-file changed in the two seconds before declaring, or while it ran, may have been read
-half-written, so that graph is not written (RACY_NS).
+environment, no file or an unreadable one) declares them again and rewrites the file
+(pipeline/core/codedeps.py's `write_cache`: whole, and only into an artifact tree that
+exists, so a `doit list` in a fresh clone creates nothing). A file changed in the two
+seconds before declaring, or while it ran, may have been read half-written, so that graph
+is not written (RACY_NS).
 
 A cached task's actions are stand-ins that name it: the first to run imports the
 declarations (once per process, tens of milliseconds before a stage that runs for seconds)
@@ -25,7 +27,6 @@ and runs the action declared there, so what runs is always what tasks.py declare
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -106,7 +107,9 @@ def load_graph(environ: Mapping[str, str]) -> dict[str, Any]:
     if tasks.cacheable():
         key = graph_key(project_modules() | set(tasks.inputs()), environ)
         if not racy(key, started):
-            write_graph(path, graph_data(declared, key))
+            from pipeline.core.codedeps import write_cache  # imported by tasks already
+
+            write_cache(path, graph_data(declared, key))
     return declared
 
 
@@ -121,20 +124,6 @@ def read_graph(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):  # none yet, or torn: declare
         return None
     return saved if isinstance(saved, dict) else None
-
-
-def write_graph(path: Path, data: dict[str, Any]) -> None:
-    """Written whole (a temporary file renamed over it): a `doit` loading at the same time
-    reads the old graph or the new one. A tree that cannot be written (read-only, full)
-    only means the next load declares again."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # e.g. no directory to hold it either
-            tmp.unlink(missing_ok=True)
 
 
 def graph_data(declared: Mapping[str, Any], key: dict[str, Any]) -> dict[str, Any]:
