@@ -107,3 +107,146 @@ def test_code_hash_follows_the_code_and_canonical_hash_ignores_key_order(tmp_pat
     assert code_hash(tmp_path) in seen
     assert canonical_hash({"a": 1, "b": 2}) == canonical_hash({"b": 2, "a": 1})
     assert canonical_hash({"a": 1}) != canonical_hash({"a": 2})
+
+
+def test_each_verdict_field_and_the_summary_against_a_hand_count():
+    """The figures of the summary ("1 of 3 artifacts byte-identical") and every list,
+    counted by hand for a run with each kind of file."""
+    from pathlib import Path
+
+    now = {"a.tflite": entry(b"a"), "b.tflite": entry(b"b2"), "c.onnx": entry(b"c2"),
+           "reports/x.md": entry(b"x2"), "new.onnx": entry(b"n")}
+    before = {"a.tflite": entry(b"a"), "b.tflite": entry(b"b"), "c.onnx": entry(b"c"),
+              "reports/x.md": entry(b"x"), "gone.tflite": entry(b"g"), "gone2.h5": entry(b"g"),
+              "bench/old/plan.json": entry(b"p")}
+    previous = {"run_id": "r7", "inputs_hash": "in", "artifacts": before,
+                "boards": [{"name": "k1"}, {"name": "old"}, "junk", {"x": 1}]}
+    verdict = reproducibility(now, "in", previous, ["k1"])
+    assert verdict == {
+        "comparable": True, "previous_run": "r7", "reproducible": False, "identical": 1,
+        "differing": ["b.tflite", "c.onnx"], "missing": ["gone.tflite", "gone2.h5"],
+        "new": ["new.onnx"], "dropped": ["bench/old/plan.json"], "dropped_boards": ["old"],
+        "differing_as_expected": ["reports/x.md"],
+        "summary": "NOT REPRODUCIBLE: 1 of 4 artifacts byte-identical to run r7 (inputs "
+                   "unchanged); differing: b.tflite, c.onnx; missing: gone.tflite, gone2.h5; "
+                   "1 measurement file(s) differ as expected (timings, run-directory paths, "
+                   "board settings); 1 file(s) new in this run; 1 file(s) of board(s) dropped "
+                   "from the inventory (old) not compared"}
+    assert [now[r]["identical_to_previous"] for r in sorted(now)] == [
+        True, False, False, None, False]  # a, b, c, new, reports/x.md
+    # Without artifacts or boards in the previous manifest: every file is new.
+    bare = reproducibility({"a": entry(b"a")}, "in", {"run_id": 2, "inputs_hash": "in"})
+    assert (bare["reproducible"], bare["summary"]) == (
+        True, "REPRODUCIBLE: 0 of 0 artifacts byte-identical to run 2 (inputs unchanged); "
+              "1 file(s) new in this run")
+    for previous, summary in (
+            (None, "no previous run manifest to compare with"),
+            ({"run_id": 5, "inputs_hash": "other"}, "inputs changed since run 5 (params, code "
+             "or dataset): artifacts are not expected to be identical")):
+        files = {"a": entry(b"a")}
+        assert reproducibility(files, "in", previous) == {
+            "comparable": False, "previous_run": previous and previous["run_id"],
+            "summary": summary}
+        assert files["a"]["identical_to_previous"] is None
+    assert canonical_hash({"p": Path("x/y")}) == hashlib.sha256(b'{"p": "x/y"}').hexdigest()
+
+
+def test_artifact_hashes_skip_the_references_and_every_file_of_doits_database(tmp_path):
+    (tmp_path / "references" / "models").mkdir(parents=True)
+    (tmp_path / "references" / "models" / "m.tflite").write_bytes(b"old")
+    for name in (".doit.db", ".doit.db.dat", ".doit.db.dir", "x.partial.7"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "m.doit.db").write_bytes(b"kept")  # only doit's own names are skipped
+    assert artifact_hashes(tmp_path) == {"m.doit.db": entry(b"kept")}
+
+
+def test_git_state_is_the_commit_and_whether_a_tracked_file_changed(tmp_path):
+    import subprocess
+
+    from pipeline.nightly.provenance import git_state
+
+    assert git_state(tmp_path) == (None, None)  # not a checkout
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                               "-c", "user.email=t@t", *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "a")
+    head = (tmp_path / ".git" / git("symbolic-ref", "HEAD").strip()).read_text().strip()
+    assert git_state(tmp_path) == (head, False)
+    (tmp_path / "new.txt").write_text("untracked")  # artifacts/ lives in the tree
+    assert git_state(tmp_path) == (head, False)
+    (tmp_path / "a.py").write_text("2\n")
+    assert git_state(tmp_path) == (head, True)
+
+
+def test_machine_and_package_versions_read_proc_cpuinfo_and_the_installed_metadata(
+        monkeypatch):
+    import os
+    import platform
+    import re
+    import socket
+    from importlib import metadata
+
+    from pipeline.nightly import provenance
+
+    info = provenance.machine()
+    cpuinfo = open("/proc/cpuinfo").read()
+    first = re.search(r"^(?:model name|uarch|Model)\s*:\s*(.*)$", cpuinfo, re.M)
+    assert info == {"cpu_model": (first.group(1).strip() if first else platform.processor())
+                    or "unknown", "cores": len(re.findall(r"^processor\s*:", cpuinfo, re.M)),
+                    "arch": os.uname().machine, "system": platform.platform(),
+                    "hostname": socket.gethostname()}
+    monkeypatch.setattr(provenance, "PACKAGES", {"np": ("no-such-dist", "numpy", "doit"),
+                                                 "none": ("no-such-dist",)})
+    assert provenance.package_versions() == {
+        "np": f"{metadata.version('numpy')} (numpy)", "none": None}
+
+
+def test_dataset_hashes_are_the_decompressed_payloads_or_none(tmp_path):
+    import gzip
+
+    from pipeline.core.datasets import DATASETS
+    from pipeline.core.layout import Layout
+    from pipeline.nightly.provenance import dataset_hashes
+
+    raw = Layout(tmp_path).raw_dir("mnist")
+    raw.mkdir(parents=True)
+    names = [f.name for f in DATASETS["mnist"].files]
+    (raw / names[0]).write_bytes(gzip.compress(b"payload"))
+    (raw / names[1]).write_bytes(b"not gzip")
+    assert dataset_hashes(tmp_path, ["mnist"]) == {"mnist": {
+        names[0]: hashlib.sha256(b"payload").hexdigest(), **{n: None for n in names[1:]}}}
+
+
+def test_user_model_hashes_and_the_unstable_names_note(tmp_path):
+    import json
+
+    from pipeline.core.layout import Layout
+    from pipeline.core.params import load_params
+    from pipeline.nightly.provenance import unstable_names_note, user_model_hashes
+
+    (tmp_path / "kws.py").write_text("def build(shape, n): pass\n")
+    (tmp_path / "p.toml").write_text(
+        '[[builds]]\nname = "own"\ndataset = "mnist"\nmodel = "kws.py:build"\n'
+        '[[builds]]\nname = "cnn"\ndataset = "mnist"\nmodel = "cnn"\n')
+    params = load_params(tmp_path / "p.toml")
+    assert user_model_hashes(params) == {
+        "own": hashlib.sha256(b"def build(shape, n): pass\n").hexdigest()}
+    layout = Layout(tmp_path / "run")
+    for build, record in (("b1", {"layer_names_stable": False}), ("b2", {"layer_names_stable":
+                          True}), ("b3", {}), ("b5", {"layer_names_stable": False})):
+        layout.history_json(build).parent.mkdir(parents=True)
+        layout.history_json(build).write_text(json.dumps(record))
+    layout.history_json("b4").parent.mkdir(parents=True)
+    layout.history_json("b4").write_text("{")
+    note = ("its layer names depend on what the process built before, so its .h5/.tflite "
+            "bytes are not reproducible (give every layer an explicit name=; "
+            "docs/own-model-and-data.md)")
+    assert unstable_names_note(tmp_path / "run", ["b1", "b2", "b3", "b4", "b6", "b5"]) == (
+        f"; b1: {note}; b5: {note}")
+    assert unstable_names_note(tmp_path / "run", ["b2"]) == ""
