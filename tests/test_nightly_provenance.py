@@ -114,24 +114,25 @@ def test_each_verdict_field_and_the_summary_against_a_hand_count():
     counted by hand for a run with each kind of file."""
     from pathlib import Path
 
-    now = {"a.tflite": entry(b"a"), "b.tflite": entry(b"b2"), "c.onnx": entry(b"c2"),
-           "reports/x.md": entry(b"x2"), "new.onnx": entry(b"n")}
+    now = {"new.onnx": entry(b"n"), "a.tflite": entry(b"a"), "b.tflite": entry(b"b2"),
+           "c.onnx": entry(b"c2"), "reports/x.md": entry(b"x2")}
     before = {"a.tflite": entry(b"a"), "b.tflite": entry(b"b"), "c.onnx": entry(b"c"),
               "reports/x.md": entry(b"x"), "gone.tflite": entry(b"g"), "gone2.h5": entry(b"g"),
-              "bench/old/plan.json": entry(b"p")}
+              "bench/old/plan.json": entry(b"p"), "bench/older/plan.json": entry(b"q")}
     previous = {"run_id": "r7", "inputs_hash": "in", "artifacts": before,
-                "boards": [{"name": "k1"}, {"name": "old"}, "junk", {"x": 1}]}
+                "boards": [{"name": "k1"}, {"name": "old"}, "junk", {"x": 1}, {"name": "older"}]}
     verdict = reproducibility(now, "in", previous, ["k1"])
     assert verdict == {
         "comparable": True, "previous_run": "r7", "reproducible": False, "identical": 1,
         "differing": ["b.tflite", "c.onnx"], "missing": ["gone.tflite", "gone2.h5"],
-        "new": ["new.onnx"], "dropped": ["bench/old/plan.json"], "dropped_boards": ["old"],
+        "new": ["new.onnx"], "dropped": ["bench/old/plan.json", "bench/older/plan.json"],
+        "dropped_boards": ["old", "older"],
         "differing_as_expected": ["reports/x.md"],
         "summary": "NOT REPRODUCIBLE: 1 of 4 artifacts byte-identical to run r7 (inputs "
                    "unchanged); differing: b.tflite, c.onnx; missing: gone.tflite, gone2.h5; "
                    "1 measurement file(s) differ as expected (timings, run-directory paths, "
-                   "board settings); 1 file(s) new in this run; 1 file(s) of board(s) dropped "
-                   "from the inventory (old) not compared"}
+                   "board settings); 1 file(s) new in this run; 2 file(s) of board(s) dropped "
+                   "from the inventory (old, older) not compared"}
     assert [now[r]["identical_to_previous"] for r in sorted(now)] == [
         True, False, False, None, False]  # a, b, c, new, reports/x.md
     # Without artifacts or boards in the previous manifest: every file is new.
@@ -185,7 +186,7 @@ def test_git_state_is_the_commit_and_whether_a_tracked_file_changed(tmp_path):
 
 
 def test_machine_and_package_versions_read_proc_cpuinfo_and_the_installed_metadata(
-        monkeypatch):
+        monkeypatch, tmp_path):
     import os
     import platform
     import re
@@ -201,6 +202,17 @@ def test_machine_and_package_versions_read_proc_cpuinfo_and_the_installed_metada
                     or "unknown", "cores": len(re.findall(r"^processor\s*:", cpuinfo, re.M)),
                     "arch": os.uname().machine, "system": platform.platform(),
                     "hostname": socket.gethostname()}
+    # A RISC-V board's (the K1's) and a Raspberry Pi's lines, an empty and a missing file.
+    for text, model in (("processor\t: 0\nisa\t\t: rv64imafdcv\nuarch\t\t: spacemit,x60\n",
+                         "spacemit,x60"), ("Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 "
+                                           "Model B Rev 1.4\n", "Raspberry Pi 4 Model B Rev 1.4"),
+                        ("", platform.processor() or "unknown"), (None, platform.processor()
+                                                                  or "unknown")):
+        path = tmp_path / "cpuinfo"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        assert provenance.machine(path)["cpu_model"] == model
     monkeypatch.setattr(provenance, "PACKAGES", {"np": ("no-such-dist", "numpy", "doit"),
                                                  "none": ("no-such-dist",)})
     assert provenance.package_versions() == {

@@ -77,9 +77,11 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def machine() -> dict[str, Any]:
+def machine(cpuinfo_file: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The host's CPU model as /proc/cpuinfo names it: "model name" on x86, "uarch" on
+    RISC-V (the K1's "spacemit,x60"), "Model" on a Raspberry Pi; else Python's guess."""
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
+        cpuinfo = cpuinfo_file.read_text()
     except OSError:
         cpuinfo = ""
     model = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines()
