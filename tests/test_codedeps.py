@@ -230,3 +230,21 @@ def test_the_hashes_are_each_files_sha256_from_the_cache_while_its_stamp_matches
     again = CodeDeps(tmp_path, cache, ("app",))
     assert again.hashes(files) == direct(files) != first.hashes(files)
     assert again._changed  # the new hash is kept for the next load
+
+
+def test_write_cache_writes_whole_into_an_existing_directory_and_never_raises(tmp_path):
+    """The code-deps cache's and the task graph's write: the whole JSON or nothing, no
+    directory made (a `doit list` creates no artifact tree), no temporary file left, no
+    error for a cache that cannot be written."""
+    import json
+
+    from pipeline.core.codedeps import write_cache
+
+    write_cache(tmp_path / "none" / "c.json", {"a": 1})
+    assert not (tmp_path / "none").exists()
+    write_cache(tmp_path / "c.json", {"a": [1, "é"]})
+    assert json.loads((tmp_path / "c.json").read_text()) == {"a": [1, "é"]}
+    (tmp_path / "d" / "c.json").mkdir(parents=True)  # the rename fails
+    write_cache(tmp_path / "d" / "c.json", {"a": 1})
+    write_cache(tmp_path / ("x" * 250), {"a": 1})  # its temporary name is too long to create
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.json", "c.json", "d"]

@@ -167,5 +167,5 @@ def write_cache(path: Path, doc: Any) -> None:
         partial.write_text(json.dumps(doc))
         os.replace(partial, path)
     except OSError:
-        with contextlib.suppress(OSError):  # e.g. the directory went away meanwhile
+        with contextlib.suppress(OSError):  # a name too long to create fails unlink too
             partial.unlink(missing_ok=True)
